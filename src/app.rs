@@ -1,0 +1,123 @@
+//! Building and running the service: `App::build` connects, migrates and binds;
+//! `App::run` serves until the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::ServeConfig;
+use crate::db;
+use crate::hub::Hub;
+use crate::journal::pruner::Pruner;
+use crate::journal::tailer::Tailer;
+use crate::journal::{Journal, Published};
+use crate::metrics::Metrics;
+
+/// How long shutdown waits for subscribers and tasks to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What request handlers and subscriptions share.
+pub struct Services {
+    pub config: ServeConfig,
+    pub pool: deadpool_postgres::Pool,
+    pub journal: Arc<Journal>,
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    /// Whether the listener is connected and caught up.
+    pub ready: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
+    /// Every task the service spawns, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+pub struct App {
+    services: Arc<Services>,
+    listener: TcpListener,
+    tailer: Tailer,
+    pruner: Pruner,
+}
+
+impl App {
+    /// Migrates the database, reads the journal's position and binds the port.
+    /// `secret` signs and verifies subscriber tokens.
+    pub async fn build(config: ServeConfig, secret: &str, shutdown: CancellationToken) -> anyhow::Result<App> {
+        db::migrate(&config.database_url).await?;
+        let pool = db::pool(&config.database_url, config.pool_size)?;
+        let (journal, start) = {
+            let client = pool.get().await.context("connecting to PostgreSQL")?;
+            (Arc::new(Journal::open(&client).await?), Journal::current_snapshot(&client).await?)
+        };
+        // Live delivery starts now; anything older is for cursors to replay.
+        let hub = Arc::new(Hub::new(Published::complete(start), config.subscriber_buffer));
+        let metrics = Arc::new(Metrics::new());
+        let (ready_tx, ready) = watch::channel(false);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let tailer = Tailer {
+            pg: db::pg_config(&config.database_url, "changecast:listener")?,
+            journal: journal.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            ready: ready_tx,
+        };
+        let pruner = Pruner {
+            pool: pool.clone(),
+            retention: config.retention,
+            interval: config.prune_interval,
+            metrics: metrics.clone(),
+        };
+        let services = Arc::new(Services {
+            auth: Authenticator::new(secret.as_bytes()),
+            config,
+            pool,
+            journal,
+            hub,
+            metrics,
+            ready,
+            shutdown,
+            tracker: TaskTracker::new(),
+        });
+        Ok(App { services, listener, tailer, pruner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("BUG: a bound listener has an address")
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Serves until shutdown, then gives subscribers a few seconds to be told.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let App { services, listener, tailer, pruner } = self;
+        let shutdown = services.shutdown.clone();
+        services.tracker.spawn(tailer.run(shutdown.clone()));
+        services.tracker.spawn(pruner.run(shutdown.clone()));
+        let server = warp::serve(crate::http::routes(services.clone()))
+            .incoming(listener)
+            .graceful(shutdown.clone().cancelled_owned())
+            .run();
+        // SSE bodies end when their subscriptions see the token; bound it anyway.
+        tokio::select! {
+            _ = server => {}
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("connections still open after the grace period; closing them");
+            }
+        }
+        services.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, services.tracker.wait()).await.is_err() {
+            tracing::warn!("background tasks still running after the grace period");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! Command line and environment: every option of `serve` also reads a variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "changecast",
+    version,
+    about = "Streams PostgreSQL row changes to browsers and backends over SSE and WebSocket, per tenant, losing none.",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` for log collectors. Levels via RUST_LOG.
+    #[arg(long, env = "CHANGECAST_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the migrations, follow the journal and serve subscribers.
+    Serve(ServeConfig),
+    /// Apply the migrations (schema `changecast`, example tables) and exit.
+    Migrate(DatabaseArgs),
+    /// Print a subscriber token for a tenant, signed with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string (URL or key=value form). The role needs to own
+    /// its database; no superuser is required.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// PostgreSQL connection string (URL or key=value form).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Address to serve HTTP on.
+    #[arg(long, env = "CHANGECAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that subscriber tokens are signed with. When unset, a random one
+    /// is made at start (tokens then only work until the next restart) and a ready-
+    /// to-open dashboard URL with a demo token is printed.
+    #[arg(long, env = "CHANGECAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How long journal rows are kept (and so how long a disconnected subscriber can
+    /// resume), e.g. `24h`, `90m`, `3600s`, `7d`.
+    #[arg(long, env = "CHANGECAST_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How often this instance tries to prune (one instance at a time does).
+    #[arg(long, env = "CHANGECAST_PRUNE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+
+    /// Comma-separated origins whose browser pages may subscribe cross-origin, e.g.
+    /// `https://app.example.com`. None by default.
+    #[arg(long, env = "CHANGECAST_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
+    /// Interval of SSE keepalive comments and WebSocket heartbeats.
+    #[arg(long, env = "CHANGECAST_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+
+    /// Changes one subscriber may fall behind its tenant's newest before it is moved
+    /// from live fan-out to a journal catch-up.
+    #[arg(long, env = "CHANGECAST_SUBSCRIBER_BUFFER", default_value_t = 1024)]
+    pub subscriber_buffer: usize,
+
+    /// Connections in the pool for replays, snapshots and pruning.
+    #[arg(long, env = "CHANGECAST_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the database: what tests and embedders start from.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let database_url = database_url.into();
+        let mut config = Defaults::try_parse_from(["serve", "--database-url", &database_url])
+            .expect("BUG: defaults of ServeConfig do not parse")
+            .serve;
+        config.database_url = database_url;
+        config
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The tenant whose changes the token may subscribe to.
+    #[arg(long)]
+    pub tenant: String,
+
+    /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// The secret `serve` verifies tokens with.
+    #[arg(long, env = "CHANGECAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}
+
+/// `90s`, `15m`, `24h`, `7d`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 7d"))?;
+    let seconds = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+fn parse_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().trim_end_matches('/');
+    let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+        && !origin.split_once("://").is_some_and(|(_, host)| host.is_empty() || host.contains('/'))
+        && warp::http::HeaderValue::from_str(origin).is_ok();
+    if valid {
+        Ok(origin.to_owned())
+    } else {
+        Err(format!("{text:?} is not an origin like https://app.example.com"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(parse_origin("https://app.example.com/"), Ok("https://app.example.com".into()));
+        assert!(parse_origin("app.example.com").is_err());
+        assert!(parse_origin("https://a.com/path").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let config = ServeConfig::new("postgres://localhost/db");
+        assert_eq!(config.retention, Duration::from_secs(86_400));
+        assert!(config.cors_origins.is_empty());
+    }
+}

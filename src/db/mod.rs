@@ -1,0 +1,71 @@
+//! Connections to PostgreSQL: the pool for ordinary queries, the embedded migrations,
+//! and (in `listener`) the one dedicated LISTEN connection.
+
+pub mod listener;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Arbitrary but fixed: serialises `migrate` across instances starting at once.
+const MIGRATION_LOCK: i64 = 0x6368_616e_6765_6301; // "change" + 1
+/// Keeps a dead network peer from hanging a connection for the OS default of 2 hours.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// Parses `DATABASE_URL` (URL or `key=value` form) and names the connection, so an
+/// operator (or a test) can find it in `pg_stat_activity`.
+pub fn pg_config(url: &str, application_name: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config =
+        url.parse().context("DATABASE_URL is not a valid PostgreSQL connection string")?;
+    config
+        .application_name(application_name)
+        .keepalives_idle(TCP_KEEPALIVE_IDLE)
+        .connect_timeout(Duration::from_secs(10));
+    Ok(config)
+}
+
+pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        pg_config(url, "changecast:pool")?,
+        NoTls,
+        // `Verified` also catches half-open connections, at one round trip per checkout.
+        ManagerConfig { recycling_method: RecyclingMethod::Verified },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("building the connection pool")
+}
+
+/// Applies the embedded migrations. Safe when several instances start at once: an
+/// advisory lock serialises them (refinery has none of its own).
+pub async fn migrate(url: &str) -> anyhow::Result<usize> {
+    let config = pg_config(url, "changecast:migrate")?;
+    let (mut client, connection) = config.connect(NoTls).await.context("connecting to PostgreSQL")?;
+    let driver = tokio::spawn(connection);
+    client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = async {
+        // The history table lives in our schema, which must exist before the runner looks.
+        client.batch_execute("create schema if not exists changecast").await?;
+        let report = embedded::migrations::runner()
+            .set_migration_table_name("changecast.refinery_schema_history")
+            .run_async(&mut client)
+            .await
+            .context("applying migrations")?;
+        anyhow::Ok(report.applied_migrations().len())
+    }
+    .await;
+    // Closing the session releases the lock in any case.
+    drop(client);
+    let _ = driver.await;
+    result
+}

@@ -1,0 +1,74 @@
+//! `ApiError`: every refusal the API makes, as a status and a `{"error","message"}` body.
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::auth::AuthError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The database could not answer; details go to the log, not to the client.
+    pub fn unavailable(error: impl std::fmt::Debug) -> Self {
+        tracing::warn!(?error, "database unavailable while serving a request");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry shortly")
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = warp::reply::json(&Body { error: self.code, message: &self.message });
+        let mut response = warp::reply::with_status(body, self.status).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Turns a handler's `Result` into a response.
+pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(reply) => reply.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Requests no route matched: JSON too, never warp's plain-text defaults.
+pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see API.md")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET")
+    } else {
+        tracing::debug!(?rejection, "unhandled rejection");
+        ApiError::bad_request("bad_request", "the request could not be understood")
+    };
+    Ok(error.into_response())
+}

@@ -1,0 +1,75 @@
+//! The HTTP surface: one function per route, `.or()`-ed, one JSON `recover`.
+//! Transports here only format; `subscription` decides what a subscriber gets.
+
+mod error;
+mod ops;
+mod request;
+mod snapshot;
+mod sse;
+
+use std::sync::Arc;
+
+use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::app::Services;
+
+pub use error::ApiError;
+
+pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    let routes = events(services.clone())
+        .or(snapshot(services.clone()))
+        .unify()
+        .or(ops(services.clone()))
+        .unify()
+        .boxed();
+    let origins = &services.config.cors_origins;
+    let routes = if origins.is_empty() {
+        routes
+    } else {
+        // Only browser pages on these origins may subscribe; same-origin always works.
+        let cors = warp::cors()
+            .allow_origins(origins.iter().map(String::as_str))
+            .allow_methods(["GET"])
+            .allow_headers(["authorization", "last-event-id", "content-type"]);
+        routes.with(cors).map(warp::reply::Reply::into_response).boxed()
+    };
+    routes.recover(error::handle_rejection).unify().boxed()
+}
+
+/// What a subscriber endpoint needs from the request: its headers and raw query.
+fn request_parts() -> impl Filter<Extract = (HeaderMap, Option<String>), Error = std::convert::Infallible> + Clone {
+    let query = warp::query::raw().map(Some).or(warp::any().map(|| None)).unify();
+    warp::header::headers_cloned().and(query)
+}
+
+fn with(services: Arc<Services>) -> impl Filter<Extract = (Arc<Services>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || services.clone())
+}
+
+fn events(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(with(services))
+        .and(request_parts())
+        .then(sse::handle)
+        .boxed()
+}
+
+fn snapshot(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    warp::path!("v1" / "snapshot")
+        .and(warp::get())
+        .and(with(services))
+        .and(request_parts())
+        .then(snapshot::handle)
+        .boxed()
+}
+
+fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    let healthz = warp::path!("healthz").map(ops::healthz);
+    let readyz = warp::path!("readyz").and(with(services.clone())).map(|s: Arc<Services>| ops::readyz(&s));
+    let metrics = warp::path!("metrics").and(with(services)).map(|s: Arc<Services>| ops::metrics(&s));
+    warp::get().and(healthz.or(readyz).unify().or(metrics).unify()).boxed()
+}

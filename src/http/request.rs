@@ -1,0 +1,166 @@
+//! What every subscriber request carries, parsed and checked once for all endpoints:
+//! the token (header or `access_token`), the filter, the cursor, the snapshot limit.
+
+use warp::http::HeaderMap;
+
+use super::error::ApiError;
+use crate::app::Services;
+use crate::auth::Identity;
+use crate::journal::EventKind;
+use crate::subscription::Filter;
+
+/// Longest query string accepted; a URL past this is abuse or a mistake.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// Most entries in one `types` or `events` list.
+pub const MAX_FILTER_ENTRIES: usize = 64;
+
+/// The raw query parameters of a subscriber request.
+#[derive(Debug, Default)]
+pub struct Params {
+    pub types: Option<String>,
+    pub events: Option<String>,
+    pub last_event_id: Option<String>,
+    pub access_token: Option<String>,
+    pub limit: Option<String>,
+}
+
+impl Params {
+    pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
+        let Some(raw) = raw else { return Ok(Params::default()) };
+        if raw.len() > MAX_QUERY_BYTES {
+            return Err(ApiError::new(
+                warp::http::StatusCode::URI_TOO_LONG,
+                "query_too_long",
+                format!("the query string is longer than {MAX_QUERY_BYTES} bytes"),
+            ));
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+            .map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid URL encoding"))?;
+        let mut params = Params::default();
+        for (key, value) in pairs {
+            let slot = match key.as_str() {
+                "types" => &mut params.types,
+                "events" => &mut params.events,
+                "last_event_id" => &mut params.last_event_id,
+                "access_token" => &mut params.access_token,
+                "limit" => &mut params.limit,
+                // Unknown parameters (cache busters and the like) are ignored.
+                _ => continue,
+            };
+            // Repeated list parameters add up: `types=a&types=b` is `types=a,b`.
+            *slot = Some(match slot.take() {
+                Some(previous) if key == "types" || key == "events" => format!("{previous},{value}"),
+                _ => value,
+            });
+        }
+        Ok(params)
+    }
+}
+
+/// The bearer token: the `Authorization` header wins over `access_token`.
+pub fn authenticate(services: &Services, headers: &HeaderMap, params: &Params) -> Result<Identity, ApiError> {
+    let from_header = match headers.get("authorization") {
+        Some(value) => {
+            let value = value.to_str().unwrap_or_default();
+            match value.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim().to_owned()),
+                _ => {
+                    return Err(ApiError::new(
+                        warp::http::StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "the Authorization header must be `Bearer <token>`",
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    let token = from_header.or_else(|| params.access_token.clone()).filter(|t| !t.is_empty());
+    let token = token.ok_or(crate::auth::AuthError::Missing)?;
+    Ok(services.auth.verify(&token)?)
+}
+
+/// Splits a comma-separated list, dropping blanks and repeats.
+fn list(raw: Option<&str>, what: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let mut items: Vec<String> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if !items.iter().any(|known| known == item) {
+            items.push(item.to_owned());
+        }
+    }
+    if items.len() > MAX_FILTER_ENTRIES {
+        return Err(ApiError::bad_request(
+            "too_many_filters",
+            format!("`{what}` lists more than {MAX_FILTER_ENTRIES} entries"),
+        ));
+    }
+    Ok(if items.is_empty() { None } else { Some(items) })
+}
+
+/// Resource types, each checked against the watched tables.
+pub fn resource_types(raw: Option<&str>, known: &[String]) -> Result<Option<Vec<String>>, ApiError> {
+    let types = list(raw, "types")?;
+    if let Some(unknown) = types.iter().flatten().find(|t| !known.contains(t)) {
+        return Err(ApiError::bad_request(
+            "unknown_resource_type",
+            format!("unknown resource type {unknown:?}; watched types are: {}", known.join(", ")),
+        ));
+    }
+    Ok(types)
+}
+
+pub fn event_kinds(raw: Option<&str>) -> Result<Option<Vec<EventKind>>, ApiError> {
+    let Some(events) = list(raw, "events")? else { return Ok(None) };
+    events
+        .iter()
+        .map(|e| {
+            EventKind::parse(e).ok_or_else(|| {
+                ApiError::bad_request(
+                    "unknown_event",
+                    format!("unknown event {e:?}; events are: created, updated, deleted"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The subscriber's filter, with resource types checked against the database.
+pub async fn filter(services: &Services, params: &Params) -> Result<Filter, ApiError> {
+    // Events first: a bad `events` list is refused without a database round trip.
+    let events = event_kinds(params.events.as_deref())?;
+    let known = known_types(services).await?;
+    Ok(Filter { types: resource_types(params.types.as_deref(), &known)?, events })
+}
+
+pub async fn known_types(services: &Services) -> Result<Vec<String>, ApiError> {
+    let client = services.pool.get().await.map_err(ApiError::unavailable)?;
+    crate::resources::resource_types(&**client).await.map_err(ApiError::unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_trimmed_deduplicated_and_checked() {
+        let known = vec!["agent".to_owned(), "ticket".to_owned()];
+        assert_eq!(resource_types(Some(" ticket,,agent,ticket "), &known).unwrap(), Some(vec!["ticket".into(), "agent".into()]));
+        assert_eq!(resource_types(Some(""), &known).unwrap(), None);
+        assert_eq!(resource_types(Some("ticket,invoice"), &known).unwrap_err().code, "unknown_resource_type");
+        assert_eq!(event_kinds(Some("created,deleted")).unwrap(), Some(vec![EventKind::Created, EventKind::Deleted]));
+        assert_eq!(event_kinds(Some("created,exploded")).unwrap_err().code, "unknown_event");
+        let many = (0..65).map(|i| format!("t{i}")).collect::<Vec<_>>().join(",");
+        assert_eq!(event_kinds(Some(&many)).unwrap_err().code, "too_many_filters");
+    }
+
+    #[test]
+    fn query_strings_are_bounded_and_repeated_lists_merge() {
+        let params = Params::parse(Some("types=ticket&types=agent&events=created&x=1")).unwrap();
+        assert_eq!(params.types.as_deref(), Some("ticket,agent"));
+        assert_eq!(params.events.as_deref(), Some("created"));
+        let long = format!("types={}", "a".repeat(MAX_QUERY_BYTES));
+        assert_eq!(Params::parse(Some(&long)).unwrap_err().code, "query_too_long");
+    }
+}

@@ -1,0 +1,124 @@
+//! `GET /v1/events`: a subscription written as Server-Sent Events. Formats, never decides.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use warp::http::HeaderMap;
+use warp::reply::{Reply, Response};
+
+use super::error::ApiError;
+use super::request::{self, Params};
+use crate::app::Services;
+use crate::metrics::SubscriberGauge;
+use crate::subscription::{self, Outbound};
+
+/// How long an EventSource waits before reconnecting.
+const RETRY_MS: u64 = 2000;
+const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
+
+pub async fn handle(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Response {
+    super::error::respond(open(services, headers, query).await)
+}
+
+async fn open(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref())?;
+    let identity = request::authenticate(&services, &headers, &params)?;
+    let filter = request::filter(&services, &params).await?;
+    // The header wins over the query parameter, as in API.md §5.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id)
+        .filter(|c| !c.trim().is_empty());
+    let _span = tracing::debug_span!("sse", tenant = %identity.tenant).entered();
+    let outbound = subscription::open(&services, &identity, filter, resume);
+    let keepalive = services.config.keepalive;
+    let body = SseBody {
+        preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
+        outbound,
+        keepalive: {
+            let mut tick = interval_at(Instant::now() + keepalive, keepalive);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        },
+        finished: false,
+        _gauge: SubscriberGauge::new(&services.metrics, "sse"),
+        services: services.clone(),
+    };
+    let mut response = warp::reply::stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", "text/event-stream".parse().expect("BUG: static header"));
+    headers.insert("cache-control", "no-cache".parse().expect("BUG: static header"));
+    headers.insert("x-accel-buffering", "no".parse().expect("BUG: static header"));
+    Ok(response)
+}
+
+struct SseBody {
+    preamble: Option<Bytes>,
+    outbound: mpsc::Receiver<Outbound>,
+    keepalive: Interval,
+    finished: bool,
+    /// Counts this stream as a connected subscriber until the client is gone.
+    _gauge: SubscriberGauge,
+    services: Arc<Services>,
+}
+
+#[derive(Serialize)]
+struct Control<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+fn control_frame(event: &str, reason: Option<&str>, id: Option<&str>) -> Bytes {
+    let data = serde_json::to_string(&Control { kind: event, reason, id }).expect("BUG: serialising a control event");
+    match id {
+        Some(id) => Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("event: {event}\ndata: {data}\n\n")),
+    }
+}
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(preamble) = self.preamble.take() {
+            return Poll::Ready(Some(Ok(preamble)));
+        }
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let frame = match self.outbound.poll_recv(cx) {
+            Poll::Ready(Some(Outbound::Change(change))) => {
+                self.services.metrics.events_delivered.with_label_values(&["sse"]).inc();
+                self.services.metrics.delivery_latency.observe(change.read_at.elapsed().as_secs_f64());
+                change.sse_frame.clone()
+            }
+            Poll::Ready(Some(Outbound::Resync { reason, cursor })) => {
+                control_frame("resync", Some(reason), Some(&cursor))
+            }
+            Poll::Ready(Some(Outbound::AuthExpired)) => {
+                self.finished = true;
+                control_frame("auth_expired", None, None)
+            }
+            // Shutdown or the subscription ended: the EventSource reconnects by itself.
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => match self.keepalive.poll_tick(cx) {
+                Poll::Ready(_) => Bytes::from_static(KEEPALIVE_FRAME),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+}

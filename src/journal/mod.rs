@@ -1,0 +1,222 @@
+//! The journal `changecast.change_log`: the only code that knows commit order.
+//!
+//! Row ids come from a sequence and are not commit order; transaction ids and
+//! snapshots are. Every read here selects "rows whose transaction one snapshot does not
+//! see but another does", so a change is found whenever its transaction commits, and a
+//! long-running writer neither loses its rows nor holds back anybody else's.
+//! The live tailer, a resuming subscriber and the lag recovery all use [`Journal::read`].
+
+mod cursor;
+pub mod pruner;
+mod snapshot;
+pub mod tailer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_postgres::Client;
+
+pub use cursor::{Cursor, CursorError, CursorScope};
+pub use snapshot::PgSnapshot;
+
+use crate::auth::TenantId;
+
+/// `created | updated | deleted`, as the journal and the wire spell them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 3] = [EventKind::Created, EventKind::Updated, EventKind::Deleted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+/// One committed row change, with its wire forms rendered once for all subscribers.
+#[derive(Debug)]
+pub struct Change {
+    /// Journal row id.
+    pub id: i64,
+    /// The writer's transaction id.
+    pub xid: u64,
+    pub tenant: TenantId,
+    pub resource_type: String,
+    pub event: EventKind,
+    pub cursor: Cursor,
+    /// The §4 `resource_change` object.
+    pub json: String,
+    /// `id: …\nevent: resource_change\ndata: <json>\n\n`
+    pub sse_frame: Bytes,
+    /// When it was read off the journal, for the delivery-latency histogram.
+    pub read_at: Instant,
+}
+
+/// How far the tailer has handed changes to the hub: every change whose transaction
+/// `prev` sees, plus those `next` sees with a journal id up to `through_id` (the pages of
+/// the batch in progress). When no batch is in progress, `prev == next`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub prev: PgSnapshot,
+    pub next: PgSnapshot,
+    pub through_id: i64,
+}
+
+impl Published {
+    pub fn complete(snapshot: PgSnapshot) -> Self {
+        Published { prev: snapshot.clone(), next: snapshot, through_id: 0 }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.prev == self.next
+    }
+}
+
+/// Which rows of the journal a read returns besides the snapshot bounds.
+#[derive(Clone, Copy, Default)]
+pub struct RowFilter<'a> {
+    pub tenant: Option<&'a TenantId>,
+    pub types: Option<&'a [String]>,
+    pub events: Option<&'a [EventKind]>,
+}
+
+pub type DbResult<T> = Result<T, tokio_postgres::Error>;
+
+/// Reads the journal and mints cursors bound to it.
+pub struct Journal {
+    scope: CursorScope,
+}
+
+const READ_SQL: &str = r#"
+select id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
+       to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+from changecast.change_log
+where xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+  and xid < pg_snapshot_xmax($3::text::pg_snapshot)
+  and not pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+  and (pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
+       or (id <= $4 and pg_visible_in_snapshot(xid, $3::text::pg_snapshot)))
+  and id > $5
+  and ($6::text is null or tenant_id = $6)
+  and ($7::text[] is null or resource_type = any($7))
+  and ($8::text[] is null or event = any($8))
+order by id
+limit $9
+"#;
+
+impl Journal {
+    /// Reads the journal's identity; the migrations must have run.
+    pub async fn open(client: &Client) -> DbResult<Journal> {
+        let row = client.query_one("select journal_id::text from changecast.journal_meta", &[]).await?;
+        Ok(Journal { scope: CursorScope::new(row.get(0)) })
+    }
+
+    pub fn scope(&self) -> &CursorScope {
+        &self.scope
+    }
+
+    pub async fn current_snapshot(client: &Client) -> DbResult<PgSnapshot> {
+        let row = client.query_one("select pg_current_snapshot()::text", &[]).await?;
+        Ok(row.get::<_, &str>(0).parse().expect("BUG: PostgreSQL printed an invalid pg_snapshot"))
+    }
+
+    /// Highest transaction id among pruned rows (0 when nothing was pruned yet).
+    pub async fn pruned_xid(client: &Client) -> DbResult<u64> {
+        let row = client.query_one("select pruned_xid::text from changecast.journal_meta", &[]).await?;
+        Ok(row.get::<_, &str>(0).parse().expect("BUG: xid8 is a number"))
+    }
+
+    /// Changes whose transaction `unseen` does not see but `upto` covers, with journal id
+    /// above `after_id`, in journal-id order, at most `limit`.
+    pub async fn read(
+        &self,
+        client: &Client,
+        unseen: &PgSnapshot,
+        upto: &Published,
+        after_id: i64,
+        filter: RowFilter<'_>,
+        limit: usize,
+    ) -> DbResult<Vec<Change>> {
+        let events: Option<Vec<&str>> = filter.events.map(|e| e.iter().map(|k| k.as_str()).collect());
+        let rows = client
+            .query(
+                READ_SQL,
+                &[
+                    &unseen.to_string(),
+                    &upto.prev.to_string(),
+                    &upto.next.to_string(),
+                    &upto.through_id,
+                    &after_id,
+                    &filter.tenant.map(TenantId::as_str),
+                    &filter.types,
+                    &events,
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| self.change_from_row(row)).collect())
+    }
+
+    fn change_from_row(&self, row: &tokio_postgres::Row) -> Change {
+        let id: i64 = row.get(0);
+        let xid: u64 = row.get::<_, &str>(1).parse().expect("BUG: xid8 is a number");
+        let writer: PgSnapshot = row.get::<_, &str>(2).parse().expect("BUG: invalid pg_snapshot");
+        let tenant = TenantId::from_journal(row.get(3));
+        let resource_type: String = row.get(4);
+        let event = EventKind::parse(row.get(5)).expect("BUG: the journal's check constraint allows only known events");
+        let resource: &str = row.get(6);
+        let occurred_at: &str = row.get(7);
+
+        // Rows of the writer's own transaction are not seen by its snapshot; neither may
+        // they be by the cursor, or a resume after the first of them would skip the rest.
+        let cursor = Cursor { id, seen: writer.not_seeing(xid) };
+        let cursor_text = self.scope.encode(&tenant, &cursor);
+        let json = serde_json::to_string(&WireChange {
+            kind: "resource_change",
+            id: &cursor_text,
+            event,
+            resource_type: &resource_type,
+            tenant_id: tenant.as_str(),
+            resource: serde_json::from_str::<&RawValue>(resource).expect("BUG: jsonb prints valid JSON"),
+            occurred_at,
+        })
+        .expect("BUG: serialising a change cannot fail");
+        let sse_frame = Bytes::from(format!("id: {cursor_text}\nevent: resource_change\ndata: {json}\n\n"));
+        Change { id, xid, tenant, resource_type, event, cursor, json, sse_frame, read_at: Instant::now() }
+    }
+}
+
+#[derive(Serialize)]
+struct WireChange<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    event: EventKind,
+    resource_type: &'a str,
+    tenant_id: &'a str,
+    resource: &'a RawValue,
+    occurred_at: &'a str,
+}
+
+/// A cursor for "everything `snapshot` sees", handed out with a `/v1/snapshot` read.
+pub fn snapshot_cursor(journal: &Journal, tenant: &TenantId, snapshot: PgSnapshot) -> String {
+    journal.scope.encode(tenant, &Cursor { id: 0, seen: snapshot })
+}
+
+pub type SharedChange = Arc<Change>;

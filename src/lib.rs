@@ -1,0 +1,29 @@
+//! changecast: PostgreSQL row changes, streamed per tenant over SSE and WebSocket.
+//!
+//! Data flows one way, in this order:
+
+/// Command line and environment.
+pub mod config;
+/// PostgreSQL connections: pool, migrations, the LISTEN connection.
+pub mod db;
+/// The journal: commit-order reads, cursors, the tailer, retention.
+pub mod journal;
+/// Per-tenant fan-out of changes to subscribers.
+pub mod hub;
+/// One subscriber's replay-then-live stream, shared by both transports.
+pub mod subscription;
+/// The watched tables: resource types and `/v1/snapshot` reads.
+pub mod resources;
+/// HTTP routes: SSE, snapshot, operations.
+pub mod http;
+/// Token verification and minting; the tenant id.
+pub mod auth;
+/// Prometheus series.
+pub mod metrics;
+/// Logging setup.
+pub mod telemetry;
+/// Building and running the whole service.
+pub mod app;
+
+pub use app::App;
+pub use config::ServeConfig;

@@ -1,0 +1,127 @@
+//! Every Prometheus series of the service, registered at start so all names appear at 0.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Connected subscribers, by `transport` (`sse`, `ws`).
+    pub subscribers: IntGaugeVec,
+    /// Changes the tailer read from the journal.
+    pub events_received: IntCounter,
+    /// Changes written to subscribers, by `transport`.
+    pub events_delivered: IntCounterVec,
+    /// Subscribers that fell behind their tenant's fan-out and went back to the journal.
+    pub subscribers_lagged: IntCounter,
+    /// `resync` events sent, by `reason`.
+    pub resyncs: IntCounterVec,
+    /// Journal replays for subscribers (resume with a cursor, or lag recovery).
+    pub replays: IntCounter,
+    /// From the tailer reading a change to a transport writing it.
+    pub delivery_latency: Histogram,
+    /// Times the LISTEN connection was re-established after a loss.
+    pub db_reconnects: IntCounter,
+    /// Journal rows removed by retention.
+    pub journal_rows_pruned: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            subscribers: IntGaugeVec::new(
+                Opts::new("changecast_subscribers", "Connected subscribers by transport"),
+                &["transport"],
+            )
+            .expect("BUG: metric definition"),
+            events_received: IntCounter::new(
+                "changecast_events_received_total",
+                "Changes read from the database journal",
+            )
+            .expect("BUG: metric definition"),
+            events_delivered: IntCounterVec::new(
+                Opts::new("changecast_events_delivered_total", "Changes written to subscribers"),
+                &["transport"],
+            )
+            .expect("BUG: metric definition"),
+            subscribers_lagged: IntCounter::new(
+                "changecast_subscribers_lagged_total",
+                "Subscribers that fell behind live fan-out and caught up from the journal",
+            )
+            .expect("BUG: metric definition"),
+            resyncs: IntCounterVec::new(Opts::new("changecast_resyncs_total", "resync events sent"), &["reason"])
+                .expect("BUG: metric definition"),
+            replays: IntCounter::new("changecast_replays_total", "Journal replays for resuming or lagging subscribers")
+                .expect("BUG: metric definition"),
+            delivery_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "changecast_delivery_latency_seconds",
+                    "Time from reading a change off the journal to writing it to a subscriber",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )
+            .expect("BUG: metric definition"),
+            db_reconnects: IntCounter::new(
+                "changecast_db_reconnects_total",
+                "Re-established LISTEN connections after a loss",
+            )
+            .expect("BUG: metric definition"),
+            journal_rows_pruned: IntCounter::new(
+                "changecast_journal_rows_pruned_total",
+                "Journal rows removed after the retention period",
+            )
+            .expect("BUG: metric definition"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(metrics.subscribers.clone()),
+            Box::new(metrics.events_received.clone()),
+            Box::new(metrics.events_delivered.clone()),
+            Box::new(metrics.subscribers_lagged.clone()),
+            Box::new(metrics.resyncs.clone()),
+            Box::new(metrics.replays.clone()),
+            Box::new(metrics.delivery_latency.clone()),
+            Box::new(metrics.db_reconnects.clone()),
+            Box::new(metrics.journal_rows_pruned.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("BUG: duplicate metric");
+        }
+        for transport in ["sse", "ws"] {
+            metrics.subscribers.with_label_values(&[transport]);
+            metrics.events_delivered.with_label_values(&[transport]);
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("BUG: encoding metrics to memory");
+        String::from_utf8(out).expect("BUG: Prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts one connected subscriber of a transport for as long as it lives.
+pub struct SubscriberGauge(prometheus::IntGauge);
+
+impl SubscriberGauge {
+    pub fn new(metrics: &Metrics, transport: &str) -> Self {
+        let gauge = metrics.subscribers.with_label_values(&[transport]);
+        gauge.inc();
+        SubscriberGauge(gauge)
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,236 @@
+//! One subscriber's stream: replay from its cursor, then live, nothing missing.
+//!
+//! Shared by both transports. `open` joins the tenant's fan-out *before* it returns,
+//! so a transport that sends its first byte afterwards cannot miss a later commit. A
+//! task then replays from the journal what the cursor has not seen, up to the hub's
+//! boundary, and continues with live changes, skipping those the cursor already saw.
+//! If the subscriber falls behind the fan-out it rejoins and replays again from the last
+//! change it was given: a slow subscriber costs a journal read, never unbounded memory.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use crate::app::Services;
+use crate::auth::{Identity, TenantId};
+use crate::journal::{snapshot_cursor, EventKind, Journal, PgSnapshot, Published, RowFilter, SharedChange};
+
+/// Items queued between the subscription task and its transport.
+const OUTBOUND_QUEUE: usize = 64;
+/// Journal rows per replay query.
+const REPLAY_PAGE_ROWS: usize = 500;
+const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
+
+/// Which changes a subscriber wants; `None` means all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub types: Option<Vec<String>>,
+    pub events: Option<Vec<EventKind>>,
+}
+
+impl Filter {
+    pub fn matches(&self, resource_type: &str, event: EventKind) -> bool {
+        self.types.as_ref().is_none_or(|types| types.iter().any(|t| t == resource_type))
+            && self.events.as_ref().is_none_or(|events| events.contains(&event))
+    }
+}
+
+/// What a transport writes.
+#[derive(Debug)]
+pub enum Outbound {
+    Change(SharedChange),
+    /// The client must refetch its state; the stream continues live from `cursor`, which
+    /// replaces the client's last event id (so its next reconnect does not resync again).
+    Resync { reason: &'static str, cursor: String },
+    /// The token expired: the last item before the stream ends.
+    AuthExpired,
+}
+
+/// Starts a subscription for `identity`'s tenant. The stream ends when the receiver is
+/// dropped, the token expires (after `AuthExpired`) or the service shuts down.
+pub fn open(
+    services: &Arc<Services>,
+    identity: &Identity,
+    filter: Filter,
+    resume: Option<String>,
+) -> mpsc::Receiver<Outbound> {
+    let (live, upto) = services.hub.subscribe(&identity.tenant);
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let remaining = identity.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+    let subscription = Subscription {
+        services: services.clone(),
+        tenant: identity.tenant.clone(),
+        filter,
+        tx,
+        expires: Instant::now() + remaining,
+    };
+    services.tracker.spawn(subscription.run(live, upto, resume));
+    rx
+}
+
+struct Subscription {
+    services: Arc<Services>,
+    tenant: TenantId,
+    filter: Filter,
+    tx: mpsc::Sender<Outbound>,
+    expires: Instant,
+}
+
+enum Replayed {
+    Done,
+    Expired,
+    Stopped,
+}
+
+impl Subscription {
+    async fn run(self, mut live: broadcast::Receiver<SharedChange>, mut upto: Published, resume: Option<String>) {
+        // What this subscriber has provably received: every change this snapshot sees.
+        let mut received = upto.prev.clone();
+        let mut replay_from = None;
+        if let Some(text) = resume {
+            match self.services.journal.scope().decode(&self.tenant, &text) {
+                Ok(cursor) => {
+                    received = cursor.seen.clone();
+                    replay_from = Some(cursor.seen);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cursor refused");
+                    if !self.resync(error.resync_reason(), &upto).await {
+                        return;
+                    }
+                }
+            }
+        }
+        let mut last: Option<SharedChange> = None;
+        loop {
+            // Live changes this snapshot sees were delivered (or replayed) already.
+            let mut already_seen = None;
+            if let Some(from) = replay_from.take() {
+                match self.replay(&from, &upto, &mut last).await {
+                    Replayed::Done => already_seen = Some(from),
+                    Replayed::Expired => {
+                        if !self.resync("cursor_expired", &upto).await {
+                            return;
+                        }
+                    }
+                    Replayed::Stopped => return,
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.services.shutdown.cancelled() => return,
+                    _ = self.tx.closed() => return,
+                    _ = tokio::time::sleep_until(self.expires) => {
+                        let _ = self.tx.try_send(Outbound::AuthExpired);
+                        return;
+                    }
+                    next = live.recv() => next,
+                };
+                match next {
+                    Ok(change) => {
+                        if !self.filter.matches(&change.resource_type, change.event)
+                            || already_seen.as_ref().is_some_and(|seen| seen.sees(change.xid))
+                        {
+                            continue;
+                        }
+                        if !self.send(Outbound::Change(change.clone())).await {
+                            return;
+                        }
+                        last = Some(change);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
+                        self.services.metrics.subscribers_lagged.inc();
+                        (live, upto) = self.services.hub.subscribe(&self.tenant);
+                        if let Some(change) = &last {
+                            received = change.cursor.seen.clone();
+                        }
+                        replay_from = Some(received.clone());
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
+    /// Sends every change of this tenant and filter that `from` does not see and `upto`
+    /// covers, in journal order.
+    async fn replay(&self, from: &PgSnapshot, upto: &Published, last: &mut Option<SharedChange>) -> Replayed {
+        self.services.metrics.replays.inc();
+        let mut after_id = 0;
+        let mut first_page = true;
+        loop {
+            let page = match self.read_page(from, upto, after_id, first_page).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return Replayed::Expired,
+                Err(error) => {
+                    tracing::warn!(?error, "journal replay failed; retrying");
+                    tokio::select! {
+                        _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
+                        _ = self.tx.closed() => return Replayed::Stopped,
+                        _ = tokio::time::sleep(RETRY_AFTER_DB_ERROR) => continue,
+                    }
+                }
+            };
+            first_page = false;
+            let done = page.len() < REPLAY_PAGE_ROWS;
+            for change in page {
+                after_id = change.id;
+                let change = SharedChange::new(change);
+                if !self.send(Outbound::Change(change.clone())).await {
+                    return Replayed::Stopped;
+                }
+                *last = Some(change);
+            }
+            if done {
+                return Replayed::Done;
+            }
+        }
+    }
+
+    /// One replay page; `None` when the journal was pruned past `from`.
+    async fn read_page(
+        &self,
+        from: &PgSnapshot,
+        upto: &Published,
+        after_id: i64,
+        check_expiry: bool,
+    ) -> anyhow::Result<Option<Vec<crate::journal::Change>>> {
+        let client = self.services.pool.get().await?;
+        if check_expiry {
+            let pruned = Journal::pruned_xid(&client).await?;
+            // Pruned transactions the cursor does not see may have held its changes. Only
+            // the newest pruned xid is recorded, so be conservative: any at or past xmin.
+            if pruned > 0 && pruned >= from.xmin {
+                return Ok(None);
+            }
+        }
+        let filter = RowFilter {
+            tenant: Some(&self.tenant),
+            types: self.filter.types.as_deref(),
+            events: self.filter.events.as_deref(),
+        };
+        Ok(Some(self.services.journal.read(&client, from, upto, after_id, filter, REPLAY_PAGE_ROWS).await?))
+    }
+
+    async fn resync(&self, reason: &'static str, upto: &Published) -> bool {
+        self.services.metrics.resyncs.with_label_values(&[reason]).inc();
+        // Live delivery starts after `upto`: a cursor seeing `upto.prev` resumes there
+        // (repeating at most the page the tailer was in the middle of).
+        let cursor = snapshot_cursor(&self.services.journal, &self.tenant, upto.prev.clone());
+        self.send(Outbound::Resync { reason, cursor }).await
+    }
+
+    /// Queues one item, waiting while the transport is busy; false once it is gone.
+    async fn send(&self, item: Outbound) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.services.shutdown.cancelled() => false,
+            sent = self.tx.send(item) => sent.is_ok(),
+        }
+    }
+}
