@@ -5,6 +5,7 @@
 -- gapless resume possible (see src/journal/mod.rs), and wakes the service with a
 -- payload-less NOTIFY. The journal is the truth; the notification is only a doorbell.
 
+-- (The service creates the schema before refinery runs: its history table lives there.)
 create schema if not exists changecast;
 
 -- One row: facts about this journal that cursors and pruning need.
@@ -147,7 +148,9 @@ begin
             tenant_column = excluded.tenant_column,
             id_column = excluded.id_column;
 
-    execute format('drop trigger if exists changecast_capture on %s', target);
+    if exists (select 1 from pg_trigger where tgrelid = target and tgname = 'changecast_capture') then
+        execute format('drop trigger changecast_capture on %s', target);
+    end if;
     execute format('create trigger changecast_capture after insert or update or delete on %s '
                    'for each row execute function changecast.capture(%L, %L, %L)',
                    target, resource_type, tenant_column, id_column);
@@ -161,7 +164,9 @@ $$;
 create function changecast.unwatch(target regclass) returns boolean
 language plpgsql as $$
 begin
-    execute format('drop trigger if exists changecast_capture on %s', target);
+    if exists (select 1 from pg_trigger where tgrelid = target and tgname = 'changecast_capture') then
+        execute format('drop trigger changecast_capture on %s', target);
+    end if;
     delete from changecast.watched where table_name = target;
     return found;
 end

@@ -48,15 +48,25 @@ pub struct App {
 impl App {
     /// Migrates the database, reads the journal's position and binds the port.
     /// `secret` signs and verifies subscriber tokens.
-    pub async fn build(config: ServeConfig, secret: &str, shutdown: CancellationToken) -> anyhow::Result<App> {
+    pub async fn build(
+        config: ServeConfig,
+        secret: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<App> {
         db::migrate(&config.database_url).await?;
         let pool = db::pool(&config.database_url, config.pool_size)?;
         let (journal, start) = {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
-            (Arc::new(Journal::open(&client).await?), Journal::current_snapshot(&client).await?)
+            (
+                Arc::new(Journal::open(&client).await?),
+                Journal::current_snapshot(&client).await?,
+            )
         };
         // Live delivery starts now; anything older is for cursors to replay.
-        let hub = Arc::new(Hub::new(Published::complete(start), config.subscriber_buffer));
+        let hub = Arc::new(Hub::new(
+            Published::complete(start),
+            config.subscriber_buffer,
+        ));
         let metrics = Arc::new(Metrics::new());
         let (ready_tx, ready) = watch::channel(false);
         let listener = TcpListener::bind(config.listen)
@@ -86,11 +96,18 @@ impl App {
             shutdown,
             tracker: TaskTracker::new(),
         });
-        Ok(App { services, listener, tailer, pruner })
+        Ok(App {
+            services,
+            listener,
+            tailer,
+            pruner,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("BUG: a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("BUG: a bound listener has an address")
     }
 
     pub fn services(&self) -> &Arc<Services> {
@@ -99,7 +116,12 @@ impl App {
 
     /// Serves until shutdown, then gives subscribers a few seconds to be told.
     pub async fn run(self) -> anyhow::Result<()> {
-        let App { services, listener, tailer, pruner } = self;
+        let App {
+            services,
+            listener,
+            tailer,
+            pruner,
+        } = self;
         let shutdown = services.shutdown.clone();
         services.tracker.spawn(tailer.run(shutdown.clone()));
         services.tracker.spawn(pruner.run(shutdown.clone()));
@@ -115,7 +137,10 @@ impl App {
             }
         }
         services.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, services.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, services.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("background tasks still running after the grace period");
         }
         Ok(())

@@ -109,27 +109,36 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| {
-            match error.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("wrong signature"),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::MissingAlgorithm => {
                     AuthError::Invalid("only HS256 tokens are accepted")
                 }
-                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("the `exp` claim is required"),
+                ErrorKind::MissingRequiredClaim(_) => {
+                    AuthError::Invalid("the `exp` claim is required")
+                }
                 _ => AuthError::Invalid("malformed token"),
-            }
-        })?;
+            })?;
         let tenant = match data.claims.tenant_id {
             Some(serde_json::Value::String(id)) => TenantId::new(&id)?,
             _ => return Err(AuthError::NoTenant),
         };
-        Ok(Identity { tenant, expires_at: UNIX_EPOCH + Duration::from_secs(data.claims.exp) })
+        Ok(Identity {
+            tenant,
+            expires_at: UNIX_EPOCH + Duration::from_secs(data.claims.exp),
+        })
     }
 
     /// A token for `tenant` valid for `ttl`.
     pub fn mint(&self, tenant: &TenantId, ttl: Duration) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("BUG: clock before 1970").as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("BUG: clock before 1970")
+            .as_secs();
         let claims = Claims {
             tenant_id: Some(serde_json::Value::String(tenant.as_str().to_owned())),
             exp: now + ttl.as_secs().max(1),
@@ -154,11 +163,19 @@ mod tests {
     use base64::Engine as _;
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     fn sign(secret: &[u8], claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -172,19 +189,33 @@ mod tests {
     fn refuses_every_bad_token() {
         let auth = Authenticator::new(b"secret");
         let exp = now() + 60;
-        let expired = sign(b"secret", serde_json::json!({"tenant_id": "acme", "exp": now() - 1}));
+        let expired = sign(
+            b"secret",
+            serde_json::json!({"tenant_id": "acme", "exp": now() - 1}),
+        );
         assert_eq!(auth.verify(&expired).unwrap_err(), AuthError::Expired);
-        let forged = sign(b"other", serde_json::json!({"tenant_id": "acme", "exp": exp}));
+        let forged = sign(
+            b"other",
+            serde_json::json!({"tenant_id": "acme", "exp": exp}),
+        );
         assert_eq!(auth.verify(&forged).unwrap_err().code(), "invalid_token");
         let tenantless = sign(b"secret", serde_json::json!({"exp": exp}));
         assert_eq!(auth.verify(&tenantless).unwrap_err(), AuthError::NoTenant);
         let numeric_tenant = sign(b"secret", serde_json::json!({"tenant_id": 7, "exp": exp}));
-        assert_eq!(auth.verify(&numeric_tenant).unwrap_err(), AuthError::NoTenant);
+        assert_eq!(
+            auth.verify(&numeric_tenant).unwrap_err(),
+            AuthError::NoTenant
+        );
         let no_exp = sign(b"secret", serde_json::json!({"tenant_id": "acme"}));
         assert_eq!(auth.verify(&no_exp).unwrap_err().code(), "invalid_token");
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"tenant_id":"acme","exp":{exp}}}"#));
-        assert_eq!(auth.verify(&format!("{header}.{body}.")).unwrap_err().code(), "invalid_token");
+        assert_eq!(
+            auth.verify(&format!("{header}.{body}."))
+                .unwrap_err()
+                .code(),
+            "invalid_token"
+        );
         assert_eq!(auth.verify("garbage").unwrap_err().code(), "invalid_token");
     }
 }

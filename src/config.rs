@@ -118,16 +118,24 @@ pub struct TokenArgs {
 /// `90s`, `15m`, `24h`, `7d`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 7d"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 7d"))?;
     let seconds = match unit.trim() {
         "ms" => return Ok(Duration::from_millis(number)),
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
+            ))
+        }
     };
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
@@ -135,12 +143,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_origin(text: &str) -> Result<String, String> {
     let origin = text.trim().trim_end_matches('/');
     let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
-        && !origin.split_once("://").is_some_and(|(_, host)| host.is_empty() || host.contains('/'))
+        && !origin
+            .split_once("://")
+            .is_some_and(|(_, host)| host.is_empty() || host.contains('/'))
         && warp::http::HeaderValue::from_str(origin).is_ok();
     if valid {
         Ok(origin.to_owned())
     } else {
-        Err(format!("{text:?} is not an origin like https://app.example.com"))
+        Err(format!(
+            "{text:?} is not an origin like https://app.example.com"
+        ))
     }
 }
 
@@ -159,7 +171,10 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(parse_origin("https://app.example.com/"), Ok("https://app.example.com".into()));
+        assert_eq!(
+            parse_origin("https://app.example.com/"),
+            Ok("https://app.example.com".into())
+        );
         assert!(parse_origin("app.example.com").is_err());
         assert!(parse_origin("https://a.com/path").is_err());
     }

@@ -28,7 +28,13 @@ struct State {
 
 impl Hub {
     pub fn new(published: Published, capacity: usize) -> Self {
-        Hub { state: Mutex::new(State { tenants: HashMap::new(), published }), capacity }
+        Hub {
+            state: Mutex::new(State {
+                tenants: HashMap::new(),
+                published,
+            }),
+            capacity,
+        }
     }
 
     /// Joins `tenant`'s fan-out. Every change beyond the returned boundary will arrive on
@@ -52,7 +58,9 @@ impl Hub {
         let mut state = self.lock();
         let mut queued = 0;
         for change in changes {
-            let Some(sender) = state.tenants.get(&change.tenant) else { continue };
+            let Some(sender) = state.tenants.get(&change.tenant) else {
+                continue;
+            };
             match sender.send(SharedChange::new(change)) {
                 Ok(receivers) => queued += receivers,
                 // Its last subscriber left: forget the tenant until one returns.
@@ -71,11 +79,16 @@ impl Hub {
 
     /// Subscribers of `tenant` currently joined.
     pub fn subscribers_of(&self, tenant: &TenantId) -> usize {
-        self.lock().tenants.get(tenant).map_or(0, |s| s.receiver_count())
+        self.lock()
+            .tenants
+            .get(tenant)
+            .map_or(0, |s| s.receiver_count())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map inconsistent: keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

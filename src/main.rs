@@ -42,8 +42,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let addr = app.local_addr();
     println!("changecast listening on http://{addr}");
     if generated {
-        let token = Authenticator::new(secret.as_bytes())
-            .mint(&TenantId::new(DEMO_TENANT).expect("BUG: demo tenant id"), DEMO_TOKEN_TTL);
+        let token = Authenticator::new(secret.as_bytes()).mint(
+            &TenantId::new(DEMO_TENANT).expect("BUG: demo tenant id"),
+            DEMO_TOKEN_TTL,
+        );
         println!("no CHANGECAST_JWT_SECRET set: generated one for this run.");
         println!("demo tenant '{DEMO_TENANT}', token valid for 1h:");
         println!("  curl -N 'http://{addr}/v1/events?access_token={token}'");
@@ -54,9 +56,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let tenant = TenantId::new(&args.tenant).map_err(|_| anyhow::anyhow!("--tenant must be a non-empty tenant id"))?;
+    let tenant = TenantId::new(&args.tenant)
+        .map_err(|_| anyhow::anyhow!("--tenant must be a non-empty tenant id"))?;
     anyhow::ensure!(!args.jwt_secret.is_empty(), "the JWT secret is empty");
-    println!("{}", Authenticator::new(args.jwt_secret.as_bytes()).mint(&tenant, args.ttl));
+    println!(
+        "{}",
+        Authenticator::new(args.jwt_secret.as_bytes()).mint(&tenant, args.ttl)
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Every Prometheus series of the service, registered at start so all names appear at 0.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,7 +32,10 @@ impl Metrics {
         let registry = Registry::new();
         let metrics = Metrics {
             subscribers: IntGaugeVec::new(
-                Opts::new("changecast_subscribers", "Connected subscribers by transport"),
+                Opts::new(
+                    "changecast_subscribers",
+                    "Connected subscribers by transport",
+                ),
                 &["transport"],
             )
             .expect("BUG: metric definition"),
@@ -41,7 +45,10 @@ impl Metrics {
             )
             .expect("BUG: metric definition"),
             events_delivered: IntCounterVec::new(
-                Opts::new("changecast_events_delivered_total", "Changes written to subscribers"),
+                Opts::new(
+                    "changecast_events_delivered_total",
+                    "Changes written to subscribers",
+                ),
                 &["transport"],
             )
             .expect("BUG: metric definition"),
@@ -50,16 +57,24 @@ impl Metrics {
                 "Subscribers that fell behind live fan-out and caught up from the journal",
             )
             .expect("BUG: metric definition"),
-            resyncs: IntCounterVec::new(Opts::new("changecast_resyncs_total", "resync events sent"), &["reason"])
-                .expect("BUG: metric definition"),
-            replays: IntCounter::new("changecast_replays_total", "Journal replays for resuming or lagging subscribers")
-                .expect("BUG: metric definition"),
+            resyncs: IntCounterVec::new(
+                Opts::new("changecast_resyncs_total", "resync events sent"),
+                &["reason"],
+            )
+            .expect("BUG: metric definition"),
+            replays: IntCounter::new(
+                "changecast_replays_total",
+                "Journal replays for resuming or lagging subscribers",
+            )
+            .expect("BUG: metric definition"),
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "changecast_delivery_latency_seconds",
                     "Time from reading a change off the journal to writing it to a subscriber",
                 )
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
             )
             .expect("BUG: metric definition"),
             db_reconnects: IntCounter::new(
@@ -86,7 +101,10 @@ impl Metrics {
             Box::new(metrics.journal_rows_pruned.clone()),
         ];
         for collector in collectors {
-            metrics.registry.register(collector).expect("BUG: duplicate metric");
+            metrics
+                .registry
+                .register(collector)
+                .expect("BUG: duplicate metric");
         }
         for transport in ["sse", "ws"] {
             metrics.subscribers.with_label_values(&[transport]);
@@ -98,7 +116,9 @@ impl Metrics {
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("BUG: encoding metrics to memory");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("BUG: encoding metrics to memory");
         String::from_utf8(out).expect("BUG: Prometheus text is UTF-8")
     }
 }

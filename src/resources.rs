@@ -37,7 +37,11 @@ async fn watched_tables(client: &impl GenericClient) -> DbResult<Vec<WatchedTabl
 
 /// The resource types subscribers may ask for right now.
 pub async fn resource_types(client: &impl GenericClient) -> DbResult<Vec<String>> {
-    Ok(watched_tables(client).await?.into_iter().map(|t| t.resource_type).collect())
+    Ok(watched_tables(client)
+        .await?
+        .into_iter()
+        .map(|t| t.resource_type)
+        .collect())
 }
 
 #[derive(Serialize)]
@@ -56,18 +60,34 @@ pub async fn snapshot(
     types: &[String],
     limit: usize,
 ) -> DbResult<Snapshot> {
-    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     // The first statement fixes the transaction's snapshot; every read below uses it.
-    let row = tx.query_one("select pg_current_snapshot()::text", &[]).await?;
-    let seen: PgSnapshot = row.get::<_, &str>(0).parse().expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+    let row = tx
+        .query_one("select pg_current_snapshot()::text", &[])
+        .await?;
+    let seen: PgSnapshot = row
+        .get::<_, &str>(0)
+        .parse()
+        .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
     let mut resources = BTreeMap::new();
     let mut truncated = false;
-    for table in watched_tables(&tx).await?.into_iter().filter(|t| types.contains(&t.resource_type)) {
+    for table in watched_tables(&tx)
+        .await?
+        .into_iter()
+        .filter(|t| types.contains(&t.resource_type))
+    {
         let sql = format!(
             "select to_jsonb(t)::text from {} t where t.{}::text = $1 order by t.{} limit $2",
             table.table, table.tenant_column, table.id_column
         );
-        let rows = tx.query(&sql, &[&tenant.as_str(), &(limit as i64 + 1)]).await?;
+        let rows = tx
+            .query(&sql, &[&tenant.as_str(), &(limit as i64 + 1)])
+            .await?;
         truncated |= rows.len() > limit;
         let items = rows
             .iter()
@@ -77,5 +97,9 @@ pub async fn snapshot(
         resources.insert(table.resource_type, items);
     }
     tx.commit().await?;
-    Ok(Snapshot { cursor: snapshot_cursor(journal, tenant, seen), resources, truncated })
+    Ok(Snapshot {
+        cursor: snapshot_cursor(journal, tenant, seen),
+        resources,
+        truncated,
+    })
 }

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use crate::app::Services;
 use crate::auth::{Identity, TenantId};
-use crate::journal::{snapshot_cursor, EventKind, Journal, PgSnapshot, Published, RowFilter, SharedChange};
+use crate::journal::{
+    snapshot_cursor, EventKind, Journal, PgSnapshot, Published, RowFilter, SharedChange,
+};
 
 /// Items queued between the subscription task and its transport.
 const OUTBOUND_QUEUE: usize = 64;
@@ -32,8 +34,13 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, resource_type: &str, event: EventKind) -> bool {
-        self.types.as_ref().is_none_or(|types| types.iter().any(|t| t == resource_type))
-            && self.events.as_ref().is_none_or(|events| events.contains(&event))
+        self.types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == resource_type))
+            && self
+                .events
+                .as_ref()
+                .is_none_or(|events| events.contains(&event))
     }
 }
 
@@ -43,7 +50,10 @@ pub enum Outbound {
     Change(SharedChange),
     /// The client must refetch its state; the stream continues live from `cursor`, which
     /// replaces the client's last event id (so its next reconnect does not resync again).
-    Resync { reason: &'static str, cursor: String },
+    Resync {
+        reason: &'static str,
+        cursor: String,
+    },
     /// The token expired: the last item before the stream ends.
     AuthExpired,
 }
@@ -58,7 +68,10 @@ pub fn open(
 ) -> mpsc::Receiver<Outbound> {
     let (live, upto) = services.hub.subscribe(&identity.tenant);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let remaining = identity.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+    let remaining = identity
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
     let subscription = Subscription {
         services: services.clone(),
         tenant: identity.tenant.clone(),
@@ -85,7 +98,12 @@ enum Replayed {
 }
 
 impl Subscription {
-    async fn run(self, mut live: broadcast::Receiver<SharedChange>, mut upto: Published, resume: Option<String>) {
+    async fn run(
+        self,
+        mut live: broadcast::Receiver<SharedChange>,
+        mut upto: Published,
+        resume: Option<String>,
+    ) {
         // What this subscriber has provably received: every change this snapshot sees.
         let mut received = upto.prev.clone();
         let mut replay_from = None;
@@ -132,7 +150,9 @@ impl Subscription {
                 match next {
                     Ok(change) => {
                         if !self.filter.matches(&change.resource_type, change.event)
-                            || already_seen.as_ref().is_some_and(|seen| seen.sees(change.xid))
+                            || already_seen
+                                .as_ref()
+                                .is_some_and(|seen| seen.sees(change.xid))
                         {
                             continue;
                         }
@@ -159,7 +179,12 @@ impl Subscription {
 
     /// Sends every change of this tenant and filter that `from` does not see and `upto`
     /// covers, in journal order.
-    async fn replay(&self, from: &PgSnapshot, upto: &Published, last: &mut Option<SharedChange>) -> Replayed {
+    async fn replay(
+        &self,
+        from: &PgSnapshot,
+        upto: &Published,
+        last: &mut Option<SharedChange>,
+    ) -> Replayed {
         self.services.metrics.replays.inc();
         let mut after_id = 0;
         let mut first_page = true;
@@ -214,11 +239,20 @@ impl Subscription {
             types: self.filter.types.as_deref(),
             events: self.filter.events.as_deref(),
         };
-        Ok(Some(self.services.journal.read(&client, from, upto, after_id, filter, REPLAY_PAGE_ROWS).await?))
+        Ok(Some(
+            self.services
+                .journal
+                .read(&client, from, upto, after_id, filter, REPLAY_PAGE_ROWS)
+                .await?,
+        ))
     }
 
     async fn resync(&self, reason: &'static str, upto: &Published) -> bool {
-        self.services.metrics.resyncs.with_label_values(&[reason]).inc();
+        self.services
+            .metrics
+            .resyncs
+            .with_label_values(&[reason])
+            .inc();
         // Live delivery starts after `upto`: a cursor seeing `upto.prev` resumes there
         // (repeating at most the page the tailer was in the middle of).
         let cursor = snapshot_cursor(&self.services.journal, &self.tenant, upto.prev.clone());

@@ -21,7 +21,9 @@ pub struct ListenConnection {
     pub lost: CancellationToken,
 }
 
-pub async fn connect(config: &tokio_postgres::Config) -> Result<ListenConnection, tokio_postgres::Error> {
+pub async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<ListenConnection, tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let wake = Arc::new(Notify::new());
     let lost = CancellationToken::new();
@@ -31,7 +33,9 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<ListenConnection
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => driver_wake.notify_one(),
-                Some(Ok(AsyncMessage::Notice(notice))) => tracing::debug!(?notice, "notice on listener"),
+                Some(Ok(AsyncMessage::Notice(notice))) => {
+                    tracing::debug!(?notice, "notice on listener")
+                }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     tracing::warn!(?error, "listener connection failed");

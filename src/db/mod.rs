@@ -21,8 +21,9 @@ const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 /// Parses `DATABASE_URL` (URL or `key=value` form) and names the connection, so an
 /// operator (or a test) can find it in `pg_stat_activity`.
 pub fn pg_config(url: &str, application_name: &str) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config =
-        url.parse().context("DATABASE_URL is not a valid PostgreSQL connection string")?;
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
     config
         .application_name(application_name)
         .keepalives_idle(TCP_KEEPALIVE_IDLE)
@@ -35,7 +36,9 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
         pg_config(url, "changecast:pool")?,
         NoTls,
         // `Verified` also catches half-open connections, at one round trip per checkout.
-        ManagerConfig { recycling_method: RecyclingMethod::Verified },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
     );
     Pool::builder(manager)
         .max_size(size)
@@ -50,12 +53,19 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
 /// advisory lock serialises them (refinery has none of its own).
 pub async fn migrate(url: &str) -> anyhow::Result<usize> {
     let config = pg_config(url, "changecast:migrate")?;
-    let (mut client, connection) = config.connect(NoTls).await.context("connecting to PostgreSQL")?;
+    let (mut client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
     let driver = tokio::spawn(connection);
-    client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let result = async {
         // The history table lives in our schema, which must exist before the runner looks.
-        client.batch_execute("create schema if not exists changecast").await?;
+        client
+            .batch_execute("create schema if not exists changecast")
+            .await?;
         let report = embedded::migrations::runner()
             .set_migration_table_name("changecast.refinery_schema_history")
             .run_async(&mut client)

@@ -21,7 +21,11 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -31,7 +35,11 @@ impl ApiError {
     /// The database could not answer; details go to the log, not to the client.
     pub fn unavailable(error: impl std::fmt::Debug) -> Self {
         tracing::warn!(?error, "database unavailable while serving a request");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry shortly")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unavailable; retry shortly",
+        )
     }
 }
 
@@ -43,10 +51,16 @@ impl From<AuthError> for ApiError {
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
-        let body = warp::reply::json(&Body { error: self.code, message: &self.message });
+        let body = warp::reply::json(&Body {
+            error: self.code,
+            message: &self.message,
+        });
         let mut response = warp::reply::with_status(body, self.status).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                "www-authenticate",
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -61,11 +75,21 @@ pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
 }
 
 /// Requests no route matched: JSON too, never warp's plain-text defaults.
-pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+pub async fn handle_rejection(
+    rejection: warp::Rejection,
+) -> Result<Response, std::convert::Infallible> {
     let error = if rejection.is_not_found() {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see API.md")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see API.md",
+        )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint only answers GET",
+        )
     } else {
         tracing::debug!(?rejection, "unhandled rejection");
         ApiError::bad_request("bad_request", "the request could not be understood")

@@ -34,18 +34,27 @@ pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
             .allow_origins(origins.iter().map(String::as_str))
             .allow_methods(["GET"])
             .allow_headers(["authorization", "last-event-id", "content-type"]);
-        routes.with(cors).map(warp::reply::Reply::into_response).boxed()
+        routes
+            .with(cors)
+            .map(warp::reply::Reply::into_response)
+            .boxed()
     };
     routes.recover(error::handle_rejection).unify().boxed()
 }
 
 /// What a subscriber endpoint needs from the request: its headers and raw query.
-fn request_parts() -> impl Filter<Extract = (HeaderMap, Option<String>), Error = std::convert::Infallible> + Clone {
-    let query = warp::query::raw().map(Some).or(warp::any().map(|| None)).unify();
+fn request_parts(
+) -> impl Filter<Extract = (HeaderMap, Option<String>), Error = std::convert::Infallible> + Clone {
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
     warp::header::headers_cloned().and(query)
 }
 
-fn with(services: Arc<Services>) -> impl Filter<Extract = (Arc<Services>,), Error = std::convert::Infallible> + Clone {
+fn with(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (Arc<Services>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || services.clone())
 }
 
@@ -69,7 +78,13 @@ fn snapshot(services: Arc<Services>) -> BoxedFilter<(Response,)> {
 
 fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz").map(ops::healthz);
-    let readyz = warp::path!("readyz").and(with(services.clone())).map(|s: Arc<Services>| ops::readyz(&s));
-    let metrics = warp::path!("metrics").and(with(services)).map(|s: Arc<Services>| ops::metrics(&s));
-    warp::get().and(healthz.or(readyz).unify().or(metrics).unify()).boxed()
+    let readyz = warp::path!("readyz")
+        .and(with(services.clone()))
+        .map(|s: Arc<Services>| ops::readyz(&s));
+    let metrics = warp::path!("metrics")
+        .and(with(services))
+        .map(|s: Arc<Services>| ops::metrics(&s));
+    warp::get()
+        .and(healthz.or(readyz).unify().or(metrics).unify())
+        .boxed()
 }

@@ -25,6 +25,10 @@ pub fn readyz(services: &Arc<Services>) -> Response {
 }
 
 pub fn metrics(services: &Arc<Services>) -> Response {
-    warp::reply::with_header(services.metrics.render(), "content-type", "text/plain; version=0.0.4; charset=utf-8")
-        .into_response()
+    warp::reply::with_header(
+        services.metrics.render(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+    .into_response()
 }

@@ -26,7 +26,9 @@ pub struct Params {
 
 impl Params {
     pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
-        let Some(raw) = raw else { return Ok(Params::default()) };
+        let Some(raw) = raw else {
+            return Ok(Params::default());
+        };
         if raw.len() > MAX_QUERY_BYTES {
             return Err(ApiError::new(
                 warp::http::StatusCode::URI_TOO_LONG,
@@ -34,8 +36,12 @@ impl Params {
                 format!("the query string is longer than {MAX_QUERY_BYTES} bytes"),
             ));
         }
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
-            .map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid URL encoding"))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                "the query string is not valid URL encoding",
+            )
+        })?;
         let mut params = Params::default();
         for (key, value) in pairs {
             let slot = match key.as_str() {
@@ -49,7 +55,9 @@ impl Params {
             };
             // Repeated list parameters add up: `types=a&types=b` is `types=a,b`.
             *slot = Some(match slot.take() {
-                Some(previous) if key == "types" || key == "events" => format!("{previous},{value}"),
+                Some(previous) if key == "types" || key == "events" => {
+                    format!("{previous},{value}")
+                }
                 _ => value,
             });
         }
@@ -58,12 +66,18 @@ impl Params {
 }
 
 /// The bearer token: the `Authorization` header wins over `access_token`.
-pub fn authenticate(services: &Services, headers: &HeaderMap, params: &Params) -> Result<Identity, ApiError> {
+pub fn authenticate(
+    services: &Services,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Identity, ApiError> {
     let from_header = match headers.get("authorization") {
         Some(value) => {
             let value = value.to_str().unwrap_or_default();
             match value.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim().to_owned()),
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(token.trim().to_owned())
+                }
                 _ => {
                     return Err(ApiError::new(
                         warp::http::StatusCode::UNAUTHORIZED,
@@ -75,7 +89,9 @@ pub fn authenticate(services: &Services, headers: &HeaderMap, params: &Params) -
         }
         None => None,
     };
-    let token = from_header.or_else(|| params.access_token.clone()).filter(|t| !t.is_empty());
+    let token = from_header
+        .or_else(|| params.access_token.clone())
+        .filter(|t| !t.is_empty());
     let token = token.ok_or(crate::auth::AuthError::Missing)?;
     Ok(services.auth.verify(&token)?)
 }
@@ -99,19 +115,27 @@ fn list(raw: Option<&str>, what: &str) -> Result<Option<Vec<String>>, ApiError> 
 }
 
 /// Resource types, each checked against the watched tables.
-pub fn resource_types(raw: Option<&str>, known: &[String]) -> Result<Option<Vec<String>>, ApiError> {
+pub fn resource_types(
+    raw: Option<&str>,
+    known: &[String],
+) -> Result<Option<Vec<String>>, ApiError> {
     let types = list(raw, "types")?;
     if let Some(unknown) = types.iter().flatten().find(|t| !known.contains(t)) {
         return Err(ApiError::bad_request(
             "unknown_resource_type",
-            format!("unknown resource type {unknown:?}; watched types are: {}", known.join(", ")),
+            format!(
+                "unknown resource type {unknown:?}; watched types are: {}",
+                known.join(", ")
+            ),
         ));
     }
     Ok(types)
 }
 
 pub fn event_kinds(raw: Option<&str>) -> Result<Option<Vec<EventKind>>, ApiError> {
-    let Some(events) = list(raw, "events")? else { return Ok(None) };
+    let Some(events) = list(raw, "events")? else {
+        return Ok(None);
+    };
     events
         .iter()
         .map(|e| {
@@ -131,12 +155,17 @@ pub async fn filter(services: &Services, params: &Params) -> Result<Filter, ApiE
     // Events first: a bad `events` list is refused without a database round trip.
     let events = event_kinds(params.events.as_deref())?;
     let known = known_types(services).await?;
-    Ok(Filter { types: resource_types(params.types.as_deref(), &known)?, events })
+    Ok(Filter {
+        types: resource_types(params.types.as_deref(), &known)?,
+        events,
+    })
 }
 
 pub async fn known_types(services: &Services) -> Result<Vec<String>, ApiError> {
     let client = services.pool.get().await.map_err(ApiError::unavailable)?;
-    crate::resources::resource_types(&**client).await.map_err(ApiError::unavailable)
+    crate::resources::resource_types(&**client)
+        .await
+        .map_err(ApiError::unavailable)
 }
 
 #[cfg(test)]
@@ -146,13 +175,33 @@ mod tests {
     #[test]
     fn lists_are_trimmed_deduplicated_and_checked() {
         let known = vec!["agent".to_owned(), "ticket".to_owned()];
-        assert_eq!(resource_types(Some(" ticket,,agent,ticket "), &known).unwrap(), Some(vec!["ticket".into(), "agent".into()]));
+        assert_eq!(
+            resource_types(Some(" ticket,,agent,ticket "), &known).unwrap(),
+            Some(vec!["ticket".into(), "agent".into()])
+        );
         assert_eq!(resource_types(Some(""), &known).unwrap(), None);
-        assert_eq!(resource_types(Some("ticket,invoice"), &known).unwrap_err().code, "unknown_resource_type");
-        assert_eq!(event_kinds(Some("created,deleted")).unwrap(), Some(vec![EventKind::Created, EventKind::Deleted]));
-        assert_eq!(event_kinds(Some("created,exploded")).unwrap_err().code, "unknown_event");
-        let many = (0..65).map(|i| format!("t{i}")).collect::<Vec<_>>().join(",");
-        assert_eq!(event_kinds(Some(&many)).unwrap_err().code, "too_many_filters");
+        assert_eq!(
+            resource_types(Some("ticket,invoice"), &known)
+                .unwrap_err()
+                .code,
+            "unknown_resource_type"
+        );
+        assert_eq!(
+            event_kinds(Some("created,deleted")).unwrap(),
+            Some(vec![EventKind::Created, EventKind::Deleted])
+        );
+        assert_eq!(
+            event_kinds(Some("created,exploded")).unwrap_err().code,
+            "unknown_event"
+        );
+        let many = (0..65)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            event_kinds(Some(&many)).unwrap_err().code,
+            "too_many_filters"
+        );
     }
 
     #[test]
@@ -161,6 +210,9 @@ mod tests {
         assert_eq!(params.types.as_deref(), Some("ticket,agent"));
         assert_eq!(params.events.as_deref(), Some("created"));
         let long = format!("types={}", "a".repeat(MAX_QUERY_BYTES));
-        assert_eq!(Params::parse(Some(&long)).unwrap_err().code, "query_too_long");
+        assert_eq!(
+            Params::parse(Some(&long)).unwrap_err().code,
+            "query_too_long"
+        );
     }
 }

@@ -12,11 +12,19 @@ use crate::app::Services;
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
 
-pub async fn handle(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Response {
+pub async fn handle(
+    services: Arc<Services>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Response {
     super::error::respond(read(services, headers, query).await)
 }
 
-async fn read(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Result<warp::reply::Json, ApiError> {
+async fn read(
+    services: Arc<Services>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Result<warp::reply::Json, ApiError> {
     let params = Params::parse(query.as_deref())?;
     let identity = request::authenticate(&services, &headers, &params)?;
     let limit = match params.limit.as_deref() {
@@ -34,8 +42,14 @@ async fn read(services: Arc<Services>, headers: HeaderMap, query: Option<String>
     let known = request::known_types(&services).await?;
     let types = request::resource_types(params.types.as_deref(), &known)?.unwrap_or(known);
     let mut client = services.pool.get().await.map_err(ApiError::unavailable)?;
-    let snapshot = crate::resources::snapshot(&mut client, &services.journal, &identity.tenant, &types, limit)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let snapshot = crate::resources::snapshot(
+        &mut client,
+        &services.journal,
+        &identity.tenant,
+        &types,
+        limit,
+    )
+    .await
+    .map_err(ApiError::unavailable)?;
     Ok(warp::reply::json(&snapshot))
 }

@@ -23,11 +23,19 @@ use crate::subscription::{self, Outbound};
 const RETRY_MS: u64 = 2000;
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
 
-pub async fn handle(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Response {
+pub async fn handle(
+    services: Arc<Services>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Response {
     super::error::respond(open(services, headers, query).await)
 }
 
-async fn open(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Result<Response, ApiError> {
+async fn open(
+    services: Arc<Services>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref())?;
     let identity = request::authenticate(&services, &headers, &params)?;
     let filter = request::filter(&services, &params).await?;
@@ -55,9 +63,18 @@ async fn open(services: Arc<Services>, headers: HeaderMap, query: Option<String>
     };
     let mut response = warp::reply::stream(body).into_response();
     let headers = response.headers_mut();
-    headers.insert("content-type", "text/event-stream".parse().expect("BUG: static header"));
-    headers.insert("cache-control", "no-cache".parse().expect("BUG: static header"));
-    headers.insert("x-accel-buffering", "no".parse().expect("BUG: static header"));
+    headers.insert(
+        "content-type",
+        "text/event-stream".parse().expect("BUG: static header"),
+    );
+    headers.insert(
+        "cache-control",
+        "no-cache".parse().expect("BUG: static header"),
+    );
+    headers.insert(
+        "x-accel-buffering",
+        "no".parse().expect("BUG: static header"),
+    );
     Ok(response)
 }
 
@@ -82,7 +99,12 @@ struct Control<'a> {
 }
 
 fn control_frame(event: &str, reason: Option<&str>, id: Option<&str>) -> Bytes {
-    let data = serde_json::to_string(&Control { kind: event, reason, id }).expect("BUG: serialising a control event");
+    let data = serde_json::to_string(&Control {
+        kind: event,
+        reason,
+        id,
+    })
+    .expect("BUG: serialising a control event");
     match id {
         Some(id) => Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n")),
         None => Bytes::from(format!("event: {event}\ndata: {data}\n\n")),
@@ -101,8 +123,15 @@ impl Stream for SseBody {
         }
         let frame = match self.outbound.poll_recv(cx) {
             Poll::Ready(Some(Outbound::Change(change))) => {
-                self.services.metrics.events_delivered.with_label_values(&["sse"]).inc();
-                self.services.metrics.delivery_latency.observe(change.read_at.elapsed().as_secs_f64());
+                self.services
+                    .metrics
+                    .events_delivered
+                    .with_label_values(&["sse"])
+                    .inc();
+                self.services
+                    .metrics
+                    .delivery_latency
+                    .observe(change.read_at.elapsed().as_secs_f64());
                 change.sse_frame.clone()
             }
             Poll::Ready(Some(Outbound::Resync { reason, cursor })) => {

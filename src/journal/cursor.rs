@@ -60,7 +60,9 @@ pub struct CursorScope {
 
 impl CursorScope {
     pub fn new(journal_id: &str) -> Self {
-        CursorScope { journal_tag: fnv1a(journal_id.as_bytes(), FNV_OFFSET) }
+        CursorScope {
+            journal_tag: fnv1a(journal_id.as_bytes(), FNV_OFFSET),
+        }
     }
 
     fn tenant_tag(&self, tenant: &TenantId) -> u32 {
@@ -89,15 +91,20 @@ impl CursorScope {
         if text.len() > MAX_ENCODED_LEN {
             return Err(CursorError::Malformed);
         }
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| CursorError::Malformed)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| CursorError::Malformed)?;
         let (header, mut rest) = bytes.split_at_checked(9).ok_or(CursorError::Malformed)?;
         if header[0] != VERSION {
             return Err(CursorError::Malformed);
         }
-        let tag = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("BUG: 4 bytes"));
+        let tag =
+            |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("BUG: 4 bytes"));
         let id = i64::try_from(take_varint(&mut rest)?).map_err(|_| CursorError::Malformed)?;
         let xmin = take_varint(&mut rest)?;
-        let xmax = xmin.checked_add(take_varint(&mut rest)?).ok_or(CursorError::Malformed)?;
+        let xmax = xmin
+            .checked_add(take_varint(&mut rest)?)
+            .ok_or(CursorError::Malformed)?;
         let count = take_varint(&mut rest)?;
         if count > MAX_XIP as u64 {
             return Err(CursorError::Malformed);
@@ -105,7 +112,9 @@ impl CursorScope {
         let mut xip = Vec::with_capacity(count as usize);
         let mut previous = xmin;
         for _ in 0..count {
-            previous = previous.checked_add(take_varint(&mut rest)?).ok_or(CursorError::Malformed)?;
+            previous = previous
+                .checked_add(take_varint(&mut rest)?)
+                .ok_or(CursorError::Malformed)?;
             xip.push(previous);
         }
         if !rest.is_empty() {
@@ -113,7 +122,10 @@ impl CursorScope {
         }
         let seen = PgSnapshot { xmin, xmax, xip };
         // Round-trip through the text form: the one validity check, shared with parsing.
-        let seen: PgSnapshot = seen.to_string().parse().map_err(|_| CursorError::Malformed)?;
+        let seen: PgSnapshot = seen
+            .to_string()
+            .parse()
+            .map_err(|_| CursorError::Malformed)?;
         // Checked after the structure, so garbage is "malformed" rather than "foreign".
         if tag(1) != self.journal_tag {
             return Err(CursorError::ForeignJournal);
@@ -128,7 +140,9 @@ impl CursorScope {
 const FNV_OFFSET: u32 = 0x811c_9dc5;
 
 fn fnv1a(bytes: &[u8], seed: u32) -> u32 {
-    bytes.iter().fold(seed, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(seed, |hash, &b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -144,7 +158,9 @@ fn take_varint(input: &mut &[u8]) -> Result<u64, CursorError> {
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = input.split_first().ok_or(CursorError::Malformed)?;
         *input = rest;
-        value |= u64::from(byte & 0x7f).checked_shl(shift).ok_or(CursorError::Malformed)?;
+        value |= u64::from(byte & 0x7f)
+            .checked_shl(shift)
+            .ok_or(CursorError::Malformed)?;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
@@ -161,13 +177,19 @@ mod tests {
     }
 
     fn cursor(id: i64, snapshot: &str) -> Cursor {
-        Cursor { id, seen: snapshot.parse().unwrap() }
+        Cursor {
+            id,
+            seen: snapshot.parse().unwrap(),
+        }
     }
 
     #[test]
     fn round_trips() {
         let scope = CursorScope::new("journal-a");
-        for c in [cursor(1, "10:10:"), cursor(123_456_789, "4000000000:4000000100:4000000001,4000000050")] {
+        for c in [
+            cursor(1, "10:10:"),
+            cursor(123_456_789, "4000000000:4000000100:4000000001,4000000050"),
+        ] {
             let text = scope.encode(&tenant("acme"), &c);
             assert!(text.len() < 60, "{text} is long");
             assert_eq!(scope.decode(&tenant("acme"), &text), Ok(c));
@@ -178,13 +200,32 @@ mod tests {
     fn foreign_and_malformed_cursors_are_recognised() {
         let scope = CursorScope::new("journal-a");
         let text = scope.encode(&tenant("acme"), &cursor(7, "10:20:12"));
-        assert_eq!(scope.decode(&tenant("globex"), &text), Err(CursorError::ForeignTenant));
-        assert_eq!(CursorScope::new("journal-b").decode(&tenant("acme"), &text), Err(CursorError::ForeignJournal));
-        for garbage in ["", "42", "not a cursor!", "AAAAAAAAAAAAAAAAAAAA", &"A".repeat(600)] {
-            assert_eq!(scope.decode(&tenant("acme"), garbage), Err(CursorError::Malformed), "{garbage}");
+        assert_eq!(
+            scope.decode(&tenant("globex"), &text),
+            Err(CursorError::ForeignTenant)
+        );
+        assert_eq!(
+            CursorScope::new("journal-b").decode(&tenant("acme"), &text),
+            Err(CursorError::ForeignJournal)
+        );
+        for garbage in [
+            "",
+            "42",
+            "not a cursor!",
+            "AAAAAAAAAAAAAAAAAAAA",
+            &"A".repeat(600),
+        ] {
+            assert_eq!(
+                scope.decode(&tenant("acme"), garbage),
+                Err(CursorError::Malformed),
+                "{garbage}"
+            );
         }
         // Truncated or extended encodings are malformed too.
-        assert_eq!(scope.decode(&tenant("acme"), &text[..text.len() - 2]), Err(CursorError::Malformed));
+        assert_eq!(
+            scope.decode(&tenant("acme"), &text[..text.len() - 2]),
+            Err(CursorError::Malformed)
+        );
     }
 
     #[test]
@@ -192,7 +233,9 @@ mod tests {
         let scope = CursorScope::new("j");
         let xip: Vec<String> = (101..140).map(|x| x.to_string()).collect();
         let big = cursor(5, &format!("100:200:{}", xip.join(",")));
-        let back = scope.decode(&tenant("t"), &scope.encode(&tenant("t"), &big)).unwrap();
+        let back = scope
+            .decode(&tenant("t"), &scope.encode(&tenant("t"), &big))
+            .unwrap();
         for x in 0..250 {
             assert!(!back.seen.sees(x) || big.seen.sees(x));
         }

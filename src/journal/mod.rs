@@ -45,7 +45,9 @@ impl EventKind {
     }
 
     pub fn parse(text: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
@@ -80,7 +82,11 @@ pub struct Published {
 
 impl Published {
     pub fn complete(snapshot: PgSnapshot) -> Self {
-        Published { prev: snapshot.clone(), next: snapshot, through_id: 0 }
+        Published {
+            prev: snapshot.clone(),
+            next: snapshot,
+            through_id: 0,
+        }
     }
 
     pub fn is_complete(&self) -> bool {
@@ -123,8 +129,12 @@ limit $9
 impl Journal {
     /// Reads the journal's identity; the migrations must have run.
     pub async fn open(client: &Client) -> DbResult<Journal> {
-        let row = client.query_one("select journal_id::text from changecast.journal_meta", &[]).await?;
-        Ok(Journal { scope: CursorScope::new(row.get(0)) })
+        let row = client
+            .query_one("select journal_id::text from changecast.journal_meta", &[])
+            .await?;
+        Ok(Journal {
+            scope: CursorScope::new(row.get(0)),
+        })
     }
 
     pub fn scope(&self) -> &CursorScope {
@@ -132,14 +142,24 @@ impl Journal {
     }
 
     pub async fn current_snapshot(client: &Client) -> DbResult<PgSnapshot> {
-        let row = client.query_one("select pg_current_snapshot()::text", &[]).await?;
-        Ok(row.get::<_, &str>(0).parse().expect("BUG: PostgreSQL printed an invalid pg_snapshot"))
+        let row = client
+            .query_one("select pg_current_snapshot()::text", &[])
+            .await?;
+        Ok(row
+            .get::<_, &str>(0)
+            .parse()
+            .expect("BUG: PostgreSQL printed an invalid pg_snapshot"))
     }
 
     /// Highest transaction id among pruned rows (0 when nothing was pruned yet).
     pub async fn pruned_xid(client: &Client) -> DbResult<u64> {
-        let row = client.query_one("select pruned_xid::text from changecast.journal_meta", &[]).await?;
-        Ok(row.get::<_, &str>(0).parse().expect("BUG: xid8 is a number"))
+        let row = client
+            .query_one("select pruned_xid::text from changecast.journal_meta", &[])
+            .await?;
+        Ok(row
+            .get::<_, &str>(0)
+            .parse()
+            .expect("BUG: xid8 is a number"))
     }
 
     /// Changes whose transaction `unseen` does not see but `upto` covers, with journal id
@@ -153,7 +173,9 @@ impl Journal {
         filter: RowFilter<'_>,
         limit: usize,
     ) -> DbResult<Vec<Change>> {
-        let events: Option<Vec<&str>> = filter.events.map(|e| e.iter().map(|k| k.as_str()).collect());
+        let events: Option<Vec<&str>> = filter
+            .events
+            .map(|e| e.iter().map(|k| k.as_str()).collect());
         let rows = client
             .query(
                 READ_SQL,
@@ -175,17 +197,27 @@ impl Journal {
 
     fn change_from_row(&self, row: &tokio_postgres::Row) -> Change {
         let id: i64 = row.get(0);
-        let xid: u64 = row.get::<_, &str>(1).parse().expect("BUG: xid8 is a number");
-        let writer: PgSnapshot = row.get::<_, &str>(2).parse().expect("BUG: invalid pg_snapshot");
+        let xid: u64 = row
+            .get::<_, &str>(1)
+            .parse()
+            .expect("BUG: xid8 is a number");
+        let writer: PgSnapshot = row
+            .get::<_, &str>(2)
+            .parse()
+            .expect("BUG: invalid pg_snapshot");
         let tenant = TenantId::from_journal(row.get(3));
         let resource_type: String = row.get(4);
-        let event = EventKind::parse(row.get(5)).expect("BUG: the journal's check constraint allows only known events");
+        let event = EventKind::parse(row.get(5))
+            .expect("BUG: the journal's check constraint allows only known events");
         let resource: &str = row.get(6);
         let occurred_at: &str = row.get(7);
 
         // Rows of the writer's own transaction are not seen by its snapshot; neither may
         // they be by the cursor, or a resume after the first of them would skip the rest.
-        let cursor = Cursor { id, seen: writer.not_seeing(xid) };
+        let cursor = Cursor {
+            id,
+            seen: writer.not_seeing(xid),
+        };
         let cursor_text = self.scope.encode(&tenant, &cursor);
         let json = serde_json::to_string(&WireChange {
             kind: "resource_change",
@@ -193,12 +225,25 @@ impl Journal {
             event,
             resource_type: &resource_type,
             tenant_id: tenant.as_str(),
-            resource: serde_json::from_str::<&RawValue>(resource).expect("BUG: jsonb prints valid JSON"),
+            resource: serde_json::from_str::<&RawValue>(resource)
+                .expect("BUG: jsonb prints valid JSON"),
             occurred_at,
         })
         .expect("BUG: serialising a change cannot fail");
-        let sse_frame = Bytes::from(format!("id: {cursor_text}\nevent: resource_change\ndata: {json}\n\n"));
-        Change { id, xid, tenant, resource_type, event, cursor, json, sse_frame, read_at: Instant::now() }
+        let sse_frame = Bytes::from(format!(
+            "id: {cursor_text}\nevent: resource_change\ndata: {json}\n\n"
+        ));
+        Change {
+            id,
+            xid,
+            tenant,
+            resource_type,
+            event,
+            cursor,
+            json,
+            sse_frame,
+            read_at: Instant::now(),
+        }
     }
 }
 
@@ -216,7 +261,13 @@ struct WireChange<'a> {
 
 /// A cursor for "everything `snapshot` sees", handed out with a `/v1/snapshot` read.
 pub fn snapshot_cursor(journal: &Journal, tenant: &TenantId, snapshot: PgSnapshot) -> String {
-    journal.scope.encode(tenant, &Cursor { id: 0, seen: snapshot })
+    journal.scope.encode(
+        tenant,
+        &Cursor {
+            id: 0,
+            seen: snapshot,
+        },
+    )
 }
 
 pub type SharedChange = Arc<Change>;

@@ -51,7 +51,10 @@ pub async fn prune(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
     let mut total = 0u64;
     loop {
         let tx = client.transaction().await?;
-        let locked: bool = tx.query_one("select pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK]).await?.get(0);
+        let locked: bool = tx
+            .query_one("select pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+            .await?
+            .get(0);
         if !locked {
             return Ok(total);
         }

@@ -44,7 +44,11 @@ impl PgSnapshot {
         if self.xip.len() <= max_xip {
             self
         } else {
-            PgSnapshot { xmin: self.xmin, xmax: self.xmin, xip: Vec::new() }
+            PgSnapshot {
+                xmin: self.xmin,
+                xmax: self.xmin,
+                xip: Vec::new(),
+            }
         }
     }
 
@@ -81,7 +85,9 @@ impl FromStr for PgSnapshot {
         let xip = if list.is_empty() {
             Vec::new()
         } else {
-            list.split(',').map(|x| x.parse::<u64>().map_err(|_| bad())).collect::<Result<_, _>>()?
+            list.split(',')
+                .map(|x| x.parse::<u64>().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?
         };
         let snapshot = PgSnapshot { xmin, xmax, xip };
         if snapshot.is_valid() {
@@ -101,8 +107,19 @@ mod tests {
         for text in ["10:20:", "10:20:12,15", "5:5:"] {
             assert_eq!(text.parse::<PgSnapshot>().unwrap().to_string(), text);
         }
-        for text in ["", "10:20", "20:10:", "10:20:25", "10:20:15,12", "a:b:", "10:20:12,"] {
-            assert!(text.parse::<PgSnapshot>().is_err(), "{text} should not parse");
+        for text in [
+            "",
+            "10:20",
+            "20:10:",
+            "10:20:25",
+            "10:20:15,12",
+            "a:b:",
+            "10:20:12,",
+        ] {
+            assert!(
+                text.parse::<PgSnapshot>().is_err(),
+                "{text} should not parse"
+            );
         }
     }
 
@@ -114,8 +131,11 @@ mod tests {
         assert!(!s.sees(12));
         assert!(s.sees(13));
         assert!(!s.sees(20));
-        assert!(!s.not_seeing(13).sees(13));
-        assert!(s.clone().not_seeing(25).sees(9), "out-of-range xid changes nothing");
+        assert!(!s.clone().not_seeing(13).sees(13));
+        assert!(
+            s.clone().not_seeing(25).sees(9),
+            "out-of-range xid changes nothing"
+        );
     }
 
     #[test]
@@ -123,7 +143,10 @@ mod tests {
         let s: PgSnapshot = "10:20:12,15".parse().unwrap();
         let b = s.clone().bounded(1);
         for x in 0..30 {
-            assert!(!b.sees(x) || s.sees(x), "bounded sees {x} which the original does not");
+            assert!(
+                !b.sees(x) || s.sees(x),
+                "bounded sees {x} which the original does not"
+            );
         }
         assert_eq!(s.clone().bounded(2), s);
     }

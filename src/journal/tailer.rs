@@ -59,8 +59,12 @@ impl Tailer {
                 Ok(Ok(connection)) => connection,
                 failed => {
                     match failed {
-                        Ok(Err(error)) => tracing::warn!(?error, retry_in = ?backoff, "cannot connect the listener"),
-                        _ => tracing::warn!(retry_in = ?backoff, "connecting the listener timed out"),
+                        Ok(Err(error)) => {
+                            tracing::warn!(?error, retry_in = ?backoff, "cannot connect the listener")
+                        }
+                        _ => {
+                            tracing::warn!(retry_in = ?backoff, "connecting the listener timed out")
+                        }
                     }
                     if sleep_or_shutdown(backoff, &shutdown).await {
                         return;
@@ -86,7 +90,11 @@ impl Tailer {
     }
 
     /// Drains the journal on every wake-up until the connection fails or shutdown.
-    async fn follow(&self, connection: &ListenConnection, shutdown: &CancellationToken) -> Result<(), Lost> {
+    async fn follow(
+        &self,
+        connection: &ListenConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Lost> {
         loop {
             self.drain(connection).await?;
             self.ready.send_replace(true);
@@ -113,7 +121,10 @@ impl Tailer {
                 published.next = now;
                 published.through_id = 0;
             }
-            let batch = Published { through_id: i64::MAX, ..published.clone() };
+            let batch = Published {
+                through_id: i64::MAX,
+                ..published.clone()
+            };
             let page = bounded(self.journal.read(
                 client,
                 &published.prev,
@@ -127,7 +138,10 @@ impl Tailer {
             published = if batch_done {
                 Published::complete(published.next)
             } else {
-                Published { through_id: page.last().expect("BUG: a full page has rows").id, ..published }
+                Published {
+                    through_id: page.last().expect("BUG: a full page has rows").id,
+                    ..published
+                }
             };
             self.metrics.events_received.inc_by(page.len() as u64);
             self.hub.publish(page, published.clone());
@@ -139,8 +153,12 @@ impl Tailer {
     }
 }
 
-async fn bounded<T>(query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, Lost> {
-    Ok(timeout(QUERY_TIMEOUT, query).await.map_err(|_| Lost::Timeout)??)
+async fn bounded<T>(
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Lost> {
+    Ok(timeout(QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| Lost::Timeout)??)
 }
 
 /// Sleeps for `duration`; true when shutdown came first.

@@ -1,0 +1,375 @@
+//! `spawn_app()` and friends: the service in-process on a free port over a fresh
+//! database, with methods named after what a user does.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use changecast::auth::{Authenticator, TenantId};
+use changecast::{App, ServeConfig};
+use futures_util::StreamExt as _;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::database::server;
+
+pub const SECRET: &str = "test-secret";
+/// Upper bound for anything a test waits for; generous for slow CI machines.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    pub db: tokio_postgres::Client,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let db_url = server().fresh_database().await;
+    start_on(db_url, configure).await
+}
+
+/// Starts the service on an existing database (e.g. to restart it, or a second instance).
+pub async fn start_on(db_url: String, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    init_logs();
+    let mut config = ServeConfig::new(&db_url);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    configure(&mut config);
+    let shutdown = CancellationToken::new();
+    let app = App::build(config, SECRET, shutdown.clone())
+        .await
+        .expect("building the app");
+    let addr = app.local_addr();
+    let handle = tokio::spawn(app.run());
+    let (db, connection) = tokio_postgres::connect(&db_url, NoTls)
+        .await
+        .expect("connecting the test client");
+    tokio::spawn(connection);
+    let app = TestApp {
+        addr,
+        db_url,
+        db,
+        http: reqwest::Client::new(),
+        shutdown,
+        handle,
+    };
+    app.wait_ready().await;
+    app
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        changecast::telemetry::init("text");
+    }
+}
+
+pub fn token(tenant: &str) -> String {
+    Authenticator::new(SECRET.as_bytes())
+        .mint(&TenantId::new(tenant).unwrap(), Duration::from_secs(3600))
+}
+
+impl TestApp {
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// Waits until `/readyz` says the listener is connected and caught up.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(response) = self.http.get(self.url("/readyz")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "service not ready within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the service gracefully and waits for it (bounded).
+    pub async fn stop(self) -> String {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("service did not stop")
+            .unwrap()
+            .unwrap();
+        self.db_url
+    }
+
+    pub async fn get(&self, path_and_query: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path_and_query));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("request timed out")
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    /// Opens `/v1/events?{query}` with a bearer token; returns once headers arrived.
+    pub async fn sse(&self, token: &str, query: &str) -> SseStream {
+        self.sse_with(token, query, None).await
+    }
+
+    pub async fn sse_with(
+        &self,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> SseStream {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/v1/events?{query}")))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("SSE connect timed out")
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "SSE refused: {:?}",
+            response.text().await
+        );
+        SseStream::new(response)
+    }
+
+    pub async fn insert_ticket(&self, tenant: &str, title: &str) -> String {
+        let row = self
+            .db
+            .query_one(
+                "insert into tickets (tenant_id, title) values ($1, $2) returning id::text",
+                &[&tenant, &title],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    /// Inserts `n` tickets in one statement; returns their ids.
+    pub async fn insert_tickets(&self, tenant: &str, n: i64) -> Vec<String> {
+        self.db
+            .query(
+                "insert into tickets (tenant_id, title) select $1, 'bulk ' || g from generate_series(1, $2::bigint) g returning id::text",
+                &[&tenant, &n],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Kills the service's LISTEN connection from the database side.
+    pub async fn kill_listener(&self) -> u64 {
+        let rows = self
+            .db
+            .query(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                 where application_name = 'changecast:listener' and datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.len() as u64
+    }
+}
+
+/// A Server-Sent Events stream, parsed as the WHATWG EventSource does.
+pub struct SseStream {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    pub retry: Option<u64>,
+    pub comments: usize,
+    pub last_event_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+impl SseStream {
+    fn new(response: reqwest::Response) -> Self {
+        SseStream {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            retry: None,
+            comments: 0,
+            last_event_id: None,
+        }
+    }
+
+    /// The next event, or `None` if the stream ended or nothing came within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(wait, self.next_event())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = self.parse_block(&block) {
+                    return Some(event);
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+
+    fn parse_block(&mut self, block: &str) -> Option<SseEvent> {
+        let (mut id, mut event, mut data) = (None, "message".to_owned(), Vec::new());
+        for line in block.lines() {
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = Some(value.to_owned()),
+                "event" => event = value.to_owned(),
+                "data" => data.push(value.to_owned()),
+                "retry" => self.retry = value.parse().ok(),
+                _ => {}
+            }
+        }
+        if let Some(id) = &id {
+            self.last_event_id = Some(id.clone());
+        }
+        if data.is_empty() {
+            return None;
+        }
+        let data = serde_json::from_str(&data.join("\n")).expect("SSE data is JSON");
+        Some(SseEvent { id, event, data })
+    }
+
+    /// Reads `resource_change` events until `n` distinct resources arrived (bounded by
+    /// [`WAIT`]); returns every change event read, in order.
+    pub async fn changes_until(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        let mut distinct = HashSet::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while distinct.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(event) = self.next_within(left).await else {
+                break;
+            };
+            if event.event == "resource_change" {
+                distinct.insert(resource_key(&event));
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// Reads `resource_change` events until every id in `expected` arrived (bounded by
+    /// [`WAIT`]); returns the ids of every resource received, expected or not.
+    pub async fn receive_ids(&mut self, expected: &HashSet<String>) -> HashSet<String> {
+        let mut received = HashSet::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !expected.is_subset(&received) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(event) = self.next_within(left).await else {
+                break;
+            };
+            if event.event == "resource_change" {
+                received.insert(event.data["resource"]["id"].as_str().unwrap().to_owned());
+            }
+        }
+        received
+    }
+
+    /// Asserts that no `resource_change` arrives within `quiet`.
+    pub async fn assert_no_change_within(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next_within(left).await {
+                Some(event) if event.event == "resource_change" => {
+                    panic!("unexpected change: {:?}", event.data)
+                }
+                Some(_) => continue,
+                None => return,
+            }
+        }
+    }
+}
+
+/// `event:resource_id` — what "a change of a resource" means in set comparisons.
+pub fn resource_key(event: &SseEvent) -> String {
+    format!(
+        "{}:{}",
+        event.data["event"].as_str().unwrap_or(""),
+        event.data["resource"]["id"].as_str().unwrap_or("")
+    )
+}
+
+pub fn resource_ids(events: &[SseEvent]) -> HashSet<String> {
+    events
+        .iter()
+        .map(|e| e.data["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// "Nothing lost": every written id was received; anything else received must be one of
+/// `earlier` (a resume may repeat changes the client already had, never invent others).
+pub fn assert_nothing_lost(
+    written: &HashSet<String>,
+    received: &HashSet<String>,
+    earlier: &HashSet<String>,
+) {
+    let missing: Vec<_> = written.difference(received).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} changes lost, e.g. {:?}",
+        missing.len(),
+        written.len(),
+        missing.first()
+    );
+    let foreign: Vec<_> = received
+        .difference(written)
+        .filter(|id| !earlier.contains(*id))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "received {} changes nobody wrote here, e.g. {:?}",
+        foreign.len(),
+        foreign.first()
+    );
+}

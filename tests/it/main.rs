@@ -1,0 +1,9 @@
+//! One integration test binary: the service in-process over real HTTP, against a real
+//! PostgreSQL found by `database`.
+
+mod database;
+mod helpers;
+
+mod auth;
+mod resume;
+mod sse;
