@@ -340,13 +340,6 @@ pub fn resource_key(event: &SseEvent) -> String {
     )
 }
 
-pub fn resource_ids(events: &[SseEvent]) -> HashSet<String> {
-    events
-        .iter()
-        .map(|e| e.data["resource"]["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// "Nothing lost": every written id was received; anything else received must be one of
 /// `earlier` (a resume may repeat changes the client already had, never invent others).
 pub fn assert_nothing_lost(

@@ -5,5 +5,6 @@ mod database;
 mod helpers;
 
 mod auth;
+mod migrate;
 mod resume;
 mod sse;
