@@ -62,6 +62,8 @@ pub struct Change {
     pub resource_type: String,
     pub event: EventKind,
     pub cursor: Cursor,
+    /// `cursor` as the client sees it: the event's `id`.
+    pub cursor_text: String,
     /// The §4 `resource_change` object.
     pub json: String,
     /// `id: …\nevent: resource_change\ndata: <json>\n\n`
