@@ -242,6 +242,7 @@ impl Journal {
             resource_type,
             event,
             cursor,
+            cursor_text,
             json,
             sse_frame,
             read_at: Instant::now(),
