@@ -2,6 +2,7 @@
 //! `App::run` serves until the shutdown token is cancelled.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Every task the service spawns, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Open subscriptions, against `config.max_subscribers`.
+    pub subscriptions: AtomicUsize,
 }
 
 pub struct App {
@@ -95,6 +98,7 @@ impl App {
             ready,
             shutdown,
             tracker: TaskTracker::new(),
+            subscriptions: AtomicUsize::new(0),
         });
         Ok(App {
             services,

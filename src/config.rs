@@ -78,6 +78,20 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_SUBSCRIBER_BUFFER", default_value_t = 1024)]
     pub subscriber_buffer: usize,
 
+    /// Most subscribers (SSE streams and WebSocket subscriptions) served at once; beyond,
+    /// new ones get 503 `server_full`.
+    #[arg(long, env = "CHANGECAST_MAX_SUBSCRIBERS", default_value_t = 10_000)]
+    pub max_subscribers: usize,
+
+    /// Most subscribers one tenant may have at once; beyond, new ones get 429
+    /// `too_many_subscribers`.
+    #[arg(
+        long,
+        env = "CHANGECAST_MAX_SUBSCRIBERS_PER_TENANT",
+        default_value_t = 1000
+    )]
+    pub max_subscribers_per_tenant: usize,
+
     /// Connections in the pool for replays, snapshots and pruning.
     #[arg(long, env = "CHANGECAST_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,

@@ -38,9 +38,18 @@ impl Hub {
     }
 
     /// Joins `tenant`'s fan-out. Every change beyond the returned boundary will arrive on
-    /// the receiver; every change within it is in the journal.
-    pub fn subscribe(&self, tenant: &TenantId) -> (broadcast::Receiver<SharedChange>, Published) {
+    /// the receiver; every change within it is in the journal. `None` when the tenant
+    /// already has `limit` subscribers.
+    pub fn subscribe(
+        &self,
+        tenant: &TenantId,
+        limit: Option<usize>,
+    ) -> Option<(broadcast::Receiver<SharedChange>, Published)> {
         let mut state = self.lock();
+        let joined = state.tenants.get(tenant).map_or(0, |s| s.receiver_count());
+        if limit.is_some_and(|limit| joined >= limit) {
+            return None;
+        }
         let receiver = match state.tenants.get(tenant) {
             Some(sender) => sender.subscribe(),
             None => {
@@ -49,7 +58,7 @@ impl Hub {
                 receiver
             }
         };
-        (receiver, state.published.clone())
+        Some((receiver, state.published.clone()))
     }
 
     /// Hands one page of changes, in journal order, to their tenants' subscribers and
@@ -75,14 +84,6 @@ impl Hub {
 
     pub fn published(&self) -> Published {
         self.lock().published.clone()
-    }
-
-    /// Subscribers of `tenant` currently joined.
-    pub fn subscribers_of(&self, tenant: &TenantId) -> usize {
-        self.lock()
-            .tenants
-            .get(tenant)
-            .map_or(0, |s| s.receiver_count())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

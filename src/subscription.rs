@@ -7,6 +7,7 @@
 //! If the subscriber falls behind the fan-out it rejoins and replays again from the last
 //! change it was given: a slow subscriber costs a journal read, never unbounded memory.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +59,17 @@ pub enum Outbound {
     AuthExpired,
 }
 
+/// Why a subscription was not opened.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("this tenant already has {0} subscribers, the most allowed")]
+    TenantFull(usize),
+    #[error(
+        "the service is serving {0} subscribers, the most it allows; retry later or elsewhere"
+    )]
+    ServiceFull(usize),
+}
+
 /// Starts a subscription for `identity`'s tenant. The stream ends when the receiver is
 /// dropped, the token expires (after `AuthExpired`) or the service shuts down.
 pub fn open(
@@ -65,8 +77,17 @@ pub fn open(
     identity: &Identity,
     filter: Filter,
     resume: Option<String>,
-) -> mpsc::Receiver<Outbound> {
-    let (live, upto) = services.hub.subscribe(&identity.tenant);
+) -> Result<mpsc::Receiver<Outbound>, Refused> {
+    let slot = Slot::take(services)?;
+    let (live, upto) = services
+        .hub
+        .subscribe(
+            &identity.tenant,
+            Some(services.config.max_subscribers_per_tenant),
+        )
+        .ok_or(Refused::TenantFull(
+            services.config.max_subscribers_per_tenant,
+        ))?;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let remaining = identity
         .expires_at
@@ -78,9 +99,31 @@ pub fn open(
         filter,
         tx,
         expires: Instant::now() + remaining,
+        _slot: slot,
     };
     services.tracker.spawn(subscription.run(live, upto, resume));
-    rx
+    Ok(rx)
+}
+
+/// One of the service's `max_subscribers` places, given back on drop.
+struct Slot(Arc<Services>);
+
+impl Slot {
+    fn take(services: &Arc<Services>) -> Result<Slot, Refused> {
+        let limit = services.config.max_subscribers;
+        let taken = services.subscriptions.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(services.clone());
+        if taken >= limit {
+            return Err(Refused::ServiceFull(limit));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.subscriptions.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Subscription {
@@ -89,6 +132,7 @@ struct Subscription {
     filter: Filter,
     tx: mpsc::Sender<Outbound>,
     expires: Instant,
+    _slot: Slot,
 }
 
 enum Replayed {
@@ -164,7 +208,11 @@ impl Subscription {
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
                         self.services.metrics.subscribers_lagged.inc();
-                        (live, upto) = self.services.hub.subscribe(&self.tenant);
+                        (live, upto) = self
+                            .services
+                            .hub
+                            .subscribe(&self.tenant, None)
+                            .expect("BUG: an unlimited subscribe cannot be refused");
                         if let Some(change) = &last {
                             received = change.cursor.seen.clone();
                         }

@@ -49,6 +49,17 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::subscription::Refused> for ApiError {
+    fn from(refused: crate::subscription::Refused) -> Self {
+        use crate::subscription::Refused;
+        let (status, code) = match refused {
+            Refused::TenantFull(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_subscribers"),
+            Refused::ServiceFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_full"),
+        };
+        ApiError::new(status, code, refused.to_string())
+    }
+}
+
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let body = warp::reply::json(&Body {

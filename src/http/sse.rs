@@ -47,7 +47,7 @@ async fn open(
         .or(params.last_event_id)
         .filter(|c| !c.trim().is_empty());
     let _span = tracing::debug_span!("sse", tenant = %identity.tenant).entered();
-    let outbound = subscription::open(&services, &identity, filter, resume);
+    let outbound = subscription::open(&services, &identity, filter, resume)?;
     let keepalive = services.config.keepalive;
     let body = SseBody {
         preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),

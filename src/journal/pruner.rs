@@ -12,7 +12,7 @@ use super::tailer::sleep_or_shutdown;
 use crate::metrics::Metrics;
 
 /// Arbitrary but fixed: the advisory lock that makes one instance the pruner.
-const PRUNE_LOCK: i64 = 0x6368_616e_6765_6302;
+pub const PRUNE_LOCK: i64 = 0x6368_616e_6765_6302;
 /// Rows deleted per transaction: keeps each delete short.
 const BATCH_ROWS: i64 = 5000;
 

@@ -6,5 +6,6 @@ mod helpers;
 
 mod auth;
 mod migrate;
+mod ops;
 mod resume;
 mod sse;

@@ -1,0 +1,257 @@
+//! Operations: readiness, metrics, limits, several instances on one database.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::helpers::*;
+
+/// The value of an unlabelled (or exactly labelled) series in a Prometheus text page.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series}"))
+        .parse()
+        .unwrap()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    let (status, body) = app.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    body.as_str().unwrap().to_owned()
+}
+
+async fn readyz(app: &TestApp) -> u16 {
+    app.get("/readyz", None).await.0
+}
+
+async fn wait_for_readyz(app: &TestApp, status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while readyz(app).await != status {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never became {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_flips_to_503_while_the_listener_is_down_and_back() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/healthz", None).await.0, 200);
+    assert_eq!(readyz(&app).await, 200);
+    let database: String = app
+        .db
+        .query_one("select current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Keep the listener from coming back until we allow it again (from another database:
+    // PostgreSQL refuses this for the current one).
+    let (admin, connection) = tokio_postgres::connect(&server().url("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "alter database {database} allow_connections false"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.kill_listener().await, 1);
+    wait_for_readyz(&app, 503).await;
+    let (_, body) = app.get("/readyz", None).await;
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(
+        app.get("/healthz", None).await.0,
+        200,
+        "alive while not ready"
+    );
+    admin
+        .batch_execute(&format!("alter database {database} allow_connections true"))
+        .await
+        .unwrap();
+    wait_for_readyz(&app, 200).await;
+    assert!(metric(&metrics(&app).await, "changecast_db_reconnects_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let app = spawn_app().await;
+    let before = metrics(&app).await;
+    for name in [
+        "changecast_events_received_total",
+        "changecast_subscribers_lagged_total",
+        "changecast_replays_total",
+        "changecast_db_reconnects_total",
+        "changecast_journal_rows_pruned_total",
+        "changecast_delivery_latency_seconds_count",
+    ] {
+        assert_eq!(metric(&before, name), 0.0, "{name} starts at 0");
+    }
+    let mut stream = app.sse(&token("acme"), "").await;
+    let written: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
+    stream.receive_ids(&written).await;
+    let mut resumed = app.sse(&token("acme"), "last_event_id=garbage").await;
+    assert_eq!(resumed.next_within(WAIT).await.unwrap().event, "resync");
+
+    let after = metrics(&app).await;
+    assert_eq!(
+        metric(&after, r#"changecast_subscribers{transport="sse"}"#),
+        2.0
+    );
+    assert!(metric(&after, "changecast_events_received_total") >= 3.0);
+    assert!(
+        metric(
+            &after,
+            r#"changecast_events_delivered_total{transport="sse"}"#
+        ) >= 3.0
+    );
+    assert!(metric(&after, "changecast_delivery_latency_seconds_count") >= 3.0);
+    assert_eq!(
+        metric(
+            &after,
+            r#"changecast_resyncs_total{reason="cursor_invalid"}"#
+        ),
+        1.0
+    );
+    drop((stream, resumed));
+}
+
+#[tokio::test]
+async fn subscriber_limits_answer_with_clear_errors() {
+    let app = spawn_app_with(|c| {
+        c.max_subscribers_per_tenant = 2;
+        c.max_subscribers = 3;
+    })
+    .await;
+    let first = app.sse(&token("acme"), "").await;
+    let _second = app.sse(&token("acme"), "").await;
+    let (status, body) = app.get("/v1/events", Some(&token("acme"))).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (429, "too_many_subscribers"),
+        "{body}"
+    );
+
+    let _other = app.sse(&token("globex"), "").await;
+    let (status, body) = app.get("/v1/events", Some(&token("initech"))).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (503, "server_full"),
+        "{body}"
+    );
+
+    // A subscriber that leaves frees its place (once the server notices the hang-up).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = app
+            .http
+            .get(app.url("/v1/events"))
+            .bearer_auth(token("acme"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_moving_between_two_instances_loses_nothing() {
+    let a = spawn_app().await;
+    let b = start_on(a.db_url.clone(), |_| {}).await;
+    let t = token("acme");
+    let mut on_a = a.sse(&t, "").await;
+    let mut on_b = b.sse(&t, "").await;
+
+    let first: HashSet<String> = a.insert_tickets("acme", 50).await.into_iter().collect();
+    assert_nothing_lost(&first, &on_a.receive_ids(&first).await, &HashSet::new());
+    assert_nothing_lost(&first, &on_b.receive_ids(&first).await, &HashSet::new());
+
+    // Read part of the next writes on A, then move to B with the last cursor seen.
+    let writer = {
+        let (db, connection) = tokio_postgres::connect(&a.db_url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        tokio::spawn(async move {
+            let mut ids = HashSet::new();
+            for _ in 0..50 {
+                for row in db
+                    .query("insert into tickets (tenant_id, title) select 'acme', 'm' from generate_series(1, 10) returning id::text", &[])
+                    .await
+                    .unwrap()
+                {
+                    ids.insert(row.get::<_, String>(0));
+                }
+            }
+            ids
+        })
+    };
+    let mut seen_on_a = HashSet::new();
+    let mut cursor = None;
+    while seen_on_a.len() < 100 {
+        let event = on_a.next_within(WAIT).await.expect("changes on A");
+        if event.event == "resource_change" {
+            seen_on_a.insert(event.data["resource"]["id"].as_str().unwrap().to_owned());
+            cursor = event.id;
+        }
+    }
+    drop(on_a);
+    let mut moved = b.sse_with(&t, "", cursor.as_deref()).await;
+    let written = writer.await.unwrap();
+    let mut received = moved.receive_ids(&written).await;
+    received.extend(seen_on_a.iter().cloned());
+    assert_nothing_lost(&written, &received, &first);
+}
+
+#[tokio::test]
+async fn only_one_instance_prunes_at_a_time() {
+    let app = spawn_app().await;
+    app.insert_tickets("acme", 3).await;
+    app.db
+        .execute(
+            "update changecast.change_log set occurred_at = now() - interval '2 days'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pool = changecast::db::pool(&app.db_url, 2).unwrap();
+
+    // Another instance holds the pruning lock: this one must not prune meanwhile.
+    let (holder, connection) = tokio_postgres::connect(&app.db_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    holder.batch_execute("begin").await.unwrap();
+    holder
+        .execute(
+            "select pg_advisory_xact_lock($1)",
+            &[&changecast::journal::pruner::PRUNE_LOCK],
+        )
+        .await
+        .unwrap();
+    let retention = Duration::from_secs(86_400);
+    assert_eq!(
+        changecast::journal::pruner::prune(&pool, retention)
+            .await
+            .unwrap(),
+        0
+    );
+    holder.batch_execute("commit").await.unwrap();
+    assert_eq!(
+        changecast::journal::pruner::prune(&pool, retention)
+            .await
+            .unwrap(),
+        3
+    );
+}
