@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::app::Services;
 use crate::auth::{Identity, TenantId};
@@ -101,7 +102,12 @@ pub fn open(
         expires: Instant::now() + remaining,
         _slot: slot,
     };
-    services.tracker.spawn(subscription.run(live, upto, resume));
+    // The transport's span (tenant, transport) follows the task into its logs.
+    services.tracker.spawn(
+        subscription
+            .run(live, upto, resume)
+            .instrument(tracing::Span::current()),
+    );
     Ok(rx)
 }
 

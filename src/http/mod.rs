@@ -1,6 +1,7 @@
 //! The HTTP surface: one function per route, `.or()`-ed, one JSON `recover`.
 //! Transports here only format; `subscription` decides what a subscriber gets.
 
+mod dashboard;
 mod error;
 mod ops;
 mod request;
@@ -23,6 +24,8 @@ pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         .or(snapshot(services.clone()))
         .unify()
         .or(ops(services.clone()))
+        .unify()
+        .or(dashboard())
         .unify()
         .boxed();
     let origins = &services.config.cors_origins;
@@ -87,4 +90,10 @@ fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     warp::get()
         .and(healthz.or(readyz).unify().or(metrics).unify())
         .boxed()
+}
+
+fn dashboard() -> BoxedFilter<(Response,)> {
+    let index = warp::path::end().map(dashboard::index);
+    let client = warp::path!("changecast.js").map(dashboard::client_js);
+    warp::get().and(index.or(client).unify()).boxed()
 }

@@ -46,7 +46,8 @@ async fn open(
         .map(str::to_owned)
         .or(params.last_event_id)
         .filter(|c| !c.trim().is_empty());
-    let _span = tracing::debug_span!("sse", tenant = %identity.tenant).entered();
+    let _span =
+        tracing::info_span!("subscriber", transport = "sse", tenant = %identity.tenant).entered();
     let outbound = subscription::open(&services, &identity, filter, resume)?;
     let keepalive = services.config.keepalive;
     let body = SseBody {
