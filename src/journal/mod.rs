@@ -111,13 +111,15 @@ pub struct Journal {
     scope: CursorScope,
 }
 
+/// `$1`/`$10` spell "not seen by `unseen`" as two index ranges (transactions that
+/// started after it, and those it saw running), so rows it did see are never scanned,
+/// however long a writer transaction stays open.
 const READ_SQL: &str = r#"
 select id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
        to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 from changecast.change_log
-where xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+where (xid >= $1::text::xid8 or xid = any($10::text[]::xid8[]))
   and xid < pg_snapshot_xmax($3::text::pg_snapshot)
-  and not pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
   and (pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
        or (id <= $4 and pg_visible_in_snapshot(xid, $3::text::pg_snapshot)))
   and id > $5
@@ -175,6 +177,7 @@ impl Journal {
         filter: RowFilter<'_>,
         limit: usize,
     ) -> DbResult<Vec<Change>> {
+        let running: Vec<String> = unseen.xip.iter().map(u64::to_string).collect();
         let events: Option<Vec<&str>> = filter
             .events
             .map(|e| e.iter().map(|k| k.as_str()).collect());
@@ -182,7 +185,7 @@ impl Journal {
             .query(
                 READ_SQL,
                 &[
-                    &unseen.to_string(),
+                    &unseen.xmax.to_string(),
                     &upto.prev.to_string(),
                     &upto.next.to_string(),
                     &upto.through_id,
@@ -191,6 +194,7 @@ impl Journal {
                     &filter.types,
                     &events,
                     &(limit as i64),
+                    &running,
                 ],
             )
             .await?;
