@@ -5,6 +5,7 @@ mod database;
 mod helpers;
 
 mod auth;
+mod browser;
 mod migrate;
 mod ops;
 mod resume;
