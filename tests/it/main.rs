@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod browser;
+mod cli;
 mod migrate;
 mod ops;
 mod resume;
