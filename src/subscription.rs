@@ -179,6 +179,8 @@ impl Subscription {
                 match self.replay(&from, &upto, &mut last).await {
                     Replayed::Done => already_seen = Some(from),
                     Replayed::Expired => {
+                        // From here on the client starts over at the live boundary.
+                        received = upto.prev.clone();
                         if !self.resync("cursor_expired", &upto).await {
                             return;
                         }
