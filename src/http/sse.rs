@@ -21,6 +21,8 @@ use crate::subscription::{self, Outbound};
 
 /// How long an EventSource waits before reconnecting.
 const RETRY_MS: u64 = 2000;
+/// Reconnect delay suggested when the service shuts down (another instance may be up).
+const RETRY_AFTER_SHUTDOWN_MS: u64 = 500;
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
 
 pub async fn handle(
@@ -142,7 +144,14 @@ impl Stream for SseBody {
                 self.finished = true;
                 control_frame("auth_expired", None, None)
             }
-            // Shutdown or the subscription ended: the EventSource reconnects by itself.
+            // The service is shutting down: say so, then end. EventSource reconnects by
+            // itself after `retry`; other clients learn to reconnect (elsewhere) now.
+            Poll::Ready(None) if self.services.shutdown.is_cancelled() => {
+                self.finished = true;
+                let mut frame = format!("retry: {RETRY_AFTER_SHUTDOWN_MS}\n").into_bytes();
+                frame.extend_from_slice(&control_frame("reconnect", Some("shutdown"), None));
+                Bytes::from(frame)
+            }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => match self.keepalive.poll_tick(cx) {
                 Poll::Ready(_) => Bytes::from_static(KEEPALIVE_FRAME),

@@ -255,3 +255,25 @@ async fn only_one_instance_prunes_at_a_time() {
         3
     );
 }
+
+#[tokio::test]
+async fn shutdown_tells_sse_subscribers_to_reconnect_and_finishes_promptly() {
+    let app = spawn_app().await;
+    let mut stream = app.sse(&token("acme"), "").await;
+    app.insert_ticket("acme", "before shutdown").await;
+    stream.changes_until(1).await;
+    let started = std::time::Instant::now();
+    let _ = app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let last = stream
+        .next_within(WAIT)
+        .await
+        .expect("a reconnect event before the end");
+    assert_eq!(last.event, "reconnect");
+    assert_eq!(last.data["reason"], "shutdown");
+    assert!(stream.next_within(WAIT).await.is_none(), "the stream ends");
+}

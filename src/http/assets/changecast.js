@@ -117,6 +117,12 @@
       source.close();
       self._freshToken().then(function () { self._open(); }, function (error) { self._retry(error); });
     });
+    source.addEventListener('reconnect', function () {
+      // The instance is shutting down: come back (through the load balancer) shortly.
+      source.close();
+      self._emit('onStatus', 'reconnecting');
+      setTimeout(function () { self._open(); }, 250 + Math.random() * 750);
+    });
     source.onerror = function () {
       if (source.readyState === EventSource.CLOSED) {
         // The server refused (e.g. 401 after expiry): the browser will not retry by itself.
