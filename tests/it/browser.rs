@@ -41,18 +41,17 @@ struct Browser {
 
 impl Browser {
     async fn line(&mut self) -> String {
-        loop {
-            let line = tokio::time::timeout(WAIT, self.stdout.next_line())
-                .await
-                .expect("the browser script answered nothing")
-                .unwrap()
-                .expect("the browser script ended");
-            assert!(!line.starts_with("FAIL"), "{line}");
-            if !line.starts_with("PAGEERROR") {
-                return line;
-            }
-            panic!("JavaScript error in the dashboard: {line}");
-        }
+        let line = tokio::time::timeout(WAIT, self.stdout.next_line())
+            .await
+            .expect("the browser script answered nothing")
+            .unwrap()
+            .expect("the browser script ended");
+        assert!(!line.starts_with("FAIL"), "{line}");
+        assert!(
+            !line.starts_with("PAGEERROR"),
+            "JavaScript error in the dashboard: {line}"
+        );
+        line
     }
 
     async fn expect(&mut self, command: &str, answer: &str) {

@@ -171,16 +171,32 @@ impl TestApp {
 
     /// Inserts `n` tickets in one statement; returns their ids.
     pub async fn insert_tickets(&self, tenant: &str, n: i64) -> Vec<String> {
-        self.db
-            .query(
-                "insert into tickets (tenant_id, title) select $1, 'bulk ' || g from generate_series(1, $2::bigint) g returning id::text",
-                &[&tenant, &n],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        insert_tickets(&self.db, tenant, n).await
+    }
+
+    /// A connection of its own, e.g. for a transaction kept open across other writes.
+    pub async fn connect_db(&self) -> tokio_postgres::Client {
+        let (db, connection) = tokio_postgres::connect(&self.db_url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        db
+    }
+
+    /// Writes `transactions` × `per_transaction` tickets on a connection of its own, in
+    /// the background; the task returns their ids.
+    pub async fn spawn_writer(
+        &self,
+        tenant: &'static str,
+        transactions: usize,
+        per_transaction: i64,
+    ) -> JoinHandle<HashSet<String>> {
+        let db = self.connect_db().await;
+        tokio::spawn(async move {
+            let mut ids = HashSet::new();
+            for _ in 0..transactions {
+                ids.extend(insert_tickets(&db, tenant, per_transaction).await);
+            }
+            ids
+        })
     }
 
     /// Kills the service's LISTEN connection from the database side.
@@ -196,6 +212,19 @@ impl TestApp {
             .unwrap();
         rows.len() as u64
     }
+}
+
+async fn insert_tickets(db: &tokio_postgres::Client, tenant: &str, n: i64) -> Vec<String> {
+    db.query(
+        "insert into tickets (tenant_id, title) select $1, 'bulk ' || g
+         from generate_series(1, $2::bigint) g returning id::text",
+        &[&tenant, &n],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 /// A Server-Sent Events stream, parsed as the WHATWG EventSource does.

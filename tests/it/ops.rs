@@ -182,23 +182,7 @@ async fn a_subscriber_moving_between_two_instances_loses_nothing() {
     assert_nothing_lost(&first, &on_b.receive_ids(&first).await, &HashSet::new());
 
     // Read part of the next writes on A, then move to B with the last cursor seen.
-    let writer = {
-        let (db, connection) = tokio_postgres::connect(&a.db_url, NoTls).await.unwrap();
-        tokio::spawn(connection);
-        tokio::spawn(async move {
-            let mut ids = HashSet::new();
-            for _ in 0..50 {
-                for row in db
-                    .query("insert into tickets (tenant_id, title) select 'acme', 'm' from generate_series(1, 10) returning id::text", &[])
-                    .await
-                    .unwrap()
-                {
-                    ids.insert(row.get::<_, String>(0));
-                }
-            }
-            ids
-        })
-    };
+    let writer = a.spawn_writer("acme", 50, 10).await;
     let mut seen_on_a = HashSet::new();
     let mut cursor = None;
     while seen_on_a.len() < 100 {
@@ -230,8 +214,7 @@ async fn only_one_instance_prunes_at_a_time() {
     let pool = changecast::db::pool(&app.db_url, 2).unwrap();
 
     // Another instance holds the pruning lock: this one must not prune meanwhile.
-    let (holder, connection) = tokio_postgres::connect(&app.db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let holder = app.connect_db().await;
     holder.batch_execute("begin").await.unwrap();
     holder
         .execute(

@@ -46,8 +46,7 @@ async fn resume_after_disconnect_delivers_every_change_written_meanwhile() {
 async fn a_long_running_transaction_that_commits_late_is_not_lost() {
     let app = spawn_app().await;
     let t = token("acme");
-    let (slow, connection) = tokio_postgres::connect(&app.db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let slow = app.connect_db().await;
     let mut live = app.sse(&t, "").await;
 
     // T1 writes first (lower journal id) but commits last.
@@ -81,8 +80,7 @@ async fn a_long_running_transaction_that_commits_late_is_not_lost() {
 #[tokio::test]
 async fn a_connected_subscriber_gets_a_late_commit_live() {
     let app = spawn_app().await;
-    let (slow, connection) = tokio_postgres::connect(&app.db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let slow = app.connect_db().await;
     let mut live = app.sse(&token("acme"), "").await;
     slow.batch_execute("begin; insert into tickets (tenant_id, title) values ('acme', 'slow')")
         .await
@@ -103,26 +101,7 @@ async fn a_connected_subscriber_gets_a_late_commit_live() {
 async fn killing_the_listener_connection_mid_stream_loses_nothing() {
     let app = spawn_app().await;
     let mut stream = app.sse(&token("acme"), "").await;
-    let writer = {
-        let (db, connection) = tokio_postgres::connect(&app.db_url, NoTls).await.unwrap();
-        tokio::spawn(connection);
-        tokio::spawn(async move {
-            let mut ids = HashSet::new();
-            for _ in 0..100 {
-                for row in db
-                    .query(
-                        "insert into tickets (tenant_id, title) select 'acme', 'k' from generate_series(1, 10) returning id::text",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                {
-                    ids.insert(row.get::<_, String>(0));
-                }
-            }
-            ids
-        })
-    };
+    let writer = app.spawn_writer("acme", 100, 10).await;
     let mut kills = 0;
     while !writer.is_finished() {
         kills += app.kill_listener().await;
@@ -167,8 +146,7 @@ async fn snapshot_then_stream_from_its_cursor_misses_nothing_and_repeats_nothing
     let t = token("acme");
     let before: HashSet<String> = app.insert_tickets("acme", 5).await.into_iter().collect();
     // In flight while the snapshot is taken: not in it, so the stream must bring it.
-    let (slow, connection) = tokio_postgres::connect(&app.db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let slow = app.connect_db().await;
     slow.batch_execute("begin").await.unwrap();
     let in_flight: String = slow
         .query_one("insert into tickets (tenant_id, title) values ('acme', 'in flight') returning id::text", &[])
