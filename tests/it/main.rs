@@ -5,6 +5,7 @@ mod database;
 mod helpers;
 
 mod auth;
+mod containers;
 mod embedded;
 mod migrate;
 mod resume;
