@@ -31,6 +31,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const PORT_ATTEMPTS: usize = 5;
 /// Poll interval while waiting for the server to come up or go down.
 const POLL: Duration = Duration::from_millis(20);
+/// The server log is started afresh at startup beyond this size.
+const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 /// The unix socket path must fit `sun_path` (108 bytes) with `/.s.PGSQL.NNNNN`.
 const MAX_SOCKET_DIR_LEN: usize = 90;
 
@@ -123,8 +125,7 @@ impl Embedded {
         let mut last_log = String::new();
         for _attempt in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            let log = std::fs::File::create(&log_path)
-                .map_err(io_error(format!("creating {}", log_path.display())))?;
+            let log = open_log(&log_path)?;
             let mut postgres = Command::new(bindir.join("postgres"));
             postgres
                 .arg("-D")
@@ -154,7 +155,7 @@ impl Embedded {
                     })
                 }
                 Err(exited) => {
-                    last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    last_log = read_log(&log_path);
                     // Another process may have taken the port between our probe and the
                     // server's bind: try another one. Anything else will not get better.
                     let port_taken = last_log.contains("could not bind")
@@ -414,6 +415,26 @@ fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
     if let Some((uid, gid)) = owner {
         command.uid(uid).gid(gid);
     }
+}
+
+/// The server's log, appended to (a second instance failing on a data folder in use must
+/// not wipe the running one's log), started afresh once it passes [`MAX_LOG_BYTES`].
+fn open_log(path: &Path) -> Result<std::fs::File, EmbeddedError> {
+    let too_big = std::fs::metadata(path).is_ok_and(|meta| meta.len() > MAX_LOG_BYTES);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(!too_big)
+        .write(true)
+        .truncate(too_big)
+        .open(path)
+        .map_err(io_error(format!("opening {}", path.display())))
+}
+
+/// The log's last part: enough for the lines of the attempt that just failed.
+fn read_log(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(16 * 1024);
+    String::from_utf8_lossy(&text[start..]).into_owned()
 }
 
 fn free_port() -> Result<u16, EmbeddedError> {

@@ -1,5 +1,6 @@
 //! The embedded default database, black-box: the real binary with no `DATABASE_URL`
-//! starts its own PostgreSQL, serves changes from it, stops it on SIGTERM, and finds
+//! starts its own PostgreSQL, serves changes from it, stops it on SIGTERM (and when the
+//! service is killed outright), ignores a stale lock file, and finds
 //! its data again on the next start.
 
 use std::collections::HashSet;
@@ -264,8 +265,22 @@ async fn serve_without_database_url_runs_its_own_postgres_persists_and_stops_it(
         .get(0);
     assert_eq!(kept, 1, "the row written in the first run persisted");
     drop(db);
-    let status = service.terminate().await;
-    assert!(status.success(), "exit status {status}");
+
+    // The service killed outright: its database still shuts down (parent-death signal).
+    let _ = service.child.kill();
+    let _ = service.child.wait();
+    let deadline = tokio::time::Instant::now() + STOP_BOUND;
+    while data_dir.join("postmaster.pid").exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "embedded postgres outlived its killed service by {STOP_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        connect(&service.db_url).await.is_err(),
+        "the database of a killed service still accepts connections"
+    );
 }
 
 #[tokio::test]
