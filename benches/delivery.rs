@@ -150,7 +150,7 @@ async fn main() {
     println!(
         "machine: {} cores, {cpu}; database: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        app.db_url.split('@').last().unwrap_or("")
+        app.db_url.rsplit('@').next().unwrap_or("")
     );
     println!("{writes} sequential single-row transactions (2 ms apart), {subscribers} SSE subscribers of one tenant");
     println!(

@@ -49,15 +49,21 @@ pub struct App {
 }
 
 impl App {
-    /// Migrates the database, reads the journal's position and binds the port.
-    /// `secret` signs and verifies subscriber tokens.
+    /// Migrates the database at `config.database_url`, reads the journal's position and
+    /// binds the port. `secret` signs and verifies subscriber tokens. Starting an
+    /// embedded database is the caller's business (see `db::embedded`): by now the URL
+    /// must be set.
     pub async fn build(
         config: ServeConfig,
         secret: &str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<App> {
-        db::migrate(&config.database_url).await?;
-        let pool = db::pool(&config.database_url, config.pool_size)?;
+        let database_url = config
+            .database_url
+            .clone()
+            .context("App::build needs a database URL")?;
+        db::migrate(&database_url).await?;
+        let pool = db::pool(&database_url, config.pool_size)?;
         let (journal, start) = {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
             (
@@ -76,7 +82,7 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let tailer = Tailer {
-            pg: db::pg_config(&config.database_url, "changecast:listener")?,
+            pg: db::pg_config(&database_url, "changecast:listener")?,
             journal: journal.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),

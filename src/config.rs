@@ -1,6 +1,7 @@
 //! Command line and environment: every option of `serve` also reads a variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,9 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a subscriber token for a tenant, signed with the configured secret.
     Token(TokenArgs),
+    /// Ask a running `serve` whether it is healthy (exit 0) or not (exit 1): for
+    /// container healthchecks, where no curl is installed.
+    Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -41,9 +45,21 @@ pub struct DatabaseArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeConfig {
-    /// PostgreSQL connection string (URL or key=value form).
+    /// PostgreSQL connection string (URL or key=value form). When unset, changecast
+    /// starts a PostgreSQL of its own from this machine's server binaries, with its data
+    /// in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Option<String>,
+
+    /// Data folder of the embedded PostgreSQL (used only without DATABASE_URL); created
+    /// and initialised on first run, kept between runs. The server binaries are found via
+    /// CHANGECAST_PG_BINDIR, `pg_config --bindir`, PATH or /usr/lib/postgresql/*/bin.
+    #[arg(
+        long,
+        env = "CHANGECAST_DATA_DIR",
+        default_value = ".changecast/pgdata"
+    )]
+    pub data_dir: PathBuf,
 
     /// Address to serve HTTP on.
     #[arg(long, env = "CHANGECAST_LISTEN", default_value = "127.0.0.1:8080")]
@@ -109,9 +125,21 @@ impl ServeConfig {
         let mut config = Defaults::try_parse_from(["serve", "--database-url", &database_url])
             .expect("BUG: defaults of ServeConfig do not parse")
             .serve;
-        config.database_url = database_url;
+        config.database_url = Some(database_url);
         config
     }
+}
+
+#[derive(Args, Debug)]
+pub struct HealthcheckArgs {
+    /// The URL to GET (plain http); 200 means healthy. Default: `/healthz` on the
+    /// address `serve` listens on (CHANGECAST_LISTEN; 0.0.0.0 becomes 127.0.0.1).
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// The address `serve` listens on.
+    #[arg(long, env = "CHANGECAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -198,5 +226,10 @@ mod tests {
         let config = ServeConfig::new("postgres://localhost/db");
         assert_eq!(config.retention, Duration::from_secs(86_400));
         assert!(config.cors_origins.is_empty());
+        assert_eq!(
+            config.database_url.as_deref(),
+            Some("postgres://localhost/db")
+        );
+        assert_eq!(config.data_dir, PathBuf::from(".changecast/pgdata"));
     }
 }

@@ -8,8 +8,10 @@ pub mod app;
 pub mod auth;
 /// Command line and environment.
 pub mod config;
-/// PostgreSQL connections: pool, migrations, the LISTEN connection.
+/// PostgreSQL connections: pool, migrations, the LISTEN connection, the embedded server.
 pub mod db;
+/// `changecast healthcheck`: a tiny HTTP client for container healthchecks.
+pub mod healthcheck;
 /// HTTP routes: SSE, snapshot, operations.
 pub mod http;
 /// Per-tenant fan-out of changes to subscribers.

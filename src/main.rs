@@ -7,8 +7,10 @@ use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
 use changecast::auth::{random_secret, Authenticator, TenantId};
-use changecast::config::{Cli, Command, ServeConfig, TokenArgs};
+use changecast::config::{Cli, Command, HealthcheckArgs, ServeConfig, TokenArgs};
+use changecast::db::embedded::{self, Embedded};
 use changecast::App;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Lifetime of the demo token printed when the secret was generated.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -24,6 +26,7 @@ async fn main() -> std::process::ExitCode {
             .await
             .map(|applied| println!("migrations applied: {applied}")),
         Command::Token(args) => token(args),
+        Command::Healthcheck(args) => healthcheck(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -34,11 +37,51 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    // Handlers first, so a signal during startup is not the default (abrupt) exit.
+    let signals = (
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+    );
+    tokio::spawn(signal_shutdown(signals, shutdown.clone()));
+    let embedded = match &config.database_url {
+        Some(_) => None,
+        None => {
+            let database = start_embedded(&config).await?;
+            println!(
+                "embedded PostgreSQL: {} (data in {})",
+                database.url(),
+                config.data_dir.display()
+            );
+            config.database_url = Some(database.url());
+            Some(database)
+        }
+    };
+    let result = serve_on(config, shutdown).await;
+    // The service has let go of its connections: now the database may stop.
+    if let Some(database) = embedded {
+        let stopped = tokio::task::spawn_blocking(move || database.stop()).await;
+        stopped.context("stopping the embedded PostgreSQL")?;
+    }
+    result
+}
+
+/// Starts PostgreSQL from the machine's binaries with its data in `--data-dir`.
+async fn start_embedded(config: &ServeConfig) -> anyhow::Result<Embedded> {
+    let options = embedded::Options::new(&config.data_dir);
+    // Blocking (initdb, readiness): off the runtime's worker threads. The server process
+    // itself is spawned by a thread that lives as long as ours (see `spawn_owned`).
+    let database = tokio::task::spawn_blocking(move || Embedded::start(&options))
+        .await
+        .context("starting the embedded PostgreSQL")??;
+    Ok(database)
+}
+
+async fn serve_on(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let generated = config.jwt_secret.is_none();
     let secret = config.jwt_secret.clone().unwrap_or_else(random_secret);
-    let shutdown = CancellationToken::new();
-    let app = App::build(config, &secret, shutdown.clone()).await?;
+    let app = App::build(config, &secret, shutdown).await?;
     let addr = app.local_addr();
     println!("changecast listening on http://{addr}");
     if generated {
@@ -51,7 +94,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         println!("  curl -N 'http://{addr}/v1/events?access_token={token}'");
         println!("  dashboard: http://{addr}/?access_token={token}");
     }
-    tokio::spawn(signal_shutdown(shutdown));
     app.run().await.context("serving")
 }
 
@@ -66,13 +108,36 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let url = args.url.unwrap_or_else(|| {
+        let mut addr = args.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        format!("http://{addr}/healthz")
+    });
+    changecast::healthcheck::check(&url).await
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT (Ctrl-C); a second signal exits at once
+/// (the embedded database then stops through its parent-death signal).
+async fn signal_shutdown(
+    (mut terminate, mut interrupt): (Signal, Signal),
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting");
+    std::process::exit(1);
 }

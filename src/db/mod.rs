@@ -1,6 +1,8 @@
 //! Connections to PostgreSQL: the pool for ordinary queries, the embedded migrations,
-//! and (in `listener`) the one dedicated LISTEN connection.
+//! (in `listener`) the one dedicated LISTEN connection, and (in `embedded`) the
+//! PostgreSQL the service starts itself when no `DATABASE_URL` is given.
 
+pub mod embedded;
 pub mod listener;
 
 use std::time::Duration;
@@ -9,7 +11,7 @@ use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-mod embedded {
+mod migrations {
     refinery::embed_migrations!("migrations");
 }
 
@@ -66,7 +68,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<usize> {
         client
             .batch_execute("create schema if not exists changecast")
             .await?;
-        let report = embedded::migrations::runner()
+        let report = migrations::migrations::runner()
             .set_migration_table_name("changecast.refinery_schema_history")
             .run_async(&mut client)
             .await

@@ -244,7 +244,7 @@ pub struct SseEvent {
 }
 
 impl SseStream {
-    fn new(response: reqwest::Response) -> Self {
+    pub fn new(response: reqwest::Response) -> Self {
         SseStream {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),

@@ -7,6 +7,8 @@ mod helpers;
 mod auth;
 mod browser;
 mod cli;
+mod containers;
+mod embedded;
 mod migrate;
 mod ops;
 mod resume;
