@@ -141,3 +141,62 @@ async fn an_expiring_token_ends_the_stream_with_auth_expired() {
         "the stream ends after auth_expired"
     );
 }
+
+#[tokio::test]
+async fn only_configured_origins_may_subscribe_cross_origin() {
+    let app = spawn_app_with(|c| c.cors_origins = vec!["https://app.example.com".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/v1/events"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header(
+                "access-control-request-headers",
+                "authorization, last-event-id",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let refused = preflight("https://evil.example.net").await.unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    assert!(refused
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    let response = app
+        .http
+        .get(app.url("/v1/snapshot"))
+        .header("origin", "https://app.example.com")
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+}
+
+#[tokio::test]
+async fn without_configured_origins_no_cross_origin_access_is_granted() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .get(app.url("/v1/snapshot"))
+        .header("origin", "https://app.example.com")
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
