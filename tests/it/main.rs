@@ -8,3 +8,4 @@ mod auth;
 mod migrate;
 mod resume;
 mod sse;
+mod ws;
