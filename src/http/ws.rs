@@ -133,11 +133,11 @@ async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Rec
                 tracing::warn!("a message exceeds the WebSocket write buffer; closing");
                 let close = Message::close_with(CLOSE_TOO_BIG, "message exceeds the size limit");
                 let _ = sink.send(close).await;
-                let _ = sink.close().await;
             } else {
                 tracing::debug!(%error, "write failed");
             }
-            return;
+            // Still close: after a peer's close, this flushes tungstenite's answer.
+            break;
         }
         if closing {
             break;
