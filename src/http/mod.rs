@@ -7,6 +7,7 @@ mod ops;
 mod request;
 mod snapshot;
 mod sse;
+mod ws;
 
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ pub use error::ApiError;
 
 pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     let routes = events(services.clone())
+        .or(ws(services.clone()))
+        .unify()
         .or(snapshot(services.clone()))
         .unify()
         .or(ops(services.clone()))
@@ -67,6 +70,18 @@ fn events(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         .and(with(services))
         .and(request_parts())
         .then(sse::handle)
+        .boxed()
+}
+
+fn ws(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    // Not an upgrade request: still authenticated first, then refused with 426.
+    let upgrade = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    warp::path!("v1" / "ws")
+        .and(warp::get())
+        .and(with(services))
+        .and(upgrade)
+        .and(request_parts())
+        .map(ws::handle)
         .boxed()
 }
 

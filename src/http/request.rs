@@ -96,30 +96,45 @@ pub fn authenticate(
     Ok(services.auth.verify(&token)?)
 }
 
-/// Splits a comma-separated list, dropping blanks and repeats.
-fn list(raw: Option<&str>, what: &str) -> Result<Option<Vec<String>>, ApiError> {
+/// The items of a query parameter's comma-separated list (`types=ticket,agent`).
+pub fn commas(raw: &str) -> std::str::Split<'_, char> {
+    raw.split(',')
+}
+
+/// A filter list, from a query parameter ([`commas`]) or a WebSocket message's array:
+/// trimmed, blanks and repeats dropped, bounded. Empty means "no filter" (all).
+fn list<'a>(
+    raw: Option<impl IntoIterator<Item = &'a str>>,
+    what: &str,
+) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let mut items: Vec<String> = Vec::new();
-    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+    for item in raw.into_iter().map(str::trim).filter(|i| !i.is_empty()) {
         if !items.iter().any(|known| known == item) {
+            if items.len() == MAX_FILTER_ENTRIES {
+                return Err(ApiError::bad_request(
+                    "too_many_filters",
+                    format!("`{what}` lists more than {MAX_FILTER_ENTRIES} entries"),
+                ));
+            }
             items.push(item.to_owned());
         }
-    }
-    if items.len() > MAX_FILTER_ENTRIES {
-        return Err(ApiError::bad_request(
-            "too_many_filters",
-            format!("`{what}` lists more than {MAX_FILTER_ENTRIES} entries"),
-        ));
     }
     Ok(if items.is_empty() { None } else { Some(items) })
 }
 
 /// Resource types, each checked against the watched tables.
-pub fn resource_types(
-    raw: Option<&str>,
+pub fn resource_types<'a>(
+    raw: Option<impl IntoIterator<Item = &'a str>>,
     known: &[String],
 ) -> Result<Option<Vec<String>>, ApiError> {
-    let types = list(raw, "types")?;
+    known_only(list(raw, "types")?, known)
+}
+
+fn known_only(
+    types: Option<Vec<String>>,
+    known: &[String],
+) -> Result<Option<Vec<String>>, ApiError> {
     if let Some(unknown) = types.iter().flatten().find(|t| !known.contains(t)) {
         return Err(ApiError::bad_request(
             "unknown_resource_type",
@@ -132,7 +147,9 @@ pub fn resource_types(
     Ok(types)
 }
 
-pub fn event_kinds(raw: Option<&str>) -> Result<Option<Vec<EventKind>>, ApiError> {
+pub fn event_kinds<'a>(
+    raw: Option<impl IntoIterator<Item = &'a str>>,
+) -> Result<Option<Vec<EventKind>>, ApiError> {
     let Some(events) = list(raw, "events")? else {
         return Ok(None);
     };
@@ -150,13 +167,30 @@ pub fn event_kinds(raw: Option<&str>) -> Result<Option<Vec<EventKind>>, ApiError
         .map(Some)
 }
 
-/// The subscriber's filter, with resource types checked against the database.
+/// The subscriber's filter from the query, with resource types checked against the
+/// database.
 pub async fn filter(services: &Services, params: &Params) -> Result<Filter, ApiError> {
+    filter_of(
+        services,
+        params.types.as_deref().map(commas),
+        params.events.as_deref().map(commas),
+    )
+    .await
+}
+
+/// The subscriber's filter from raw lists, whichever transport they came in: the one
+/// validation SSE's query and WebSocket's `subscribe` share.
+pub async fn filter_of<'a>(
+    services: &Services,
+    types: Option<impl IntoIterator<Item = &'a str>>,
+    events: Option<impl IntoIterator<Item = &'a str>>,
+) -> Result<Filter, ApiError> {
     // Events first: a bad `events` list is refused without a database round trip.
-    let events = event_kinds(params.events.as_deref())?;
+    let events = event_kinds(events)?;
+    let types = list(types, "types")?;
     let known = known_types(services).await?;
     Ok(Filter {
-        types: resource_types(params.types.as_deref(), &known)?,
+        types: known_only(types, &known)?,
         events,
     })
 }
@@ -176,22 +210,24 @@ mod tests {
     fn lists_are_trimmed_deduplicated_and_checked() {
         let known = vec!["agent".to_owned(), "ticket".to_owned()];
         assert_eq!(
-            resource_types(Some(" ticket,,agent,ticket "), &known).unwrap(),
+            resource_types(Some(commas(" ticket,,agent,ticket ")), &known).unwrap(),
             Some(vec!["ticket".into(), "agent".into()])
         );
-        assert_eq!(resource_types(Some(""), &known).unwrap(), None);
+        assert_eq!(resource_types(Some(commas("")), &known).unwrap(), None);
         assert_eq!(
-            resource_types(Some("ticket,invoice"), &known)
+            resource_types(Some(commas("ticket,invoice")), &known)
                 .unwrap_err()
                 .code,
             "unknown_resource_type"
         );
         assert_eq!(
-            event_kinds(Some("created,deleted")).unwrap(),
+            event_kinds(Some(commas("created,deleted"))).unwrap(),
             Some(vec![EventKind::Created, EventKind::Deleted])
         );
         assert_eq!(
-            event_kinds(Some("created,exploded")).unwrap_err().code,
+            event_kinds(Some(commas("created,exploded")))
+                .unwrap_err()
+                .code,
             "unknown_event"
         );
         let many = (0..65)
@@ -199,8 +235,31 @@ mod tests {
             .collect::<Vec<_>>()
             .join(",");
         assert_eq!(
-            event_kinds(Some(&many)).unwrap_err().code,
+            event_kinds(Some(commas(&many))).unwrap_err().code,
             "too_many_filters"
+        );
+    }
+
+    #[test]
+    fn arrays_get_the_same_checks_as_comma_lists() {
+        let known = vec!["agent".to_owned(), "ticket".to_owned()];
+        let array = [
+            " ticket".to_owned(),
+            String::new(),
+            "agent".into(),
+            "ticket".into(),
+        ];
+        assert_eq!(
+            resource_types(Some(array.iter().map(String::as_str)), &known).unwrap(),
+            resource_types(Some(commas(" ticket,,agent,ticket")), &known).unwrap(),
+        );
+        assert_eq!(
+            resource_types(Some(std::iter::empty()), &known).unwrap(),
+            None
+        );
+        assert_eq!(
+            event_kinds(Some(["updated", "exploded"])).unwrap_err().code,
+            "unknown_event"
         );
     }
 

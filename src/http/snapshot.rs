@@ -40,7 +40,8 @@ async fn read(
         },
     };
     let known = request::known_types(&services).await?;
-    let types = request::resource_types(params.types.as_deref(), &known)?.unwrap_or(known);
+    let types = request::resource_types(params.types.as_deref().map(request::commas), &known)?
+        .unwrap_or(known);
     let mut client = services.pool.get().await.map_err(ApiError::unavailable)?;
     let snapshot = crate::resources::snapshot(
         &mut client,

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use changecast::auth::{Authenticator, TenantId};
 use changecast::{App, ServeConfig};
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::database::server;
@@ -199,6 +201,72 @@ impl TestApp {
         })
     }
 
+    /// Inserts one agent; returns its id.
+    pub async fn insert_agent(&self, tenant: &str, name: &str) -> String {
+        let row = self
+            .db
+            .query_one(
+                "insert into agents (tenant_id, name) values ($1, $2) returning id::text",
+                &[&tenant, &name],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    /// Opens `/v1/ws` with a bearer token; panics unless the upgrade succeeds.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        match self.ws_connect(Some(token), "").await {
+            Ok(client) => client,
+            Err((status, body)) => panic!("WebSocket refused: {status} {body}"),
+        }
+    }
+
+    /// A WebSocket handshake on `/v1/ws?{query}`, with a bearer token if given: the
+    /// socket, or the refusal's HTTP status and JSON body.
+    pub async fn ws_connect(
+        &self,
+        token: Option<&str>,
+        query: &str,
+    ) -> Result<WsClient, (u16, Value)> {
+        let mut request = format!("ws://{}/v1/ws?{query}", self.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("WebSocket handshake timed out");
+        match connected {
+            Ok((socket, _)) => Ok(WsClient {
+                socket,
+                close: None,
+            }),
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err((
+                    response.status().as_u16(),
+                    serde_json::from_slice(&body)
+                        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into())),
+                ))
+            }
+            Err(error) => panic!("WebSocket handshake failed: {error}"),
+        }
+    }
+
+    /// The value of one Prometheus series line (`name{labels}`), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics", None).await;
+        body.as_str()?.lines().find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        })
+    }
+
     /// Kills the service's LISTEN connection from the database side.
     pub async fn kill_listener(&self) -> u64 {
         let rows = self
@@ -358,6 +426,158 @@ impl SseStream {
             }
         }
     }
+}
+
+/// A WebSocket client of `/v1/ws`, reading one JSON object per text frame.
+pub struct WsClient {
+    pub socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// The server's close frame (code, reason), once one arrived.
+    pub close: Option<(u16, String)>,
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, message: Value) {
+        self.send(Message::text(message.to_string())).await;
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        tokio::time::timeout(WAIT, self.socket.send(message))
+            .await
+            .expect("WebSocket send timed out")
+            .expect("WebSocket send failed");
+    }
+
+    /// The next frame of any kind, or `None` if the socket ended or nothing came in time.
+    pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Message> {
+        let frame = tokio::time::timeout(wait, self.socket.next())
+            .await
+            .ok()??;
+        let frame = frame.ok()?;
+        if let Message::Close(Some(close)) = &frame {
+            self.close = Some((close.code.into(), close.reason.to_string()));
+        }
+        Some(frame)
+    }
+
+    /// The next JSON message (protocol pings and pongs skipped), or `None` if the socket
+    /// closed (see [`WsClient::close`]) or nothing came within `wait`.
+    pub async fn next_json_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame_within(left).await? {
+                Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).expect("server sent JSON"))
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message that is not a `heartbeat`; panics unless it is of type `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let message = self
+                .next_json_within(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no {kind:?} message; closed: {:?}", self.close));
+            if message["type"] == "heartbeat" && kind != "heartbeat" {
+                continue;
+            }
+            assert_eq!(message["type"], kind, "unexpected message: {message}");
+            return message;
+        }
+    }
+
+    /// Skips messages until one of type `kind` arrives (bounded by [`WAIT`]).
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_json_within(left).await {
+                Some(message) if message["type"] == kind => return message,
+                Some(_) => continue,
+                None => panic!("no {kind:?} message; closed: {:?}", self.close),
+            }
+        }
+    }
+
+    /// Subscribes and waits for the confirmation; returns it.
+    pub async fn subscribe(&mut self, subscribe: Value) -> Value {
+        let mut message = subscribe;
+        message["type"] = "subscribe".into();
+        self.send_json(message).await;
+        self.next_of_type("subscription_confirmed").await
+    }
+
+    /// An app-level ping answered by a pong: the connection is usable.
+    pub async fn assert_usable(&mut self) {
+        self.send_json(serde_json::json!({"type": "ping"})).await;
+        self.expect("pong").await;
+    }
+
+    /// Reads (skipping everything else) until the server's close frame; its code and
+    /// reason, or `None` if the socket ended without one or nothing came within `wait`.
+    pub async fn close_within(&mut self, wait: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.close.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.next_frame_within(left).await?;
+        }
+        self.close.clone()
+    }
+
+    /// Reads `resource_change` messages until every resource id in `expected` arrived
+    /// (bounded by [`WAIT`]); returns every change read, in order.
+    pub async fn changes_until_ids(&mut self, expected: &HashSet<String>) -> Vec<Value> {
+        let mut changes = Vec::new();
+        let mut received = HashSet::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !expected.is_subset(&received) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(message) = self.next_json_within(left).await else {
+                break;
+            };
+            if message["type"] == "resource_change" {
+                received.insert(change_id(&message));
+                changes.push(message);
+            }
+        }
+        changes
+    }
+
+    /// The resource ids of the `resource_change` messages read until every id in
+    /// `expected` arrived (bounded by [`WAIT`]).
+    pub async fn receive_ids(&mut self, expected: &HashSet<String>) -> HashSet<String> {
+        self.changes_until_ids(expected)
+            .await
+            .iter()
+            .map(change_id)
+            .collect()
+    }
+
+    /// Asserts that no `resource_change` arrives within `quiet`.
+    pub async fn assert_no_change_within(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_json_within(left).await {
+                Some(message) if message["type"] == "resource_change" => {
+                    panic!("unexpected change: {message}")
+                }
+                Some(_) => continue,
+                None => return,
+            }
+        }
+    }
+}
+
+/// The resource id of a `resource_change` message.
+pub fn change_id(message: &Value) -> String {
+    message["resource"]["id"].as_str().unwrap_or("").to_owned()
 }
 
 /// `event:resource_id` — what "a change of a resource" means in set comparisons.

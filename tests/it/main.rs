@@ -13,3 +13,4 @@ mod migrate;
 mod ops;
 mod resume;
 mod sse;
+mod ws;

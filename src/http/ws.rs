@@ -1,0 +1,488 @@
+//! `GET /v1/ws`: subscriptions over a WebSocket (API.md §6). Formats and forwards, never
+//! decides: what a subscriber gets comes from `subscription`, exactly as for SSE.
+//!
+//! Each connection is one task running two halves side by side: the session loop, which
+//! keeps reading the socket at all times (protocol pings are only answered while it is
+//! read), and a writer that awaits every send, so a slow reader pushes back on its
+//! subscription (which then catches up from the journal) instead of growing memory.
+//!
+//! Close codes: 1001 peer silent for two keepalive intervals, 1008 rate limit or unread
+//! replies piling up, 1009 frame over [`MAX_FRAME_BYTES`], 1011 subscription ended
+//! unexpectedly, 1012 service restart, 4001 token expired (after `auth_expired`).
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite;
+use tracing::Instrument as _;
+use warp::filters::ws::{Message, WebSocket, Ws};
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::{Reply, Response};
+
+use super::error::ApiError;
+use super::request::{self, Params};
+use crate::app::Services;
+use crate::auth::Identity;
+use crate::journal::snapshot_cursor;
+use crate::metrics::SubscriberGauge;
+use crate::subscription::{self, Outbound};
+
+/// Largest frame (and message) the transport reads. tungstenite refuses a bigger one
+/// without reading it, which leaves the stream unusable: the connection closes with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest client message handled. Between this and [`MAX_FRAME_BYTES`] a message gets
+/// an `error` (`message_too_large`) and the connection stays open.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Cap of tungstenite's outgoing buffer. Every send is awaited, so it holds one message
+/// at a time; only a single change rendered larger than this cannot go out (close 1009).
+const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// Messages between the session loop and the writer.
+const WRITE_QUEUE: usize = 8;
+/// Replies (pong, error, heartbeat) a peer may leave unread before that counts as abuse.
+const MAX_UNSENT: usize = 64;
+/// Per-connection rate limit: more than this many frames within [`RATE_WINDOW`] closes
+/// the connection with 1008.
+pub const RATE_LIMIT_MESSAGES: u32 = 50;
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How long each closing step waits for the peer.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Keepalive intervals without any frame from the peer before it counts as gone.
+const DEAD_AFTER_INTERVALS: u32 = 2;
+
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_INTERNAL: u16 = 1011;
+const CLOSE_RESTART: u16 = 1012;
+const CLOSE_AUTH_EXPIRED: u16 = 4001;
+
+/// Authenticates, then upgrades; a refused token gets the same 401 JSON as SSE.
+pub fn handle(
+    services: Arc<Services>,
+    ws: Option<Ws>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Response {
+    super::error::respond(upgrade(services, ws, &headers, query.as_deref()))
+}
+
+fn upgrade(
+    services: Arc<Services>,
+    ws: Option<Ws>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<impl Reply, ApiError> {
+    let params = Params::parse(query)?;
+    let identity = request::authenticate(&services, headers, &params)?;
+    let ws = ws.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "`/v1/ws` is a WebSocket endpoint; send a WebSocket upgrade request",
+        )
+    })?;
+    let span = tracing::info_span!("subscriber", tenant = %identity.tenant, transport = "ws");
+    Ok(ws
+        .max_frame_size(MAX_FRAME_BYTES)
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| {
+            // warp spawns this with a bare `tokio::spawn`: track it so shutdown waits.
+            let tracker = services.tracker.clone();
+            tracker.track_future(session(services, identity, socket).instrument(span))
+        }))
+}
+
+async fn session(services: Arc<Services>, identity: Identity, socket: WebSocket) {
+    let _gauge = SubscriberGauge::new(&services.metrics, "ws");
+    tracing::debug!("connected");
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let mut writer = pin!(write_frames(sink, rx));
+    tokio::select! {
+        // The writer only ends first when the socket failed: nobody left to tell.
+        () = &mut writer => return,
+        () = Session::new(services, identity).run(&mut stream, tx) => {}
+    }
+    // The close frame is queued (or the peer's close answered): let it out and read until
+    // the peer's reply, so the handshake completes cleanly, bounded against a vanished peer.
+    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+    let _ = timeout(CLOSE_GRACE, futures_util::future::join(writer, drain)).await;
+    tracing::debug!("disconnected");
+}
+
+/// Forwards queued frames, awaiting each send (backpressure), until a close frame or
+/// the end of the queue; then closes the sink, which also flushes tungstenite's answer
+/// to a peer's close.
+async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
+    while let Some(message) = rx.recv().await {
+        let closing = message.is_close();
+        if let Err(error) = sink.send(message).await {
+            if matches!(
+                tungstenite_error(&error),
+                Some(tungstenite::Error::WriteBufferFull(_))
+            ) {
+                tracing::warn!("a message exceeds the WebSocket write buffer; closing");
+                let close = Message::close_with(CLOSE_TOO_BIG, "message exceeds the size limit");
+                let _ = sink.send(close).await;
+            } else {
+                tracing::debug!(%error, "write failed");
+            }
+            // Still close: after a peer's close, this flushes tungstenite's answer.
+            break;
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+fn tungstenite_error(error: &warp::Error) -> Option<&tungstenite::Error> {
+    std::error::Error::source(error)?.downcast_ref()
+}
+
+/// What the server writes, one JSON text frame each; `resource_change` is the change's
+/// own pre-rendered §4 JSON.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerMessage<'a> {
+    ConnectionEstablished {
+        tenant_id: &'a str,
+    },
+    /// The effective filter; `null` means all.
+    SubscriptionConfirmed {
+        resource_types: Option<&'a [String]>,
+        events: Option<Vec<&'static str>>,
+    },
+    Pong,
+    Heartbeat,
+    Resync {
+        reason: &'a str,
+        id: &'a str,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+    AuthExpired,
+}
+
+impl ServerMessage<'_> {
+    fn frame(&self) -> Message {
+        Message::text(serde_json::to_string(self).expect("BUG: serialising a WS message"))
+    }
+}
+
+/// `{"type":"subscribe", ...}`; every field optional, `null` like absent.
+#[derive(Deserialize)]
+struct Subscribe {
+    #[serde(default)]
+    resource_types: Option<Vec<String>>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    last_event_id: Option<String>,
+}
+
+/// How the session loop ends.
+enum End {
+    /// The peer closed or vanished: nothing more to send.
+    PeerGone,
+    /// Send what is queued, then close with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct Session {
+    services: Arc<Services>,
+    identity: Identity,
+    /// The subscription, while the client is subscribed.
+    outbound: Option<mpsc::Receiver<Outbound>>,
+    /// Where this connection's stream stands while subscribed: the cursor of the last
+    /// change or resync forwarded, else where the subscription started. A replacing
+    /// `subscribe` resumes from it, so changing the filter loses nothing.
+    position: Option<String>,
+    /// Frames for the writer, in order. Changes are only taken from the subscription
+    /// while this is empty, so a slow reader holds back the subscription, not memory.
+    unsent: VecDeque<Message>,
+    /// When the peer last sent any frame (pongs included).
+    last_heard: Instant,
+    window_start: Instant,
+    window_count: u32,
+}
+
+impl Session {
+    fn new(services: Arc<Services>, identity: Identity) -> Self {
+        let now = Instant::now();
+        Session {
+            services,
+            identity,
+            outbound: None,
+            position: None,
+            unsent: VecDeque::new(),
+            last_heard: now,
+            window_start: now,
+            window_count: 0,
+        }
+    }
+
+    async fn run(mut self, stream: &mut SplitStream<WebSocket>, tx: mpsc::Sender<Message>) {
+        let end = self.serve(stream, &tx).await;
+        let close = match end {
+            End::PeerGone => return,
+            End::Close(code, reason) => {
+                tracing::debug!(code, reason, "closing");
+                Message::close_with(code, reason)
+            }
+        };
+        // Bounded: a peer that does not read never gets them.
+        let unsent = std::mem::take(&mut self.unsent);
+        let _ = timeout(CLOSE_GRACE, async {
+            for message in unsent.into_iter().chain([close]) {
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        tx: &mpsc::Sender<Message>,
+    ) -> End {
+        let hello = ServerMessage::ConnectionEstablished {
+            tenant_id: self.identity.tenant.as_str(),
+        };
+        self.unsent.push_back(hello.frame());
+        let keepalive = self.services.config.keepalive;
+        let mut tick = interval_at(Instant::now() + keepalive, keepalive);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let expires = Instant::now()
+            + self
+                .identity
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        let shutdown = self.services.shutdown.clone();
+        loop {
+            let writable = !self.unsent.is_empty();
+            let end = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Some(End::Close(CLOSE_RESTART, "service restart")),
+                // Also while not subscribed (a subscription reports expiry by itself).
+                _ = tokio::time::sleep_until(expires) => Some(self.auth_expired()),
+                frame = stream.next() => self.on_frame(frame).await,
+                permit = tx.reserve(), if writable => match permit {
+                    Ok(permit) => {
+                        permit.send(self.unsent.pop_front().expect("BUG: checked non-empty"));
+                        None
+                    }
+                    Err(_) => Some(End::PeerGone),
+                },
+                item = next_outbound(&mut self.outbound), if !writable => self.on_outbound(item),
+                _ = tick.tick() => self.on_tick(keepalive),
+            };
+            if let Some(end) = end {
+                return end;
+            }
+            if self.unsent.len() > MAX_UNSENT {
+                return End::Close(CLOSE_POLICY, "too many unread messages");
+            }
+        }
+    }
+
+    fn push(&mut self, message: &ServerMessage<'_>) {
+        self.unsent.push_back(message.frame());
+    }
+
+    fn error(&mut self, code: &str, message: &str) {
+        self.push(&ServerMessage::Error { code, message });
+    }
+
+    fn auth_expired(&mut self) -> End {
+        self.push(&ServerMessage::AuthExpired);
+        End::Close(CLOSE_AUTH_EXPIRED, "token expired")
+    }
+
+    fn on_outbound(&mut self, item: Option<Outbound>) -> Option<End> {
+        match item {
+            Some(Outbound::Change(change)) => {
+                let metrics = &self.services.metrics;
+                metrics.events_delivered.with_label_values(&["ws"]).inc();
+                metrics
+                    .delivery_latency
+                    .observe(change.read_at.elapsed().as_secs_f64());
+                self.position = Some(change.cursor_text.clone());
+                self.unsent.push_back(Message::text(change.json.clone()));
+                None
+            }
+            Some(Outbound::Resync { reason, cursor }) => {
+                self.push(&ServerMessage::Resync {
+                    reason,
+                    id: &cursor,
+                });
+                self.position = Some(cursor);
+                None
+            }
+            Some(Outbound::AuthExpired) => Some(self.auth_expired()),
+            // Shutdown and expiry are seen first; anything else is unexpected.
+            None => {
+                tracing::warn!("subscription ended unexpectedly");
+                Some(End::Close(CLOSE_INTERNAL, "subscription ended; reconnect"))
+            }
+        }
+    }
+
+    fn on_tick(&mut self, keepalive: Duration) -> Option<End> {
+        if self.last_heard.elapsed() >= keepalive * DEAD_AFTER_INTERVALS {
+            return Some(End::Close(CLOSE_GOING_AWAY, "no answer to pings"));
+        }
+        self.push(&ServerMessage::Heartbeat);
+        // Answered by the peer's WebSocket stack; any frame back proves it alive.
+        self.unsent.push_back(Message::ping(Vec::new()));
+        None
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, warp::Error>>) -> Option<End> {
+        let message = match frame {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                if let Some(tungstenite::Error::Capacity(too_big)) = tungstenite_error(&error) {
+                    tracing::debug!(%too_big, "frame over the limit");
+                    return Some(End::Close(CLOSE_TOO_BIG, "message too large"));
+                }
+                tracing::debug!(%error, "read failed");
+                return Some(End::PeerGone);
+            }
+            None => return Some(End::PeerGone),
+        };
+        self.last_heard = Instant::now();
+        if self.over_rate_limit() {
+            return Some(End::Close(CLOSE_POLICY, "rate limit exceeded"));
+        }
+        if message.is_close() {
+            // tungstenite queued its answer; closing the sink sends it.
+            return Some(End::PeerGone);
+        }
+        if message.is_binary() {
+            self.error(
+                "binary_not_supported",
+                "only text frames holding one JSON object are understood",
+            );
+            return None;
+        }
+        // Pings are answered by tungstenite; pongs only prove the peer alive.
+        let Ok(text) = message.to_str() else {
+            return None;
+        };
+        if text.len() > MAX_MESSAGE_BYTES {
+            self.error(
+                "message_too_large",
+                &format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+            );
+            return None;
+        }
+        self.on_text(text).await;
+        None
+    }
+
+    fn over_rate_limit(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= RATE_WINDOW {
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count += 1;
+        self.window_count > RATE_LIMIT_MESSAGES
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(error) => {
+                return self.error("invalid_json", &format!("not valid JSON: {error}"));
+            }
+        };
+        let Some(kind) = value.get("type").and_then(Value::as_str) else {
+            return self.error(
+                "invalid_message",
+                "a message must be a JSON object with a string `type`",
+            );
+        };
+        match kind {
+            "ping" => self.push(&ServerMessage::Pong),
+            "subscribe" => match serde_json::from_value::<Subscribe>(value) {
+                Ok(subscribe) => self.subscribe(subscribe).await,
+                Err(error) => self.error("invalid_message", &format!("bad `subscribe`: {error}")),
+            },
+            "unsubscribe" => {
+                self.outbound = None;
+                self.position = None;
+            }
+            _ => self.error(
+                "unknown_type",
+                "`type` must be one of: subscribe, unsubscribe, ping",
+            ),
+        }
+    }
+
+    /// Opens a subscription, replacing any current one; on a bad filter the current one
+    /// stays as it was.
+    async fn subscribe(&mut self, subscribe: Subscribe) {
+        let types = subscribe
+            .resource_types
+            .as_ref()
+            .map(|types| types.iter().map(String::as_str));
+        let events = subscribe
+            .events
+            .as_ref()
+            .map(|events| events.iter().map(String::as_str));
+        let filter = match request::filter_of(&self.services, types, events).await {
+            Ok(filter) => filter,
+            Err(error) => return self.error(error.code, &error.message),
+        };
+        // The client's cursor wins; else a replaced subscription continues from where this
+        // connection stands (changes it had not forwarded yet are replayed, none lost).
+        let resume = subscribe
+            .last_event_id
+            .filter(|cursor| !cursor.trim().is_empty())
+            .or_else(|| self.position.take());
+        self.outbound = None;
+        // A fresh subscription goes live from at most here: read before `open` joins the
+        // hub, so a later replacement resuming from it misses nothing.
+        let start = resume.clone().unwrap_or_else(|| {
+            snapshot_cursor(
+                &self.services.journal,
+                &self.identity.tenant,
+                self.services.hub.published().prev,
+            )
+        });
+        let outbound = subscription::open(&self.services, &self.identity, filter.clone(), resume);
+        self.outbound = Some(outbound);
+        self.position = Some(start);
+        // Only now: `open` joined the fan-out, so every later commit will be delivered.
+        self.push(&ServerMessage::SubscriptionConfirmed {
+            resource_types: filter.types.as_deref(),
+            events: filter
+                .events
+                .map(|events| events.iter().map(|e| e.as_str()).collect()),
+        });
+    }
+}
+
+async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match outbound {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
