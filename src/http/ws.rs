@@ -467,7 +467,17 @@ impl Session {
                 self.services.hub.published().prev,
             )
         });
-        let outbound = subscription::open(&self.services, &self.identity, filter.clone(), resume);
+        let outbound =
+            match subscription::open(&self.services, &self.identity, filter.clone(), resume) {
+                Ok(outbound) => outbound,
+                Err(refused) => {
+                    // The old subscription is gone (its place was needed for the new one); a
+                    // later `subscribe` resumes from where it stood, losing nothing.
+                    self.position = Some(start);
+                    let error = ApiError::from(refused);
+                    return self.error(error.code, &error.message);
+                }
+            };
         self.outbound = Some(outbound);
         self.position = Some(start);
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
