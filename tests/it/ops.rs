@@ -260,3 +260,70 @@ async fn shutdown_tells_sse_subscribers_to_reconnect_and_finishes_promptly() {
     assert_eq!(last.data["reason"], "shutdown");
     assert!(stream.next_within(WAIT).await.is_none(), "the stream ends");
 }
+
+#[tokio::test]
+async fn on_shutdown_sse_and_ws_subscribers_resume_on_another_instance_without_loss() {
+    let a = spawn_app().await;
+    let b = start_on(a.db_url.clone(), |_| {}).await;
+    let t = token("acme");
+    let mut sse = a.sse(&t, "").await;
+    let mut ws = a.ws(&t).await;
+    ws.expect("connection_established").await;
+    ws.subscribe(serde_json::json!({})).await;
+
+    let writer = a.spawn_writer("acme", 60, 5).await;
+    // Let some changes flow through A, then shut A down mid-stream.
+    let first = sse.changes_until(20).await;
+    assert!(first.len() >= 20);
+    let _ = a.stop().await;
+
+    // Drain what A sent before it went; remember the last cursor of each client.
+    let mut sse_ids: HashSet<String> = HashSet::new();
+    let mut sse_cursor = None;
+    for event in first {
+        sse_ids.insert(event.data["resource"]["id"].as_str().unwrap().to_owned());
+        sse_cursor = event.id;
+    }
+    let mut told_to_reconnect = false;
+    while let Some(event) = sse.next_within(WAIT).await {
+        match event.event.as_str() {
+            "resource_change" => {
+                sse_ids.insert(event.data["resource"]["id"].as_str().unwrap().to_owned());
+                sse_cursor = event.id;
+            }
+            "reconnect" => told_to_reconnect = true,
+            _ => {}
+        }
+    }
+    assert!(told_to_reconnect, "SSE subscribers are told to reconnect");
+    let mut ws_ids = HashSet::new();
+    let mut ws_cursor = None;
+    while let Some(message) = ws.next_json_within(WAIT).await {
+        if message["type"] == "resource_change" {
+            ws_ids.insert(change_id(&message));
+            ws_cursor = message["id"].as_str().map(str::to_owned);
+        }
+    }
+    assert_eq!(
+        ws.close.as_ref().map(|c| c.0),
+        Some(1012),
+        "WS subscribers get close 1012"
+    );
+
+    // Both resume on B with their last cursor.
+    let written = writer.await.unwrap();
+    let mut sse_b = b.sse_with(&t, "", sse_cursor.as_deref()).await;
+    let missing: HashSet<String> = written.difference(&sse_ids).cloned().collect();
+    sse_ids.extend(sse_b.receive_ids(&missing).await);
+    assert_nothing_lost(&written, &sse_ids, &HashSet::new());
+    let mut ws_b = b.ws(&t).await;
+    ws_b.expect("connection_established").await;
+    let mut resume = serde_json::json!({});
+    if let Some(cursor) = ws_cursor {
+        resume["last_event_id"] = cursor.into();
+    }
+    ws_b.subscribe(resume).await;
+    let missing: HashSet<String> = written.difference(&ws_ids).cloned().collect();
+    ws_ids.extend(ws_b.receive_ids(&missing).await);
+    assert_nothing_lost(&written, &ws_ids, &HashSet::new());
+}
