@@ -37,6 +37,8 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Every task the service spawns, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The watched resource types as last read (see `http::request::known_types`).
+    pub resource_types: std::sync::Mutex<Vec<String>>,
     /// Open subscriptions, against `config.max_subscribers`.
     pub subscriptions: AtomicUsize,
 }
@@ -64,11 +66,12 @@ impl App {
             .context("App::build needs a database URL")?;
         db::migrate(&database_url).await?;
         let pool = db::pool(&database_url, config.pool_size)?;
-        let (journal, start) = {
+        let (journal, start, resource_types) = {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
             (
                 Arc::new(Journal::open(&client).await?),
                 Journal::current_snapshot(&client).await?,
+                crate::resources::resource_types(&**client).await?,
             )
         };
         // Live delivery starts now; anything older is for cursors to replay.
@@ -105,6 +108,7 @@ impl App {
             shutdown,
             tracker: TaskTracker::new(),
             subscriptions: AtomicUsize::new(0),
+            resource_types: std::sync::Mutex::new(resource_types),
         });
         Ok(App {
             services,

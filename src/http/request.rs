@@ -11,6 +11,8 @@ use crate::subscription::Filter;
 
 /// Longest query string accepted; a URL past this is abuse or a mistake.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// How long a request waits for the list of watched types before using the last one.
+const TYPES_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most entries in one `types` or `events` list.
 pub const MAX_FILTER_ENTRIES: usize = 64;
 
@@ -195,11 +197,37 @@ pub async fn filter_of<'a>(
     })
 }
 
+/// The resource types subscribers may ask for, read afresh (a table watched a moment ago
+/// counts at once). While the database does not answer, the last list read is used, so
+/// subscribers can still connect (an HTTP error would stop an EventSource for good);
+/// their streams catch up once the database is back.
 pub async fn known_types(services: &Services) -> Result<Vec<String>, ApiError> {
-    let client = services.pool.get().await.map_err(ApiError::unavailable)?;
-    crate::resources::resource_types(&**client)
-        .await
-        .map_err(ApiError::unavailable)
+    let lookup = async {
+        let client = services.pool.get().await.map_err(|e| format!("{e:?}"))?;
+        crate::resources::resource_types(&**client)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    };
+    match tokio::time::timeout(TYPES_LOOKUP_TIMEOUT, lookup).await {
+        Ok(Ok(types)) => {
+            *lock(&services.resource_types) = types.clone();
+            Ok(types)
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "reading the watched types failed; using the last list");
+            Ok(lock(&services.resource_types).clone())
+        }
+        Err(_) => {
+            tracing::warn!("reading the watched types timed out; using the last list");
+            Ok(lock(&services.resource_types).clone())
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

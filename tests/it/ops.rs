@@ -327,3 +327,51 @@ async fn on_shutdown_sse_and_ws_subscribers_resume_on_another_instance_without_l
     ws_ids.extend(ws_b.receive_ids(&missing).await);
     assert_nothing_lost(&written, &ws_ids, &HashSet::new());
 }
+
+#[tokio::test]
+async fn subscribers_can_connect_during_a_database_outage_and_catch_up_after_it() {
+    let app = spawn_app().await;
+    let database: String = app
+        .db
+        .query_one("select current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin = {
+        let (admin, connection) = tokio_postgres::connect(&server().url("postgres"), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        admin
+    };
+    // The outage: no new connections, and the service's own are cut.
+    admin
+        .batch_execute(&format!(
+            "alter database {database} allow_connections false;
+             select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = '{database}' and application_name like 'changecast:%';"
+        ))
+        .await
+        .unwrap();
+    wait_for_readyz(&app, 503).await;
+
+    let mut stream = app.sse(&token("acme"), "types=ticket").await;
+    let (status, body) = app.get("/v1/snapshot", Some(&token("acme"))).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (503, "unavailable")
+    );
+
+    // Written (by the test's own, older connection) while the service cannot connect.
+    let written: HashSet<String> = app.insert_tickets("acme", 10).await.into_iter().collect();
+    admin
+        .batch_execute(&format!("alter database {database} allow_connections true"))
+        .await
+        .unwrap();
+    assert_nothing_lost(
+        &written,
+        &stream.receive_ids(&written).await,
+        &HashSet::new(),
+    );
+    wait_for_readyz(&app, 200).await;
+}
