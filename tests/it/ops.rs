@@ -7,24 +7,6 @@ use tokio_postgres::NoTls;
 
 use crate::helpers::*;
 
-/// The value of an unlabelled (or exactly labelled) series in a Prometheus text page.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no series {series}"))
-        .parse()
-        .unwrap()
-}
-
-async fn metrics(app: &TestApp) -> String {
-    let (status, body) = app.get("/metrics", None).await;
-    assert_eq!(status, 200);
-    body.as_str().unwrap().to_owned()
-}
-
 async fn readyz(app: &TestApp) -> u16 {
     app.get("/readyz", None).await.0
 }
@@ -77,13 +59,12 @@ async fn readiness_flips_to_503_while_the_listener_is_down_and_back() {
         .await
         .unwrap();
     wait_for_readyz(&app, 200).await;
-    assert!(metric(&metrics(&app).await, "changecast_db_reconnects_total") >= 1.0);
+    assert!(app.metric("changecast_db_reconnects_total").await.unwrap() >= 1.0);
 }
 
 #[tokio::test]
 async fn metrics_move_with_traffic() {
     let app = spawn_app().await;
-    let before = metrics(&app).await;
     for name in [
         "changecast_events_received_total",
         "changecast_subscribers_lagged_total",
@@ -92,7 +73,7 @@ async fn metrics_move_with_traffic() {
         "changecast_journal_rows_pruned_total",
         "changecast_delivery_latency_seconds_count",
     ] {
-        assert_eq!(metric(&before, name), 0.0, "{name} starts at 0");
+        assert_eq!(app.metric(name).await.unwrap(), 0.0, "{name} starts at 0");
     }
     let mut stream = app.sse(&token("acme"), "").await;
     let written: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
@@ -100,24 +81,17 @@ async fn metrics_move_with_traffic() {
     let mut resumed = app.sse(&token("acme"), "last_event_id=garbage").await;
     assert_eq!(resumed.next_within(WAIT).await.unwrap().event, "resync");
 
-    let after = metrics(&app).await;
+    let app = &app;
+    let metric = |series: &'static str| async move { app.metric(series).await.unwrap() };
     assert_eq!(
-        metric(&after, r#"changecast_subscribers{transport="sse"}"#),
+        metric(r#"changecast_subscribers{transport="sse"}"#).await,
         2.0
     );
-    assert!(metric(&after, "changecast_events_received_total") >= 3.0);
-    assert!(
-        metric(
-            &after,
-            r#"changecast_events_delivered_total{transport="sse"}"#
-        ) >= 3.0
-    );
-    assert!(metric(&after, "changecast_delivery_latency_seconds_count") >= 3.0);
+    assert!(metric("changecast_events_received_total").await >= 3.0);
+    assert!(metric(r#"changecast_events_delivered_total{transport="sse"}"#).await >= 3.0);
+    assert!(metric("changecast_delivery_latency_seconds_count").await >= 3.0);
     assert_eq!(
-        metric(
-            &after,
-            r#"changecast_resyncs_total{reason="cursor_invalid"}"#
-        ),
+        metric(r#"changecast_resyncs_total{reason="cursor_invalid"}"#).await,
         1.0
     );
     drop((stream, resumed));
