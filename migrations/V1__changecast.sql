@@ -13,11 +13,20 @@ create table changecast.journal_meta (
     singleton      boolean primary key default true check (singleton),
     -- Ties cursors to this journal: a cursor minted by another database is recognised.
     journal_id     uuid not null default gen_random_uuid(),
-    -- Highest transaction id of any pruned row: a cursor whose snapshot does not yet
-    -- see that transaction may have needed a pruned row, so it gets `cursor_expired`.
-    pruned_xid     xid8 not null default '0'
+    -- Rows of every transaction below this id may have been pruned: a cursor whose
+    -- snapshot does not see all of them may have needed one, so it gets `cursor_expired`.
+    pruned_below   xid8 not null default '0'
 );
 insert into changecast.journal_meta default values;
+
+-- Ticks of the pruner: at `taken_at`, every transaction below `horizon` had ended. Rows
+-- of such a transaction committed before `taken_at`, so once a tick is older than the
+-- retention period its horizon bounds what may be pruned (by commit, not insert, time:
+-- a long transaction's rows are kept as long as any other's).
+create table changecast.journal_ticks (
+    taken_at  timestamptz primary key,
+    horizon   xid8 not null
+);
 
 create table changecast.change_log (
     id              bigint generated always as identity primary key,

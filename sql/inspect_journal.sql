@@ -13,9 +13,12 @@ from changecast.change_log
 order by id desc
 limit 20;
 
--- pruned_xid: cursors whose snapshot does not see this transaction get `cursor_expired`.
-select journal_id, pruned_xid, pg_size_pretty(pg_total_relation_size('changecast.change_log')) as journal_size
+-- pruned_below: rows of transactions below it may be gone; cursors not seeing all of them get `cursor_expired`.
+select journal_id, pruned_below, pg_size_pretty(pg_total_relation_size('changecast.change_log')) as journal_size
 from changecast.journal_meta;
 
 -- Who is connected (the service names its connections changecast:*):
 select application_name, state, backend_start from pg_stat_activity where application_name like 'changecast:%';
+
+-- Pruning ticks: rows of transactions below `horizon` committed before `taken_at`.
+select taken_at, horizon from changecast.journal_ticks order by taken_at desc limit 5;

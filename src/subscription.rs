@@ -243,9 +243,8 @@ impl Subscription {
     ) -> Replayed {
         self.services.metrics.replays.inc();
         let mut after_id = 0;
-        let mut first_page = true;
         loop {
-            let page = match self.read_page(from, upto, after_id, first_page).await {
+            let page = match self.read_page(from, upto, after_id).await {
                 Ok(Some(page)) => page,
                 Ok(None) => return Replayed::Expired,
                 Err(error) => {
@@ -257,7 +256,6 @@ impl Subscription {
                     }
                 }
             };
-            first_page = false;
             let done = page.len() < REPLAY_PAGE_ROWS;
             for change in page {
                 after_id = change.id;
@@ -279,28 +277,25 @@ impl Subscription {
         from: &PgSnapshot,
         upto: &Published,
         after_id: i64,
-        check_expiry: bool,
     ) -> anyhow::Result<Option<Vec<crate::journal::Change>>> {
         let client = self.services.pool.get().await?;
-        if check_expiry {
-            let pruned = Journal::pruned_xid(&client).await?;
-            // Pruned transactions the cursor does not see may have held its changes. Only
-            // the newest pruned xid is recorded, so be conservative: any at or past xmin.
-            if pruned > 0 && pruned >= from.xmin {
-                return Ok(None);
-            }
-        }
         let filter = RowFilter {
             tenant: Some(&self.tenant),
             types: self.filter.types.as_deref(),
             events: self.filter.events.as_deref(),
         };
-        Ok(Some(
-            self.services
-                .journal
-                .read(&client, from, upto, after_id, filter, REPLAY_PAGE_ROWS)
-                .await?,
-        ))
+        let page = self
+            .services
+            .journal
+            .read(&client, from, upto, after_id, filter, REPLAY_PAGE_ROWS)
+            .await?;
+        // Checked after the read: a prune that removed rows this page would have held
+        // committed before the read began, so this later statement sees it.
+        let pruned_below = Journal::pruned_below(&client).await?;
+        if !from.sees_all_below(pruned_below) {
+            return Ok(None);
+        }
+        Ok(Some(page))
     }
 
     async fn resync(&self, reason: &'static str, upto: &Published) -> bool {

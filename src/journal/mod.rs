@@ -155,10 +155,13 @@ impl Journal {
             .expect("BUG: PostgreSQL printed an invalid pg_snapshot"))
     }
 
-    /// Highest transaction id among pruned rows (0 when nothing was pruned yet).
-    pub async fn pruned_xid(client: &Client) -> DbResult<u64> {
+    /// Rows of transactions below this id may have been pruned (0: nothing pruned yet).
+    pub async fn pruned_below(client: &Client) -> DbResult<u64> {
         let row = client
-            .query_one("select pruned_xid::text from changecast.journal_meta", &[])
+            .query_one(
+                "select pruned_below::text from changecast.journal_meta",
+                &[],
+            )
             .await?;
         Ok(row
             .get::<_, &str>(0)

@@ -1,6 +1,14 @@
-//! Retention: deletes journal rows older than the retention period, in small batches,
-//! with at most one instance pruning at a time, and records the newest pruned
-//! transaction so that cursors which may have needed those rows get `cursor_expired`.
+//! Retention: deletes journal rows whose transactions committed more than the retention
+//! period ago, in small batches, with at most one instance pruning at a time, and records
+//! the horizon below which rows may be gone, so cursors that may have needed them get
+//! `cursor_expired`.
+//!
+//! Commit time is what counts, not insert time: a transaction that wrote for an hour is
+//! kept as long as one that wrote for a millisecond. PostgreSQL has no commit time per row
+//! (without `track_commit_timestamp`), so each run records a tick — "every transaction
+//! below this xid has ended" — and rows are pruned below the horizon of the newest tick
+//! older than the retention period. Retention is therefore honoured to within one pruning
+//! interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +51,9 @@ impl Pruner {
     }
 }
 
-/// Deletes every journal row older than `retention`; returns how many. Skips (returning
-/// 0) while another instance holds the pruning lock.
+/// Records a tick, then deletes every journal row whose transaction had committed before
+/// the newest tick older than `retention`; returns how many rows. Skips (returning 0)
+/// while another instance holds the pruning lock.
 pub async fn prune(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
     let mut client = pool.get().await?;
     let retention_secs = retention.as_secs_f64();
@@ -58,29 +67,49 @@ pub async fn prune(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
         if !locked {
             return Ok(total);
         }
-        // Ids grow with time, so the oldest rows are at the start of the primary key:
-        // delete within an id window from there, never scanning the whole table.
-        let row = tx
-            .query_one(
-                "with doomed as (
-                     delete from changecast.change_log
-                     where id <= (select min(id) from changecast.change_log) + $2
-                       and occurred_at < now() - make_interval(secs => $1)
-                     returning xid
-                 ),
-                 newest as (
-                     update changecast.journal_meta
-                        set pruned_xid = greatest(pruned_xid, (select max(xid) from doomed))
-                      where (select count(*) from doomed) > 0
-                 )
-                 select count(*) from doomed",
-                &[&retention_secs, &(BATCH_ROWS - 1)],
+        if total == 0 {
+            // One tick per pruning run; ticks older than the one in use are dropped.
+            tx.execute(
+                "insert into changecast.journal_ticks (taken_at, horizon)
+                 values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()))
+                 on conflict do nothing",
+                &[],
             )
             .await?;
+        }
+        // Raise the recorded horizon first, in the same transaction as the deletion, so a
+        // replay can never see rows missing without also seeing why.
+        let deleted: i64 = tx
+            .query_one(
+                "with horizon as (
+                     select taken_at, horizon from changecast.journal_ticks
+                     where taken_at < now() - make_interval(secs => $1)
+                     order by taken_at desc limit 1
+                 ),
+                 older_ticks as (
+                     delete from changecast.journal_ticks
+                     where taken_at < (select taken_at from horizon)
+                 ),
+                 recorded as (
+                     update changecast.journal_meta
+                        set pruned_below = greatest(pruned_below, (select horizon from horizon))
+                      where exists (select 1 from horizon)
+                 ),
+                 doomed as (
+                     delete from changecast.change_log
+                     where id in (select id from changecast.change_log
+                                  where xid < (select horizon from horizon)
+                                  limit $2)
+                     returning 1
+                 )
+                 select count(*) from doomed",
+                &[&retention_secs, &BATCH_ROWS],
+            )
+            .await?
+            .get(0);
         tx.commit().await?;
-        let deleted = row.get::<_, i64>(0) as u64;
-        total += deleted;
-        if deleted == 0 {
+        total += deleted as u64;
+        if deleted < BATCH_ROWS {
             return Ok(total);
         }
     }

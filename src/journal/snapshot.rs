@@ -26,6 +26,11 @@ impl PgSnapshot {
         xid < self.xmin || (xid < self.xmax && self.xip.binary_search(&xid).is_err())
     }
 
+    /// Whether this snapshot sees every transaction id below `horizon`.
+    pub fn sees_all_below(&self, horizon: u64) -> bool {
+        horizon <= self.xmin || (horizon <= self.xmax && self.xip.iter().all(|&x| x >= horizon))
+    }
+
     /// The same snapshot, but treating `xid` as still running. A writer's snapshot does
     /// not list the writer itself, and its other rows must not count as seen.
     pub fn not_seeing(mut self, xid: u64) -> Self {
@@ -136,6 +141,15 @@ mod tests {
             s.clone().not_seeing(25).sees(9),
             "out-of-range xid changes nothing"
         );
+    }
+
+    #[test]
+    fn sees_all_below_matches_sees() {
+        let s: PgSnapshot = "10:20:12,15".parse().unwrap();
+        for horizon in 0..30 {
+            let expected = (0..horizon).all(|x| s.sees(x));
+            assert_eq!(s.sees_all_below(horizon), expected, "horizon {horizon}");
+        }
     }
 
     #[test]

@@ -267,6 +267,19 @@ impl TestApp {
         })
     }
 
+    /// Pretends a pruning tick was taken `hours_ago`, now: as if every transaction that
+    /// has ended so far had committed that long ago.
+    pub async fn age_committed_changes(&self, hours_ago: i32) {
+        self.db
+            .execute(
+                "insert into changecast.journal_ticks (taken_at, horizon)
+                 values (now() - make_interval(hours => $1), pg_snapshot_xmin(pg_current_snapshot()))",
+                &[&hours_ago],
+            )
+            .await
+            .unwrap();
+    }
+
     /// Kills the service's LISTEN connection from the database side.
     pub async fn kill_listener(&self) -> u64 {
         let rows = self

@@ -178,13 +178,7 @@ async fn a_subscriber_moving_between_two_instances_loses_nothing() {
 async fn only_one_instance_prunes_at_a_time() {
     let app = spawn_app().await;
     app.insert_tickets("acme", 3).await;
-    app.db
-        .execute(
-            "update changecast.change_log set occurred_at = now() - interval '2 days'",
-            &[],
-        )
-        .await
-        .unwrap();
+    app.age_committed_changes(48).await;
     let pool = changecast::db::pool(&app.db_url, 2).unwrap();
 
     // Another instance holds the pruning lock: this one must not prune meanwhile.

@@ -206,12 +206,9 @@ async fn pruning_removes_old_rows_and_an_old_cursor_gets_resync() {
     let old_cursor = stream.changes_until(3).await[0].id.clone().unwrap();
     drop(stream);
     app.insert_tickets("acme", 2).await;
+    // Everything so far committed "two hours ago"; then one fresh change.
+    app.age_committed_changes(2).await;
     let fresh = app.insert_ticket("acme", "fresh").await;
-    // Age everything but the last row past a one-hour retention.
-    app.db
-        .execute("update changecast.change_log set occurred_at = now() - interval '2 hours' where resource_id <> $1", &[&fresh])
-        .await
-        .unwrap();
 
     let pool = changecast::db::pool(&app.db_url, 2).unwrap();
     let pruned = changecast::journal::pruner::prune(&pool, Duration::from_secs(3600))
@@ -282,4 +279,53 @@ async fn a_subscriber_that_falls_behind_catches_up_from_the_journal() {
         lagged >= 1.0,
         "the subscriber never lagged, so this test proved nothing"
     );
+}
+
+#[tokio::test]
+async fn pruning_goes_by_commit_time_so_a_long_transaction_is_kept_and_cursors_stay_valid() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let old: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
+    // A long transaction writes before the tick but commits after it.
+    let slow = app.connect_db().await;
+    slow.batch_execute("begin").await.unwrap();
+    let late: String = slow
+        .query_one(
+            "insert into tickets (tenant_id, title) values ('acme', 'long') returning id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    app.age_committed_changes(2).await;
+    slow.batch_execute("commit").await.unwrap();
+
+    let pool = changecast::db::pool(&app.db_url, 2).unwrap();
+    let pruned = changecast::journal::pruner::prune(&pool, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned, 3,
+        "only the transactions that had ended before the tick"
+    );
+    let kept: i64 = app
+        .db
+        .query_one("select count(*) from changecast.change_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the long transaction's row is kept");
+
+    // The snapshot was taken while the long transaction ran: its cursor is still good.
+    let cursor = snapshot["cursor"].as_str().unwrap();
+    let mut stream = app.sse_with(&t, "", Some(cursor)).await;
+    let first = stream.next_within(WAIT).await.unwrap();
+    assert_eq!(
+        first.event, "resource_change",
+        "no resync: {:?}",
+        first.data
+    );
+    assert_eq!(first.data["resource"]["id"], late.as_str());
+    assert!(!old.contains(&late));
 }
