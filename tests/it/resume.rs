@@ -208,7 +208,7 @@ async fn pruning_removes_old_rows_and_an_old_cursor_gets_resync() {
     app.insert_tickets("acme", 2).await;
     // Everything so far committed "two hours ago"; then one fresh change.
     app.age_committed_changes(2).await;
-    let fresh = app.insert_ticket("acme", "fresh").await;
+    app.insert_ticket("acme", "fresh").await;
 
     let pool = changecast::db::pool(&app.db_url, 2).unwrap();
     let pruned = changecast::journal::pruner::prune(&pool, Duration::from_secs(3600))
