@@ -71,6 +71,17 @@ pub enum Refused {
     ServiceFull(usize),
 }
 
+/// An opened subscription.
+pub struct Opened {
+    /// What to write, in order.
+    pub outbound: mpsc::Receiver<Outbound>,
+    /// A cursor to resume this subscription from before any change arrived: the client's
+    /// own cursor, or one for the point where live delivery starts. Transports hand it
+    /// out at once (SSE `id:`, WS `subscription_confirmed`), so even a client that
+    /// received nothing yet can reconnect without losing what commits meanwhile.
+    pub start: String,
+}
+
 /// Starts a subscription for `identity`'s tenant. The stream ends when the receiver is
 /// dropped, the token expires (after `AuthExpired`) or the service shuts down.
 pub fn open(
@@ -78,7 +89,7 @@ pub fn open(
     identity: &Identity,
     filter: Filter,
     resume: Option<String>,
-) -> Result<mpsc::Receiver<Outbound>, Refused> {
+) -> Result<Opened, Refused> {
     let slot = Slot::take(services)?;
     let (live, upto) = services
         .hub
@@ -89,6 +100,9 @@ pub fn open(
         .ok_or(Refused::TenantFull(
             services.config.max_subscribers_per_tenant,
         ))?;
+    let start = resume
+        .clone()
+        .unwrap_or_else(|| snapshot_cursor(&services.journal, &identity.tenant, upto.prev.clone()));
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let remaining = identity
         .expires_at
@@ -108,7 +122,10 @@ pub fn open(
             .run(live, upto, resume)
             .instrument(tracing::Span::current()),
     );
-    Ok(rx)
+    Ok(Opened {
+        outbound: rx,
+        start,
+    })
 }
 
 /// One of the service's `max_subscribers` places, given back on drop.

@@ -50,11 +50,20 @@ async fn open(
         .filter(|c| !c.trim().is_empty());
     let _span =
         tracing::info_span!("subscriber", transport = "sse", tenant = %identity.tenant).entered();
-    let outbound = subscription::open(&services, &identity, filter, resume)?;
+    let resumed = resume.is_some();
+    let opened = subscription::open(&services, &identity, filter, resume)?;
+    // A fresh stream's first bytes set the EventSource's last event id to where live
+    // delivery starts (an `id:` without data dispatches nothing), so a reconnect before
+    // the first change still resumes from here.
+    let preamble = if resumed {
+        format!("retry: {RETRY_MS}\n\n")
+    } else {
+        format!("retry: {RETRY_MS}\nid: {}\n\n", opened.start)
+    };
     let keepalive = services.config.keepalive;
     let body = SseBody {
-        preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
-        outbound,
+        preamble: Some(Bytes::from(preamble)),
+        outbound: opened.outbound,
         keepalive: {
             let mut tick = interval_at(Instant::now() + keepalive, keepalive);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

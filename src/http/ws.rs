@@ -31,7 +31,6 @@ use super::error::ApiError;
 use super::request::{self, Params};
 use crate::app::Services;
 use crate::auth::Identity;
-use crate::journal::snapshot_cursor;
 use crate::metrics::SubscriberGauge;
 use crate::subscription::{self, Outbound};
 
@@ -160,6 +159,8 @@ enum ServerMessage<'a> {
     },
     /// The effective filter; `null` means all.
     SubscriptionConfirmed {
+        /// Where this subscription starts: a `last_event_id` to resume from.
+        id: &'a str,
         resource_types: Option<&'a [String]>,
         events: Option<Vec<&'static str>>,
     },
@@ -458,30 +459,26 @@ impl Session {
             .filter(|cursor| !cursor.trim().is_empty())
             .or_else(|| self.position.take());
         self.outbound = None;
-        // A fresh subscription goes live from at most here: read before `open` joins the
-        // hub, so a later replacement resuming from it misses nothing.
-        let start = resume.clone().unwrap_or_else(|| {
-            snapshot_cursor(
-                &self.services.journal,
-                &self.identity.tenant,
-                self.services.hub.published().prev,
-            )
-        });
-        let outbound =
-            match subscription::open(&self.services, &self.identity, filter.clone(), resume) {
-                Ok(outbound) => outbound,
-                Err(refused) => {
-                    // The old subscription is gone (its place was needed for the new one); a
-                    // later `subscribe` resumes from where it stood, losing nothing.
-                    self.position = Some(start);
-                    let error = ApiError::from(refused);
-                    return self.error(error.code, &error.message);
-                }
-            };
-        self.outbound = Some(outbound);
-        self.position = Some(start);
+        let opened = match subscription::open(
+            &self.services,
+            &self.identity,
+            filter.clone(),
+            resume.clone(),
+        ) {
+            Ok(opened) => opened,
+            Err(refused) => {
+                // The old subscription is gone (its place was needed for the new one); a
+                // later `subscribe` resumes from where it stood, losing nothing.
+                self.position = resume;
+                let error = ApiError::from(refused);
+                return self.error(error.code, &error.message);
+            }
+        };
+        self.outbound = Some(opened.outbound);
+        self.position = Some(opened.start.clone());
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
         self.push(&ServerMessage::SubscriptionConfirmed {
+            id: &opened.start,
             resource_types: filter.types.as_deref(),
             events: filter
                 .events

@@ -329,3 +329,36 @@ async fn pruning_goes_by_commit_time_so_a_long_transaction_is_kept_and_cursors_s
     assert_eq!(first.data["resource"]["id"], late.as_str());
     assert!(!old.contains(&late));
 }
+
+#[tokio::test]
+async fn a_client_that_received_nothing_yet_still_resumes_without_loss() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    // SSE: the stream's first bytes carry an id, though no change has arrived.
+    let mut quiet = app.sse(&t, "").await;
+    let _ = quiet.next_within(Duration::from_millis(200)).await;
+    let sse_cursor = quiet
+        .last_event_id
+        .clone()
+        .expect("the preamble sets an event id");
+    drop(quiet);
+    // WS: subscription_confirmed carries one.
+    let mut ws = app.ws(&t).await;
+    ws.expect("connection_established").await;
+    let confirmed = ws.subscribe(serde_json::json!({})).await;
+    let ws_cursor = confirmed["id"]
+        .as_str()
+        .expect("subscription_confirmed has an id")
+        .to_owned();
+    drop(ws);
+
+    let written: HashSet<String> = app.insert_tickets("acme", 5).await.into_iter().collect();
+
+    let mut sse = app.sse_with(&t, "", Some(&sse_cursor)).await;
+    assert_nothing_lost(&written, &sse.receive_ids(&written).await, &HashSet::new());
+    let mut ws = app.ws(&t).await;
+    ws.expect("connection_established").await;
+    ws.subscribe(serde_json::json!({"last_event_id": ws_cursor}))
+        .await;
+    assert_nothing_lost(&written, &ws.receive_ids(&written).await, &HashSet::new());
+}
