@@ -65,12 +65,15 @@ create table changecast.watched (
  *   Serialise the new row (old row for DELETE) with to_jsonb; skip an UPDATE whose row
  *   is unchanged; refuse a row without tenant or id; append it to the journal; NOTIFY
  *   with an empty payload, which PostgreSQL folds to one notification per transaction.
+ *   An UPDATE that moves a row to another tenant (or id) is journalled as `deleted` of
+ *   the old row for the old tenant and `created` of the new one, so both sides learn.
  * Security definer, so application roles need no rights on the journal.
  */
 create function changecast.capture() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     changed   jsonb;
+    previous  jsonb;
     kind      text;
     tenant    text;
     row_id    text;
@@ -80,10 +83,19 @@ begin
         kind := 'created';
     elsif tg_op = 'UPDATE' then
         changed := to_jsonb(new);
-        if changed = to_jsonb(old) then
+        previous := to_jsonb(old);
+        if changed = previous then
             return null;
         end if;
         kind := 'updated';
+        if (previous ->> tg_argv[1], previous ->> tg_argv[2])
+           is distinct from (changed ->> tg_argv[1], changed ->> tg_argv[2]) then
+            kind := 'created';
+            if previous ->> tg_argv[1] is not null and previous ->> tg_argv[2] is not null then
+                insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+                values (previous ->> tg_argv[1], tg_argv[0], 'deleted', previous ->> tg_argv[2], previous);
+            end if;
+        end if;
     else
         changed := to_jsonb(old);
         kind := 'deleted';

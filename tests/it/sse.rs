@@ -288,3 +288,26 @@ async fn watch_refuses_bad_arguments_clearly() {
         assert!(message.contains(expected), "{sql}: {message}");
     }
 }
+
+#[tokio::test]
+async fn a_row_moved_to_another_tenant_leaves_the_old_one_and_arrives_at_the_new() {
+    let app = spawn_app().await;
+    let mut acme = app.sse(&token("acme"), "").await;
+    let mut globex = app.sse(&token("globex"), "").await;
+    let id = app.insert_ticket("acme", "moving").await;
+    assert_eq!(acme.changes_until(1).await[0].data["event"], "created");
+    app.db
+        .execute(
+            "update tickets set tenant_id = 'globex' where id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let left = acme.changes_until(1).await;
+    assert_eq!(left[0].data["event"], "deleted");
+    assert_eq!(left[0].data["resource"]["tenant_id"], "acme", "the old row");
+    let arrived = globex.changes_until(1).await;
+    assert_eq!(arrived[0].data["event"], "created");
+    assert_eq!(arrived[0].data["resource"]["id"], id.as_str());
+    assert_eq!(arrived[0].data["resource"]["tenant_id"], "globex");
+}
