@@ -86,12 +86,12 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
 
     /// Interval of SSE keepalive comments and WebSocket heartbeats.
-    #[arg(long, env = "CHANGECAST_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "CHANGECAST_KEEPALIVE", default_value = "15s", value_parser = parse_positive_duration)]
     pub keepalive: Duration,
 
     /// Changes one subscriber may fall behind its tenant's newest before it is moved
     /// from live fan-out to a journal catch-up.
-    #[arg(long, env = "CHANGECAST_SUBSCRIBER_BUFFER", default_value_t = 1024)]
+    #[arg(long, env = "CHANGECAST_SUBSCRIBER_BUFFER", default_value_t = 1024, value_parser = parse_positive_count)]
     pub subscriber_buffer: usize,
 
     /// Most subscribers (SSE streams and WebSocket subscriptions) served at once; beyond,
@@ -109,7 +109,7 @@ pub struct ServeConfig {
     pub max_subscribers_per_tenant: usize,
 
     /// Connections in the pool for replays, snapshots and pruning.
-    #[arg(long, env = "CHANGECAST_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "CHANGECAST_POOL_SIZE", default_value_t = 16, value_parser = parse_positive_count)]
     pub pool_size: usize,
 }
 
@@ -182,6 +182,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be more than zero".into()),
+        duration => Ok(duration),
+    }
+}
+
+fn parse_positive_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
 fn parse_origin(text: &str) -> Result<String, String> {
     let origin = text.trim().trim_end_matches('/');
     let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
@@ -209,6 +224,13 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 weeks").is_err());
+    }
+
+    #[test]
+    fn zero_buffers_and_intervals_are_refused() {
+        assert!(parse_positive_count("0").is_err());
+        assert_eq!(parse_positive_count("8"), Ok(8));
+        assert!(parse_positive_duration("0s").is_err());
     }
 
     #[test]

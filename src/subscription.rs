@@ -26,6 +26,8 @@ const OUTBOUND_QUEUE: usize = 64;
 /// Journal rows per replay query.
 const REPLAY_PAGE_ROWS: usize = 500;
 const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
+/// How long an expired subscriber's transport may take to make room for `AuthExpired`.
+const AUTH_EXPIRED_SEND: Duration = Duration::from_secs(5);
 
 /// Which changes a subscriber wants; `None` means all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -211,7 +213,9 @@ impl Subscription {
                     _ = self.services.shutdown.cancelled() => return,
                     _ = self.tx.closed() => return,
                     _ = tokio::time::sleep_until(self.expires) => {
-                        let _ = self.tx.try_send(Outbound::AuthExpired);
+                        // Waits for room behind queued changes (a bounded while), so the
+                        // client learns why the stream ends and fetches a fresh token.
+                        let _ = tokio::time::timeout(AUTH_EXPIRED_SEND, self.tx.send(Outbound::AuthExpired)).await;
                         return;
                     }
                     next = live.recv() => next,

@@ -43,18 +43,14 @@ impl PgSnapshot {
     }
 
     /// A snapshot with at most `max_xip` running transactions that sees no more than
-    /// `self`: past the limit it forgets the list and stops seeing anything at or after
-    /// `xmin`. Cursors stay short; a resume from one just replays a few more rows.
-    pub fn bounded(self, max_xip: usize) -> Self {
-        if self.xip.len() <= max_xip {
-            self
-        } else {
-            PgSnapshot {
-                xmin: self.xmin,
-                xmax: self.xmin,
-                xip: Vec::new(),
-            }
+    /// `self`: it keeps the oldest `max_xip` and stops seeing anything from the next one
+    /// on. Cursors stay short; a resume from one just replays a few more rows.
+    pub fn bounded(mut self, max_xip: usize) -> Self {
+        if self.xip.len() > max_xip {
+            self.xmax = self.xip[max_xip];
+            self.xip.truncate(max_xip);
         }
+        self
     }
 
     fn is_valid(&self) -> bool {

@@ -89,15 +89,31 @@ impl Tailer {
         }
     }
 
-    /// Drains the journal on every wake-up until the connection fails or shutdown.
+    /// Publishes batch after batch while writers commit, and waits for a wake-up when
+    /// they don't, until the connection fails or shutdown.
     async fn follow(
         &self,
         connection: &ListenConnection,
         shutdown: &CancellationToken,
     ) -> Result<(), Lost> {
         loop {
-            self.drain(connection).await?;
-            self.ready.send_replace(true);
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if connection.lost.is_cancelled() {
+                return Err(Lost::Closed);
+            }
+            match self.publish_batch(connection, shutdown).await? {
+                // Not caught up yet: a batch from before the connection was lost.
+                Batch::Resumed => continue,
+                // Caught up to a snapshot taken on this connection; more may have
+                // committed meanwhile, so look again at once.
+                Batch::Published => {
+                    self.ready.send_replace(true);
+                    continue;
+                }
+                Batch::Nothing => self.ready.send_replace(true),
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = connection.lost.cancelled() => return Err(Lost::Closed),
@@ -107,24 +123,31 @@ impl Tailer {
         }
     }
 
-    /// Publishes every change committed up to a fresh snapshot (finishing a batch a lost
-    /// connection interrupted first).
-    async fn drain(&self, connection: &ListenConnection) -> Result<(), Lost> {
+    /// Publishes one batch, page by page: the one a lost connection interrupted, or else
+    /// every change committed up to a fresh snapshot.
+    async fn publish_batch(
+        &self,
+        connection: &ListenConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<Batch, Lost> {
         let client = &connection.client;
         let mut published = self.hub.published();
-        loop {
-            if published.is_complete() {
-                let now = bounded(Journal::current_snapshot(client)).await?;
-                if now == published.prev {
-                    return Ok(());
-                }
-                published.next = now;
-                published.through_id = 0;
+        let outcome = if published.is_complete() {
+            let now = bounded(Journal::current_snapshot(client)).await?;
+            if now == published.prev {
+                return Ok(Batch::Nothing);
             }
-            let batch = Published {
-                through_id: i64::MAX,
-                ..published.clone()
-            };
+            published.next = now;
+            published.through_id = 0;
+            Batch::Published
+        } else {
+            Batch::Resumed
+        };
+        let batch = Published {
+            through_id: i64::MAX,
+            ..published.clone()
+        };
+        while !published.is_complete() && !shutdown.is_cancelled() {
             let page = bounded(self.journal.read(
                 client,
                 &published.prev,
@@ -134,23 +157,28 @@ impl Tailer {
                 PAGE_ROWS,
             ))
             .await?;
-            let batch_done = page.len() < PAGE_ROWS;
-            published = if batch_done {
-                Published::complete(published.next)
-            } else {
-                Published {
-                    through_id: page.last().expect("BUG: a full page has rows").id,
+            published = match page.last() {
+                Some(last) if page.len() == PAGE_ROWS => Published {
+                    through_id: last.id,
                     ..published
-                }
+                },
+                _ => Published::complete(published.next),
             };
             self.metrics.events_received.inc_by(page.len() as u64);
             self.hub.publish(page, published.clone());
-            if batch_done {
-                // Loop once more: writers may have committed while we read.
-                continue;
-            }
         }
+        Ok(outcome)
     }
+}
+
+/// What one call of `publish_batch` did.
+enum Batch {
+    /// Finished a batch begun before the connection was lost.
+    Resumed,
+    /// Published everything up to a snapshot it took.
+    Published,
+    /// Nothing had committed since the last batch.
+    Nothing,
 }
 
 async fn bounded<T>(
