@@ -51,6 +51,26 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
         .context("building the connection pool")
 }
 
+/// A journal restored into another cluster (dump and restore, a logical-replication
+/// upgrade) carries transaction ids of the old cluster, meaningless here: cursors would
+/// "see" changes they never got. Recognised by rows from this cluster's future; then the
+/// journal starts over under a new identity, so every old cursor gets `resync`.
+const ADOPT_MOVED_JOURNAL: &str = "
+do $$
+begin
+    if exists (select 1 from changecast.change_log
+               where xid >= pg_snapshot_xmax(pg_current_snapshot())) then
+        raise warning 'changecast: the journal comes from another database cluster; starting it over';
+        truncate changecast.change_log, changecast.journal_ticks;
+        update changecast.journal_meta set journal_id = gen_random_uuid(), pruned_below = '0';
+    end if;
+end
+$$";
+
+async fn adopt_moved_journal(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(ADOPT_MOVED_JOURNAL).await
+}
+
 /// Applies the embedded migrations. Safe when several instances start at once: an
 /// advisory lock serialises them (refinery has none of its own).
 pub async fn migrate(url: &str) -> anyhow::Result<usize> {
@@ -73,6 +93,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<usize> {
             .run_async(&mut client)
             .await
             .context("applying migrations")?;
+        adopt_moved_journal(&client).await?;
         anyhow::Ok(report.applied_migrations().len())
     }
     .await;
