@@ -289,8 +289,8 @@ fn compose_runs_postgres_and_changecast_with_healthchecks_and_documented_setting
     );
     let secret = compose.str("services.changecast.environment.CHANGECAST_JWT_SECRET");
     assert!(
-        secret.starts_with("${CHANGECAST_JWT_SECRET:-") && secret.contains("change-me"),
-        "the secret comes from the environment, with an obvious placeholder: {secret}"
+        secret.starts_with("${CHANGECAST_JWT_SECRET:?"),
+        "the secret must come from the environment, with no public default: {secret}"
     );
     assert_eq!(
         compose.str("services.changecast.environment.CHANGECAST_LISTEN"),
