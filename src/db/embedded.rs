@@ -104,6 +104,9 @@ pub struct Embedded {
     child: Child,
     port: u16,
     data_dir: PathBuf,
+    /// The `postgres` role's password over TCP (`None` for a cluster made before
+    /// passwords were set, which trusts 127.0.0.1).
+    password: Option<String>,
 }
 
 impl Embedded {
@@ -148,11 +151,15 @@ impl Embedded {
             )))?;
             match wait_ready(&mut child, &data_dir) {
                 Ok(()) => {
+                    let password = std::fs::read_to_string(data_dir.join(PASSWORD_FILE))
+                        .ok()
+                        .map(|p| p.trim().to_owned());
                     return Ok(Embedded {
                         child,
                         port,
                         data_dir,
-                    })
+                        password,
+                    });
                 }
                 Err(exited) => {
                     last_log = read_log(&log_path);
@@ -176,15 +183,17 @@ impl Embedded {
         })
     }
 
-    /// A superuser URL of the server's `postgres` database (trust authentication,
-    /// 127.0.0.1 only).
+    /// A superuser URL of the server's `postgres` database (127.0.0.1 only).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("{}/postgres", self.base_url())
     }
 
     /// The same server, without a database name: append `/dbname`.
     pub fn base_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("postgres://postgres:{password}@127.0.0.1:{}", self.port),
+            None => format!("postgres://postgres@127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -314,11 +323,17 @@ fn prepare_data_dir(
         )))?;
         reachable_by_others(data_dir)?;
     }
+    // TCP connections need a password (any local user can reach 127.0.0.1); the unix
+    // socket sits in the 0700 data folder and may trust its few possible users.
+    let password = random_password();
+    let pwfile = data_dir.with_extension("initdb-password");
+    write_private(&pwfile, &password, owner)?;
     let mut initdb = Command::new(bindir.join("initdb"));
     initdb
+        .arg(format!("--pwfile={}", pwfile.display()))
         .args([
-            "-A",
-            "trust",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
             "-U",
             "postgres",
             "-E",
@@ -332,7 +347,9 @@ fn prepare_data_dir(
     let out = initdb.output().map_err(io_error(format!(
         "running {}",
         bindir.join("initdb").display()
-    )))?;
+    )));
+    let _ = std::fs::remove_file(&pwfile);
+    let out = out?;
     if !out.status.success() {
         let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
         let _ = write!(output, "{}", String::from_utf8_lossy(&out.stderr));
@@ -341,7 +358,36 @@ fn prepare_data_dir(
             output: tail(&output, 20),
         });
     }
-    Ok(())
+    write_private(&data_dir.join(PASSWORD_FILE), &password, owner)
+}
+
+/// Where the `postgres` role's password is kept, inside the (0700) data folder.
+const PASSWORD_FILE: &str = "changecast.password";
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the OS random source is unavailable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file only its owner (the database's user, when we are root) may read.
+fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), EmbeddedError> {
+    let write = || -> io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(text.as_bytes())?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    };
+    write().map_err(io_error(format!("writing {}", path.display())))
 }
 
 /// Every ancestor of `dir` must be enterable by the unprivileged server user.

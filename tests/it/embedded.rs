@@ -188,10 +188,24 @@ async fn serve_without_database_url_runs_its_own_postgres_persists_and_stops_it(
 
     // First run: initdb, start, migrate, serve.
     let mut service = Service::start(&data_dir);
+    let password = std::fs::read_to_string(data_dir.join("changecast.password")).unwrap();
+    assert_eq!(
+        service.db_url,
+        format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/postgres",
+            service
+                .db_url
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches("/postgres")
+        ),
+        "TCP connections need the generated password"
+    );
+    let without_password = service.db_url.replace(&format!(":{password}@"), "@");
     assert!(
-        service.db_url.starts_with("postgres://postgres@127.0.0.1:"),
-        "{}",
-        service.db_url
+        connect(&without_password).await.is_err(),
+        "no password, no connection"
     );
     assert!(
         data_dir.join("PG_VERSION").is_file(),
