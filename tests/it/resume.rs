@@ -27,12 +27,20 @@ async fn resume_after_disconnect_delivers_every_change_written_meanwhile() {
     let cursor = first[0].id.clone().unwrap();
     drop(stream);
 
-    let written = write_tickets(&app, "acme", 500, 5).await;
+    // Another tenant writes in between; a last acme change comes after all of it, so
+    // reading up to that one would have met any leak.
     let globex = write_tickets(&app, "globex", 20, 20).await;
+    let mut written = write_tickets(&app, "acme", 500, 5).await;
+    let globex_later = write_tickets(&app, "globex", 20, 20).await;
+    written.insert(app.insert_ticket("acme", "last").await);
 
     let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
     let received = resumed.receive_ids(&written).await;
     assert_nothing_lost(&written, &received, &before);
+    assert!(
+        received.is_disjoint(&globex) && received.is_disjoint(&globex_later),
+        "another tenant's changes leaked into the replay"
+    );
     assert!(
         received.is_disjoint(&globex),
         "another tenant's changes leaked into the replay"
@@ -401,4 +409,30 @@ async fn a_journal_restored_into_another_cluster_starts_over_and_old_cursors_res
         resumed.changes_until(1).await[0].data["resource"]["id"],
         live.as_str()
     );
+}
+
+#[tokio::test]
+async fn subscribers_joining_while_a_large_transaction_is_paged_out_miss_nothing() {
+    // 2500 rows in one transaction: the tailer publishes them in several pages, and
+    // subscribers join at different points of that.
+    let app = spawn_app().await;
+    let t = token("acme");
+    let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    let cursor = snapshot["cursor"].as_str().unwrap().to_owned();
+    let writer = app.spawn_writer("acme", 1, 2500).await;
+    let mut streams = Vec::new();
+    while !writer.is_finished() || streams.len() < 6 {
+        streams.push(app.sse_with(&t, "", Some(&cursor)).await);
+        if streams.len() >= 12 {
+            break;
+        }
+    }
+    let written = writer.await.unwrap();
+    for mut stream in streams {
+        assert_nothing_lost(
+            &written,
+            &stream.receive_ids(&written).await,
+            &HashSet::new(),
+        );
+    }
 }

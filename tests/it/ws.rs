@@ -331,7 +331,7 @@ async fn bad_tokens_are_refused_with_401_json_before_the_upgrade() {
 
 #[tokio::test]
 async fn heartbeats_and_protocol_pings_arrive_every_keepalive() {
-    let app = spawn_app_with(|c| c.keepalive = Duration::from_millis(200)).await;
+    let app = spawn_app_with(|c| c.keepalive = Duration::from_millis(500)).await;
     let mut client = app.ws(&token("acme")).await;
     client.expect("connection_established").await;
     let (mut heartbeats, mut pings) = (0, 0);
@@ -417,4 +417,42 @@ async fn a_message_flood_closes_with_1008() {
     let (code, reason) = client.close_within(WAIT).await.expect("no close frame");
     assert_eq!(code, 1008);
     assert!(reason.contains("rate limit"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_long_running_transaction_that_commits_late_is_not_lost_over_ws() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let mut ws = app.ws(&t).await;
+    ws.expect("connection_established").await;
+    ws.subscribe(json!({})).await;
+
+    let slow = app.connect_db().await;
+    slow.batch_execute("begin").await.unwrap();
+    let early: String = slow
+        .query_one(
+            "insert into tickets (tenant_id, title) values ('acme', 'slow') returning id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let quick = app.insert_ticket("acme", "quick").await;
+    let seen = ws.next_of_type("resource_change").await;
+    assert_eq!(change_id(&seen), quick);
+    let cursor = seen["id"].as_str().unwrap().to_owned();
+    drop(ws);
+
+    slow.batch_execute("commit").await.unwrap();
+    let later = app.insert_ticket("acme", "after").await;
+
+    let mut resumed = app.ws(&t).await;
+    resumed.expect("connection_established").await;
+    resumed.subscribe(json!({"last_event_id": cursor})).await;
+    let expected = HashSet::from([early, later]);
+    assert_nothing_lost(
+        &expected,
+        &resumed.receive_ids(&expected).await,
+        &HashSet::from([quick]),
+    );
 }
