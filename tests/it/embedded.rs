@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::helpers::{token, SseStream, SECRET, WAIT};
+use crate::helpers::{token, ws_connect, SseStream, SECRET, WAIT};
 
 /// SIGTERM must end the service (and its database) within this.
 const STOP_BOUND: Duration = Duration::from_secs(15);
@@ -236,10 +236,18 @@ async fn serve_without_database_url_runs_its_own_postgres_persists_and_stops_it(
     let expected = HashSet::from([id.clone()]);
     assert_eq!(events.receive_ids(&expected).await, expected);
     drop(db);
+    let mut ws = ws_connect(&service.addr, Some(&token("acme")), "")
+        .await
+        .expect("WebSocket connects");
+    ws.expect("connection_established").await;
+    ws.subscribe(serde_json::json!({})).await;
 
-    // SIGTERM with a live subscriber: exit 0 in time, stream ended, database gone.
+    // SIGTERM with live SSE and WS subscribers: exit 0 in time, WS closed with 1012,
+    // the SSE stream ended, the database gone.
     let status = service.terminate().await;
     assert!(status.success(), "exit status {status}");
+    let (code, _) = ws.close_within(WAIT).await.expect("a close frame");
+    assert_eq!(code, 1012, "WS subscribers are told the service restarts");
     let ended = tokio::time::timeout(WAIT, async {
         while let Some(event) = events.next_event().await {
             assert_ne!(event.event, "resource_change", "{:?}", event.data);

@@ -229,32 +229,7 @@ impl TestApp {
         token: Option<&str>,
         query: &str,
     ) -> Result<WsClient, (u16, Value)> {
-        let mut request = format!("ws://{}/v1/ws?{query}", self.addr)
-            .into_client_request()
-            .unwrap();
-        if let Some(token) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        }
-        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("WebSocket handshake timed out");
-        match connected {
-            Ok((socket, _)) => Ok(WsClient {
-                socket,
-                close: None,
-            }),
-            Err(tungstenite::Error::Http(response)) => {
-                let body = response.body().clone().unwrap_or_default();
-                Err((
-                    response.status().as_u16(),
-                    serde_json::from_slice(&body)
-                        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into())),
-                ))
-            }
-            Err(error) => panic!("WebSocket handshake failed: {error}"),
-        }
+        ws_connect(&self.addr.to_string(), token, query).await
     }
 
     /// The value of one Prometheus series line (`name{labels}`), if present.
@@ -306,6 +281,41 @@ async fn insert_tickets(db: &tokio_postgres::Client, tenant: &str, n: i64) -> Ve
     .iter()
     .map(|r| r.get(0))
     .collect()
+}
+
+/// A WebSocket handshake on `ws://{addr}/v1/ws?{query}`, with a bearer token if given:
+/// the socket, or the refusal's HTTP status and JSON body.
+pub async fn ws_connect(
+    addr: &str,
+    token: Option<&str>,
+    query: &str,
+) -> Result<WsClient, (u16, Value)> {
+    let mut request = format!("ws://{addr}/v1/ws?{query}")
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("WebSocket handshake timed out");
+    match connected {
+        Ok((socket, _)) => Ok(WsClient {
+            socket,
+            close: None,
+        }),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().clone().unwrap_or_default();
+            Err((
+                response.status().as_u16(),
+                serde_json::from_slice(&body)
+                    .unwrap_or(Value::String(String::from_utf8_lossy(&body).into())),
+            ))
+        }
+        Err(error) => panic!("WebSocket handshake failed: {error}"),
+    }
 }
 
 /// A Server-Sent Events stream, parsed as the WHATWG EventSource does.
