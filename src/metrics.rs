@@ -19,7 +19,8 @@ pub struct Metrics {
     pub resyncs: IntCounterVec,
     /// Journal replays for subscribers (resume with a cursor, or lag recovery).
     pub replays: IntCounter,
-    /// From the tailer reading a change to a transport writing it.
+    /// From the notification announcing a change (or, without one, reading it off the
+    /// journal) to a transport writing it.
     pub delivery_latency: Histogram,
     /// Times the LISTEN connection was re-established after a loss.
     pub db_reconnects: IntCounter,
@@ -70,7 +71,7 @@ impl Metrics {
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "changecast_delivery_latency_seconds",
-                    "Time from reading a change off the journal to writing it to a subscriber",
+                    "Time from the notification announcing a change (else its journal read) to writing it to a subscriber",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

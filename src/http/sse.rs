@@ -143,7 +143,7 @@ impl Stream for SseBody {
                 self.services
                     .metrics
                     .delivery_latency
-                    .observe(change.read_at.elapsed().as_secs_f64());
+                    .observe(change.known_since.elapsed().as_secs_f64());
                 change.sse_frame.clone()
             }
             Poll::Ready(Some(Outbound::Resync { reason, cursor })) => {

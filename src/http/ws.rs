@@ -322,7 +322,7 @@ impl Session {
                 metrics.events_delivered.with_label_values(&["ws"]).inc();
                 metrics
                     .delivery_latency
-                    .observe(change.read_at.elapsed().as_secs_f64());
+                    .observe(change.known_since.elapsed().as_secs_f64());
                 self.position = Some(change.cursor_text.clone());
                 self.unsent.push_back(Message::text(change.json.clone()));
                 None

@@ -68,8 +68,9 @@ pub struct Change {
     pub json: String,
     /// `id: …\nevent: resource_change\ndata: <json>\n\n`
     pub sse_frame: Bytes,
-    /// When it was read off the journal, for the delivery-latency histogram.
-    pub read_at: Instant,
+    /// Since when the service knows of it (the wake-up that led to reading it, else the
+    /// read itself): the start of the delivery-latency histogram.
+    pub known_since: Instant,
 }
 
 /// How far the tailer has handed changes to the hub: every change whose transaction
@@ -252,7 +253,7 @@ impl Journal {
             cursor_text,
             json,
             sse_frame,
-            read_at: Instant::now(),
+            known_since: Instant::now(),
         }
     }
 }

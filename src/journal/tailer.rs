@@ -7,7 +7,7 @@
 //! the outage, so catch-up needs no code of its own.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -96,6 +96,8 @@ impl Tailer {
         connection: &ListenConnection,
         shutdown: &CancellationToken,
     ) -> Result<(), Lost> {
+        // When the notification that woke us arrived: where delivery latency starts.
+        let mut woke_at = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -103,7 +105,10 @@ impl Tailer {
             if connection.lost.is_cancelled() {
                 return Err(Lost::Closed);
             }
-            match self.publish_batch(connection, shutdown).await? {
+            match self
+                .publish_batch(connection, shutdown, woke_at.take())
+                .await?
+            {
                 // Not caught up yet: a batch from before the connection was lost.
                 Batch::Resumed => continue,
                 // Caught up to a snapshot taken on this connection; more may have
@@ -117,7 +122,7 @@ impl Tailer {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = connection.lost.cancelled() => return Err(Lost::Closed),
-                _ = connection.wake.notified() => {}
+                _ = connection.wake.notified() => woke_at = Some(Instant::now()),
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
@@ -129,6 +134,7 @@ impl Tailer {
         &self,
         connection: &ListenConnection,
         shutdown: &CancellationToken,
+        woke_at: Option<Instant>,
     ) -> Result<Batch, Lost> {
         let client = &connection.client;
         let mut published = self.hub.published();
@@ -148,7 +154,7 @@ impl Tailer {
             ..published.clone()
         };
         while !published.is_complete() && !shutdown.is_cancelled() {
-            let page = bounded(self.journal.read(
+            let mut page = bounded(self.journal.read(
                 client,
                 &published.prev,
                 &batch,
@@ -157,6 +163,10 @@ impl Tailer {
                 PAGE_ROWS,
             ))
             .await?;
+            if let Some(woke_at) = woke_at {
+                page.iter_mut()
+                    .for_each(|change| change.known_since = woke_at);
+            }
             published = match page.last() {
                 Some(last) if page.len() == PAGE_ROWS => Published {
                     through_id: last.id,
