@@ -2,7 +2,6 @@
 //! `App::run` serves until the shutdown token is cancelled.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +38,8 @@ pub struct Services {
     pub tracker: TaskTracker,
     /// The watched resource types as last read (see `http::request::known_types`).
     pub resource_types: std::sync::Mutex<Vec<String>>,
-    /// Open subscriptions, against `config.max_subscribers`.
-    pub subscriptions: AtomicUsize,
+    /// Open subscriptions, against the configured limits.
+    pub subscribers: std::sync::Mutex<crate::subscription::SubscriberCounts>,
 }
 
 pub struct App {
@@ -107,7 +106,7 @@ impl App {
             ready,
             shutdown,
             tracker: TaskTracker::new(),
-            subscriptions: AtomicUsize::new(0),
+            subscribers: Default::default(),
             resource_types: std::sync::Mutex::new(resource_types),
         });
         Ok(App {

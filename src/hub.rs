@@ -38,18 +38,9 @@ impl Hub {
     }
 
     /// Joins `tenant`'s fan-out. Every change beyond the returned boundary will arrive on
-    /// the receiver; every change within it is in the journal. `None` when the tenant
-    /// already has `limit` subscribers.
-    pub fn subscribe(
-        &self,
-        tenant: &TenantId,
-        limit: Option<usize>,
-    ) -> Option<(broadcast::Receiver<SharedChange>, Published)> {
+    /// the receiver; every change within it is in the journal.
+    pub fn subscribe(&self, tenant: &TenantId) -> (broadcast::Receiver<SharedChange>, Published) {
         let mut state = self.lock();
-        let joined = state.tenants.get(tenant).map_or(0, |s| s.receiver_count());
-        if limit.is_some_and(|limit| joined >= limit) {
-            return None;
-        }
         let receiver = match state.tenants.get(tenant) {
             Some(sender) => sender.subscribe(),
             None => {
@@ -58,7 +49,7 @@ impl Hub {
                 receiver
             }
         };
-        Some((receiver, state.published.clone()))
+        (receiver, state.published.clone())
     }
 
     /// Hands one page of changes, in journal order, to their tenants' subscribers and

@@ -7,8 +7,8 @@
 //! If the subscriber falls behind the fan-out it rejoins and replays again from the last
 //! change it was given: a slow subscriber costs a journal read, never unbounded memory.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc};
@@ -73,7 +73,7 @@ pub enum Refused {
     ServiceFull(usize),
 }
 
-/// An opened subscription.
+/// An opened subscription; dropping it ends the subscription and frees its place.
 pub struct Opened {
     /// What to write, in order.
     pub outbound: mpsc::Receiver<Outbound>,
@@ -82,6 +82,8 @@ pub struct Opened {
     /// out at once (SSE `id:`, WS `subscription_confirmed`), so even a client that
     /// received nothing yet can reconnect without losing what commits meanwhile.
     pub start: String,
+    /// Counted against the limits for as long as the transport holds this.
+    _place: Place,
 }
 
 /// Starts a subscription for `identity`'s tenant. The stream ends when the receiver is
@@ -92,16 +94,8 @@ pub fn open(
     filter: Filter,
     resume: Option<String>,
 ) -> Result<Opened, Refused> {
-    let slot = Slot::take(services)?;
-    let (live, upto) = services
-        .hub
-        .subscribe(
-            &identity.tenant,
-            Some(services.config.max_subscribers_per_tenant),
-        )
-        .ok_or(Refused::TenantFull(
-            services.config.max_subscribers_per_tenant,
-        ))?;
+    let place = Place::take(services, &identity.tenant)?;
+    let (live, upto) = services.hub.subscribe(&identity.tenant);
     let start = resume
         .clone()
         .unwrap_or_else(|| snapshot_cursor(&services.journal, &identity.tenant, upto.prev.clone()));
@@ -116,7 +110,6 @@ pub fn open(
         filter,
         tx,
         expires: Instant::now() + remaining,
-        _slot: slot,
     };
     // The transport's span (tenant, transport) follows the task into its logs.
     services.tracker.spawn(
@@ -127,28 +120,62 @@ pub fn open(
     Ok(Opened {
         outbound: rx,
         start,
+        _place: place,
     })
 }
 
-/// One of the service's `max_subscribers` places, given back on drop.
-struct Slot(Arc<Services>);
+/// How many subscriptions are open, in all and per tenant (against the limits).
+#[derive(Default)]
+pub struct SubscriberCounts {
+    total: usize,
+    per_tenant: HashMap<TenantId, usize>,
+}
 
-impl Slot {
-    fn take(services: &Arc<Services>) -> Result<Slot, Refused> {
-        let limit = services.config.max_subscribers;
-        let taken = services.subscriptions.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(services.clone());
-        if taken >= limit {
-            return Err(Refused::ServiceFull(limit));
+/// One subscription's place under `max_subscribers` and `max_subscribers_per_tenant`,
+/// given back when the transport lets go of the subscription (not when its task
+/// notices), so a WebSocket that changes its filter at the limit is not refused.
+struct Place {
+    services: Arc<Services>,
+    tenant: TenantId,
+}
+
+impl Place {
+    fn take(services: &Arc<Services>, tenant: &TenantId) -> Result<Place, Refused> {
+        let config = &services.config;
+        let mut counts = lock(&services.subscribers);
+        if counts.total >= config.max_subscribers {
+            return Err(Refused::ServiceFull(config.max_subscribers));
         }
-        Ok(slot)
+        let of_tenant = counts.per_tenant.entry(tenant.clone()).or_default();
+        if *of_tenant >= config.max_subscribers_per_tenant {
+            return Err(Refused::TenantFull(config.max_subscribers_per_tenant));
+        }
+        *of_tenant += 1;
+        counts.total += 1;
+        Ok(Place {
+            services: services.clone(),
+            tenant: tenant.clone(),
+        })
     }
 }
 
-impl Drop for Slot {
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.subscriptions.fetch_sub(1, Ordering::SeqCst);
+        let mut counts = lock(&self.services.subscribers);
+        counts.total -= 1;
+        if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
+            *of_tenant -= 1;
+            if *of_tenant == 0 {
+                counts.per_tenant.remove(&self.tenant);
+            }
+        }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct Subscription {
@@ -157,7 +184,6 @@ struct Subscription {
     filter: Filter,
     tx: mpsc::Sender<Outbound>,
     expires: Instant,
-    _slot: Slot,
 }
 
 enum Replayed {
@@ -237,11 +263,7 @@ impl Subscription {
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
                         self.services.metrics.subscribers_lagged.inc();
-                        (live, upto) = self
-                            .services
-                            .hub
-                            .subscribe(&self.tenant, None)
-                            .expect("BUG: an unlimited subscribe cannot be refused");
+                        (live, upto) = self.services.hub.subscribe(&self.tenant);
                         if let Some(change) = &last {
                             received = change.cursor.seen.clone();
                         }

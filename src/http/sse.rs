@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use warp::http::HeaderMap;
 use warp::reply::{Reply, Response};
@@ -17,7 +16,7 @@ use super::error::ApiError;
 use super::request::{self, Params};
 use crate::app::Services;
 use crate::metrics::SubscriberGauge;
-use crate::subscription::{self, Outbound};
+use crate::subscription::{self, Opened, Outbound};
 
 /// How long an EventSource waits before reconnecting.
 const RETRY_MS: u64 = 2000;
@@ -63,7 +62,7 @@ async fn open(
     let keepalive = services.config.keepalive;
     let body = SseBody {
         preamble: Some(Bytes::from(preamble)),
-        outbound: opened.outbound,
+        subscription: opened,
         keepalive: {
             let mut tick = interval_at(Instant::now() + keepalive, keepalive);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -92,7 +91,8 @@ async fn open(
 
 struct SseBody {
     preamble: Option<Bytes>,
-    outbound: mpsc::Receiver<Outbound>,
+    /// Held for the life of the stream: dropping it ends the subscription.
+    subscription: Opened,
     keepalive: Interval,
     finished: bool,
     /// Counts this stream as a connected subscriber until the client is gone.
@@ -133,7 +133,7 @@ impl Stream for SseBody {
         if self.finished {
             return Poll::Ready(None);
         }
-        let frame = match self.outbound.poll_recv(cx) {
+        let frame = match self.subscription.outbound.poll_recv(cx) {
             Poll::Ready(Some(Outbound::Change(change))) => {
                 self.services
                     .metrics

@@ -32,7 +32,7 @@ use super::request::{self, Params};
 use crate::app::Services;
 use crate::auth::Identity;
 use crate::metrics::SubscriberGauge;
-use crate::subscription::{self, Outbound};
+use crate::subscription::{self, Opened, Outbound};
 
 /// Largest frame (and message) the transport reads. tungstenite refuses a bigger one
 /// without reading it, which leaves the stream unusable: the connection closes with 1009.
@@ -206,7 +206,8 @@ struct Session {
     services: Arc<Services>,
     identity: Identity,
     /// The subscription, while the client is subscribed.
-    outbound: Option<mpsc::Receiver<Outbound>>,
+    /// The current subscription, if any (dropping it ends it and frees its place).
+    subscription: Option<Opened>,
     /// Where this connection's stream stands while subscribed: the cursor of the last
     /// change or resync forwarded, else where the subscription started. A replacing
     /// `subscribe` resumes from it, so changing the filter loses nothing.
@@ -226,7 +227,7 @@ impl Session {
         Session {
             services,
             identity,
-            outbound: None,
+            subscription: None,
             position: None,
             unsent: VecDeque::new(),
             last_heard: now,
@@ -290,7 +291,7 @@ impl Session {
                     }
                     Err(_) => Some(End::PeerGone),
                 },
-                item = next_outbound(&mut self.outbound), if !writable => self.on_outbound(item),
+                item = next_outbound(&mut self.subscription), if !writable => self.on_outbound(item),
                 _ = tick.tick() => self.on_tick(keepalive),
             };
             if let Some(end) = end {
@@ -427,7 +428,7 @@ impl Session {
                 Err(error) => self.error("invalid_message", &format!("bad `subscribe`: {error}")),
             },
             "unsubscribe" => {
-                self.outbound = None;
+                self.subscription = None;
                 self.position = None;
             }
             _ => self.error(
@@ -458,7 +459,7 @@ impl Session {
             .last_event_id
             .filter(|cursor| !cursor.trim().is_empty())
             .or_else(|| self.position.take());
-        self.outbound = None;
+        self.subscription = None;
         let opened = match subscription::open(
             &self.services,
             &self.identity,
@@ -474,7 +475,6 @@ impl Session {
                 return self.error(error.code, &error.message);
             }
         };
-        self.outbound = Some(opened.outbound);
         self.position = Some(opened.start.clone());
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
         self.push(&ServerMessage::SubscriptionConfirmed {
@@ -484,12 +484,13 @@ impl Session {
                 .events
                 .map(|events| events.iter().map(|e| e.as_str()).collect()),
         });
+        self.subscription = Some(opened);
     }
 }
 
-async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
-    match outbound {
-        Some(receiver) => receiver.recv().await,
+async fn next_outbound(subscription: &mut Option<Opened>) -> Option<Outbound> {
+    match subscription {
+        Some(opened) => opened.outbound.recv().await,
         None => std::future::pending().await,
     }
 }
