@@ -188,7 +188,10 @@ struct Subscription {
 
 enum Replayed {
     Done,
+    /// The journal was pruned past the cursor.
     Expired,
+    /// The subscriber's token expired meanwhile.
+    TokenExpired,
     Stopped,
 }
 
@@ -230,6 +233,7 @@ impl Subscription {
                             return;
                         }
                     }
+                    Replayed::TokenExpired => return self.auth_expired().await,
                     Replayed::Stopped => return,
                 }
             }
@@ -238,12 +242,7 @@ impl Subscription {
                     biased;
                     _ = self.services.shutdown.cancelled() => return,
                     _ = self.tx.closed() => return,
-                    _ = tokio::time::sleep_until(self.expires) => {
-                        // Waits for room behind queued changes (a bounded while), so the
-                        // client learns why the stream ends and fetches a fresh token.
-                        let _ = tokio::time::timeout(AUTH_EXPIRED_SEND, self.tx.send(Outbound::AuthExpired)).await;
-                        return;
-                    }
+                    _ = tokio::time::sleep_until(self.expires) => return self.auth_expired().await,
                     next = live.recv() => next,
                 };
                 match next {
@@ -287,6 +286,9 @@ impl Subscription {
         self.services.metrics.replays.inc();
         let mut after_id = 0;
         loop {
+            if Instant::now() >= self.expires {
+                return Replayed::TokenExpired;
+            }
             let page = match self.read_page(from, upto, after_id).await {
                 Ok(Some(page)) => page,
                 Ok(None) => return Replayed::Expired,
@@ -295,6 +297,7 @@ impl Subscription {
                     tokio::select! {
                         _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
                         _ = self.tx.closed() => return Replayed::Stopped,
+                        _ = tokio::time::sleep_until(self.expires) => return Replayed::TokenExpired,
                         _ = tokio::time::sleep(RETRY_AFTER_DB_ERROR) => continue,
                     }
                 }
@@ -351,6 +354,12 @@ impl Subscription {
         // (repeating at most the page the tailer was in the middle of).
         let cursor = snapshot_cursor(&self.services.journal, &self.tenant, upto.prev.clone());
         self.send(Outbound::Resync { reason, cursor }).await
+    }
+
+    /// The last item of an expired subscriber. Waits for room behind queued changes (a
+    /// bounded while), so the client learns why the stream ends and fetches a new token.
+    async fn auth_expired(&self) {
+        let _ = tokio::time::timeout(AUTH_EXPIRED_SEND, self.tx.send(Outbound::AuthExpired)).await;
     }
 
     /// Queues one item, waiting while the transport is busy; false once it is gone.
