@@ -73,6 +73,7 @@
   Changecast.prototype.startFromSnapshot = async function () {
     this._fromSnapshot = true;
     var snapshot = await this.snapshot();
+    this._snapshotAt = Date.now();
     this.lastEventId = snapshot.cursor;
     this._emit('onSnapshot', snapshot.resources);
     if (snapshot.truncated) this._emit('onStatus', 'truncated');
@@ -108,9 +109,14 @@
       if (info.id) self.lastEventId = info.id;
       self._emit('onResync', info);
       if (self._fromSnapshot) {
-        // Refetch the state, then continue from the snapshot's own cursor.
+        // Refetch the state, then continue from the snapshot's own cursor; should that
+        // resync at once again, back off rather than hammer the server.
         source.close();
-        self.startFromSnapshot().catch(function (error) { self._retry(error); });
+        var wait = Date.now() - (self._snapshotAt || 0) < 5000 ? self.backoffMs : 0;
+        self.backoffMs = Math.min(self.backoffMs * 2, MAX_BACKOFF_MS);
+        setTimeout(function () {
+          self.startFromSnapshot().catch(function (error) { self._retry(error); });
+        }, wait);
       }
     });
     source.addEventListener('auth_expired', function () {
