@@ -13,6 +13,10 @@ create table changecast.journal_meta (
     singleton      boolean primary key default true check (singleton),
     -- Ties cursors to this journal: a cursor minted by another database is recognised.
     journal_id     uuid not null default gen_random_uuid(),
+    -- Where this journal lives: cluster system identifier and database oid. A copy
+    -- elsewhere (restore, template) has other transaction ids or other rows, so the
+    -- service starts the journal over there (see src/db/mod.rs).
+    home           text,
     -- Rows of every transaction below this id may have been pruned: a cursor whose
     -- snapshot does not see all of them may have needed one, so it gets `cursor_expired`.
     pruned_below   xid8 not null default '0'

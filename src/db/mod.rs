@@ -51,18 +51,31 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
         .context("building the connection pool")
 }
 
-/// A journal restored into another cluster (dump and restore, a logical-replication
-/// upgrade) carries transaction ids of the old cluster, meaningless here: cursors would
-/// "see" changes they never got. Recognised by rows from this cluster's future; then the
-/// journal starts over under a new identity, so every old cursor gets `resync`.
+/// A journal copied elsewhere (dump and restore, a logical-replication upgrade, a
+/// database made from a template) carries transaction ids or rows that mean nothing
+/// there: cursors would "see" changes they never got. Recognised by a different home
+/// (cluster system identifier and database oid) or rows from this cluster's future; the
+/// journal then starts over under a new identity, so every old cursor gets `resync`.
 const ADOPT_MOVED_JOURNAL: &str = "
 do $$
+declare
+    here text;
 begin
-    if exists (select 1 from changecast.change_log
-               where xid >= pg_snapshot_xmax(pg_current_snapshot())) then
-        raise warning 'changecast: the journal comes from another database cluster; starting it over';
+    begin
+        here := (select system_identifier::text from pg_control_system())
+                || '/' || (select oid::text from pg_database where datname = current_database());
+    exception when insufficient_privilege then
+        here := null;  -- managed services may hide it: rely on the xid check alone
+    end;
+    if (here is not null and here is distinct from (select home from changecast.journal_meta))
+       or exists (select 1 from changecast.change_log
+                  where xid >= pg_snapshot_xmax(pg_current_snapshot())) then
+        if (select home from changecast.journal_meta) is not null then
+            raise warning 'changecast: the journal was copied from elsewhere; starting it over';
+        end if;
         truncate changecast.change_log, changecast.journal_ticks;
-        update changecast.journal_meta set journal_id = gen_random_uuid(), pruned_below = '0';
+        update changecast.journal_meta
+           set journal_id = gen_random_uuid(), pruned_below = '0', home = here;
     end if;
 end
 $$";

@@ -436,3 +436,30 @@ async fn subscribers_joining_while_a_large_transaction_is_paged_out_miss_nothing
         );
     }
 }
+
+#[tokio::test]
+async fn a_journal_restored_into_another_database_starts_over_and_old_cursors_resync() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let mut stream = app.sse(&t, "").await;
+    app.insert_ticket("acme", "before the move").await;
+    let cursor = stream.changes_until(1).await[0].id.clone().unwrap();
+    drop(stream);
+    let db_url = app.stop().await;
+    // A restore elsewhere brings the old home along (and here, even an empty journal:
+    // a fully pruned one would be recognised just the same).
+    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(
+        "update changecast.journal_meta set home = '1234567890/1';
+         truncate changecast.change_log;",
+    )
+    .await
+    .unwrap();
+
+    let app = start_on(db_url, |_| {}).await;
+    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+    let first = resumed.next_within(WAIT).await.unwrap();
+    assert_eq!(first.event, "resync");
+    assert_eq!(first.data["reason"], "cursor_invalid");
+}
