@@ -229,6 +229,7 @@ impl Subscription {
                     Replayed::Expired => {
                         // From here on the client starts over at the live boundary.
                         received = upto.prev.clone();
+                        last = None;
                         if !self.resync("cursor_expired", &upto).await {
                             return;
                         }
@@ -289,7 +290,13 @@ impl Subscription {
             if Instant::now() >= self.expires {
                 return Replayed::TokenExpired;
             }
-            let page = match self.read_page(from, upto, after_id).await {
+            // A subscriber gone meanwhile frees its pooled connection at once.
+            let read = tokio::select! {
+                _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
+                _ = self.tx.closed() => return Replayed::Stopped,
+                read = self.read_page(from, upto, after_id) => read,
+            };
+            let page = match read {
                 Ok(Some(page)) => page,
                 Ok(None) => return Replayed::Expired,
                 Err(error) => {
@@ -362,11 +369,16 @@ impl Subscription {
         let _ = tokio::time::timeout(AUTH_EXPIRED_SEND, self.tx.send(Outbound::AuthExpired)).await;
     }
 
-    /// Queues one item, waiting while the transport is busy; false once it is gone.
+    /// Queues one item, waiting while the transport is busy; false once it is gone, the
+    /// service shuts down or the token expires (then after telling the client so).
     async fn send(&self, item: Outbound) -> bool {
         tokio::select! {
             biased;
             _ = self.services.shutdown.cancelled() => false,
+            _ = tokio::time::sleep_until(self.expires) => {
+                self.auth_expired().await;
+                false
+            }
             sent = self.tx.send(item) => sent.is_ok(),
         }
     }

@@ -113,11 +113,13 @@ impl Tailer {
                 Batch::Resumed => continue,
                 // Caught up to a snapshot taken on this connection; more may have
                 // committed meanwhile, so look again at once.
-                Batch::Published => {
+                Batch::Published { rows } if rows > 0 => {
                     self.ready.send_replace(true);
                     continue;
                 }
-                Batch::Nothing => self.ready.send_replace(true),
+                // Nothing of ours committed (the snapshot moves with any transaction in
+                // the cluster): wait for a notification rather than spin.
+                Batch::Published { .. } | Batch::Nothing => self.ready.send_replace(true),
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -138,14 +140,14 @@ impl Tailer {
     ) -> Result<Batch, Lost> {
         let client = &connection.client;
         let mut published = self.hub.published();
-        let outcome = if published.is_complete() {
+        let mut outcome = if published.is_complete() {
             let now = bounded(Journal::current_snapshot(client)).await?;
             if now == published.prev {
                 return Ok(Batch::Nothing);
             }
             published.next = now;
             published.through_id = 0;
-            Batch::Published
+            Batch::Published { rows: 0 }
         } else {
             Batch::Resumed
         };
@@ -175,6 +177,9 @@ impl Tailer {
                 _ => Published::complete(published.next),
             };
             self.metrics.events_received.inc_by(page.len() as u64);
+            if let Batch::Published { rows } = &mut outcome {
+                *rows += page.len();
+            }
             self.hub.publish(page, published.clone());
         }
         Ok(outcome)
@@ -185,8 +190,8 @@ impl Tailer {
 enum Batch {
     /// Finished a batch begun before the connection was lost.
     Resumed,
-    /// Published everything up to a snapshot it took.
-    Published,
+    /// Published everything up to a snapshot it took: `rows` changes.
+    Published { rows: usize },
     /// Nothing had committed since the last batch.
     Nothing,
 }

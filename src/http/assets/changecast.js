@@ -119,12 +119,16 @@
         }, wait);
       }
     });
-    source.addEventListener('auth_expired', function () {
+    source.addEventListener('auth_expired', function (event) {
+      // Carries the stream's last id: also the one its first bytes set before any change.
+      if (event.lastEventId) self.lastEventId = event.lastEventId;
       source.close();
       self._freshToken().then(function () { self._open(); }, function (error) { self._retry(error); });
     });
-    source.addEventListener('reconnect', function () {
-      // The instance is shutting down: come back (through the load balancer) shortly.
+    source.addEventListener('reconnect', function (event) {
+      // The instance is shutting down: come back (through the load balancer) shortly,
+      // from the stream's last id (set by its first bytes even if no change came).
+      if (event.lastEventId) self.lastEventId = event.lastEventId;
       source.close();
       self._emit('onStatus', 'reconnecting');
       setTimeout(function () { self._open(); }, 250 + Math.random() * 750);
