@@ -140,5 +140,29 @@ async fn the_dashboard_shows_the_snapshot_and_applies_live_changes() {
     browser
         .expect(&format!("WAIT_GONE ticket {id}"), &format!("GONE {id}"))
         .await;
+
+    // The service restarts (same address); a change written while it is down arrives.
+    let addr = app.addr;
+    let db_url = app.stop().await;
+    let writer = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(writer.1);
+    let while_down: String = writer
+        .0
+        .query_one(
+            "insert into tickets (tenant_id, title) values ('acme', 'while down') returning id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let _app = start_on(db_url, |c| c.listen = addr).await;
+    browser
+        .expect(
+            &format!("WAIT_ROW ticket {while_down}"),
+            &format!("ROW {while_down}"),
+        )
+        .await;
     browser.stdin.write_all(b"QUIT\n").await.unwrap();
 }
