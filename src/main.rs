@@ -50,9 +50,10 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
         None => {
             let database = start_embedded(&config).await?;
             println!(
-                "embedded PostgreSQL: {} (data in {})",
-                database.url(),
-                config.data_dir.display()
+                "embedded PostgreSQL: {} (data in {}, password in {})",
+                database.redacted_url(),
+                config.data_dir.display(),
+                database.password_file().display()
             );
             config.database_url = Some(database.url());
             Some(database)

@@ -14,7 +14,7 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,6 +60,11 @@ pub enum EmbeddedError {
         "{0} exists but is not a PostgreSQL data folder (no PG_VERSION); choose another --data-dir"
     )]
     NotADataDir(PathBuf),
+    #[error(
+        "{0} holds a cluster but no changecast.password (an interrupted first start?): \
+         remove the folder to start over, or set DATABASE_URL"
+    )]
+    NoPassword(PathBuf),
     #[error("initdb failed in {dir}:\n{output}")]
     Initdb { dir: PathBuf, output: String },
     #[error("PostgreSQL did not start in {dir}:\n{log}")]
@@ -104,9 +109,8 @@ pub struct Embedded {
     child: Child,
     port: u16,
     data_dir: PathBuf,
-    /// The `postgres` role's password over TCP (`None` for a cluster made before
-    /// passwords were set, which trusts 127.0.0.1).
-    password: Option<String>,
+    /// The `postgres` role's password over TCP.
+    password: String,
 }
 
 impl Embedded {
@@ -123,7 +127,7 @@ impl Embedded {
             options.data_dir.display()
         )))?;
         let owner = unprivileged_owner()?;
-        prepare_data_dir(&bindir, &data_dir, owner)?;
+        let password = prepare_data_dir(&bindir, &data_dir, owner)?;
         let log_path = data_dir.join("postgresql.log");
         let mut last_log = String::new();
         for _attempt in 0..PORT_ATTEMPTS {
@@ -151,9 +155,6 @@ impl Embedded {
             )))?;
             match wait_ready(&mut child, &data_dir) {
                 Ok(()) => {
-                    let password = std::fs::read_to_string(data_dir.join(PASSWORD_FILE))
-                        .ok()
-                        .map(|p| p.trim().to_owned());
                     return Ok(Embedded {
                         child,
                         port,
@@ -190,10 +191,20 @@ impl Embedded {
 
     /// The same server, without a database name: append `/dbname`.
     pub fn base_url(&self) -> String {
-        match &self.password {
-            Some(password) => format!("postgres://postgres:{password}@127.0.0.1:{}", self.port),
-            None => format!("postgres://postgres@127.0.0.1:{}", self.port),
-        }
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}",
+            self.password, self.port
+        )
+    }
+
+    /// [`Embedded::url`] with the password replaced by `***`, for printing.
+    pub fn redacted_url(&self) -> String {
+        format!("postgres://postgres:***@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The file holding the `postgres` role's password.
+    pub fn password_file(&self) -> PathBuf {
+        self.data_dir.join(PASSWORD_FILE)
     }
 
     pub fn port(&self) -> u16 {
@@ -295,14 +306,17 @@ pub fn find_bindir() -> Result<PathBuf, EmbeddedError> {
         })
 }
 
-/// Creates the data folder and runs `initdb` unless it holds a cluster already.
+/// Creates the data folder and runs `initdb` unless it holds a cluster already;
+/// returns the `postgres` role's password.
 fn prepare_data_dir(
     bindir: &Path,
     data_dir: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<(), EmbeddedError> {
+) -> Result<String, EmbeddedError> {
     if data_dir.join("PG_VERSION").is_file() {
-        return Ok(());
+        return std::fs::read_to_string(data_dir.join(PASSWORD_FILE))
+            .map(|password| password.trim().to_owned())
+            .map_err(|_| EmbeddedError::NoPassword(data_dir.to_owned()));
     }
     let empty = match std::fs::read_dir(data_dir) {
         Ok(mut entries) => entries.next().is_none(),
@@ -325,8 +339,21 @@ fn prepare_data_dir(
     }
     // TCP connections need a password (any local user can reach 127.0.0.1); the unix
     // socket sits in the 0700 data folder and may trust its few possible users.
+    // The password reaches initdb through a file in a fresh folder only we (and the
+    // database's user) can enter: nobody can have planted or opened it beforehand.
     let password = random_password();
-    let pwfile = data_dir.with_extension("initdb-password");
+    let scratch = data_dir.with_extension(format!("initdb-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scratch)
+        .map_err(io_error(format!("creating {}", scratch.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&scratch, Some(uid), Some(gid)).map_err(io_error(format!(
+            "handing {} to `postgres`",
+            scratch.display()
+        )))?;
+    }
+    let pwfile = scratch.join("password");
     write_private(&pwfile, &password, owner)?;
     let mut initdb = Command::new(bindir.join("initdb"));
     initdb
@@ -348,7 +375,7 @@ fn prepare_data_dir(
         "running {}",
         bindir.join("initdb").display()
     )));
-    let _ = std::fs::remove_file(&pwfile);
+    let _ = std::fs::remove_dir_all(&scratch);
     let out = out?;
     if !out.status.success() {
         let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -358,7 +385,8 @@ fn prepare_data_dir(
             output: tail(&output, 20),
         });
     }
-    write_private(&data_dir.join(PASSWORD_FILE), &password, owner)
+    write_private(&data_dir.join(PASSWORD_FILE), &password, owner)?;
+    Ok(password)
 }
 
 /// Where the `postgres` role's password is kept, inside the (0700) data folder.
@@ -377,8 +405,7 @@ fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(path)?;
         file.write_all(text.as_bytes())?;

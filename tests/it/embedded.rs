@@ -59,11 +59,22 @@ impl Service {
             .split_whitespace()
             .nth(2)
             .expect("a URL after the label");
+        let password_file = data_dir.join("changecast.password");
         assert!(
-            line.contains(&format!("(data in {})", data_dir.display())),
+            line.contains(&format!(
+                "(data in {}, password in {})",
+                data_dir.display(),
+                password_file.display()
+            )),
             "{line}"
         );
-        service.db_url = url.to_owned();
+        // The printed URL hides the password; it is in the data folder.
+        assert!(
+            url.starts_with("postgres://postgres:***@127.0.0.1:"),
+            "{url}"
+        );
+        let password = std::fs::read_to_string(&password_file).expect("the password file");
+        service.db_url = url.replace("***", password.trim());
         let line = service.line_starting("changecast listening on http://");
         service.addr = line.rsplit("http://").next().unwrap().to_owned();
         service
@@ -189,19 +200,6 @@ async fn serve_without_database_url_runs_its_own_postgres_persists_and_stops_it(
     // First run: initdb, start, migrate, serve.
     let mut service = Service::start(&data_dir);
     let password = std::fs::read_to_string(data_dir.join("changecast.password")).unwrap();
-    assert_eq!(
-        service.db_url,
-        format!(
-            "postgres://postgres:{password}@127.0.0.1:{}/postgres",
-            service
-                .db_url
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .trim_end_matches("/postgres")
-        ),
-        "TCP connections need the generated password"
-    );
     let without_password = service.db_url.replace(&format!(":{password}@"), "@");
     assert!(
         connect(&without_password).await.is_err(),
