@@ -311,3 +311,44 @@ async fn a_row_moved_to_another_tenant_leaves_the_old_one_and_arrives_at_the_new
     assert_eq!(arrived[0].data["resource"]["id"], id.as_str());
     assert_eq!(arrived[0].data["resource"]["tenant_id"], "globex");
 }
+
+#[tokio::test]
+async fn a_row_whose_id_changes_is_deleted_under_the_old_id_and_created_under_the_new() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "create table codes (code text primary key, tenant_id text not null, label text);
+             select changecast.watch('public.codes', 'code', id_column => 'code');",
+        )
+        .await
+        .unwrap();
+    let mut stream = app.sse(&token("acme"), "types=code").await;
+    app.db
+        .batch_execute(
+            "insert into codes values ('a', 'acme', 'x');
+             update codes set code = 'b' where code = 'a';",
+        )
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(stream.next_within(WAIT).await.expect("three changes"));
+    }
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.data["event"].as_str().unwrap().to_owned(),
+                e.data["resource"]["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("created".to_owned(), "a".to_owned()),
+            ("deleted".to_owned(), "a".to_owned()),
+            ("created".to_owned(), "b".to_owned())
+        ]
+    );
+}
