@@ -242,13 +242,17 @@ impl TestApp {
         })
     }
 
-    /// Pretends a pruning tick was taken `hours_ago`, now: as if every transaction that
-    /// has ended so far had committed that long ago.
+    /// Pretends a pruning tick was taken `hours_ago`, saying that every change journalled
+    /// (and committed) so far had ended by then. (The horizon is this database's newest
+    /// committed xid + 1, not the cluster's oldest running one: other tests' transactions
+    /// on the shared test cluster would hold that one back.)
     pub async fn age_committed_changes(&self, hours_ago: i32) {
         self.db
             .execute(
                 "insert into changecast.journal_ticks (taken_at, horizon)
-                 values (now() - make_interval(hours => $1), pg_snapshot_xmin(pg_current_snapshot()))",
+                 select now() - make_interval(hours => $1),
+                        coalesce((select xid::text::bigint + 1 from changecast.change_log
+                                  order by xid desc limit 1), 0)::text::xid8",
                 &[&hours_ago],
             )
             .await

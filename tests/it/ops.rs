@@ -206,6 +206,17 @@ async fn only_one_instance_prunes_at_a_time() {
             .unwrap(),
         3
     );
+    // Each run records a tick of its own (the skipped one did not): a later run's horizon.
+    let ticks: i64 = app
+        .db
+        .query_one(
+            "select count(*) from changecast.journal_ticks where taken_at > now() - interval '1 hour'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ticks, 1);
 }
 
 #[tokio::test]
