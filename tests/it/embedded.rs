@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::helpers::{token, ws_connect, SseStream, SECRET, WAIT};
+use crate::helpers::{token, wait_for_status, ws_connect, SseStream, SECRET, WAIT};
 
 /// SIGTERM must end the service (and its database) within this.
 const STOP_BOUND: Duration = Duration::from_secs(15);
@@ -100,19 +100,7 @@ impl Service {
     }
 
     async fn wait_ready(&self, http: &reqwest::Client) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(response) = http.get(self.url("/readyz")).send().await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not ready within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_status(http, &self.url("/readyz"), 200).await;
     }
 
     /// SIGTERM, then the exit status (bounded by [`STOP_BOUND`]).

@@ -73,6 +73,33 @@ fn init_logs() {
     }
 }
 
+/// Polls `check` (every 20 ms, up to [`WAIT`]) until it holds; panics naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a GET of `url` answers `status`.
+pub async fn wait_for_status(http: &reqwest::Client, url: &str, status: u16) {
+    eventually(&format!("GET {url} answers {status}"), || async {
+        http.get(url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == status)
+    })
+    .await;
+}
+
 pub fn token(tenant: &str) -> String {
     Authenticator::new(SECRET.as_bytes())
         .mint(&TenantId::new(tenant).unwrap(), Duration::from_secs(3600))
@@ -85,19 +112,7 @@ impl TestApp {
 
     /// Waits until `/readyz` says the listener is connected and caught up.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(response) = self.http.get(self.url("/readyz")).send().await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "service not ready within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_status(&self.http, &self.url("/readyz"), 200).await;
     }
 
     /// Stops the service gracefully and waits for it (bounded).

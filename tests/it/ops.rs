@@ -12,14 +12,7 @@ async fn readyz(app: &TestApp) -> u16 {
 }
 
 async fn wait_for_readyz(app: &TestApp, status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while readyz(app).await != status {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never became {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_status(&app.http, &app.url("/readyz"), status).await;
 }
 
 #[tokio::test]
@@ -123,24 +116,12 @@ async fn subscriber_limits_answer_with_clear_errors() {
 
     // A subscriber that leaves frees its place (once the server notices the hang-up).
     drop(first);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let response = app
-            .http
-            .get(app.url("/v1/events"))
-            .bearer_auth(token("acme"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the place was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(
+        &app.http,
+        &format!("{}?access_token={}", app.url("/v1/events"), token("acme")),
+        200,
+    )
+    .await;
 }
 
 #[tokio::test]

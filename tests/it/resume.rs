@@ -372,43 +372,49 @@ async fn a_client_that_received_nothing_yet_still_resumes_without_loss() {
 }
 
 #[tokio::test]
-async fn a_journal_restored_into_another_cluster_starts_over_and_old_cursors_resync() {
-    let app = spawn_app().await;
-    let t = token("acme");
-    let mut stream = app.sse(&t, "").await;
-    app.insert_ticket("acme", "before the move").await;
-    let cursor = stream.changes_until(1).await[0].id.clone().unwrap();
-    drop(stream);
-    let db_url = app.stop().await;
+async fn a_journal_copied_elsewhere_starts_over_and_old_cursors_resync() {
+    for (copy, sql) in [
+        (
+            "restored into a younger cluster: rows from its future",
+            "update changecast.change_log
+             set xid = (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8",
+        ),
+        (
+            "restored into another database: the old home, even with the journal pruned empty",
+            "update changecast.journal_meta set home = '1234567890/1';
+             truncate changecast.change_log;",
+        ),
+    ] {
+        let app = spawn_app().await;
+        let t = token("acme");
+        let mut stream = app.sse(&t, "").await;
+        app.insert_ticket("acme", "before the move").await;
+        let cursor = stream.changes_until(1).await[0].id.clone().unwrap();
+        drop(stream);
+        let db_url = app.stop().await;
+        let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        db.batch_execute(sql).await.unwrap();
 
-    // What a restore into a younger cluster looks like: rows from its future.
-    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    db.batch_execute(
-        "update changecast.change_log set xid = (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8",
-    )
-    .await
-    .unwrap();
-
-    let app = start_on(db_url, |_| {}).await;
-    let left: i64 = app
-        .db
-        .query_one("select count(*) from changecast.change_log", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 0, "the foreign journal was dropped");
-    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
-    let first = resumed.next_within(WAIT).await.unwrap();
-    assert_eq!(
-        (first.event.as_str(), &first.data["reason"]),
-        ("resync", &serde_json::json!("cursor_invalid"))
-    );
-    let live = app.insert_ticket("acme", "after the move").await;
-    assert_eq!(
-        resumed.changes_until(1).await[0].data["resource"]["id"],
-        live.as_str()
-    );
+        let app = start_on(db_url, |_| {}).await;
+        let left: i64 = app
+            .db
+            .query_one("select count(*) from changecast.change_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{copy}: the foreign journal was dropped");
+        let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+        let first = resumed.next_within(WAIT).await.unwrap();
+        assert_eq!(first.event, "resync", "{copy}");
+        assert_eq!(first.data["reason"], "cursor_invalid", "{copy}");
+        let live = app.insert_ticket("acme", "after the move").await;
+        assert_eq!(
+            resumed.changes_until(1).await[0].data["resource"]["id"],
+            live.as_str(),
+            "{copy}: the stream continues live"
+        );
+    }
 }
 
 #[tokio::test]
@@ -435,31 +441,4 @@ async fn subscribers_joining_while_a_large_transaction_is_paged_out_miss_nothing
             &HashSet::new(),
         );
     }
-}
-
-#[tokio::test]
-async fn a_journal_restored_into_another_database_starts_over_and_old_cursors_resync() {
-    let app = spawn_app().await;
-    let t = token("acme");
-    let mut stream = app.sse(&t, "").await;
-    app.insert_ticket("acme", "before the move").await;
-    let cursor = stream.changes_until(1).await[0].id.clone().unwrap();
-    drop(stream);
-    let db_url = app.stop().await;
-    // A restore elsewhere brings the old home along (and here, even an empty journal:
-    // a fully pruned one would be recognised just the same).
-    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    db.batch_execute(
-        "update changecast.journal_meta set home = '1234567890/1';
-         truncate changecast.change_log;",
-    )
-    .await
-    .unwrap();
-
-    let app = start_on(db_url, |_| {}).await;
-    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
-    let first = resumed.next_within(WAIT).await.unwrap();
-    assert_eq!(first.event, "resync");
-    assert_eq!(first.data["reason"], "cursor_invalid");
 }
