@@ -198,6 +198,26 @@ impl TestApp {
         db
     }
 
+    /// Begins a transaction on a connection of its own and inserts a ticket in it; the
+    /// caller commits (`batch_execute("commit")`) whenever the test needs it to.
+    pub async fn begin_long_transaction(
+        &self,
+        tenant: &str,
+        title: &str,
+    ) -> (tokio_postgres::Client, String) {
+        let db = self.connect_db().await;
+        db.batch_execute("begin").await.unwrap();
+        let id = db
+            .query_one(
+                "insert into tickets (tenant_id, title) values ($1, $2) returning id::text",
+                &[&tenant, &title],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (db, id)
+    }
+
     /// Writes `transactions` × `per_transaction` tickets on a connection of its own, in
     /// the background; the task returns their ids.
     pub async fn spawn_writer(

@@ -54,19 +54,10 @@ async fn resume_after_disconnect_delivers_every_change_written_meanwhile() {
 async fn a_long_running_transaction_that_commits_late_is_not_lost() {
     let app = spawn_app().await;
     let t = token("acme");
-    let slow = app.connect_db().await;
     let mut live = app.sse(&t, "").await;
 
     // T1 writes first (lower journal id) but commits last.
-    slow.batch_execute("begin").await.unwrap();
-    let early: String = slow
-        .query_one(
-            "insert into tickets (tenant_id, title) values ('acme', 'slow') returning id::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (slow, early) = app.begin_long_transaction("acme", "slow").await;
     let quick = app.insert_ticket("acme", "quick").await;
     let seen = live.changes_until(1).await;
     assert_eq!(seen[0].data["resource"]["id"], quick.as_str());
@@ -88,11 +79,8 @@ async fn a_long_running_transaction_that_commits_late_is_not_lost() {
 #[tokio::test]
 async fn a_connected_subscriber_gets_a_late_commit_live() {
     let app = spawn_app().await;
-    let slow = app.connect_db().await;
     let mut live = app.sse(&token("acme"), "").await;
-    slow.batch_execute("begin; insert into tickets (tenant_id, title) values ('acme', 'slow')")
-        .await
-        .unwrap();
+    let (slow, _) = app.begin_long_transaction("acme", "slow").await;
     let quick = app.insert_ticket("acme", "quick").await;
     assert_eq!(
         live.changes_until(1).await[0].data["resource"]["id"],
@@ -154,13 +142,7 @@ async fn snapshot_then_stream_from_its_cursor_misses_nothing_and_repeats_nothing
     let t = token("acme");
     let before: HashSet<String> = app.insert_tickets("acme", 5).await.into_iter().collect();
     // In flight while the snapshot is taken: not in it, so the stream must bring it.
-    let slow = app.connect_db().await;
-    slow.batch_execute("begin").await.unwrap();
-    let in_flight: String = slow
-        .query_one("insert into tickets (tenant_id, title) values ('acme', 'in flight') returning id::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let (slow, in_flight) = app.begin_long_transaction("acme", "in flight").await;
 
     let (status, snapshot) = app.get("/v1/snapshot?types=ticket,agent", Some(&t)).await;
     assert_eq!(status, 200, "{snapshot}");
@@ -295,16 +277,7 @@ async fn pruning_goes_by_commit_time_so_a_long_transaction_is_kept_and_cursors_s
     let t = token("acme");
     let old: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
     // A long transaction writes before the tick but commits after it.
-    let slow = app.connect_db().await;
-    slow.batch_execute("begin").await.unwrap();
-    let late: String = slow
-        .query_one(
-            "insert into tickets (tenant_id, title) values ('acme', 'long') returning id::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (slow, late) = app.begin_long_transaction("acme", "long").await;
     let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
     app.age_committed_changes(2).await;
     slow.batch_execute("commit").await.unwrap();

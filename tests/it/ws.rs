@@ -423,16 +423,7 @@ async fn a_long_running_transaction_that_commits_late_is_not_lost_over_ws() {
     ws.expect("connection_established").await;
     ws.subscribe(json!({})).await;
 
-    let slow = app.connect_db().await;
-    slow.batch_execute("begin").await.unwrap();
-    let early: String = slow
-        .query_one(
-            "insert into tickets (tenant_id, title) values ('acme', 'slow') returning id::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (slow, early) = app.begin_long_transaction("acme", "slow").await;
     let quick = app.insert_ticket("acme", "quick").await;
     let seen = ws.next_of_type("resource_change").await;
     assert_eq!(change_id(&seen), quick);
