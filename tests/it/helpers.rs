@@ -294,6 +294,28 @@ impl TestApp {
             .unwrap();
     }
 
+    /// Lets (or stops letting) anyone open a new connection to this test's database —
+    /// an outage for whoever connects next. Done from another database: PostgreSQL
+    /// refuses it for the current one.
+    pub async fn allow_new_connections(&self, allow: bool) {
+        let (admin, connection) = tokio_postgres::connect(&server().url("postgres"), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let database: String = self
+            .db
+            .query_one("select current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        admin
+            .batch_execute(&format!(
+                "alter database {database} allow_connections {allow}"
+            ))
+            .await
+            .unwrap();
+    }
+
     /// Kills the service's LISTEN connection from the database side.
     pub async fn kill_listener(&self) -> u64 {
         let rows = self

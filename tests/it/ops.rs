@@ -3,8 +3,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use crate::helpers::*;
 
 async fn readyz(app: &TestApp) -> u16 {
@@ -20,24 +18,8 @@ async fn readiness_flips_to_503_while_the_listener_is_down_and_back() {
     let app = spawn_app().await;
     assert_eq!(app.get("/healthz", None).await.0, 200);
     assert_eq!(readyz(&app).await, 200);
-    let database: String = app
-        .db
-        .query_one("select current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    // Keep the listener from coming back until we allow it again (from another database:
-    // PostgreSQL refuses this for the current one).
-    let (admin, connection) = tokio_postgres::connect(&server().url("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!(
-            "alter database {database} allow_connections false"
-        ))
-        .await
-        .unwrap();
+    // Keep the listener from coming back until we allow it again.
+    app.allow_new_connections(false).await;
     assert_eq!(app.kill_listener().await, 1);
     wait_for_readyz(&app, 503).await;
     let (_, body) = app.get("/readyz", None).await;
@@ -47,10 +29,7 @@ async fn readiness_flips_to_503_while_the_listener_is_down_and_back() {
         200,
         "alive while not ready"
     );
-    admin
-        .batch_execute(&format!("alter database {database} allow_connections true"))
-        .await
-        .unwrap();
+    app.allow_new_connections(true).await;
     wait_for_readyz(&app, 200).await;
     assert!(app.metric("changecast_db_reconnects_total").await.unwrap() >= 1.0);
 }
@@ -292,26 +271,13 @@ async fn on_shutdown_sse_and_ws_subscribers_resume_on_another_instance_without_l
 #[tokio::test]
 async fn subscribers_can_connect_during_a_database_outage_and_catch_up_after_it() {
     let app = spawn_app().await;
-    let database: String = app
-        .db
-        .query_one("select current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let admin = {
-        let (admin, connection) = tokio_postgres::connect(&server().url("postgres"), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        admin
-    };
     // The outage: no new connections, and the service's own are cut.
-    admin
-        .batch_execute(&format!(
-            "alter database {database} allow_connections false;
-             select pg_terminate_backend(pid) from pg_stat_activity
-             where datname = '{database}' and application_name like 'changecast:%';"
-        ))
+    app.allow_new_connections(false).await;
+    app.db
+        .batch_execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and application_name like 'changecast:%'",
+        )
         .await
         .unwrap();
     wait_for_readyz(&app, 503).await;
@@ -325,10 +291,7 @@ async fn subscribers_can_connect_during_a_database_outage_and_catch_up_after_it(
 
     // Written (by the test's own, older connection) while the service cannot connect.
     let written: HashSet<String> = app.insert_tickets("acme", 10).await.into_iter().collect();
-    admin
-        .batch_execute(&format!("alter database {database} allow_connections true"))
-        .await
-        .unwrap();
+    app.allow_new_connections(true).await;
     assert_nothing_lost(
         &written,
         &stream.receive_ids(&written).await,
