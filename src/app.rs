@@ -14,11 +14,14 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::db;
+use crate::http::server::{self, ConnectionLimits};
 use crate::hub::Hub;
 use crate::journal::pruner::Pruner;
 use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
+use crate::replay_gate::ReplayGate;
+use crate::secret::Secret;
 
 /// How long shutdown waits for subscribers and tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -38,6 +41,8 @@ pub struct Services {
     pub tracker: TaskTracker,
     /// The watched resource types as last read (see `http::request::known_types`).
     pub resource_types: std::sync::Mutex<Vec<String>>,
+    /// Bounds concurrent journal replays, overall and per tenant.
+    pub replay_gate: ReplayGate,
     /// Open subscriptions, against the configured limits.
     pub subscribers: std::sync::Mutex<crate::subscription::SubscriberCounts>,
 }
@@ -56,15 +61,18 @@ impl App {
     /// must be set.
     pub async fn build(
         config: ServeConfig,
-        secret: &str,
+        secret: &Secret,
         shutdown: CancellationToken,
     ) -> anyhow::Result<App> {
+        // Refused before anything else happens: a weak secret must not serve one request.
+        let auth = Authenticator::new(secret, config.token_rules.rules())?;
         let database_url = config
             .database_url
             .clone()
             .context("App::build needs a database URL")?;
-        db::migrate(&database_url).await?;
-        let pool = db::pool(&database_url, config.pool_size)?;
+        let database_url = database_url.expose();
+        db::migrate(database_url).await?;
+        let pool = db::pool(database_url, config.pool_size, config.statement_timeout)?;
         let (journal, start, resource_types) = {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
             (
@@ -84,7 +92,7 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let tailer = Tailer {
-            pg: db::pg_config(&database_url, "changecast:listener")?,
+            pg: db::pg_config(database_url, "changecast:listener")?,
             journal: journal.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -96,8 +104,15 @@ impl App {
             interval: config.prune_interval,
             metrics: metrics.clone(),
         };
+        let replay_gate = ReplayGate::new(
+            config.max_replays,
+            config.max_replays_per_tenant,
+            metrics.replays_running.clone(),
+            metrics.replay_waits.clone(),
+        );
         let services = Arc::new(Services {
-            auth: Authenticator::new(secret.as_bytes()),
+            replay_gate,
+            auth,
             config,
             pool,
             journal,
@@ -138,10 +153,16 @@ impl App {
         let shutdown = services.shutdown.clone();
         services.tracker.spawn(tailer.run(shutdown.clone()));
         services.tracker.spawn(pruner.run(shutdown.clone()));
-        let server = warp::serve(crate::http::routes(services.clone()))
-            .incoming(listener)
-            .graceful(shutdown.clone().cancelled_owned())
-            .run();
+        let limits = ConnectionLimits {
+            max_connections: services.config.max_connections,
+            header_timeout: services.config.header_timeout,
+        };
+        let server = server::serve(
+            listener,
+            crate::http::routes(services.clone()),
+            limits,
+            shutdown.clone(),
+        );
         // SSE bodies end when their subscriptions see the token; bound it anyway.
         tokio::select! {
             _ = server => {}

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::TokenRules;
+use crate::secret::Secret;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "changecast",
@@ -40,7 +43,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL connection string (URL or key=value form). The role needs to own
     /// its database; no superuser is required.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Secret,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -49,7 +52,7 @@ pub struct ServeConfig {
     /// starts a PostgreSQL of its own from this machine's server binaries, with its data
     /// in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
 
     /// Data folder of the embedded PostgreSQL (used only without DATABASE_URL); created
     /// and initialised on first run, kept between runs. The server binaries are found via
@@ -65,11 +68,15 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// HS256 secret that subscriber tokens are signed with. When unset, a random one
-    /// is made at start (tokens then only work until the next restart) and a ready-
+    /// HS256 secret that subscriber tokens are signed with, at least 32 bytes (e.g.
+    /// `openssl rand -hex 32`); a shorter or empty one is refused. When unset, a random
+    /// one is made at start (tokens then only work until the next restart) and a ready-
     /// to-open dashboard URL with a demo token is printed.
     #[arg(long, env = "CHANGECAST_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+
+    #[command(flatten)]
+    pub token_rules: TokenRuleArgs,
 
     /// How long journal rows are kept (and so how long a disconnected subscriber can
     /// resume), e.g. `24h`, `90m`, `3600s`, `7d`.
@@ -111,6 +118,52 @@ pub struct ServeConfig {
     /// Connections in the pool for replays, snapshots and pruning.
     #[arg(long, env = "CHANGECAST_POOL_SIZE", default_value_t = 16, value_parser = parse_positive_count)]
     pub pool_size: usize,
+
+    /// Most TCP connections open at once (subscribers, requests and half-open ones
+    /// alike); beyond, a new connection gets 503 `too_many_connections` and is closed.
+    /// Keep it below the process's open-file limit.
+    #[arg(long, env = "CHANGECAST_MAX_CONNECTIONS", default_value_t = 16_384, value_parser = parse_positive_count)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); a slower one is disconnected.
+    #[arg(long, env = "CHANGECAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Journal replays (resuming subscribers, lag recovery) running at once; more wait
+    /// their turn, live delivery does not.
+    #[arg(long, env = "CHANGECAST_MAX_REPLAYS", default_value_t = 8, value_parser = parse_positive_count)]
+    pub max_replays: usize,
+
+    /// Journal replays one tenant may run at once; its other subscribers wait their turn.
+    #[arg(long, env = "CHANGECAST_MAX_REPLAYS_PER_TENANT", default_value_t = 2, value_parser = parse_positive_count)]
+    pub max_replays_per_tenant: usize,
+
+    /// Longest a replay or snapshot query may run before PostgreSQL cancels it
+    /// (`statement_timeout` of the pool's connections).
+    #[arg(long, env = "CHANGECAST_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub statement_timeout: Duration,
+}
+
+/// Optional claims every token must carry.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TokenRuleArgs {
+    /// When set, tokens must carry this `aud` claim (minted ones do).
+    #[arg(long, env = "CHANGECAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// When set, tokens must carry this `iss` claim (minted ones do).
+    #[arg(long, env = "CHANGECAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+}
+
+impl TokenRuleArgs {
+    pub fn rules(&self) -> TokenRules {
+        TokenRules {
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -125,7 +178,7 @@ impl ServeConfig {
         let mut config = Defaults::try_parse_from(["serve", "--database-url", &database_url])
             .expect("BUG: defaults of ServeConfig do not parse")
             .serve;
-        config.database_url = Some(database_url);
+        config.database_url = Some(Secret::new(database_url));
         config
     }
 }
@@ -152,9 +205,12 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
 
-    /// The secret `serve` verifies tokens with.
+    /// The secret `serve` verifies tokens with (at least 32 bytes).
     #[arg(long, env = "CHANGECAST_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
+
+    #[command(flatten)]
+    pub token_rules: TokenRuleArgs,
 }
 
 /// `90s`, `15m`, `24h`, `7d`, `250ms`, or a bare number of seconds.
@@ -249,9 +305,10 @@ mod tests {
         assert_eq!(config.retention, Duration::from_secs(86_400));
         assert!(config.cors_origins.is_empty());
         assert_eq!(
-            config.database_url.as_deref(),
+            config.database_url.as_ref().map(Secret::expose),
             Some("postgres://localhost/db")
         );
+        assert!(!format!("{config:?}").contains("localhost/db"));
         assert_eq!(config.data_dir, PathBuf::from(".changecast/pgdata"));
     }
 }

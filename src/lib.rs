@@ -10,6 +10,8 @@ pub mod journal;
 pub mod hub;
 /// One subscriber's replay-then-live stream, shared by both transports.
 pub mod subscription;
+/// Bounds on concurrent journal replays.
+pub mod replay_gate;
 /// The watched tables: resource types and `/v1/snapshot` reads.
 pub mod resources;
 /// HTTP routes: SSE and WebSocket transports, snapshot, operations, dashboard.
@@ -22,6 +24,8 @@ pub mod metrics;
 pub mod config;
 /// Building and running the whole service.
 pub mod app;
+/// Values that must never be printed (secrets, URLs with passwords).
+pub mod secret;
 /// Logging setup.
 pub mod telemetry;
 /// `changecast healthcheck`: a tiny HTTP client for container healthchecks.

@@ -6,9 +6,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
-use changecast::auth::{random_secret, Authenticator, TenantId};
+use changecast::auth::{check_secret, random_secret, Authenticator, TenantId};
 use changecast::config::{Cli, Command, HealthcheckArgs, ServeConfig, TokenArgs};
 use changecast::db::embedded::{self, Embedded};
+use changecast::secret::Secret;
 use changecast::App;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -22,7 +23,7 @@ async fn main() -> std::process::ExitCode {
     changecast::telemetry::init(&cli.log_format);
     let result = match cli.command {
         Command::Serve(config) => serve(config).await,
-        Command::Migrate(args) => changecast::db::migrate(&args.database_url)
+        Command::Migrate(args) => changecast::db::migrate(args.database_url.expose())
             .await
             .map(|applied| println!("migrations applied: {applied}")),
         Command::Token(args) => token(args),
@@ -45,6 +46,10 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
         signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
     );
     tokio::spawn(signal_shutdown(signals, shutdown.clone()));
+    // Before anything starts: a weak secret must not even bring up the database.
+    if let Some(secret) = &config.jwt_secret {
+        check_secret(secret)?;
+    }
     let embedded = match &config.database_url {
         Some(_) => None,
         None => {
@@ -55,7 +60,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
                 config.data_dir.display(),
                 database.password_file().display()
             );
-            config.database_url = Some(database.url());
+            config.database_url = Some(Secret::new(database.url()));
             Some(database)
         }
     };
@@ -82,14 +87,17 @@ async fn start_embedded(config: &ServeConfig) -> anyhow::Result<Embedded> {
 async fn serve_on(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let generated = config.jwt_secret.is_none();
     let secret = config.jwt_secret.clone().unwrap_or_else(random_secret);
+    let rules = config.token_rules.rules();
     let app = App::build(config, &secret, shutdown).await?;
     let addr = app.local_addr();
     println!("changecast listening on http://{addr}");
     if generated {
-        let token = Authenticator::new(secret.as_bytes()).mint(
-            &TenantId::new(DEMO_TENANT).expect("BUG: demo tenant id"),
-            DEMO_TOKEN_TTL,
-        );
+        let token = Authenticator::new(&secret, rules)
+            .expect("BUG: a generated secret is long enough")
+            .mint(
+                &TenantId::new(DEMO_TENANT).expect("BUG: demo tenant id"),
+                DEMO_TOKEN_TTL,
+            );
         println!("no CHANGECAST_JWT_SECRET set: generated one for this run.");
         println!("demo tenant '{DEMO_TENANT}', token valid for 1h:");
         println!("  curl -N 'http://{addr}/v1/events?access_token={token}'");
@@ -101,11 +109,8 @@ async fn serve_on(config: ServeConfig, shutdown: CancellationToken) -> anyhow::R
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let tenant = TenantId::new(&args.tenant)
         .map_err(|_| anyhow::anyhow!("--tenant must be a non-empty tenant id"))?;
-    anyhow::ensure!(!args.jwt_secret.is_empty(), "the JWT secret is empty");
-    println!(
-        "{}",
-        Authenticator::new(args.jwt_secret.as_bytes()).mint(&tenant, args.ttl)
-    );
+    let authenticator = Authenticator::new(&args.jwt_secret, args.token_rules.rules())?;
+    println!("{}", authenticator.mint(&tenant, args.ttl));
     Ok(())
 }
 

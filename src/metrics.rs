@@ -1,8 +1,8 @@
 //! Every Prometheus series of the service, registered at start so all names appear at 0.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -19,6 +19,10 @@ pub struct Metrics {
     pub resyncs: IntCounterVec,
     /// Journal replays for subscribers (resume with a cursor, or lag recovery).
     pub replays: IntCounter,
+    /// Replay pages reading the journal right now (bounded by CHANGECAST_MAX_REPLAYS).
+    pub replays_running: IntGauge,
+    /// Replay pages that had to wait for their turn.
+    pub replay_waits: IntCounter,
     /// From the notification announcing a change (or, without one, reading it off the
     /// journal) to a transport writing it.
     pub delivery_latency: Histogram,
@@ -68,6 +72,16 @@ impl Metrics {
                 "Journal replays for resuming or lagging subscribers",
             )
             .expect("BUG: metric definition"),
+            replays_running: IntGauge::new(
+                "changecast_replays_running",
+                "Replay pages reading the journal right now",
+            )
+            .expect("BUG: metric definition"),
+            replay_waits: IntCounter::new(
+                "changecast_replay_waits_total",
+                "Replay pages that waited for their turn (per-tenant or overall bound)",
+            )
+            .expect("BUG: metric definition"),
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "changecast_delivery_latency_seconds",
@@ -90,13 +104,15 @@ impl Metrics {
             .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
             Box::new(metrics.subscribers_lagged.clone()),
             Box::new(metrics.resyncs.clone()),
             Box::new(metrics.replays.clone()),
+            Box::new(metrics.replays_running.clone()),
+            Box::new(metrics.replay_waits.clone()),
             Box::new(metrics.delivery_latency.clone()),
             Box::new(metrics.db_reconnects.clone()),
             Box::new(metrics.journal_rows_pruned.clone()),

@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 use crate::app::Services;
 use crate::auth::{Identity, TenantId};
 use crate::journal::{
-    snapshot_cursor, EventKind, Journal, PgSnapshot, Published, RowFilter, SharedChange,
+    snapshot_cursor, Cursor, EventKind, Journal, Published, ReplayFilter, SharedChange,
 };
 
 /// Items queued between the subscription task and its transport.
@@ -73,7 +73,7 @@ pub enum Refused {
     ServiceFull(usize),
 }
 
-/// An opened subscription; dropping it ends the subscription and frees its place.
+/// An opened subscription; dropping it ends the subscription.
 pub struct Opened {
     /// What to write, in order.
     pub outbound: mpsc::Receiver<Outbound>,
@@ -82,19 +82,17 @@ pub struct Opened {
     /// out at once (SSE `id:`, WS `subscription_confirmed`), so even a client that
     /// received nothing yet can reconnect without losing what commits meanwhile.
     pub start: String,
-    /// Counted against the limits for as long as the transport holds this.
-    _place: Place,
 }
 
 /// Starts a subscription for `identity`'s tenant. The stream ends when the receiver is
-/// dropped, the token expires (after `AuthExpired`) or the service shuts down.
+/// dropped, the token expires (after `AuthExpired`) or the service shuts down. The
+/// transport holds the connection's [`Place`] (taken before it accepted the client).
 pub fn open(
     services: &Arc<Services>,
     identity: &Identity,
     filter: Filter,
     resume: Option<String>,
-) -> Result<Opened, Refused> {
-    let place = Place::take(services, &identity.tenant)?;
+) -> Opened {
     let (live, upto) = services.hub.subscribe(&identity.tenant);
     let start = resume
         .clone()
@@ -117,11 +115,10 @@ pub fn open(
             .run(live, upto, resume)
             .instrument(tracing::Span::current()),
     );
-    Ok(Opened {
+    Opened {
         outbound: rx,
         start,
-        _place: place,
-    })
+    }
 }
 
 /// How many subscriptions are open, in all and per tenant (against the limits).
@@ -131,16 +128,17 @@ pub struct SubscriberCounts {
     per_tenant: HashMap<TenantId, usize>,
 }
 
-/// One subscription's place under `max_subscribers` and `max_subscribers_per_tenant`,
-/// given back when the transport lets go of the subscription (not when its task
-/// notices), so a WebSocket that changes its filter at the limit is not refused.
-struct Place {
+/// One subscriber connection's place under `max_subscribers` and
+/// `max_subscribers_per_tenant`: an SSE stream, or a WebSocket from its upgrade on
+/// (subscribed or not, so idle sockets cannot bypass the limits, and a `subscribe` that
+/// changes the filter never needs a second place). Given back when dropped.
+pub struct Place {
     services: Arc<Services>,
     tenant: TenantId,
 }
 
 impl Place {
-    fn take(services: &Arc<Services>, tenant: &TenantId) -> Result<Place, Refused> {
+    pub fn take(services: &Arc<Services>, tenant: &TenantId) -> Result<Place, Refused> {
         let config = &services.config;
         let mut counts = lock(&services.subscribers);
         if counts.total >= config.max_subscribers {
@@ -203,13 +201,13 @@ impl Subscription {
         resume: Option<String>,
     ) {
         // What this subscriber has provably received: every change this snapshot sees.
-        let mut received = upto.prev.clone();
+        let mut received = Cursor::of_snapshot(upto.prev.clone());
         let mut replay_from = None;
         if let Some(text) = resume {
             match self.services.journal.scope().decode(&self.tenant, &text) {
                 Ok(cursor) => {
-                    received = cursor.seen.clone();
-                    replay_from = Some(cursor.seen);
+                    received = cursor.clone();
+                    replay_from = Some(cursor);
                 }
                 Err(error) => {
                     tracing::debug!(%error, "cursor refused");
@@ -225,10 +223,10 @@ impl Subscription {
             let mut already_seen = None;
             if let Some(from) = replay_from.take() {
                 match self.replay(&from, &upto, &mut last).await {
-                    Replayed::Done => already_seen = Some(from),
+                    Replayed::Done => already_seen = Some(from.seen),
                     Replayed::Expired => {
                         // From here on the client starts over at the live boundary.
-                        received = upto.prev.clone();
+                        received = Cursor::of_snapshot(upto.prev.clone());
                         last = None;
                         if !self.resync("cursor_expired", &upto).await {
                             return;
@@ -265,7 +263,7 @@ impl Subscription {
                         self.services.metrics.subscribers_lagged.inc();
                         (live, upto) = self.services.hub.subscribe(&self.tenant);
                         if let Some(change) = &last {
-                            received = change.cursor.seen.clone();
+                            received = change.cursor.clone();
                         }
                         replay_from = Some(received.clone());
                         break;
@@ -277,15 +275,16 @@ impl Subscription {
     }
 
     /// Sends every change of this tenant and filter that `from` does not see and `upto`
-    /// covers, in journal order.
+    /// covers, in journal order. Each page waits for a turn at the replay gate, so a
+    /// storm of resuming subscribers queues instead of scanning the journal all at once.
     async fn replay(
         &self,
-        from: &PgSnapshot,
+        from: &Cursor,
         upto: &Published,
         last: &mut Option<SharedChange>,
     ) -> Replayed {
         self.services.metrics.replays.inc();
-        let mut after_id = 0;
+        let mut after_id = None;
         loop {
             if Instant::now() >= self.expires {
                 return Replayed::TokenExpired;
@@ -294,7 +293,7 @@ impl Subscription {
             let read = tokio::select! {
                 _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
                 _ = self.tx.closed() => return Replayed::Stopped,
-                read = self.read_page(from, upto, after_id) => read,
+                read = self.read_page(from, upto, &mut after_id) => read,
             };
             let page = match read {
                 Ok(Some(page)) => page,
@@ -311,7 +310,7 @@ impl Subscription {
             };
             let done = page.len() < REPLAY_PAGE_ROWS;
             for change in page {
-                after_id = change.id;
+                after_id = Some(change.id);
                 let change = SharedChange::new(change);
                 if !self.send(Outbound::Change(change.clone())).await {
                     return Replayed::Stopped;
@@ -324,28 +323,33 @@ impl Subscription {
         }
     }
 
-    /// One replay page; `None` when the journal was pruned past `from`.
+    /// One replay page after `after_id` (found first, when still unknown); `None` when
+    /// the journal was pruned past `from`.
     async fn read_page(
         &self,
-        from: &PgSnapshot,
+        from: &Cursor,
         upto: &Published,
-        after_id: i64,
+        after_id: &mut Option<i64>,
     ) -> anyhow::Result<Option<Vec<crate::journal::Change>>> {
+        let _turn = self.services.replay_gate.turn(&self.tenant).await;
         let client = self.services.pool.get().await?;
-        let filter = RowFilter {
-            tenant: Some(&self.tenant),
+        let journal = &self.services.journal;
+        let start = match *after_id {
+            Some(id) => id,
+            None => *after_id.insert(journal.replay_start(&client, from, &self.tenant).await?),
+        };
+        let filter = ReplayFilter {
+            tenant: &self.tenant,
             types: self.filter.types.as_deref(),
             events: self.filter.events.as_deref(),
         };
-        let page = self
-            .services
-            .journal
-            .read(&client, from, upto, after_id, filter, REPLAY_PAGE_ROWS)
+        let page = journal
+            .read_replay(&client, &from.seen, upto, start, filter, REPLAY_PAGE_ROWS)
             .await?;
         // Checked after the read: a prune that removed rows this page would have held
         // committed before the read began, so this later statement sees it.
         let pruned_below = Journal::pruned_below(&client).await?;
-        if !from.sees_all_below(pruned_below) {
+        if !from.seen.sees_all_below(pruned_below) {
             return Ok(None);
         }
         Ok(Some(page))

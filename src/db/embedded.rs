@@ -21,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::secret::Secret;
+
 /// Overrides the search for the server binaries (a folder holding `initdb` and `postgres`).
 pub const BINDIR_ENV: &str = "CHANGECAST_PG_BINDIR";
 /// How long a fast shutdown may take before the server is killed.
@@ -110,7 +112,7 @@ pub struct Embedded {
     port: u16,
     data_dir: PathBuf,
     /// The `postgres` role's password over TCP.
-    password: String,
+    password: Secret,
 }
 
 impl Embedded {
@@ -159,7 +161,7 @@ impl Embedded {
                         child,
                         port,
                         data_dir,
-                        password,
+                        password: Secret::new(password),
                     });
                 }
                 Err(exited) => {
@@ -193,7 +195,8 @@ impl Embedded {
     pub fn base_url(&self) -> String {
         format!(
             "postgres://postgres:{}@127.0.0.1:{}",
-            self.password, self.port
+            self.password.expose(),
+            self.port
         )
     }
 

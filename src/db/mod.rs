@@ -33,9 +33,18 @@ pub fn pg_config(url: &str, application_name: &str) -> anyhow::Result<tokio_post
     Ok(config)
 }
 
-pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+/// The pool for replays, snapshots and pruning. Each statement on it is cancelled by
+/// PostgreSQL after `statement_timeout`, so no client-driven read can run unbounded.
+pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> anyhow::Result<Pool> {
+    let mut config = pg_config(url, "changecast:pool")?;
+    let mut options = config.get_options().unwrap_or_default().to_owned();
+    options.push_str(&format!(
+        " -c statement_timeout={}",
+        statement_timeout.as_millis()
+    ));
+    config.options(options.trim());
     let manager = Manager::from_config(
-        pg_config(url, "changecast:pool")?,
+        config,
         NoTls,
         // `Verified` also catches half-open connections, at one round trip per checkout.
         ManagerConfig {

@@ -5,6 +5,7 @@ mod dashboard;
 mod error;
 mod ops;
 mod request;
+pub mod server;
 mod snapshot;
 mod sse;
 mod ws;

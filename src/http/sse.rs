@@ -50,7 +50,8 @@ async fn open(
     let _span =
         tracing::info_span!("subscriber", transport = "sse", tenant = %identity.tenant).entered();
     let resumed = resume.is_some();
-    let opened = subscription::open(&services, &identity, filter, resume)?;
+    let place = subscription::Place::take(&services, &identity.tenant)?;
+    let opened = subscription::open(&services, &identity, filter, resume);
     // A fresh stream's first bytes set the EventSource's last event id to where live
     // delivery starts (an `id:` without data dispatches nothing), so a reconnect before
     // the first change still resumes from here.
@@ -69,6 +70,7 @@ async fn open(
             tick
         },
         finished: false,
+        _place: place,
         _gauge: SubscriberGauge::new(&services.metrics, "sse"),
         services: services.clone(),
     };
@@ -95,6 +97,8 @@ struct SseBody {
     subscription: Opened,
     keepalive: Interval,
     finished: bool,
+    /// Counted against the subscriber limits until the client is gone.
+    _place: subscription::Place,
     /// Counts this stream as a connected subscriber until the client is gone.
     _gauge: SubscriberGauge,
     services: Arc<Services>,

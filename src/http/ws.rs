@@ -32,7 +32,7 @@ use super::request::{self, Params};
 use crate::app::Services;
 use crate::auth::Identity;
 use crate::metrics::SubscriberGauge;
-use crate::subscription::{self, Opened, Outbound};
+use crate::subscription::{self, Opened, Outbound, Place};
 
 /// Largest frame (and message) the transport reads. tungstenite refuses a bigger one
 /// without reading it, which leaves the stream unusable: the connection closes with 1009.
@@ -88,6 +88,8 @@ fn upgrade(
             "`/v1/ws` is a WebSocket endpoint; send a WebSocket upgrade request",
         )
     })?;
+    // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
+    let place = subscription::Place::take(&services, &identity.tenant)?;
     let span = tracing::info_span!("subscriber", tenant = %identity.tenant, transport = "ws");
     Ok(ws
         .max_frame_size(MAX_FRAME_BYTES)
@@ -96,11 +98,11 @@ fn upgrade(
         .on_upgrade(move |socket| {
             // warp spawns this with a bare `tokio::spawn`: track it so shutdown waits.
             let tracker = services.tracker.clone();
-            tracker.track_future(session(services, identity, socket).instrument(span))
+            tracker.track_future(session(services, identity, place, socket).instrument(span))
         }))
 }
 
-async fn session(services: Arc<Services>, identity: Identity, socket: WebSocket) {
+async fn session(services: Arc<Services>, identity: Identity, place: Place, socket: WebSocket) {
     let _gauge = SubscriberGauge::new(&services.metrics, "ws");
     tracing::debug!("connected");
     let (sink, mut stream) = socket.split();
@@ -109,7 +111,7 @@ async fn session(services: Arc<Services>, identity: Identity, socket: WebSocket)
     tokio::select! {
         // The writer only ends first when the socket failed: nobody left to tell.
         () = &mut writer => return,
-        () = Session::new(services, identity).run(&mut stream, tx) => {}
+        () = Session::new(services, identity, place).run(&mut stream, tx) => {}
     }
     // The close frame is queued (or the peer's close answered): let it out and read until
     // the peer's reply, so the handshake completes cleanly, bounded against a vanished peer.
@@ -205,8 +207,9 @@ enum End {
 struct Session {
     services: Arc<Services>,
     identity: Identity,
-    /// The subscription, while the client is subscribed.
-    /// The current subscription, if any (dropping it ends it and frees its place).
+    /// This connection's place under the subscriber limits, held until it closes.
+    _place: Place,
+    /// The current subscription, if any (dropping it ends it).
     subscription: Option<Opened>,
     /// Where this connection's stream stands while subscribed: the cursor of the last
     /// change or resync forwarded, else where the subscription started. A replacing
@@ -222,11 +225,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(services: Arc<Services>, identity: Identity) -> Self {
+    fn new(services: Arc<Services>, identity: Identity, place: Place) -> Self {
         let now = Instant::now();
         Session {
             services,
             identity,
+            _place: place,
             subscription: None,
             position: None,
             unsent: VecDeque::new(),
@@ -460,21 +464,7 @@ impl Session {
             .filter(|cursor| !cursor.trim().is_empty())
             .or_else(|| self.position.take());
         self.subscription = None;
-        let opened = match subscription::open(
-            &self.services,
-            &self.identity,
-            filter.clone(),
-            resume.clone(),
-        ) {
-            Ok(opened) => opened,
-            Err(refused) => {
-                // The old subscription is gone (its place was needed for the new one); a
-                // later `subscribe` resumes from where it stood, losing nothing.
-                self.position = resume;
-                let error = ApiError::from(refused);
-                return self.error(error.code, &error.message);
-            }
-        };
+        let opened = subscription::open(&self.services, &self.identity, filter.clone(), resume);
         self.position = Some(opened.start.clone());
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
         self.push(&ServerMessage::SubscriptionConfirmed {

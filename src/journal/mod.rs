@@ -4,7 +4,8 @@
 //! snapshots are. Every read here selects "rows whose transaction one snapshot does not
 //! see but another does", so a change is found whenever its transaction commits, and a
 //! long-running writer neither loses its rows nor holds back anybody else's.
-//! The live tailer, a resuming subscriber and the lag recovery all use [`Journal::read`].
+//! The live tailer reads with [`Journal::read_batch`]; a resuming subscriber and the lag
+//! recovery with [`Journal::replay_start`] and [`Journal::read_replay`].
 
 mod cursor;
 pub mod pruner;
@@ -97,10 +98,10 @@ impl Published {
     }
 }
 
-/// Which rows of the journal a read returns besides the snapshot bounds.
-#[derive(Clone, Copy, Default)]
-pub struct RowFilter<'a> {
-    pub tenant: Option<&'a TenantId>,
+/// Which of one tenant's rows a replay returns besides the snapshot bounds.
+#[derive(Clone, Copy)]
+pub struct ReplayFilter<'a> {
+    pub tenant: &'a TenantId,
     pub types: Option<&'a [String]>,
     pub events: Option<&'a [EventKind]>,
 }
@@ -112,24 +113,67 @@ pub struct Journal {
     scope: CursorScope,
 }
 
-/// `$1`/`$10` spell "not seen by `unseen`" as two index ranges (transactions that
-/// started after it, and those it saw running), so rows it did see are never scanned,
-/// however long a writer transaction stays open.
-const READ_SQL: &str = r#"
-select id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
-       to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+const COLUMNS: &str = r#"id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
+       to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#;
+
+/// The tailer's read: rows of every tenant. `$1`/`$2` spell "not seen by `unseen`" as two
+/// ranges of the xid index (transactions that started after it, and those it saw
+/// running), so rows it did see are never scanned, however long a writer stays open.
+const TAIL_SQL: &str = r#"
+select {COLUMNS}
 from changecast.change_log
-where (xid >= $1::text::xid8 or xid = any($10::text[]::xid8[]))
-  and xid < pg_snapshot_xmax($3::text::pg_snapshot)
-  and (pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
-       or (id <= $4 and pg_visible_in_snapshot(xid, $3::text::pg_snapshot)))
-  and id > $5
-  and ($6::text is null or tenant_id = $6)
-  and ($7::text[] is null or resource_type = any($7))
-  and ($8::text[] is null or event = any($8))
+where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[]))
+  and xid < pg_snapshot_xmax($4::text::pg_snapshot)
+  and (pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
+       or (id <= $5 and pg_visible_in_snapshot(xid, $4::text::pg_snapshot)))
+  and id > $6
 order by id
-limit $9
+limit $7
 "#;
+
+/// Where a replay's first page starts: below every row of `tenant` its cursor did not
+/// see. Rows of transactions that began after the cursor's snapshot were written after
+/// every row that snapshot sees, so the newest row it sees below the cursor's own change
+/// ($1) bounds them (a short backward walk of the primary key); rows of transactions it
+/// saw running ($3) are found by xid. Pages then walk (tenant_id, id) forward from here.
+const REPLAY_START_SQL: &str = r#"
+select least(
+    coalesce((select id from changecast.change_log
+              where id < $1 and pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
+              order by id desc limit 1), 0),
+    (select min(id) from changecast.change_log
+     where xid = any($3::text[]::xid8[]) and tenant_id = $4))
+"#;
+
+/// [`REPLAY_START_SQL`] for a cursor whose snapshot may have been cut short (see
+/// `PgSnapshot::bounded`): transactions it counts as "started later" may have written
+/// earlier rows, so the start is the tenant's first row it did not see (one scan).
+const REPLAY_START_CUT_SQL: &str = r#"
+select min(id) from changecast.change_log
+where tenant_id = $1 and (xid >= $2::text::xid8 or xid = any($3::text[]::xid8[]))
+"#;
+
+/// One replay page: the tenant's rows after `$2` in id order (an index range scan of
+/// (tenant_id, id) that starts where the previous page ended), of transactions the
+/// cursor did not see ($3, $4) and the published boundary covers ($5, $6, $7).
+const REPLAY_SQL: &str = r#"
+select {COLUMNS}
+from changecast.change_log
+where tenant_id = $1
+  and id > $2
+  and (xid >= $3::text::xid8 or xid = any($4::text[]::xid8[]))
+  and xid < pg_snapshot_xmax($6::text::pg_snapshot)
+  and (pg_visible_in_snapshot(xid, $5::text::pg_snapshot)
+       or (id <= $7 and pg_visible_in_snapshot(xid, $6::text::pg_snapshot)))
+  and ($8::text[] is null or resource_type = any($8))
+  and ($9::text[] is null or event = any($9))
+order by id
+limit $10
+"#;
+
+fn with_columns(sql: &str) -> String {
+    sql.replace("{COLUMNS}", COLUMNS)
+}
 
 impl Journal {
     /// Reads the journal's identity; the migrations must have run.
@@ -170,35 +214,100 @@ impl Journal {
             .expect("BUG: xid8 is a number"))
     }
 
-    /// Changes whose transaction `unseen` does not see but `upto` covers, with journal id
-    /// above `after_id`, in journal-id order, at most `limit`.
-    pub async fn read(
+    /// Changes of every tenant whose transaction `unseen` does not see but `upto`
+    /// covers, with journal id above `after_id`, in journal-id order, at most `limit`.
+    pub async fn read_batch(
         &self,
         client: &Client,
         unseen: &PgSnapshot,
         upto: &Published,
         after_id: i64,
-        filter: RowFilter<'_>,
         limit: usize,
     ) -> DbResult<Vec<Change>> {
-        let running: Vec<String> = unseen.xip.iter().map(u64::to_string).collect();
+        let rows = client
+            .query(
+                &with_columns(TAIL_SQL),
+                &[
+                    &unseen.xmax.to_string(),
+                    &running(unseen),
+                    &upto.prev.to_string(),
+                    &upto.next.to_string(),
+                    &upto.through_id,
+                    &after_id,
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| self.change_from_row(row)).collect())
+    }
+
+    /// The journal id a replay of `cursor` for `tenant` starts after: every row the
+    /// cursor did not see has a greater id.
+    pub async fn replay_start(
+        &self,
+        client: &Client,
+        cursor: &Cursor,
+        tenant: &TenantId,
+    ) -> DbResult<i64> {
+        let row = if cursor.may_be_cut() {
+            client
+                .query_one(
+                    REPLAY_START_CUT_SQL,
+                    &[
+                        &tenant.as_str(),
+                        &cursor.seen.xmax.to_string(),
+                        &running(&cursor.seen),
+                    ],
+                )
+                .await?
+        } else {
+            // A snapshot cursor (id 0) names no change: walk back from the newest row.
+            let below = if cursor.id > 0 { cursor.id } else { i64::MAX };
+            client
+                .query_one(
+                    REPLAY_START_SQL,
+                    &[
+                        &below,
+                        &cursor.seen.to_string(),
+                        &running(&cursor.seen),
+                        &tenant.as_str(),
+                    ],
+                )
+                .await?
+        };
+        // `min` is the first row to replay: start just before it. None: nothing to replay
+        // yet (later rows come after the newest id, which every later page starts from).
+        Ok(row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1))
+    }
+
+    /// One page of a replay: `filter`'s changes after journal id `after_id` whose
+    /// transaction `unseen` does not see but `upto` covers, in journal-id order.
+    pub async fn read_replay(
+        &self,
+        client: &Client,
+        unseen: &PgSnapshot,
+        upto: &Published,
+        after_id: i64,
+        filter: ReplayFilter<'_>,
+        limit: usize,
+    ) -> DbResult<Vec<Change>> {
         let events: Option<Vec<&str>> = filter
             .events
             .map(|e| e.iter().map(|k| k.as_str()).collect());
         let rows = client
             .query(
-                READ_SQL,
+                &with_columns(REPLAY_SQL),
                 &[
+                    &filter.tenant.as_str(),
+                    &after_id,
                     &unseen.xmax.to_string(),
+                    &running(unseen),
                     &upto.prev.to_string(),
                     &upto.next.to_string(),
                     &upto.through_id,
-                    &after_id,
-                    &filter.tenant.map(TenantId::as_str),
                     &filter.types,
                     &events,
                     &(limit as i64),
-                    &running,
                 ],
             )
             .await?;
@@ -272,13 +381,12 @@ struct WireChange<'a> {
 
 /// A cursor for "everything `snapshot` sees", handed out with a `/v1/snapshot` read.
 pub fn snapshot_cursor(journal: &Journal, tenant: &TenantId, snapshot: PgSnapshot) -> String {
-    journal.scope.encode(
-        tenant,
-        &Cursor {
-            id: 0,
-            seen: snapshot,
-        },
-    )
+    journal.scope.encode(tenant, &Cursor::of_snapshot(snapshot))
 }
 
 pub type SharedChange = Arc<Change>;
+
+/// The transactions `snapshot` saw running, as SQL parameters.
+fn running(snapshot: &PgSnapshot) -> Vec<String> {
+    snapshot.xip.iter().map(u64::to_string).collect()
+}

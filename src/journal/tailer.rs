@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::{Journal, Published, RowFilter};
+use super::{Journal, Published};
 use crate::db::listener::{self, ListenConnection};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -156,12 +156,11 @@ impl Tailer {
             ..published.clone()
         };
         while !published.is_complete() && !shutdown.is_cancelled() {
-            let mut page = bounded(self.journal.read(
+            let mut page = bounded(self.journal.read_batch(
                 client,
                 &published.prev,
                 &batch,
                 published.through_id,
-                RowFilter::default(),
                 PAGE_ROWS,
             ))
             .await?;

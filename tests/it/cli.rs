@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use changecast::auth::Authenticator;
+use crate::helpers::{authenticator, SECRET};
 
 fn changecast(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_changecast"));
@@ -20,7 +20,7 @@ fn changecast(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 fn token_mints_a_token_the_service_accepts() {
     let out = changecast(
         &["token", "--tenant", "acme", "--ttl", "5m"],
-        &[("CHANGECAST_JWT_SECRET", "s3cret")],
+        &[("CHANGECAST_JWT_SECRET", SECRET)],
     );
     assert!(
         out.status.success(),
@@ -28,7 +28,7 @@ fn token_mints_a_token_the_service_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap();
-    let identity = Authenticator::new(b"s3cret").verify(token.trim()).unwrap();
+    let identity = authenticator().verify(token.trim()).unwrap();
     assert_eq!(identity.tenant.as_str(), "acme");
     let ttl = identity
         .expires_at
@@ -42,15 +42,60 @@ fn token_without_secret_or_tenant_fails_clearly() {
     let out = changecast(&["token", "--tenant", "acme"], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--jwt-secret"));
-    let out = changecast(&["token", "--tenant", "", "--jwt-secret", "x"], &[]);
+    let out = changecast(&["token", "--tenant", "", "--jwt-secret", SECRET], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tenant"));
     let out = changecast(
         &["token", "--tenant", "acme", "--ttl", "soon"],
-        &[("CHANGECAST_JWT_SECRET", "x")],
+        &[("CHANGECAST_JWT_SECRET", SECRET)],
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+}
+
+/// Security model, item 1: an empty or short signing secret would let anyone mint tokens.
+#[test]
+fn serve_and_token_refuse_an_empty_or_short_secret_without_printing_it() {
+    for secret in ["", "short-but-not-empty-31-bytes-xx"] {
+        // The database is unreachable on purpose: the refusal must come first, not after
+        // a connection attempt (and not as a connection error).
+        let out = changecast(
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[
+                ("CHANGECAST_JWT_SECRET", secret),
+                (
+                    "DATABASE_URL",
+                    "postgres://nobody@127.0.0.1:1/none?connect_timeout=2",
+                ),
+            ],
+        );
+        assert!(
+            !out.status.success(),
+            "serve accepted a {}-byte secret",
+            secret.len()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+        assert!(
+            !stderr.contains("PostgreSQL"),
+            "it tried the database first: {stderr}"
+        );
+        assert!(
+            secret.is_empty() || !stderr.contains(secret),
+            "the secret was printed: {stderr}"
+        );
+
+        let out = changecast(
+            &["token", "--tenant", "acme"],
+            &[("CHANGECAST_JWT_SECRET", secret)],
+        );
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
+        assert!(
+            out.stdout.is_empty(),
+            "a token was minted with a weak secret"
+        );
+    }
 }
 
 #[test]
@@ -67,6 +112,12 @@ fn help_documents_every_option_and_never_prints_secrets() {
         "CHANGECAST_JWT_SECRET",
         "CHANGECAST_RETENTION",
         "CHANGECAST_CORS_ORIGINS",
+        "CHANGECAST_JWT_AUDIENCE",
+        "CHANGECAST_JWT_ISSUER",
+        "CHANGECAST_MAX_CONNECTIONS",
+        "CHANGECAST_HEADER_TIMEOUT",
+        "CHANGECAST_MAX_REPLAYS",
+        "CHANGECAST_STATEMENT_TIMEOUT",
     ] {
         assert!(help.contains(option), "--help does not mention {option}");
     }

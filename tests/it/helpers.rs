@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use changecast::auth::{Authenticator, TenantId};
+use changecast::auth::{Authenticator, TenantId, TokenRules};
+use changecast::secret::Secret;
 use changecast::{App, ServeConfig};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::database::server;
 
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-test-secret-test-secret";
 /// Upper bound for anything a test waits for; generous for slow CI machines.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -46,7 +47,7 @@ pub async fn start_on(db_url: String, configure: impl FnOnce(&mut ServeConfig)) 
     config.listen = "127.0.0.1:0".parse().unwrap();
     configure(&mut config);
     let shutdown = CancellationToken::new();
-    let app = App::build(config, SECRET, shutdown.clone())
+    let app = App::build(config, &Secret::new(SECRET), shutdown.clone())
         .await
         .expect("building the app");
     let addr = app.local_addr();
@@ -100,9 +101,13 @@ pub async fn wait_for_status(http: &reqwest::Client, url: &str, status: u16) {
     .await;
 }
 
+/// Verifies and mints with the tests' [`SECRET`].
+pub fn authenticator() -> Authenticator {
+    Authenticator::new(&Secret::new(SECRET), TokenRules::default()).unwrap()
+}
+
 pub fn token(tenant: &str) -> String {
-    Authenticator::new(SECRET.as_bytes())
-        .mint(&TenantId::new(tenant).unwrap(), Duration::from_secs(3600))
+    authenticator().mint(&TenantId::new(tenant).unwrap(), Duration::from_secs(3600))
 }
 
 impl TestApp {

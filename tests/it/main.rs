@@ -12,5 +12,6 @@ mod embedded;
 mod migrate;
 mod ops;
 mod resume;
+mod security;
 mod sse;
 mod ws;

@@ -140,7 +140,7 @@ async fn only_one_instance_prunes_at_a_time() {
     let app = spawn_app().await;
     app.insert_tickets("acme", 3).await;
     app.age_committed_changes(48).await;
-    let pool = changecast::db::pool(&app.db_url, 2).unwrap();
+    let pool = changecast::db::pool(&app.db_url, 2, Duration::from_secs(30)).unwrap();
 
     // Another instance holds the pruning lock: this one must not prune meanwhile.
     let holder = app.connect_db().await;
@@ -298,27 +298,4 @@ async fn subscribers_can_connect_during_a_database_outage_and_catch_up_after_it(
         &HashSet::new(),
     );
     wait_for_readyz(&app, 200).await;
-}
-
-#[tokio::test]
-async fn a_websocket_at_the_limit_can_change_its_filter() {
-    let app = spawn_app_with(|c| c.max_subscribers_per_tenant = 1).await;
-    let mut ws = app.ws(&token("acme")).await;
-    ws.expect("connection_established").await;
-    ws.subscribe(serde_json::json!({"resource_types": ["ticket"]}))
-        .await;
-    // Its one place is handed over, not counted twice.
-    let confirmed = ws
-        .subscribe(serde_json::json!({"resource_types": ["agent"]}))
-        .await;
-    assert_eq!(confirmed["resource_types"], serde_json::json!(["agent"]));
-    // A second connection of the tenant is refused while this one subscribes.
-    let mut other = app.ws(&token("acme")).await;
-    other.expect("connection_established").await;
-    other
-        .send_json(serde_json::json!({"type": "subscribe"}))
-        .await;
-    let refused = other.next_of_type("error").await;
-    assert_eq!(refused["code"], "too_many_subscribers");
-    other.assert_usable().await;
 }

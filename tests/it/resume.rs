@@ -200,7 +200,7 @@ async fn pruning_removes_old_rows_and_an_old_cursor_gets_resync() {
     app.age_committed_changes(2).await;
     app.insert_ticket("acme", "fresh").await;
 
-    let pool = changecast::db::pool(&app.db_url, 2).unwrap();
+    let pool = changecast::db::pool(&app.db_url, 2, Duration::from_secs(30)).unwrap();
     let pruned = changecast::journal::pruner::prune(&pool, Duration::from_secs(3600))
         .await
         .unwrap();
@@ -282,7 +282,7 @@ async fn pruning_goes_by_commit_time_so_a_long_transaction_is_kept_and_cursors_s
     app.age_committed_changes(2).await;
     slow.batch_execute("commit").await.unwrap();
 
-    let pool = changecast::db::pool(&app.db_url, 2).unwrap();
+    let pool = changecast::db::pool(&app.db_url, 2, Duration::from_secs(30)).unwrap();
     let pruned = changecast::journal::pruner::prune(&pool, Duration::from_secs(3600))
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use changecast::auth::{Authenticator, TenantId};
+use changecast::auth::TenantId;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -377,7 +377,7 @@ async fn shutdown_closes_connections_with_1012() {
 #[tokio::test]
 async fn an_expiring_token_gets_auth_expired_then_close_4001() {
     let app = spawn_app().await;
-    let short = Authenticator::new(SECRET.as_bytes())
+    let short = crate::helpers::authenticator()
         .mint(&TenantId::new("acme").unwrap(), Duration::from_secs(2));
     // Subscribed (the subscription reports it) and idle (the session enforces it).
     let mut subscribed = app.ws(&short).await;
