@@ -18,8 +18,8 @@ async fn concurrent_migrations_on_an_empty_database_all_succeed() {
     applied.sort();
     assert_eq!(
         applied,
-        [0, 0, 2],
-        "exactly one instance applies the two migrations"
+        [0, 0, 3],
+        "exactly one instance applies the three migrations"
     );
     assert_eq!(
         changecast::db::migrate(&url).await.unwrap(),
