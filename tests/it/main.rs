@@ -12,5 +12,6 @@ mod embedded;
 mod migrate;
 mod ops;
 mod resume;
+mod security_sql;
 mod sse;
 mod ws;
