@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 use crate::auth::TenantId;
-use crate::journal::{Change, Published, SharedChange};
+use crate::journal::{Entry, Published};
 
 pub struct Hub {
     state: Mutex<State>,
@@ -22,7 +22,7 @@ pub struct Hub {
 }
 
 struct State {
-    tenants: HashMap<TenantId, broadcast::Sender<SharedChange>>,
+    tenants: HashMap<TenantId, broadcast::Sender<Entry>>,
     published: Published,
 }
 
@@ -39,7 +39,7 @@ impl Hub {
 
     /// Joins `tenant`'s fan-out. Every change beyond the returned boundary will arrive on
     /// the receiver; every change within it is in the journal.
-    pub fn subscribe(&self, tenant: &TenantId) -> (broadcast::Receiver<SharedChange>, Published) {
+    pub fn subscribe(&self, tenant: &TenantId) -> (broadcast::Receiver<Entry>, Published) {
         let mut state = self.lock();
         let receiver = match state.tenants.get(tenant) {
             Some(sender) => sender.subscribe(),
@@ -54,18 +54,18 @@ impl Hub {
 
     /// Hands one page of changes, in journal order, to their tenants' subscribers and
     /// moves the boundary to `published`. Returns how many subscriber deliveries it queued.
-    pub fn publish(&self, changes: Vec<Change>, published: Published) -> usize {
+    pub fn publish(&self, changes: Vec<Entry>, published: Published) -> usize {
         let mut state = self.lock();
         let mut queued = 0;
         for change in changes {
-            let Some(sender) = state.tenants.get(&change.tenant) else {
+            let Some(sender) = state.tenants.get(change.tenant()) else {
                 continue;
             };
-            match sender.send(SharedChange::new(change)) {
+            match sender.send(change) {
                 Ok(receivers) => queued += receivers,
                 // Its last subscriber left: forget the tenant until one returns.
                 Err(broadcast::error::SendError(change)) => {
-                    state.tenants.remove(&change.tenant);
+                    state.tenants.remove(change.tenant());
                 }
             }
         }

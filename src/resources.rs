@@ -18,8 +18,16 @@ struct WatchedTable {
     id_column: String,
 }
 
-const WATCHED_SQL: &str = "select w.resource_type, w.table_name::text, quote_ident(w.tenant_column), quote_ident(w.id_column)
-     from changecast.watched w join pg_class c on c.oid = w.table_name
+/// Entries whose table was dropped (or whose oid a new table reuses) carry no trigger of
+/// ours: they are not watched, whatever `changecast.watched` still says. Names are
+/// schema-qualified, whatever this connection's `search_path`.
+const WATCHED_SQL: &str =
+    "select w.resource_type, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+            quote_ident(w.tenant_column), quote_ident(w.id_column)
+     from changecast.watched w
+     join pg_catalog.pg_class c on c.oid = w.table_name
+     join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where changecast.is_attached(w.table_name)
      order by w.resource_type";
 
 async fn watched_tables(client: &impl GenericClient) -> DbResult<Vec<WatchedTable>> {
@@ -81,9 +89,16 @@ pub async fn snapshot(
         .into_iter()
         .filter(|t| types.contains(&t.resource_type))
     {
+        // The tenant column's own collation may be nondeterministic (case-insensitive,
+        // say), merging tenants that differ in case: the bytewise `collate "C"` test
+        // decides. The first test keeps an index on the column usable.
         let sql = format!(
-            "select to_jsonb(t)::text from {} t where t.{}::text = $1 order by t.{} limit $2",
-            table.table, table.tenant_column, table.id_column
+            "select to_jsonb(t)::text from {table} t
+             where t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1
+             order by t.{id} limit $2",
+            table = table.table,
+            tenant = table.tenant_column,
+            id = table.id_column
         );
         let rows = tx
             .query(&sql, &[&tenant.as_str(), &(limit as i64 + 1)])

@@ -6,6 +6,8 @@
 //! boundary, and continues with live changes, skipping those the cursor already saw.
 //! If the subscriber falls behind the fan-out it rejoins and replays again from the last
 //! change it was given: a slow subscriber costs a journal read, never unbounded memory.
+//! A truncation of a table it watches becomes a `resync` here, so transports only ever
+//! see row changes as `Outbound::Change`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +20,8 @@ use tracing::Instrument as _;
 use crate::app::Services;
 use crate::auth::{Identity, TenantId};
 use crate::journal::{
-    snapshot_cursor, Cursor, EventKind, Journal, Published, ReplayFilter, SharedChange,
+    snapshot_cursor, Cursor, Entry, EventKind, Journal, Published, ReplayFilter, SharedChange,
+    Truncation,
 };
 
 /// Items queued between the subscription task and its transport.
@@ -38,22 +41,31 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, resource_type: &str, event: EventKind) -> bool {
-        self.types
-            .as_ref()
-            .is_none_or(|types| types.iter().any(|t| t == resource_type))
+        self.matches_type(resource_type)
             && self
                 .events
                 .as_ref()
                 .is_none_or(|events| events.contains(&event))
+    }
+
+    /// Whether the subscriber follows `resource_type` at all (a truncation of it
+    /// concerns every event kind).
+    pub fn matches_type(&self, resource_type: &str) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == resource_type))
     }
 }
 
 /// What a transport writes.
 #[derive(Debug)]
 pub enum Outbound {
+    /// A row change (`resource_change`).
     Change(SharedChange),
     /// The client must refetch its state; the stream continues live from `cursor`, which
     /// replaces the client's last event id (so its next reconnect does not resync again).
+    /// Reasons: `cursor_expired`, `cursor_invalid`, `truncated` (a table of a type the
+    /// subscriber follows was truncated; `cursor` is the truncation's own).
     Resync {
         reason: &'static str,
         cursor: String,
@@ -184,6 +196,14 @@ struct Subscription {
     expires: Instant,
 }
 
+enum Delivered {
+    Sent,
+    /// Not of the subscriber's filter.
+    Filtered,
+    /// The transport is gone, or the service stops, or the token expired.
+    Gone,
+}
+
 enum Replayed {
     Done,
     /// The journal was pruned past the cursor.
@@ -196,7 +216,7 @@ enum Replayed {
 impl Subscription {
     async fn run(
         self,
-        mut live: broadcast::Receiver<SharedChange>,
+        mut live: broadcast::Receiver<Entry>,
         mut upto: Published,
         resume: Option<String>,
     ) {
@@ -217,7 +237,7 @@ impl Subscription {
                 }
             }
         }
-        let mut last: Option<SharedChange> = None;
+        let mut last: Option<Entry> = None;
         loop {
             // Live changes this snapshot sees were delivered (or replayed) already.
             let mut already_seen = None;
@@ -245,25 +265,25 @@ impl Subscription {
                     next = live.recv() => next,
                 };
                 match next {
-                    Ok(change) => {
-                        if !self.filter.matches(&change.resource_type, change.event)
-                            || already_seen
-                                .as_ref()
-                                .is_some_and(|seen| seen.sees(change.xid))
+                    Ok(entry) => {
+                        if already_seen
+                            .as_ref()
+                            .is_some_and(|seen| seen.sees(entry.xid()))
                         {
                             continue;
                         }
-                        if !self.send(Outbound::Change(change.clone())).await {
-                            return;
+                        match self.deliver(&entry).await {
+                            Delivered::Sent => last = Some(entry),
+                            Delivered::Filtered => {}
+                            Delivered::Gone => return,
                         }
-                        last = Some(change);
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
                         self.services.metrics.subscribers_lagged.inc();
                         (live, upto) = self.services.hub.subscribe(&self.tenant);
-                        if let Some(change) = &last {
-                            received = change.cursor.clone();
+                        if let Some(entry) = &last {
+                            received = entry.cursor().clone();
                         }
                         replay_from = Some(received.clone());
                         break;
@@ -277,12 +297,9 @@ impl Subscription {
     /// Sends every change of this tenant and filter that `from` does not see and `upto`
     /// covers, in journal order. Each page waits for a turn at the replay gate, so a
     /// storm of resuming subscribers queues instead of scanning the journal all at once.
-    async fn replay(
-        &self,
-        from: &Cursor,
-        upto: &Published,
-        last: &mut Option<SharedChange>,
-    ) -> Replayed {
+    /// The truncation the client already got as a resync (the one `from` names) is not
+    /// sent again, so resuming from it does not loop.
+    async fn replay(&self, from: &Cursor, upto: &Published, last: &mut Option<Entry>) -> Replayed {
         self.services.metrics.replays.inc();
         let mut after_id = None;
         loop {
@@ -309,13 +326,16 @@ impl Subscription {
                 }
             };
             let done = page.len() < REPLAY_PAGE_ROWS;
-            for change in page {
-                after_id = Some(change.id);
-                let change = SharedChange::new(change);
-                if !self.send(Outbound::Change(change.clone())).await {
-                    return Replayed::Stopped;
+            for entry in page {
+                after_id = Some(entry.id());
+                if matches!(&entry, Entry::Truncated(marker) if marker.id == from.id) {
+                    continue;
                 }
-                *last = Some(change);
+                match self.deliver(&entry).await {
+                    Delivered::Sent => *last = Some(entry),
+                    Delivered::Filtered => {}
+                    Delivered::Gone => return Replayed::Stopped,
+                }
             }
             if done {
                 return Replayed::Done;
@@ -330,7 +350,7 @@ impl Subscription {
         from: &Cursor,
         upto: &Published,
         after_id: &mut Option<i64>,
-    ) -> anyhow::Result<Option<Vec<crate::journal::Change>>> {
+    ) -> anyhow::Result<Option<Vec<Entry>>> {
         let _turn = self.services.replay_gate.turn(&self.tenant).await;
         let client = self.services.pool.get().await?;
         let journal = &self.services.journal;
@@ -355,15 +375,48 @@ impl Subscription {
         Ok(Some(page))
     }
 
+    /// Sends one journal entry if the filter wants it: a row change as itself, a
+    /// truncation as a `resync`.
+    async fn deliver(&self, entry: &Entry) -> Delivered {
+        let sent = match entry {
+            Entry::Change(change) => {
+                if !self.filter.matches(&change.resource_type, change.event) {
+                    return Delivered::Filtered;
+                }
+                self.send(Outbound::Change(change.clone())).await
+            }
+            Entry::Truncated(Truncation {
+                resource_type,
+                cursor_text,
+                ..
+            }) => {
+                // Every kind of event of this type is concerned: `events=` does not apply.
+                if !self.filter.matches_type(resource_type) {
+                    return Delivered::Filtered;
+                }
+                self.send_resync("truncated", cursor_text.clone()).await
+            }
+        };
+        if sent {
+            Delivered::Sent
+        } else {
+            Delivered::Gone
+        }
+    }
+
     async fn resync(&self, reason: &'static str, upto: &Published) -> bool {
+        // Live delivery starts after `upto`: a cursor seeing `upto.prev` resumes there
+        // (repeating at most the page the tailer was in the middle of).
+        let cursor = snapshot_cursor(&self.services.journal, &self.tenant, upto.prev.clone());
+        self.send_resync(reason, cursor).await
+    }
+
+    async fn send_resync(&self, reason: &'static str, cursor: String) -> bool {
         self.services
             .metrics
             .resyncs
             .with_label_values(&[reason])
             .inc();
-        // Live delivery starts after `upto`: a cursor seeing `upto.prev` resumes there
-        // (repeating at most the page the tailer was in the middle of).
-        let cursor = snapshot_cursor(&self.services.journal, &self.tenant, upto.prev.clone());
         self.send(Outbound::Resync { reason, cursor }).await
     }
 

@@ -25,7 +25,8 @@ pub use snapshot::PgSnapshot;
 
 use crate::auth::TenantId;
 
-/// `created | updated | deleted`, as the journal and the wire spell them.
+/// `created | updated | deleted`, as the journal and the wire spell them. (The journal's
+/// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Truncated`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -50,6 +51,59 @@ impl EventKind {
             .into_iter()
             .find(|kind| kind.as_str() == text)
     }
+}
+
+/// One journal row as the hub fans it out: a row change, or a truncation marker.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    Change(SharedChange),
+    /// The table of `resource_type` was truncated: every row of the tenant is gone.
+    /// Subscribers resync; it has no `resource_change` form.
+    Truncated(Truncation),
+}
+
+impl Entry {
+    /// Journal row id.
+    pub fn id(&self) -> i64 {
+        match self {
+            Entry::Change(change) => change.id,
+            Entry::Truncated(marker) => marker.id,
+        }
+    }
+
+    /// The writer's transaction id.
+    pub fn xid(&self) -> u64 {
+        match self {
+            Entry::Change(change) => change.xid,
+            Entry::Truncated(marker) => marker.xid,
+        }
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Entry::Change(change) => &change.tenant,
+            Entry::Truncated(marker) => &marker.tenant,
+        }
+    }
+
+    pub fn cursor(&self) -> &Cursor {
+        match self {
+            Entry::Change(change) => &change.cursor,
+            Entry::Truncated(marker) => &marker.cursor,
+        }
+    }
+}
+
+/// A journalled TRUNCATE of one tenant's rows of one resource type.
+#[derive(Clone, Debug)]
+pub struct Truncation {
+    pub id: i64,
+    pub xid: u64,
+    pub tenant: TenantId,
+    pub resource_type: String,
+    pub cursor: Cursor,
+    /// `cursor` as the client sees it: the `id` of the `resync` it becomes.
+    pub cursor_text: String,
 }
 
 /// One committed row change, with its wire forms rendered once for all subscribers.
@@ -103,8 +157,12 @@ impl Published {
 pub struct ReplayFilter<'a> {
     pub tenant: &'a TenantId,
     pub types: Option<&'a [String]>,
+    /// Row changes of these kinds only; truncation markers of the types always pass.
     pub events: Option<&'a [EventKind]>,
 }
+
+/// The journal's `event` of a truncation marker.
+const TRUNCATED: &str = "truncated";
 
 pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
@@ -214,8 +272,10 @@ impl Journal {
             .expect("BUG: xid8 is a number"))
     }
 
-    /// Changes of every tenant whose transaction `unseen` does not see but `upto`
+    /// Entries of every tenant whose transaction `unseen` does not see but `upto`
     /// covers, with journal id above `after_id`, in journal-id order, at most `limit`.
+    /// Row changes carry `known_since` (the wake-up that led to the read), else the time
+    /// of the read.
     pub async fn read_batch(
         &self,
         client: &Client,
@@ -223,7 +283,8 @@ impl Journal {
         upto: &Published,
         after_id: i64,
         limit: usize,
-    ) -> DbResult<Vec<Change>> {
+        known_since: Option<Instant>,
+    ) -> DbResult<Vec<Entry>> {
         let rows = client
             .query(
                 &with_columns(TAIL_SQL),
@@ -238,7 +299,7 @@ impl Journal {
                 ],
             )
             .await?;
-        Ok(rows.iter().map(|row| self.change_from_row(row)).collect())
+        Ok(self.entries(&rows, known_since))
     }
 
     /// The journal id a replay of `cursor` for `tenant` starts after: every row the
@@ -280,7 +341,7 @@ impl Journal {
         Ok(row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1))
     }
 
-    /// One page of a replay: `filter`'s changes after journal id `after_id` whose
+    /// One page of a replay: `filter`'s entries after journal id `after_id` whose
     /// transaction `unseen` does not see but `upto` covers, in journal-id order.
     pub async fn read_replay(
         &self,
@@ -290,10 +351,10 @@ impl Journal {
         after_id: i64,
         filter: ReplayFilter<'_>,
         limit: usize,
-    ) -> DbResult<Vec<Change>> {
+    ) -> DbResult<Vec<Entry>> {
         let events: Option<Vec<&str>> = filter
             .events
-            .map(|e| e.iter().map(|k| k.as_str()).collect());
+            .map(|e| e.iter().map(|k| k.as_str()).chain([TRUNCATED]).collect());
         let rows = client
             .query(
                 &with_columns(REPLAY_SQL),
@@ -311,10 +372,17 @@ impl Journal {
                 ],
             )
             .await?;
-        Ok(rows.iter().map(|row| self.change_from_row(row)).collect())
+        Ok(self.entries(&rows, None))
     }
 
-    fn change_from_row(&self, row: &tokio_postgres::Row) -> Change {
+    fn entries(&self, rows: &[tokio_postgres::Row], known_since: Option<Instant>) -> Vec<Entry> {
+        let known_since = known_since.unwrap_or_else(Instant::now);
+        rows.iter()
+            .map(|row| self.entry_from_row(row, known_since))
+            .collect()
+    }
+
+    fn entry_from_row(&self, row: &tokio_postgres::Row, known_since: Instant) -> Entry {
         let id: i64 = row.get(0);
         let xid: u64 = row
             .get::<_, &str>(1)
@@ -326,8 +394,7 @@ impl Journal {
             .expect("BUG: invalid pg_snapshot");
         let tenant = TenantId::from_journal(row.get(3));
         let resource_type: String = row.get(4);
-        let event = EventKind::parse(row.get(5))
-            .expect("BUG: the journal's check constraint allows only known events");
+        let event: &str = row.get(5);
         let resource: &str = row.get(6);
         let occurred_at: &str = row.get(7);
 
@@ -338,6 +405,18 @@ impl Journal {
             seen: writer.not_seeing(xid),
         };
         let cursor_text = self.scope.encode(&tenant, &cursor);
+        if event == TRUNCATED {
+            return Entry::Truncated(Truncation {
+                id,
+                xid,
+                tenant,
+                resource_type,
+                cursor,
+                cursor_text,
+            });
+        }
+        let event = EventKind::parse(event)
+            .expect("BUG: the journal's check constraint allows only known events");
         let json = serde_json::to_string(&WireChange {
             kind: "resource_change",
             id: &cursor_text,
@@ -352,7 +431,7 @@ impl Journal {
         let sse_frame = Bytes::from(format!(
             "id: {cursor_text}\nevent: resource_change\ndata: {json}\n\n"
         ));
-        Change {
+        Entry::Change(SharedChange::new(Change {
             id,
             xid,
             tenant,
@@ -362,8 +441,8 @@ impl Journal {
             cursor_text,
             json,
             sse_frame,
-            known_since: Instant::now(),
-        }
+            known_since,
+        }))
     }
 }
 

@@ -156,21 +156,18 @@ impl Tailer {
             ..published.clone()
         };
         while !published.is_complete() && !shutdown.is_cancelled() {
-            let mut page = bounded(self.journal.read_batch(
+            let page = bounded(self.journal.read_batch(
                 client,
                 &published.prev,
                 &batch,
                 published.through_id,
                 PAGE_ROWS,
+                woke_at,
             ))
             .await?;
-            if let Some(woke_at) = woke_at {
-                page.iter_mut()
-                    .for_each(|change| change.known_since = woke_at);
-            }
             published = match page.last() {
                 Some(last) if page.len() == PAGE_ROWS => Published {
-                    through_id: last.id,
+                    through_id: last.id(),
                     ..published
                 },
                 _ => Published::complete(published.next),

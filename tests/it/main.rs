@@ -13,5 +13,6 @@ mod migrate;
 mod ops;
 mod resume;
 mod security;
+mod security_sql;
 mod sse;
 mod ws;
