@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::db;
 use crate::http::server::{self, ConnectionLimits};
 use crate::hub::Hub;
+use crate::journal::doorbell::Doorbell;
 use crate::journal::pruner::Pruner;
 use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
@@ -97,6 +98,7 @@ impl App {
             hub: hub.clone(),
             metrics: metrics.clone(),
             ready: ready_tx,
+            doorbell: Doorbell::new(),
         };
         let pruner = Pruner {
             pool: pool.clone(),

@@ -8,6 +8,7 @@
 //! recovery with [`Journal::replay_start`] and [`Journal::read_replay`].
 
 mod cursor;
+pub mod doorbell;
 pub mod pruner;
 mod snapshot;
 pub mod tailer;
@@ -189,6 +190,28 @@ order by id
 limit $7
 "#;
 
+/// The tailer's read when no batch is in progress: takes the snapshot it reads up to
+/// (returned with every row, and alone when there is none) and the rows not seen by the
+/// previous one, in one round trip. The statement's own snapshot is that snapshot, so
+/// every row it returns is visible in it; the xid index ranges drive the read.
+const TAIL_NEW_SQL: &str = r#"
+with new as materialized (
+    -- Only the xid index can answer this (a fence: the planner cannot trade it for a
+    -- walk of the primary key in id order, whatever its statistics say).
+    select id from changecast.change_log
+    where (xid >= $1::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
+       or xid = any($2::text[]::xid8[])
+)
+select pg_current_snapshot()::text, j.*
+from (select 1) one
+left join (
+    select {COLUMNS}
+    from changecast.change_log
+    where id in (select id from new order by id limit $3)
+) j on true
+order by j.id
+"#;
+
 /// Where a replay's first page starts: below every row of `tenant` its cursor did not
 /// see. Rows of transactions that began after the cursor's snapshot were written after
 /// every row that snapshot sees, so the newest row it sees below the cursor's own change
@@ -302,6 +325,36 @@ impl Journal {
         Ok(self.entries(&rows, known_since))
     }
 
+    /// A fresh snapshot and the first page of entries whose transaction `unseen` does
+    /// not see but the snapshot does, in journal-id order, at most `limit`.
+    pub async fn read_new(
+        &self,
+        client: &Client,
+        unseen: &PgSnapshot,
+        limit: usize,
+        known_since: Option<Instant>,
+    ) -> DbResult<(PgSnapshot, Vec<Entry>)> {
+        let rows = client
+            .query(
+                &with_columns(TAIL_NEW_SQL),
+                &[&unseen.xmax.to_string(), &running(unseen), &(limit as i64)],
+            )
+            .await?;
+        let snapshot = rows
+            .first()
+            .expect("BUG: the snapshot row is always there")
+            .get::<_, &str>(0)
+            .parse()
+            .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+        let known_since = known_since.unwrap_or_else(Instant::now);
+        let entries = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<i64>>(1).is_some())
+            .map(|row| self.entry_from_row_at(row, 1, known_since))
+            .collect();
+        Ok((snapshot, entries))
+    }
+
     /// The journal id a replay of `cursor` for `tenant` starts after: every row the
     /// cursor did not see has a greater id.
     pub async fn replay_start(
@@ -383,20 +436,30 @@ impl Journal {
     }
 
     fn entry_from_row(&self, row: &tokio_postgres::Row, known_since: Instant) -> Entry {
-        let id: i64 = row.get(0);
+        self.entry_from_row_at(row, 0, known_since)
+    }
+
+    /// The entry in `row`'s columns from `at` on (in [`COLUMNS`] order).
+    fn entry_from_row_at(
+        &self,
+        row: &tokio_postgres::Row,
+        at: usize,
+        known_since: Instant,
+    ) -> Entry {
+        let id: i64 = row.get(at);
         let xid: u64 = row
-            .get::<_, &str>(1)
+            .get::<_, &str>(at + 1)
             .parse()
             .expect("BUG: xid8 is a number");
         let writer: PgSnapshot = row
-            .get::<_, &str>(2)
+            .get::<_, &str>(at + 2)
             .parse()
             .expect("BUG: invalid pg_snapshot");
-        let tenant = TenantId::from_journal(row.get(3));
-        let resource_type: String = row.get(4);
-        let event: &str = row.get(5);
-        let resource: &str = row.get(6);
-        let occurred_at: &str = row.get(7);
+        let tenant = TenantId::from_journal(row.get(at + 3));
+        let resource_type: String = row.get(at + 4);
+        let event: &str = row.get(at + 5);
+        let resource: &str = row.get(at + 6);
+        let occurred_at: &str = row.get(at + 7);
 
         // Rows of the writer's own transaction are not seen by its snapshot; neither may
         // they be by the cursor, or a resume after the first of them would skip the rest.

@@ -5,6 +5,12 @@
 //! waits for a long-running writer and nothing committed in between is skipped. When
 //! the connection drops it reconnects with backoff; the next batch then simply spans
 //! the outage, so catch-up needs no code of its own.
+//!
+//! Under load it stops waiting for wake-ups: once changes arrive faster than one batch
+//! at a time, it marks itself draining (see `doorbell`), so writers skip NOTIFY and its
+//! commit lock, and reads batch after batch, each one coalescing everything committed
+//! meanwhile. When the journal goes quiet it clears the mark, reads once more, and polls
+//! a few times at growing intervals for writers that saw the mark just before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::doorbell::{self, Doorbell};
 use super::{Journal, Published};
 use crate::db::listener::{self, ListenConnection};
 use crate::hub::Hub;
@@ -22,6 +29,17 @@ use crate::metrics::Metrics;
 const PAGE_ROWS: usize = 1000;
 /// Reads even without a notification this often: a safety net, not the mechanism.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Changes per [`RATE_WINDOW`] above which the tailer drains instead of waiting for
+/// wake-ups (2,000/s: well below where the NOTIFY commit lock starts to bind).
+const DRAIN_ABOVE_CHANGES: usize = 100;
+const RATE_WINDOW: Duration = Duration::from_millis(50);
+/// While draining, the pause after a read that found nothing ...
+const DRAIN_PAUSE: Duration = Duration::from_millis(1);
+/// ... and how many such reads in a row end the draining.
+const QUIET_READS_TO_STOP_DRAINING: u32 = 20;
+/// After draining, polls for writers that saw the mark just before it was cleared start
+/// this soon and double up to [`POLL_INTERVAL`].
+const FIRST_POLL_AFTER_DRAINING: Duration = Duration::from_millis(1);
 /// A query on the listener connection taking longer means the connection is dead.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -34,6 +52,8 @@ pub struct Tailer {
     pub metrics: Arc<Metrics>,
     /// True while connected and caught up: what `/readyz` reports.
     pub ready: watch::Sender<bool>,
+    /// This instance's mark that tells writers whether to ring.
+    pub doorbell: Doorbell,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,42 +116,62 @@ impl Tailer {
         connection: &ListenConnection,
         shutdown: &CancellationToken,
     ) -> Result<(), Lost> {
+        let client = &connection.client;
+        bounded(self.doorbell.register(client)).await?;
+        let mut pace = Pace::new();
         // When the notification that woke us arrived: where delivery latency starts.
         let mut woke_at = None;
         loop {
             if shutdown.is_cancelled() {
+                // Best effort: a row left behind only costs writers a NOTIFY until
+                // another instance forgets it.
+                let _ = bounded(self.doorbell.leave(client)).await;
                 return Ok(());
             }
             if connection.lost.is_cancelled() {
                 return Err(Lost::Closed);
             }
-            match self
+            let rows = match self
                 .publish_batch(connection, shutdown, woke_at.take())
                 .await?
             {
                 // Not caught up yet: a batch from before the connection was lost.
                 Batch::Resumed => continue,
-                // Caught up to a snapshot taken on this connection; more may have
-                // committed meanwhile, so look again at once.
-                Batch::Published { rows } if rows > 0 => {
-                    self.ready.send_replace(true);
+                Batch::Published { rows } => rows,
+            };
+            self.ready.send_replace(true);
+            let wait = match pace.after_batch(rows) {
+                Step::StartDraining => {
+                    tracing::debug!("journal busy: draining without wake-ups");
+                    bounded(self.doorbell.set_draining(client, true)).await?;
                     continue;
                 }
-                // Nothing of ours committed (the snapshot moves with any transaction in
-                // the cluster): wait for a notification rather than spin.
-                Batch::Published { .. } | Batch::Nothing => self.ready.send_replace(true),
+                Step::ReadAgain => continue,
+                Step::Pause(pause) => pause,
+                Step::StopDraining => {
+                    tracing::debug!("journal quiet: waiting for wake-ups again");
+                    bounded(self.doorbell.set_draining(client, false)).await?;
+                    // The mark is cleared: read once more for writers that saw it set.
+                    continue;
+                }
+                Step::Wait(poll) => {
+                    if pace.heartbeat_due() {
+                        bounded(self.doorbell.heartbeat(client)).await?;
+                    }
+                    poll
+                }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {}
                 _ = connection.lost.cancelled() => return Err(Lost::Closed),
                 _ = connection.wake.notified() => woke_at = Some(Instant::now()),
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 
     /// Publishes one batch, page by page: the one a lost connection interrupted, or else
-    /// every change committed up to a fresh snapshot.
+    /// every change committed up to a fresh snapshot (taken by the first page's read).
     async fn publish_batch(
         &self,
         connection: &ListenConnection,
@@ -140,17 +180,27 @@ impl Tailer {
     ) -> Result<Batch, Lost> {
         let client = &connection.client;
         let mut published = self.hub.published();
-        let mut outcome = if published.is_complete() {
-            let now = bounded(Journal::current_snapshot(client)).await?;
-            if now == published.prev {
-                return Ok(Batch::Nothing);
-            }
-            published.next = now;
-            published.through_id = 0;
-            Batch::Published { rows: 0 }
-        } else {
-            Batch::Resumed
-        };
+        let mut rows = 0;
+        let resumed = !published.is_complete();
+        if !resumed {
+            let (next, page) =
+                bounded(
+                    self.journal
+                        .read_new(client, &published.prev, PAGE_ROWS, woke_at),
+                )
+                .await?;
+            published = match page.last() {
+                Some(last) if page.len() == PAGE_ROWS => Published {
+                    prev: published.prev,
+                    next,
+                    through_id: last.id(),
+                },
+                _ => Published::complete(next),
+            };
+            rows = page.len();
+            self.metrics.events_received.inc_by(rows as u64);
+            self.hub.publish(page, published.clone());
+        }
         let batch = Published {
             through_id: i64::MAX,
             ..published.clone()
@@ -172,13 +222,15 @@ impl Tailer {
                 },
                 _ => Published::complete(published.next),
             };
+            rows += page.len();
             self.metrics.events_received.inc_by(page.len() as u64);
-            if let Batch::Published { rows } = &mut outcome {
-                *rows += page.len();
-            }
             self.hub.publish(page, published.clone());
         }
-        Ok(outcome)
+        Ok(if resumed {
+            Batch::Resumed
+        } else {
+            Batch::Published { rows }
+        })
     }
 }
 
@@ -188,8 +240,89 @@ enum Batch {
     Resumed,
     /// Published everything up to a snapshot it took: `rows` changes.
     Published { rows: usize },
-    /// Nothing had committed since the last batch.
-    Nothing,
+}
+
+/// What the tailer does after a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Changes arrive faster than wake-ups are worth: mark draining, read again.
+    StartDraining,
+    /// Draining and the last read found changes: read again at once.
+    ReadAgain,
+    /// Draining and the last read found nothing: read again after this pause.
+    Pause(Duration),
+    /// Draining, and quiet for a while: clear the mark, then read once more.
+    StopDraining,
+    /// Wait for a wake-up, or poll after this long.
+    Wait(Duration),
+}
+
+/// The tailer's pace: when to drain, when to wait, how soon to poll. Pure, so the rules
+/// are tested without a database.
+struct Pace {
+    draining: bool,
+    quiet_reads: u32,
+    window_start: Instant,
+    window_rows: usize,
+    next_poll: Duration,
+    last_heartbeat: Instant,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            draining: false,
+            quiet_reads: 0,
+            window_start: Instant::now(),
+            window_rows: 0,
+            next_poll: POLL_INTERVAL,
+            last_heartbeat: Instant::now(),
+        }
+    }
+
+    fn after_batch(&mut self, rows: usize) -> Step {
+        if self.window_start.elapsed() >= RATE_WINDOW {
+            self.window_start = Instant::now();
+            self.window_rows = 0;
+        }
+        self.window_rows += rows;
+        if self.draining {
+            if rows > 0 {
+                self.quiet_reads = 0;
+                return Step::ReadAgain;
+            }
+            self.quiet_reads += 1;
+            if self.quiet_reads < QUIET_READS_TO_STOP_DRAINING {
+                return Step::Pause(DRAIN_PAUSE);
+            }
+            self.draining = false;
+            self.next_poll = FIRST_POLL_AFTER_DRAINING;
+            self.window_start = Instant::now();
+            self.window_rows = 0;
+            return Step::StopDraining;
+        }
+        if self.window_rows > DRAIN_ABOVE_CHANGES {
+            self.draining = true;
+            self.quiet_reads = 0;
+            return Step::StartDraining;
+        }
+        if rows > 0 {
+            // Writers who committed meanwhile rang (their wake-up is stored): no poll
+            // needed, but after draining keep the short polls going.
+            return Step::Wait(self.next_poll);
+        }
+        let poll = self.next_poll;
+        self.next_poll = (self.next_poll * 2).min(POLL_INTERVAL);
+        Step::Wait(poll)
+    }
+
+    fn heartbeat_due(&mut self) -> bool {
+        if self.last_heartbeat.elapsed() < doorbell::HEARTBEAT {
+            return false;
+        }
+        self.last_heartbeat = Instant::now();
+        true
+    }
 }
 
 async fn bounded<T>(
@@ -205,5 +338,38 @@ pub async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken)
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drains_under_load_and_waits_again_when_quiet() {
+        let mut pace = Pace::new();
+        // A trickle: wait for wake-ups, polling as a safety net.
+        assert_eq!(pace.after_batch(1), Step::Wait(POLL_INTERVAL));
+        assert_eq!(pace.after_batch(0), Step::Wait(POLL_INTERVAL));
+        // A burst within one rate window: drain.
+        assert_eq!(pace.after_batch(DRAIN_ABOVE_CHANGES), Step::StartDraining);
+        assert_eq!(pace.after_batch(5), Step::ReadAgain);
+        for _ in 1..QUIET_READS_TO_STOP_DRAINING {
+            assert_eq!(pace.after_batch(0), Step::Pause(DRAIN_PAUSE));
+        }
+        assert_eq!(pace.after_batch(0), Step::StopDraining);
+        // Then short polls, doubling, for writers that saw the mark before it cleared.
+        let mut polls = Vec::new();
+        while let Step::Wait(poll) = pace.after_batch(0) {
+            polls.push(poll);
+            if poll == POLL_INTERVAL {
+                break;
+            }
+        }
+        assert_eq!(polls[0], FIRST_POLL_AFTER_DRAINING);
+        assert!(polls
+            .windows(2)
+            .all(|w| w[1] == (w[0] * 2).min(POLL_INTERVAL)));
+        assert_eq!(*polls.last().unwrap(), POLL_INTERVAL);
     }
 }

@@ -1,0 +1,108 @@
+//! The doorbell: whether writers need to `NOTIFY` at all.
+//!
+//! A transaction that issues NOTIFY commits under a database-wide lock, one at a time,
+//! which caps a watched table near 3,600 commits/s. The notification only matters to an
+//! instance that is waiting for one; while an instance drains a busy journal it reads
+//! batch after batch anyway. So each instance keeps a row in `changecast.listeners`, and
+//! the capture trigger rings only while some instance is not draining (migration V5).
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::DbResult;
+
+/// A row of an instance not seen for this long is left over from a crash.
+const FORGET_AFTER: &str = "10 minutes";
+/// How often an instance says it is still there.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// One instance's row in `changecast.listeners`.
+pub struct Doorbell {
+    instance: String,
+}
+
+impl Doorbell {
+    pub fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source is unavailable");
+        // A version-4 UUID, as PostgreSQL's uuid type reads it.
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Doorbell {
+            instance: format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            ),
+        }
+    }
+
+    /// Says this instance waits for the doorbell (not draining); forgets instances that
+    /// crashed long ago.
+    pub async fn register(&self, client: &Client) -> DbResult<()> {
+        client
+            .execute(
+                "insert into changecast.listeners (instance) values ($1::text::uuid)
+                 on conflict (instance) do update set draining = false, seen_at = now()",
+                &[&self.instance],
+            )
+            .await?;
+        self.forget_crashed(client).await
+    }
+
+    /// While `draining`, writers may skip their NOTIFY (unless another instance waits).
+    pub async fn set_draining(&self, client: &Client, draining: bool) -> DbResult<()> {
+        client
+            .execute(
+                "update changecast.listeners set draining = $2, seen_at = now()
+                 where instance = $1::text::uuid",
+                &[&self.instance, &draining],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(&self, client: &Client) -> DbResult<()> {
+        client
+            .execute(
+                "update changecast.listeners set seen_at = now() where instance = $1::text::uuid",
+                &[&self.instance],
+            )
+            .await?;
+        self.forget_crashed(client).await
+    }
+
+    /// Removes this instance's row at shutdown.
+    pub async fn leave(&self, client: &Client) -> DbResult<()> {
+        client
+            .execute(
+                "delete from changecast.listeners where instance = $1::text::uuid",
+                &[&self.instance],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_crashed(&self, client: &Client) -> DbResult<()> {
+        client
+            .execute(
+                &format!(
+                    "delete from changecast.listeners where seen_at < now() - interval '{FORGET_AFTER}'"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Default for Doorbell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
