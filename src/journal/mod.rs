@@ -256,6 +256,17 @@ fn with_columns(sql: &str) -> String {
     sql.replace("{COLUMNS}", COLUMNS)
 }
 
+/// The statements that run for every batch or replay page, by name, as sent: for plan
+/// checks (`EXPLAIN`) against a journal of realistic size.
+pub fn hot_statements() -> [(&'static str, String); 4] {
+    [
+        ("tail_new", with_columns(TAIL_NEW_SQL)),
+        ("tail_page", with_columns(TAIL_SQL)),
+        ("replay_start", REPLAY_START_SQL.to_owned()),
+        ("replay_page", with_columns(REPLAY_SQL)),
+    ]
+}
+
 impl Journal {
     /// Reads the journal's identity; the migrations must have run.
     pub async fn open(client: &Client) -> DbResult<Journal> {

@@ -15,4 +15,5 @@ mod resume;
 mod security;
 mod security_sql;
 mod sse;
+mod wakeups;
 mod ws;
