@@ -89,6 +89,44 @@ impl CpuWindow {
     }
 }
 
+/// Busy and total CPU time of the whole machine, in clock ticks (`/proc/stat`).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Cores busy on the whole machine over a window, whoever used them.
+pub struct MachineCpu {
+    started: Instant,
+    busy: u64,
+}
+
+impl MachineCpu {
+    pub fn start() -> Self {
+        MachineCpu {
+            started: Instant::now(),
+            busy: machine_ticks().map_or(0, |(busy, _)| busy),
+        }
+    }
+
+    pub fn cores(&self) -> f64 {
+        let busy = machine_ticks().map_or(0, |(busy, _)| busy);
+        busy.saturating_sub(self.busy) as f64
+            / ticks_per_second()
+            / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
 /// This process's CPU over a window, in cores.
 pub struct SelfCpu {
     started: Instant,

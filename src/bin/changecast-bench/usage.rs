@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::procfs::{self, CpuWindow, SelfCpu};
+use crate::procfs::{self, CpuWindow, MachineCpu, SelfCpu};
 use crate::service::{postgres_pids, Service};
 use crate::stats::RunReport;
 
@@ -18,6 +18,7 @@ pub struct Window {
     pg_pids: Vec<u32>,
     pg: CpuWindow,
     me: SelfCpu,
+    machine: MachineCpu,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +28,8 @@ pub struct Usage {
     pub pg_cores: f64,
     pub pg_pss: u64,
     pub bench_cores: f64,
+    /// Busy cores of the whole machine, including work that is none of the above.
+    pub machine_cores: f64,
 }
 
 impl Window {
@@ -38,6 +41,7 @@ impl Window {
             pg: CpuWindow::start(&pg_pids),
             pg_pids,
             me: SelfCpu::start(),
+            machine: MachineCpu::start(),
         })
     }
 
@@ -56,6 +60,7 @@ impl Window {
             pg_cores: self.pg.cores(&pids),
             pg_pss: pids.iter().filter_map(|pid| procfs::pss(*pid)).sum(),
             bench_cores: self.me.cores(),
+            machine_cores: self.machine.cores(),
         })
     }
 }
@@ -71,13 +76,28 @@ impl Usage {
         report.add("PostgreSQL CPU", "cores", self.pg_cores);
         report.add("PostgreSQL PSS (sum)", "MiB", self.pg_pss as f64 / MIB);
         report.add("bench CPU", "cores", self.bench_cores);
+        report.add("other processes' CPU", "cores", self.others());
+    }
+
+    /// CPU of processes that are neither the service, PostgreSQL nor the bench.
+    pub fn others(&self) -> f64 {
+        let ours = self.service_cores.unwrap_or(0.0) + self.pg_cores + self.bench_cores;
+        (self.machine_cores - ours).max(0.0)
     }
 
     /// Says when the figures are bounded by the client or by the machine, not the service.
     pub fn judge(&self, report: &mut RunReport) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let service = self.service_cores.unwrap_or(0.0);
-        let total = service + self.pg_cores + self.bench_cores;
+        let total = self
+            .machine_cores
+            .max(service + self.pg_cores + self.bench_cores);
+        if self.others() >= 0.25 {
+            report.note(format!(
+                "DISTURBED: other processes used {:.2} of {cores} cores during the window",
+                self.others()
+            ));
+        }
         if self.bench_cores >= 0.85 * cores {
             report.note(format!(
                 "CLIENT-BOUND: the bench used {:.2} of {cores} cores",
@@ -90,8 +110,8 @@ impl Usage {
                 "MACHINE-BOUND: all cores busy (latency includes waiting for a CPU)"
             };
             report.note(format!(
-                "{who} — service {service:.2} + PostgreSQL {:.2} + bench {:.2} of {cores} cores",
-                self.pg_cores, self.bench_cores
+                "{who} — service {service:.2} + PostgreSQL {:.2} + bench {:.2} + others {:.2} of {cores} cores",
+                self.pg_cores, self.bench_cores, self.others()
             ));
         }
     }
