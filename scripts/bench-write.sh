@@ -34,7 +34,7 @@ maintenance=${url%/*}/postgres
 if [ "$(psql "$maintenance" -Atc "select 1 from pg_database where datname = '$db'")" != 1 ]; then
   psql "$maintenance" -qc "create database \"$db\""
 fi
-DATABASE_URL=$url "$bin" migrate >/dev/null
+DATABASE_URL=$url RUST_LOG=warn "$bin" migrate >/dev/null
 psql "$url" -q -v ON_ERROR_STOP=1 -c "set client_min_messages = warning" -f sql/bench/setup.sql >/dev/null
 psql "$url" -q -v ON_ERROR_STOP=1 -f sql/bench/reset.sql
 
