@@ -1,0 +1,3 @@
+-- pgbench: one single-row INSERT transaction into bench.watched (tenants t0..t99).
+\set tenant random(0, 99)
+insert into bench.watched (tenant_id, title) values ('t' || :tenant, 'pgbench row');

@@ -1,0 +1,341 @@
+//! `live`: S subscribers over T tenants while writers commit W rows/s. Per run, two
+//! windows: a LISTEN/NOTIFY bridge (payload in NOTIFY, one LISTEN client) for
+//! PostgreSQL's CPU per change, then changecast with the bare LISTEN reference on the
+//! very same commits, for latency, completeness and everyone's CPU and memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Shared, Subscriber, Tracker, Transport};
+use crate::stats::{Histogram, RunReport};
+use crate::usage::{settle, Window};
+use crate::writer::{self, Load, Table, Written};
+use crate::{Ctx, LiveArgs};
+
+/// Longest wait for subscribers to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
+    let mut report = RunReport::default();
+    let mut service = ctx.service().await?;
+    let pg = crate::service::connect(&ctx.database_url).await?;
+    let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;
+
+    // Subscribers first: they stay connected (idle) through the bridge window.
+    let shared = Shared::new(rows);
+    let cancel = CancellationToken::new();
+    let mut subscribers = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let tenant = i as u64 % args.tenants;
+        let transport = match args.transport {
+            crate::Transports::Sse => Transport::Sse,
+            crate::Transports::Ws => Transport::Ws,
+            crate::Transports::Mixed if i % 2 == 0 => Transport::Sse,
+            crate::Transports::Mixed => Transport::Ws,
+        };
+        let subscriber = Subscriber {
+            addr: service.addr,
+            transport,
+            token: service.token(&format!("t{tenant}")),
+            tenant,
+            tenants: args.tenants,
+            resume: None,
+            until: None,
+        };
+        subscribers.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
+    }
+    let connected = wait_ready(&shared, args.subscribers, &subscribers).await;
+    if connected < args.subscribers {
+        report.note(format!(
+            "only {connected} of {} subscribers connected",
+            args.subscribers
+        ));
+    }
+    settle(&service).await;
+
+    if !args.no_bridge {
+        let bridge = measure_bridge(ctx, args, rows, &service, &pg).await?;
+        report.add("bridge: bare LISTEN p50", "ms", q(&bridge.0, 0.5));
+        report.add("bridge: bare LISTEN p99", "ms", q(&bridge.0, 0.99));
+        report.add("bridge: PostgreSQL CPU per change", "µs", bridge.1);
+        settle(&service).await;
+    }
+
+    // The changecast window, with the bare LISTEN reference on the same commits.
+    let next_seq = Arc::new(AtomicU64::new(0));
+    let load = Load {
+        url: ctx.database_url.clone(),
+        table: Table::Watched,
+        writers: args.writers,
+        rate: args.rate,
+        tenants: args.tenants,
+        duration: args.warmup + args.duration,
+    };
+    let (listening, stop_listening) = (CancellationToken::new(), CancellationToken::new());
+    let (w_shared, w_seq) = (shared.clone(), next_seq.clone());
+    let (url, l_listening, l_stop) = (
+        ctx.database_url.clone(),
+        listening.clone(),
+        stop_listening.clone(),
+    );
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+    let writing = tokio::spawn(writer::on_own_thread("bench-writers", move || async move {
+        let listener = tokio::spawn(writer::listen(
+            url,
+            writer::REFERENCE_CHANNEL,
+            w_shared.clone(),
+            l_listening.clone(),
+            l_stop,
+        ));
+        l_listening.cancelled().await;
+        let _ = written_tx.send(writer::write(load, w_shared, w_seq).await);
+        listener.await?
+    }));
+    listening.cancelled().await;
+    tokio::time::sleep(args.warmup).await;
+    let from = next_seq.load(Ordering::Relaxed);
+    shared.measure_from.store(from, Ordering::Relaxed);
+    let window = Window::start(&service, &pg).await?;
+    let started = tokio::time::Instant::now();
+    let written = written_rx.await.context("the writers failed")?;
+    let elapsed = started.elapsed();
+    let usage = window.finish(&pg).await?;
+    let measured_rows = next_seq.load(Ordering::Relaxed).saturating_sub(from);
+
+    // Drain: until every subscriber has every committed row of its tenant, or no progress.
+    let expected = expected_deliveries(&shared, args.tenants, args.subscribers);
+    drain(&shared, expected, args.drain).await;
+    stop_listening.cancel();
+    let heard = writing.await???;
+    cancel.cancel();
+    let mut trackers = Vec::with_capacity(subscribers.len());
+    for subscriber in subscribers {
+        trackers.push(subscriber.await?);
+    }
+    service.stop().await;
+
+    let mut latency = Histogram::default();
+    for tracker in &trackers {
+        latency.merge(&tracker.latency);
+    }
+    let window_s = elapsed.as_secs_f64();
+    report.add("rows written", "rows/s", measured_rows as f64 / window_s);
+    for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+        report.add(format!("changecast {name}"), "ms", q(&latency, at));
+    }
+    for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+        report.add(format!("bare LISTEN {name}"), "ms", q(&heard.latency, at));
+    }
+    for (name, at) in [("p50", 0.5), ("p99", 0.99)] {
+        report.add(
+            format!("added over LISTEN {name}"),
+            "ms",
+            q(&latency, at) - q(&heard.latency, at),
+        );
+    }
+    report.add("deliveries", "/s", latency.len() as f64 / window_s);
+    completeness(&mut report, &shared, &trackers, args.tenants);
+    report.add(
+        "bare LISTEN missing",
+        "events",
+        committed_count(&shared).saturating_sub(heard.received) as f64,
+    );
+    usage.add_to(&mut report);
+    if measured_rows > 0 {
+        report.add(
+            "changecast: PostgreSQL CPU per change",
+            "µs",
+            usage.pg_cores * window_s * 1e6 / measured_rows as f64,
+        );
+    }
+    if !args.no_bridge {
+        let per_change =
+            |r: &RunReport, name: &str| r.figures.iter().find(|f| f.name == name).map(|f| f.value);
+        if let (Some(cc), Some(bridge)) = (
+            per_change(&report, "changecast: PostgreSQL CPU per change"),
+            per_change(&report, "bridge: PostgreSQL CPU per change"),
+        ) {
+            report.add(
+                "PostgreSQL CPU per change, changecast / bridge",
+                "x",
+                cc / bridge,
+            );
+        }
+    }
+    writes_note(&mut report, &written, args.rate);
+    usage.judge(&mut report);
+    Ok(report)
+}
+
+/// The bridge window: rows into `bench.bridge` (NOTIFY with the row), one LISTEN client.
+/// Returns its latency and PostgreSQL's CPU per change in microseconds.
+async fn measure_bridge(
+    ctx: &Ctx,
+    args: &LiveArgs,
+    rows: usize,
+    service: &crate::service::Service,
+    pg: &tokio_postgres::Client,
+) -> anyhow::Result<(Histogram, f64)> {
+    let shared = Shared::new(rows);
+    let next_seq = Arc::new(AtomicU64::new(0));
+    let load = Load {
+        url: ctx.database_url.clone(),
+        table: Table::Bridge,
+        writers: args.writers,
+        rate: args.rate,
+        tenants: args.tenants,
+        duration: args.warmup + args.duration,
+    };
+    let (listening, stop) = (CancellationToken::new(), CancellationToken::new());
+    let (w_shared, w_seq, url) = (shared.clone(), next_seq.clone(), ctx.database_url.clone());
+    let (l_listening, l_stop) = (listening.clone(), stop.clone());
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+    let writing = tokio::spawn(writer::on_own_thread("bench-bridge", move || async move {
+        let listener = tokio::spawn(writer::listen(
+            url,
+            writer::BRIDGE_CHANNEL,
+            w_shared.clone(),
+            l_listening.clone(),
+            l_stop,
+        ));
+        l_listening.cancelled().await;
+        let _ = written_tx.send(writer::write(load, w_shared, w_seq).await);
+        listener.await?
+    }));
+    listening.cancelled().await;
+    tokio::time::sleep(args.warmup).await;
+    let from = next_seq.load(Ordering::Relaxed);
+    shared.measure_from.store(from, Ordering::Relaxed);
+    let window = Window::start(service, pg).await?;
+    let started = tokio::time::Instant::now();
+    let written = written_rx.await.context("the bridge writers failed")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let usage = window.finish(pg).await?;
+    let rows = next_seq.load(Ordering::Relaxed).saturating_sub(from).max(1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let heard = writing.await???;
+    if let Some(error) = written.first_error {
+        eprintln!("bridge writers: {} failed, first: {error}", written.failed);
+    }
+    Ok((heard.latency, usage.pg_cores * elapsed * 1e6 / rows as f64))
+}
+
+async fn wait_ready(
+    shared: &Shared,
+    want: usize,
+    tasks: &[tokio::task::JoinHandle<Tracker>],
+) -> usize {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let ready = shared.ready.load(Ordering::Relaxed);
+        let failed = tasks.iter().filter(|t| t.is_finished()).count();
+        if ready >= want || ready + failed >= want || tokio::time::Instant::now() > deadline {
+            return ready;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn committed_count(shared: &Shared) -> u64 {
+    shared
+        .committed
+        .iter()
+        .filter(|c| c.load(Ordering::Acquire) != 0)
+        .count() as u64
+}
+
+fn expected_deliveries(shared: &Shared, tenants: u64, subscribers: usize) -> u64 {
+    let mut per_tenant = vec![0u64; tenants as usize];
+    for (seq, stamp) in shared.committed.iter().enumerate() {
+        if stamp.load(Ordering::Acquire) != 0 {
+            per_tenant[seq % tenants as usize] += 1;
+        }
+    }
+    (0..subscribers)
+        .map(|i| per_tenant[i % tenants as usize])
+        .sum()
+}
+
+/// Waits until `expected` distinct deliveries, at most `limit`, or 3 s without progress.
+pub async fn drain(shared: &Shared, expected: u64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = (
+        shared.received.load(Ordering::Relaxed),
+        tokio::time::Instant::now(),
+    );
+    while tokio::time::Instant::now() < deadline {
+        let received = shared.received.load(Ordering::Relaxed);
+        if received >= expected {
+            return;
+        }
+        if received != last.0 {
+            last = (received, tokio::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Missing and duplicate events per subscriber, resyncs, failed subscribers.
+fn completeness(report: &mut RunReport, shared: &Shared, trackers: &[Tracker], tenants: u64) {
+    let committed: Vec<u64> = shared
+        .committed
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.load(Ordering::Acquire) != 0)
+        .map(|(seq, _)| seq as u64)
+        .collect();
+    let (mut missing, mut worst, mut lacking, mut duplicates, mut resyncs, mut failed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut first_error = None;
+    for tracker in trackers {
+        let lost = committed
+            .iter()
+            .filter(|seq| *seq % tenants == tracker.tenant && !tracker.has(**seq))
+            .count() as u64;
+        missing += lost;
+        worst = worst.max(lost);
+        lacking += u64::from(lost > 0);
+        duplicates += tracker.duplicates;
+        resyncs += tracker.resyncs;
+        if let Some(error) = &tracker.error {
+            failed += 1;
+            first_error.get_or_insert(error.clone());
+        }
+    }
+    report.add("missing (all subscribers)", "events", missing as f64);
+    report.add("missing, worst subscriber", "events", worst as f64);
+    report.add("subscribers missing any", "subscribers", lacking as f64);
+    report.add("duplicates (all subscribers)", "events", duplicates as f64);
+    report.add("resyncs", "events", resyncs as f64);
+    if failed > 0 {
+        report.add("subscribers failed", "subscribers", failed as f64);
+        report.note(format!(
+            "{failed} subscribers failed; first: {}",
+            first_error.unwrap_or_default()
+        ));
+    }
+}
+
+fn q(histogram: &Histogram, at: f64) -> f64 {
+    histogram.quantile_ms(at).unwrap_or(f64::NAN)
+}
+
+fn writes_note(report: &mut RunReport, written: &Written, rate: f64) {
+    // Rows committed over the time writing took (writers behind schedule stop at the end).
+    let achieved = written.committed as f64 / written.elapsed.as_secs_f64().max(1e-9);
+    if achieved < 0.95 * rate {
+        report.note(format!(
+            "writers reached only {achieved:.0} of {rate:.0} rows/s (database or machine too slow)"
+        ));
+    }
+    if let Some(error) = &written.first_error {
+        report.note(format!("{} writes failed; first: {error}", written.failed));
+    }
+}

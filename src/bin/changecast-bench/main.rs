@@ -1,0 +1,356 @@
+//! `changecast-bench`: load and measure a changecast service on demand (performance
+//! issue #8). Starts the service as a child process (or targets a running one), drives
+//! subscribers and writers, reads everyone's CPU and memory from /proc, and prints each
+//! run and the median (min–max) over the runs as a Markdown table. See BENCHMARKS.md.
+//!
+//! Never part of `cargo test`: only the pure helpers have unit tests.
+
+mod catchup;
+mod client;
+mod live;
+mod memory;
+mod procfs;
+mod service;
+mod stats;
+mod usage;
+mod writer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::builder::TypedValueParser as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use changecast::config::parse_duration;
+use client::Transport;
+use service::{Launch, Service};
+use stats::RunReport;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "changecast-bench",
+    about = "Load and measure changecast: latency against a bare LISTEN client, completeness, \
+             catch-up from the journal, CPU and memory of the service and PostgreSQL.",
+    after_help = "Build both binaries first: cargo build --release --bins. \
+                  Figures are per run and median (min–max) over --runs. See BENCHMARKS.md."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Common options")]
+struct Common {
+    /// PostgreSQL database for the service and the bench. Created when missing; the
+    /// changecast migrations and sql/bench/setup.sql are applied; its benchmark tables and
+    /// journal are emptied before every run (unless --target is given).
+    #[arg(
+        long,
+        global = true,
+        env = "CHANGECAST_BENCH_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/changecast_bench"
+    )]
+    database_url: String,
+
+    /// The changecast binary to start for each run. Default: `changecast` next to this
+    /// binary (target/release/changecast after `cargo build --release --bins`).
+    #[arg(long, global = true)]
+    service_bin: Option<PathBuf>,
+
+    /// Measure a service already running at this address (e.g. 127.0.0.1:8080) instead of
+    /// starting one per run. The journal is then not emptied. Needs --jwt-secret.
+    #[arg(long, global = true)]
+    target: Option<SocketAddr>,
+
+    /// With --target: the service's process id, so its CPU and RSS can be reported.
+    #[arg(long, global = true, requires = "target")]
+    target_pid: Option<u32>,
+
+    /// With --target: the service's token secret (CHANGECAST_JWT_SECRET).
+    #[arg(
+        long,
+        global = true,
+        env = "CHANGECAST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
+
+    /// How many times to repeat the measurement (each with a fresh service).
+    #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+
+    /// Where the started service's output goes (appended).
+    #[arg(
+        long,
+        global = true,
+        default_value = "target/changecast-bench-service.log"
+    )]
+    service_log: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Live delivery: S subscribers over T tenants, writers at W rows/s. Reports
+    /// commit-to-receipt latency of changecast and of a bare LISTEN client on the same
+    /// commits (and the difference), deliveries/s, missing and duplicate events, CPU and
+    /// memory; and, in a window before, PostgreSQL's CPU per change of a LISTEN/NOTIFY
+    /// bridge (the row as NOTIFY payload) against changecast's.
+    Live(LiveArgs),
+    /// Replay: one subscriber comes back --behind changes behind; reports events/s until
+    /// it has them all.
+    Replay(ReplayArgs),
+    /// Mass reconnect: --subscribers come back at once, each --behind changes of its
+    /// tenant behind; reports when all were caught up.
+    Reconnect(ReconnectArgs),
+    /// Memory: the service's RSS growth per idle subscriber, per transport (a fresh
+    /// service for each).
+    IdleMemory(MemoryArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transports {
+    Sse,
+    Ws,
+    /// Every other subscriber SSE, the rest WebSocket.
+    Mixed,
+}
+
+#[derive(Args, Debug)]
+pub struct LiveArgs {
+    /// Subscribers (S), spread evenly over the tenants.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub subscribers: usize,
+    /// Tenants (T); every row goes to one tenant, in turn.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tenants: u64,
+    /// Rows committed per second over all writers (W); one row per transaction.
+    #[arg(long, default_value_t = 1000.0, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Writer connections sharing the rate.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64).map(|n| n as usize))]
+    pub writers: usize,
+    /// Subscriber transport.
+    #[arg(long, value_enum, default_value_t = Transports::Sse)]
+    pub transport: Transports,
+    /// Measured window of each phase (e.g. 15s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Writing before each measured window, not measured.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// After writing, the longest wait for the last deliveries before counting missing ones.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Skip the bridge window (no PostgreSQL-CPU-per-change comparison).
+    #[arg(long)]
+    pub no_bridge: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// How many changes behind the subscriber is.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub behind: u64,
+    /// Subscriber transport.
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    pub transport: Transport,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconnectArgs {
+    /// Subscribers reconnecting at once.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub subscribers: usize,
+    /// Tenants the subscribers are spread over.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tenants: u64,
+    /// Changes of its tenant each subscriber's cursor is behind.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub behind: u64,
+    /// Subscriber transport.
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    pub transport: Transport,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// Idle subscribers per transport.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub subscribers: usize,
+    /// Tenants the subscribers are spread over.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tenants: u64,
+    /// Transports to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sse,ws")]
+    pub transport: Vec<Transport>,
+    /// Wait after the last subscriber connected before reading RSS.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub settle: Duration,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of rows per second"
+        )),
+    }
+}
+
+/// What every mode needs: the database and how to get a service.
+pub struct Ctx {
+    pub database_url: String,
+    service_bin: PathBuf,
+    target: Option<(SocketAddr, Option<u32>, String)>,
+    service_log: PathBuf,
+}
+
+impl Ctx {
+    /// A service for one run: a fresh one on an emptied journal, or the targeted one.
+    pub async fn service(&self) -> anyhow::Result<Service> {
+        if let Some((addr, pid, secret)) = &self.target {
+            return Ok(Service::targeted(*addr, *pid, secret));
+        }
+        service::reset(&self.database_url).await?;
+        Service::start(&Launch {
+            bin: &self.service_bin,
+            database_url: &self.database_url,
+            log: &self.service_log,
+        })
+        .await
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("changecast-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = cli.common;
+    let fd_limit = procfs::raise_fd_limit();
+    let needed = match &cli.mode {
+        Mode::Live(args) => args.subscribers,
+        Mode::Reconnect(args) => args.subscribers,
+        Mode::IdleMemory(args) => args.subscribers,
+        Mode::Replay(_) => 1,
+    } as u64
+        + 200;
+    if fd_limit < needed {
+        bail!(
+            "{needed} file descriptors needed but the hard limit is {fd_limit}: raise it \
+             (ulimit -Hn, or LimitNOFILE) or use fewer subscribers"
+        );
+    }
+    let target = match common.target {
+        Some(addr) => {
+            let secret = common
+                .jwt_secret
+                .clone()
+                .context("--target needs --jwt-secret (or CHANGECAST_JWT_SECRET)")?;
+            Some((addr, common.target_pid, secret))
+        }
+        None => None,
+    };
+    let service_bin = common
+        .service_bin
+        .clone()
+        .unwrap_or_else(service::default_service_bin);
+    if target.is_none() && !service_bin.is_file() {
+        bail!(
+            "no service binary at {}: run `cargo build --release --bins` or pass --service-bin",
+            service_bin.display()
+        );
+    }
+    if let Some(dir) = common.service_log.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    let version = service::prepare_database(&common.database_url).await?;
+    let ctx = Ctx {
+        database_url: common.database_url.clone(),
+        service_bin,
+        target,
+        service_log: common.service_log.clone(),
+    };
+
+    print_header(&ctx, &version, fd_limit).await?;
+    let mut reports = Vec::new();
+    for run in 1..=common.runs {
+        let load = procfs::load_average().unwrap_or(0.0);
+        let report = match &cli.mode {
+            Mode::Live(args) => live::run(&ctx, args).await,
+            Mode::Replay(args) => catchup::replay(&ctx, args).await,
+            Mode::Reconnect(args) => catchup::reconnect(&ctx, args).await,
+            Mode::IdleMemory(args) => memory::run(&ctx, args).await,
+        }
+        .with_context(|| format!("run {run}"))?;
+        print_run(run, load, &report);
+        reports.push(report);
+    }
+    println!("\n## Summary over {} runs\n", reports.len());
+    println!("{}", stats::summary_table(&reports));
+    Ok(())
+}
+
+async fn print_header(ctx: &Ctx, version: &str, fd_limit: u64) -> anyhow::Result<()> {
+    let client = service::connect(&ctx.database_url).await?;
+    let mut settings = Vec::new();
+    for name in ["synchronous_commit", "fsync", "shared_buffers"] {
+        let value: String = client.query_one(&format!("show {name}"), &[]).await?.get(0);
+        settings.push(format!("{name}={value}"));
+    }
+    let now: String = client
+        .query_one("select to_char(now(), 'YYYY-MM-DD HH24:MI TZ')", &[])
+        .await?
+        .get(0);
+    let args: Vec<String> = std::env::args().collect();
+    println!("# changecast-bench — {now}\n");
+    println!("command:    {}", args.join(" "));
+    println!("machine:    {}", procfs::machine());
+    println!("postgres:   {version}; {}", settings.join(", "));
+    match &ctx.target {
+        Some((addr, _, _)) => println!("service:    targeted at {addr}"),
+        None => println!(
+            "service:    {} (started per run, log {})",
+            ctx.service_bin.display(),
+            ctx.service_log.display()
+        ),
+    }
+    println!("fd limit:   {fd_limit}");
+    Ok(())
+}
+
+fn print_run(run: u32, load: f64, report: &RunReport) {
+    println!("\n## Run {run} (load average before: {load:.2})\n");
+    for figure in &report.figures {
+        println!(
+            "  {:<48} {:>12} {}",
+            figure.name,
+            stats::fmt_num(figure.value),
+            figure.unit
+        );
+    }
+    for note in &report.notes {
+        println!("  NOTE: {note}");
+    }
+}

@@ -1,0 +1,135 @@
+//! CPU and memory of the three parties over a measured window: the service, PostgreSQL
+//! (this database's backends and the cluster's own processes) and the bench itself;
+//! and the verdict on who was the bottleneck.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::procfs::{self, CpuWindow, MachineCpu, SelfCpu};
+use crate::service::{postgres_pids, Service};
+use crate::stats::RunReport;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub struct Window {
+    service_pid: Option<u32>,
+    service: Option<CpuWindow>,
+    pg_pids: Vec<u32>,
+    pg: CpuWindow,
+    me: SelfCpu,
+    machine: MachineCpu,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub service_cores: Option<f64>,
+    pub service_rss: Option<u64>,
+    pub pg_cores: f64,
+    pub pg_pss: u64,
+    pub bench_cores: f64,
+    /// Busy cores of the whole machine, including work that is none of the above.
+    pub machine_cores: f64,
+}
+
+impl Window {
+    pub async fn start(service: &Service, pg: &Client) -> anyhow::Result<Window> {
+        let pg_pids = postgres_pids(pg).await?;
+        Ok(Window {
+            service_pid: service.pid,
+            service: service.pid.map(|pid| CpuWindow::start(&[pid])),
+            pg: CpuWindow::start(&pg_pids),
+            pg_pids,
+            me: SelfCpu::start(),
+            machine: MachineCpu::start(),
+        })
+    }
+
+    pub async fn finish(self, pg: &Client) -> anyhow::Result<Usage> {
+        let mut pids = self.pg_pids.clone();
+        pids.extend(postgres_pids(pg).await?);
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(Usage {
+            service_cores: self
+                .service
+                .as_ref()
+                .zip(self.service_pid)
+                .map(|(w, pid)| w.cores(&[pid])),
+            service_rss: self.service_pid.and_then(procfs::rss),
+            pg_cores: self.pg.cores(&pids),
+            pg_pss: pids.iter().filter_map(|pid| procfs::pss(*pid)).sum(),
+            bench_cores: self.me.cores(),
+            machine_cores: self.machine.cores(),
+        })
+    }
+}
+
+impl Usage {
+    pub fn add_to(&self, report: &mut RunReport) {
+        if let Some(cores) = self.service_cores {
+            report.add("service CPU", "cores", cores);
+        }
+        if let Some(rss) = self.service_rss {
+            report.add("service RSS", "MiB", rss as f64 / MIB);
+        }
+        report.add("PostgreSQL CPU", "cores", self.pg_cores);
+        report.add("PostgreSQL PSS (sum)", "MiB", self.pg_pss as f64 / MIB);
+        report.add("bench CPU", "cores", self.bench_cores);
+        report.add("other processes' CPU", "cores", self.others());
+    }
+
+    /// CPU of processes that are neither the service, PostgreSQL nor the bench.
+    pub fn others(&self) -> f64 {
+        let ours = self.service_cores.unwrap_or(0.0) + self.pg_cores + self.bench_cores;
+        (self.machine_cores - ours).max(0.0)
+    }
+
+    /// Says when the figures are bounded by the client or by the machine, not the service.
+    pub fn judge(&self, report: &mut RunReport) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let service = self.service_cores.unwrap_or(0.0);
+        let total = self
+            .machine_cores
+            .max(service + self.pg_cores + self.bench_cores);
+        if self.others() >= 0.25 {
+            report.note(format!(
+                "DISTURBED: other processes used {:.2} of {cores} cores during the window",
+                self.others()
+            ));
+        }
+        if self.bench_cores >= 0.85 * cores {
+            report.note(format!(
+                "CLIENT-BOUND: the bench used {:.2} of {cores} cores",
+                self.bench_cores
+            ));
+        } else if total >= 0.9 * cores {
+            let who = if self.bench_cores > service {
+                "CLIENT-BOUND: the bench used more CPU than the service on a saturated machine"
+            } else {
+                "MACHINE-BOUND: all cores busy (latency includes waiting for a CPU)"
+            };
+            report.note(format!(
+                "{who} — service {service:.2} + PostgreSQL {:.2} + bench {:.2} + others {:.2} of {cores} cores",
+                self.pg_cores, self.bench_cores, self.others()
+            ));
+        }
+    }
+}
+
+/// Waits until the service is idle (under 5 % of a core over 300 ms), at most 20 s:
+/// so a measurement does not start while it still digests a previous step.
+pub async fn settle(service: &Service) {
+    let Some(pid) = service.pid else {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let window = CpuWindow::start(&[pid]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if window.cores(&[pid]) < 0.05 {
+            return;
+        }
+    }
+}
