@@ -8,6 +8,7 @@ mod request;
 pub mod server;
 mod snapshot;
 mod sse;
+mod upgrade;
 mod ws;
 
 use std::sync::Arc;
@@ -76,7 +77,7 @@ fn events(services: Arc<Services>) -> BoxedFilter<(Response,)> {
 
 fn ws(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     // Not an upgrade request: still authenticated first, then refused with 426.
-    let upgrade = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let upgrade = upgrade::upgrade_request();
     warp::path!("v1" / "ws")
         .and(warp::get())
         .and(with(services))

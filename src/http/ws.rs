@@ -21,14 +21,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument as _;
-use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::http::{HeaderMap, StatusCode};
-use warp::reply::{Reply, Response};
+use warp::reply::Response;
 
 use super::error::ApiError;
 use super::request::{self, Params};
+use super::upgrade::{Upgrade, WebSocket};
 use crate::app::Services;
 use crate::auth::Identity;
 use crate::metrics::SubscriberGauge;
@@ -66,7 +68,7 @@ const CLOSE_AUTH_EXPIRED: u16 = 4001;
 /// Authenticates, then upgrades; a refused token gets the same 401 JSON as SSE.
 pub fn handle(
     services: Arc<Services>,
-    ws: Option<Ws>,
+    ws: Option<Upgrade>,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
@@ -75,10 +77,10 @@ pub fn handle(
 
 fn upgrade(
     services: Arc<Services>,
-    ws: Option<Ws>,
+    ws: Option<Upgrade>,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<impl Reply, ApiError> {
+) -> Result<Response, ApiError> {
     let params = Params::parse(query)?;
     let identity = request::authenticate(&services, headers, &params)?;
     let ws = ws.ok_or_else(|| {
@@ -91,15 +93,13 @@ fn upgrade(
     // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
     let place = subscription::Place::take(&services, &identity.tenant)?;
     let span = tracing::info_span!("subscriber", tenant = %identity.tenant, transport = "ws");
-    Ok(ws
-        .max_frame_size(MAX_FRAME_BYTES)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| {
-            // warp spawns this with a bare `tokio::spawn`: track it so shutdown waits.
+    Ok(
+        ws.into_response(MAX_FRAME_BYTES, MAX_WRITE_BUFFER_BYTES, move |socket| {
+            // Spawned with a bare `tokio::spawn`: track it so shutdown waits.
             let tracker = services.tracker.clone();
             tracker.track_future(session(services, identity, place, socket).instrument(span))
-        }))
+        }),
+    )
 }
 
 async fn session(services: Arc<Services>, identity: Identity, place: Place, socket: WebSocket) {
@@ -127,12 +127,9 @@ async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Rec
     while let Some(message) = rx.recv().await {
         let closing = message.is_close();
         if let Err(error) = sink.send(message).await {
-            if matches!(
-                tungstenite_error(&error),
-                Some(tungstenite::Error::WriteBufferFull(_))
-            ) {
+            if matches!(error, tungstenite::Error::WriteBufferFull(_)) {
                 tracing::warn!("a message exceeds the WebSocket write buffer; closing");
-                let close = Message::close_with(CLOSE_TOO_BIG, "message exceeds the size limit");
+                let close = close_with(CLOSE_TOO_BIG, "message exceeds the size limit");
                 let _ = sink.send(close).await;
             } else {
                 tracing::debug!(%error, "write failed");
@@ -147,8 +144,11 @@ async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Rec
     let _ = sink.close().await;
 }
 
-fn tungstenite_error(error: &warp::Error) -> Option<&tungstenite::Error> {
-    std::error::Error::source(error)?.downcast_ref()
+fn close_with(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }
 
 /// What the server writes, one JSON text frame each; `resource_change` is the change's
@@ -246,7 +246,7 @@ impl Session {
             End::PeerGone => return,
             End::Close(code, reason) => {
                 tracing::debug!(code, reason, "closing");
-                Message::close_with(code, reason)
+                close_with(code, reason)
             }
         };
         // Bounded: a peer that does not read never gets them.
@@ -329,7 +329,10 @@ impl Session {
                     .delivery_latency
                     .observe(change.known_since.elapsed().as_secs_f64());
                 self.position = Some(change.cursor_text.clone());
-                self.unsent.push_back(Message::text(change.json.clone()));
+                // The JSON rendered once for every subscriber, shared, not copied.
+                let text = Utf8Bytes::try_from(change.json.clone())
+                    .expect("BUG: serde_json renders UTF-8");
+                self.unsent.push_back(Message::Text(text));
                 None
             }
             Some(Outbound::Resync { reason, cursor }) => {
@@ -355,15 +358,18 @@ impl Session {
         }
         self.push(&ServerMessage::Heartbeat);
         // Answered by the peer's WebSocket stack; any frame back proves it alive.
-        self.unsent.push_back(Message::ping(Vec::new()));
+        self.unsent.push_back(Message::Ping(Default::default()));
         None
     }
 
-    async fn on_frame(&mut self, frame: Option<Result<Message, warp::Error>>) -> Option<End> {
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+    ) -> Option<End> {
         let message = match frame {
             Some(Ok(message)) => message,
             Some(Err(error)) => {
-                if let Some(tungstenite::Error::Capacity(too_big)) = tungstenite_error(&error) {
+                if let tungstenite::Error::Capacity(too_big) = &error {
                     tracing::debug!(%too_big, "frame over the limit");
                     return Some(End::Close(CLOSE_TOO_BIG, "message too large"));
                 }
@@ -388,7 +394,7 @@ impl Session {
             return None;
         }
         // Pings are answered by tungstenite; pongs only prove the peer alive.
-        let Ok(text) = message.to_str() else {
+        let Message::Text(text) = &message else {
             return None;
         };
         if text.len() > MAX_MESSAGE_BYTES {

@@ -120,8 +120,8 @@ pub struct Change {
     pub cursor: Cursor,
     /// `cursor` as the client sees it: the event's `id`.
     pub cursor_text: String,
-    /// The §4 `resource_change` object.
-    pub json: String,
+    /// The §4 `resource_change` object (UTF-8), shared by every WebSocket subscriber.
+    pub json: Bytes,
     /// `id: …\nevent: resource_change\ndata: <json>\n\n`
     pub sse_frame: Bytes,
     /// Since when the service knows of it (the wake-up that led to reading it, else the
@@ -513,7 +513,7 @@ impl Journal {
             event,
             cursor,
             cursor_text,
-            json,
+            json: Bytes::from(json),
             sse_frame,
             known_since,
         }))

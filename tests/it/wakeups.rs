@@ -30,7 +30,10 @@ async fn count_notifications(db_url: &str) -> (tokio_postgres::Client, Arc<Atomi
 
 async fn draining(app: &TestApp) -> bool {
     app.db
-        .query_one("select coalesce(bool_and(draining), false) from changecast.listeners", &[])
+        .query_one(
+            "select coalesce(bool_and(draining), false) from changecast.listeners",
+            &[],
+        )
         .await
         .unwrap()
         .get(0)
@@ -46,7 +49,8 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
     // Four writers, 10-row transactions back to back: far more than the service needs a
     // doorbell for. Count the transactions and the notifications they caused.
     let transactions = 4 * 150;
-    let writers: Vec<_> = futures_util::future::join_all((0..4).map(|_| app.spawn_writer("acme", 150, 10))).await;
+    let writers: Vec<_> =
+        futures_util::future::join_all((0..4).map(|_| app.spawn_writer("acme", 150, 10))).await;
     let mut draining_seen = false;
     let mut written = HashSet::new();
     for writer in writers {
@@ -67,10 +71,16 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
     );
 
     // Quiet again: the mark is cleared, and a lone write rings and arrives.
-    eventually("the service waits for wake-ups again", || async { !draining(&app).await }).await;
+    eventually("the service waits for wake-ups again", || async {
+        !draining(&app).await
+    })
+    .await;
     let before = notifications.load(Ordering::SeqCst);
     let id = app.insert_ticket("acme", "after the burst").await;
-    assert!(stream.receive_ids(&HashSet::from([id.clone()])).await.contains(&id));
+    assert!(stream
+        .receive_ids(&HashSet::from([id.clone()]))
+        .await
+        .contains(&id));
     eventually("a lone write rings", || async {
         notifications.load(Ordering::SeqCst) > before
     })
@@ -129,17 +139,36 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
     let statements = changecast::journal::hot_statements();
     for analyzed in [false, true] {
         if analyzed {
-            app.db.batch_execute("analyze changecast.change_log").await.unwrap();
+            app.db
+                .batch_execute("analyze changecast.change_log")
+                .await
+                .unwrap();
         }
         for (name, sql) in &statements {
             let explain = format!("explain (format json) {sql}");
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match *name {
                 "tail_new" => vec![&newest_xid, &running, &1000i64],
-                "tail_page" => vec![&newest_xid, &running, &now, &now, &0i64, &tail_after, &1000i64],
+                "tail_page" => vec![
+                    &newest_xid,
+                    &running,
+                    &now,
+                    &now,
+                    &0i64,
+                    &tail_after,
+                    &1000i64,
+                ],
                 "replay_start" => vec![&newest_id, &now, &running, &"t7"],
                 "replay_page" => vec![
-                    &"t7", &replay_after, &newest_xid, &running, &now, &now, &i64::MAX,
-                    &no_filter, &no_filter, &500i64,
+                    &"t7",
+                    &replay_after,
+                    &newest_xid,
+                    &running,
+                    &now,
+                    &now,
+                    &i64::MAX,
+                    &no_filter,
+                    &no_filter,
+                    &500i64,
                 ],
                 other => panic!("no parameters for {other}"),
             };
@@ -159,7 +188,9 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                 _ => &["change_log_tenant_id"],
             };
             assert!(
-                indexes.iter().any(|index| expected.contains(&index.as_str())),
+                indexes
+                    .iter()
+                    .any(|index| expected.contains(&index.as_str())),
                 "{name} (analyzed: {analyzed}) does not use {expected:?}: {indexes:?}\n{plan}"
             );
         }

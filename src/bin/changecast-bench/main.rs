@@ -222,7 +222,7 @@ impl Ctx {
     /// A service for one run: a fresh one on an emptied journal, or the targeted one.
     pub async fn service(&self) -> anyhow::Result<Service> {
         if let Some((addr, pid, secret)) = &self.target {
-            return Ok(Service::targeted(*addr, *pid, secret));
+            return Service::targeted(*addr, *pid, secret);
         }
         service::reset(&self.database_url).await?;
         Service::start(&Launch {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio_postgres::{Client, NoTls};
 
-use changecast::auth::{random_secret, Authenticator, TenantId};
+use changecast::auth::{random_secret, Authenticator, TenantId, TokenRules};
+use changecast::secret::Secret;
 
 const SETUP_SQL: &str = include_str!("../../../sql/bench/setup.sql");
 const RESET_SQL: &str = include_str!("../../../sql/bench/reset.sql");
@@ -142,7 +143,7 @@ impl Service {
         command
             .arg("serve")
             .env("DATABASE_URL", launch.database_url)
-            .env("CHANGECAST_JWT_SECRET", &secret)
+            .env("CHANGECAST_JWT_SECRET", secret.expose())
             .env("CHANGECAST_LISTEN", addr.to_string())
             .env("CHANGECAST_MAX_SUBSCRIBERS", "1000000")
             .env("CHANGECAST_MAX_SUBSCRIBERS_PER_TENANT", "1000000")
@@ -168,7 +169,8 @@ impl Service {
             addr,
             pid: Some(child.id()),
             child: Some(child),
-            auth: Authenticator::new(secret.as_bytes()),
+            auth: Authenticator::new(&secret, TokenRules::default())
+                .expect("BUG: a generated secret is long enough"),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -192,13 +194,13 @@ impl Service {
     }
 
     /// A service started elsewhere (`--target`).
-    pub fn targeted(addr: SocketAddr, pid: Option<u32>, secret: &str) -> Service {
-        Service {
+    pub fn targeted(addr: SocketAddr, pid: Option<u32>, secret: &str) -> anyhow::Result<Service> {
+        Ok(Service {
             addr,
             pid,
             child: None,
-            auth: Authenticator::new(secret.as_bytes()),
-        }
+            auth: Authenticator::new(&Secret::new(secret), TokenRules::default())?,
+        })
     }
 
     pub fn token(&self, tenant: &str) -> String {
