@@ -30,8 +30,10 @@ const PAGE_ROWS: usize = 1000;
 /// Reads even without a notification this often: a safety net, not the mechanism.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Changes per [`RATE_WINDOW`] above which the tailer drains instead of waiting for
-/// wake-ups (2,000/s: well below where the NOTIFY commit lock starts to bind).
-const DRAIN_ABOVE_CHANGES: usize = 100;
+/// wake-ups: 500/s. The NOTIFY commit lock caps commits at one WAL flush each (about
+/// 1,000/s on a disk with 1 ms flushes), and a rate held down by that cap must still
+/// be seen as load, so the threshold sits well below it.
+const DRAIN_ABOVE_CHANGES: usize = 25;
 const RATE_WINDOW: Duration = Duration::from_millis(50);
 /// While draining, the pause after a read that found nothing ...
 const DRAIN_PAUSE: Duration = Duration::from_millis(1);
