@@ -30,6 +30,9 @@ pub struct Metrics {
     pub db_reconnects: IntCounter,
     /// Journal rows removed by retention.
     pub journal_rows_pruned: IntCounter,
+    /// Background tasks restarted after they panicked or ended unexpectedly, by `task`
+    /// (`tailer`, `pruner`).
+    pub task_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -102,9 +105,17 @@ impl Metrics {
                 "Journal rows removed after the retention period",
             )
             .expect("BUG: metric definition"),
+            task_restarts: IntCounterVec::new(
+                Opts::new(
+                    "changecast_task_restarts_total",
+                    "Background tasks restarted after a panic or an unexpected end",
+                ),
+                &["task"],
+            )
+            .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -116,6 +127,7 @@ impl Metrics {
             Box::new(metrics.delivery_latency.clone()),
             Box::new(metrics.db_reconnects.clone()),
             Box::new(metrics.journal_rows_pruned.clone()),
+            Box::new(metrics.task_restarts.clone()),
         ];
         for collector in collectors {
             metrics
@@ -126,6 +138,9 @@ impl Metrics {
         for transport in ["sse", "ws"] {
             metrics.subscribers.with_label_values(&[transport]);
             metrics.events_delivered.with_label_values(&[transport]);
+        }
+        for task in ["tailer", "pruner"] {
+            metrics.task_restarts.with_label_values(&[task]);
         }
         metrics
     }

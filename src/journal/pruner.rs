@@ -32,7 +32,7 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         loop {
             // Jitter spreads several instances' attempts apart.
             let jitter = Duration::from_millis(u64::from(rand_u16()) % 1000);
