@@ -83,11 +83,12 @@ impl App {
             )
         };
         // Live delivery starts now; anything older is for cursors to replay.
+        let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(
             Published::complete(start),
             config.subscriber_buffer,
+            metrics.tenant_channels.clone(),
         ));
-        let metrics = Arc::new(Metrics::new());
         let (ready_tx, ready) = watch::channel(false);
         let listener = TcpListener::bind(config.listen)
             .await

@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Background tasks restarted after they panicked or ended unexpectedly, by `task`
     /// (`tailer`, `pruner`).
     pub task_restarts: IntCounterVec,
+    /// Tenants with a live fan-out channel (at least one subscriber).
+    pub tenant_channels: IntGauge,
 }
 
 impl Metrics {
@@ -113,9 +115,14 @@ impl Metrics {
                 &["task"],
             )
             .expect("BUG: metric definition"),
+            tenant_channels: IntGauge::new(
+                "changecast_tenant_channels",
+                "Tenants with a live fan-out channel, i.e. with at least one subscriber",
+            )
+            .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -128,6 +135,7 @@ impl Metrics {
             Box::new(metrics.db_reconnects.clone()),
             Box::new(metrics.journal_rows_pruned.clone()),
             Box::new(metrics.task_restarts.clone()),
+            Box::new(metrics.tenant_channels.clone()),
         ];
         for collector in collectors {
             metrics

@@ -62,3 +62,54 @@ async fn a_panicking_tailer_is_reported_restarted_and_loses_nothing() {
         Some(0.0)
     );
 }
+
+const TENANT_CHANNELS: &str = "changecast_tenant_channels";
+
+/// Tenants whose subscribers all left keep no fan-out channel, even if nothing was ever
+/// written for them (before, a channel was dropped only by a later change of its tenant).
+#[tokio::test]
+async fn a_tenant_channel_goes_when_its_last_subscriber_leaves() {
+    let app = spawn_app().await;
+    assert_eq!(app.metric(TENANT_CHANNELS).await, Some(0.0));
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let t = token(&format!("sse-{i}"));
+        // Two subscribers of one tenant share its channel.
+        streams.push(app.sse(&t, "").await);
+        streams.push(app.sse(&t, "types=ticket").await);
+    }
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let mut socket = app.ws(&token(&format!("ws-{i}"))).await;
+        socket.subscribe(serde_json::json!({})).await;
+        sockets.push(socket);
+    }
+    // Subscriptions join their tenant's fan-out before the first byte is sent.
+    assert_eq!(app.metric(TENANT_CHANNELS).await, Some(25.0));
+
+    streams.truncate(20);
+    drop(sockets);
+    eventually(
+        "the channels of tenants whose subscribers all left went",
+        || async { app.metric(TENANT_CHANNELS).await == Some(10.0) },
+    )
+    .await;
+    drop(streams);
+    eventually("every channel went", || async {
+        app.metric(TENANT_CHANNELS).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        app.metric(r#"changecast_subscribers{transport="sse"}"#)
+            .await,
+        Some(0.0)
+    );
+
+    // A tenant that comes back gets a working channel again.
+    let mut stream = app.sse(&token("sse-0"), "").await;
+    let id = app.insert_ticket("sse-0", "back").await;
+    assert_eq!(
+        stream.changes_until(1).await[0].data["resource"]["id"],
+        id.as_str()
+    );
+}
