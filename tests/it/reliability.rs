@@ -2,6 +2,9 @@
 //! their last subscriber does, retention honoured promptly when it is short.
 
 use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::helpers::*;
 
@@ -112,4 +115,65 @@ async fn a_tenant_channel_goes_when_its_last_subscriber_leaves() {
         stream.changes_until(1).await[0].data["resource"]["id"],
         id.as_str()
     );
+}
+
+/// With a retention shorter than the pruning interval (2 s against the default 60 s), a
+/// change is pruned within the retention and a fraction of it, not after two intervals;
+/// a cursor that needed it then gets `resync` `cursor_expired`.
+#[tokio::test]
+async fn a_short_retention_is_honoured_promptly() {
+    const RETENTION: Duration = Duration::from_secs(2);
+    const SLACK: Duration = Duration::from_secs(1);
+    let app = spawn_app_with(|config| config.retention = RETENTION).await;
+    let t = token("acme");
+    let mut stream = app.sse(&t, "").await;
+    let written = app.insert_ticket("acme", "short-lived").await;
+    let committed = Instant::now();
+    let change = stream.changes_until(1).await.remove(0);
+    assert_eq!(change.data["resource"]["id"], written.as_str());
+    let cursor = change.id.unwrap();
+    drop(stream);
+
+    // A row can be pruned only once every transaction of the cluster older than its own
+    // has ended (it might still write older rows); other tests' open transactions on the
+    // shared test cluster may hold that back, so the clock starts then, at the latest.
+    let mut clock_start = None;
+    let deadline = committed + WAIT;
+    loop {
+        let row = app
+            .db
+            .query_one(
+                "select exists (select 1 from changecast.change_log where resource_id = $1),
+                        pg_snapshot_xmin(pg_current_snapshot()) > coalesce(
+                            (select xid from changecast.change_log where resource_id = $1),
+                            '0')",
+                &[&written],
+            )
+            .await
+            .unwrap();
+        let (present, prunable): (bool, bool) = (row.get(0), row.get(1));
+        if !present {
+            break;
+        }
+        if prunable && clock_start.is_none() {
+            clock_start = Some(committed.max(Instant::now() - Duration::from_millis(20)));
+        }
+        if let Some(start) = clock_start {
+            assert!(
+                start.elapsed() <= RETENTION + SLACK,
+                "the journal row outlived the retention by more than {SLACK:?}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal row was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.metric("changecast_journal_rows_pruned_total").await >= Some(1.0));
+
+    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+    let first = resumed.next_within(WAIT).await.unwrap();
+    assert_eq!(first.event, "resync");
+    assert_eq!(first.data["reason"], "cursor_expired");
 }
