@@ -23,6 +23,7 @@ use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
 use crate::replay_gate::ReplayGate;
 use crate::secret::Secret;
+use crate::supervise::supervise;
 
 /// How long shutdown waits for subscribers and tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -51,8 +52,8 @@ pub struct Services {
 pub struct App {
     services: Arc<Services>,
     listener: TcpListener,
-    tailer: Tailer,
-    pruner: Pruner,
+    tailer: Arc<Tailer>,
+    pruner: Arc<Pruner>,
 }
 
 impl App {
@@ -83,29 +84,30 @@ impl App {
             )
         };
         // Live delivery starts now; anything older is for cursors to replay.
+        let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(
             Published::complete(start),
             config.subscriber_buffer,
+            metrics.tenant_channels.clone(),
         ));
-        let metrics = Arc::new(Metrics::new());
         let (ready_tx, ready) = watch::channel(false);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let tailer = Tailer {
+        let tailer = Arc::new(Tailer {
             pg: db::pg_config(database_url, "changecast:listener")?,
             journal: journal.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
             ready: ready_tx,
             doorbell: Doorbell::new(),
-        };
-        let pruner = Pruner {
+        });
+        let pruner = Arc::new(Pruner {
             pool: pool.clone(),
             retention: config.retention,
             interval: config.prune_interval,
             metrics: metrics.clone(),
-        };
+        });
         let replay_gate = ReplayGate::new(
             config.max_replays,
             config.max_replays_per_tenant,
@@ -153,8 +155,26 @@ impl App {
             pruner,
         } = self;
         let shutdown = services.shutdown.clone();
-        services.tracker.spawn(tailer.run(shutdown.clone()));
-        services.tracker.spawn(pruner.run(shutdown.clone()));
+        {
+            let (run, token) = (tailer.clone(), shutdown.clone());
+            let start = move || {
+                let (tailer, shutdown) = (run.clone(), token.clone());
+                async move { tailer.run(shutdown).await }
+            };
+            // Live delivery stopped: not ready until a restarted tailer has caught up.
+            let on_failure = move || {
+                tailer.ready.send_replace(false);
+            };
+            spawn_supervised(&services, "tailer", start, on_failure);
+        }
+        {
+            let token = shutdown.clone();
+            let start = move || {
+                let (pruner, shutdown) = (pruner.clone(), token.clone());
+                async move { pruner.run(shutdown).await }
+            };
+            spawn_supervised(&services, "pruner", start, || {});
+        }
         let limits = ConnectionLimits {
             max_connections: services.config.max_connections,
             header_timeout: services.config.header_timeout,
@@ -181,4 +201,25 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Runs a background task under supervision (see `supervise`) on the service's tracker
+/// until shutdown: `start` makes one run of it, `on_failure` reports its absence.
+fn spawn_supervised<F, Fut>(
+    services: &Services,
+    task: &'static str,
+    start: F,
+    on_failure: impl Fn() + Send + 'static,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    services.tracker.spawn(supervise(
+        task,
+        start,
+        on_failure,
+        services.metrics.task_restarts.with_label_values(&[task]),
+        services.tracker.clone(),
+        services.shutdown.clone(),
+    ));
 }

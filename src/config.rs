@@ -79,11 +79,17 @@ pub struct ServeConfig {
     pub token_rules: TokenRuleArgs,
 
     /// How long journal rows are kept (and so how long a disconnected subscriber can
-    /// resume), e.g. `24h`, `90m`, `3600s`, `7d`.
+    /// resume), e.g. `24h`, `90m`, `3600s`, `7d`, counted from the commit of the row's
+    /// transaction. A row is gone by the retention plus 1/8 of it (or plus 250 ms, if
+    /// more; see --prune-interval), later only while a transaction that started before
+    /// the row's own is still open somewhere in the PostgreSQL cluster.
     #[arg(long, env = "CHANGECAST_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
 
-    /// How often this instance tries to prune (one instance at a time does).
+    /// How often this instance tries to prune (one instance at a time does), at most:
+    /// it prunes at least 20 times per retention period (but never more often than every
+    /// 100 ms), so a short retention is honoured promptly. A row may outlive the
+    /// retention by up to two intervals.
     #[arg(long, env = "CHANGECAST_PRUNE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub prune_interval: Duration,
 

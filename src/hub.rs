@@ -5,11 +5,14 @@
 //! subscriber that stops reading cannot grow memory: it lags, and recovers from the
 //! journal (see `subscription`). Publishing a page and advancing the `Published`
 //! boundary happen under one lock, so a new subscriber learns exactly which changes it
-//! will receive live and which it must read from the journal.
+//! will receive live and which it must read from the journal. A tenant's channel is
+//! dropped with its last subscriber (see [`Live`]), so tenants that come and go leave
+//! nothing behind.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use prometheus::IntGauge;
 use tokio::sync::broadcast;
 
 use crate::auth::TenantId;
@@ -19,6 +22,8 @@ pub struct Hub {
     state: Mutex<State>,
     /// Changes a subscriber may fall behind its tenant's newest before it lags.
     capacity: usize,
+    /// How many tenants have a channel (`changecast_tenant_channels`).
+    channels: IntGauge,
 }
 
 struct State {
@@ -26,30 +31,76 @@ struct State {
     published: Published,
 }
 
+/// One subscriber's end of its tenant's fan-out; dropping it leaves the fan-out.
+pub struct Live {
+    // Field order matters: the receiver is dropped before `_member` looks whether it
+    // was the tenant's last one.
+    receiver: broadcast::Receiver<Entry>,
+    _member: Member,
+}
+
+impl Live {
+    pub async fn recv(&mut self) -> Result<Entry, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+/// Removes its tenant's channel, when dropped after the tenant's last receiver.
+struct Member {
+    hub: Arc<Hub>,
+    tenant: TenantId,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // Under the lock, as `subscribe` counts: a subscriber joining meanwhile either
+        // came first (a receiver remains) or finds no channel and makes a new one.
+        let mut state = self.hub.lock();
+        if state
+            .tenants
+            .get(&self.tenant)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            state.tenants.remove(&self.tenant);
+            self.hub.channels.set(state.tenants.len() as i64);
+        }
+    }
+}
+
 impl Hub {
-    pub fn new(published: Published, capacity: usize) -> Self {
+    pub fn new(published: Published, capacity: usize, channels: IntGauge) -> Self {
+        channels.set(0);
         Hub {
             state: Mutex::new(State {
                 tenants: HashMap::new(),
                 published,
             }),
             capacity,
+            channels,
         }
     }
 
     /// Joins `tenant`'s fan-out. Every change beyond the returned boundary will arrive on
     /// the receiver; every change within it is in the journal.
-    pub fn subscribe(&self, tenant: &TenantId) -> (broadcast::Receiver<Entry>, Published) {
+    pub fn subscribe(self: &Arc<Self>, tenant: &TenantId) -> (Live, Published) {
         let mut state = self.lock();
         let receiver = match state.tenants.get(tenant) {
             Some(sender) => sender.subscribe(),
             None => {
                 let (sender, receiver) = broadcast::channel(self.capacity);
                 state.tenants.insert(tenant.clone(), sender);
+                self.channels.set(state.tenants.len() as i64);
                 receiver
             }
         };
-        (receiver, state.published.clone())
+        let live = Live {
+            receiver,
+            _member: Member {
+                hub: self.clone(),
+                tenant: tenant.clone(),
+            },
+        };
+        (live, state.published.clone())
     }
 
     /// Hands one page of changes, in journal order, to their tenants' subscribers and
@@ -63,9 +114,11 @@ impl Hub {
             };
             match sender.send(change) {
                 Ok(receivers) => queued += receivers,
-                // Its last subscriber left: forget the tenant until one returns.
+                // Unreachable while `Member` removes the channel with its last
+                // receiver; harmless if a receiver ever escapes a `Live`.
                 Err(broadcast::error::SendError(change)) => {
                     state.tenants.remove(change.tenant());
+                    self.channels.set(state.tenants.len() as i64);
                 }
             }
         }
@@ -82,5 +135,76 @@ impl Hub {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::PgSnapshot;
+
+    fn hub() -> Arc<Hub> {
+        let start: PgSnapshot = "10:10:".parse().unwrap();
+        let gauge = IntGauge::new("channels", "test").unwrap();
+        Arc::new(Hub::new(Published::complete(start), 8, gauge))
+    }
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::new(name).unwrap()
+    }
+
+    fn channels(hub: &Hub) -> usize {
+        let count = hub.lock().tenants.len();
+        assert_eq!(hub.channels.get(), count as i64, "gauge follows the map");
+        count
+    }
+
+    #[test]
+    fn a_tenant_channel_goes_with_its_last_subscriber() {
+        let hub = hub();
+        let (first, _) = hub.subscribe(&tenant("acme"));
+        let (second, _) = hub.subscribe(&tenant("acme"));
+        let (other, _) = hub.subscribe(&tenant("globex"));
+        assert_eq!(channels(&hub), 2);
+        drop(first);
+        assert_eq!(channels(&hub), 2, "acme still has a subscriber");
+        drop(second);
+        assert_eq!(channels(&hub), 1);
+        drop(other);
+        assert_eq!(channels(&hub), 0);
+    }
+
+    #[test]
+    fn a_replaced_subscription_keeps_the_channel() {
+        // As after a lag: the new receiver is taken before the old one is dropped.
+        let hub = hub();
+        let (old, _) = hub.subscribe(&tenant("acme"));
+        let (new, _) = hub.subscribe(&tenant("acme"));
+        drop(old);
+        assert_eq!(channels(&hub), 1);
+        drop(new);
+        assert_eq!(channels(&hub), 0);
+    }
+
+    #[test]
+    fn many_tenants_coming_and_going_concurrently_leave_nothing() {
+        let hub = hub();
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let hub = &hub;
+                scope.spawn(move || {
+                    for i in 0..500 {
+                        let name = format!("t{}", (i + thread) % 7);
+                        let (a, _) = hub.subscribe(&tenant(&name));
+                        let (b, _) = hub.subscribe(&tenant(&name));
+                        // Every receiver alive has its tenant's channel.
+                        assert!(hub.lock().tenants.contains_key(&tenant(&name)));
+                        drop(a);
+                        drop(b);
+                    }
+                });
+            }
+        });
+        assert_eq!(channels(&hub), 0);
     }
 }

@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod config;
 /// Building and running the whole service.
 pub mod app;
+/// Restarting background tasks that panic or end unexpectedly.
+pub mod supervise;
 /// Values that must never be printed (secrets, URLs with passwords).
 pub mod secret;
 /// Logging setup.

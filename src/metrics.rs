@@ -30,6 +30,11 @@ pub struct Metrics {
     pub db_reconnects: IntCounter,
     /// Journal rows removed by retention.
     pub journal_rows_pruned: IntCounter,
+    /// Background tasks restarted after they panicked or ended unexpectedly, by `task`
+    /// (`tailer`, `pruner`).
+    pub task_restarts: IntCounterVec,
+    /// Tenants with a live fan-out channel (at least one subscriber).
+    pub tenant_channels: IntGauge,
 }
 
 impl Metrics {
@@ -102,9 +107,22 @@ impl Metrics {
                 "Journal rows removed after the retention period",
             )
             .expect("BUG: metric definition"),
+            task_restarts: IntCounterVec::new(
+                Opts::new(
+                    "changecast_task_restarts_total",
+                    "Background tasks restarted after a panic or an unexpected end",
+                ),
+                &["task"],
+            )
+            .expect("BUG: metric definition"),
+            tenant_channels: IntGauge::new(
+                "changecast_tenant_channels",
+                "Tenants with a live fan-out channel, i.e. with at least one subscriber",
+            )
+            .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -116,6 +134,8 @@ impl Metrics {
             Box::new(metrics.delivery_latency.clone()),
             Box::new(metrics.db_reconnects.clone()),
             Box::new(metrics.journal_rows_pruned.clone()),
+            Box::new(metrics.task_restarts.clone()),
+            Box::new(metrics.tenant_channels.clone()),
         ];
         for collector in collectors {
             metrics
@@ -126,6 +146,9 @@ impl Metrics {
         for transport in ["sse", "ws"] {
             metrics.subscribers.with_label_values(&[transport]);
             metrics.events_delivered.with_label_values(&[transport]);
+        }
+        for task in ["tailer", "pruner"] {
+            metrics.task_restarts.with_label_values(&[task]);
         }
         metrics
     }

@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 
 use crate::app::Services;
 use crate::auth::{Identity, TenantId};
+use crate::hub::Live;
 use crate::journal::{
     snapshot_cursor, Cursor, Entry, EventKind, Journal, Published, ReplayFilter, SharedChange,
     Truncation,
@@ -214,12 +215,7 @@ enum Replayed {
 }
 
 impl Subscription {
-    async fn run(
-        self,
-        mut live: broadcast::Receiver<Entry>,
-        mut upto: Published,
-        resume: Option<String>,
-    ) {
+    async fn run(self, mut live: Live, mut upto: Published, resume: Option<String>) {
         // What this subscriber has provably received: every change this snapshot sees.
         let mut received = Cursor::of_snapshot(upto.prev.clone());
         let mut replay_from = None;

@@ -29,6 +29,9 @@ pub async fn connect(
     let lost = CancellationToken::new();
     let (driver_wake, driver_lost) = (wake.clone(), lost.clone());
     tokio::spawn(async move {
+        // However this ends, a panic included, the tailer must learn the connection is
+        // gone (and reconnect) rather than wait on it.
+        let _lost = driver_lost.drop_guard();
         // Never block in here: queries on `client` make progress only while this polls.
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
@@ -44,7 +47,6 @@ pub async fn connect(
                 None => break,
             }
         }
-        driver_lost.cancel();
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     Ok(ListenConnection { client, wake, lost })

@@ -11,14 +11,15 @@ pub fn healthz() -> Response {
     warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// 200 only while the listener is connected and caught up.
+/// 200 only while the listener is connected and caught up (so not while the tailer is
+/// being restarted after a failure).
 pub fn readyz(services: &Arc<Services>) -> Response {
     if *services.ready.borrow() {
         warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
     } else {
         let body = warp::reply::json(&serde_json::json!({
             "status": "not_ready",
-            "message": "the database listener is disconnected or catching up"
+            "message": "the database listener is disconnected, catching up, or restarting"
         }));
         warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
     }

@@ -7,8 +7,13 @@
 //! kept as long as one that wrote for a millisecond. PostgreSQL has no commit time per row
 //! (without `track_commit_timestamp`), so each run records a tick — "every transaction
 //! below this xid has ended" — and rows are pruned below the horizon of the newest tick
-//! older than the retention period. Retention is therefore honoured to within one pruning
-//! interval.
+//! older than the retention period. A row therefore waits for the next tick after its
+//! commit (up to one interval), then for that tick to age past the retention, then for
+//! the next run (up to one interval more): it outlives the retention by at most two
+//! intervals. So the interval is capped at a small fraction of the retention
+//! ([`interval`]); a row is gone within about 1/8 of the retention after it
+//! expired. Any transaction of the cluster still running holds the horizon back (it may
+//! yet write rows that commit later), and so pruning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,20 +28,33 @@ use crate::metrics::Metrics;
 pub const PRUNE_LOCK: i64 = 0x6368_616e_6765_6302;
 /// Rows deleted per transaction: keeps each delete short.
 const BATCH_ROWS: i64 = 5000;
+/// Pruning runs at least this often per retention period (see the module doc: a row
+/// outlives the retention by at most two intervals and their jitter).
+pub const RUNS_PER_RETENTION: u32 = 20;
+/// However short the retention, runs are at least this far apart.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Jitter is at most a quarter of the interval, and never more than this.
+const MAX_JITTER: Duration = Duration::from_secs(1);
 
 pub struct Pruner {
     pub pool: deadpool_postgres::Pool,
     pub retention: Duration,
+    /// The configured interval; see [`interval`] for the one used.
     pub interval: Duration,
     pub metrics: Arc<Metrics>,
 }
 
 impl Pruner {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let interval = interval(self.interval, self.retention);
+        if interval < self.interval {
+            tracing::info!(?interval, retention = ?self.retention, "pruning more often than configured, to honour the short retention");
+        }
+        let max_jitter = (interval / 4).min(MAX_JITTER).as_millis() as u64 + 1;
         loop {
             // Jitter spreads several instances' attempts apart.
-            let jitter = Duration::from_millis(u64::from(rand_u16()) % 1000);
-            if sleep_or_shutdown(self.interval + jitter, &shutdown).await {
+            let jitter = Duration::from_millis(u64::from(rand_u16()) % max_jitter);
+            if sleep_or_shutdown(interval + jitter, &shutdown).await {
                 return;
             }
             match prune(&self.pool, self.retention).await {
@@ -49,6 +67,14 @@ impl Pruner {
             }
         }
     }
+}
+
+/// Time between runs: the `configured` interval, but at most 1/[`RUNS_PER_RETENTION`] of
+/// the `retention` and at least [`MIN_INTERVAL`].
+pub fn interval(configured: Duration, retention: Duration) -> Duration {
+    configured
+        .min(retention / RUNS_PER_RETENTION)
+        .max(MIN_INTERVAL)
 }
 
 /// Records a tick, then deletes every journal row whose transaction had committed before
@@ -119,4 +145,23 @@ fn rand_u16() -> u16 {
     let mut bytes = [0u8; 2];
     getrandom::fill(&mut bytes).ok();
     u16::from_ne_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(retention: &str, configured: &str) -> Duration {
+        let parse = |text| crate::config::parse_duration(text).unwrap();
+        super::interval(parse(configured), parse(retention))
+    }
+
+    #[test]
+    fn the_interval_scales_down_with_a_short_retention() {
+        assert_eq!(interval("24h", "60s"), Duration::from_secs(60));
+        assert_eq!(interval("10m", "60s"), Duration::from_secs(30));
+        assert_eq!(interval("2s", "60s"), Duration::from_millis(100));
+        assert_eq!(interval("0s", "60s"), MIN_INTERVAL);
+        assert_eq!(interval("24h", "0s"), MIN_INTERVAL);
+    }
 }

@@ -69,7 +69,7 @@ enum Lost {
 }
 
 impl Tailer {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         let mut connected_before = false;
         loop {

@@ -128,6 +128,21 @@ fn help_documents_every_option_and_never_prints_secrets() {
 }
 
 #[test]
+fn help_explains_when_rows_past_retention_are_pruned() {
+    let out = changecast(&["serve", "--help"], &[]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for phrase in [
+        "counted from the commit of the row's transaction",
+        "A row is gone by the retention plus 1/8 of it",
+        "at least 20 times per retention period",
+        "A row may outlive the retention by up to two intervals",
+    ] {
+        assert!(help.contains(phrase), "--help does not say {phrase:?}");
+    }
+}
+
+#[test]
 fn serve_with_an_unreachable_database_exits_with_a_message() {
     let out = changecast(
         &["serve", "--listen", "127.0.0.1:0"],

@@ -10,6 +10,7 @@ mod cli;
 mod containers;
 mod embedded;
 mod migrate;
+mod reliability;
 mod ops;
 mod resume;
 mod security;

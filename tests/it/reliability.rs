@@ -1,0 +1,179 @@
+//! Reliability (issue #11): supervised background tasks, tenant channels that go when
+//! their last subscriber does, retention honoured promptly when it is short.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::helpers::*;
+
+const TAILER_RESTARTS: &str = r#"changecast_task_restarts_total{task="tailer"}"#;
+
+/// A journal row the tailer cannot render makes it panic: here one its owner wrote by
+/// hand (a backfill or repair) with `occurred_at = 'infinity'`, which the journal's
+/// constraints allow and `to_char` turns into NULL. No application role can write such a
+/// row, but any panic of the tailer must show the same way: `/readyz` 503 and a counted
+/// restart — again and again while the row is there — and once it is gone, everything
+/// written meanwhile still reaches subscribers.
+#[tokio::test]
+async fn a_panicking_tailer_is_reported_restarted_and_loses_nothing() {
+    let app = spawn_app().await;
+    assert_eq!(app.metric(TAILER_RESTARTS).await, Some(0.0));
+    let mut stream = app.sse(&token("acme"), "types=ticket").await;
+    let before = app.insert_ticket("acme", "before").await;
+    assert_eq!(
+        stream.changes_until(1).await[0].data["resource"]["id"],
+        before.as_str()
+    );
+
+    let poison: i64 = app
+        .db
+        .query_one(
+            "insert into changecast.change_log
+                 (tenant_id, resource_type, event, resource_id, resource, occurred_at)
+             values ('other', 'ticket', 'created', 'x', '{}', 'infinity')
+             returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for_status(&app.http, &app.url("/readyz"), 503).await;
+    let during = app.insert_tickets("acme", 3).await;
+    // Restarted, it meets the same row: it must crash again, never report ready.
+    eventually("the tailer restarted twice", || async {
+        app.metric(TAILER_RESTARTS).await >= Some(2.0)
+    })
+    .await;
+    assert_eq!(app.get("/readyz", None).await.0, 503);
+
+    app.db
+        .execute(
+            "delete from changecast.change_log where id = $1",
+            &[&poison],
+        )
+        .await
+        .unwrap();
+    app.wait_ready().await;
+    let after = app.insert_ticket("acme", "after").await;
+    let expected: HashSet<String> = during.into_iter().chain([after]).collect();
+    assert_eq!(stream.receive_ids(&expected).await, expected);
+    assert_eq!(
+        app.metric(r#"changecast_task_restarts_total{task="pruner"}"#)
+            .await,
+        Some(0.0)
+    );
+}
+
+const TENANT_CHANNELS: &str = "changecast_tenant_channels";
+
+/// Tenants whose subscribers all left keep no fan-out channel, even if nothing was ever
+/// written for them (before, a channel was dropped only by a later change of its tenant).
+#[tokio::test]
+async fn a_tenant_channel_goes_when_its_last_subscriber_leaves() {
+    let app = spawn_app().await;
+    assert_eq!(app.metric(TENANT_CHANNELS).await, Some(0.0));
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let t = token(&format!("sse-{i}"));
+        // Two subscribers of one tenant share its channel.
+        streams.push(app.sse(&t, "").await);
+        streams.push(app.sse(&t, "types=ticket").await);
+    }
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let mut socket = app.ws(&token(&format!("ws-{i}"))).await;
+        socket.subscribe(serde_json::json!({})).await;
+        sockets.push(socket);
+    }
+    // Subscriptions join their tenant's fan-out before the first byte is sent.
+    assert_eq!(app.metric(TENANT_CHANNELS).await, Some(25.0));
+
+    streams.truncate(20);
+    drop(sockets);
+    eventually(
+        "the channels of tenants whose subscribers all left went",
+        || async { app.metric(TENANT_CHANNELS).await == Some(10.0) },
+    )
+    .await;
+    drop(streams);
+    eventually("every channel went", || async {
+        app.metric(TENANT_CHANNELS).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        app.metric(r#"changecast_subscribers{transport="sse"}"#)
+            .await,
+        Some(0.0)
+    );
+
+    // A tenant that comes back gets a working channel again.
+    let mut stream = app.sse(&token("sse-0"), "").await;
+    let id = app.insert_ticket("sse-0", "back").await;
+    assert_eq!(
+        stream.changes_until(1).await[0].data["resource"]["id"],
+        id.as_str()
+    );
+}
+
+/// With a retention shorter than the pruning interval (2 s against the default 60 s), a
+/// change is pruned within the retention and a fraction of it, not after two intervals;
+/// a cursor that needed it then gets `resync` `cursor_expired`.
+#[tokio::test]
+async fn a_short_retention_is_honoured_promptly() {
+    const RETENTION: Duration = Duration::from_secs(2);
+    const SLACK: Duration = Duration::from_secs(1);
+    let app = spawn_app_with(|config| config.retention = RETENTION).await;
+    let t = token("acme");
+    let mut stream = app.sse(&t, "").await;
+    let written = app.insert_ticket("acme", "short-lived").await;
+    let committed = Instant::now();
+    let change = stream.changes_until(1).await.remove(0);
+    assert_eq!(change.data["resource"]["id"], written.as_str());
+    let cursor = change.id.unwrap();
+    drop(stream);
+
+    // A row can be pruned only once every transaction of the cluster older than its own
+    // has ended (it might still write older rows); other tests' open transactions on the
+    // shared test cluster may hold that back, so the clock starts then, at the latest.
+    let mut clock_start = None;
+    let deadline = committed + WAIT;
+    loop {
+        let row = app
+            .db
+            .query_one(
+                "select exists (select 1 from changecast.change_log where resource_id = $1),
+                        pg_snapshot_xmin(pg_current_snapshot()) > coalesce(
+                            (select xid from changecast.change_log where resource_id = $1),
+                            '0')",
+                &[&written],
+            )
+            .await
+            .unwrap();
+        let (present, prunable): (bool, bool) = (row.get(0), row.get(1));
+        if !present {
+            break;
+        }
+        if prunable && clock_start.is_none() {
+            clock_start = Some(committed.max(Instant::now() - Duration::from_millis(20)));
+        }
+        if let Some(start) = clock_start {
+            assert!(
+                start.elapsed() <= RETENTION + SLACK,
+                "the journal row outlived the retention by more than {SLACK:?}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal row was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.metric("changecast_journal_rows_pruned_total").await >= Some(1.0));
+
+    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+    let first = resumed.next_within(WAIT).await.unwrap();
+    assert_eq!(first.event, "resync");
+    assert_eq!(first.data["reason"], "cursor_expired");
+}
