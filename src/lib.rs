@@ -4,7 +4,7 @@
 
 /// PostgreSQL connections: pool, migrations, the LISTEN connection, the embedded server.
 pub mod db;
-/// The journal: commit-order reads, cursors, the tailer, retention.
+/// The journal: commit-order reads, cursors, the tailer and its doorbell, retention.
 pub mod journal;
 /// Per-tenant fan-out of changes to subscribers.
 pub mod hub;
@@ -14,7 +14,8 @@ pub mod subscription;
 pub mod replay_gate;
 /// The watched tables: resource types and `/v1/snapshot` reads.
 pub mod resources;
-/// HTTP routes: SSE and WebSocket transports, snapshot, operations, dashboard.
+/// HTTP: the accept loop (connection cap, header deadline), SSE and WebSocket
+/// transports, snapshot, operations, dashboard.
 pub mod http;
 /// Token verification and minting; the tenant id.
 pub mod auth;

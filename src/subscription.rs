@@ -348,7 +348,7 @@ impl Subscription {
         after_id: &mut Option<i64>,
     ) -> anyhow::Result<Option<Vec<Entry>>> {
         let _turn = self.services.replay_gate.turn(&self.tenant).await;
-        let client = self.services.pool.get().await?;
+        let mut client = self.services.pool.get().await?;
         let journal = &self.services.journal;
         let start = match *after_id {
             Some(id) => id,
@@ -360,7 +360,14 @@ impl Subscription {
             events: self.filter.events.as_deref(),
         };
         let page = journal
-            .read_replay(&client, &from.seen, upto, start, filter, REPLAY_PAGE_ROWS)
+            .read_replay(
+                &mut client,
+                &from.seen,
+                upto,
+                start,
+                filter,
+                REPLAY_PAGE_ROWS,
+            )
             .await?;
         // Checked after the read: a prune that removed rows this page would have held
         // committed before the read began, so this later statement sees it.

@@ -127,13 +127,19 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
     let row = app
         .db
         .query_one(
-            "select max(xid)::text, max(id), pg_current_snapshot()::text from changecast.change_log",
+            "select max(xid)::text, max(id), pg_current_snapshot()::text,
+                    min(xid)::text || ':' || min(xid)::text || ':'
+             from changecast.change_log",
             &[],
         )
         .await
         .unwrap();
     let (newest_xid, newest_id, now): (&str, i64, &str) = (row.get(0), row.get(1), row.get(2));
+    // A replay from before every row: the worst case for a replay page.
+    let before_all: &str = row.get(3);
     let running: Vec<String> = Vec::new();
+    // A cursor that saw one transaction running: the newest, which t7 has rows in.
+    let one_running = vec![newest_xid.to_owned()];
     let (tail_after, replay_after) = (newest_id - 10, newest_id - 5000);
     let no_filter: Option<Vec<String>> = None;
     let statements = changecast::journal::hot_statements();
@@ -157,12 +163,12 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &tail_after,
                     &1000i64,
                 ],
-                "replay_start" => vec![&newest_id, &now, &running, &"t7"],
+                "replay_start" => vec![&newest_id, &now, &one_running, &"t7"],
+                "replay_start_cut" => vec![&"t7", &newest_xid, &one_running],
                 "replay_page" => vec![
                     &"t7",
                     &replay_after,
-                    &newest_xid,
-                    &running,
+                    &before_all,
                     &now,
                     &now,
                     &i64::MAX,
@@ -172,19 +178,43 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                 ],
                 other => panic!("no parameters for {other}"),
             };
+            // A replay page runs with its planner settings, as the service runs it.
+            let replay = *name == "replay_page";
+            if replay {
+                app.db.batch_execute("begin").await.unwrap();
+                app.db
+                    .batch_execute(changecast::journal::REPLAY_PLANNER_SETTINGS)
+                    .await
+                    .unwrap();
+            }
             let plan: Value = app.db.query_one(&explain, &params).await.unwrap().get(0);
+            if replay {
+                app.db.batch_execute("commit").await.unwrap();
+                assert!(
+                    !plan.to_string().contains("\"Sort\""),
+                    "a replay page sorts instead of walking (tenant_id, id): {plan}"
+                );
+            }
             let (mut indexes, mut unbounded) = (Vec::new(), Vec::new());
             scans(&plan[0]["Plan"], &mut indexes, &mut unbounded);
             assert!(
                 unbounded.is_empty(),
                 "{name} (analyzed: {analyzed}) scans without a bound: {unbounded:?}\n{plan}"
             );
+            // Where a replay starts is found by xid, never by walking a tenant's history.
+            if name.starts_with("replay_start") {
+                assert!(
+                    !indexes.iter().any(|index| index == "change_log_tenant_id"),
+                    "{name} (analyzed: {analyzed}) walks the tenant's rows: {plan}"
+                );
+            }
             // A continuation page may start from its id bound or from the xid ranges;
             // both are bounded. The others have one right answer.
             let expected: &[&str] = match *name {
                 "tail_new" => &["change_log_xid"],
                 "tail_page" => &["change_log_xid", "change_log_pkey"],
-                "replay_start" => &["change_log_pkey"],
+                "replay_start" => &["change_log_pkey", "change_log_xid"],
+                "replay_start_cut" => &["change_log_xid"],
                 _ => &["change_log_tenant_id"],
             };
             assert!(
