@@ -238,7 +238,9 @@ impl Subscription {
             // Live changes this snapshot sees were delivered (or replayed) already.
             let mut already_seen = None;
             if let Some(from) = replay_from.take() {
-                match self.replay(&from, &upto, &mut last).await {
+                // Boxed: a replay's state (queries, pool checkout) is large, and an idle
+                // subscriber's task should not carry room for it (memory per subscriber).
+                match Box::pin(self.replay(&from, &upto, &mut last)).await {
                     Replayed::Done => already_seen = Some(from.seen),
                     Replayed::Expired => {
                         // From here on the client starts over at the live boundary.
