@@ -126,6 +126,15 @@ impl Hub {
         queued
     }
 
+    /// Ends every tenant's channel: each receiver gets `Closed` once it has read what
+    /// was sent before, and its subscription catches up from the journal (see
+    /// `subscription`). For when live delivery can no longer vouch for completeness.
+    pub fn cut_off_everyone(&self) {
+        let mut state = self.lock();
+        state.tenants.clear();
+        self.channels.set(0);
+    }
+
     pub fn published(&self) -> Published {
         self.lock().published.clone()
     }

@@ -276,9 +276,18 @@ impl Subscription {
                             Delivered::Gone => return,
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
-                        self.services.metrics.subscribers_lagged.inc();
+                    Err(error) => {
+                        match error {
+                            broadcast::error::RecvError::Lagged(missed) => {
+                                tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
+                                self.services.metrics.subscribers_lagged.inc();
+                            }
+                            // The hub cut everyone off (a gap in what the tailer could
+                            // read): same recovery, from this subscriber's own cursor.
+                            broadcast::error::RecvError::Closed => {
+                                tracing::debug!(tenant = %self.tenant, "cut off the fan-out; catching up from the journal");
+                            }
+                        }
                         (live, upto) = self.services.hub.subscribe(&self.tenant);
                         if let Some(entry) = &last {
                             received = entry.cursor().clone();
@@ -286,7 +295,6 @@ impl Subscription {
                         replay_from = Some(received.clone());
                         break;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         }

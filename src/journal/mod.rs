@@ -153,6 +153,16 @@ impl Published {
     }
 }
 
+/// What [`Journal::read_new`] found.
+pub struct NewRows {
+    /// The snapshot the rows were read up to.
+    pub snapshot: PgSnapshot,
+    /// Rows of transactions below this id may have been pruned (as of `snapshot`).
+    pub pruned_below: u64,
+    /// The first page of them.
+    pub entries: Vec<Entry>,
+}
+
 /// Which of one tenant's rows a replay returns besides the snapshot bounds.
 #[derive(Clone, Copy)]
 pub struct ReplayFilter<'a> {
@@ -202,7 +212,9 @@ with new as materialized (
     where (xid >= $1::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
        or xid = any($2::text[]::xid8[])
 )
-select pg_current_snapshot()::text, j.*
+select pg_current_snapshot()::text,
+       (select pruned_below::text from changecast.journal_meta),
+       j.*
 from (select 1) one
 left join (
     select {COLUMNS}
@@ -351,34 +363,42 @@ impl Journal {
         Ok(self.entries(&rows, known_since))
     }
 
-    /// A fresh snapshot and the first page of entries whose transaction `unseen` does
-    /// not see but the snapshot does, in journal-id order, at most `limit`.
+    /// A fresh snapshot, the journal's `pruned_below` as of that snapshot, and the first
+    /// page of entries whose transaction `unseen` does not see but the snapshot does, in
+    /// journal-id order, at most `limit`.
     pub async fn read_new(
         &self,
         client: &Client,
         unseen: &PgSnapshot,
         limit: usize,
         known_since: Option<Instant>,
-    ) -> DbResult<(PgSnapshot, Vec<Entry>)> {
+    ) -> DbResult<NewRows> {
         let rows = client
             .query(
                 &with_columns(TAIL_NEW_SQL),
                 &[&unseen.xmax.to_string(), &running(unseen), &(limit as i64)],
             )
             .await?;
-        let snapshot = rows
-            .first()
-            .expect("BUG: the snapshot row is always there")
+        let first = rows.first().expect("BUG: the snapshot row is always there");
+        let snapshot = first
             .get::<_, &str>(0)
             .parse()
             .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+        let pruned_below = first
+            .get::<_, &str>(1)
+            .parse()
+            .expect("BUG: xid8 is a number");
         let known_since = known_since.unwrap_or_else(Instant::now);
         let entries = rows
             .iter()
-            .filter(|row| row.get::<_, Option<i64>>(1).is_some())
-            .map(|row| self.entry_from_row_at(row, 1, known_since))
+            .filter(|row| row.get::<_, Option<i64>>(2).is_some())
+            .map(|row| self.entry_from_row_at(row, 2, known_since))
             .collect();
-        Ok((snapshot, entries))
+        Ok(NewRows {
+            snapshot,
+            pruned_below,
+            entries,
+        })
     }
 
     /// The journal id a replay of `cursor` for `tenant` starts after: every row the

@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::doorbell::{self, Doorbell};
-use super::{Journal, Published};
+use super::{Journal, NewRows, Published};
 use crate::db::listener::{self, ListenConnection};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -185,12 +185,28 @@ impl Tailer {
         let mut rows = 0;
         let resumed = !published.is_complete();
         if !resumed {
-            let (next, page) =
-                bounded(
-                    self.journal
-                        .read_new(client, &published.prev, PAGE_ROWS, woke_at),
-                )
-                .await?;
+            let NewRows {
+                snapshot: next,
+                pruned_below,
+                entries: page,
+            } = bounded(
+                self.journal
+                    .read_new(client, &published.prev, PAGE_ROWS, woke_at),
+            )
+            .await?;
+            if !published.prev.sees_all_below(pruned_below) {
+                // Away longer than the retention (another instance pruned meanwhile):
+                // rows committed since our last batch may be gone, so live subscribers
+                // cannot be sure they missed nothing. Cut them all off the fan-out; each
+                // catches up from its own cursor, and learns there whether it must resync.
+                tracing::warn!(
+                    pruned_below,
+                    "the journal was pruned past what this instance had published; \
+                     every live subscriber catches up from its cursor"
+                );
+                self.metrics.journal_gaps.inc();
+                self.hub.cut_off_everyone();
+            }
             published = match page.last() {
                 Some(last) if page.len() == PAGE_ROWS => Published {
                     prev: published.prev,

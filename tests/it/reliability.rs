@@ -177,3 +177,69 @@ async fn a_short_retention_is_honoured_promptly() {
     assert_eq!(first.event, "resync");
     assert_eq!(first.data["reason"], "cursor_expired");
 }
+
+/// Issue #11 item 3: an instance whose listener was away longer than the retention,
+/// while the journal was pruned, cannot vouch that its live subscribers missed nothing:
+/// they must get `resync` (`cursor_expired`), never silence. Here the instance's own
+/// pruner (on a pooled connection opened before the outage) prunes while its listener
+/// cannot reconnect — as another instance's pruner would.
+#[tokio::test]
+async fn a_listener_away_past_the_retention_resyncs_its_live_subscribers() {
+    let app = spawn_app_with(|config| config.retention = Duration::from_secs(1)).await;
+    let mut stream = app.sse(&token("acme"), "").await;
+    let before = app.insert_ticket("acme", "before the outage").await;
+    assert!(stream
+        .receive_ids(&HashSet::from([before.clone()]))
+        .await
+        .contains(&before));
+
+    app.allow_new_connections(false).await;
+    assert_eq!(app.kill_listener().await, 1);
+    let lost: Vec<String> = app.insert_tickets("acme", 5).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left: i64 = app
+            .db
+            .query_one(
+                "select count(*) from changecast.change_log where resource_id = any($1)",
+                &[&lost],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the changes were never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.allow_new_connections(true).await;
+
+    let deadline = Instant::now() + WAIT;
+    let resync = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stream.next_within(left).await {
+            Some(event) if event.event == "resync" => break event,
+            Some(event) if event.event == "resource_change" => {
+                let id = event.data["resource"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(
+                    !lost.contains(&id),
+                    "a pruned change arrived after all: {id}"
+                );
+            }
+            Some(_) => {}
+            None => panic!("the subscriber was never told that changes may be missing"),
+        }
+    };
+    assert_eq!(resync.data["reason"], "cursor_expired");
+    assert_eq!(app.metric("changecast_journal_gaps_total").await, Some(1.0));
+    // The stream goes on live after the resync.
+    let after = app.insert_ticket("acme", "after the outage").await;
+    assert!(stream
+        .receive_ids(&HashSet::from([after.clone()]))
+        .await
+        .contains(&after));
+}
