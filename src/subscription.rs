@@ -207,8 +207,10 @@ enum Delivered {
 
 enum Replayed {
     Done,
-    /// The journal was pruned past the cursor.
-    Expired,
+    /// The cursor cannot be honoured: the `resync` reason (`cursor_expired` when the
+    /// journal was pruned past it, `cursor_invalid` when it sees transactions the
+    /// database has not reached — a database restored to an earlier point).
+    Unusable(&'static str),
     /// The subscriber's token expired meanwhile.
     TokenExpired,
     Stopped,
@@ -242,11 +244,11 @@ impl Subscription {
                 // subscriber's task should not carry room for it (memory per subscriber).
                 match Box::pin(self.replay(&from, &upto, &mut last)).await {
                     Replayed::Done => already_seen = Some(from.seen),
-                    Replayed::Expired => {
+                    Replayed::Unusable(reason) => {
                         // From here on the client starts over at the live boundary.
                         received = Cursor::of_snapshot(upto.prev.clone());
                         last = None;
-                        if !self.resync("cursor_expired", &upto).await {
+                        if !self.resync(reason, &upto).await {
                             return;
                         }
                     }
@@ -319,8 +321,8 @@ impl Subscription {
                 read = self.read_page(from, upto, &mut after_id) => read,
             };
             let page = match read {
-                Ok(Some(page)) => page,
-                Ok(None) => return Replayed::Expired,
+                Ok(Ok(page)) => page,
+                Ok(Err(reason)) => return Replayed::Unusable(reason),
                 Err(error) => {
                     tracing::warn!(?error, "journal replay failed; retrying");
                     tokio::select! {
@@ -349,20 +351,30 @@ impl Subscription {
         }
     }
 
-    /// One replay page after `after_id` (found first, when still unknown); `None` when
-    /// the journal was pruned past `from`.
+    /// One replay page after `after_id` (found first, when still unknown), or the
+    /// `resync` reason when `from` cannot be honoured.
     async fn read_page(
         &self,
         from: &Cursor,
         upto: &Published,
         after_id: &mut Option<i64>,
-    ) -> anyhow::Result<Option<Vec<Entry>>> {
+    ) -> anyhow::Result<Result<Vec<Entry>, &'static str>> {
         let _turn = self.services.replay_gate.turn(&self.tenant).await;
         let mut client = self.services.pool.get().await?;
         let journal = &self.services.journal;
         let start = match *after_id {
             Some(id) => id,
-            None => *after_id.insert(journal.replay_start(&client, from, &self.tenant).await?),
+            None => {
+                let (start, now) = journal.replay_start(&client, from, &self.tenant).await?;
+                // A cursor that saw transactions beyond the database's own next one comes
+                // from a timeline the database has left (failover to a lagging standby,
+                // point-in-time restore): new commits will reuse those ids, and the
+                // cursor would count them as seen.
+                if from.seen.xmax > now.xmax {
+                    return Ok(Err("cursor_invalid"));
+                }
+                *after_id.insert(start)
+            }
         };
         let filter = ReplayFilter {
             tenant: &self.tenant,
@@ -383,9 +395,9 @@ impl Subscription {
         // committed before the read began, so this later statement sees it.
         let pruned_below = Journal::pruned_below(&client).await?;
         if !from.seen.sees_all_below(pruned_below) {
-            return Ok(None);
+            return Ok(Err("cursor_expired"));
         }
-        Ok(Some(page))
+        Ok(Ok(page))
     }
 
     /// Sends one journal entry if the filter wants it: a row change as itself, a

@@ -239,7 +239,8 @@ select least(
     coalesce((select id from changecast.change_log
               where id < $1 and pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
               order by id desc limit 1), 0),
-    (select min(id) from running where tenant_id = $4))
+    (select min(id) from running where tenant_id = $4)),
+    pg_current_snapshot()::text
 "#;
 
 /// [`REPLAY_START_SQL`] for a cursor whose snapshot may have been cut short (see
@@ -251,7 +252,7 @@ with unseen as materialized (
     where (xid >= $2::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
        or xid = any($3::text[]::xid8[])
 )
-select min(id) from unseen where tenant_id = $1
+select (select min(id) from unseen where tenant_id = $1), pg_current_snapshot()::text
 "#;
 
 /// One replay page: the tenant's rows after `$2` in id order, of transactions the
@@ -401,14 +402,14 @@ impl Journal {
         })
     }
 
-    /// The journal id a replay of `cursor` for `tenant` starts after: every row the
-    /// cursor did not see has a greater id.
+    /// The journal id a replay of `cursor` for `tenant` starts after (every row the
+    /// cursor did not see has a greater id), and the database's current snapshot.
     pub async fn replay_start(
         &self,
         client: &Client,
         cursor: &Cursor,
         tenant: &TenantId,
-    ) -> DbResult<i64> {
+    ) -> DbResult<(i64, PgSnapshot)> {
         let row = if cursor.may_be_cut() {
             client
                 .query_one(
@@ -437,7 +438,12 @@ impl Journal {
         };
         // `min` is the first row to replay: start just before it. None: nothing to replay
         // yet (later rows come after the newest id, which every later page starts from).
-        Ok(row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1))
+        let start = row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1);
+        let now = row
+            .get::<_, &str>(1)
+            .parse()
+            .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+        Ok((start, now))
     }
 
     /// One page of a replay: `filter`'s entries after journal id `after_id` whose

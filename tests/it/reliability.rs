@@ -243,3 +243,51 @@ async fn a_listener_away_past_the_retention_resyncs_its_live_subscribers() {
         .await
         .contains(&after));
 }
+
+/// Issue #11 item 2 (the subscriber's side): a cursor that saw transactions the database
+/// has not reached — what clients hold after a failover to a lagging standby or a
+/// point-in-time restore — would count the reused transaction ids of new commits as
+/// seen and skip them forever. It gets `resync` `cursor_invalid`, then live changes.
+#[tokio::test]
+async fn a_cursor_from_beyond_the_databases_present_gets_a_resync() {
+    use changecast::auth::TenantId;
+    use changecast::journal::{Cursor, CursorScope, PgSnapshot};
+
+    let app = spawn_app().await;
+    let row = app
+        .db
+        .query_one(
+            "select journal_id::text, pg_snapshot_xmax(pg_current_snapshot())::text
+             from changecast.journal_meta",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (journal_id, xmax): (&str, &str) = (row.get(0), row.get(1));
+    let ahead = xmax.parse::<u64>().unwrap() + 1_000_000;
+    let cursor = CursorScope::new(journal_id).encode(
+        &TenantId::new("acme").unwrap(),
+        &Cursor {
+            id: 1,
+            seen: PgSnapshot {
+                xmin: ahead,
+                xmax: ahead,
+                xip: Vec::new(),
+            },
+        },
+    );
+    let mut stream = app.sse_with(&token("acme"), "", Some(&cursor)).await;
+    let resync = loop {
+        match stream.next_within(WAIT).await {
+            Some(event) if event.event == "resync" => break event,
+            Some(_) => {}
+            None => panic!("a cursor from beyond the database's present was taken as valid"),
+        }
+    };
+    assert_eq!(resync.data["reason"], "cursor_invalid");
+    let id = app.insert_ticket("acme", "after the restore").await;
+    assert!(stream
+        .receive_ids(&HashSet::from([id.clone()]))
+        .await
+        .contains(&id));
+}
