@@ -52,6 +52,18 @@ $$;
  *   partitioned table carry its trigger as clones; the (cold) fallback finds the parent.
  * Security definer, so application roles need no rights on the journal.
  */
+/*
+ * Function: changecast.ring()
+ * Wakes the service: a payload-less NOTIFY, which PostgreSQL folds to one per
+ * transaction. Its own function so that when to ring can change in one place (V5).
+ */
+create function changecast.ring() returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+    perform pg_notify('changecast', '');
+end
+$$;
+
 create or replace function changecast.capture() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
@@ -115,7 +127,7 @@ begin
 
     insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
     values (tenant, tg_argv[0], kind, row_id, changed);
-    perform pg_notify('changecast', '');
+    perform changecast.ring();
     return null;
 end
 $$;
@@ -148,7 +160,7 @@ begin
                     from %2$I.%3$I t where t.%1$I is not null',
                    tg_argv[1], tg_table_schema, tg_table_name)
         using tg_argv[0];
-    perform pg_notify('changecast', '');
+    perform changecast.ring();
     return null;
 end
 $$;

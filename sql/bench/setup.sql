@@ -19,18 +19,19 @@ create table if not exists bench.bridge (like public.tickets including all);
 
 /*
  * Function: bench.capture_without_notify()  (trigger)
- * Made from the installed changecast.capture() at every apply, with each
- * `perform pg_notify(...);` replaced by `null;`, so the comparison follows the real
- * trigger as it changes. Fails loudly when there is no such statement to remove.
+ * Made from the installed changecast.capture() at every apply, with its doorbell
+ * (`perform changecast.ring();`, which may NOTIFY) replaced by `null;`, so the
+ * comparison follows the real trigger as it changes. Fails loudly when there is no such
+ * statement to remove.
  */
 do $$
 declare
     source text := pg_get_functiondef('changecast.capture()'::regprocedure);
     copy   text;
 begin
-    copy := regexp_replace(source, 'perform\s+pg_notify\s*\([^;]*\);', 'null;  -- bench: no NOTIFY', 'gi');
+    copy := regexp_replace(source, 'perform\s+changecast\.ring\s*\(\s*\);', 'null;  -- bench: no NOTIFY', 'gi');
     if copy = source then
-        raise exception 'bench: changecast.capture() has no "perform pg_notify(...);" to remove; '
+        raise exception 'bench: changecast.capture() has no "perform changecast.ring();" to remove; '
                         'adapt sql/bench/setup.sql to the new trigger';
     end if;
     copy := replace(copy, 'FUNCTION changecast.capture()', 'FUNCTION bench.capture_without_notify()');

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::Instrument as _;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
@@ -330,9 +330,7 @@ impl Session {
                     .observe(change.known_since.elapsed().as_secs_f64());
                 self.position = Some(change.cursor_text.clone());
                 // The JSON rendered once for every subscriber, shared, not copied.
-                let text = Utf8Bytes::try_from(change.json.clone())
-                    .expect("BUG: serde_json renders UTF-8");
-                self.unsent.push_back(Message::Text(text));
+                self.unsent.push_back(Message::Text(change.json.clone()));
                 None
             }
             Some(Outbound::Resync { reason, cursor }) => {

@@ -66,51 +66,26 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
     }
 
     // The changecast window, with the bare LISTEN reference on the same commits.
-    let next_seq = Arc::new(AtomicU64::new(0));
-    let load = Load {
-        url: ctx.database_url.clone(),
-        table: Table::Watched,
-        writers: args.writers,
-        rate: args.rate,
-        tenants: args.tenants,
-        duration: args.warmup + args.duration,
-    };
-    let (listening, stop_listening) = (CancellationToken::new(), CancellationToken::new());
-    let (w_shared, w_seq) = (shared.clone(), next_seq.clone());
-    let (url, l_listening, l_stop) = (
-        ctx.database_url.clone(),
-        listening.clone(),
-        stop_listening.clone(),
-    );
-    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
-    let writing = tokio::spawn(writer::on_own_thread("bench-writers", move || async move {
-        let listener = tokio::spawn(writer::listen(
-            url,
-            writer::REFERENCE_CHANNEL,
-            w_shared.clone(),
-            l_listening.clone(),
-            l_stop,
-        ));
-        l_listening.cancelled().await;
-        let _ = written_tx.send(writer::write(load, w_shared, w_seq).await);
-        listener.await?
-    }));
-    listening.cancelled().await;
-    tokio::time::sleep(args.warmup).await;
-    let from = next_seq.load(Ordering::Relaxed);
-    shared.measure_from.store(from, Ordering::Relaxed);
+    let mut writing = Writing::start(
+        ctx,
+        args,
+        &shared,
+        Table::Watched,
+        writer::REFERENCE_CHANNEL,
+        "bench-writers",
+    )
+    .await;
     let window = Window::start(&service, &pg).await?;
     let started = tokio::time::Instant::now();
-    let written = written_rx.await.context("the writers failed")?;
+    let written = (&mut writing.written).await.context("the writers failed")?;
     let elapsed = started.elapsed();
     let usage = window.finish(&pg).await?;
-    let measured_rows = next_seq.load(Ordering::Relaxed).saturating_sub(from);
+    let measured_rows = writing.measured_rows();
 
     // Drain: until every subscriber has every committed row of its tenant, or no progress.
     let expected = expected_deliveries(&shared, args.tenants, args.subscribers);
     drain(&shared, expected, args.drain).await;
-    stop_listening.cancel();
-    let heard = writing.await???;
+    let heard = writing.heard().await?;
     cancel.cancel();
     let mut trackers = Vec::with_capacity(subscribers.len());
     for subscriber in subscribers {
@@ -181,48 +156,104 @@ async fn measure_bridge(
     pg: &tokio_postgres::Client,
 ) -> anyhow::Result<(Histogram, f64)> {
     let shared = Shared::new(rows);
-    let next_seq = Arc::new(AtomicU64::new(0));
-    let load = Load {
-        url: ctx.database_url.clone(),
-        table: Table::Bridge,
-        writers: args.writers,
-        rate: args.rate,
-        tenants: args.tenants,
-        duration: args.warmup + args.duration,
-    };
-    let (listening, stop) = (CancellationToken::new(), CancellationToken::new());
-    let (w_shared, w_seq, url) = (shared.clone(), next_seq.clone(), ctx.database_url.clone());
-    let (l_listening, l_stop) = (listening.clone(), stop.clone());
-    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
-    let writing = tokio::spawn(writer::on_own_thread("bench-bridge", move || async move {
-        let listener = tokio::spawn(writer::listen(
-            url,
-            writer::BRIDGE_CHANNEL,
-            w_shared.clone(),
-            l_listening.clone(),
-            l_stop,
-        ));
-        l_listening.cancelled().await;
-        let _ = written_tx.send(writer::write(load, w_shared, w_seq).await);
-        listener.await?
-    }));
-    listening.cancelled().await;
-    tokio::time::sleep(args.warmup).await;
-    let from = next_seq.load(Ordering::Relaxed);
-    shared.measure_from.store(from, Ordering::Relaxed);
+    let mut writing = Writing::start(
+        ctx,
+        args,
+        &shared,
+        Table::Bridge,
+        writer::BRIDGE_CHANNEL,
+        "bench-bridge",
+    )
+    .await;
     let window = Window::start(service, pg).await?;
     let started = tokio::time::Instant::now();
-    let written = written_rx.await.context("the bridge writers failed")?;
+    let written = (&mut writing.written)
+        .await
+        .context("the bridge writers failed")?;
     let elapsed = started.elapsed().as_secs_f64();
     let usage = window.finish(pg).await?;
-    let rows = next_seq.load(Ordering::Relaxed).saturating_sub(from).max(1);
+    let rows = writing.measured_rows().max(1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let heard = writing.await???;
+    let heard = writing.heard().await?;
     if let Some(error) = written.first_error {
         eprintln!("bridge writers: {} failed, first: {error}", written.failed);
     }
     Ok((heard.latency, usage.pg_cores * elapsed * 1e6 / rows as f64))
+}
+
+/// Writers committing at the set rate into one table, and a bare LISTEN client hearing
+/// the same commits on a channel, together on a thread of their own (so the subscribers'
+/// work does not delay them).
+struct Writing {
+    /// What the writers did, once they are done.
+    written: tokio::sync::oneshot::Receiver<Written>,
+    next_seq: Arc<AtomicU64>,
+    /// The first row written after the warm-up: the measured rows start here.
+    from: u64,
+    stop: CancellationToken,
+    thread: tokio::task::JoinHandle<anyhow::Result<anyhow::Result<writer::Heard>>>,
+}
+
+impl Writing {
+    /// Starts both, and returns once the listener listens and the warm-up is over.
+    async fn start(
+        ctx: &Ctx,
+        args: &LiveArgs,
+        shared: &Arc<Shared>,
+        table: Table,
+        channel: &'static str,
+        thread_name: &'static str,
+    ) -> Writing {
+        let next_seq = Arc::new(AtomicU64::new(0));
+        let load = Load {
+            url: ctx.database_url.clone(),
+            table,
+            writers: args.writers,
+            rate: args.rate,
+            tenants: args.tenants,
+            duration: args.warmup + args.duration,
+        };
+        let (listening, stop) = (CancellationToken::new(), CancellationToken::new());
+        let (w_shared, w_seq, url) = (shared.clone(), next_seq.clone(), ctx.database_url.clone());
+        let (l_listening, l_stop) = (listening.clone(), stop.clone());
+        let (written_tx, written) = tokio::sync::oneshot::channel();
+        let thread = tokio::spawn(writer::on_own_thread(thread_name, move || async move {
+            let listener = tokio::spawn(writer::listen(
+                url,
+                channel,
+                w_shared.clone(),
+                l_listening.clone(),
+                l_stop,
+            ));
+            l_listening.cancelled().await;
+            let _ = written_tx.send(writer::write(load, w_shared, w_seq).await);
+            listener.await?
+        }));
+        listening.cancelled().await;
+        tokio::time::sleep(args.warmup).await;
+        let from = next_seq.load(Ordering::Relaxed);
+        shared.measure_from.store(from, Ordering::Relaxed);
+        Writing {
+            written,
+            next_seq,
+            from,
+            stop,
+            thread,
+        }
+    }
+
+    /// Rows written since the warm-up.
+    fn measured_rows(&self) -> u64 {
+        self.next_seq
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.from)
+    }
+
+    /// Stops the listener; what it heard.
+    async fn heard(self) -> anyhow::Result<writer::Heard> {
+        self.stop.cancel();
+        self.thread.await??
+    }
 }
 
 async fn wait_ready(
