@@ -8,6 +8,12 @@ pub mod db;
 pub mod journal;
 /// Per-tenant fan-out of changes to subscribers.
 pub mod hub;
+/// What each subscriber receives: types, topics, row filters, ids, view transitions.
+pub mod selection;
+/// The JSON and SSE forms of events, rendered once and shared.
+pub mod wire;
+/// Recent activity per tenant (`/v1/stats`).
+pub mod stats;
 /// One subscriber's replay-then-live stream, shared by both transports.
 pub mod subscription;
 /// Bounds on concurrent journal replays.
