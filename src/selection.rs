@@ -168,12 +168,12 @@ impl TopicPattern {
         let valid_chars = name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
-        let valid_start = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
-        if !valid_chars
-            || name.len() > MAX_NAME_BYTES
-            || (!prefix && !valid_start)
-            || (prefix && !name.is_empty() && !valid_start)
-        {
+        // A prefix may be empty (`*`: every topic); a name starts with a letter.
+        let valid_start = match name.bytes().next() {
+            Some(first) => first.is_ascii_lowercase(),
+            None => prefix,
+        };
+        if !valid_chars || !valid_start || name.len() > MAX_NAME_BYTES {
             return Err(format!(
                 "invalid topic {text:?}: a topic matches [a-z][a-z0-9_.:-]* (at most \
                  {MAX_NAME_BYTES} characters), a prefix ends in `*`"
