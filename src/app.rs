@@ -23,33 +23,13 @@ use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
 use crate::replay_gate::ReplayGate;
 use crate::secret::Secret;
+pub use crate::services::Services;
 use crate::stats::Activity;
 use crate::subscription::{Limits, Subscriptions};
 use crate::supervise::supervise;
 
 /// How long shutdown waits for subscribers and tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// What request handlers and subscriptions share.
-pub struct Services {
-    pub config: ServeConfig,
-    pub pool: deadpool_postgres::Pool,
-    pub journal: Arc<Journal>,
-    pub hub: Arc<Hub>,
-    pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    /// Whether the listener is connected and caught up.
-    pub ready: watch::Receiver<bool>,
-    pub shutdown: CancellationToken,
-    /// Every task the service spawns, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// The watched resource types as last read (see `http::request::known_types`).
-    pub resource_types: std::sync::Mutex<Vec<String>>,
-    /// Opening subscriptions, and counting them against the limits.
-    pub subscriptions: Arc<Subscriptions>,
-    /// Recent events per tenant (`/v1/stats`).
-    pub activity: Arc<Activity>,
-}
 
 pub struct App {
     services: Arc<Services>,

@@ -29,6 +29,8 @@ pub mod auth;
 pub mod metrics;
 /// Command line and environment.
 pub mod config;
+/// What request handlers share.
+pub mod services;
 /// Building and running the whole service.
 pub mod app;
 /// Restarting background tasks that panic or end unexpectedly.

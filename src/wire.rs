@@ -8,7 +8,6 @@
 //! a WebSocket frame is the JSON buffer itself, never a copy per subscriber.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,20 +15,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use crate::journal::Frame;
 use crate::journal::{AppEvent, Change, EventKind, SharedAppEvent, SharedChange};
-
-/// One event as both transports write it.
-#[derive(Debug)]
-pub struct Frame {
-    /// The JSON object: a WebSocket text frame as is.
-    pub json: Utf8Bytes,
-    /// `id: …\nevent: …\ndata: <json>\n\n`
-    pub sse: Bytes,
-}
-
-/// The rendered forms of one entry, filled on first use.
-#[derive(Debug, Default)]
-pub struct Frames([OnceLock<Frame>; 3]);
 
 /// A journal entry as one subscriber receives it.
 #[derive(Clone, Debug)]
@@ -76,7 +63,7 @@ pub fn change_frame(change: &Change, as_event: EventKind) -> &Frame {
         EventKind::Updated => 1,
         EventKind::Deleted => 2,
     };
-    change.frames.0[slot].get_or_init(|| {
+    change.frames.slot(slot).get_or_init(|| {
         // Sorted by column name, so `changed` reads the same whatever jsonb's key order.
         let old: Option<BTreeMap<String, &RawValue>> = match (as_event, &change.old) {
             (EventKind::Updated, Some(old)) => {
@@ -103,7 +90,7 @@ pub fn change_frame(change: &Change, as_event: EventKind) -> &Frame {
 /// `event` as an `app_event`; its SSE event name is its topic, so an EventSource
 /// listens with `addEventListener(topic, ...)`.
 pub fn app_event_frame(event: &AppEvent) -> &Frame {
-    event.frames.0[0].get_or_init(|| {
+    event.frames.slot(0).get_or_init(|| {
         let json = to_json(&WireAppEvent {
             kind: "app_event",
             id: &event.cursor_text,

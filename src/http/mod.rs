@@ -19,7 +19,7 @@ use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::app::Services;
+use crate::services::Services;
 
 pub use error::ApiError;
 

@@ -4,10 +4,10 @@
 use warp::http::HeaderMap;
 
 use super::error::ApiError;
-use crate::app::Services;
 use crate::auth::Identity;
 use crate::journal::EventKind;
 use crate::selection::{RowFilter, Selection, TopicPattern, MAX_ROW_FILTERS};
+use crate::services::Services;
 
 /// Longest query string accepted; a URL past this is abuse or a mistake.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;

@@ -7,7 +7,7 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::app::Services;
+use crate::services::Services;
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;

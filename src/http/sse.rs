@@ -14,8 +14,8 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::app::Services;
 use crate::metrics::SubscriberGauge;
+use crate::services::Services;
 use crate::subscription::{self, Opened, Outbound, Transport};
 
 /// How long an EventSource waits before reconnecting.

@@ -13,8 +13,8 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::app::Services;
 use crate::auth::TenantId;
+use crate::services::Services;
 use crate::stats::{Report, Subscribers};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);

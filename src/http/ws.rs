@@ -31,10 +31,10 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::request::{self, Params};
 use super::upgrade::{Upgrade, WebSocket};
-use crate::app::Services;
 use crate::auth::Identity;
 use crate::metrics::SubscriberGauge;
 use crate::selection::Selection;
+use crate::services::Services;
 use crate::stats::Report;
 use crate::subscription::{self, Opened, Outbound, Place, Transport};
 

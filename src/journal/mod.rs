@@ -16,16 +16,18 @@ pub mod tailer;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use cursor::{Cursor, CursorError, CursorScope};
 pub use snapshot::PgSnapshot;
 
 use crate::auth::TenantId;
-use crate::wire::Frames;
 
 /// `created | updated | deleted`, as the journal and the wire spell them. (The journal's
 /// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Truncated`].)
@@ -162,6 +164,26 @@ impl Change {
                 .and_then(|old| serde_json::from_str(old.get()).ok())
                 .unwrap_or_default(),
         })
+    }
+}
+
+/// An entry as both transports write it (rendered by `crate::wire`).
+#[derive(Debug)]
+pub struct Frame {
+    /// The JSON object: a WebSocket text frame as is.
+    pub json: Utf8Bytes,
+    /// The whole SSE event, `id:`, `event:` and `data:` lines.
+    pub sse: Bytes,
+}
+
+/// The wire forms of one entry (up to three: see `crate::wire`), each rendered on
+/// first use and then shared by every subscriber.
+#[derive(Debug, Default)]
+pub struct Frames([OnceLock<Frame>; 3]);
+
+impl Frames {
+    pub fn slot(&self, index: usize) -> &OnceLock<Frame> {
+        &self.0[index]
     }
 }
 
