@@ -18,6 +18,8 @@ pub mod stats;
 pub mod subscription;
 /// Bounds on concurrent journal replays.
 pub mod replay_gate;
+/// Journal reads shared by subscribers replaying the same range.
+pub mod shared_reads;
 /// The watched tables: resource types and `/v1/snapshot` reads.
 pub mod resources;
 /// HTTP: the accept loop (connection cap, header deadline), SSE and WebSocket

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub resyncs: IntCounterVec,
     /// Journal replays for subscribers (resume with a cursor, or lag recovery).
     pub replays: IntCounter,
+    /// Replay pages read from the journal (pages shared by several subscribers count once).
+    pub replay_pages_read: IntCounter,
     /// Times the tailer found the journal pruned past what it had published.
     pub journal_gaps: IntCounter,
     /// Replay pages reading the journal right now (bounded by CHANGECAST_MAX_REPLAYS).
@@ -79,6 +81,11 @@ impl Metrics {
                 "Journal replays for resuming or lagging subscribers",
             )
             .expect("BUG: metric definition"),
+            replay_pages_read: IntCounter::new(
+                "changecast_replay_pages_read_total",
+                "Replay pages read from the journal; subscribers replaying the same range share one read",
+            )
+            .expect("BUG: metric definition"),
             journal_gaps: IntCounter::new(
                 "changecast_journal_gaps_total",
                 "Times the journal was pruned past what this instance had published (every live subscriber then caught up from its cursor)",
@@ -129,13 +136,14 @@ impl Metrics {
             .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
             Box::new(metrics.subscribers_lagged.clone()),
             Box::new(metrics.resyncs.clone()),
             Box::new(metrics.replays.clone()),
+            Box::new(metrics.replay_pages_read.clone()),
             Box::new(metrics.journal_gaps.clone()),
             Box::new(metrics.replays_running.clone()),
             Box::new(metrics.replay_waits.clone()),

@@ -27,6 +27,7 @@ use crate::journal::{snapshot_cursor, Cursor, Entry, Journal, Published, ReplayF
 use crate::metrics::Metrics;
 use crate::replay_gate::ReplayGate;
 use crate::selection::{Decision, Selection};
+use crate::shared_reads::{SharedReads, Weighed};
 use crate::wire::Delivery;
 
 /// Items queued between the subscription task and its transport.
@@ -34,6 +35,11 @@ const OUTBOUND_QUEUE: usize = 64;
 /// Journal rows per replay query.
 const REPLAY_PAGE_ROWS: usize = 500;
 const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
+/// How long a replay page read for one subscriber is kept for others replaying the same
+/// range (a reconnect storm's subscribers arrive within moments of each other).
+const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
+/// Most bytes of row JSON kept in shared replay pages.
+const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
 /// How long an expired subscriber's transport may take to make room for `AuthExpired`.
 const AUTH_EXPIRED_SEND: Duration = Duration::from_secs(5);
 
@@ -45,6 +51,8 @@ pub struct Subscriptions {
     pub metrics: Arc<Metrics>,
     /// Bounds concurrent journal replays, overall and per tenant.
     pub replay_gate: ReplayGate,
+    /// Replay pages read once for every subscriber replaying the same range.
+    replay_pages: SharedReads<ReplayPage>,
     pub limits: Limits,
     pub shutdown: CancellationToken,
     /// Every subscription task, so shutdown can wait for them.
@@ -84,6 +92,7 @@ impl Subscriptions {
             pool,
             metrics,
             replay_gate,
+            replay_pages: SharedReads::new(KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES),
             limits,
             shutdown,
             tracker,
@@ -98,6 +107,25 @@ impl Subscriptions {
             .per_tenant
             .get(tenant)
             .map_or((0, 0), |of| (of.sse, of.ws))
+    }
+}
+
+/// One replay page as read from the journal, shareable.
+#[derive(Clone)]
+struct ReplayPage {
+    /// The journal id the page was read after.
+    start: i64,
+    /// The database's next transaction id when the replay started (first page only).
+    now_xmax: Option<u64>,
+    entries: Arc<Vec<Entry>>,
+    /// The journal's `pruned_below`, read right after the page.
+    pruned_below: u64,
+    bytes: usize,
+}
+
+impl Weighed for ReplayPage {
+    fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -402,7 +430,7 @@ impl Subscription {
                 }
             };
             let done = page.len() < REPLAY_PAGE_ROWS;
-            for entry in page {
+            for entry in page.iter().cloned() {
                 after_id = Some(entry.id());
                 if matches!(&entry, Entry::Truncated(marker) if marker.id == from.id) {
                     continue;
@@ -420,37 +448,69 @@ impl Subscription {
     }
 
     /// One replay page after `after_id` (found first, when still unknown), or the
-    /// `resync` reason when `from` cannot be honoured.
+    /// `resync` reason when `from` cannot be honoured. Subscribers replaying the same
+    /// range (same cursor, boundary and coarse filter) share one read of each page.
     async fn read_page(
         &self,
         from: &Cursor,
         upto: &Published,
         after_id: &mut Option<i64>,
-    ) -> anyhow::Result<Result<Vec<Entry>, &'static str>> {
+    ) -> anyhow::Result<Result<Arc<Vec<Entry>>, &'static str>> {
+        let types = self.selection.journal_types();
+        let app_events = self.selection.wants_app_events();
+        let key = format!(
+            "{}|{from:?}|{upto:?}|{after_id:?}|{types:?}|{app_events}",
+            self.tenant
+        );
+        let at = *after_id;
+        let page = self
+            .services
+            .replay_pages
+            .get_or_read(key, || {
+                self.read_journal_page(from, upto, at, types, app_events)
+            })
+            .await?;
+        // A cursor that saw transactions beyond the database's own next one comes from a
+        // timeline the database has left (failover to a lagging standby, point-in-time
+        // restore): new commits will reuse those ids, and the cursor would count them
+        // as seen.
+        if page.now_xmax.is_some_and(|now| from.seen.xmax > now) {
+            return Ok(Err("cursor_invalid"));
+        }
+        // A prune that removed rows this page would have held committed before the
+        // page's read began, so `pruned_below` (read after it) shows it.
+        if !from.seen.sees_all_below(page.pruned_below) {
+            return Ok(Err("cursor_expired"));
+        }
+        after_id.get_or_insert(page.start);
+        Ok(Ok(page.entries.clone()))
+    }
+
+    /// Reads one replay page from the journal (waiting for a turn at the replay gate).
+    async fn read_journal_page(
+        &self,
+        from: &Cursor,
+        upto: &Published,
+        after_id: Option<i64>,
+        types: Option<Vec<String>>,
+        app_events: bool,
+    ) -> anyhow::Result<ReplayPage> {
         let _turn = self.services.replay_gate.turn(&self.tenant).await;
         let mut client = self.services.pool.get().await?;
         let journal = &self.services.journal;
-        let start = match *after_id {
-            Some(id) => id,
+        let (start, now_xmax) = match after_id {
+            Some(id) => (id, None),
             None => {
                 let (start, now) = journal.replay_start(&client, from, &self.tenant).await?;
-                // A cursor that saw transactions beyond the database's own next one comes
-                // from a timeline the database has left (failover to a lagging standby,
-                // point-in-time restore): new commits will reuse those ids, and the
-                // cursor would count them as seen.
-                if from.seen.xmax > now.xmax {
-                    return Ok(Err("cursor_invalid"));
-                }
-                *after_id.insert(start)
+                (start, Some(now.xmax))
             }
         };
-        let types = self.selection.journal_types();
         let filter = ReplayFilter {
             tenant: &self.tenant,
             types: types.as_deref(),
-            app_events: self.selection.wants_app_events(),
+            app_events,
         };
-        let page = journal
+        let entries = journal
             .read_replay(
                 &mut client,
                 &from.seen,
@@ -460,13 +520,16 @@ impl Subscription {
                 REPLAY_PAGE_ROWS,
             )
             .await?;
-        // Checked after the read: a prune that removed rows this page would have held
-        // committed before the read began, so this later statement sees it.
         let pruned_below = Journal::pruned_below(&client).await?;
-        if !from.seen.sees_all_below(pruned_below) {
-            return Ok(Err("cursor_expired"));
-        }
-        Ok(Ok(page))
+        self.services.metrics.replay_pages_read.inc();
+        let bytes = entries.iter().map(Entry::size_hint).sum();
+        Ok(ReplayPage {
+            start,
+            now_xmax,
+            entries: Arc::new(entries),
+            pruned_below,
+            bytes,
+        })
     }
 
     /// Sends one journal entry as the selection decides: a row change or application

@@ -95,6 +95,19 @@ impl Entry {
         }
     }
 
+    /// Roughly the bytes it holds (its JSON), for memory budgets.
+    pub fn size_hint(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        OVERHEAD
+            + match self {
+                Entry::Change(change) => {
+                    change.resource.get().len() + change.old.as_ref().map_or(0, |o| o.get().len())
+                }
+                Entry::AppEvent(event) => event.payload.get().len(),
+                Entry::Truncated(_) => 0,
+            }
+    }
+
     pub fn cursor(&self) -> &Cursor {
         match self {
             Entry::Change(change) => &change.cursor,

@@ -269,9 +269,9 @@ async fn slow_header_senders_are_cut_off_and_open_connections_are_capped() {
     .await;
 }
 
-/// Item 7: many subscribers resuming from an old cursor at once are served one replay
-/// page at a time (queued, never refused), every one of them gets everything, and the
-/// pool's statements carry the configured `statement_timeout`.
+/// Item 7: many subscribers resuming from different old cursors at once are served one
+/// replay page at a time (queued, never refused), every one of them gets everything, and
+/// the pool's statements carry the configured `statement_timeout`.
 #[tokio::test]
 async fn a_replay_storm_is_queued_and_loses_nothing() {
     let app = spawn_app_with(|c| {
@@ -282,12 +282,56 @@ async fn a_replay_storm_is_queued_and_loses_nothing() {
     .await;
     let acme = token("acme");
     let mut first = app.sse(&acme, "").await;
-    let anchor = app.insert_ticket("acme", "anchor").await;
-    let seen = first.receive_ids(&HashSet::from([anchor.clone()])).await;
-    assert!(seen.contains(&anchor));
-    let cursor = first.last_event_id.clone().expect("an id");
-    // 1,200 changes since the cursor: three replay pages per subscriber.
+    // Twelve cursors, one per anchor: replays of different ranges share no reads.
+    let mut anchors = HashSet::new();
+    let mut cursors = Vec::new();
+    for n in 0..12 {
+        let anchor = app.insert_ticket("acme", &format!("anchor {n}")).await;
+        first.receive_ids(&HashSet::from([anchor.clone()])).await;
+        cursors.push(first.last_event_id.clone().expect("an id"));
+        anchors.insert(anchor);
+    }
+    // 1,200 changes since the cursors: three replay pages per subscriber.
     let written: HashSet<String> = app.insert_tickets("acme", 1200).await.into_iter().collect();
+    let subscribers = futures_util::future::join_all(
+        cursors
+            .iter()
+            .map(|cursor| app.sse_with(&acme, "", Some(cursor))),
+    )
+    .await;
+    let received = futures_util::future::join_all(subscribers.into_iter().map(|mut stream| {
+        let written = written.clone();
+        async move { stream.receive_ids(&written).await }
+    }))
+    .await;
+    for got in &received {
+        // Anchors after (and at) a cursor come too: its own cursor does not see them.
+        assert_nothing_lost(&written, got, &anchors);
+    }
+    assert_eq!(app.metric("changecast_replays_running").await, Some(0.0));
+    assert!(
+        app.metric("changecast_replay_waits_total").await.unwrap() > 0.0,
+        "twelve concurrent replays with a bound of one never waited"
+    );
+}
+
+/// Performance issue #8: subscribers of one tenant that come back with the same cursor
+/// (a reconnect storm) read each replay page once between them, not once each.
+#[tokio::test]
+async fn a_reconnect_storm_with_one_cursor_reads_each_page_once() {
+    let app = spawn_app().await;
+    let acme = token("acme");
+    let mut first = app.sse(&acme, "").await;
+    let anchor = app.insert_ticket("acme", "anchor").await;
+    first.receive_ids(&HashSet::from([anchor.clone()])).await;
+    let cursor = first.last_event_id.clone().expect("an id");
+    let written: HashSet<String> = app.insert_tickets("acme", 1200).await.into_iter().collect();
+    // Every subscriber below then starts from the same published boundary.
+    first.receive_ids(&written).await;
+    let pages_before = app
+        .metric("changecast_replay_pages_read_total")
+        .await
+        .unwrap();
     let subscribers =
         futures_util::future::join_all((0..12).map(|_| app.sse_with(&acme, "", Some(&cursor))))
             .await;
@@ -297,13 +341,17 @@ async fn a_replay_storm_is_queued_and_loses_nothing() {
     }))
     .await;
     for got in &received {
-        // The anchor may come again: its own cursor does not count it as seen.
         assert_nothing_lost(&written, got, &HashSet::from([anchor.clone()]));
     }
-    assert_eq!(app.metric("changecast_replays_running").await, Some(0.0));
+    let pages = app
+        .metric("changecast_replay_pages_read_total")
+        .await
+        .unwrap()
+        - pages_before;
+    // 1,201 rows are three pages of 500; unshared, twelve subscribers would read 36.
     assert!(
-        app.metric("changecast_replay_waits_total").await.unwrap() > 0.0,
-        "twelve concurrent replays with a bound of one never waited"
+        (3.0..=6.0).contains(&pages),
+        "{pages} replay pages read for 12 subscribers of one range"
     );
 }
 
