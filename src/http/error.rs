@@ -67,11 +67,16 @@ impl Reply for ApiError {
             message: &self.message,
         });
         let mut response = warp::reply::with_status(body, self.status).into_response();
+        let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+            headers.insert(
                 "www-authenticate",
                 warp::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        // RFC 9110: a 405 lists the methods the resource supports.
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert("allow", warp::http::HeaderValue::from_static("GET"));
         }
         response
     }

@@ -22,6 +22,7 @@ use warp::Filter;
 use crate::services::Services;
 
 pub use error::ApiError;
+pub use request::{EVENTS_PARAMS, SNAPSHOT_PARAMS, STATS_PARAMS, WS_PARAMS};
 
 pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     let routes = events(services.clone())
@@ -114,10 +115,21 @@ fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         .and(with(services.clone()))
         .map(|s: Arc<Services>| ops::readyz(&s));
     let metrics = warp::path!("metrics")
-        .and(with(services))
+        .and(with(services.clone()))
         .map(|s: Arc<Services>| ops::metrics(&s));
+    let openapi = warp::path!("openapi.json")
+        .and(with(services))
+        .map(|s: Arc<Services>| ops::openapi(&s));
     warp::get()
-        .and(healthz.or(readyz).unify().or(metrics).unify())
+        .and(
+            healthz
+                .or(readyz)
+                .unify()
+                .or(metrics)
+                .unify()
+                .or(openapi)
+                .unify(),
+        )
         .boxed()
 }
 

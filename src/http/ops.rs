@@ -33,3 +33,22 @@ pub fn metrics(services: &Arc<Services>) -> Response {
     )
     .into_response()
 }
+
+/// The OpenAPI description of the HTTP endpoints (kept true by `tests/it/openapi.rs`).
+const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// The description, with `types` spelled out as the resource types watched right now
+/// (as last read), so a client generated from it sends only types that exist.
+pub fn openapi(services: &Arc<Services>) -> Response {
+    let mut spec: serde_json::Value =
+        serde_json::from_str(OPENAPI_JSON).expect("BUG: openapi.json is JSON");
+    let types = services
+        .resource_types
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .join("|");
+    let one = format!("({types})");
+    spec["components"]["parameters"]["types"]["schema"]["pattern"] =
+        format!("^({one}(,{one})*)?$").into();
+    warp::reply::json(&spec).into_response()
+}
