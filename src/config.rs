@@ -149,6 +149,13 @@ pub struct ServeConfig {
     /// (`statement_timeout` of the pool's connections).
     #[arg(long, env = "CHANGECAST_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub statement_timeout: Duration,
+
+    /// Demo mode: write plausible activity (tickets moving across states, agents
+    /// heartbeating, profiles edited, application events) for tenant `demo` into the
+    /// example tables, and print a dashboard URL for it. For trying changecast out, never
+    /// for a database with real data.
+    #[arg(long, env = "CHANGECAST_DEMO")]
+    pub demo: bool,
 }
 
 /// Optional claims every token must carry.
