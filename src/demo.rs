@@ -19,8 +19,8 @@ pub const STEP: Duration = Duration::from_millis(700);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Closed tickets kept on the board; older ones are deleted.
 const CLOSED_KEPT: i64 = 5;
-/// Open tickets below which new ones are filed.
-const OPEN_WANTED: i64 = 4;
+/// Open tickets up to which new ones are filed.
+const OPEN_WANTED: i64 = 5;
 
 const TITLES: &[&str] = &[
     "Login page times out on slow networks",
@@ -205,8 +205,8 @@ impl Demo {
         self.steps += 1;
         self.heartbeats().await?;
         match self.rng.below(100) {
-            0..=44 => self.advance_ticket().await,
-            45..=57 => self.file_ticket().await,
+            0..=37 => self.advance_ticket().await,
+            38..=57 => self.file_ticket().await,
             58..=72 => self.agent_status().await,
             73..=87 => self.edit_profile().await,
             _ => self.publish_progress().await,
@@ -238,6 +238,10 @@ impl Demo {
     }
 
     async fn advance_ticket(&mut self) -> anyhow::Result<()> {
+        if self.open_tickets().await? < 2 {
+            // Keep work coming in: an empty first column looks like a dead demo.
+            return self.file_ticket().await;
+        }
         let assignee = self.rng.pick(PEOPLE);
         let blocked = self.rng.below(10) == 0;
         self.client
@@ -269,28 +273,36 @@ impl Demo {
         Ok(())
     }
 
-    async fn file_ticket(&mut self) -> anyhow::Result<()> {
-        let open: i64 = self
+    async fn open_tickets(&self) -> anyhow::Result<i64> {
+        let row = self
             .client
             .query_one(
                 "select count(*) from public.tickets where tenant_id = $1 and state = 'open'",
                 &[&self.tenant],
             )
-            .await?
-            .get(0);
-        if open >= OPEN_WANTED + 2 {
-            return self.advance_ticket().await;
+            .await?;
+        Ok(row.get(0))
+    }
+
+    async fn file_ticket(&mut self) -> anyhow::Result<()> {
+        if self.open_tickets().await? >= OPEN_WANTED {
+            return Ok(());
         }
-        let (title, project) = (self.rng.pick(TITLES), self.rng.pick(PROJECTS));
+        let project = self.rng.pick(PROJECTS);
         let body = format!(
             "Reported by {} via the support portal.",
             self.rng.pick(PEOPLE)
         );
+        let titles: Vec<&str> = TITLES.to_vec();
+        // A title not on the board yet, if any is left.
         self.client
             .execute(
                 "insert into public.tickets (tenant_id, project_id, title, body, updated_at)
-                 values ($1, $2, $3, $4, now())",
-                &[&self.tenant, &project, &title, &body],
+                 select $1, $2, title, $4, now()
+                 from unnest($3::text[]) as title
+                 order by title in (select t.title from public.tickets t where t.tenant_id = $1), random()
+                 limit 1",
+                &[&self.tenant, &project, &titles, &body],
             )
             .await?;
         Ok(())

@@ -140,6 +140,11 @@ export interface ChangecastOptions extends Selection {
   transport?: Transport;
   /** Cursor to resume from (e.g. one kept across page loads). */
   lastEventId?: string;
+  /**
+   * A connection silent this long (no event, no keepalive) is reopened; default 45000,
+   * 0 never. Keep it above the service's CHANGECAST_KEEPALIVE (default 15 s).
+   */
+  silenceTimeoutMs?: number;
   /** Rows per type in snapshots (server default 1000, at most 10000). */
   limit?: number;
 

@@ -52,7 +52,8 @@
   var SEEN_IDS_KEPT = 4096;
   var FIRST_BACKOFF_MS = 500;
   var MAX_BACKOFF_MS = 30000;
-  /** A stream silent (not even a keepalive) for this long is taken as dead. */
+  /** A stream silent (not even a keepalive, sent every 15 s by default) for this long is
+   *  taken as dead and reopened; option `silenceTimeoutMs` (0: never). */
   var SILENCE_MS = 45000;
   /** Event names that are not resource types or topics. */
   var BUILTIN = ['change', 'event', 'resync', 'status', 'snapshot', 'error', 'stats'];
@@ -147,6 +148,7 @@
     this._conn = null;
     this._fromSnapshot = false;
     this._wsBlocked = false;
+    this._silenceMs = options.silenceTimeoutMs == null ? SILENCE_MS : options.silenceTimeoutMs;
     var self = this;
     Object.keys(LEGACY).forEach(function (option) {
       if (typeof options[option] === 'function') self.on(LEGACY[option], options[option]);
@@ -498,7 +500,8 @@
       var event = { data: [], name: '', id: null };
       var armSilence = function () {
         clearTimeout(silence);
-        silence = setTimeout(function () { self.finish('retry', failure('silent', 'changecast: the stream went silent')); }, SILENCE_MS);
+        if (!cc._silenceMs) return;
+        silence = setTimeout(function () { self.finish('retry', failure('silent', 'changecast: the stream went silent')); }, cc._silenceMs);
       };
       armSilence();
       for (;;) {
@@ -627,7 +630,8 @@
   WsConnection.prototype.armSilence = function () {
     var self = this;
     clearTimeout(this.silence);
-    this.silence = setTimeout(function () { self.finish('retry', failure('silent', 'changecast: the WebSocket went silent')); }, SILENCE_MS);
+    if (!this.cc._silenceMs) return;
+    this.silence = setTimeout(function () { self.finish('retry', failure('silent', 'changecast: the WebSocket went silent')); }, this.cc._silenceMs);
   };
 
   WsConnection.prototype.run = async function () {
