@@ -271,10 +271,28 @@ try {
     await page.close();
   };
 
-  await scenario('client: plain <script> and ES module import load the same client', async () => {
+  await scenario('client: plain <script> with the old options, and ES module import', async () => {
     const page = await harness();
     const loaded = await page.evaluate(() => [typeof window.classic, typeof window.Module, window.classic.VERSION === window.Module.VERSION]);
     check(loaded[0] === 'function' && loaded[1] === 'function' && loaded[2], `loaded: ${loaded}`);
+    // The constructor options of the first version, on the plain-script build.
+    const tenant = 'legacy';
+    const old = await insertTicket(tenant, 'in the snapshot');
+    await page.evaluate((t) => {
+      window.legacy = { snapshot: null, changes: [], statuses: [] };
+      window.legacyClient = new window.classic({
+        token: t,
+        types: ['ticket'],
+        onSnapshot: (resources) => { window.legacy.snapshot = resources; },
+        onChange: (change) => window.legacy.changes.push(change.resource.id),
+        onStatus: (status) => window.legacy.statuses.push(status),
+      });
+      return window.legacyClient.startFromSnapshot();
+    }, await token(tenant));
+    check(await page.evaluate((id) => window.legacy.snapshot.ticket.some((r) => r.id === id), old), 'onSnapshot got the rows by type');
+    const live = await insertTicket(tenant, 'live');
+    await until(page, 'onChange called', (id) => window.legacy.changes.includes(id), live);
+    check((await page.evaluate(() => window.legacy.statuses)).includes('live'), 'onStatus called');
     const plain = await (await fetch(`${base}/changecast.js`)).text();
     const module = await (await fetch(`${base}/changecast.js?format=module`)).text();
     check(!/\nexport /.test(plain), 'the classic form has no export');

@@ -28,7 +28,7 @@ const SUITE_DEADLINE: Duration = Duration::from_secs(180);
 /// Every scenario the suite must report as passed (a skipped one fails the test).
 const SCENARIOS: &[&str] = &[
     "typescript: the .d.ts type-checks the examples with tsc --strict",
-    "client: plain <script> and ES module import load the same client",
+    "client: plain <script> with the old options, and ES module import",
     "client: on('ticket') over SSE",
     "client: on('ticket') over WebSocket",
     "client: auto falls back to SSE when WebSocket is blocked",
