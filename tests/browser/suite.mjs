@@ -554,6 +554,9 @@ try {
         await page.screenshot({ path: process.env.CHANGECAST_SCREENSHOT, fullPage: true, animations: 'disabled' });
       }
       await page.setViewportSize({ width: 390, height: 844 });
+      if (process.env.CHANGECAST_SCREENSHOT) {
+        await page.screenshot({ path: process.env.CHANGECAST_SCREENSHOT.replace(/\.png$/, '-phone.png'), animations: 'disabled' });
+      }
       const layout = await page.evaluate(() => ({
         page: document.documentElement.scrollWidth,
         card: document.querySelector('#board .ticket').getBoundingClientRect().width,
