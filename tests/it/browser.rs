@@ -296,3 +296,63 @@ async fn the_demo_writer_seeds_and_keeps_the_tenant_moving() {
     assert!(body["resources"]["agent"].as_array().unwrap().len() >= 5);
     assert!(body["resources"]["profile"].as_array().unwrap().len() >= 4);
 }
+
+/// `changecast serve --demo`, the README's run command: it prints a dashboard URL for the
+/// demo tenant (also with a configured secret), and that tenant's stream moves at once.
+#[tokio::test]
+async fn serve_demo_prints_a_dashboard_url_whose_stream_moves() {
+    let db_url = server().fresh_database().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_changecast"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db_url)
+        .env("CHANGECAST_JWT_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting changecast");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.trim().strip_prefix("dashboard: ") {
+                return url.to_owned();
+            }
+        }
+        panic!("serve ended without printing a dashboard URL");
+    })
+    .await
+    .expect("no dashboard URL printed");
+    let (origin, token) = url
+        .split_once("/?access_token=")
+        .expect("a URL with a token");
+    assert_eq!(
+        authenticator().verify(token).unwrap().tenant.as_str(),
+        "demo"
+    );
+    let page = reqwest::get(format!("{origin}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let response = reqwest::Client::new()
+        .get(format!("{origin}/v1/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = SseStream::new(response);
+    let change = loop {
+        let event = stream
+            .next_within(WAIT)
+            .await
+            .expect("no demo activity within the bound");
+        if event.event == "resource_change" {
+            break event.data;
+        }
+    };
+    assert_eq!(change["tenant_id"], "demo");
+    unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("serve --demo did not stop after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
