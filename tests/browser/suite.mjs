@@ -61,6 +61,14 @@ async function insertAgent(tenant, name, heartbeatAgo = '0 seconds') {
 function check(condition, message) {
   if (!condition) throw new Error(message);
 }
+/** A scenario for a server feature that may not exist yet: `SKIP` unless `probe()` finds it. */
+async function optional(name, probe, body) {
+  if (!(await probe())) {
+    out(`SKIP ${name}: the server does not have it yet`);
+    return;
+  }
+  await scenario(name, body);
+}
 async function scenario(name, body) {
   const started = Date.now();
   try {
@@ -564,6 +572,63 @@ try {
       }));
       check(layout.page <= 390, `no sideways scrolling of the page at 390 px (${layout.page} px wide)`);
       check(layout.card >= 250 && layout.font >= 13, `cards readable on a phone: ${JSON.stringify(layout)}`);
+      await page.close();
+    }),
+
+    optional('client: on(topic) gets publish()ed application events (API.md §8)', async () =>
+      (await sql("select to_regprocedure('changecast.publish(text,text,jsonb)') is not null as yes"))[0].yes,
+    async () => {
+      const tenant = 'apps';
+      const page = await harness();
+      await page.evaluate((t) => {
+        for (const transport of ['sse', 'ws']) {
+          window.openClient(transport, { token: t, transport, types: ['ticket'], topics: ['config_update', 'agent:*'] });
+          const rec = window.clients[transport].rec;
+          rec.config = [];
+          rec.agent = [];
+          window.clients[transport].cc.on('config_update', (e) => rec.config.push(e));
+          window.clients[transport].cc.on('agent:*', (e) => rec.agent.push(e.topic));
+        }
+      }, await token(tenant));
+      await until(page, 'both live', () => window.clients.sse.cc.status === 'live' && window.clients.ws.cc.status === 'live');
+      const publish = (topic, payload) => rust('exec', { sql: 'select changecast.publish($1, $2, ($3::text)::jsonb)', params: [tenant, topic, JSON.stringify(payload)] });
+      await publish('other_topic', { n: 0 });
+      await publish('config_update', { action: 'profile_set_default', profile_ids: ['p1'] });
+      await publish('agent:stats', { tasks_done: 3 });
+      const marker = await insertTicket(tenant, 'after the events');
+      for (const transport of ['sse', 'ws']) {
+        await until(page, `${transport}: the ticket after the events`, ([n, id]) => window.got(n).includes(id), [transport, marker]);
+        const rec = await page.evaluate((n) => {
+          const r = window.clients[n].rec;
+          return { config: r.config, agent: r.agent, events: r.events.map((e) => e.topic) };
+        }, transport);
+        check(rec.config.length === 1 && rec.config[0].payload.action === 'profile_set_default' && rec.config[0].type === 'app_event',
+          `${transport}: on('config_update'): ${JSON.stringify(rec.config)}`);
+        check(rec.agent.join() === 'agent:stats', `${transport}: on('agent:*'): ${rec.agent}`);
+        check(rec.events.join() === 'config_update,agent:stats', `${transport}: on('event') got only the selected topics: ${rec.events}`);
+      }
+      await page.close();
+    }),
+
+    optional('client: row filters, and rows leaving the view arrive as deleted (API.md §9)', async () =>
+      (await fetch(`${base}/v1/snapshot?filter=nonsense`, { headers: { Authorization: `Bearer ${await token('probe')}` } })).status === 400,
+    async () => {
+      const tenant = 'filters';
+      const page = await harness();
+      await page.evaluate((t) => {
+        for (const transport of ['sse', 'ws']) window.openClient(transport, { token: t, transport, types: ['ticket'], filter: { state: 'eq.open' } });
+      }, await token(tenant));
+      await until(page, 'both live', () => window.clients.sse.cc.status === 'live' && window.clients.ws.cc.status === 'live');
+      const open = await insertTicket(tenant, 'open', 'open');
+      const closed = await insertTicket(tenant, 'closed from the start', 'closed');
+      await sql("update tickets set state = 'closed' where id::text = $1 returning id", [open]);
+      const marker = await insertTicket(tenant, 'marker', 'open');
+      for (const transport of ['sse', 'ws']) {
+        await until(page, `${transport}: the marker`, ([n, id]) => window.got(n).includes(id), [transport, marker]);
+        const seen = await page.evaluate((n) => window.clients[n].rec.changes.map((c) => `${c.event}:${c.resource.id}`), transport);
+        check(JSON.stringify(seen) === JSON.stringify([`created:${open}`, `deleted:${open}`, `created:${marker}`]),
+          `${transport}: ${JSON.stringify(seen)} (closed one: ${closed})`);
+      }
       await page.close();
     }),
 

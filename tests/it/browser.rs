@@ -227,6 +227,7 @@ async fn the_browser_side_works_in_chromium() {
                     eprintln!("  FAIL {line}");
                     failed.push(line.clone());
                 }
+                "SKIP" => eprintln!("  skip {rest}"),
                 "DONE" => break,
                 _ => eprintln!("  {line}"),
             }
