@@ -24,7 +24,7 @@
 
 \if :{?watcher_role}
 grant usage on schema changecast to :"watcher_role";
-grant execute on function changecast.watch(regclass, text, text, text),
+grant execute on function changecast.watch(regclass, text, text, text, text[]),
                           changecast.unwatch(regclass)
    to :"watcher_role";
 \else
@@ -32,11 +32,11 @@ grant execute on function changecast.watch(regclass, text, text, text),
 \endif
 
 \if :{?app_role}
--- Nothing to grant in changecast for writers. Once `changecast.publish()` exists, this is
--- where they get it (it, too, may address any tenant):
---   grant usage on schema changecast to :"app_role";
---   grant execute on function changecast.publish(text, text, jsonb) to :"app_role";
-\echo app_role :app_role needs no grant in schema changecast
+-- Writers need nothing in changecast to have their row changes captured. To send
+-- application events with `changecast.publish()` they need EXECUTE on it; like watch(),
+-- it may address any tenant, so grant it to roles trusted with every tenant's stream.
+grant usage on schema changecast to :"app_role";
+grant execute on function changecast.publish(text, text, jsonb) to :"app_role";
 \endif
 
 -- Never grant to application roles: INSERT/UPDATE/DELETE on any changecast table

@@ -23,31 +23,13 @@ use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
 use crate::replay_gate::ReplayGate;
 use crate::secret::Secret;
+pub use crate::services::Services;
+use crate::stats::Activity;
+use crate::subscription::{Limits, Subscriptions};
 use crate::supervise::supervise;
 
 /// How long shutdown waits for subscribers and tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// What request handlers and subscriptions share.
-pub struct Services {
-    pub config: ServeConfig,
-    pub pool: deadpool_postgres::Pool,
-    pub journal: Arc<Journal>,
-    pub hub: Arc<Hub>,
-    pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    /// Whether the listener is connected and caught up.
-    pub ready: watch::Receiver<bool>,
-    pub shutdown: CancellationToken,
-    /// Every task the service spawns, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// The watched resource types as last read (see `http::request::known_types`).
-    pub resource_types: std::sync::Mutex<Vec<String>>,
-    /// Bounds concurrent journal replays, overall and per tenant.
-    pub replay_gate: ReplayGate,
-    /// Open subscriptions, against the configured limits.
-    pub subscribers: std::sync::Mutex<crate::subscription::SubscriberCounts>,
-}
 
 pub struct App {
     services: Arc<Services>,
@@ -85,10 +67,12 @@ impl App {
         };
         // Live delivery starts now; anything older is for cursors to replay.
         let metrics = Arc::new(Metrics::new());
+        let activity = Arc::new(Activity::default());
         let hub = Arc::new(Hub::new(
             Published::complete(start),
             config.subscriber_buffer,
             metrics.tenant_channels.clone(),
+            activity.clone(),
         ));
         let (ready_tx, ready) = watch::channel(false);
         let listener = TcpListener::bind(config.listen)
@@ -114,8 +98,21 @@ impl App {
             metrics.replays_running.clone(),
             metrics.replay_waits.clone(),
         );
-        let services = Arc::new(Services {
+        let tracker = TaskTracker::new();
+        let subscriptions = Arc::new(Subscriptions::new(
+            hub.clone(),
+            journal.clone(),
+            pool.clone(),
+            metrics.clone(),
             replay_gate,
+            Limits {
+                max_subscribers: config.max_subscribers,
+                max_subscribers_per_tenant: config.max_subscribers_per_tenant,
+            },
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        let services = Arc::new(Services {
             auth,
             config,
             pool,
@@ -124,9 +121,10 @@ impl App {
             metrics,
             ready,
             shutdown,
-            tracker: TaskTracker::new(),
-            subscribers: Default::default(),
+            tracker,
             resource_types: std::sync::Mutex::new(resource_types),
+            subscriptions,
+            activity,
         });
         Ok(App {
             services,

@@ -17,9 +17,12 @@ use tokio::sync::broadcast;
 
 use crate::auth::TenantId;
 use crate::journal::{Entry, Published};
+use crate::stats::Activity;
 
 pub struct Hub {
     state: Mutex<State>,
+    /// Every published entry is counted here, subscribers or not (`/v1/stats`).
+    activity: Arc<Activity>,
     /// Changes a subscriber may fall behind its tenant's newest before it lags.
     capacity: usize,
     /// How many tenants have a channel (`changecast_tenant_channels`).
@@ -68,9 +71,15 @@ impl Drop for Member {
 }
 
 impl Hub {
-    pub fn new(published: Published, capacity: usize, channels: IntGauge) -> Self {
+    pub fn new(
+        published: Published,
+        capacity: usize,
+        channels: IntGauge,
+        activity: Arc<Activity>,
+    ) -> Self {
         channels.set(0);
         Hub {
+            activity,
             state: Mutex::new(State {
                 tenants: HashMap::new(),
                 published,
@@ -106,6 +115,7 @@ impl Hub {
     /// Hands one page of changes, in journal order, to their tenants' subscribers and
     /// moves the boundary to `published`. Returns how many subscriber deliveries it queued.
     pub fn publish(&self, changes: Vec<Entry>, published: Published) -> usize {
+        self.activity.record(&changes);
         let mut state = self.lock();
         let mut queued = 0;
         for change in changes {
@@ -155,7 +165,12 @@ mod tests {
     fn hub() -> Arc<Hub> {
         let start: PgSnapshot = "10:10:".parse().unwrap();
         let gauge = IntGauge::new("channels", "test").unwrap();
-        Arc::new(Hub::new(Published::complete(start), 8, gauge))
+        Arc::new(Hub::new(
+            Published::complete(start),
+            8,
+            gauge,
+            Arc::default(),
+        ))
     }
 
     fn tenant(name: &str) -> TenantId {

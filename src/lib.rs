@@ -8,6 +8,12 @@ pub mod db;
 pub mod journal;
 /// Per-tenant fan-out of changes to subscribers.
 pub mod hub;
+/// What each subscriber receives: types, topics, row filters, ids, view transitions.
+pub mod selection;
+/// The JSON and SSE forms of events, rendered once and shared.
+pub mod wire;
+/// Recent activity per tenant (`/v1/stats`).
+pub mod stats;
 /// One subscriber's replay-then-live stream, shared by both transports.
 pub mod subscription;
 /// Bounds on concurrent journal replays.
@@ -23,6 +29,8 @@ pub mod auth;
 pub mod metrics;
 /// Command line and environment.
 pub mod config;
+/// What request handlers share.
+pub mod services;
 /// Building and running the whole service.
 pub mod app;
 /// Restarting background tasks that panic or end unexpectedly.

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::auth::TenantId;
 use crate::journal::{snapshot_cursor, DbResult, Journal, PgSnapshot};
+use crate::selection::Selection;
 
 /// A watched table, its identifiers already quoted for SQL by PostgreSQL.
 struct WatchedTable {
@@ -16,6 +18,10 @@ struct WatchedTable {
     table: String,
     tenant_column: String,
     id_column: String,
+    /// The id column's name as is (a JSON key of the row).
+    id_key: String,
+    /// Columns that never leave the database.
+    exclude_columns: Vec<String>,
 }
 
 /// Entries whose table was dropped (or whose oid a new table reuses) carry no trigger of
@@ -23,7 +29,8 @@ struct WatchedTable {
 /// schema-qualified, whatever this connection's `search_path`.
 const WATCHED_SQL: &str =
     "select w.resource_type, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-            quote_ident(w.tenant_column), quote_ident(w.id_column)
+            quote_ident(w.tenant_column), quote_ident(w.id_column), w.id_column,
+            w.exclude_columns
      from changecast.watched w
      join pg_catalog.pg_class c on c.oid = w.table_name
      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -39,6 +46,8 @@ async fn watched_tables(client: &impl GenericClient) -> DbResult<Vec<WatchedTabl
             table: row.get(1),
             tenant_column: row.get(2),
             id_column: row.get(3),
+            id_key: row.get(4),
+            exclude_columns: row.get(5),
         })
         .collect())
 }
@@ -59,13 +68,20 @@ pub struct Snapshot {
     pub truncated: bool,
 }
 
-/// The tenant's current rows of `types` (at most `limit` per type) and a cursor that
-/// resumes exactly after them: rows and cursor come from one REPEATABLE READ snapshot.
+/// Rows fetched per round trip while a snapshot filters a table's rows.
+const SNAPSHOT_PAGE_ROWS: i32 = 500;
+
+/// The tenant's current rows of `types` in `selection`'s view (at most `limit` per type),
+/// without excluded columns, and a cursor that resumes exactly after them: rows and
+/// cursor come from one REPEATABLE READ snapshot. Row filters are the subscription's own
+/// ([`Selection::includes_row`]): rows are read page by page through a portal and
+/// filtered here, so memory stays bounded and views agree with live delivery exactly.
 pub async fn snapshot(
     client: &mut Client,
     journal: &Journal,
     tenant: &TenantId,
     types: &[String],
+    selection: &Selection,
     limit: usize,
 ) -> DbResult<Snapshot> {
     let tx = client
@@ -91,24 +107,53 @@ pub async fn snapshot(
     {
         // The tenant column's own collation may be nondeterministic (case-insensitive,
         // say), merging tenants that differ in case: the bytewise `collate "C"` test
-        // decides. The first test keeps an index on the column usable.
+        // decides. The first test keeps an index on the column usable. `ids` narrow the
+        // read by the same text `resource_id` carries.
         let sql = format!(
-            "select to_jsonb(t)::text from {table} t
-             where t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1
-             order by t.{id} limit $2",
+            "select r.row::text, r.row ->> $3
+             from (select to_jsonb(t) - $4::text[] as row from {table} t
+                   where t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1
+                     and ($2::text[] is null or (to_jsonb(t) ->> $3) = any($2))
+                   order by t.{id}) r",
             table = table.table,
             tenant = table.tenant_column,
             id = table.id_column
         );
-        let rows = tx
-            .query(&sql, &[&tenant.as_str(), &(limit as i64 + 1)])
+        let portal = tx
+            .bind(
+                &sql,
+                &[
+                    &tenant.as_str(),
+                    &selection.ids,
+                    &table.id_key,
+                    &table.exclude_columns,
+                ],
+            )
             .await?;
-        truncated |= rows.len() > limit;
-        let items = rows
-            .iter()
-            .take(limit)
-            .map(|row| RawValue::from_string(row.get(0)).expect("BUG: jsonb prints valid JSON"))
-            .collect();
+        let mut items = Vec::new();
+        'pages: loop {
+            let rows = tx.query_portal(&portal, SNAPSHOT_PAGE_ROWS).await?;
+            let last_page = rows.len() < SNAPSHOT_PAGE_ROWS as usize;
+            for row in rows {
+                let json: String = row.get(0);
+                let resource_id: Option<&str> = row.get(1);
+                if !selection.rows.is_empty() {
+                    let values: Map<String, Value> =
+                        serde_json::from_str(&json).expect("BUG: to_jsonb of a row is an object");
+                    if !selection.includes_row(&values, resource_id.unwrap_or_default()) {
+                        continue;
+                    }
+                }
+                if items.len() == limit {
+                    truncated = true;
+                    break 'pages;
+                }
+                items.push(RawValue::from_string(json).expect("BUG: jsonb prints valid JSON"));
+            }
+            if last_page {
+                break;
+            }
+        }
         resources.insert(table.resource_type, items);
     }
     tx.commit().await?;

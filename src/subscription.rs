@@ -6,8 +6,9 @@
 //! boundary, and continues with live changes, skipping those the cursor already saw.
 //! If the subscriber falls behind the fan-out it rejoins and replays again from the last
 //! change it was given: a slow subscriber costs a journal read, never unbounded memory.
-//! A truncation of a table it watches becomes a `resync` here, so transports only ever
-//! see row changes as `Outbound::Change`.
+//! A truncation of a table it watches becomes a `resync` here, and its
+//! [`Selection`] decides what of each entry it gets (view transitions included), so
+//! transports only ever write finished [`Delivery`]s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,13 +18,16 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::app::Services;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::auth::{Identity, TenantId};
-use crate::hub::Live;
-use crate::journal::{
-    snapshot_cursor, Cursor, Entry, EventKind, Journal, Published, ReplayFilter, SharedChange,
-    Truncation,
-};
+use crate::hub::{Hub, Live};
+use crate::journal::{snapshot_cursor, Cursor, Entry, Journal, Published, ReplayFilter};
+use crate::metrics::Metrics;
+use crate::replay_gate::ReplayGate;
+use crate::selection::{Decision, Selection};
+use crate::wire::Delivery;
 
 /// Items queued between the subscription task and its transport.
 const OUTBOUND_QUEUE: usize = 64;
@@ -33,36 +37,75 @@ const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
 /// How long an expired subscriber's transport may take to make room for `AuthExpired`.
 const AUTH_EXPIRED_SEND: Duration = Duration::from_secs(5);
 
-/// Which changes a subscriber wants; `None` means all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub types: Option<Vec<String>>,
-    pub events: Option<Vec<EventKind>>,
+/// What subscriptions share: the fan-out, the journal to replay from, and the limits.
+pub struct Subscriptions {
+    pub hub: Arc<Hub>,
+    pub journal: Arc<Journal>,
+    pub pool: deadpool_postgres::Pool,
+    pub metrics: Arc<Metrics>,
+    /// Bounds concurrent journal replays, overall and per tenant.
+    pub replay_gate: ReplayGate,
+    pub limits: Limits,
+    pub shutdown: CancellationToken,
+    /// Every subscription task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    counts: Mutex<SubscriberCounts>,
 }
 
-impl Filter {
-    pub fn matches(&self, resource_type: &str, event: EventKind) -> bool {
-        self.matches_type(resource_type)
-            && self
-                .events
-                .as_ref()
-                .is_none_or(|events| events.contains(&event))
+/// How many subscriber connections may be open.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_subscribers: usize,
+    pub max_subscribers_per_tenant: usize,
+}
+
+/// The two transports, for per-tenant counts (`/v1/stats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+impl Subscriptions {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        hub: Arc<Hub>,
+        journal: Arc<Journal>,
+        pool: deadpool_postgres::Pool,
+        metrics: Arc<Metrics>,
+        replay_gate: ReplayGate,
+        limits: Limits,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Subscriptions {
+            hub,
+            journal,
+            pool,
+            metrics,
+            replay_gate,
+            limits,
+            shutdown,
+            tracker,
+            counts: Mutex::default(),
+        }
     }
 
-    /// Whether the subscriber follows `resource_type` at all (a truncation of it
-    /// concerns every event kind).
-    pub fn matches_type(&self, resource_type: &str) -> bool {
-        self.types
-            .as_ref()
-            .is_none_or(|types| types.iter().any(|t| t == resource_type))
+    /// Open subscriber connections of `tenant`: (SSE, WebSocket).
+    pub fn connected(&self, tenant: &TenantId) -> (usize, usize) {
+        let counts = lock(&self.counts);
+        counts
+            .per_tenant
+            .get(tenant)
+            .map_or((0, 0), |of| (of.sse, of.ws))
     }
 }
 
 /// What a transport writes.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A row change (`resource_change`).
-    Change(SharedChange),
+    /// A row change or an application event, as this subscriber receives it.
+    Event(Delivery),
     /// The client must refetch its state; the stream continues live from `cursor`, which
     /// replaces the client's last event id (so its next reconnect does not resync again).
     /// Reasons: `cursor_expired`, `cursor_invalid`, `truncated` (a table of a type the
@@ -101,9 +144,9 @@ pub struct Opened {
 /// dropped, the token expires (after `AuthExpired`) or the service shuts down. The
 /// transport holds the connection's [`Place`] (taken before it accepted the client).
 pub fn open(
-    services: &Arc<Services>,
+    services: &Arc<Subscriptions>,
     identity: &Identity,
-    filter: Filter,
+    selection: Selection,
     resume: Option<String>,
 ) -> Opened {
     let (live, upto) = services.hub.subscribe(&identity.tenant);
@@ -118,7 +161,7 @@ pub fn open(
     let subscription = Subscription {
         services: services.clone(),
         tenant: identity.tenant.clone(),
-        filter,
+        selection,
         tx,
         expires: Instant::now() + remaining,
     };
@@ -136,9 +179,28 @@ pub fn open(
 
 /// How many subscriptions are open, in all and per tenant (against the limits).
 #[derive(Default)]
-pub struct SubscriberCounts {
+struct SubscriberCounts {
     total: usize,
-    per_tenant: HashMap<TenantId, usize>,
+    per_tenant: HashMap<TenantId, TenantCounts>,
+}
+
+#[derive(Default)]
+struct TenantCounts {
+    sse: usize,
+    ws: usize,
+}
+
+impl TenantCounts {
+    fn total(&self) -> usize {
+        self.sse + self.ws
+    }
+
+    fn of(&mut self, transport: Transport) -> &mut usize {
+        match transport {
+            Transport::Sse => &mut self.sse,
+            Transport::Ws => &mut self.ws,
+        }
+    }
 }
 
 /// One subscriber connection's place under `max_subscribers` and
@@ -146,37 +208,43 @@ pub struct SubscriberCounts {
 /// (subscribed or not, so idle sockets cannot bypass the limits, and a `subscribe` that
 /// changes the filter never needs a second place). Given back when dropped.
 pub struct Place {
-    services: Arc<Services>,
+    services: Arc<Subscriptions>,
     tenant: TenantId,
+    transport: Transport,
 }
 
 impl Place {
-    pub fn take(services: &Arc<Services>, tenant: &TenantId) -> Result<Place, Refused> {
-        let config = &services.config;
-        let mut counts = lock(&services.subscribers);
-        if counts.total >= config.max_subscribers {
-            return Err(Refused::ServiceFull(config.max_subscribers));
+    pub fn take(
+        services: &Arc<Subscriptions>,
+        tenant: &TenantId,
+        transport: Transport,
+    ) -> Result<Place, Refused> {
+        let limits = &services.limits;
+        let mut counts = lock(&services.counts);
+        if counts.total >= limits.max_subscribers {
+            return Err(Refused::ServiceFull(limits.max_subscribers));
         }
         let of_tenant = counts.per_tenant.entry(tenant.clone()).or_default();
-        if *of_tenant >= config.max_subscribers_per_tenant {
-            return Err(Refused::TenantFull(config.max_subscribers_per_tenant));
+        if of_tenant.total() >= limits.max_subscribers_per_tenant {
+            return Err(Refused::TenantFull(limits.max_subscribers_per_tenant));
         }
-        *of_tenant += 1;
+        *of_tenant.of(transport) += 1;
         counts.total += 1;
         Ok(Place {
             services: services.clone(),
             tenant: tenant.clone(),
+            transport,
         })
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut counts = lock(&self.services.subscribers);
+        let mut counts = lock(&self.services.counts);
         counts.total -= 1;
         if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
-            *of_tenant -= 1;
-            if *of_tenant == 0 {
+            *of_tenant.of(self.transport) -= 1;
+            if of_tenant.total() == 0 {
                 counts.per_tenant.remove(&self.tenant);
             }
         }
@@ -190,16 +258,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct Subscription {
-    services: Arc<Services>,
+    services: Arc<Subscriptions>,
     tenant: TenantId,
-    filter: Filter,
+    selection: Selection,
     tx: mpsc::Sender<Outbound>,
     expires: Instant,
 }
 
 enum Delivered {
     Sent,
-    /// Not of the subscriber's filter.
+    /// Not of the subscriber's selection.
     Filtered,
     /// The transport is gone, or the service stops, or the token expired.
     Gone,
@@ -376,10 +444,11 @@ impl Subscription {
                 *after_id.insert(start)
             }
         };
+        let types = self.selection.journal_types();
         let filter = ReplayFilter {
             tenant: &self.tenant,
-            types: self.filter.types.as_deref(),
-            events: self.filter.events.as_deref(),
+            types: types.as_deref(),
+            app_events: self.selection.wants_app_events(),
         };
         let page = journal
             .read_replay(
@@ -400,27 +469,13 @@ impl Subscription {
         Ok(Ok(page))
     }
 
-    /// Sends one journal entry if the filter wants it: a row change as itself, a
-    /// truncation as a `resync`.
+    /// Sends one journal entry as the selection decides: a row change or application
+    /// event as the subscriber receives it, a truncation as a `resync`.
     async fn deliver(&self, entry: &Entry) -> Delivered {
-        let sent = match entry {
-            Entry::Change(change) => {
-                if !self.filter.matches(&change.resource_type, change.event) {
-                    return Delivered::Filtered;
-                }
-                self.send(Outbound::Change(change.clone())).await
-            }
-            Entry::Truncated(Truncation {
-                resource_type,
-                cursor_text,
-                ..
-            }) => {
-                // Every kind of event of this type is concerned: `events=` does not apply.
-                if !self.filter.matches_type(resource_type) {
-                    return Delivered::Filtered;
-                }
-                self.send_resync("truncated", cursor_text.clone()).await
-            }
+        let sent = match self.selection.decide(entry) {
+            Decision::Skip => return Delivered::Filtered,
+            Decision::Send(delivery) => self.send(Outbound::Event(delivery)).await,
+            Decision::Resync { cursor } => self.send_resync("truncated", cursor).await,
         };
         if sent {
             Delivered::Sent

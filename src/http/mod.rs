@@ -8,6 +8,7 @@ mod request;
 pub mod server;
 mod snapshot;
 mod sse;
+mod stats;
 mod upgrade;
 mod ws;
 
@@ -18,7 +19,7 @@ use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::app::Services;
+use crate::services::Services;
 
 pub use error::ApiError;
 
@@ -27,6 +28,8 @@ pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         .or(ws(services.clone()))
         .unify()
         .or(snapshot(services.clone()))
+        .unify()
+        .or(stats(services.clone()))
         .unify()
         .or(ops(services.clone()))
         .unify()
@@ -41,7 +44,7 @@ pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         let cors = warp::cors()
             .allow_origins(origins.iter().map(String::as_str))
             .allow_methods(["GET"])
-            .allow_headers(["authorization", "last-event-id", "content-type"]);
+            .allow_headers(["authorization", "last-event-id", "content-type", "accept"]);
         routes
             .with(cors)
             .map(warp::reply::Reply::into_response)
@@ -93,6 +96,15 @@ fn snapshot(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         .and(with(services))
         .and(request_parts())
         .then(snapshot::handle)
+        .boxed()
+}
+
+fn stats(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    warp::path!("v1" / "stats")
+        .and(warp::get())
+        .and(with(services))
+        .and(request_parts())
+        .map(stats::handle)
         .boxed()
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use crate::app::Services;
+use crate::services::Services;
 
 pub fn healthz() -> Response {
     warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()

@@ -1,33 +1,61 @@
 //! What every subscriber request carries, parsed and checked once for all endpoints:
-//! the token (header or `access_token`), the filter, the cursor, the snapshot limit.
+//! the token (header or `access_token`), the selection, the cursor, the snapshot limit.
 
 use warp::http::HeaderMap;
 
 use super::error::ApiError;
-use crate::app::Services;
 use crate::auth::Identity;
 use crate::journal::EventKind;
-use crate::subscription::Filter;
+use crate::selection::{RowFilter, Selection, TopicPattern, MAX_ROW_FILTERS};
+use crate::services::Services;
 
 /// Longest query string accepted; a URL past this is abuse or a mistake.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// How long a request waits for the list of watched types before using the last one.
 const TYPES_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// Most entries in one `types` or `events` list.
+/// Most entries in one `types`, `events`, `topics` or `ids` list.
 pub const MAX_FILTER_ENTRIES: usize = 64;
+
+/// The query parameters each endpoint understands; any other is refused (a client
+/// written for another API must not silently get everything).
+pub const EVENTS_PARAMS: &[&str] = &[
+    "types",
+    "events",
+    "topics",
+    "filter",
+    "ids",
+    "last_event_id",
+    "access_token",
+];
+pub const SNAPSHOT_PARAMS: &[&str] = &["types", "filter", "ids", "limit", "access_token"];
+pub const WS_PARAMS: &[&str] = &["access_token"];
+pub const STATS_PARAMS: &[&str] = &["interval", "access_token"];
 
 /// The raw query parameters of a subscriber request.
 #[derive(Debug, Default)]
 pub struct Params {
     pub types: Option<String>,
     pub events: Option<String>,
+    pub topics: Option<String>,
+    /// Repeatable: every condition must hold.
+    pub filter: Vec<String>,
+    pub ids: Option<String>,
     pub last_event_id: Option<String>,
     pub access_token: Option<String>,
     pub limit: Option<String>,
+    pub interval: Option<String>,
 }
 
 impl Params {
+    /// Every parameter any endpoint understands (for tests and fuzzing).
+    #[allow(dead_code)]
     pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
+        let all = [EVENTS_PARAMS, SNAPSHOT_PARAMS, STATS_PARAMS].concat();
+        Params::parse_for(raw, &all)
+    }
+
+    /// The parameters of an endpoint that understands `allowed`.
+    pub fn parse_for(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
         let Some(raw) = raw else {
             return Ok(Params::default());
         };
@@ -46,25 +74,65 @@ impl Params {
         })?;
         let mut params = Params::default();
         for (key, value) in pairs {
+            if !allowed.contains(&key.as_str()) {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!(
+                        "unknown query parameter {key:?}; this endpoint takes: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
             let slot = match key.as_str() {
+                "filter" => {
+                    params.filter.push(value);
+                    continue;
+                }
                 "types" => &mut params.types,
                 "events" => &mut params.events,
+                "topics" => &mut params.topics,
+                "ids" => &mut params.ids,
                 "last_event_id" => &mut params.last_event_id,
                 "access_token" => &mut params.access_token,
                 "limit" => &mut params.limit,
-                // Unknown parameters (cache busters and the like) are ignored.
-                _ => continue,
+                "interval" => &mut params.interval,
+                _ => unreachable!("every allowed parameter has a slot"),
             };
             // Repeated list parameters add up: `types=a&types=b` is `types=a,b`.
+            let is_list = matches!(key.as_str(), "types" | "events" | "topics" | "ids");
             *slot = Some(match slot.take() {
-                Some(previous) if key == "types" || key == "events" => {
-                    format!("{previous},{value}")
-                }
+                Some(previous) if is_list => format!("{previous},{value}"),
                 _ => value,
             });
         }
         Ok(params)
     }
+
+    /// The selection's raw lists, as the query spells them.
+    pub fn selection(&self) -> RawSelection<'_> {
+        fn split(raw: &Option<String>) -> Option<Vec<&str>> {
+            raw.as_deref().map(|r| commas(r).collect())
+        }
+        RawSelection {
+            types: split(&self.types),
+            events: split(&self.events),
+            topics: split(&self.topics),
+            filter: (!self.filter.is_empty())
+                .then(|| self.filter.iter().map(String::as_str).collect()),
+            ids: split(&self.ids),
+        }
+    }
+}
+
+/// A subscriber's selection as it arrived (a query's comma lists, a WebSocket
+/// message's arrays), before any check.
+#[derive(Default)]
+pub struct RawSelection<'a> {
+    pub types: Option<Vec<&'a str>>,
+    pub events: Option<Vec<&'a str>>,
+    pub topics: Option<Vec<&'a str>>,
+    pub filter: Option<Vec<&'a str>>,
+    pub ids: Option<Vec<&'a str>>,
 }
 
 /// The bearer token: the `Authorization` header wins over `access_token`.
@@ -109,6 +177,7 @@ fn list<'a>(
     raw: Option<impl IntoIterator<Item = &'a str>>,
     what: &str,
 ) -> Result<Option<Vec<String>>, ApiError> {
+    // (Empty lists mean "no filter", as they always have: `types=` is every type.)
     let Some(raw) = raw else { return Ok(None) };
     let mut items: Vec<String> = Vec::new();
     for item in raw.into_iter().map(str::trim).filter(|i| !i.is_empty()) {
@@ -126,6 +195,7 @@ fn list<'a>(
 }
 
 /// Resource types, each checked against the watched tables.
+#[cfg(test)]
 pub fn resource_types<'a>(
     raw: Option<impl IntoIterator<Item = &'a str>>,
     known: &[String],
@@ -167,32 +237,48 @@ pub fn event_kinds<'a>(
         .map(Some)
 }
 
-/// The subscriber's filter from the query, with resource types checked against the
-/// database.
-pub async fn filter(services: &Services, params: &Params) -> Result<Filter, ApiError> {
-    filter_of(
-        services,
-        params.types.as_deref().map(commas),
-        params.events.as_deref().map(commas),
-    )
-    .await
+/// The subscriber's selection, whichever transport it came in: the one validation
+/// SSE's query, the snapshot's and WebSocket's `subscribe` share. Resource types are
+/// checked against the database, after everything that needs no round trip.
+pub async fn selection(services: &Services, raw: RawSelection<'_>) -> Result<Selection, ApiError> {
+    let events = event_kinds(raw.events)?;
+    let topics = list(raw.topics, "topics")?
+        .map(|topics| {
+            topics
+                .iter()
+                .map(|t| TopicPattern::parse(t))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|message| ApiError::bad_request("invalid_topic", message))?;
+    let rows = row_filters(raw.filter.unwrap_or_default())?;
+    let ids = list(raw.ids, "ids")?;
+    let types = list(raw.types, "types")?;
+    let types = if types.is_some() {
+        known_only(types, &known_types(services).await?)?
+    } else {
+        None
+    };
+    Ok(Selection {
+        types,
+        events,
+        topics,
+        rows,
+        ids,
+    })
 }
 
-/// The subscriber's filter from raw lists, whichever transport they came in: the one
-/// validation SSE's query and WebSocket's `subscribe` share.
-pub async fn filter_of<'a>(
-    services: &Services,
-    types: Option<impl IntoIterator<Item = &'a str>>,
-    events: Option<impl IntoIterator<Item = &'a str>>,
-) -> Result<Filter, ApiError> {
-    // Events first: a bad `events` list is refused without a database round trip.
-    let events = event_kinds(events)?;
-    let types = list(types, "types")?;
-    let known = known_types(services).await?;
-    Ok(Filter {
-        types: known_only(types, &known)?,
-        events,
-    })
+pub fn row_filters(raw: Vec<&str>) -> Result<Vec<crate::selection::RowFilter>, ApiError> {
+    if raw.len() > MAX_ROW_FILTERS {
+        return Err(ApiError::bad_request(
+            "too_many_filters",
+            format!("at most {MAX_ROW_FILTERS} `filter` conditions"),
+        ));
+    }
+    raw.into_iter()
+        .map(RowFilter::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ApiError::bad_request("invalid_filter", message))
 }
 
 /// The resource types subscribers may ask for, read afresh (a table watched a moment ago
@@ -291,9 +377,23 @@ mod tests {
 
     #[test]
     fn query_strings_are_bounded_and_repeated_lists_merge() {
-        let params = Params::parse(Some("types=ticket&types=agent&events=created&x=1")).unwrap();
+        let params = Params::parse(Some(
+            "types=ticket&types=agent&events=created&filter=a=eq.1&filter=b=is.null",
+        ))
+        .unwrap();
         assert_eq!(params.types.as_deref(), Some("ticket,agent"));
         assert_eq!(params.events.as_deref(), Some("created"));
+        assert_eq!(params.filter, ["a=eq.1", "b=is.null"]);
+        assert_eq!(
+            Params::parse(Some("types=ticket&x=1")).unwrap_err().code,
+            "unknown_parameter"
+        );
+        assert_eq!(
+            Params::parse_for(Some("limit=5"), EVENTS_PARAMS)
+                .unwrap_err()
+                .code,
+            "unknown_parameter"
+        );
         let long = format!("types={}", "a".repeat(MAX_QUERY_BYTES));
         assert_eq!(
             Params::parse(Some(&long)).unwrap_err().code,

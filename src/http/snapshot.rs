@@ -7,7 +7,7 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::app::Services;
+use crate::services::Services;
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -25,7 +25,7 @@ async fn read(
     headers: HeaderMap,
     query: Option<String>,
 ) -> Result<warp::reply::Json, ApiError> {
-    let params = Params::parse(query.as_deref())?;
+    let params = Params::parse_for(query.as_deref(), request::SNAPSHOT_PARAMS)?;
     let identity = request::authenticate(&services, &headers, &params)?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -39,15 +39,18 @@ async fn read(
             }
         },
     };
-    let known = request::known_types(&services).await?;
-    let types = request::resource_types(params.types.as_deref().map(request::commas), &known)?
-        .unwrap_or(known);
+    let mut selection = request::selection(&services, params.selection()).await?;
+    let types = match selection.types.take() {
+        Some(types) => types,
+        None => request::known_types(&services).await?,
+    };
     let mut client = services.pool.get().await.map_err(ApiError::unavailable)?;
     let snapshot = crate::resources::snapshot(
         &mut client,
         &services.journal,
         &identity.tenant,
         &types,
+        &selection,
         limit,
     )
     .await

@@ -14,9 +14,9 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::app::Services;
 use crate::metrics::SubscriberGauge;
-use crate::subscription::{self, Opened, Outbound};
+use crate::services::Services;
+use crate::subscription::{self, Opened, Outbound, Transport};
 
 /// How long an EventSource waits before reconnecting.
 const RETRY_MS: u64 = 2000;
@@ -37,9 +37,9 @@ async fn open(
     headers: HeaderMap,
     query: Option<String>,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query.as_deref())?;
+    let params = Params::parse_for(query.as_deref(), request::EVENTS_PARAMS)?;
     let identity = request::authenticate(&services, &headers, &params)?;
-    let filter = request::filter(&services, &params).await?;
+    let selection = request::selection(&services, params.selection()).await?;
     // The header wins over the query parameter, as in API.md §5.
     let resume = headers
         .get("last-event-id")
@@ -50,8 +50,9 @@ async fn open(
     let _span =
         tracing::info_span!("subscriber", transport = "sse", tenant = %identity.tenant).entered();
     let resumed = resume.is_some();
-    let place = subscription::Place::take(&services, &identity.tenant)?;
-    let opened = subscription::open(&services, &identity, filter, resume);
+    let subscriptions = &services.subscriptions;
+    let place = subscription::Place::take(subscriptions, &identity.tenant, Transport::Sse)?;
+    let opened = subscription::open(subscriptions, &identity, selection, resume);
     // A fresh stream's first bytes set the EventSource's last event id to where live
     // delivery starts (an `id:` without data dispatches nothing), so a reconnect before
     // the first change still resumes from here.
@@ -138,7 +139,7 @@ impl Stream for SseBody {
             return Poll::Ready(None);
         }
         let frame = match self.subscription.outbound.poll_recv(cx) {
-            Poll::Ready(Some(Outbound::Change(change))) => {
+            Poll::Ready(Some(Outbound::Event(delivery))) => {
                 self.services
                     .metrics
                     .events_delivered
@@ -147,8 +148,8 @@ impl Stream for SseBody {
                 self.services
                     .metrics
                     .delivery_latency
-                    .observe(change.known_since.elapsed().as_secs_f64());
-                change.sse_frame.clone()
+                    .observe(delivery.known_since().elapsed().as_secs_f64());
+                delivery.frame().sse.clone()
             }
             Poll::Ready(Some(Outbound::Resync { reason, cursor })) => {
                 control_frame("resync", Some(reason), Some(&cursor))

@@ -31,10 +31,12 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::request::{self, Params};
 use super::upgrade::{Upgrade, WebSocket};
-use crate::app::Services;
 use crate::auth::Identity;
 use crate::metrics::SubscriberGauge;
-use crate::subscription::{self, Opened, Outbound, Place};
+use crate::selection::Selection;
+use crate::services::Services;
+use crate::stats::Report;
+use crate::subscription::{self, Opened, Outbound, Place, Transport};
 
 /// Largest frame (and message) the transport reads. tungstenite refuses a bigger one
 /// without reading it, which leaves the stream unusable: the connection closes with 1009.
@@ -81,7 +83,7 @@ fn upgrade(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
+    let params = Params::parse_for(query, request::WS_PARAMS)?;
     let identity = request::authenticate(&services, headers, &params)?;
     let ws = ws.ok_or_else(|| {
         ApiError::new(
@@ -91,7 +93,8 @@ fn upgrade(
         )
     })?;
     // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
-    let place = subscription::Place::take(&services, &identity.tenant)?;
+    let place =
+        subscription::Place::take(&services.subscriptions, &identity.tenant, Transport::Ws)?;
     let span = tracing::info_span!("subscriber", tenant = %identity.tenant, transport = "ws");
     Ok(
         ws.into_response(MAX_FRAME_BYTES, MAX_WRITE_BUFFER_BYTES, move |socket| {
@@ -159,13 +162,17 @@ enum ServerMessage<'a> {
     ConnectionEstablished {
         tenant_id: &'a str,
     },
-    /// The effective filter; `null` means all.
+    /// The effective selection; `null` means all (`filter`: none).
     SubscriptionConfirmed {
         /// Where this subscription starts: a `last_event_id` to resume from.
         id: &'a str,
         resource_types: Option<&'a [String]>,
         events: Option<Vec<&'static str>>,
+        topics: Option<Vec<String>>,
+        filter: Vec<&'a str>,
+        ids: Option<&'a [String]>,
     },
+    Stats(Report),
     Pong,
     Heartbeat,
     Resync {
@@ -185,15 +192,42 @@ impl ServerMessage<'_> {
     }
 }
 
-/// `{"type":"subscribe", ...}`; every field optional, `null` like absent.
+/// `{"type":"subscribe", ...}`; every field optional, `null` like absent; any other
+/// field is refused (a misspelt `filters` must not silently mean "everything").
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Subscribe {
+    #[serde(rename = "type")]
+    _type: String,
     #[serde(default)]
     resource_types: Option<Vec<String>>,
     #[serde(default)]
     events: Option<Vec<String>>,
     #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    filter: Option<Vec<String>>,
+    #[serde(default)]
+    ids: Option<Vec<Id>>,
+    #[serde(default)]
     last_event_id: Option<String>,
+}
+
+/// A resource id in `ids`: a string, or a number (as `resource_id` spells it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Id {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Id {
+    fn into_text(self) -> String {
+        match self {
+            Id::Text(text) => text,
+            Id::Number(number) => number.to_string(),
+        }
+    }
 }
 
 /// How the session loop ends.
@@ -322,15 +356,16 @@ impl Session {
 
     fn on_outbound(&mut self, item: Option<Outbound>) -> Option<End> {
         match item {
-            Some(Outbound::Change(change)) => {
+            Some(Outbound::Event(delivery)) => {
                 let metrics = &self.services.metrics;
                 metrics.events_delivered.with_label_values(&["ws"]).inc();
                 metrics
                     .delivery_latency
-                    .observe(change.known_since.elapsed().as_secs_f64());
-                self.position = Some(change.cursor_text.clone());
+                    .observe(delivery.known_since().elapsed().as_secs_f64());
+                self.position = Some(delivery.cursor_text().to_owned());
                 // The JSON rendered once for every subscriber, shared, not copied.
-                self.unsent.push_back(Message::Text(change.json.clone()));
+                self.unsent
+                    .push_back(Message::Text(delivery.frame().json.clone()));
                 None
             }
             Some(Outbound::Resync { reason, cursor }) => {
@@ -439,26 +474,36 @@ impl Session {
                 self.subscription = None;
                 self.position = None;
             }
+            "get_stats" => {
+                let report = super::stats::report(&self.services, &self.identity.tenant);
+                self.push(&ServerMessage::Stats(report));
+            }
             _ => self.error(
                 "unknown_type",
-                "`type` must be one of: subscribe, unsubscribe, ping",
+                "`type` must be one of: subscribe, unsubscribe, ping, get_stats",
             ),
         }
     }
 
-    /// Opens a subscription, replacing any current one; on a bad filter the current one
-    /// stays as it was.
+    /// Opens a subscription, replacing any current one; on a bad selection the current
+    /// one stays as it was.
     async fn subscribe(&mut self, subscribe: Subscribe) {
-        let types = subscribe
-            .resource_types
-            .as_ref()
-            .map(|types| types.iter().map(String::as_str));
-        let events = subscribe
-            .events
-            .as_ref()
-            .map(|events| events.iter().map(String::as_str));
-        let filter = match request::filter_of(&self.services, types, events).await {
-            Ok(filter) => filter,
+        let ids: Option<Vec<String>> = subscribe
+            .ids
+            .map(|ids| ids.into_iter().map(Id::into_text).collect());
+        fn as_strs(list: &Option<Vec<String>>) -> Option<Vec<&str>> {
+            list.as_ref()
+                .map(|items| items.iter().map(String::as_str).collect())
+        }
+        let raw = request::RawSelection {
+            types: as_strs(&subscribe.resource_types),
+            events: as_strs(&subscribe.events),
+            topics: as_strs(&subscribe.topics),
+            filter: as_strs(&subscribe.filter),
+            ids: as_strs(&ids),
+        };
+        let selection = match request::selection(&self.services, raw).await {
+            Ok(selection) => selection,
             Err(error) => return self.error(error.code, &error.message),
         };
         // The client's cursor wins; else a replaced subscription continues from where this
@@ -468,17 +513,33 @@ impl Session {
             .filter(|cursor| !cursor.trim().is_empty())
             .or_else(|| self.position.take());
         self.subscription = None;
-        let opened = subscription::open(&self.services, &self.identity, filter.clone(), resume);
+        let opened = subscription::open(
+            &self.services.subscriptions,
+            &self.identity,
+            selection.clone(),
+            resume,
+        );
         self.position = Some(opened.start.clone());
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
-        self.push(&ServerMessage::SubscriptionConfirmed {
-            id: &opened.start,
-            resource_types: filter.types.as_deref(),
-            events: filter
-                .events
-                .map(|events| events.iter().map(|e| e.as_str()).collect()),
-        });
+        self.push(&confirmation(&opened.start, &selection));
         self.subscription = Some(opened);
+    }
+}
+
+fn confirmation<'a>(id: &'a str, selection: &'a Selection) -> ServerMessage<'a> {
+    ServerMessage::SubscriptionConfirmed {
+        id,
+        resource_types: selection.types.as_deref(),
+        events: selection
+            .events
+            .as_ref()
+            .map(|events| events.iter().map(|e| e.as_str()).collect()),
+        topics: selection
+            .topics
+            .as_ref()
+            .map(|topics| topics.iter().map(ToString::to_string).collect()),
+        filter: selection.rows.iter().map(|row| row.text.as_str()).collect(),
+        ids: selection.ids.as_deref(),
     }
 }
 

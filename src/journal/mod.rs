@@ -13,12 +13,14 @@ pub mod pruner;
 mod snapshot;
 pub mod tailer;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tokio_postgres::Client;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -55,10 +57,12 @@ impl EventKind {
     }
 }
 
-/// One journal row as the hub fans it out: a row change, or a truncation marker.
+/// One journal row as the hub fans it out: a row change, an application event, or a
+/// truncation marker.
 #[derive(Clone, Debug)]
 pub enum Entry {
     Change(SharedChange),
+    AppEvent(SharedAppEvent),
     /// The table of `resource_type` was truncated: every row of the tenant is gone.
     /// Subscribers resync; it has no `resource_change` form.
     Truncated(Truncation),
@@ -69,6 +73,7 @@ impl Entry {
     pub fn id(&self) -> i64 {
         match self {
             Entry::Change(change) => change.id,
+            Entry::AppEvent(event) => event.id,
             Entry::Truncated(marker) => marker.id,
         }
     }
@@ -77,6 +82,7 @@ impl Entry {
     pub fn xid(&self) -> u64 {
         match self {
             Entry::Change(change) => change.xid,
+            Entry::AppEvent(event) => event.xid,
             Entry::Truncated(marker) => marker.xid,
         }
     }
@@ -84,6 +90,7 @@ impl Entry {
     pub fn tenant(&self) -> &TenantId {
         match self {
             Entry::Change(change) => &change.tenant,
+            Entry::AppEvent(event) => &event.tenant,
             Entry::Truncated(marker) => &marker.tenant,
         }
     }
@@ -91,6 +98,7 @@ impl Entry {
     pub fn cursor(&self) -> &Cursor {
         match self {
             Entry::Change(change) => &change.cursor,
+            Entry::AppEvent(event) => &event.cursor,
             Entry::Truncated(marker) => &marker.cursor,
         }
     }
@@ -108,7 +116,8 @@ pub struct Truncation {
     pub cursor_text: String,
 }
 
-/// One committed row change, with its wire forms rendered once for all subscribers.
+/// One committed row change. Its wire forms (`crate::wire`) are rendered at most once
+/// each, on first use, and shared by every subscriber.
 #[derive(Debug)]
 pub struct Change {
     /// Journal row id.
@@ -118,19 +127,82 @@ pub struct Change {
     pub tenant: TenantId,
     pub resource_type: String,
     pub event: EventKind,
+    /// The row's id column, as text.
+    pub resource_id: String,
+    /// The new row; the old row for `deleted`.
+    pub resource: Box<RawValue>,
+    /// For `updated`: the previous values of exactly the columns that changed.
+    pub old: Option<Box<RawValue>>,
+    /// RFC 3339, UTC, microseconds.
+    pub occurred_at: String,
     pub cursor: Cursor,
     /// `cursor` as the client sees it: the event's `id`.
     pub cursor_text: String,
-    /// The §4 `resource_change` object, shared by every WebSocket subscriber: kept in
-    /// the type WebSocket text frames are made of, so a frame costs neither a copy nor a
-    /// UTF-8 check per subscriber.
-    pub json: Utf8Bytes,
-    /// `id: …\nevent: resource_change\ndata: <json>\n\n`
-    pub sse_frame: Bytes,
     /// Since when the service knows of it (the wake-up that led to reading it, else the
     /// read itself): the start of the delivery-latency histogram.
     pub known_since: Instant,
+    /// `resource` and `old` parsed, for row filters (only if some subscriber has one).
+    values: OnceLock<RowValues>,
+    pub(crate) frames: Frames,
 }
+
+/// A row's column values, before and after a change, for row filters.
+#[derive(Debug, Default)]
+pub struct RowValues {
+    pub new: Map<String, Value>,
+    /// Previous values of the columns that changed (empty unless `updated`).
+    pub old: Map<String, Value>,
+}
+
+impl Change {
+    pub fn values(&self) -> &RowValues {
+        self.values.get_or_init(|| RowValues {
+            new: serde_json::from_str(self.resource.get()).unwrap_or_default(),
+            old: self
+                .old
+                .as_ref()
+                .and_then(|old| serde_json::from_str(old.get()).ok())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// An entry as both transports write it (rendered by `crate::wire`).
+#[derive(Debug)]
+pub struct Frame {
+    /// The JSON object: a WebSocket text frame as is.
+    pub json: Utf8Bytes,
+    /// The whole SSE event, `id:`, `event:` and `data:` lines.
+    pub sse: Bytes,
+}
+
+/// The wire forms of one entry (up to three: see `crate::wire`), each rendered on
+/// first use and then shared by every subscriber.
+#[derive(Debug, Default)]
+pub struct Frames([OnceLock<Frame>; 3]);
+
+impl Frames {
+    pub fn slot(&self, index: usize) -> &OnceLock<Frame> {
+        &self.0[index]
+    }
+}
+
+/// One committed `changecast.publish()` (API.md §8).
+#[derive(Debug)]
+pub struct AppEvent {
+    pub id: i64,
+    pub xid: u64,
+    pub tenant: TenantId,
+    pub topic: String,
+    pub payload: Box<RawValue>,
+    pub occurred_at: String,
+    pub cursor: Cursor,
+    pub cursor_text: String,
+    pub known_since: Instant,
+    pub(crate) frames: Frames,
+}
+
+pub type SharedAppEvent = Arc<AppEvent>;
 
 /// How far the tailer has handed changes to the hub: every change whose transaction
 /// `prev` sees, plus those `next` sees with a journal id up to `through_id` (the pages of
@@ -166,17 +238,22 @@ pub struct NewRows {
     pub entries: Vec<Entry>,
 }
 
-/// Which of one tenant's rows a replay returns besides the snapshot bounds.
+/// Which of one tenant's entries a replay reads besides the snapshot bounds: a coarse
+/// cut, so pages hold mostly what the subscriber wants. The subscriber's
+/// [`crate::selection::Selection`] decides about each entry, live and replayed alike.
 #[derive(Clone, Copy)]
 pub struct ReplayFilter<'a> {
     pub tenant: &'a TenantId,
+    /// Row changes and truncations of these types only (`None`: of every type).
     pub types: Option<&'a [String]>,
-    /// Row changes of these kinds only; truncation markers of the types always pass.
-    pub events: Option<&'a [EventKind]>,
+    /// Whether application events are read at all.
+    pub app_events: bool,
 }
 
 /// The journal's `event` of a truncation marker.
 const TRUNCATED: &str = "truncated";
+/// The journal's `event` of an application event.
+const PUBLISHED: &str = "published";
 
 pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
@@ -186,7 +263,7 @@ pub struct Journal {
 }
 
 const COLUMNS: &str = r#"id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
-       to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#;
+       to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), resource_id, old::text"#;
 
 /// The tailer's read: rows of every tenant. `$1`/`$2` spell "not seen by `unseen`" as two
 /// ranges of the xid index (transactions that started after it, and those it saw
@@ -272,8 +349,8 @@ where tenant_id = $1
   and not pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
   and (pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
        or (id <= $6 and pg_visible_in_snapshot(xid, $5::text::pg_snapshot)))
-  and ($7::text[] is null or resource_type = any($7))
-  and ($8::text[] is null or event = any($8))
+  and (case when event = 'published' then $8
+            else $7::text[] is null or resource_type = any($7) end)
 order by id
 limit $9
 "#;
@@ -460,9 +537,6 @@ impl Journal {
         filter: ReplayFilter<'_>,
         limit: usize,
     ) -> DbResult<Vec<Entry>> {
-        let events: Option<Vec<&str>> = filter
-            .events
-            .map(|e| e.iter().map(|k| k.as_str()).chain([TRUNCATED]).collect());
         // A young journal's statistics (before autovacuum analyzed it) make the planner
         // expect a handful of rows after `after_id` and fetch all of them by bitmap, then
         // sort: every page would read the rest of the replay. Only the ordered walk of
@@ -480,7 +554,7 @@ impl Journal {
                     &upto.next.to_string(),
                     &upto.through_id,
                     &filter.types,
-                    &events,
+                    &filter.app_events,
                     &(limit as i64),
                 ],
             )
@@ -539,47 +613,45 @@ impl Journal {
                 cursor_text,
             });
         }
+        let payload =
+            RawValue::from_string(resource.to_owned()).expect("BUG: jsonb prints valid JSON");
+        let occurred_at = occurred_at.to_owned();
+        if event == PUBLISHED {
+            return Entry::AppEvent(Arc::new(AppEvent {
+                id,
+                xid,
+                tenant,
+                topic: resource_type,
+                payload,
+                occurred_at,
+                cursor,
+                cursor_text,
+                known_since,
+                frames: Frames::default(),
+            }));
+        }
         let event = EventKind::parse(event)
             .expect("BUG: the journal's check constraint allows only known events");
-        let json = serde_json::to_string(&WireChange {
-            kind: "resource_change",
-            id: &cursor_text,
-            event,
-            resource_type: &resource_type,
-            tenant_id: tenant.as_str(),
-            resource: serde_json::from_str::<&RawValue>(resource)
-                .expect("BUG: jsonb prints valid JSON"),
-            occurred_at,
-        })
-        .expect("BUG: serialising a change cannot fail");
-        let sse_frame = Bytes::from(format!(
-            "id: {cursor_text}\nevent: resource_change\ndata: {json}\n\n"
-        ));
-        Entry::Change(SharedChange::new(Change {
+        let old = row.get::<_, Option<&str>>(at + 9).map(|old| {
+            RawValue::from_string(old.to_owned()).expect("BUG: jsonb prints valid JSON")
+        });
+        Entry::Change(Arc::new(Change {
             id,
             xid,
             tenant,
             resource_type,
             event,
+            resource_id: row.get(at + 8),
+            resource: payload,
+            old,
+            occurred_at,
             cursor,
             cursor_text,
-            json: Utf8Bytes::from(json),
-            sse_frame,
             known_since,
+            values: OnceLock::new(),
+            frames: Frames::default(),
         }))
     }
-}
-
-#[derive(Serialize)]
-struct WireChange<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: &'a str,
-    event: EventKind,
-    resource_type: &'a str,
-    tenant_id: &'a str,
-    resource: &'a RawValue,
-    occurred_at: &'a str,
 }
 
 /// A cursor for "everything `snapshot` sees", handed out with a `/v1/snapshot` read.

@@ -82,6 +82,14 @@ async fn the_token_may_come_as_a_query_parameter_and_the_tenant_never_does() {
         token("acme")
     );
     app.insert_ticket("globex", "not yours").await;
+    // A tenant in the query is not a parameter of ours: refused, never obeyed.
+    let (status, body) = app.get(&url, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unknown_parameter")),
+        "{body}"
+    );
+    let url = format!("/v1/snapshot?access_token={}", token("acme"));
     let (status, body) = app.get(&url, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["resources"]["ticket"].as_array().unwrap().len(), 0);

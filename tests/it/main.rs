@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod containers;
 mod embedded;
+mod events_views;
 mod migrate;
 mod reliability;
 mod ops;

@@ -266,7 +266,7 @@ async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
     app.db
         .batch_execute(&format!(
             "grant usage on schema changecast to {0};
-             grant execute on function changecast.watch(regclass, text, text, text),
+             grant execute on function changecast.watch(regclass, text, text, text, text[]),
                                        changecast.unwatch(regclass) to {0};
              create table public.secrets (id text primary key, tenant_id text not null);
              insert into public.secrets values ('s1', 'acme');

@@ -174,7 +174,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &now,
                     &i64::MAX,
                     &no_filter,
-                    &no_filter,
+                    &true,
                     &500i64,
                 ],
                 other => panic!("no parameters for {other}"),

@@ -43,6 +43,7 @@ async fn greeting_subscribe_change_and_ping_in_order() {
             "event",
             "resource_type",
             "tenant_id",
+            "resource_id",
             "resource",
             "occurred_at"
         ])
@@ -51,6 +52,7 @@ async fn greeting_subscribe_change_and_ping_in_order() {
     assert_eq!(change["resource_type"], "ticket");
     assert_eq!(change["tenant_id"], "acme");
     assert_eq!(change["resource"]["id"], id.as_str());
+    assert_eq!(change["resource_id"], id.as_str());
     assert_eq!(change["resource"]["title"], "hello");
     assert!(change["id"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(change["occurred_at"].as_str().unwrap().ends_with('Z'));

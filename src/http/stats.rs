@@ -1,0 +1,117 @@
+//! `GET /v1/stats` (API.md §10): the token's tenant's live counters, as one JSON object,
+//! or with `Accept: text/event-stream` as `event: stats` every `interval` (1s..60s,
+//! default 5s) until the token expires.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt as _};
+use tokio::time::Instant;
+use warp::http::HeaderMap;
+use warp::reply::{Reply, Response};
+
+use super::error::ApiError;
+use super::request::{self, Params};
+use crate::auth::TenantId;
+use crate::services::Services;
+use crate::stats::{Report, Subscribers};
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+const RETRY_MS: u64 = 2000;
+
+pub fn report(services: &Services, tenant: &TenantId) -> Report {
+    let (sse, ws) = services.subscriptions.connected(tenant);
+    services.activity.report(tenant, Subscribers { sse, ws })
+}
+
+pub fn handle(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Response {
+    super::error::respond(answer(services, &headers, query.as_deref()))
+}
+
+fn answer(
+    services: Arc<Services>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let params = Params::parse_for(query, request::STATS_PARAMS)?;
+    let identity = request::authenticate(&services, headers, &params)?;
+    let interval = match params.interval.as_deref() {
+        None => DEFAULT_INTERVAL,
+        Some(text) => crate::config::parse_duration(text)
+            .ok()
+            .filter(|d| (MIN_INTERVAL..=MAX_INTERVAL).contains(d))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_interval",
+                    "`interval` must be a duration from 1s to 60s, e.g. 5s",
+                )
+            })?,
+    };
+    let wants_stream = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if !wants_stream {
+        return Ok(warp::reply::json(&report(&services, &identity.tenant)).into_response());
+    }
+    let expires = Instant::now()
+        + identity
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+    let tenant = identity.tenant;
+    let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
+    // One frame per tick; the stream ends after `auth_expired` or at shutdown.
+    let frames = stream::unfold(
+        (services, Some(Instant::now()), false),
+        move |(services, next, ended)| {
+            let tenant = tenant.clone();
+            async move {
+                let next = next.filter(|_| !ended)?;
+                tokio::select! {
+                    _ = services.shutdown.cancelled() => None,
+                    _ = tokio::time::sleep_until(expires) => {
+                        let frame = Bytes::from_static(
+                            b"event: auth_expired\ndata: {\"type\":\"auth_expired\"}\n\n",
+                        );
+                        Some((frame, (services, None, true)))
+                    }
+                    _ = tokio::time::sleep_until(next) => {
+                        let json = serde_json::to_string(&StatsEvent {
+                            kind: "stats",
+                            report: report(&services, &tenant),
+                        })
+                        .expect("BUG: serialising stats");
+                        let frame = Bytes::from(format!("event: stats\ndata: {json}\n\n"));
+                        Some((frame, (services, Some(next + interval), false)))
+                    }
+                }
+            }
+        },
+    );
+    let body = stream::iter([first])
+        .chain(frames)
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut response = warp::reply::stream(body).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),
+    ] {
+        headers.insert(name, value.parse().expect("BUG: static header"));
+    }
+    Ok(response)
+}
+
+/// The streamed form: the report with `"type":"stats"`, as over WebSocket.
+#[derive(serde::Serialize)]
+struct StatsEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    report: Report,
+}

@@ -1,0 +1,432 @@
+//! What one subscriber receives (API.md §5, §8, §9): resource types, event kinds,
+//! topics, row filters and ids — and the view transitions row filters imply. The one
+//! implementation, used live, on replay and for snapshots alike, so a client's copy of
+//! its view stays exact whichever way a row reached it.
+
+use serde_json::{Map, Value};
+
+use crate::journal::{Change, Entry, EventKind};
+use crate::wire::Delivery;
+
+/// Most `filter` conditions in one subscription.
+pub const MAX_ROW_FILTERS: usize = 16;
+/// Most values in one `in.(...)` list.
+pub const MAX_IN_VALUES: usize = 100;
+/// Longest topic (and column name).
+const MAX_NAME_BYTES: usize = 63;
+
+/// A subscriber's selection; `None` lists mean "all". With neither `types` nor `topics`
+/// it gets every resource type and every topic; naming one selects only what it names.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    pub types: Option<Vec<String>>,
+    pub events: Option<Vec<EventKind>>,
+    pub topics: Option<Vec<TopicPattern>>,
+    /// All must hold (row changes only).
+    pub rows: Vec<RowFilter>,
+    /// Only these resources, by `resource_id` (row changes only).
+    pub ids: Option<Vec<String>>,
+}
+
+/// What becomes of one journal entry for one subscriber.
+pub enum Decision {
+    Skip,
+    Send(Delivery),
+    /// A table of a followed type was truncated: the subscriber resyncs, resuming
+    /// from the truncation's own `cursor`.
+    Resync {
+        cursor: String,
+    },
+}
+
+impl Selection {
+    /// Whether row changes of `resource_type` (and its truncations) concern this
+    /// subscriber at all.
+    pub fn follows_type(&self, resource_type: &str) -> bool {
+        match (&self.types, &self.topics) {
+            (Some(types), _) => types.iter().any(|t| t == resource_type),
+            (None, Some(_)) => false,
+            (None, None) => true,
+        }
+    }
+
+    pub fn follows_topic(&self, topic: &str) -> bool {
+        match (&self.topics, &self.types) {
+            (Some(patterns), _) => patterns.iter().any(|p| p.matches(topic)),
+            (None, Some(_)) => false,
+            (None, None) => true,
+        }
+    }
+
+    /// The resource types a journal read may be cut to (`None`: all); no type at all
+    /// when only topics are followed.
+    pub fn journal_types(&self) -> Option<Vec<String>> {
+        match (&self.types, &self.topics) {
+            (None, Some(_)) => Some(Vec::new()),
+            (types, _) => types.clone(),
+        }
+    }
+
+    pub fn wants_app_events(&self) -> bool {
+        self.types.is_none() || self.topics.is_some()
+    }
+
+    pub fn decide(&self, entry: &Entry) -> Decision {
+        match entry {
+            Entry::Change(change) => match self.change_as(change) {
+                Some(as_event) => Decision::Send(Delivery::Change {
+                    change: change.clone(),
+                    as_event,
+                }),
+                None => Decision::Skip,
+            },
+            Entry::AppEvent(event) if self.follows_topic(&event.topic) => {
+                Decision::Send(Delivery::AppEvent(event.clone()))
+            }
+            Entry::AppEvent(_) => Decision::Skip,
+            // Every row of the type is concerned: `events`, filters and ids do not apply.
+            Entry::Truncated(marker) if self.follows_type(&marker.resource_type) => {
+                Decision::Resync {
+                    cursor: marker.cursor_text.clone(),
+                }
+            }
+            Entry::Truncated(_) => Decision::Skip,
+        }
+    }
+
+    /// The kind `change` reaches this subscriber as, if at all: an `updated` row that
+    /// enters the view is `created`, one that leaves it `deleted`.
+    fn change_as(&self, change: &Change) -> Option<EventKind> {
+        if !self.follows_type(&change.resource_type) {
+            return None;
+        }
+        if let Some(ids) = &self.ids {
+            if !ids.contains(&change.resource_id) {
+                return None;
+            }
+        }
+        let as_event = if self.rows.is_empty() {
+            change.event
+        } else {
+            let values = change.values();
+            let now = self.rows_match(|column| values.new.get(column));
+            match change.event {
+                EventKind::Updated => {
+                    // Before the change: the old value where it changed, else the new one.
+                    let before = self.rows_match(|column| {
+                        values.old.get(column).or_else(|| values.new.get(column))
+                    });
+                    match (before, now) {
+                        (true, true) => EventKind::Updated,
+                        (false, true) => EventKind::Created,
+                        (true, false) => EventKind::Deleted,
+                        (false, false) => return None,
+                    }
+                }
+                kind => {
+                    if !now {
+                        return None;
+                    }
+                    kind
+                }
+            }
+        };
+        self.events
+            .as_ref()
+            .is_none_or(|events| events.contains(&as_event))
+            .then_some(as_event)
+    }
+
+    fn rows_match<'a>(&self, value_of: impl Fn(&str) -> Option<&'a Value>) -> bool {
+        self.rows
+            .iter()
+            .all(|filter| filter.op.holds(value_of(&filter.column)))
+    }
+
+    /// Whether a snapshot row (the row's JSON object) is in this subscriber's view.
+    pub fn includes_row(&self, row: &Map<String, Value>, resource_id: &str) -> bool {
+        self.ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|id| id == resource_id))
+            && self.rows_match(|column| row.get(column))
+    }
+}
+
+/// A `topics` entry: an exact topic, or a prefix ending in `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl TopicPattern {
+    pub fn parse(text: &str) -> Result<TopicPattern, String> {
+        let (name, prefix) = match text.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (text, false),
+        };
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
+        // A prefix may be empty (`*`: every topic); a name starts with a letter.
+        let valid_start = match name.bytes().next() {
+            Some(first) => first.is_ascii_lowercase(),
+            None => prefix,
+        };
+        if !valid_chars || !valid_start || name.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "invalid topic {text:?}: a topic matches [a-z][a-z0-9_.:-]* (at most \
+                 {MAX_NAME_BYTES} characters), a prefix ends in `*`"
+            ));
+        }
+        Ok(if prefix {
+            TopicPattern::Prefix(name.to_owned())
+        } else {
+            TopicPattern::Exact(name.to_owned())
+        })
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicPattern::Exact(name) => name == topic,
+            TopicPattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicPattern::Exact(name) => f.write_str(name),
+            TopicPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
+/// One `filter=<column>=<op>.<value>` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowFilter {
+    pub column: String,
+    pub op: Op,
+    /// As the client wrote it (echoed in `subscription_confirmed`).
+    pub text: String,
+}
+
+/// Comparisons are on the row's JSON value: numbers as numbers (when the operand is a
+/// number too), everything else as text. A null or missing column satisfies `is.null`
+/// only, as in SQL.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Eq(String),
+    Neq(String),
+    Lt(String),
+    Lte(String),
+    Gt(String),
+    Gte(String),
+    In(Vec<String>),
+    IsNull,
+}
+
+impl RowFilter {
+    pub fn parse(text: &str) -> Result<RowFilter, String> {
+        let invalid = |why: &str| format!("invalid filter {text:?}: {why}");
+        let (column, condition) = text
+            .split_once('=')
+            .ok_or_else(|| invalid("expected <column>=<op>.<value>, e.g. state=eq.open"))?;
+        if column.is_empty() || column.len() > MAX_NAME_BYTES {
+            return Err(invalid(&format!(
+                "the column name must have 1 to {MAX_NAME_BYTES} characters"
+            )));
+        }
+        let (op, operand) = condition
+            .split_once('.')
+            .ok_or_else(|| invalid("expected <op>.<value> after the column"))?;
+        let operand = operand.to_owned();
+        let op = match op {
+            "eq" => Op::Eq(operand),
+            "neq" => Op::Neq(operand),
+            "lt" => Op::Lt(operand),
+            "lte" => Op::Lte(operand),
+            "gt" => Op::Gt(operand),
+            "gte" => Op::Gte(operand),
+            "in" => Op::In(parse_in_list(&operand).map_err(|why| invalid(&why))?),
+            "is" if operand == "null" => Op::IsNull,
+            "is" => return Err(invalid("`is` takes only `null` (is.null)")),
+            other => {
+                return Err(invalid(&format!(
+                    "unknown operator {other:?}; operators are eq, neq, lt, lte, gt, gte, in, is"
+                )))
+            }
+        };
+        Ok(RowFilter {
+            column: column.to_owned(),
+            op,
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// `(a,b,"c,d")`: comma-separated, values with commas, parentheses or quotes in double
+/// quotes (`\"` and `\\` inside).
+fn parse_in_list(text: &str) -> Result<Vec<String>, String> {
+    let inner = text
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or("`in` takes a list in parentheses: in.(a,b,c)")?;
+    let mut values = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => value.push(chars.next().ok_or("unterminated quoted value")?),
+                    Some(c) => value.push(c),
+                    None => return Err("unterminated quoted value".into()),
+                }
+            }
+            if !matches!(chars.peek(), None | Some(',')) {
+                return Err("a quoted value must be followed by `,` or `)`".into());
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '"' || c == '(' || c == ')' {
+                    return Err(format!("unexpected {c:?} in an unquoted value"));
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        values.push(value);
+        if values.len() > MAX_IN_VALUES {
+            return Err(format!("`in` takes at most {MAX_IN_VALUES} values"));
+        }
+        match chars.next() {
+            Some(',') => continue,
+            None => break,
+            Some(_) => unreachable!("values end at a comma or the end"),
+        }
+    }
+    Ok(values)
+}
+
+impl Op {
+    fn holds(&self, value: Option<&Value>) -> bool {
+        let value = match value {
+            None | Some(Value::Null) => return matches!(self, Op::IsNull),
+            Some(value) => value,
+        };
+        use std::cmp::Ordering::*;
+        match self {
+            Op::IsNull => false,
+            Op::Eq(operand) => compare(value, operand) == Equal,
+            Op::Neq(operand) => compare(value, operand) != Equal,
+            Op::Lt(operand) => compare(value, operand) == Less,
+            Op::Lte(operand) => compare(value, operand) != Greater,
+            Op::Gt(operand) => compare(value, operand) == Greater,
+            Op::Gte(operand) => compare(value, operand) != Less,
+            Op::In(operands) => operands.iter().any(|o| compare(value, o) == Equal),
+        }
+    }
+}
+
+/// A JSON number against a numeric operand compares as numbers; anything else as text
+/// (strings as themselves, `true`/`false`, objects and arrays as their JSON).
+fn compare(value: &Value, operand: &str) -> std::cmp::Ordering {
+    if let (Value::Number(number), Ok(operand)) = (value, operand.trim().parse::<f64>()) {
+        if let Some(number) = number.as_f64() {
+            if let Some(order) = number.partial_cmp(&operand) {
+                return order;
+            }
+        }
+    }
+    match value {
+        Value::String(text) => text.as_str().cmp(operand),
+        other => other.to_string().as_str().cmp(operand),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn holds(filter: &str, value: Value) -> bool {
+        RowFilter::parse(filter).unwrap().op.holds(Some(&value))
+    }
+
+    #[test]
+    fn operators_compare_numbers_as_numbers_and_the_rest_as_text() {
+        assert!(holds("n=eq.5", json!(5)));
+        assert!(holds("n=eq.5", json!(5.0)));
+        assert!(holds("n=gt.9", json!(10)));
+        assert!(!holds("n=gt.9", json!("10")), "a string compares as text");
+        assert!(holds("n=lte.10", json!(10)));
+        assert!(holds("n=lt.10.5", json!(10)));
+        assert!(holds("n=gte.-1", json!(0)));
+        assert!(holds("s=eq.open", json!("open")));
+        assert!(holds("s=neq.open", json!("closed")));
+        assert!(holds("s=in.(open,\"a,b\")", json!("a,b")));
+        assert!(!holds("s=in.(open,closed)", json!("done")));
+        assert!(holds("b=eq.true", json!(true)));
+        assert!(holds("s=eq.", json!("")));
+        let null = RowFilter::parse("s=is.null").unwrap().op;
+        assert!(null.holds(None) && null.holds(Some(&Value::Null)));
+        assert!(!null.holds(Some(&json!(""))));
+        let neq = RowFilter::parse("s=neq.open").unwrap().op;
+        assert!(!neq.holds(None), "null satisfies nothing but is.null");
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_a_reason() {
+        for bad in [
+            "state",
+            "state=open",
+            "=eq.open",
+            "state=like.open",
+            "state=is.true",
+            "state=in.open",
+            "state=in.(a,\"b)",
+            "state=in.(a\"b)",
+        ] {
+            assert!(RowFilter::parse(bad).is_err(), "{bad} should be refused");
+        }
+        let many = format!("s=in.({})", vec!["x"; MAX_IN_VALUES + 1].join(","));
+        assert!(RowFilter::parse(&many).is_err());
+    }
+
+    #[test]
+    fn topics_are_exact_or_prefixes() {
+        let exact = TopicPattern::parse("config_update").unwrap();
+        assert!(exact.matches("config_update") && !exact.matches("config_update2"));
+        let prefix = TopicPattern::parse("agent:*").unwrap();
+        assert!(prefix.matches("agent:stats") && !prefix.matches("agents"));
+        assert!(TopicPattern::parse("*").unwrap().matches("anything"));
+        for bad in ["", "Config", "1abc", "a b", "a*b", "a**"] {
+            assert!(TopicPattern::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn types_and_topics_select_only_what_they_name() {
+        let all = Selection::default();
+        assert!(all.follows_type("ticket") && all.follows_topic("x"));
+        let types = Selection {
+            types: Some(vec!["ticket".into()]),
+            ..Selection::default()
+        };
+        assert!(types.follows_type("ticket") && !types.follows_topic("x"));
+        assert!(!types.wants_app_events());
+        let topics = Selection {
+            topics: Some(vec![TopicPattern::parse("x").unwrap()]),
+            ..Selection::default()
+        };
+        assert!(!topics.follows_type("ticket") && topics.follows_topic("x"));
+        assert_eq!(topics.journal_types(), Some(vec![]));
+    }
+}

@@ -1,0 +1,211 @@
+//! Live statistics per tenant (API.md §10): events of the last 60 s by resource type or
+//! topic, and when the last one happened. Counted as the hub publishes, so every
+//! instance counts the journal's committed entries (not deliveries), whoever listens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::auth::TenantId;
+use crate::journal::Entry;
+
+/// The window `events_per_minute` covers, in one-second buckets.
+const WINDOW_SECONDS: usize = 60;
+/// A tenant without events for this long is forgotten (its `last_event_at` with it).
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How often forgotten tenants are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct Activity {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tenants: HashMap<TenantId, TenantActivity>,
+    last_sweep: Option<Instant>,
+}
+
+struct TenantActivity {
+    by_name: HashMap<String, Buckets>,
+    last_event_at: String,
+    last_seen: Instant,
+}
+
+/// Counts per second of the last minute: `stamps[i]` says which second `counts[i]` is of.
+struct Buckets {
+    stamps: [u64; WINDOW_SECONDS],
+    counts: [u32; WINDOW_SECONDS],
+}
+
+impl Buckets {
+    fn add(&mut self, second: u64) {
+        let slot = (second % WINDOW_SECONDS as u64) as usize;
+        if self.stamps[slot] != second {
+            self.stamps[slot] = second;
+            self.counts[slot] = 0;
+        }
+        self.counts[slot] = self.counts[slot].saturating_add(1);
+    }
+
+    fn last_minute(&self, now: u64) -> u64 {
+        self.stamps
+            .iter()
+            .zip(self.counts)
+            .filter(|(stamp, _)| now.saturating_sub(**stamp) < WINDOW_SECONDS as u64)
+            .map(|(_, count)| u64::from(count))
+            .sum()
+    }
+}
+
+/// The `/v1/stats` object.
+#[derive(Serialize)]
+pub struct Report {
+    pub tenant_id: String,
+    pub subscribers: Subscribers,
+    pub events_per_minute: BTreeMap<String, u64>,
+    pub last_event_at: Option<String>,
+    pub server_time: String,
+}
+
+#[derive(Serialize)]
+pub struct Subscribers {
+    pub sse: usize,
+    pub ws: usize,
+}
+
+impl Activity {
+    /// Counts a page of published entries (row changes and application events).
+    pub fn record(&self, entries: &[Entry]) {
+        let second = unix_seconds(SystemTime::now());
+        let now = Instant::now();
+        let mut state = self.lock();
+        for entry in entries {
+            let (name, occurred_at) = match entry {
+                Entry::Change(change) => (&change.resource_type, &change.occurred_at),
+                Entry::AppEvent(event) => (&event.topic, &event.occurred_at),
+                Entry::Truncated(_) => continue,
+            };
+            let tenant = state
+                .tenants
+                .entry(entry.tenant().clone())
+                .or_insert_with(|| TenantActivity {
+                    by_name: HashMap::new(),
+                    last_event_at: String::new(),
+                    last_seen: now,
+                });
+            tenant
+                .by_name
+                .entry(name.clone())
+                .or_insert_with(|| Buckets {
+                    stamps: [0; WINDOW_SECONDS],
+                    counts: [0; WINDOW_SECONDS],
+                })
+                .add(second);
+            tenant.last_event_at.clone_from(occurred_at);
+            tenant.last_seen = now;
+        }
+        if state
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+        {
+            state.last_sweep = Some(now);
+            state
+                .tenants
+                .retain(|_, t| now.duration_since(t.last_seen) < FORGET_AFTER);
+            let minute_ago = second.saturating_sub(WINDOW_SECONDS as u64);
+            for tenant in state.tenants.values_mut() {
+                tenant
+                    .by_name
+                    .retain(|_, buckets| buckets.stamps.iter().any(|s| *s > minute_ago));
+            }
+        }
+    }
+
+    /// `tenant`'s report, with its connected subscribers as counted by the caller.
+    pub fn report(&self, tenant: &TenantId, subscribers: Subscribers) -> Report {
+        let now = SystemTime::now();
+        let second = unix_seconds(now);
+        let state = self.lock();
+        let activity = state.tenants.get(tenant);
+        Report {
+            tenant_id: tenant.as_str().to_owned(),
+            subscribers,
+            events_per_minute: activity
+                .into_iter()
+                .flat_map(|a| &a.by_name)
+                .map(|(name, buckets)| (name.clone(), buckets.last_minute(second)))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+            last_event_at: activity.map(|a| a.last_event_at.clone()),
+            server_time: rfc3339_seconds(now),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// `2026-11-21T10:30:04Z` (UTC, whole seconds).
+pub fn rfc3339_seconds(time: SystemTime) -> String {
+    let seconds = unix_seconds(time);
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |s| rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_263_004), "2026-11-21T12:10:04Z");
+    }
+
+    #[test]
+    fn buckets_count_the_last_minute_only() {
+        let mut buckets = Buckets {
+            stamps: [0; WINDOW_SECONDS],
+            counts: [0; WINDOW_SECONDS],
+        };
+        buckets.add(1000);
+        buckets.add(1000);
+        buckets.add(1030);
+        assert_eq!(buckets.last_minute(1030), 3);
+        assert_eq!(buckets.last_minute(1059), 3);
+        assert_eq!(buckets.last_minute(1060), 1, "second 1000 left the window");
+        buckets.add(1060);
+        assert_eq!(buckets.last_minute(1060), 2, "the slot of 1000 was reused");
+    }
+}
