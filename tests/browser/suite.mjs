@@ -550,8 +550,8 @@ try {
       await rust('demo', { tenant: 'demo', steps: 6 });
       const page = await dashboard('demo');
       await page.waitForSelector('#board .ticket', { timeout: TIMEOUT });
-      await rust('demo', { tenant: 'demo', steps: 6 });
-      await until(page, 'a few live changes in the log', () => document.querySelectorAll('#log li').length >= 5);
+      await rust('demo', { tenant: 'demo', steps: 12 });
+      await until(page, 'a few live changes in the log', () => document.querySelectorAll('#log li').length >= 4);
       // Accessible names and landmarks.
       const unnamed = await page.evaluate(() => Array.from(document.querySelectorAll('button')).filter((b) => !(b.getAttribute('aria-label') || b.textContent).trim()).length);
       check(unnamed === 0, `${unnamed} buttons without a name`);
