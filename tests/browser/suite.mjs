@@ -253,7 +253,7 @@ try {
     const page = await harness();
     // Minted last: it must still be valid when the client connects (exp is in whole seconds).
     const long = await token(tenant);
-    const short = await token(tenant, 4);
+    const short = await token(tenant, 5);
     await page.evaluate(([short, long, transport]) => {
       window.asked = 0;
       window.openClient('t', {
@@ -489,6 +489,21 @@ try {
       check(snapshots === 2, `the snapshot was retried (${snapshots} requests)`);
       const shown = await page.evaluate(() => window.__indicator);
       check(shown.includes('Reconnecting…') && shown[shown.length - 1] === 'Live', `indicator: ${shown}`);
+      await page.close();
+    }),
+
+    scenario('dashboard: an expired token says so and asks for a new one', async () => {
+      const page = await newPage();
+      await page.goto(`${base}/?access_token=${await token('expiry', 1)}`);
+      await until(page, 'the indicator says Disconnected', () => document.getElementById('indicator-text').textContent === 'Disconnected');
+      const banner = await page.textContent('#banner');
+      check(/token expired/.test(banner) && /changecast token --tenant expiry/.test(banner), `banner: ${banner}`);
+      check(await page.isVisible('#login'), 'the token form is shown');
+      check(await page.evaluate(() => sessionStorage.getItem('changecast-token')) === null, 'the dead token is forgotten');
+      await page.fill('#token', await token('expiry'));
+      await page.click('#login button');
+      await until(page, 'live with the new token', () => document.getElementById('indicator-text').textContent === 'Live');
+      check(await page.isHidden('#banner'), 'the banner is gone');
       await page.close();
     }),
 

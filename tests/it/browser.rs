@@ -42,6 +42,7 @@ const SCENARIOS: &[&str] = &[
     "tanstack: syncQueries invalidates the right keys and patches lists",
     "dashboard: a failed first snapshot is retried",
     "dashboard: snapshot, ticket moves between state columns, deletes",
+    "dashboard: an expired token says so and asks for a new one",
     "dashboard: agent heartbeat ages live and stale agents are marked",
     "dashboard: copy-id puts the id on the clipboard and says Copied!",
     "dashboard: pause holds changes back, resume applies them",
