@@ -17,7 +17,7 @@ import type { Changecast, ResourceChange, Row } from './changecast.js';
 export interface ResourceQueries {
   /** The query holding the list of rows of this type (an array of rows). */
   list?: QueryKey;
-  /** The query of one row, by its id. */
+  /** The query of one row, by its id; the key ends with the id (e.g. `['ticket', id]`). */
   detail?: (id: string) => QueryKey;
   /** 'invalidate' (default): refetch what changed; 'patch': write the row into the cache. */
   mode?: 'invalidate' | 'patch';
@@ -40,6 +40,7 @@ export function syncQueries(queryClient: QueryClient, client: Changecast, map: Q
   const offResync = client.on('resync', () => {
     for (const queries of Object.values(map)) {
       if (queries.list) void queryClient.invalidateQueries({ queryKey: queries.list });
+      // Every row's query: the detail key without its trailing id is their common prefix.
       if (queries.detail) void queryClient.invalidateQueries({ queryKey: queries.detail('').slice(0, -1) });
     }
   });
