@@ -41,7 +41,7 @@ export interface AppEvent<P = unknown, T extends string = string> {
 /** Refetch your state: the stream could not continue exactly (API.md §4). */
 export interface Resync {
   type: 'resync';
-  reason: 'cursor_expired' | 'cursor_invalid' | 'lagged' | (string & {});
+  reason: 'cursor_expired' | 'cursor_invalid' | 'truncated' | (string & {});
   /** Where the stream continues from. */
   id?: string;
 }
