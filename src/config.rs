@@ -25,6 +25,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the `serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply the migrations, follow the journal and serve subscribers.
@@ -149,6 +151,13 @@ pub struct ServeConfig {
     /// (`statement_timeout` of the pool's connections).
     #[arg(long, env = "CHANGECAST_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub statement_timeout: Duration,
+
+    /// Demo mode: write plausible activity (tickets moving across states, agents
+    /// heartbeating, profiles edited, application events) for tenant `demo` into the
+    /// example tables, and print a dashboard URL for it. For trying changecast out, never
+    /// for a database with real data.
+    #[arg(long, env = "CHANGECAST_DEMO")]
+    pub demo: bool,
 }
 
 /// Optional claims every token must carry.

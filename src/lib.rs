@@ -43,6 +43,8 @@ pub mod secret;
 pub mod telemetry;
 /// `changecast healthcheck`: a tiny HTTP client for container healthchecks.
 pub mod healthcheck;
+/// `serve --demo`: a writer of plausible activity for the demo tenant.
+pub mod demo;
 
 pub use app::App;
 pub use config::ServeConfig;

@@ -88,22 +88,42 @@ async fn serve_on(config: ServeConfig, shutdown: CancellationToken) -> anyhow::R
     let generated = config.jwt_secret.is_none();
     let secret = config.jwt_secret.clone().unwrap_or_else(random_secret);
     let rules = config.token_rules.rules();
-    let app = App::build(config, &secret, shutdown).await?;
+    let demo = match (config.demo, &config.database_url) {
+        (true, Some(url)) => Some(changecast::db::pg_config(url.expose(), "changecast:demo")?),
+        _ => None,
+    };
+    let app = App::build(config, &secret, shutdown.clone()).await?;
     let addr = app.local_addr();
     println!("changecast listening on http://{addr}");
-    if generated {
+    if generated || demo.is_some() {
         let token = Authenticator::new(&secret, rules)
-            .expect("BUG: a generated secret is long enough")
+            .expect("BUG: a checked or generated secret is long enough")
             .mint(
                 &TenantId::new(DEMO_TENANT).expect("BUG: demo tenant id"),
                 DEMO_TOKEN_TTL,
             );
-        println!("no CHANGECAST_JWT_SECRET set: generated one for this run.");
+        if generated {
+            println!("no CHANGECAST_JWT_SECRET set: generated one for this run.");
+        }
         println!("demo tenant '{DEMO_TENANT}', token valid for 1h:");
         println!("  curl -N 'http://{addr}/v1/events?access_token={token}'");
         println!("  dashboard: http://{addr}/?access_token={token}");
     }
-    app.run().await.context("serving")
+    let writer = demo.map(|pg| {
+        println!("demo mode: writing activity for tenant '{DEMO_TENANT}'");
+        tokio::spawn(changecast::demo::run(
+            pg,
+            DEMO_TENANT.to_owned(),
+            changecast::demo::STEP,
+            shutdown.clone(),
+        ))
+    });
+    let served = app.run().await.context("serving");
+    if let Some(writer) = writer {
+        // It watches the same shutdown token; bounded all the same.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+    served
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -135,6 +135,11 @@ fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
 
 fn dashboard() -> BoxedFilter<(Response,)> {
     let index = warp::path::end().map(dashboard::index);
-    let client = warp::path!("changecast.js").map(dashboard::client_js);
-    warp::get().and(index.or(client).unify()).boxed()
+    let client = warp::path!("changecast.js")
+        .and(request_parts())
+        .map(dashboard::client_js);
+    let types = warp::path!("changecast.d.ts").map(dashboard::client_dts);
+    warp::get()
+        .and(index.or(client).unify().or(types).unify())
+        .boxed()
 }

@@ -1,27 +1,69 @@
-//! The dashboard in a real browser (headless Chromium via playwright-core): the snapshot
-//! renders, live changes apply, and a dropped listener connection loses nothing.
+//! The browser side in a real browser (headless Chromium via playwright-core): the
+//! dashboard, the client library on both transports, the React hook, the TanStack Query
+//! helper and the TypeScript declarations. One Chromium, many pages.
+//!
+//! `tests/browser/suite.mjs` runs the scenarios and asks this test, line by line on its
+//! stdout, for what only the server side can do (write rows, mint tokens, restart the
+//! service); answers go back on its stdin. Each scenario reports `PASS` or `FAIL`.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `CHANGECAST_CHROMIUM`) and `npm install` in
 //! `tests/browser`. Without them the test says so and passes, unless
 //! `CHANGECAST_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them) demands it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout, Command};
+use changecast::auth::TenantId;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::Command;
+use tokio_postgres::types::ToSql;
 
 use crate::helpers::*;
+
+/// The whole suite, Chromium start to last scenario.
+const SUITE_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Every scenario the suite must report as passed (a skipped one fails the test).
+const SCENARIOS: &[&str] = &[
+    "typescript: the .d.ts type-checks the examples with tsc --strict",
+    "client: plain <script> with the old options, and ES module import",
+    "client: on('ticket') over SSE",
+    "client: on('ticket') over WebSocket",
+    "client: auto falls back to SSE when WebSocket is blocked",
+    "client: subscribe() switches filters over SSE without losing a row written meanwhile",
+    "client: subscribe() switches filters over WebSocket without losing a row",
+    "client: an expiring token is refreshed through getToken (SSE), nothing lost",
+    "client: an expiring token is refreshed through getToken (WebSocket), nothing lost",
+    "client: an expired token without getToken stops with a clear error",
+    "client: after a resync whose snapshot fails, it retries before streaming on",
+    "react: useChangecast reports isLive and delivers changes",
+    "tanstack: syncQueries invalidates the right keys and patches lists",
+    "dashboard: a failed first snapshot is retried",
+    "dashboard: snapshot, ticket moves between state columns, deletes",
+    "dashboard: an expired token says so and asks for a new one",
+    "dashboard: agent heartbeat ages live and stale agents are marked",
+    "dashboard: copy-id puts the id on the clipboard and says Copied!",
+    "dashboard: pause holds changes back, resume applies them",
+    "dashboard: readable at phone width; screenshot of the demo tenant",
+    "dashboard: Reconnecting… and back across a service restart, nothing lost",
+];
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
 
 fn browser_available() -> Result<(), String> {
     let chromium =
         std::env::var("CHANGECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if !Path::new(&chromium).exists() {
         return Err(format!("no Chromium at {chromium}"));
     }
-    if !dir.join("node_modules/playwright-core").exists() {
-        return Err("run `npm install` in tests/browser".into());
+    for module in ["playwright-core", "react", "esbuild", "typescript"] {
+        if !browser_dir().join("node_modules").join(module).exists() {
+            return Err("run `npm install` in tests/browser".into());
+        }
     }
     if std::process::Command::new("node")
         .arg("--version")
@@ -33,38 +75,100 @@ fn browser_available() -> Result<(), String> {
     Ok(())
 }
 
-struct Browser {
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    _child: tokio::process::Child,
+/// What the suite may ask for; runs one request against the service or its database.
+struct Backstage {
+    app: Option<TestApp>,
 }
 
-impl Browser {
-    async fn line(&mut self) -> String {
-        let line = tokio::time::timeout(WAIT, self.stdout.next_line())
-            .await
-            .expect("the browser script answered nothing")
-            .unwrap()
-            .expect("the browser script ended");
-        assert!(!line.starts_with("FAIL"), "{line}");
-        assert!(
-            !line.starts_with("PAGEERROR"),
-            "JavaScript error in the dashboard: {line}"
-        );
-        line
+impl Backstage {
+    fn app(&self) -> &TestApp {
+        self.app
+            .as_ref()
+            .expect("BUG: the service is running between requests")
     }
 
-    async fn expect(&mut self, command: &str, answer: &str) {
-        self.stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
-        assert_eq!(self.line().await, answer, "after {command}");
+    async fn handle(&mut self, request: Value) -> Result<Value, String> {
+        let op = request["op"].as_str().unwrap_or_default();
+        match op {
+            "token" => {
+                let tenant = TenantId::new(request["tenant"].as_str().unwrap_or("acme")).unwrap();
+                let ttl = Duration::from_secs(request["ttl_s"].as_u64().unwrap_or(3600));
+                Ok(json!(authenticator().mint(&tenant, ttl)))
+            }
+            "exec" => execute(&self.app().db, &request).await,
+            "query" => query(&self.app().db, &request).await,
+            "kill_listener" => Ok(json!(self.app().kill_listener().await)),
+            "restart" => {
+                let app = self.app.take().expect("BUG: running");
+                let addr = app.addr;
+                let db_url = app.stop().await;
+                let (writer, connection) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                // Written while nothing serves: must reach the page after the restart.
+                let while_down = query(&writer, &request).await;
+                self.app = Some(start_on(db_url, |c| c.listen = addr).await);
+                while_down
+            }
+            "demo" => {
+                let (client, connection) =
+                    tokio_postgres::connect(&self.app().db_url, tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                let tenant = request["tenant"].as_str().unwrap_or("demo");
+                let mut demo = changecast::demo::Demo::new(client, tenant)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                demo.seed().await.map_err(|e| format!("{e:#}"))?;
+                for _ in 0..request["steps"].as_u64().unwrap_or(0) {
+                    demo.step().await.map_err(|e| format!("{e:#}"))?;
+                }
+                Ok(json!(true))
+            }
+            other => Err(format!("unknown request {other:?}")),
+        }
     }
+}
+
+fn params(request: &Value) -> Vec<String> {
+    request["params"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn execute(db: &tokio_postgres::Client, request: &Value) -> Result<Value, String> {
+    let params = params(request);
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+    let sql = request["sql"].as_str().unwrap_or_default();
+    db.execute(sql, &refs)
+        .await
+        .map(|n| json!(n))
+        .map_err(|e| format!("{sql}: {e}"))
+}
+
+/// Runs a statement with `returning` (or a select) and answers its rows as JSON objects.
+async fn query(db: &tokio_postgres::Client, request: &Value) -> Result<Value, String> {
+    let params = params(request);
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+    let sql = request["sql"].as_str().unwrap_or_default();
+    let wrapped = format!("with t as ({sql}) select coalesce(json_agg(t), '[]')::text from t");
+    let row = db
+        .query_one(&wrapped, &refs)
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?;
+    serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| e.to_string())
 }
 
 #[tokio::test]
-async fn the_dashboard_shows_the_snapshot_and_applies_live_changes() {
+async fn the_browser_side_works_in_chromium() {
     if let Err(missing) = browser_available() {
         assert!(
             std::env::var_os("CHANGECAST_REQUIRE_BROWSER").is_none(),
@@ -74,95 +178,183 @@ async fn the_dashboard_shows_the_snapshot_and_applies_live_changes() {
         return;
     }
     let app = spawn_app().await;
-    app.insert_ticket("acme", "from the snapshot").await;
-    app.insert_ticket("globex", "never shown").await;
-
+    let base = format!("http://{}", app.addr);
+    // The README's picture is only replaced on request, so a test run leaves the tree clean.
+    let screenshot = if std::env::var_os("CHANGECAST_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png")
+    };
     let mut child = Command::new("node")
-        .arg("dashboard.mjs")
-        .arg(format!("http://{}", app.addr))
-        .arg(token("acme"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser"))
+        .arg("suite.mjs")
+        .arg(&base)
+        .env("CHANGECAST_SCREENSHOT", &screenshot)
+        .current_dir(browser_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("starting node");
-    let mut browser = Browser {
-        stdin: child.stdin.take().unwrap(),
-        stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
-        _child: child,
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut backstage = Backstage { app: Some(app) };
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
+            match tag {
+                "REQ" => {
+                    let (id, body) = rest.split_once(' ').expect("REQ <id> <json>");
+                    let request: Value = serde_json::from_str(body).expect("REQ json");
+                    let answer = match backstage.handle(request).await {
+                        Ok(value) => json!({ "ok": true, "value": value }),
+                        Err(error) => json!({ "ok": false, "error": error }),
+                    };
+                    stdin
+                        .write_all(format!("RES {id} {answer}\n").as_bytes())
+                        .await
+                        .unwrap();
+                }
+                "PASS" => {
+                    eprintln!("  ok   {rest}");
+                    passed.push(
+                        rest.rsplit_once(" (")
+                            .map_or(rest, |(name, _)| name)
+                            .to_owned(),
+                    );
+                }
+                "FAIL" | "PAGEERROR" => {
+                    eprintln!("  FAIL {line}");
+                    failed.push(line.clone());
+                }
+                "SKIP" => eprintln!("  skip {rest}"),
+                "DONE" => break,
+                _ => eprintln!("  {line}"),
+            }
+        }
     };
-    assert_eq!(
-        browser.line().await,
-        "SNAPSHOT 1",
-        "only acme's ticket is shown"
-    );
-    let url = browser.line().await;
+    tokio::time::timeout(SUITE_DEADLINE, run)
+        .await
+        .expect("the browser suite did not finish in time");
+    let _ = child.wait().await;
     assert!(
-        !url.contains("access_token"),
-        "the token stays out of the address bar: {url}"
+        failed.is_empty(),
+        "browser scenarios failed:\n{}",
+        failed.join("\n")
     );
+    let missing: Vec<_> = SCENARIOS
+        .iter()
+        .filter(|name| !passed.iter().any(|p| p == *name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "scenarios that did not pass: {missing:#?}"
+    );
+}
 
-    let id = app.insert_ticket("acme", "created live").await;
-    browser
-        .expect(&format!("WAIT_ROW ticket {id}"), &format!("ROW {id}"))
-        .await;
-    app.db
-        .execute(
-            "update tickets set state = 'closed' where id::text = $1",
-            &[&id],
+/// `serve --demo`'s writer: a fresh tenant gets a board, agents and profiles, and each
+/// step writes changes a subscriber sees, of every example type over time.
+#[tokio::test]
+async fn the_demo_writer_seeds_and_keeps_the_tenant_moving() {
+    let app = spawn_app().await;
+    let mut stream = app.sse(&token("demo"), "").await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let pg: tokio_postgres::Config = app.db_url.parse().unwrap();
+    let writer = tokio::spawn(changecast::demo::run(
+        pg,
+        "demo".into(),
+        Duration::from_millis(20),
+        shutdown.clone(),
+    ));
+    let mut types = std::collections::HashSet::new();
+    let mut events = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(types.len() == 3 && events.len() == 3) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(event) = stream.next_within(left).await else {
+            panic!("the demo wrote only {types:?} / {events:?} within {WAIT:?}");
+        };
+        if event.event != "resource_change" {
+            continue;
+        }
+        let change = event.data;
+        types.insert(change["resource_type"].as_str().unwrap().to_owned());
+        events.insert(change["event"].as_str().unwrap().to_owned());
+        assert_eq!(change["tenant_id"], "demo");
+    }
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the demo writer stops on shutdown")
+        .unwrap();
+    let (status, body) = app
+        .get(
+            "/v1/snapshot?types=ticket,agent,profile",
+            Some(&token("demo")),
         )
+        .await;
+    assert_eq!(status, 200);
+    assert!(body["resources"]["agent"].as_array().unwrap().len() >= 5);
+    assert!(body["resources"]["profile"].as_array().unwrap().len() >= 4);
+}
+
+/// `changecast serve --demo`, the README's run command: it prints a dashboard URL for the
+/// demo tenant (also with a configured secret), and that tenant's stream moves at once.
+#[tokio::test]
+async fn serve_demo_prints_a_dashboard_url_whose_stream_moves() {
+    let db_url = server().fresh_database().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_changecast"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db_url)
+        .env("CHANGECAST_JWT_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting changecast");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.trim().strip_prefix("dashboard: ") {
+                return url.to_owned();
+            }
+        }
+        panic!("serve ended without printing a dashboard URL");
+    })
+    .await
+    .expect("no dashboard URL printed");
+    let (origin, token) = url
+        .split_once("/?access_token=")
+        .expect("a URL with a token");
+    assert_eq!(
+        authenticator().verify(token).unwrap().tenant.as_str(),
+        "demo"
+    );
+    let page = reqwest::get(format!("{origin}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let response = reqwest::Client::new()
+        .get(format!("{origin}/v1/events"))
+        .bearer_auth(token)
+        .send()
         .await
         .unwrap();
-    browser
-        .expect(
-            &format!("WAIT_TEXT ticket {id} closed"),
-            &format!("TEXT {id}"),
-        )
-        .await;
-
-    // The listener's connection dies; a change written meanwhile still arrives.
-    app.kill_listener().await;
-    let during = app
-        .insert_ticket("acme", "written while reconnecting")
-        .await;
-    browser
-        .expect(
-            &format!("WAIT_ROW ticket {during}"),
-            &format!("ROW {during}"),
-        )
-        .await;
-
-    app.db
-        .execute("delete from tickets where id::text = $1", &[&id])
+    let mut stream = SseStream::new(response);
+    let change = loop {
+        let event = stream
+            .next_within(WAIT)
+            .await
+            .expect("no demo activity within the bound");
+        if event.event == "resource_change" {
+            break event.data;
+        }
+    };
+    assert_eq!(change["tenant_id"], "demo");
+    unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(WAIT, child.wait())
         .await
+        .expect("serve --demo did not stop after SIGTERM")
         .unwrap();
-    browser
-        .expect(&format!("WAIT_GONE ticket {id}"), &format!("GONE {id}"))
-        .await;
-
-    // The service restarts (same address); a change written while it is down arrives.
-    let addr = app.addr;
-    let db_url = app.stop().await;
-    let writer = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(writer.1);
-    let while_down: String = writer
-        .0
-        .query_one(
-            "insert into tickets (tenant_id, title) values ('acme', 'while down') returning id::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let _app = start_on(db_url, |c| c.listen = addr).await;
-    browser
-        .expect(
-            &format!("WAIT_ROW ticket {while_down}"),
-            &format!("ROW {while_down}"),
-        )
-        .await;
-    browser.stdin.write_all(b"QUIT\n").await.unwrap();
+    assert!(status.success(), "{status}");
 }
