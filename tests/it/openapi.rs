@@ -13,6 +13,7 @@ use crate::helpers::*;
 /// Every path the service serves (besides this list, everything is 404).
 const SERVED: &[&str] = &[
     "/",
+    "/changecast.d.ts",
     "/changecast.js",
     "/healthz",
     "/metrics",
