@@ -10,6 +10,8 @@
 use warp::http::HeaderMap;
 use warp::reply::{Reply, Response};
 
+use super::error::ApiError;
+
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const CLIENT_JS: &str = include_str!("assets/changecast.js");
 const CLIENT_DTS: &str = include_str!("assets/changecast.d.ts");
@@ -28,28 +30,37 @@ enum Form {
     Script,
 }
 
-fn form(headers: &HeaderMap, query: Option<&str>) -> Form {
+/// The form asked for; an unknown `format` is refused rather than guessed. (Other
+/// query parameters, such as cache busters, are a static file's business, not ours.)
+fn form(headers: &HeaderMap, query: Option<&str>) -> Result<Form, ApiError> {
     let asked = query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("format="));
     match asked {
-        Some("module" | "esm") => return Form::Module,
-        Some("script" | "umd") => return Form::Script,
-        _ => {}
+        Some("module" | "esm") => return Ok(Form::Module),
+        Some("script" | "umd") => return Ok(Form::Script),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_format",
+                "`format` is `module` or `script`",
+            ))
+        }
+        None => {}
     }
     let mode = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
     let dest = headers.get("sec-fetch-dest").and_then(|v| v.to_str().ok());
-    match (mode, dest) {
+    Ok(match (mode, dest) {
         (Some("cors"), Some("script")) => Form::Module,
         _ => Form::Script,
-    }
+    })
 }
 
 pub fn client_js(headers: HeaderMap, query: Option<String>) -> Response {
     let body = match form(&headers, query.as_deref()) {
-        Form::Module => format!("{CLIENT_JS}{MODULE_TRAILER}"),
-        Form::Script => CLIENT_JS.to_owned(),
+        Ok(Form::Module) => format!("{CLIENT_JS}{MODULE_TRAILER}"),
+        Ok(Form::Script) => CLIENT_JS.to_owned(),
+        Err(error) => return error.into_response(),
     };
     let reply = warp::reply::with_header(body, "content-type", "text/javascript; charset=utf-8");
     let mut response = with_cache(reply.into_response());
@@ -102,12 +113,19 @@ mod tests {
     fn module_loaders_get_exports_and_classic_scripts_do_not() {
         let module = headers(&[("sec-fetch-mode", "cors"), ("sec-fetch-dest", "script")]);
         let classic = headers(&[("sec-fetch-mode", "no-cors"), ("sec-fetch-dest", "script")]);
-        assert_eq!(form(&module, None), Form::Module);
-        assert_eq!(form(&classic, None), Form::Script);
+        assert_eq!(form(&module, None).unwrap(), Form::Module);
+        assert_eq!(form(&classic, None).unwrap(), Form::Script);
         // No fetch metadata (curl, old browsers, plain-http origins): the classic form.
-        assert_eq!(form(&HeaderMap::new(), None), Form::Script);
-        assert_eq!(form(&classic, Some("format=module")), Form::Module);
-        assert_eq!(form(&module, Some("v=2&format=script")), Form::Script);
+        assert_eq!(form(&HeaderMap::new(), None).unwrap(), Form::Script);
+        assert_eq!(form(&classic, Some("format=module")).unwrap(), Form::Module);
+        assert_eq!(
+            form(&module, Some("v=2&format=script")).unwrap(),
+            Form::Script
+        );
+        assert_eq!(
+            form(&module, Some("format=amd")).unwrap_err().code,
+            "invalid_format"
+        );
     }
 
     #[test]
