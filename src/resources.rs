@@ -70,8 +70,12 @@ pub struct Snapshot {
 
 /// Rows fetched per round trip while a snapshot filters a table's rows.
 const SNAPSHOT_PAGE_ROWS: i32 = 500;
+/// Most bytes of row JSON in one snapshot answer; beyond, it is `truncated` (as beyond
+/// `limit` rows), so a table of huge rows cannot make one request hold gigabytes.
+pub const MAX_SNAPSHOT_BYTES: usize = 32 * 1024 * 1024;
 
-/// The tenant's current rows of `types` in `selection`'s view (at most `limit` per type),
+/// The tenant's current rows of `types` in `selection`'s view (at most `limit` per type
+/// and [`MAX_SNAPSHOT_BYTES`] in all),
 /// without excluded columns, and a cursor that resumes exactly after them: rows and
 /// cursor come from one REPEATABLE READ snapshot. Row filters are the subscription's own
 /// ([`Selection::includes_row`]): rows are read page by page through a portal and
@@ -100,6 +104,7 @@ pub async fn snapshot(
         .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
     let mut resources = BTreeMap::new();
     let mut truncated = false;
+    let mut bytes = 0;
     for table in watched_tables(&tx)
         .await?
         .into_iter()
@@ -144,10 +149,11 @@ pub async fn snapshot(
                         continue;
                     }
                 }
-                if items.len() == limit {
+                if items.len() == limit || bytes + json.len() > MAX_SNAPSHOT_BYTES {
                     truncated = true;
                     break 'pages;
                 }
+                bytes += json.len();
                 items.push(RawValue::from_string(json).expect("BUG: jsonb prints valid JSON"));
             }
             if last_page {

@@ -34,6 +34,9 @@ use crate::wire::Delivery;
 const OUTBOUND_QUEUE: usize = 64;
 /// Journal rows per replay query.
 const REPLAY_PAGE_ROWS: usize = 500;
+/// Most bytes of row JSON (as stored) per replay page after its first row: memory per
+/// replaying subscriber stays bounded however large the rows.
+const REPLAY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
 /// How long a replay page read for one subscriber is kept for others replaying the same
 /// range (a reconnect storm's subscribers arrive within moments of each other).
@@ -118,6 +121,8 @@ struct ReplayPage {
     /// The database's next transaction id when the replay started (first page only).
     now_xmax: Option<u64>,
     entries: Arc<Vec<Entry>>,
+    /// Nothing of the range comes after it.
+    last: bool,
     /// The journal's `pruned_below`, read right after the page.
     pruned_below: u64,
     bytes: usize,
@@ -429,8 +434,8 @@ impl Subscription {
                     }
                 }
             };
-            let done = page.len() < REPLAY_PAGE_ROWS;
-            for entry in page.iter().cloned() {
+            let done = page.last;
+            for entry in page.entries.iter().cloned() {
                 after_id = Some(entry.id());
                 if matches!(&entry, Entry::Truncated(marker) if marker.id == from.id) {
                     continue;
@@ -455,7 +460,7 @@ impl Subscription {
         from: &Cursor,
         upto: &Published,
         after_id: &mut Option<i64>,
-    ) -> anyhow::Result<Result<Arc<Vec<Entry>>, &'static str>> {
+    ) -> anyhow::Result<Result<ReplayPage, &'static str>> {
         let types = self.selection.journal_types();
         let app_events = self.selection.wants_app_events();
         let key = format!(
@@ -483,7 +488,7 @@ impl Subscription {
             return Ok(Err("cursor_expired"));
         }
         after_id.get_or_insert(page.start);
-        Ok(Ok(page.entries.clone()))
+        Ok(Ok(page))
     }
 
     /// Reads one replay page from the journal (waiting for a turn at the replay gate).
@@ -510,7 +515,7 @@ impl Subscription {
             types: types.as_deref(),
             app_events,
         };
-        let entries = journal
+        let (entries, last) = journal
             .read_replay(
                 &mut client,
                 &from.seen,
@@ -518,6 +523,7 @@ impl Subscription {
                 start,
                 filter,
                 REPLAY_PAGE_ROWS,
+                REPLAY_PAGE_BYTES,
             )
             .await?;
         let pruned_below = Journal::pruned_below(&client).await?;
@@ -527,6 +533,7 @@ impl Subscription {
             start,
             now_xmax,
             entries: Arc::new(entries),
+            last,
             pruned_below,
             bytes,
         })

@@ -349,23 +349,37 @@ select (select min(id) from unseen where tenant_id = $1), pg_current_snapshot():
 "#;
 
 /// One replay page: the tenant's rows after `$2` in id order, of transactions the
-/// cursor did not see ($3) and the published boundary covers ($4, $5, $6). Only
-/// (tenant_id, id) can drive it — an index range scan that starts where the previous
-/// page ended: the xid conditions are written as snapshot tests on purpose, so that a
-/// long replay is never planned as "every unseen row of the xid index, sorted, for each
-/// page" (rows^2 / page).
+/// cursor did not see ($3) and the published boundary covers ($4, $5, $6), at most `$9`
+/// of them and — past the first — at most `$10` bytes (as stored): a page of huge rows
+/// is short rather than huge. Only (tenant_id, id) can drive it — an index range scan
+/// that starts where the previous page ended: the xid conditions are written as
+/// snapshot tests on purpose, so that a long replay is never planned as "every unseen
+/// row of the xid index, sorted, for each page" (rows^2 / page). The byte count is taken
+/// over the rows the LIMIT already chose (a window at the same level would see them all).
+/// Each row also says how many the LIMIT chose (`candidates`), so a page cut by bytes is
+/// not mistaken for the last one.
 const REPLAY_SQL: &str = r#"
-select {COLUMNS}
-from changecast.change_log
-where tenant_id = $1
-  and id > $2
-  and not pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
-  and (pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
-       or (id <= $6 and pg_visible_in_snapshot(xid, $5::text::pg_snapshot)))
-  and (case when event = 'published' then $8
-            else $7::text[] is null or resource_type = any($7) end)
+select {COLUMNS}, candidates
+from (
+    select page.*,
+           sum(pg_column_size(page.resource)) over (order by page.id) as through_bytes,
+           count(*) over () as candidates
+    from (
+        select *
+        from changecast.change_log
+        where tenant_id = $1
+          and id > $2
+          and not pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
+          and (pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
+               or (id <= $6 and pg_visible_in_snapshot(xid, $5::text::pg_snapshot)))
+          and (case when event = 'published' then $8
+                    else $7::text[] is null or resource_type = any($7) end)
+        order by id
+        limit $9
+    ) page
+) sized
+where through_bytes - pg_column_size(resource) < $10
 order by id
-limit $9
 "#;
 
 /// Planner settings of a replay page's transaction (see [`Journal::read_replay`]).
@@ -540,7 +554,10 @@ impl Journal {
     }
 
     /// One page of a replay: `filter`'s entries after journal id `after_id` whose
-    /// transaction `unseen` does not see but `upto` covers, in journal-id order.
+    /// transaction `unseen` does not see but `upto` covers, in journal-id order, at most
+    /// `limit` of them and, past the first, at most `max_bytes`; and whether it is the
+    /// last page (nothing after it in the range).
+    #[allow(clippy::too_many_arguments)]
     pub async fn read_replay(
         &self,
         client: &mut Client,
@@ -549,7 +566,8 @@ impl Journal {
         after_id: i64,
         filter: ReplayFilter<'_>,
         limit: usize,
-    ) -> DbResult<Vec<Entry>> {
+        max_bytes: usize,
+    ) -> DbResult<(Vec<Entry>, bool)> {
         // A young journal's statistics (before autovacuum analyzed it) make the planner
         // expect a handful of rows after `after_id` and fetch all of them by bitmap, then
         // sort: every page would read the rest of the replay. Only the ordered walk of
@@ -569,11 +587,15 @@ impl Journal {
                     &filter.types,
                     &filter.app_events,
                     &(limit as i64),
+                    &(max_bytes as i64),
                 ],
             )
             .await?;
         transaction.commit().await?;
-        Ok(self.entries(&rows, None))
+        // The LIMIT chose fewer than `limit` rows and the byte bound kept them all.
+        let candidates = rows.first().map_or(0, |row| row.get::<_, i64>(10) as usize);
+        let last = candidates < limit && rows.len() == candidates;
+        Ok((self.entries(&rows, None), last))
     }
 
     fn entries(&self, rows: &[tokio_postgres::Row], known_since: Option<Instant>) -> Vec<Entry> {

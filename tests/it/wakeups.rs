@@ -176,6 +176,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &no_filter,
                     &true,
                     &500i64,
+                    &(4i64 << 20),
                 ],
                 other => panic!("no parameters for {other}"),
             };
