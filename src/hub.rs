@@ -19,6 +19,47 @@ use crate::auth::TenantId;
 use crate::journal::{Entry, Published};
 use crate::stats::Activity;
 
+/// Entries larger than this (roughly, in bytes of JSON) are not fanned out themselves:
+/// every tenant channel keeps its last `capacity` items whether read or not, and a few
+/// multi-MB rows there would pin gigabytes. Subscribers read them from the journal.
+pub const FAN_OUT_MAX_BYTES: usize = 64 * 1024;
+
+/// What a tenant's fan-out carries.
+#[derive(Clone, Debug)]
+pub enum Fanned {
+    Entry(Entry),
+    /// An entry too large to fan out ([`FAN_OUT_MAX_BYTES`]): it is in the journal, and
+    /// a subscriber it concerns catches up from there (as after a lag).
+    InJournal(InJournal),
+}
+
+/// What a subscriber needs to know of an entry it must read from the journal.
+#[derive(Clone, Debug)]
+pub struct InJournal {
+    pub xid: u64,
+    /// The resource type of a row change or truncation, the topic of an application event.
+    pub name: String,
+    pub app_event: bool,
+}
+
+impl Fanned {
+    fn of(entry: Entry) -> Fanned {
+        if entry.size_hint() <= FAN_OUT_MAX_BYTES {
+            return Fanned::Entry(entry);
+        }
+        let (name, app_event) = match &entry {
+            Entry::Change(change) => (change.resource_type.clone(), false),
+            Entry::AppEvent(event) => (event.topic.clone(), true),
+            Entry::Truncated(marker) => (marker.resource_type.clone(), false),
+        };
+        Fanned::InJournal(InJournal {
+            xid: entry.xid(),
+            name,
+            app_event,
+        })
+    }
+}
+
 pub struct Hub {
     state: Mutex<State>,
     /// Every published entry is counted here, subscribers or not (`/v1/stats`).
@@ -30,7 +71,7 @@ pub struct Hub {
 }
 
 struct State {
-    tenants: HashMap<TenantId, broadcast::Sender<Entry>>,
+    tenants: HashMap<TenantId, broadcast::Sender<Fanned>>,
     published: Published,
 }
 
@@ -38,12 +79,12 @@ struct State {
 pub struct Live {
     // Field order matters: the receiver is dropped before `_member` looks whether it
     // was the tenant's last one.
-    receiver: broadcast::Receiver<Entry>,
+    receiver: broadcast::Receiver<Fanned>,
     _member: Member,
 }
 
 impl Live {
-    pub async fn recv(&mut self) -> Result<Entry, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Fanned, broadcast::error::RecvError> {
         self.receiver.recv().await
     }
 }
@@ -122,12 +163,13 @@ impl Hub {
             let Some(sender) = state.tenants.get(change.tenant()) else {
                 continue;
             };
-            match sender.send(change) {
+            let tenant = change.tenant().clone();
+            match sender.send(Fanned::of(change)) {
                 Ok(receivers) => queued += receivers,
                 // Unreachable while `Member` removes the channel with its last
                 // receiver; harmless if a receiver ever escapes a `Live`.
-                Err(broadcast::error::SendError(change)) => {
-                    state.tenants.remove(change.tenant());
+                Err(broadcast::error::SendError(_)) => {
+                    state.tenants.remove(&tenant);
                     self.channels.set(state.tenants.len() as i64);
                 }
             }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Identity, TenantId};
-use crate::hub::{Hub, Live};
+use crate::hub::{Fanned, Hub, Live};
 use crate::journal::{snapshot_cursor, Cursor, Entry, Journal, Published, ReplayFilter};
 use crate::metrics::Metrics;
 use crate::replay_gate::ReplayGate;
@@ -365,8 +365,8 @@ impl Subscription {
                     _ = tokio::time::sleep_until(self.expires) => return self.auth_expired().await,
                     next = live.recv() => next,
                 };
-                match next {
-                    Ok(entry) => {
+                let catch_up = match next {
+                    Ok(Fanned::Entry(entry)) => {
                         if already_seen
                             .as_ref()
                             .is_some_and(|seen| seen.sees(entry.xid()))
@@ -378,6 +378,18 @@ impl Subscription {
                             Delivered::Filtered => {}
                             Delivered::Gone => return,
                         }
+                        false
+                    }
+                    // Too large for the fan-out: read it (and whatever follows) from the
+                    // journal, if it concerns this subscriber at all.
+                    Ok(Fanned::InJournal(entry)) => {
+                        let seen = already_seen.as_ref().is_some_and(|s| s.sees(entry.xid));
+                        let followed = if entry.app_event {
+                            self.selection.follows_topic(&entry.name)
+                        } else {
+                            self.selection.follows_type(&entry.name)
+                        };
+                        !seen && followed
                     }
                     Err(error) => {
                         match error {
@@ -391,13 +403,18 @@ impl Subscription {
                                 tracing::debug!(tenant = %self.tenant, "cut off the fan-out; catching up from the journal");
                             }
                         }
-                        (live, upto) = self.services.hub.subscribe(&self.tenant);
-                        if let Some(entry) = &last {
-                            received = entry.cursor().clone();
-                        }
-                        replay_from = Some(received.clone());
-                        break;
+                        true
                     }
+                };
+                if catch_up {
+                    // Everything published so far is within the new boundary: the replay
+                    // from this subscriber's own cursor reads what it has not had.
+                    (live, upto) = self.services.hub.subscribe(&self.tenant);
+                    if let Some(entry) = &last {
+                        received = entry.cursor().clone();
+                    }
+                    replay_from = Some(received.clone());
+                    break;
                 }
             }
         }
@@ -410,6 +427,10 @@ impl Subscription {
     /// sent again, so resuming from it does not loop.
     async fn replay(&self, from: &Cursor, upto: &Published, last: &mut Option<Entry>) -> Replayed {
         self.services.metrics.replays.inc();
+        // A cursor does not see its own transaction, so a catch-up from the last entry
+        // this connection sent would send that entry (and earlier ones of its
+        // transaction, all sent before it) again: skip them.
+        let sent_through = last.as_ref().map(|entry| (entry.xid(), entry.id()));
         let mut after_id = None;
         loop {
             if Instant::now() >= self.expires {
@@ -438,6 +459,9 @@ impl Subscription {
             for entry in page.entries.iter().cloned() {
                 after_id = Some(entry.id());
                 if matches!(&entry, Entry::Truncated(marker) if marker.id == from.id) {
+                    continue;
+                }
+                if sent_through.is_some_and(|(xid, id)| entry.xid() == xid && entry.id() <= id) {
                     continue;
                 }
                 match self.deliver(&entry).await {

@@ -450,3 +450,53 @@ async fn huge_rows_replay_in_short_pages_and_snapshots_stop_at_their_byte_bound(
     let bytes: usize = rows.iter().map(|row| row.to_string().len()).sum();
     assert!(bytes <= 32 << 20, "{bytes} bytes in one snapshot");
 }
+
+/// Reliability item 5: an entry too large to keep in the fan-out's ring buffers reaches
+/// live subscribers through the journal, in order and with the changes around it.
+#[tokio::test]
+async fn a_huge_row_reaches_live_subscribers_through_the_journal() {
+    let app = spawn_app().await;
+    let acme = token("acme");
+    let mut sse = app.sse(&acme, "types=ticket").await;
+    let mut ws = app.ws(&acme).await;
+    ws.expect("connection_established").await;
+    ws.subscribe(serde_json::json!({"resource_types": ["ticket"]}))
+        .await;
+    let mut agents = app.sse(&acme, "types=agent").await;
+    let replays_before = app.metric("changecast_replays_total").await.unwrap();
+    let before = app.insert_ticket("acme", "before").await;
+    let huge: String = app
+        .db
+        .query_one(
+            "insert into tickets (tenant_id, title, body)
+             values ('acme', 'huge', (select string_agg(md5(random()::text), '') from generate_series(1, 32768)))
+             returning id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let after = app.insert_ticket("acme", "after").await;
+    let agent = app.insert_agent("acme", "unconcerned").await;
+    let order = [before, huge.clone(), after];
+    let events = sse.changes_until(3).await;
+    let got: Vec<&str> = events
+        .iter()
+        .map(|e| e.data["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, order, "SSE, in commit order");
+    assert_eq!(
+        events[1].data["resource"]["body"].as_str().unwrap().len(),
+        1 << 20
+    );
+    let over_ws = ws.changes_until_ids(&order.iter().cloned().collect()).await;
+    let got: Vec<String> = over_ws.iter().map(change_id).collect();
+    assert_eq!(got, order, "WebSocket, in commit order");
+    // A subscriber the huge row does not concern is not sent to the journal for it.
+    let replays = app.metric("changecast_replays_total").await.unwrap() - replays_before;
+    assert_eq!(replays, 2.0, "one catch-up per concerned subscriber");
+    assert_eq!(
+        agents.receive_ids(&HashSet::from([agent.clone()])).await,
+        HashSet::from([agent])
+    );
+}
