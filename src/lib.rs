@@ -33,6 +33,9 @@ pub mod secret;
 pub mod telemetry;
 /// `changecast healthcheck`: a tiny HTTP client for container healthchecks.
 pub mod healthcheck;
+/// Entry points for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use app::App;
 pub use config::ServeConfig;

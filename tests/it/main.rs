@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod containers;
 mod embedded;
+mod faults;
 mod migrate;
 mod reliability;
 mod ops;
