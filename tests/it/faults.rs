@@ -321,6 +321,9 @@ struct Received {
     connections: usize,
     /// Attempts that found no service (it was down).
     refused: usize,
+    /// What happened, in order: streams opened (with their cursor) and changes; shown
+    /// when a follower's share does not add up.
+    trace: Vec<String>,
 }
 
 /// A subscriber that reconnects with its last cursor whenever its stream ends — or, with
@@ -409,18 +412,30 @@ async fn follow(
     let token = token(&interest.tenant);
     let http = reqwest::Client::new();
     let mut cursor: Option<String> = None;
+    let mut seen = HashSet::new();
     while !stop.is_cancelled() {
         let addr = addr.borrow().clone();
         // Changes to read before dropping the stream of our own accord.
         let budget = dropper.as_mut().map(|rng| 1 + rng.below(12) as usize);
         let mut read = 0;
-        let record = |message: Value, cursor: &mut Option<String>| -> bool {
+        // Like an EventSource, the cursor is the id of the last event received, repeats
+        // included; the random drops count changes not seen before, so that a resume
+        // whose replay starts with many repeats still makes progress.
+        let mut record = |message: Value, cursor: &mut Option<String>| -> bool {
             let mut received = received.lock().unwrap();
             match message["type"].as_str() {
                 Some("resource_change") => {
                     *cursor = message["id"].as_str().map(str::to_owned);
+                    let new = seen.insert(cursor.clone().unwrap_or_default());
+                    let line = format!(
+                        "  {} {}{}",
+                        received_key(&message),
+                        message["id"].as_str().unwrap_or(""),
+                        if new { "" } else { " (repeat)" }
+                    );
+                    received.trace.push(line);
                     received.changes.push(message);
-                    true
+                    new
                 }
                 Some("resync") => {
                     if let Some(id) = message["id"].as_str() {
@@ -461,7 +476,11 @@ async fn follow(
                         continue;
                     }
                 };
-                received.lock().unwrap().connections += 1;
+                {
+                    let mut received = received.lock().unwrap();
+                    received.connections += 1;
+                    received.trace.push(format!("stream from {cursor:?}"));
+                }
                 let mut stream = SseStream::new(response);
                 loop {
                     let event = tokio::select! {
@@ -528,7 +547,9 @@ async fn follow(
                     };
                     let message: Value = serde_json::from_str(&text).expect("server sent JSON");
                     if message["type"] == "subscription_confirmed" {
-                        received.lock().unwrap().connections += 1;
+                        let mut received = received.lock().unwrap();
+                        received.connections += 1;
+                        received.trace.push(format!("stream from {cursor:?}"));
                     }
                     if message["type"] == "error" {
                         panic!("the server refused the subscription: {message}");
@@ -1244,15 +1265,32 @@ async fn model_run(seed: u64) {
         let key_set: HashSet<String> = keys.iter().cloned().collect();
         let missing: Vec<_> = expected_keys.difference(&key_set).collect();
         let extra: Vec<_> = key_set.difference(&expected_keys).collect();
+        if !(missing.is_empty() && extra.is_empty()) {
+            let path = std::env::temp_dir().join(format!(
+                "changecast-model-{seed}-{}-{:?}.txt",
+                interest.tenant, interest.via
+            ));
+            let mut text = received.trace.join("\n");
+            text.push_str("\n\ncommitted, in commit order:\n");
+            for change in &expected {
+                text.push_str(&format!("  {}\n", change.key()));
+            }
+            std::fs::write(&path, text).unwrap();
+            eprintln!("{who}: trace in {}", path.display());
+        }
         assert!(
             missing.is_empty() && extra.is_empty(),
             "{who}: {} of {} committed changes missing (e.g. {:?}), {} received that were \
-             never committed or are not its own (e.g. {:?})",
+             never committed or are not its own (e.g. {:?}); {} streams, {} refused, {} \
+             changes received",
             missing.len(),
             expected_keys.len(),
             missing.first(),
             extra.len(),
-            extra.first()
+            extra.first(),
+            received.connections,
+            received.refused,
+            received.changes.len()
         );
         assert_eq!(
             keys.len(),
@@ -1297,4 +1335,67 @@ async fn model_concurrent_writers_and_resuming_subscribers() {
     for seed in model_seeds() {
         model_run(seed).await;
     }
+}
+
+/// Found by the model test (seed 2): PostgreSQL's snapshot `xmax` is the newest
+/// *completed* transaction + 1, not the next id to be assigned, so a transaction whose id
+/// is at or above a cursor's `xmax` may have been running — and writing rows — before the
+/// cursor's snapshot was taken. Here X writes row a, V (older than X) writes row b and
+/// commits, E writes row c with a snapshot whose xmax is X (X is neither visible nor
+/// listed as running). A subscriber that got b and c and resumes from c's cursor after X
+/// commits must get a. (A cluster of the test's own: another session completing a
+/// transaction in between would move xmax past X and hide the case.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_running_beyond_a_cursors_xmax_is_replayed() {
+    let cluster = OwnCluster::start().await;
+    let db_url = cluster.create_database("beyond").await;
+    let app = start_on(db_url, |_| {}).await;
+    let t = token("acme");
+    let mut stream = app.sse(&t, "").await;
+    let (v, x) = (app.connect_db().await, app.connect_db().await);
+    v.batch_execute("begin").await.unwrap();
+    let v_xid = current_xid(&v).await;
+    x.batch_execute("begin").await.unwrap();
+    let x_xid = current_xid(&x).await;
+    assert!(v_xid < x_xid);
+    let insert = "insert into tickets (tenant_id, title) values ('acme', $1) returning id::text";
+    let a: String = x.query_one(insert, &[&"a"]).await.unwrap().get(0);
+    let b: String = v.query_one(insert, &[&"b"]).await.unwrap().get(0);
+    v.batch_execute("commit").await.unwrap();
+    let (c, snapshot): (String, String) = {
+        let row = app
+            .db
+            .query_one(
+                "with w as (insert into tickets (tenant_id, title) values ('acme', 'c')
+                            returning id::text)
+                 select (select id from w), pg_current_snapshot()::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let xmax: i64 = snapshot.split(':').nth(1).unwrap().parse().unwrap();
+    assert!(
+        xmax <= x_xid,
+        "the case needs E's snapshot ({snapshot}) not to list X ({x_xid}) as running"
+    );
+    let got = stream.receive_ids(&HashSet::from([b.clone(), c.clone()])).await;
+    assert_eq!(got, HashSet::from([b.clone(), c.clone()]));
+    let cursor = stream.last_event_id.clone().unwrap();
+    drop(stream);
+
+    x.batch_execute("commit").await.unwrap();
+    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+    let received = resumed.receive_ids(&HashSet::from([a.clone()])).await;
+    assert_nothing_lost(&HashSet::from([a]), &received, &HashSet::from([b, c]));
+    app.stop().await;
+}
+
+/// The id of the session's transaction (assigned now if it had none).
+async fn current_xid(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("select pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
