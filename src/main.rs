@@ -83,9 +83,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     // The service has let go of its connections: now the database may stop.
     shutdown.cancel();
     let database = match keeper {
-        Some(keeper) => keeper
-            .await
-            .context("watching the embedded PostgreSQL")??,
+        Some(keeper) => keeper.await.context("watching the embedded PostgreSQL")??,
         // Never handed to a keeper: the service did not get as far as serving.
         None => embedded.map(|(database, _)| database),
     };

@@ -71,8 +71,8 @@ pub async fn keep_running(
         if !dir.join("PG_VERSION").is_file() {
             tracing::error!(dir = %dir.display(), "the embedded PostgreSQL's data folder was removed; stopping");
             // Nothing left to save: stop it at once, off the runtime's threads.
-            let _ = tokio::task::spawn_blocking(move || database.stop_with(StopMode::Immediate))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || database.stop_with(StopMode::Immediate)).await;
             shutdown.cancel();
             return Err(GaveUp::Removed(dir));
         }

@@ -456,7 +456,12 @@ async fn serve_exits_with_a_message_when_its_data_folder_is_removed() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    for hint in ["changecast: ", "data folder", "was removed", &data_dir.display().to_string()] {
+    for hint in [
+        "changecast: ",
+        "data folder",
+        "was removed",
+        &data_dir.display().to_string(),
+    ] {
         assert!(message.contains(hint), "{hint:?} missing from: {message}");
     }
     assert!(!process_exists(pid), "embedded postgres {pid} still runs");

@@ -308,7 +308,11 @@ impl Interest {
     }
 
     fn wants(&self, tenant: &str, resource_type: &str) -> bool {
-        self.tenant == tenant && self.types.as_ref().is_none_or(|t| t.contains(&resource_type))
+        self.tenant == tenant
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|t| t.contains(&resource_type))
     }
 }
 
@@ -505,10 +509,9 @@ async fn follow(
             }
             Via::Ws => {
                 let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-                request.headers_mut().insert(
-                    "authorization",
-                    format!("Bearer {token}").parse().unwrap(),
-                );
+                request
+                    .headers_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
                 let connected = tokio::select! {
                     _ = stop.cancelled() => return,
                     connected = tokio::time::timeout(
@@ -605,13 +608,24 @@ async fn postgres_restarted_mid_stream(mode: StopMode) {
     let app = start_on(db_url.clone(), |_| {}).await;
     let (_addr_tx, addr) = watch::channel(app.addr.to_string());
     let followers = vec![
-        Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", Some(vec!["ticket"])), None)
-            .await,
-        Follower::start(addr.clone(), Interest::new(Via::Ws, "acme", Some(vec!["ticket"])), None)
-            .await,
+        Follower::start(
+            addr.clone(),
+            Interest::new(Via::Sse, "acme", Some(vec!["ticket"])),
+            None,
+        )
+        .await,
+        Follower::start(
+            addr.clone(),
+            Interest::new(Via::Ws, "acme", Some(vec!["ticket"])),
+            None,
+        )
+        .await,
         Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", None), None).await,
     ];
-    assert_eq!(app.metric("changecast_db_reconnects_total").await, Some(0.0));
+    assert_eq!(
+        app.metric("changecast_db_reconnects_total").await,
+        Some(0.0)
+    );
     // Two writers of the subscribers' tenant (one and three rows per transaction), one
     // of another tenant, whose changes must not show up.
     let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3), ("globex", 1)]);
@@ -621,8 +635,9 @@ async fn postgres_restarted_mid_stream(mode: StopMode) {
     cluster.stop(mode).await;
     let stopped = Instant::now();
     wait_for_status(&app.http, &app.url("/readyz"), 503).await;
-    // Every writer has failed at least once: the writes in flight are being retried.
-    writing.until_failures(6).await;
+    // Down for a while (about a second of writers retrying): the listener retries with
+    // backoff meanwhile, and every writer has a write in flight, retried.
+    writing.until_failures(200).await;
     cluster.start_again().await;
     let down_for = stopped.elapsed();
     app.wait_ready().await;
@@ -733,8 +748,12 @@ async fn the_service_killed_mid_stream_loses_nothing() {
     let followers = vec![
         Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", None), None).await,
         Follower::start(addr.clone(), Interest::new(Via::Ws, "acme", None), None).await,
-        Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", Some(vec!["ticket"])), None)
-            .await,
+        Follower::start(
+            addr.clone(),
+            Interest::new(Via::Sse, "acme", Some(vec!["ticket"])),
+            None,
+        )
+        .await,
     ];
     let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3), ("globex", 1)]);
     writing.until_more(150).await;
@@ -868,7 +887,12 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         .arg(to)
         .status()
         .unwrap();
-    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1041,8 +1065,12 @@ async fn model_run(seed: u64) {
         {
             let dropper = Rng::new(seed ^ ((n * 16 + m) as u64 + 1).wrapping_mul(0x1234_5678_9abc));
             followers.push(
-                Follower::start(addr.clone(), Interest::new(via, tenant, types), Some(dropper))
-                    .await,
+                Follower::start(
+                    addr.clone(),
+                    Interest::new(via, tenant, types),
+                    Some(dropper),
+                )
+                .await,
             );
         }
     }
@@ -1203,7 +1231,10 @@ async fn model_run(seed: u64) {
             } else {
                 let deleted = db
                     .execute(
-                        &format!("delete from {} where id = $1::text::uuid", table(row.resource_type)),
+                        &format!(
+                            "delete from {} where id = $1::text::uuid",
+                            table(row.resource_type)
+                        ),
                         &[&id],
                     )
                     .await
@@ -1253,7 +1284,11 @@ async fn model_run(seed: u64) {
             "seed {seed}, {:?} of {} ({:?})",
             interest.via, interest.tenant, interest.types
         );
-        assert!(received.resyncs.is_empty(), "{who}: resync {:?}", received.resyncs);
+        assert!(
+            received.resyncs.is_empty(),
+            "{who}: resync {:?}",
+            received.resyncs
+        );
         // Duplicates (a resume may repeat changes) come with the same cursor: drop them.
         let mut seen_cursors = HashSet::new();
         let firsts: Vec<&Value> = received
@@ -1300,7 +1335,9 @@ async fn model_run(seed: u64) {
         // Per resource, the order of commit.
         let mut want: HashMap<&str, Vec<String>> = HashMap::new();
         for change in &expected {
-            want.entry(change.id.as_str()).or_default().push(change.key());
+            want.entry(change.id.as_str())
+                .or_default()
+                .push(change.key());
         }
         let mut got: HashMap<String, Vec<String>> = HashMap::new();
         for (change, key) in firsts.iter().zip(&keys) {
@@ -1380,7 +1417,9 @@ async fn a_transaction_running_beyond_a_cursors_xmax_is_replayed() {
         xmax <= x_xid,
         "the case needs E's snapshot ({snapshot}) not to list X ({x_xid}) as running"
     );
-    let got = stream.receive_ids(&HashSet::from([b.clone(), c.clone()])).await;
+    let got = stream
+        .receive_ids(&HashSet::from([b.clone(), c.clone()]))
+        .await;
     assert_eq!(got, HashSet::from([b.clone(), c.clone()]));
     let cursor = stream.last_event_id.clone().unwrap();
     drop(stream);
