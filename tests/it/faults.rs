@@ -640,25 +640,27 @@ async fn postgres_restarted_mid_stream(mode: StopMode) {
     writing.until_failures(200).await;
     cluster.start_again().await;
     let down_for = stopped.elapsed();
+    let restarted = Instant::now();
     app.wait_ready().await;
-    let during = writing.committed.load(Ordering::SeqCst) - before;
+    let ready_after = restarted.elapsed();
     writing.until_more(150).await;
     let (written, retried) = writing.finish().await;
-    let acme = &written["acme"];
     assert!(retried >= 3, "the writers retried {retried} writes");
 
-    let (n_written, n_received) = assert_all_followers_got(&followers, acme).await;
+    let (n_written, n_received) = assert_all_followers_got(&followers, &written["acme"]).await;
     assert!(app.metric("changecast_db_reconnects_total").await >= Some(1.0));
     let mut reconnects = Vec::new();
     for follower in followers {
         let received = follower.stop().await;
         reconnects.push(received.connections - 1);
     }
+    let total: usize = written.values().map(HashSet::len).sum();
     eprintln!(
-        "postgres restart {mode:?}: down {down_for:?}; {n_written} changes written \
-         ({before} before, {during} during, {retried} retried writes), {n_received} \
-         received by each follower; follower reconnects {reconnects:?}; test process \
-         peak RSS {:?} KiB",
+        "postgres restart {mode:?}: down {down_for:?}, ready again {ready_after:?} after \
+         its start; {total} changes committed ({before} before the stop, {retried} writes \
+         in flight during the outage retried, the rest after), {n_written} of them of the \
+         subscribers' tenant; {n_received} received by each follower (SSE, WS, SSE \
+         unfiltered); follower reconnects {reconnects:?}; test process peak RSS {:?} KiB",
         peak_rss_kib(std::process::id())
     );
     app.stop().await;
@@ -790,11 +792,13 @@ async fn the_service_killed_mid_stream_loses_nothing() {
         reconnects.push(received.connections - 1);
     }
     service.kill();
+    let total: usize = written.values().map(HashSet::len).sum();
     eprintln!(
-        "service SIGKILL: down {down_for:?}; {n_written} changes written ({before} before, \
-         {during} while it was down), {n_received} received by each follower; follower \
-         reconnects {reconnects:?}; service peak RSS {peak_first:?} KiB, after the restart \
-         {peak_second:?} KiB"
+        "service SIGKILL: down {down_for:?}; {total} changes committed ({before} before \
+         the kill, {during} while it was down or starting), {n_written} of them of the \
+         subscribers' tenant; {n_received} received by each follower (SSE, WS, SSE \
+         tickets); follower reconnects {reconnects:?}; service peak RSS {peak_first:?} \
+         KiB, after the restart {peak_second:?} KiB"
     );
 }
 
@@ -1050,8 +1054,36 @@ fn uuid(rng: &mut Rng) -> String {
 /// moments (counted in changes received) at which each subscriber drops its stream.
 async fn model_run(seed: u64) {
     let app = spawn_app().await;
-    let mut rng = Rng::new(seed);
     let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = model_followers(addr, seed).await;
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(app.connect_db().await);
+    }
+    let (model, tally) = model_writes(&clients, seed).await;
+    // Every follower gets exactly its share of what committed, in order per resource.
+    let mut drops = Vec::new();
+    for follower in followers {
+        drops.push(check_share(follower, &model.committed, seed).await);
+    }
+    let Tally {
+        ended,
+        rolled_back,
+        savepoints_rolled_back,
+        statements,
+    } = tally;
+    eprintln!(
+        "model seed {seed}: {ended} transactions ({rolled_back} rolled back, \
+         {savepoints_rolled_back} savepoints rolled back), {statements} row changes, \
+         {} committed; subscriber drops {drops:?}",
+        model.committed.len()
+    );
+    app.stop().await;
+}
+
+/// Per tenant: SSE and WS, each unfiltered and with a type filter; each drops its
+/// stream after a random number of changes (from its own seed) and resumes.
+async fn model_followers(addr: watch::Receiver<String>, seed: u64) -> Vec<Follower> {
     let mut followers = Vec::new();
     for (n, tenant) in TENANTS.iter().enumerate() {
         for (m, (via, types)) in [
@@ -1074,11 +1106,21 @@ async fn model_run(seed: u64) {
             );
         }
     }
-    let mut clients = Vec::new();
-    for _ in 0..WRITERS {
-        clients.push(app.connect_db().await);
-    }
+    followers
+}
 
+/// What the writers did.
+struct Tally {
+    ended: usize,
+    rolled_back: usize,
+    savepoints_rolled_back: usize,
+    statements: usize,
+}
+
+/// Drives the writers' transactions from one task, a step at a time, in an order drawn
+/// from `seed`; no step ever waits on another transaction's lock (see [`Open::locked`]).
+async fn model_writes(clients: &[tokio_postgres::Client], seed: u64) -> (Model, Tally) {
+    let mut rng = Rng::new(seed);
     let mut model = Model {
         rows: HashMap::new(),
         committed: Vec::new(),
@@ -1254,111 +1296,112 @@ async fn model_run(seed: u64) {
         tx.changes.push(change);
     }
 
-    // Every follower gets exactly its share of what committed, in order per resource.
-    let mut drops = Vec::new();
-    for follower in followers {
-        let expected: Vec<&Expected> = model
-            .committed
-            .iter()
-            .filter(|c| follower.interest.wants(c.tenant, c.resource_type))
-            .collect();
-        let expected_keys: HashSet<String> = expected.iter().map(|c| c.key()).collect();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let keys: HashSet<String> = follower
-                .received
-                .lock()
-                .unwrap()
-                .changes
-                .iter()
-                .map(received_key)
-                .collect();
-            if expected_keys.is_subset(&keys) || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let interest = follower.interest.clone();
-        let received = follower.stop().await;
-        let who = format!(
-            "seed {seed}, {:?} of {} ({:?})",
-            interest.via, interest.tenant, interest.types
-        );
-        assert!(
-            received.resyncs.is_empty(),
-            "{who}: resync {:?}",
-            received.resyncs
-        );
-        // Duplicates (a resume may repeat changes) come with the same cursor: drop them.
-        let mut seen_cursors = HashSet::new();
-        let firsts: Vec<&Value> = received
+    let tally = Tally {
+        ended,
+        rolled_back,
+        savepoints_rolled_back,
+        statements,
+    };
+    (model, tally)
+}
+
+/// Waits for `follower`'s share of `committed` and checks it: exactly its tenant's and
+/// filter's changes (repeats only under the same cursor), per resource in commit order,
+/// no resync. Returns how many times it dropped its stream.
+async fn check_share(follower: Follower, committed: &[Expected], seed: u64) -> usize {
+    let expected: Vec<&Expected> = committed
+        .iter()
+        .filter(|c| follower.interest.wants(c.tenant, c.resource_type))
+        .collect();
+    let expected_keys: HashSet<String> = expected.iter().map(|c| c.key()).collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let keys: HashSet<String> = follower
+            .received
+            .lock()
+            .unwrap()
             .changes
             .iter()
-            .filter(|c| seen_cursors.insert(c["id"].as_str().unwrap_or("").to_owned()))
+            .map(received_key)
             .collect();
-        let keys: Vec<String> = firsts.iter().map(|c| received_key(c)).collect();
-        let key_set: HashSet<String> = keys.iter().cloned().collect();
-        let missing: Vec<_> = expected_keys.difference(&key_set).collect();
-        let extra: Vec<_> = key_set.difference(&expected_keys).collect();
-        if !(missing.is_empty() && extra.is_empty()) {
-            let path = std::env::temp_dir().join(format!(
-                "changecast-model-{seed}-{}-{:?}.txt",
-                interest.tenant, interest.via
-            ));
-            let mut text = received.trace.join("\n");
-            text.push_str("\n\ncommitted, in commit order:\n");
-            for change in &expected {
-                text.push_str(&format!("  {}\n", change.key()));
-            }
-            std::fs::write(&path, text).unwrap();
-            eprintln!("{who}: trace in {}", path.display());
+        if expected_keys.is_subset(&keys) || Instant::now() >= deadline {
+            break;
         }
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{who}: {} of {} committed changes missing (e.g. {:?}), {} received that were \
-             never committed or are not its own (e.g. {:?}); {} streams, {} refused, {} \
-             changes received",
-            missing.len(),
-            expected_keys.len(),
-            missing.first(),
-            extra.len(),
-            extra.first(),
-            received.connections,
-            received.refused,
-            received.changes.len()
-        );
-        assert_eq!(
-            keys.len(),
-            key_set.len(),
-            "{who}: one change arrived under two different cursors"
-        );
-        // Per resource, the order of commit.
-        let mut want: HashMap<&str, Vec<String>> = HashMap::new();
-        for change in &expected {
-            want.entry(change.id.as_str())
-                .or_default()
-                .push(change.key());
-        }
-        let mut got: HashMap<String, Vec<String>> = HashMap::new();
-        for (change, key) in firsts.iter().zip(&keys) {
-            got.entry(change_id(change)).or_default().push(key.clone());
-        }
-        for (id, want) in want {
-            assert_eq!(
-                got.get(id),
-                Some(&want),
-                "{who}: changes of resource {id} out of commit order"
-            );
-        }
-        drops.push(received.connections - 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!(
-        "model seed {seed}: {ended} transactions ({rolled_back} rolled back, \
-         {savepoints_rolled_back} savepoints rolled back), {statements} row changes, \
-         {} committed; subscriber drops {drops:?}",
-        model.committed.len()
+    let interest = follower.interest.clone();
+    let received = follower.stop().await;
+    let who = format!(
+        "seed {seed}, {:?} of {} ({:?})",
+        interest.via, interest.tenant, interest.types
     );
-    app.stop().await;
+    assert!(
+        received.resyncs.is_empty(),
+        "{who}: resync {:?}",
+        received.resyncs
+    );
+    // Duplicates (a resume may repeat changes) come with the same cursor: drop them.
+    let mut seen_cursors = HashSet::new();
+    let firsts: Vec<&Value> = received
+        .changes
+        .iter()
+        .filter(|c| seen_cursors.insert(c["id"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let keys: Vec<String> = firsts.iter().map(|c| received_key(c)).collect();
+    let key_set: HashSet<String> = keys.iter().cloned().collect();
+    let missing: Vec<_> = expected_keys.difference(&key_set).collect();
+    let extra: Vec<_> = key_set.difference(&expected_keys).collect();
+    if !(missing.is_empty() && extra.is_empty()) {
+        let path = std::env::temp_dir().join(format!(
+            "changecast-model-{seed}-{}-{:?}.txt",
+            interest.tenant, interest.via
+        ));
+        let mut text = received.trace.join("\n");
+        text.push_str("\n\ncommitted, in commit order:\n");
+        for change in &expected {
+            text.push_str(&format!("  {}\n", change.key()));
+        }
+        std::fs::write(&path, text).unwrap();
+        eprintln!("{who}: trace in {}", path.display());
+    }
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{who}: {} of {} committed changes missing (e.g. {:?}), {} received that were \
+         never committed or are not its own (e.g. {:?}); {} streams, {} refused, {} \
+         changes received",
+        missing.len(),
+        expected_keys.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        received.connections,
+        received.refused,
+        received.changes.len()
+    );
+    assert_eq!(
+        keys.len(),
+        key_set.len(),
+        "{who}: one change arrived under two different cursors"
+    );
+    // Per resource, the order of commit.
+    let mut want: HashMap<&str, Vec<String>> = HashMap::new();
+    for change in &expected {
+        want.entry(change.id.as_str())
+            .or_default()
+            .push(change.key());
+    }
+    let mut got: HashMap<String, Vec<String>> = HashMap::new();
+    for (change, key) in firsts.iter().zip(&keys) {
+        got.entry(change_id(change)).or_default().push(key.clone());
+    }
+    for (id, want) in want {
+        assert_eq!(
+            got.get(id),
+            Some(&want),
+            "{who}: changes of resource {id} out of commit order"
+        );
+    }
+    received.connections - 1
 }
 
 /// Seeded model-based test: writer transactions open at once over three tenants and two
