@@ -37,7 +37,7 @@ for target in $targets; do
   status=0
   cargo +nightly fuzz run "$target" "${corpora[@]}" -- \
     -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
-  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
   if [ "$status" -ne 0 ]; then
     tail -n 60 "$log" >&2
     echo "fuzz target $target FAILED (exit $status); the input is in fuzz/artifacts/$target/" >&2
