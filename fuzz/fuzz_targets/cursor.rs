@@ -50,7 +50,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(back.seen, seen.clone().bounded(back.seen.xip.len()));
     }
     // A cursor is tied to its tenant and journal.
-    assert!(scope.decode(&TenantId::new("other").unwrap(), &text).is_err());
+    assert!(scope
+        .decode(&TenantId::new("other").unwrap(), &text)
+        .is_err());
     assert!(CursorScope::new("other-journal")
         .decode(&tenant, &text)
         .is_err());
