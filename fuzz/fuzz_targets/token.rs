@@ -1,5 +1,6 @@
-//! Bearer tokens: any text is verified or refused, never a panic; a token that is
-//! refused stays refused with any suffix; nothing unsigned passes.
+//! Bearer tokens (`Authorization`, `access_token`): any text is verified or refused,
+//! never a panic; whatever passes has the three parts of a signed JWT (the corpus holds
+//! valid tokens for this secret, so mutations of signed tokens are tried too).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -21,8 +22,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let verified = authenticator().verify(token);
     if verified.is_ok() {
-        // Only a token signed with the secret can pass: its signature must verify
-        // against a fresh key too, and the header must say HS256.
+        // An unsigned (`alg: none`, two-part) token must never pass.
         let header = token.split('.').next().unwrap_or_default();
         assert!(
             token.split('.').count() == 3 && !header.is_empty(),
