@@ -45,6 +45,9 @@ pub mod telemetry;
 pub mod healthcheck;
 /// `serve --demo`: a writer of plausible activity for the demo tenant.
 pub mod demo;
+/// Entry points for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use app::App;
 pub use config::ServeConfig;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use changecast::auth::{check_secret, random_secret, Authenticator, TenantId};
 use changecast::config::{Cli, Command, HealthcheckArgs, ServeConfig, TokenArgs};
 use changecast::db::embedded::{self, Embedded};
+use changecast::db::keeper;
 use changecast::secret::Secret;
 use changecast::App;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -50,10 +51,11 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     if let Some(secret) = &config.jwt_secret {
         check_secret(secret)?;
     }
-    let embedded = match &config.database_url {
+    let mut embedded = match &config.database_url {
         Some(_) => None,
         None => {
-            let database = start_embedded(&config).await?;
+            let options = embedded::Options::new(&config.data_dir);
+            let database = start_embedded(&options).await?;
             println!(
                 "embedded PostgreSQL: {} (data in {}, password in {})",
                 database.redacted_url(),
@@ -61,12 +63,31 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
                 database.password_file().display()
             );
             config.database_url = Some(Secret::new(database.url()));
-            Some(database)
+            Some((database, options))
         }
     };
-    let result = serve_on(config, shutdown).await;
+    let mut keeper = None;
+    let result = serve_on(config, shutdown.clone(), |app| {
+        // The service owns its database: restart it when it dies, or stop serving.
+        if let Some((database, options)) = embedded.take() {
+            let restarts = app.services().metrics.embedded_restarts.clone();
+            keeper = Some(tokio::spawn(keeper::keep_running(
+                database,
+                options,
+                move || restarts.inc(),
+                shutdown.clone(),
+            )));
+        }
+    })
+    .await;
     // The service has let go of its connections: now the database may stop.
-    if let Some(database) = embedded {
+    shutdown.cancel();
+    let database = match keeper {
+        Some(keeper) => keeper.await.context("watching the embedded PostgreSQL")??,
+        // Never handed to a keeper: the service did not get as far as serving.
+        None => embedded.map(|(database, _)| database),
+    };
+    if let Some(database) = database {
         let stopped = tokio::task::spawn_blocking(move || database.stop()).await;
         stopped.context("stopping the embedded PostgreSQL")?;
     }
@@ -74,8 +95,8 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
 }
 
 /// Starts PostgreSQL from the machine's binaries with its data in `--data-dir`.
-async fn start_embedded(config: &ServeConfig) -> anyhow::Result<Embedded> {
-    let options = embedded::Options::new(&config.data_dir);
+async fn start_embedded(options: &embedded::Options) -> anyhow::Result<Embedded> {
+    let options = options.clone();
     // Blocking (initdb, readiness): off the runtime's worker threads. The server process
     // itself is spawned by a thread that lives as long as ours (see `spawn_owned`).
     let database = tokio::task::spawn_blocking(move || Embedded::start(&options))
@@ -84,7 +105,12 @@ async fn start_embedded(config: &ServeConfig) -> anyhow::Result<Embedded> {
     Ok(database)
 }
 
-async fn serve_on(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Builds the service, lets `started` see it, serves until shutdown.
+async fn serve_on(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    started: impl FnOnce(&App),
+) -> anyhow::Result<()> {
     let generated = config.jwt_secret.is_none();
     let secret = config.jwt_secret.clone().unwrap_or_else(random_secret);
     let rules = config.token_rules.rules();
@@ -93,6 +119,7 @@ async fn serve_on(config: ServeConfig, shutdown: CancellationToken) -> anyhow::R
         _ => None,
     };
     let app = App::build(config, &secret, shutdown.clone()).await?;
+    started(&app);
     let addr = app.local_addr();
     println!("changecast listening on http://{addr}");
     if generated || demo.is_some() {

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub task_restarts: IntCounterVec,
     /// Tenants with a live fan-out channel (at least one subscriber).
     pub tenant_channels: IntGauge,
+    /// Times the tailer saw the database's transaction ids go backwards (a restore, a
+    /// failover to a standby that lagged): every live subscriber then caught up from
+    /// its cursor.
+    pub xid_rewinds: IntCounter,
+    /// Attempts at starting the embedded PostgreSQL again after it died.
+    pub embedded_restarts: IntCounter,
 }
 
 impl Metrics {
@@ -134,9 +140,19 @@ impl Metrics {
                 "Tenants with a live fan-out channel, i.e. with at least one subscriber",
             )
             .expect("BUG: metric definition"),
+            xid_rewinds: IntCounter::new(
+                "changecast_xid_rewinds_total",
+                "Times the database's transaction ids went backwards under the tailer (restore, failover); every live subscriber then caught up from its cursor",
+            )
+            .expect("BUG: metric definition"),
+            embedded_restarts: IntCounter::new(
+                "changecast_embedded_postgres_restarts_total",
+                "Attempts at starting the embedded PostgreSQL again after it died",
+            )
+            .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -152,6 +168,8 @@ impl Metrics {
             Box::new(metrics.journal_rows_pruned.clone()),
             Box::new(metrics.task_restarts.clone()),
             Box::new(metrics.tenant_channels.clone()),
+            Box::new(metrics.xid_rewinds.clone()),
+            Box::new(metrics.embedded_restarts.clone()),
         ];
         for collector in collectors {
             metrics

@@ -69,6 +69,8 @@ pub enum EmbeddedError {
     NoPassword(PathBuf),
     #[error("initdb failed in {dir}:\n{output}")]
     Initdb { dir: PathBuf, output: String },
+    #[error("{0} no longer holds the PostgreSQL cluster (was the folder removed?)")]
+    Vanished(PathBuf),
     #[error("PostgreSQL did not start in {dir}:\n{log}")]
     Start { dir: PathBuf, log: String },
     #[error("{context}: {source}")]
@@ -93,6 +95,12 @@ pub struct Options {
     pub bindir: Option<PathBuf>,
     /// Extra `-c name=value` settings (the tests trade durability for speed here).
     pub settings: Vec<(String, String)>,
+    /// The TCP port; `None` picks a free one. A restart keeps the port, so URLs handed
+    /// out before stay valid.
+    pub port: Option<u16>,
+    /// Refuse to `initdb`: the folder must hold the cluster already (a restart must not
+    /// make a fresh, empty cluster where the old one was removed).
+    pub existing_only: bool,
 }
 
 impl Options {
@@ -101,6 +109,8 @@ impl Options {
             data_dir: data_dir.into(),
             bindir: None,
             settings: Vec::new(),
+            port: None,
+            existing_only: false,
         }
     }
 }
@@ -129,11 +139,23 @@ impl Embedded {
             options.data_dir.display()
         )))?;
         let owner = unprivileged_owner()?;
+        if options.existing_only && !data_dir.join("PG_VERSION").is_file() {
+            return Err(EmbeddedError::Vanished(data_dir));
+        }
         let password = prepare_data_dir(&bindir, &data_dir, owner)?;
         let log_path = data_dir.join("postgresql.log");
         let mut last_log = String::new();
-        for _attempt in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
+        for attempt in 0..PORT_ATTEMPTS {
+            let port = match options.port {
+                Some(port) => {
+                    if attempt > 0 {
+                        // Our own port, taken meanwhile (or not yet released): wait a bit.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    port
+                }
+                None => free_port()?,
+            };
             let log = open_log(&log_path)?;
             let mut postgres = Command::new(bindir.join("postgres"));
             postgres
@@ -222,18 +244,53 @@ impl Embedded {
         &self.data_dir
     }
 
+    /// The options that start this same server again: same folder, binaries, settings
+    /// and port, and never a fresh cluster.
+    pub fn restart_options(&self, options: &Options) -> Options {
+        Options {
+            data_dir: self.data_dir.clone(),
+            port: Some(self.port),
+            existing_only: true,
+            ..options.clone()
+        }
+    }
+
+    /// The server's exit status, if it has exited (it is then reaped).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        match self.child.try_wait() {
+            Ok(status) => status,
+            // Not our child any more (cannot happen while we own it): count it as gone.
+            Err(_) => Some(std::process::ExitStatus::default()),
+        }
+    }
+
     /// Fast shutdown (SIGINT: rolls back open transactions, checkpoints, exits); SIGKILL
     /// when that takes longer than [`STOP_GRACE`]. Blocking.
     pub fn stop(mut self) {
         self.stop_in_place();
     }
 
+    /// Stops the server as `pg_ctl stop -m <mode>` would; SIGKILL when that takes longer
+    /// than [`STOP_GRACE`]. Blocking. (`Immediate` is a crash as far as the data goes:
+    /// the next start runs crash recovery.)
+    pub fn stop_with(mut self, mode: StopMode) {
+        self.signal_and_wait(match mode {
+            StopMode::Smart => libc::SIGTERM,
+            StopMode::Fast => libc::SIGINT,
+            StopMode::Immediate => libc::SIGQUIT,
+        });
+    }
+
     fn stop_in_place(&mut self) {
+        self.signal_and_wait(libc::SIGINT);
+    }
+
+    fn signal_and_wait(&mut self, signal: libc::c_int) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
         // SAFETY: plain syscall on our own child's pid, which we have not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -245,6 +302,17 @@ impl Embedded {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How to stop the server, as `pg_ctl stop -m` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM: wait for every session to end.
+    Smart,
+    /// SIGINT: end sessions, roll back their transactions, checkpoint.
+    Fast,
+    /// SIGQUIT: every process exits at once; the next start recovers from the WAL.
+    Immediate,
 }
 
 impl Drop for Embedded {

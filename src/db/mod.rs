@@ -3,6 +3,7 @@
 //! PostgreSQL the service starts itself when no `DATABASE_URL` is given.
 
 pub mod embedded;
+pub mod keeper;
 pub mod listener;
 
 use std::time::Duration;

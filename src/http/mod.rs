@@ -4,7 +4,7 @@
 mod dashboard;
 mod error;
 mod ops;
-mod request;
+pub(crate) mod request;
 pub mod server;
 mod snapshot;
 mod sse;

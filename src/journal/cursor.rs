@@ -33,12 +33,6 @@ impl Cursor {
     pub fn of_snapshot(seen: PgSnapshot) -> Self {
         Cursor { id: 0, seen }
     }
-    /// Whether its snapshot may have been cut to [`MAX_XIP`] running transactions when
-    /// it was encoded: those beyond then count as "started later" although they had
-    /// begun (and may have written rows) before.
-    pub fn may_be_cut(&self) -> bool {
-        self.seen.xip.len() >= MAX_XIP
-    }
 }
 
 /// Why a cursor cannot be honoured; becomes the `resync` reason.

@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::doorbell::{self, Doorbell};
-use super::{Journal, NewRows, Published};
+use super::{Journal, NewRows, PgSnapshot, Published};
 use crate::db::listener::{self, ListenConnection};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -194,6 +194,23 @@ impl Tailer {
                     .read_new(client, &published.prev, PAGE_ROWS, woke_at),
             )
             .await?;
+            if went_backwards(&published.prev, &next) {
+                // The database is not the one we followed a moment ago: restored from a
+                // backup, or a standby that lagged was promoted. Its new transactions
+                // reuse ids our snapshot already counts as published, and would be
+                // skipped. Follow it from its present; every live subscriber catches up
+                // from its own cursor, and learns there whether it must resync.
+                tracing::error!(
+                    published_up_to = published.prev.xmax,
+                    database_now_at = next.xmax,
+                    "the database's transaction ids went backwards (a restore or a failover?); \
+                     every live subscriber catches up from its cursor"
+                );
+                self.metrics.xid_rewinds.inc();
+                self.hub.publish(Vec::new(), Published::complete(next));
+                self.hub.cut_off_everyone();
+                return Ok(Batch::Published { rows: 0 });
+            }
             if !published.prev.sees_all_below(pruned_below) {
                 // Away longer than the retention (another instance pruned meanwhile):
                 // rows committed since our last batch may be gone, so live subscribers
@@ -250,6 +267,13 @@ impl Tailer {
             Batch::Published { rows }
         })
     }
+}
+
+/// Whether the database's transaction ids went backwards between the snapshot the
+/// tailer published up to and a fresh one: a healthy database's `xmax` (the next id it
+/// will assign) never decreases.
+fn went_backwards(published: &PgSnapshot, now: &PgSnapshot) -> bool {
+    now.xmax < published.xmax
 }
 
 /// What one call of `publish_batch` did.
@@ -362,6 +386,21 @@ pub async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_ids_going_backwards_is_told_from_progress() {
+        let snapshot = |text: &str| text.parse::<PgSnapshot>().unwrap();
+        let published = snapshot("100:110:102,105");
+        // Progress, or nothing new: not a rewind.
+        for now in ["100:110:102,105", "104:110:105", "110:110:", "120:135:130"] {
+            assert!(!went_backwards(&published, &snapshot(now)), "{now}");
+        }
+        // A restore or a lagging standby's promotion: ids the tailer has counted as
+        // published will be assigned again.
+        for now in ["100:109:", "90:95:91", "3:3:"] {
+            assert!(went_backwards(&published, &snapshot(now)), "{now}");
+        }
+    }
 
     #[test]
     fn drains_under_load_and_waits_again_when_quiet() {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::helpers::{token, wait_for_status, ws_connect, SseStream, SECRET, WAIT};
+use crate::helpers::{
+    assert_nothing_lost, token, wait_for_status, ws_connect, SseStream, SECRET, WAIT,
+};
 
 /// SIGTERM must end the service (and its database) within this.
 const STOP_BOUND: Duration = Duration::from_secs(15);
@@ -30,11 +32,17 @@ impl Service {
     /// Starts `serve` on `data_dir` with no `DATABASE_URL`; returns once it printed where
     /// its database lives and where it listens.
     fn start(data_dir: &Path) -> Service {
-        let mut child = serve_command(data_dir)
+        Service::start_with(data_dir, |_| {})
+    }
+
+    /// [`Service::start`], with the command adjusted by `configure` first.
+    fn start_with(data_dir: &Path, configure: impl FnOnce(&mut Command)) -> Service {
+        let mut command = serve_command(data_dir);
+        command
             .env("CHANGECAST_JWT_SECRET", SECRET)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting changecast");
+            .stdout(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("starting changecast");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -320,4 +328,187 @@ async fn serve_without_database_url_or_binaries_explains_what_to_do() {
         assert!(stderr.contains(hint), "{hint:?} missing from: {stderr}");
     }
     assert!(!data_dir.exists(), "nothing is created without binaries");
+}
+
+/// Collects a child's stderr on a thread (so a chatty child never blocks on the pipe).
+fn capture_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let sink = captured.clone();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    captured
+}
+
+/// Issue #11 item 8: the embedded PostgreSQL killed under a running `serve` is started
+/// again (same folder, same port, same password): `/readyz` goes 503, then 200; a
+/// subscriber resuming with its cursor gets what was written before and after; the
+/// restart is counted.
+#[tokio::test]
+async fn serve_restarts_its_embedded_postgres_when_it_dies() {
+    let work = work_dir();
+    let data_dir = work.path().join("pgdata");
+    let http = reqwest::Client::new();
+    let mut service = Service::start(&data_dir);
+    service.wait_ready(&http).await;
+    let db = connect(&service.db_url).await.unwrap();
+    let insert = |db: tokio_postgres::Client, title: &'static str| async move {
+        let id: String = db
+            .query_one(
+                "insert into tickets (tenant_id, title) values ('acme', $1) returning id::text",
+                &[&title],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        id
+    };
+    let events_url = service.url("/v1/events");
+    let subscribe = |cursor: Option<String>| {
+        let (http, url) = (http.clone(), events_url.clone());
+        async move {
+            let mut request = http.get(url).bearer_auth(token("acme"));
+            if let Some(cursor) = cursor {
+                request = request.header("last-event-id", cursor);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            SseStream::new(response)
+        }
+    };
+    let mut events = subscribe(None).await;
+    let before = insert(db, "before").await;
+    let expected = HashSet::from([before.clone()]);
+    assert_eq!(events.receive_ids(&expected).await, expected);
+    let cursor = events.last_event_id.clone().expect("the change's cursor");
+    drop(events);
+
+    let pid = postmaster_pid(&data_dir);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for_status(&http, &service.url("/readyz"), 503).await;
+    service.wait_ready(&http).await;
+    assert!(
+        service.child.try_wait().unwrap().is_none(),
+        "the service kept running"
+    );
+    assert_ne!(postmaster_pid(&data_dir), pid, "a new server runs");
+    let db = connect(&service.db_url)
+        .await
+        .expect("the same URL works for the restarted server");
+    let after = insert(db, "after").await;
+    let mut events = subscribe(Some(cursor)).await;
+    let expected = HashSet::from([after]);
+    let received = events.receive_ids(&expected).await;
+    // A resume may repeat the change it had; it must bring the one after the restart.
+    assert_nothing_lost(&expected, &received, &HashSet::from([before]));
+    let metrics = http
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let restarts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("changecast_embedded_postgres_restarts_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(restarts >= Some(1.0), "restarts counted: {restarts:?}");
+    let status = service.terminate().await;
+    assert!(status.success(), "exit status {status}");
+}
+
+/// The data folder removed under a running `serve`: starting an empty cluster in its
+/// place would silently lose every row; the service stops its server and exits
+/// non-zero, saying why.
+#[tokio::test]
+async fn serve_exits_with_a_message_when_its_data_folder_is_removed() {
+    let work = work_dir();
+    let data_dir = work.path().join("pgdata");
+    let http = reqwest::Client::new();
+    let mut service = Service::start_with(&data_dir, |c| {
+        c.stderr(Stdio::piped());
+    });
+    let stderr = capture_stderr(&mut service.child);
+    service.wait_ready(&http).await;
+    let pid = postmaster_pid(&data_dir);
+
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let status = wait_exit(&mut service.child, STOP_BOUND)
+        .await
+        .expect("the service did not exit after its data folder was removed");
+    assert!(!status.success(), "exit status {status}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let message = loop {
+        let text = stderr.lock().unwrap().clone();
+        if text.contains("changecast: ") || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for hint in [
+        "changecast: ",
+        "data folder",
+        "was removed",
+        &data_dir.display().to_string(),
+    ] {
+        assert!(message.contains(hint), "{hint:?} missing from: {message}");
+    }
+    assert!(!process_exists(pid), "embedded postgres {pid} still runs");
+    assert!(!data_dir.exists(), "no fresh cluster was made in its place");
+}
+
+/// An embedded PostgreSQL that dies and cannot start again (here: a setting it refuses,
+/// written while it ran) is retried a few times with backoff; then the service exits
+/// non-zero with the server's own complaint.
+#[tokio::test]
+async fn serve_gives_up_on_an_embedded_postgres_that_cannot_start_again() {
+    let work = work_dir();
+    let data_dir = work.path().join("pgdata");
+    let http = reqwest::Client::new();
+    let mut service = Service::start_with(&data_dir, |c| {
+        c.stderr(Stdio::piped());
+    });
+    let stderr = capture_stderr(&mut service.child);
+    service.wait_ready(&http).await;
+    let pid = postmaster_pid(&data_dir);
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data_dir.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(&mut conf, b"\nnot_a_setting = 'x'\n").unwrap();
+    drop(conf);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    // Five attempts over about 12 s of backoff.
+    let status = wait_exit(&mut service.child, Duration::from_secs(40))
+        .await
+        .expect("the service did not give up");
+    assert!(!status.success(), "exit status {status}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let message = loop {
+        let text = stderr.lock().unwrap().clone();
+        if text.contains("changecast: ") || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for hint in [
+        "changecast: ",
+        "could not be kept running",
+        "not_a_setting",
+        &data_dir.display().to_string(),
+    ] {
+        assert!(message.contains(hint), "{hint:?} missing from: {message}");
+    }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod containers;
 mod embedded;
 mod events_views;
+mod faults;
 mod migrate;
 mod openapi;
 mod reliability;
