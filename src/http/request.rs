@@ -181,6 +181,13 @@ fn list<'a>(
     let Some(raw) = raw else { return Ok(None) };
     let mut items: Vec<String> = Vec::new();
     for item in raw.into_iter().map(str::trim).filter(|i| !i.is_empty()) {
+        // PostgreSQL text cannot hold NUL: no type, id or topic has one.
+        if item.contains('\0') {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("`{what}` entries cannot contain NUL characters"),
+            ));
+        }
         if !items.iter().any(|known| known == item) {
             if items.len() == MAX_FILTER_ENTRIES {
                 return Err(ApiError::bad_request(
@@ -341,6 +348,10 @@ mod tests {
                 .unwrap_err()
                 .code,
             "unknown_event"
+        );
+        assert_eq!(
+            list(Some(["a\0b"]), "ids").unwrap_err().code,
+            "invalid_query"
         );
         let many = (0..65)
             .map(|i| format!("t{i}"))

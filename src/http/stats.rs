@@ -40,13 +40,16 @@ fn answer(
     let identity = request::authenticate(&services, headers, &params)?;
     let interval = match params.interval.as_deref() {
         None => DEFAULT_INTERVAL,
-        Some(text) => crate::config::parse_duration(text)
-            .ok()
+        Some(text) => text
+            .strip_suffix('s')
+            .filter(|n| !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .map(Duration::from_secs)
             .filter(|d| (MIN_INTERVAL..=MAX_INTERVAL).contains(d))
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_interval",
-                    "`interval` must be a duration from 1s to 60s, e.g. 5s",
+                    "`interval` is whole seconds from 1s to 60s, e.g. 5s",
                 )
             })?,
     };
