@@ -30,7 +30,10 @@ pub fn parse_query(raw: &str) {
         topic.matches("config_update");
     }
     let selection = Selection {
-        rows: rows.into_iter().filter(|r: &RowFilter| !r.column.is_empty()).collect(),
+        rows: rows
+            .into_iter()
+            .filter(|r: &RowFilter| !r.column.is_empty())
+            .collect(),
         ..Selection::default()
     };
     for row in [

@@ -13,7 +13,7 @@ pub mod pruner;
 mod snapshot;
 pub mod tailer;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -249,6 +249,8 @@ pub struct NewRows {
     pub pruned_below: u64,
     /// The first page of them.
     pub entries: Vec<Entry>,
+    /// Whether more may follow the page (it is full, in rows or bytes).
+    pub more: bool,
 }
 
 /// Which of one tenant's entries a replay reads besides the snapshot bounds: a coarse
@@ -281,9 +283,9 @@ const COLUMNS: &str = r#"id, xid::text, writer_snapshot::text, tenant_id, resour
 /// The tailer's read: rows of every tenant. `$1`/`$2` spell "not seen by `unseen`" as two
 /// ranges of the xid index (transactions that started after it, and those it saw
 /// running), so rows it did see are never scanned, however long a writer stays open.
+/// At most `$7` rows and `$8` bytes (see [`byte_bounded`]).
 const TAIL_SQL: &str = r#"
-select {COLUMNS}
-from changecast.change_log
+select * from changecast.change_log
 where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[]))
   and xid < pg_snapshot_xmax($4::text::pg_snapshot)
   and (pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
@@ -310,11 +312,14 @@ select pg_current_snapshot()::text,
        j.*
 from (select 1) one
 left join (
-    select {COLUMNS}
-    from changecast.change_log
-    where id in (select id from new order by id limit $3)
+    {PAGE}
 ) j on true
 order by j.id
+"#;
+
+/// The rows of [`TAIL_NEW_SQL`]'s page, at most `$3` rows and `$4` bytes.
+const TAIL_NEW_PAGE_SQL: &str = r#"
+select * from changecast.change_log where id in (select id from new order by id limit $3)
 "#;
 
 /// Where a replay's first page starts: the tenant's first row its cursor did not see,
@@ -336,36 +341,22 @@ select (select min(id) from unseen where tenant_id = $1), pg_current_snapshot():
 
 /// One replay page: the tenant's rows after `$2` in id order, of transactions the
 /// cursor did not see ($3) and the published boundary covers ($4, $5, $6), at most `$9`
-/// of them and — past the first — at most `$10` bytes (as stored): a page of huge rows
-/// is short rather than huge. Only (tenant_id, id) can drive it — an index range scan
-/// that starts where the previous page ended: the xid conditions are written as
-/// snapshot tests on purpose, so that a long replay is never planned as "every unseen
-/// row of the xid index, sorted, for each page" (rows^2 / page). The byte count is taken
-/// over the rows the LIMIT already chose (a window at the same level would see them all).
-/// Each row also says how many the LIMIT chose (`candidates`), so a page cut by bytes is
-/// not mistaken for the last one.
+/// of them and `$10` bytes (see [`byte_bounded`]). Only (tenant_id, id) can drive it — an
+/// index range scan that starts where the previous page ended: the xid conditions are
+/// written as snapshot tests on purpose, so that a long replay is never planned as
+/// "every unseen row of the xid index, sorted, for each page" (rows^2 / page).
 const REPLAY_SQL: &str = r#"
-select {COLUMNS}, candidates
-from (
-    select page.*,
-           sum(pg_column_size(page.resource)) over (order by page.id) as through_bytes,
-           count(*) over () as candidates
-    from (
-        select *
-        from changecast.change_log
-        where tenant_id = $1
-          and id > $2
-          and not pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
-          and (pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
-               or (id <= $6 and pg_visible_in_snapshot(xid, $5::text::pg_snapshot)))
-          and (case when event = 'published' then $8
-                    else $7::text[] is null or resource_type = any($7) end)
-        order by id
-        limit $9
-    ) page
-) sized
-where through_bytes - pg_column_size(resource) < $10
+select *
+from changecast.change_log
+where tenant_id = $1
+  and id > $2
+  and not pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
+  and (pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
+       or (id <= $6 and pg_visible_in_snapshot(xid, $5::text::pg_snapshot)))
+  and (case when event = 'published' then $8
+            else $7::text[] is null or resource_type = any($7) end)
 order by id
+limit $9
 "#;
 
 /// Planner settings of a replay page's transaction (see [`Journal::read_replay`]).
@@ -376,14 +367,45 @@ fn with_columns(sql: &str) -> String {
     sql.replace("{COLUMNS}", COLUMNS)
 }
 
+/// `page` (a statement choosing rows of the journal, `select *`, with its LIMIT), cut
+/// after the row that reaches `max_bytes` (a parameter, e.g. `$8`) of row JSON as stored:
+/// a page of huge rows is short rather than huge, and always holds at least one row.
+/// The bytes are counted over the rows the LIMIT chose (a window beside the LIMIT would
+/// count every matching row first). Each row also carries `candidates`, how many the
+/// LIMIT chose, so a page cut by bytes is not taken for the last one (see [`more_after`]).
+fn byte_bounded(page: &str, max_bytes: &str) -> String {
+    with_columns(&format!(
+        "select {{COLUMNS}}, candidates
+         from (select page.*,
+                      sum(pg_column_size(page.resource)) over (order by page.id) as through_bytes,
+                      count(*) over () as candidates
+               from ({page}) page) sized
+         where through_bytes - pg_column_size(resource) < {max_bytes}
+         order by id"
+    ))
+}
+
+/// Whether rows may follow a page read with [`byte_bounded`] and `limit`: its LIMIT was
+/// reached, or the byte bound cut it. `candidates` is the page's first row's count.
+fn more_after(returned: usize, candidates: Option<i64>, limit: usize) -> bool {
+    let candidates = candidates.unwrap_or(0) as usize;
+    candidates >= limit || returned < candidates
+}
+
+static TAIL: LazyLock<String> = LazyLock::new(|| byte_bounded(TAIL_SQL, "$8"));
+static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
+    with_columns(&TAIL_NEW_SQL.replace("{PAGE}", &byte_bounded(TAIL_NEW_PAGE_SQL, "$4")))
+});
+static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
+
 /// The statements that run for every batch or replay page, by name, as sent: for plan
 /// checks (`EXPLAIN`) against a journal of realistic size.
 pub fn hot_statements() -> [(&'static str, String); 4] {
     [
-        ("tail_new", with_columns(TAIL_NEW_SQL)),
-        ("tail_page", with_columns(TAIL_SQL)),
+        ("tail_new", TAIL_NEW.clone()),
+        ("tail_page", TAIL.clone()),
         ("replay_start", REPLAY_START_SQL.to_owned()),
-        ("replay_page", with_columns(REPLAY_SQL)),
+        ("replay_page", REPLAY.clone()),
     ]
 }
 
@@ -427,7 +449,8 @@ impl Journal {
     }
 
     /// Entries of every tenant whose transaction `unseen` does not see but `upto`
-    /// covers, with journal id above `after_id`, in journal-id order, at most `limit`.
+    /// covers, with journal id above `after_id`, in journal-id order, at most `limit` and
+    /// `max_bytes`; and whether more may follow.
     /// Row changes carry `known_since` (the wake-up that led to the read), else the time
     /// of the read.
     pub async fn read_batch(
@@ -436,12 +459,12 @@ impl Journal {
         unseen: &PgSnapshot,
         upto: &Published,
         after_id: i64,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
-    ) -> DbResult<Vec<Entry>> {
+    ) -> DbResult<(Vec<Entry>, bool)> {
         let rows = client
             .query(
-                &with_columns(TAIL_SQL),
+                TAIL.as_str(),
                 &[
                     &unseen.xmax.to_string(),
                     &running(unseen),
@@ -450,26 +473,33 @@ impl Journal {
                     &upto.through_id,
                     &after_id,
                     &(limit as i64),
+                    &(max_bytes as i64),
                 ],
             )
             .await?;
-        Ok(self.entries(&rows, known_since))
+        let more = more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
+        Ok((self.entries(&rows, known_since), more))
     }
 
     /// A fresh snapshot, the journal's `pruned_below` as of that snapshot, and the first
     /// page of entries whose transaction `unseen` does not see but the snapshot does, in
-    /// journal-id order, at most `limit`.
+    /// journal-id order, at most `limit` and `max_bytes`.
     pub async fn read_new(
         &self,
         client: &Client,
         unseen: &PgSnapshot,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
     ) -> DbResult<NewRows> {
         let rows = client
             .query(
-                &with_columns(TAIL_NEW_SQL),
-                &[&unseen.xmax.to_string(), &running(unseen), &(limit as i64)],
+                TAIL_NEW.as_str(),
+                &[
+                    &unseen.xmax.to_string(),
+                    &running(unseen),
+                    &(limit as i64),
+                    &(max_bytes as i64),
+                ],
             )
             .await?;
         let first = rows.first().expect("BUG: the snapshot row is always there");
@@ -486,11 +516,13 @@ impl Journal {
             .iter()
             .filter(|row| row.get::<_, Option<i64>>(2).is_some())
             .map(|row| self.entry_from_row_at(row, 2, known_since))
-            .collect();
+            .collect::<Vec<_>>();
+        let more = more_after(entries.len(), first.get(12), limit);
         Ok(NewRows {
             snapshot,
             pruned_below,
             entries,
+            more,
         })
     }
 
@@ -545,7 +577,7 @@ impl Journal {
         transaction.batch_execute(REPLAY_PLANNER_SETTINGS).await?;
         let rows = transaction
             .query(
-                &with_columns(REPLAY_SQL),
+                REPLAY.as_str(),
                 &[
                     &filter.tenant.as_str(),
                     &after_id,
@@ -561,9 +593,7 @@ impl Journal {
             )
             .await?;
         transaction.commit().await?;
-        // The LIMIT chose fewer than `limit` rows and the byte bound kept them all.
-        let candidates = rows.first().map_or(0, |row| row.get::<_, i64>(10) as usize);
-        let last = candidates < limit && rows.len() == candidates;
+        let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
         Ok((self.entries(&rows, None), last))
     }
 

@@ -27,6 +27,10 @@ use crate::metrics::Metrics;
 
 /// Rows read and published at a time.
 const PAGE_ROWS: usize = 1000;
+/// ... and at most this many bytes of row JSON (as stored) past a page's first row, so
+/// a transaction of thousands of multi-MB rows is read a few at a time.
+const PAGE_BYTES: usize = 16 * 1024 * 1024;
+const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
 /// Reads even without a notification this often: a safety net, not the mechanism.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Changes per [`RATE_WINDOW`] above which the tailer drains instead of waiting for
@@ -189,9 +193,10 @@ impl Tailer {
                 snapshot: next,
                 pruned_below,
                 entries: page,
+                more,
             } = bounded(
                 self.journal
-                    .read_new(client, &published.prev, PAGE_ROWS, woke_at),
+                    .read_new(client, &published.prev, PAGE_LIMITS, woke_at),
             )
             .await?;
             if went_backwards(&published.prev, &next) {
@@ -225,7 +230,7 @@ impl Tailer {
                 self.hub.cut_off_everyone();
             }
             published = match page.last() {
-                Some(last) if page.len() == PAGE_ROWS => Published {
+                Some(last) if more => Published {
                     prev: published.prev,
                     next,
                     through_id: last.id(),
@@ -241,17 +246,17 @@ impl Tailer {
             ..published.clone()
         };
         while !published.is_complete() && !shutdown.is_cancelled() {
-            let page = bounded(self.journal.read_batch(
+            let (page, more) = bounded(self.journal.read_batch(
                 client,
                 &published.prev,
                 &batch,
                 published.through_id,
-                PAGE_ROWS,
+                PAGE_LIMITS,
                 woke_at,
             ))
             .await?;
             published = match page.last() {
-                Some(last) if page.len() == PAGE_ROWS => Published {
+                Some(last) if more => Published {
                     through_id: last.id(),
                     ..published
                 },

@@ -154,7 +154,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
         for (name, sql) in &statements {
             let explain = format!("explain (format json) {sql}");
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match *name {
-                "tail_new" => vec![&newest_xid, &running, &1000i64],
+                "tail_new" => vec![&newest_xid, &running, &1000i64, &(16i64 << 20)],
                 "tail_page" => vec![
                     &newest_xid,
                     &running,
@@ -163,6 +163,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &0i64,
                     &tail_after,
                     &1000i64,
+                    &(16i64 << 20),
                 ],
                 "replay_start" => vec![&"t7", &newest_xid, &one_running],
                 "replay_page" => vec![
