@@ -337,6 +337,8 @@ impl Subscription {
             }
         }
         let mut last: Option<Entry> = None;
+        // The journal this subscription's cursors belong to.
+        let mut journal = self.services.journal.scope().tag();
         loop {
             // Live changes this snapshot sees were delivered (or replayed) already.
             let mut already_seen = None;
@@ -414,6 +416,18 @@ impl Subscription {
                         received = entry.cursor().clone();
                     }
                     replay_from = Some(received.clone());
+                    // The journal started over: its cursors, and the client's state,
+                    // belong to a database that is gone.
+                    let now = self.services.journal.scope().tag();
+                    if now != journal {
+                        journal = now;
+                        replay_from = None;
+                        received = Cursor::of_snapshot(upto.prev.clone());
+                        last = None;
+                        if !self.resync("cursor_invalid", &upto).await {
+                            return;
+                        }
+                    }
                     break;
                 }
             }

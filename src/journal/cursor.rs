@@ -72,6 +72,15 @@ impl CursorScope {
         }
     }
 
+    /// The scope as a number, to keep in an atomic ([`CursorScope::from_tag`]).
+    pub fn tag(&self) -> u32 {
+        self.journal_tag
+    }
+
+    pub fn from_tag(journal_tag: u32) -> Self {
+        CursorScope { journal_tag }
+    }
+
     fn tenant_tag(&self, tenant: &TenantId) -> u32 {
         fnv1a(tenant.as_str().as_bytes(), self.journal_tag)
     }

@@ -13,6 +13,7 @@ pub mod pruner;
 mod snapshot;
 pub mod tailer;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
@@ -247,6 +248,8 @@ pub struct NewRows {
     pub snapshot: PgSnapshot,
     /// Rows of transactions below this id may have been pruned (as of `snapshot`).
     pub pruned_below: u64,
+    /// The journal's identity as of `snapshot` (see [`Journal::follow`]).
+    pub journal_id: String,
     /// The first page of them.
     pub entries: Vec<Entry>,
     /// Whether more may follow the page (it is full, in rows or bytes).
@@ -274,7 +277,9 @@ pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
 /// Reads the journal and mints cursors bound to it.
 pub struct Journal {
-    scope: CursorScope,
+    /// The journal's identity ([`CursorScope::tag`]); it changes when the journal starts
+    /// over (see [`Journal::follow`]).
+    scope: AtomicU32,
 }
 
 const COLUMNS: &str = r#"id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
@@ -309,6 +314,7 @@ with new as materialized (
 )
 select pg_current_snapshot()::text,
        (select pruned_below::text from changecast.journal_meta),
+       (select journal_id::text from changecast.journal_meta),
        j.*
 from (select 1) one
 left join (
@@ -416,12 +422,20 @@ impl Journal {
             .query_one("select journal_id::text from changecast.journal_meta", &[])
             .await?;
         Ok(Journal {
-            scope: CursorScope::new(row.get(0)),
+            scope: AtomicU32::new(CursorScope::new(row.get(0)).tag()),
         })
     }
 
-    pub fn scope(&self) -> &CursorScope {
-        &self.scope
+    pub fn scope(&self) -> CursorScope {
+        CursorScope::from_tag(self.scope.load(Ordering::Relaxed))
+    }
+
+    /// Follows the journal's identity as the database now states it (another instance
+    /// may have started the journal over, see `db::adopt_moved_journal`); true when it
+    /// changed: cursors minted before belong to a journal that is gone.
+    pub fn follow(&self, journal_id: &str) -> bool {
+        let now = CursorScope::new(journal_id).tag();
+        self.scope.swap(now, Ordering::Relaxed) != now
     }
 
     pub async fn current_snapshot(client: &Client) -> DbResult<PgSnapshot> {
@@ -511,16 +525,18 @@ impl Journal {
             .get::<_, &str>(1)
             .parse()
             .expect("BUG: xid8 is a number");
+        let journal_id = first.get::<_, String>(2);
         let known_since = known_since.unwrap_or_else(Instant::now);
         let entries = rows
             .iter()
-            .filter(|row| row.get::<_, Option<i64>>(2).is_some())
-            .map(|row| self.entry_from_row_at(row, 2, known_since))
+            .filter(|row| row.get::<_, Option<i64>>(3).is_some())
+            .map(|row| self.entry_from_row_at(row, 3, known_since))
             .collect::<Vec<_>>();
-        let more = more_after(entries.len(), first.get(12), limit);
+        let more = more_after(entries.len(), first.get(13), limit);
         Ok(NewRows {
             snapshot,
             pruned_below,
+            journal_id,
             entries,
             more,
         })
@@ -636,7 +652,7 @@ impl Journal {
             id,
             seen: writer.not_seeing(xid),
         };
-        let cursor_text = self.scope.encode(&tenant, &cursor);
+        let cursor_text = self.scope().encode(&tenant, &cursor);
         if event == TRUNCATED {
             return Entry::Truncated(Truncation {
                 id,
@@ -690,7 +706,9 @@ impl Journal {
 
 /// A cursor for "everything `snapshot` sees", handed out with a `/v1/snapshot` read.
 pub fn snapshot_cursor(journal: &Journal, tenant: &TenantId, snapshot: PgSnapshot) -> String {
-    journal.scope.encode(tenant, &Cursor::of_snapshot(snapshot))
+    journal
+        .scope()
+        .encode(tenant, &Cursor::of_snapshot(snapshot))
 }
 
 pub type SharedChange = Arc<Change>;

@@ -192,6 +192,7 @@ impl Tailer {
             let NewRows {
                 snapshot: next,
                 pruned_below,
+                journal_id,
                 entries: page,
                 more,
             } = bounded(
@@ -215,6 +216,16 @@ impl Tailer {
                 self.hub.publish(Vec::new(), Published::complete(next));
                 self.hub.cut_off_everyone();
                 return Ok(Batch::Published { rows: 0 });
+            }
+            if self.journal.follow(&journal_id) {
+                // Another instance started the journal over (it found the database
+                // copied from elsewhere): cursors minted before name a journal that is
+                // gone. Live subscribers catch up and learn there that they must resync.
+                tracing::error!(
+                    "the journal was started over (by another instance); \
+                     every live subscriber resyncs"
+                );
+                self.hub.cut_off_everyone();
             }
             if !published.prev.sees_all_below(pruned_below) {
                 // Away longer than the retention (another instance pruned meanwhile):

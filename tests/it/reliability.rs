@@ -291,3 +291,58 @@ async fn a_cursor_from_beyond_the_databases_present_gets_a_resync() {
         .await
         .contains(&id));
 }
+
+/// Item 4: another instance starting the journal over (it found the database copied
+/// from elsewhere, see `db::adopt_moved_journal`) while this one runs: this instance
+/// follows — its live subscribers resync, its new cursors belong to the new journal, and
+/// cursors of the old one resync instead of bouncing between instances as foreign.
+#[tokio::test]
+async fn a_running_instance_follows_a_journal_started_over_elsewhere() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let mut live = app.sse(&t, "").await;
+    let before = app.insert_ticket("acme", "before").await;
+    live.receive_ids(&HashSet::from([before.clone()])).await;
+    let old_cursor = live.last_event_id.clone().expect("an id");
+
+    // What a starting instance does to a journal copied from elsewhere.
+    app.db
+        .batch_execute(
+            "truncate changecast.change_log, changecast.journal_ticks;
+             update changecast.journal_meta set journal_id = gen_random_uuid(), pruned_below = '0'",
+        )
+        .await
+        .unwrap();
+    // The next write wakes the tailer, which finds the new journal.
+    app.insert_ticket("acme", "wakes the tailer").await;
+    let resync = loop {
+        let event = live.next_within(WAIT).await.expect("a resync");
+        if event.event == "resync" {
+            break event;
+        }
+    };
+    assert_eq!(resync.data["reason"], "cursor_invalid");
+    let later = app.insert_ticket("acme", "later").await;
+    assert!(live
+        .receive_ids(&HashSet::from([later.clone()]))
+        .await
+        .contains(&later));
+
+    // The resync's cursor is the new journal's: it resumes here without another resync.
+    let mut resumed = app.sse_with(&t, "", resync.id.as_deref()).await;
+    let last = app.insert_ticket("acme", "last").await;
+    let event = resumed.next_within(WAIT).await.expect("an event");
+    assert_eq!(event.event, "resource_change", "{event:?}");
+    assert_eq!(event.data["resource"]["id"], later.as_str());
+    assert!(resumed
+        .receive_ids(&HashSet::from([last.clone()]))
+        .await
+        .contains(&last));
+    // The old journal's cursor is refused the way a foreign one is.
+    let mut old = app.sse_with(&t, "", Some(&old_cursor)).await;
+    let event = old.next_within(WAIT).await.expect("an event");
+    assert_eq!(
+        (event.event.as_str(), &event.data["reason"]),
+        ("resync", &serde_json::json!("cursor_invalid"))
+    );
+}
