@@ -12,7 +12,24 @@ pub fn parse_query(raw: &str) {
         Ok(params) => params,
         Err(error) => return assert_client_error(&error),
     };
-    let selection = params.selection();
+    check_selection(params.selection());
+}
+
+/// Parses one WebSocket text frame as the session does, and a `subscribe`'s selection
+/// as far as it needs no database: refused with an `error` code, never a panic.
+pub fn parse_ws_message(text: &str) {
+    match crate::http::ws::parse_client_message(text) {
+        Ok(crate::http::ws::ClientMessage::Subscribe(subscribe)) => {
+            check_selection(subscribe.selection())
+        }
+        Ok(_) => {}
+        Err(error) => assert!(!error.code.is_empty() && !error.message.is_empty()),
+    }
+}
+
+/// The parts of a selection checked without the database, then its row filters
+/// evaluated against a few rows.
+fn check_selection(selection: request::RawSelection<'_>) {
     if let Err(error) = request::event_kinds(selection.events.clone()) {
         assert_client_error(&error);
     }

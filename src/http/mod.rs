@@ -10,7 +10,7 @@ mod snapshot;
 mod sse;
 mod stats;
 mod upgrade;
-mod ws;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 

@@ -196,7 +196,7 @@ impl ServerMessage<'_> {
 /// field is refused (a misspelt `filters` must not silently mean "everything").
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Subscribe {
+pub struct Subscribe {
     #[serde(rename = "type")]
     _type: String,
     #[serde(default)]
@@ -207,10 +207,69 @@ struct Subscribe {
     topics: Option<Vec<String>>,
     #[serde(default)]
     filter: Option<Vec<String>>,
-    #[serde(default)]
-    ids: Option<Vec<Id>>,
+    #[serde(default, deserialize_with = "ids_as_text")]
+    ids: Option<Vec<String>>,
     #[serde(default)]
     last_event_id: Option<String>,
+}
+
+/// What a client may send (API.md §6).
+pub enum ClientMessage {
+    Ping,
+    Subscribe(Subscribe),
+    Unsubscribe,
+    GetStats,
+}
+
+/// Why a client message was refused: the `error` frame's code and message.
+pub struct ClientError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Parses one text frame; the connection stays open whatever it holds.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ClientError> {
+    let refuse = |code, message: String| Err(ClientError { code, message });
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(error) => return refuse("invalid_json", format!("not valid JSON: {error}")),
+    };
+    let Some(kind) = value.get("type").and_then(Value::as_str) else {
+        return refuse(
+            "invalid_message",
+            "a message must be a JSON object with a string `type`".into(),
+        );
+    };
+    match kind {
+        "ping" => Ok(ClientMessage::Ping),
+        "subscribe" => match serde_json::from_value::<Subscribe>(value) {
+            Ok(subscribe) => Ok(ClientMessage::Subscribe(subscribe)),
+            Err(error) => refuse("invalid_message", format!("bad `subscribe`: {error}")),
+        },
+        "unsubscribe" => Ok(ClientMessage::Unsubscribe),
+        "get_stats" => Ok(ClientMessage::GetStats),
+        _ => refuse(
+            "unknown_type",
+            "`type` must be one of: subscribe, unsubscribe, ping, get_stats".into(),
+        ),
+    }
+}
+
+impl Subscribe {
+    /// The selection's raw lists, as the query's are (checked by `request::selection`).
+    pub fn selection(&self) -> request::RawSelection<'_> {
+        fn as_strs(list: &Option<Vec<String>>) -> Option<Vec<&str>> {
+            list.as_ref()
+                .map(|items| items.iter().map(String::as_str).collect())
+        }
+        request::RawSelection {
+            types: as_strs(&self.resource_types),
+            events: as_strs(&self.events),
+            topics: as_strs(&self.topics),
+            filter: as_strs(&self.filter),
+            ids: as_strs(&self.ids),
+        }
+    }
 }
 
 /// A resource id in `ids`: a string, or a number (as `resource_id` spells it).
@@ -221,13 +280,18 @@ enum Id {
     Number(serde_json::Number),
 }
 
-impl Id {
-    fn into_text(self) -> String {
-        match self {
-            Id::Text(text) => text,
-            Id::Number(number) => number.to_string(),
-        }
-    }
+fn ids_as_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    let ids: Option<Vec<Id>> = Deserialize::deserialize(deserializer)?;
+    Ok(ids.map(|ids| {
+        ids.into_iter()
+            .map(|id| match id {
+                Id::Text(text) => text,
+                Id::Number(number) => number.to_string(),
+            })
+            .collect()
+    }))
 }
 
 /// How the session loop ends.
@@ -452,57 +516,25 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(value) => value,
-            Err(error) => {
-                return self.error("invalid_json", &format!("not valid JSON: {error}"));
-            }
-        };
-        let Some(kind) = value.get("type").and_then(Value::as_str) else {
-            return self.error(
-                "invalid_message",
-                "a message must be a JSON object with a string `type`",
-            );
-        };
-        match kind {
-            "ping" => self.push(&ServerMessage::Pong),
-            "subscribe" => match serde_json::from_value::<Subscribe>(value) {
-                Ok(subscribe) => self.subscribe(subscribe).await,
-                Err(error) => self.error("invalid_message", &format!("bad `subscribe`: {error}")),
-            },
-            "unsubscribe" => {
+        match parse_client_message(text) {
+            Err(ClientError { code, message }) => self.error(code, &message),
+            Ok(ClientMessage::Ping) => self.push(&ServerMessage::Pong),
+            Ok(ClientMessage::Subscribe(subscribe)) => self.subscribe(subscribe).await,
+            Ok(ClientMessage::Unsubscribe) => {
                 self.subscription = None;
                 self.position = None;
             }
-            "get_stats" => {
+            Ok(ClientMessage::GetStats) => {
                 let report = super::stats::report(&self.services, &self.identity.tenant);
                 self.push(&ServerMessage::Stats(report));
             }
-            _ => self.error(
-                "unknown_type",
-                "`type` must be one of: subscribe, unsubscribe, ping, get_stats",
-            ),
         }
     }
 
     /// Opens a subscription, replacing any current one; on a bad selection the current
     /// one stays as it was.
     async fn subscribe(&mut self, subscribe: Subscribe) {
-        let ids: Option<Vec<String>> = subscribe
-            .ids
-            .map(|ids| ids.into_iter().map(Id::into_text).collect());
-        fn as_strs(list: &Option<Vec<String>>) -> Option<Vec<&str>> {
-            list.as_ref()
-                .map(|items| items.iter().map(String::as_str).collect())
-        }
-        let raw = request::RawSelection {
-            types: as_strs(&subscribe.resource_types),
-            events: as_strs(&subscribe.events),
-            topics: as_strs(&subscribe.topics),
-            filter: as_strs(&subscribe.filter),
-            ids: as_strs(&ids),
-        };
-        let selection = match request::selection(&self.services, raw).await {
+        let selection = match request::selection(&self.services, subscribe.selection()).await {
             Ok(selection) => selection,
             Err(error) => return self.error(error.code, &error.message),
         };

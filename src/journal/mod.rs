@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use cursor::{Cursor, CursorError, CursorScope};
@@ -275,6 +275,12 @@ const PUBLISHED: &str = "published";
 
 pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
+/// The tailer's statements, prepared on its connection (see [`Journal::prepare_tail`]).
+pub struct TailStatements {
+    new: Statement,
+    batch: Statement,
+}
+
 /// Reads the journal and mints cursors bound to it.
 pub struct Journal {
     /// The journal's identity ([`CursorScope::tag`]); it changes when the journal starts
@@ -426,6 +432,14 @@ impl Journal {
         })
     }
 
+    /// The tailer's reads, prepared on `client` (valid on that connection only).
+    pub async fn prepare_tail(client: &Client) -> DbResult<TailStatements> {
+        Ok(TailStatements {
+            new: client.prepare(TAIL_NEW.as_str()).await?,
+            batch: client.prepare(TAIL.as_str()).await?,
+        })
+    }
+
     pub fn scope(&self) -> CursorScope {
         CursorScope::from_tag(self.scope.load(Ordering::Relaxed))
     }
@@ -467,9 +481,11 @@ impl Journal {
     /// `max_bytes`; and whether more may follow.
     /// Row changes carry `known_since` (the wake-up that led to the read), else the time
     /// of the read.
+    #[allow(clippy::too_many_arguments)]
     pub async fn read_batch(
         &self,
         client: &Client,
+        statements: &TailStatements,
         unseen: &PgSnapshot,
         upto: &Published,
         after_id: i64,
@@ -478,7 +494,7 @@ impl Journal {
     ) -> DbResult<(Vec<Entry>, bool)> {
         let rows = client
             .query(
-                TAIL.as_str(),
+                &statements.batch,
                 &[
                     &unseen.xmax.to_string(),
                     &running(unseen),
@@ -501,13 +517,14 @@ impl Journal {
     pub async fn read_new(
         &self,
         client: &Client,
+        statements: &TailStatements,
         unseen: &PgSnapshot,
         (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
     ) -> DbResult<NewRows> {
         let rows = client
             .query(
-                TAIL_NEW.as_str(),
+                &statements.new,
                 &[
                     &unseen.xmax.to_string(),
                     &running(unseen),
@@ -546,13 +563,15 @@ impl Journal {
     /// cursor did not see has a greater id), and the database's current snapshot.
     pub async fn replay_start(
         &self,
-        client: &Client,
+        client: &deadpool_postgres::Client,
         cursor: &Cursor,
         tenant: &TenantId,
     ) -> DbResult<(i64, PgSnapshot)> {
+        // Prepared once per pooled connection: every resume runs it.
+        let statement = client.prepare_cached(REPLAY_START_SQL).await?;
         let row = client
             .query_one(
-                REPLAY_START_SQL,
+                &statement,
                 &[
                     &tenant.as_str(),
                     &cursor.seen.xmax.to_string(),
@@ -577,7 +596,7 @@ impl Journal {
     #[allow(clippy::too_many_arguments)]
     pub async fn read_replay(
         &self,
-        client: &mut Client,
+        client: &mut deadpool_postgres::Client,
         unseen: &PgSnapshot,
         upto: &Published,
         after_id: i64,
@@ -591,9 +610,10 @@ impl Journal {
         // (tenant_id, id), stopped by the LIMIT, keeps a page's cost to its own rows.
         let transaction = client.transaction().await?;
         transaction.batch_execute(REPLAY_PLANNER_SETTINGS).await?;
+        let statement = transaction.prepare_cached(REPLAY.as_str()).await?;
         let rows = transaction
             .query(
-                REPLAY.as_str(),
+                &statement,
                 &[
                     &filter.tenant.as_str(),
                     &after_id,

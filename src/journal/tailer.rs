@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::doorbell::{self, Doorbell};
-use super::{Journal, NewRows, PgSnapshot, Published};
+use super::{Journal, NewRows, PgSnapshot, Published, TailStatements};
 use crate::db::listener::{self, ListenConnection};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -124,6 +124,9 @@ impl Tailer {
     ) -> Result<(), Lost> {
         let client = &connection.client;
         bounded(self.doorbell.register(client)).await?;
+        // Parsed and planned once per connection, not for every batch: at a batch per
+        // commit, planning would be most of what a batch costs PostgreSQL.
+        let statements = bounded(Journal::prepare_tail(client)).await?;
         let mut pace = Pace::new();
         // When the notification that woke us arrived: where delivery latency starts.
         let mut woke_at = None;
@@ -138,7 +141,7 @@ impl Tailer {
                 return Err(Lost::Closed);
             }
             let rows = match self
-                .publish_batch(connection, shutdown, woke_at.take())
+                .publish_batch(connection, &statements, shutdown, woke_at.take())
                 .await?
             {
                 // Not caught up yet: a batch from before the connection was lost.
@@ -181,6 +184,7 @@ impl Tailer {
     async fn publish_batch(
         &self,
         connection: &ListenConnection,
+        statements: &TailStatements,
         shutdown: &CancellationToken,
         woke_at: Option<Instant>,
     ) -> Result<Batch, Lost> {
@@ -195,10 +199,13 @@ impl Tailer {
                 journal_id,
                 entries: page,
                 more,
-            } = bounded(
-                self.journal
-                    .read_new(client, &published.prev, PAGE_LIMITS, woke_at),
-            )
+            } = bounded(self.journal.read_new(
+                client,
+                statements,
+                &published.prev,
+                PAGE_LIMITS,
+                woke_at,
+            ))
             .await?;
             if went_backwards(&published.prev, &next) {
                 // The database is not the one we followed a moment ago: restored from a
@@ -259,6 +266,7 @@ impl Tailer {
         while !published.is_complete() && !shutdown.is_cancelled() {
             let (page, more) = bounded(self.journal.read_batch(
                 client,
+                statements,
                 &published.prev,
                 &batch,
                 published.through_id,
