@@ -54,12 +54,20 @@ begin
         end if;
     end if;
 
+    -- (`- excluded` copies the row's JSON: only when there is something to remove.)
     if tg_op = 'INSERT' then
-        changed := to_jsonb(new) - excluded;
+        changed := to_jsonb(new);
+        if excluded <> '{}' then
+            changed := changed - excluded;
+        end if;
         kind := 'created';
     elsif tg_op = 'UPDATE' then
-        changed := to_jsonb(new) - excluded;
-        previous := to_jsonb(old) - excluded;
+        changed := to_jsonb(new);
+        previous := to_jsonb(old);
+        if excluded <> '{}' then
+            changed := changed - excluded;
+            previous := previous - excluded;
+        end if;
         select jsonb_object_agg(p.key, p.value) into old_values
           from jsonb_each(previous) p
          where changed -> p.key is distinct from p.value;
@@ -77,7 +85,10 @@ begin
             end if;
         end if;
     else
-        changed := to_jsonb(old) - excluded;
+        changed := to_jsonb(old);
+        if excluded <> '{}' then
+            changed := changed - excluded;
+        end if;
         kind := 'deleted';
     end if;
 
