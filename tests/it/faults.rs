@@ -1491,3 +1491,97 @@ async fn current_xid(db: &tokio_postgres::Client) -> i64 {
         .unwrap()
         .get(0)
 }
+
+// ---------------------------------------------------------------------------------------
+// Slow and stalled consumers.
+
+/// Resident memory of a process now (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Stalled SSE and WebSocket subscribers (connected, never reading) next to a normal one,
+/// while 3,000 changes of 4 KiB commit — more than a tenant's fan-out buffer holds. The
+/// normal subscriber gets every change, the service's memory grows by a bounded amount
+/// (the stalled ones fall back to the journal instead of queueing), and once the stalled
+/// subscribers read again they get every change too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_consumers_neither_grow_memory_nor_hold_back_others_and_lose_nothing() {
+    const STALLED: usize = 10;
+    const CHANGES: i64 = 3000;
+    let db_url = server().fresh_database().await;
+    let service = ServiceProcess::start(&db_url, "127.0.0.1:0");
+    let http = reqwest::Client::new();
+    wait_for_status(&http, &format!("http://{}/readyz", service.addr), 200).await;
+    let t = token("acme");
+    let sse = |http: reqwest::Client, addr: String, t: String| async move {
+        let response = http
+            .get(format!("http://{addr}/v1/events?types=ticket"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        SseStream::new(response)
+    };
+    let mut normal = sse(http.clone(), service.addr.clone(), t.clone()).await;
+    let mut stalled_sse = Vec::new();
+    for _ in 0..STALLED {
+        // One HTTP client each: a shared one would stall on the unread streams' connections.
+        stalled_sse.push(sse(reqwest::Client::new(), service.addr.clone(), t.clone()).await);
+    }
+    let mut stalled_ws = Vec::new();
+    for _ in 0..STALLED {
+        let mut ws = ws_connect(&service.addr, Some(&t), "").await.unwrap();
+        ws.expect("connection_established").await;
+        ws.subscribe(json!({"resource_types": ["ticket"]})).await;
+        stalled_ws.push(ws);
+    }
+    let pid = service.child.id();
+    let before = rss_kib(pid).unwrap();
+
+    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut written = HashSet::new();
+    for _ in 0..(CHANGES / 100) {
+        let rows = db
+            .query(
+                "insert into tickets (tenant_id, title, body)
+                 select 'acme', 'slow ' || g, repeat(md5(random()::text), 128)
+                 from generate_series(1, 100) g returning id::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        written.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+    }
+    // The normal subscriber is not held back by the stalled ones.
+    let received = normal.receive_ids(&written).await;
+    assert_nothing_lost(&written, &received, &HashSet::new());
+    let after = rss_kib(pid).unwrap();
+    let peak = peak_rss_kib(pid).unwrap();
+    eprintln!(
+        "stalled consumers: {} changes of 4 KiB, {STALLED} SSE + {STALLED} WS stalled; \
+         service RSS {before} KiB before, {after} KiB after, peak {peak} KiB",
+        written.len()
+    );
+    // 12 MB were written; unbounded queues would hold them once per stalled subscriber.
+    assert!(
+        peak.saturating_sub(before) < 96 * 1024,
+        "service memory grew from {before} KiB to a peak of {peak} KiB"
+    );
+
+    // Reading again, each stalled subscriber gets every change (from the journal).
+    for stream in &mut stalled_sse {
+        let got = stream.receive_ids(&written).await;
+        assert_nothing_lost(&written, &got, &HashSet::new());
+    }
+    for ws in &mut stalled_ws {
+        let got = ws.receive_ids(&written).await;
+        assert_nothing_lost(&written, &got, &HashSet::new());
+    }
+}
