@@ -160,6 +160,35 @@ pub struct Change {
     pub(crate) frames: Frames,
 }
 
+#[cfg(test)]
+impl Change {
+    /// A change as the journal would read it, for tests of what subscribers receive.
+    pub(crate) fn for_test(
+        event: EventKind,
+        resource_id: &str,
+        resource: &str,
+        old: Option<&str>,
+    ) -> Change {
+        let raw = |json: &str| RawValue::from_string(json.to_owned()).expect("test JSON");
+        Change {
+            id: 1,
+            xid: 1,
+            tenant: TenantId::new("t").expect("a tenant"),
+            resource_type: "ticket".into(),
+            event,
+            resource_id: resource_id.into(),
+            resource: raw(resource),
+            old: old.map(raw),
+            occurred_at: "2026-11-29T00:00:00.000000Z".into(),
+            cursor: Cursor::of_snapshot("1:1:".parse().expect("a snapshot")),
+            cursor_text: String::new(),
+            known_since: Instant::now(),
+            values: OnceLock::new(),
+            frames: Frames::default(),
+        }
+    }
+}
+
 /// A row's column values, before and after a change, for row filters.
 #[derive(Debug, Default)]
 pub struct RowValues {
