@@ -40,6 +40,8 @@ pub struct InJournal {
     /// The resource type of a row change or truncation, the topic of an application event.
     pub name: String,
     pub app_event: bool,
+    /// The row's id, for a row change (subscribers of other `ids` need not catch up).
+    pub resource_id: Option<String>,
 }
 
 impl Fanned {
@@ -47,15 +49,20 @@ impl Fanned {
         if entry.size_hint() <= FAN_OUT_MAX_BYTES {
             return Fanned::Entry(entry);
         }
-        let (name, app_event) = match &entry {
-            Entry::Change(change) => (change.resource_type.clone(), false),
-            Entry::AppEvent(event) => (event.topic.clone(), true),
-            Entry::Truncated(marker) => (marker.resource_type.clone(), false),
+        let (name, app_event, resource_id) = match &entry {
+            Entry::Change(change) => (
+                change.resource_type.clone(),
+                false,
+                Some(change.resource_id.clone()),
+            ),
+            Entry::AppEvent(event) => (event.topic.clone(), true, None),
+            Entry::Truncated(marker) => (marker.resource_type.clone(), false, None),
         };
         Fanned::InJournal(InJournal {
             xid: entry.xid(),
             name,
             app_event,
+            resource_id,
         })
     }
 }

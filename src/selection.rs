@@ -143,6 +143,15 @@ impl Selection {
             .all(|filter| filter.op.holds(value_of(&filter.column)))
     }
 
+    /// Whether a row change of `resource_id` may concern this subscriber as far as `ids`
+    /// tell (`None`: unknown, so it may).
+    pub fn may_include_id(&self, resource_id: Option<&str>) -> bool {
+        match (&self.ids, resource_id) {
+            (Some(ids), Some(id)) => ids.iter().any(|i| i == id),
+            _ => true,
+        }
+    }
+
     /// Whether a snapshot row (the row's JSON object) is in this subscriber's view.
     pub fn includes_row(&self, row: &Map<String, Value>, resource_id: &str) -> bool {
         self.ids

@@ -20,12 +20,28 @@ pub trait Weighed {
     fn bytes(&self) -> usize;
 }
 
+/// What a slot weighs at least (its key, its bookkeeping): a budget of bytes then also
+/// bounds how many slots of empty results are kept.
+const SLOT_OVERHEAD: usize = 256;
+/// How often the slots are swept and weighed (not on every call: a reconnect storm
+/// calls thousands of times a second).
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
 pub struct SharedReads<V> {
-    slots: Mutex<HashMap<String, Slot<V>>>,
+    state: Mutex<State<V>>,
     /// How long a finished read is kept for latecomers.
     keep_for: Duration,
     /// Most bytes of finished reads kept at once.
     max_bytes: usize,
+    /// How often slots are swept: [`SWEEP_EVERY`], or more often when kept for less.
+    sweep_every: Duration,
+}
+
+struct State<V> {
+    slots: HashMap<String, Slot<V>>,
+    /// What the slots weighed at the last sweep, plus those made since.
+    kept: usize,
+    last_sweep: Option<Instant>,
 }
 
 struct Slot<V> {
@@ -36,15 +52,20 @@ struct Slot<V> {
 impl<V: Clone + Weighed> SharedReads<V> {
     pub fn new(keep_for: Duration, max_bytes: usize) -> Self {
         SharedReads {
-            slots: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                slots: HashMap::new(),
+                kept: 0,
+                last_sweep: None,
+            }),
             keep_for,
             max_bytes,
+            sweep_every: keep_for.min(SWEEP_EVERY),
         }
     }
 
     /// The value under `key`: read by `read` unless another caller read it or is reading
-    /// it (then its result, once there). A failed read is not kept: the next caller
-    /// tries again.
+    /// it (then its result, once there). A failed or abandoned read leaves nothing
+    /// behind: the next caller tries again.
     pub async fn get_or_read<E, Fut>(&self, key: String, read: impl FnOnce() -> Fut) -> Result<V, E>
     where
         Fut: Future<Output = Result<V, E>>,
@@ -58,27 +79,38 @@ impl<V: Clone + Weighed> SharedReads<V> {
     /// The slot for `key`, made if needed; `None` when the budget is spent.
     fn slot(&self, key: String) -> Option<Arc<OnceCell<V>>> {
         let now = Instant::now();
-        let mut slots = self
-            .slots
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Reads still in progress stay whatever their age: their waiters need them.
-        slots.retain(|_, slot| {
-            !slot.value.initialized() || now.duration_since(slot.created) < self.keep_for
-        });
-        if let Some(slot) = slots.get(&key) {
+        if state
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= self.sweep_every)
+        {
+            state.last_sweep = Some(now);
+            // A finished read stays for `keep_for`; an unfinished one while a caller still
+            // waits on it (one that failed, or whose callers all left, goes).
+            state.slots.retain(|_, slot| match slot.value.get() {
+                Some(_) => now.duration_since(slot.created) < self.keep_for,
+                None => Arc::strong_count(&slot.value) > 1,
+            });
+            state.kept = state
+                .slots
+                .iter()
+                .map(|(key, slot)| {
+                    key.len() + SLOT_OVERHEAD + slot.value.get().map_or(0, Weighed::bytes)
+                })
+                .sum();
+        }
+        if let Some(slot) = state.slots.get(&key) {
             return Some(slot.value.clone());
         }
-        let kept: usize = slots
-            .values()
-            .filter_map(|slot| slot.value.get())
-            .map(Weighed::bytes)
-            .sum();
-        if kept >= self.max_bytes {
+        if state.kept >= self.max_bytes {
             return None;
         }
+        state.kept += key.len() + SLOT_OVERHEAD;
         let value = Arc::new(OnceCell::new());
-        slots.insert(
+        state.slots.insert(
             key,
             Slot {
                 value: value.clone(),
@@ -90,7 +122,7 @@ impl<V: Clone + Weighed> SharedReads<V> {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.lock().unwrap().len()
+        self.state.lock().unwrap().slots.len()
     }
 }
 
@@ -110,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_of_one_key_share_one_read() {
-        let shared = SharedReads::new(Duration::from_secs(60), 1000);
+        let shared = SharedReads::new(Duration::from_secs(60), 1 << 20);
         let reads = AtomicUsize::new(0);
         let read = || async {
             reads.fetch_add(1, Ordering::SeqCst);
@@ -130,7 +162,8 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_not_kept_and_the_budget_bounds_what_is() {
-        let shared = SharedReads::new(Duration::from_secs(60), 100);
+        // Room for one slot: its key and overhead (257 bytes) spend the budget.
+        let shared = SharedReads::new(Duration::from_secs(60), 200);
         let failed: Result<Blob, &str> = shared
             .get_or_read("a".into(), || async { Err("down") })
             .await;
@@ -153,14 +186,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finished_reads_expire() {
-        let shared = SharedReads::new(Duration::ZERO, 1000);
+    async fn finished_reads_expire_and_abandoned_ones_go() {
+        let shared = SharedReads::new(Duration::ZERO, 1 << 20);
         shared
             .get_or_read("a".into(), || async { Ok::<_, ()>(Blob(1)) })
             .await
             .unwrap();
+        // A read whose only caller gave up (a subscriber that left mid-read).
+        let abandoned = shared.get_or_read("b".into(), std::future::pending::<Result<Blob, ()>>);
+        assert!(tokio::time::timeout(Duration::from_millis(1), abandoned)
+            .await
+            .is_err());
         shared
-            .get_or_read("b".into(), || async { Ok::<_, ()>(Blob(1)) })
+            .get_or_read("c".into(), || async { Ok::<_, ()>(Blob(1)) })
             .await
             .unwrap();
         assert_eq!(

@@ -182,6 +182,8 @@ pub fn open(
     selection: Selection,
     resume: Option<String>,
 ) -> Opened {
+    // The journal `start` belongs to: read once, before minting it (see `run`).
+    let journal = services.journal.scope().tag();
     let (live, upto) = services.hub.subscribe(&identity.tenant);
     let start = resume
         .clone()
@@ -201,7 +203,7 @@ pub fn open(
     // The transport's span (tenant, transport) follows the task into its logs.
     services.tracker.spawn(
         subscription
-            .run(live, upto, resume)
+            .run(live, upto, resume, journal)
             .instrument(tracing::Span::current()),
     );
     Opened {
@@ -318,7 +320,8 @@ enum Replayed {
 }
 
 impl Subscription {
-    async fn run(self, mut live: Live, mut upto: Published, resume: Option<String>) {
+    /// `journal`: the journal identity the transport's first cursor was minted under.
+    async fn run(self, mut live: Live, mut upto: Published, resume: Option<String>, journal: u32) {
         // What this subscriber has provably received: every change this snapshot sees.
         let mut received = Cursor::of_snapshot(upto.prev.clone());
         let mut replay_from = None;
@@ -338,7 +341,7 @@ impl Subscription {
         }
         let mut last: Option<Entry> = None;
         // The journal this subscription's cursors belong to.
-        let mut journal = self.services.journal.scope().tag();
+        let mut journal = journal;
         loop {
             // Live changes this snapshot sees were delivered (or replayed) already.
             let mut already_seen = None;
@@ -384,12 +387,13 @@ impl Subscription {
                     }
                     // Too large for the fan-out: read it (and whatever follows) from the
                     // journal, if it concerns this subscriber at all.
-                    Ok(Fanned::InJournal(entry)) => {
-                        let seen = already_seen.as_ref().is_some_and(|s| s.sees(entry.xid));
-                        let followed = if entry.app_event {
-                            self.selection.follows_topic(&entry.name)
+                    Ok(Fanned::InJournal(marker)) => {
+                        let seen = already_seen.as_ref().is_some_and(|s| s.sees(marker.xid));
+                        let followed = if marker.app_event {
+                            self.selection.follows_topic(&marker.name)
                         } else {
-                            self.selection.follows_type(&entry.name)
+                            self.selection.follows_type(&marker.name)
+                                && self.selection.may_include_id(marker.resource_id.as_deref())
                         };
                         !seen && followed
                     }
@@ -443,7 +447,8 @@ impl Subscription {
         self.services.metrics.replays.inc();
         // A cursor does not see its own transaction, so a catch-up from the last entry
         // this connection sent would send that entry (and earlier ones of its
-        // transaction, all sent before it) again: skip them.
+        // transaction, all sent before it) again: skip them. (Transactions its writer saw
+        // running may still come again, with their ids: API.md §4 allows repeats.)
         let sent_through = last.as_ref().map(|entry| (entry.xid(), entry.id()));
         let mut after_id = None;
         loop {

@@ -409,7 +409,8 @@ fn with_columns(sql: &str) -> String {
 }
 
 /// `page` (a statement choosing rows of the journal, `select *`, with its LIMIT), cut
-/// after the row that reaches `max_bytes` (a parameter, e.g. `$8`) of row JSON as stored:
+/// after the row that reaches `max_bytes` (a parameter, e.g. `$8`) of row JSON (`resource`
+/// and `old`) as stored, i.e. compressed where PostgreSQL compressed it:
 /// a page of huge rows is short rather than huge, and always holds at least one row.
 /// The bytes are counted over the rows the LIMIT chose (a window beside the LIMIT would
 /// count every matching row first). Each row also carries `candidates`, how many the
@@ -418,10 +419,12 @@ fn byte_bounded(page: &str, max_bytes: &str) -> String {
     with_columns(&format!(
         "select {{COLUMNS}}, candidates
          from (select page.*,
-                      sum(pg_column_size(page.resource)) over (order by page.id) as through_bytes,
+                      sum(pg_column_size(page.resource) + coalesce(pg_column_size(page.old), 0))
+                          over (order by page.id) as through_bytes,
                       count(*) over () as candidates
                from ({page}) page) sized
-         where through_bytes - pg_column_size(resource) < {max_bytes}
+         where through_bytes - pg_column_size(resource) - coalesce(pg_column_size(old), 0)
+               < {max_bytes}
          order by id"
     ))
 }
