@@ -117,7 +117,6 @@ impl App {
             config,
             pool,
             journal,
-            hub,
             metrics,
             ready,
             shutdown,

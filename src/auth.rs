@@ -123,6 +123,17 @@ pub struct Identity {
     pub expires_at: SystemTime,
 }
 
+impl Identity {
+    /// When the token expires, on the clock streams sleep on (now, if it already has).
+    pub fn expiry(&self) -> tokio::time::Instant {
+        let left = self
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + left
+    }
+}
+
 /// Verifies and mints tokens with one HS256 secret.
 pub struct Authenticator {
     decoding: DecodingKey,

@@ -170,13 +170,14 @@ impl Hub {
             let Some(sender) = state.tenants.get(change.tenant()) else {
                 continue;
             };
-            let tenant = change.tenant().clone();
             match sender.send(Fanned::of(change)) {
                 Ok(receivers) => queued += receivers,
                 // Unreachable while `Member` removes the channel with its last
                 // receiver; harmless if a receiver ever escapes a `Live`.
                 Err(broadcast::error::SendError(_)) => {
-                    state.tenants.remove(&tenant);
+                    state
+                        .tenants
+                        .retain(|_, sender| sender.receiver_count() > 0);
                     self.channels.set(state.tenants.len() as i64);
                 }
             }

@@ -10,7 +10,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
-use crate::hub::Hub;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::stats::Activity;
@@ -21,7 +20,6 @@ pub struct Services {
     pub config: ServeConfig,
     pub pool: deadpool_postgres::Pool,
     pub journal: Arc<Journal>,
-    pub hub: Arc<Hub>,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     /// Whether the listener is connected and caught up.

@@ -89,21 +89,30 @@ impl Activity {
                 Entry::AppEvent(event) => (&event.topic, &event.occurred_at),
                 Entry::Truncated(_) => continue,
             };
-            let tenant = state
-                .tenants
-                .entry(entry.tenant().clone())
-                .or_insert_with(|| TenantActivity {
+            // Keys are cloned only the first time a tenant or name is seen.
+            if !state.tenants.contains_key(entry.tenant()) {
+                let fresh = TenantActivity {
                     by_name: HashMap::new(),
                     last_event_at: String::new(),
                     last_seen: now,
-                });
-            tenant
-                .by_name
-                .entry(name.clone())
-                .or_insert_with(|| Buckets {
+                };
+                state.tenants.insert(entry.tenant().clone(), fresh);
+            }
+            let tenant = state
+                .tenants
+                .get_mut(entry.tenant())
+                .expect("BUG: inserted above");
+            if !tenant.by_name.contains_key(name) {
+                let fresh = Buckets {
                     stamps: [0; WINDOW_SECONDS],
                     counts: [0; WINDOW_SECONDS],
-                })
+                };
+                tenant.by_name.insert(name.clone(), fresh);
+            }
+            tenant
+                .by_name
+                .get_mut(name)
+                .expect("BUG: inserted above")
                 .add(second);
             tenant.last_event_at.clone_from(occurred_at);
             tenant.last_seen = now;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -189,16 +189,12 @@ pub fn open(
         .clone()
         .unwrap_or_else(|| snapshot_cursor(&services.journal, &identity.tenant, upto.prev.clone()));
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let remaining = identity
-        .expires_at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
     let subscription = Subscription {
         services: services.clone(),
         tenant: identity.tenant.clone(),
         selection,
         tx,
-        expires: Instant::now() + remaining,
+        expires: identity.expiry(),
     };
     // The transport's span (tenant, transport) follows the task into its logs.
     services.tracker.spawn(

@@ -48,7 +48,6 @@ pub struct Params {
 
 impl Params {
     /// Every parameter any endpoint understands (for tests and fuzzing).
-    #[allow(dead_code)]
     pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
         let all = [EVENTS_PARAMS, SNAPSHOT_PARAMS, STATS_PARAMS].concat();
         Params::parse_for(raw, &all)

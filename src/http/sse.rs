@@ -19,7 +19,7 @@ use crate::services::Services;
 use crate::subscription::{self, Opened, Outbound, Transport};
 
 /// How long an EventSource waits before reconnecting.
-const RETRY_MS: u64 = 2000;
+pub(super) const RETRY_MS: u64 = 2000;
 /// Reconnect delay suggested when the service shuts down (another instance may be up).
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 500;
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
@@ -75,21 +75,24 @@ async fn open(
         _gauge: SubscriberGauge::new(&services.metrics, "sse"),
         services: services.clone(),
     };
+    Ok(event_stream(body))
+}
+
+/// A response streaming `body` as Server-Sent Events (API.md §5's headers).
+pub(super) fn event_stream<S>(body: S) -> Response
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + Sync + 'static,
+{
     let mut response = warp::reply::stream(body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        "content-type",
-        "text/event-stream".parse().expect("BUG: static header"),
-    );
-    headers.insert(
-        "cache-control",
-        "no-cache".parse().expect("BUG: static header"),
-    );
-    headers.insert(
-        "x-accel-buffering",
-        "no".parse().expect("BUG: static header"),
-    );
-    Ok(response)
+    for (name, value) in [
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),
+    ] {
+        headers.insert(name, value.parse().expect("BUG: static header"));
+    }
+    response
 }
 
 struct SseBody {
@@ -115,7 +118,7 @@ struct Control<'a> {
     id: Option<&'a str>,
 }
 
-fn control_frame(event: &str, reason: Option<&str>, id: Option<&str>) -> Bytes {
+pub(super) fn control_frame(event: &str, reason: Option<&str>, id: Option<&str>) -> Bytes {
     let data = serde_json::to_string(&Control {
         kind: event,
         reason,

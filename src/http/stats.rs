@@ -3,7 +3,7 @@
 //! default 5s) until the token expires.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{stream, StreamExt as _};
@@ -13,6 +13,7 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
+use super::sse::{control_frame, event_stream, RETRY_MS};
 use crate::auth::TenantId;
 use crate::services::Services;
 use crate::stats::{Report, Subscribers};
@@ -20,7 +21,6 @@ use crate::stats::{Report, Subscribers};
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
-const RETRY_MS: u64 = 2000;
 
 pub fn report(services: &Services, tenant: &TenantId) -> Report {
     let (sse, ws) = services.subscriptions.connected(tenant);
@@ -60,54 +60,36 @@ fn answer(
     if !wants_stream {
         return Ok(warp::reply::json(&report(&services, &identity.tenant)).into_response());
     }
-    let expires = Instant::now()
-        + identity
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+    let expires = identity.expiry();
     let tenant = identity.tenant;
     let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
-    // One frame per tick; the stream ends after `auth_expired` or at shutdown.
-    let frames = stream::unfold(
-        (services, Some(Instant::now()), false),
-        move |(services, next, ended)| {
-            let tenant = tenant.clone();
-            async move {
-                let next = next.filter(|_| !ended)?;
-                tokio::select! {
-                    _ = services.shutdown.cancelled() => None,
-                    _ = tokio::time::sleep_until(expires) => {
-                        let frame = Bytes::from_static(
-                            b"event: auth_expired\ndata: {\"type\":\"auth_expired\"}\n\n",
-                        );
-                        Some((frame, (services, None, true)))
-                    }
-                    _ = tokio::time::sleep_until(next) => {
-                        let json = serde_json::to_string(&StatsEvent {
-                            kind: "stats",
-                            report: report(&services, &tenant),
-                        })
-                        .expect("BUG: serialising stats");
-                        let frame = Bytes::from(format!("event: stats\ndata: {json}\n\n"));
-                        Some((frame, (services, Some(next + interval), false)))
-                    }
+    // One frame per tick (`next`: when the next is due); the stream ends after
+    // `auth_expired` or at shutdown.
+    let frames = stream::unfold((services, Some(Instant::now())), move |(services, next)| {
+        let tenant = tenant.clone();
+        async move {
+            let next = next?;
+            tokio::select! {
+                _ = services.shutdown.cancelled() => None,
+                _ = tokio::time::sleep_until(expires) => {
+                    Some((control_frame("auth_expired", None, None), (services, None)))
+                }
+                _ = tokio::time::sleep_until(next) => {
+                    let json = serde_json::to_string(&StatsEvent {
+                        kind: "stats",
+                        report: report(&services, &tenant),
+                    })
+                    .expect("BUG: serialising stats");
+                    let frame = Bytes::from(format!("event: stats\ndata: {json}\n\n"));
+                    Some((frame, (services, Some(next + interval))))
                 }
             }
-        },
-    );
+        }
+    });
     let body = stream::iter([first])
         .chain(frames)
         .map(Ok::<_, std::convert::Infallible>);
-    let mut response = warp::reply::stream(body).into_response();
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("content-type", "text/event-stream"),
-        ("cache-control", "no-cache"),
-        ("x-accel-buffering", "no"),
-    ] {
-        headers.insert(name, value.parse().expect("BUG: static header"));
-    }
-    Ok(response)
+    Ok(event_stream(body))
 }
 
 /// The streamed form: the report with `"type":"stats"`, as over WebSocket.

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -37,6 +37,7 @@ use crate::selection::Selection;
 use crate::services::Services;
 use crate::stats::Report;
 use crate::subscription::{self, Opened, Outbound, Place, Transport};
+use crate::wire::Delivery;
 
 /// Largest frame (and message) the transport reads. tungstenite refuses a bigger one
 /// without reading it, which leaves the stream unusable: the connection closes with 1009.
@@ -272,6 +273,21 @@ impl Subscribe {
     }
 }
 
+/// Where a WebSocket connection's stream stands (see `Session::position`).
+enum Position {
+    After(Delivery),
+    Cursor(String),
+}
+
+impl Position {
+    fn into_cursor(self) -> String {
+        match self {
+            Position::After(delivery) => delivery.cursor_text().to_owned(),
+            Position::Cursor(cursor) => cursor,
+        }
+    }
+}
+
 /// A resource id in `ids`: a string, or a number (as `resource_id` spells it).
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -312,7 +328,7 @@ struct Session {
     /// Where this connection's stream stands while subscribed: the cursor of the last
     /// change or resync forwarded, else where the subscription started. A replacing
     /// `subscribe` resumes from it, so changing the filter loses nothing.
-    position: Option<String>,
+    position: Option<Position>,
     /// Frames for the writer, in order. Changes are only taken from the subscription
     /// while this is empty, so a slow reader holds back the subscription, not memory.
     unsent: VecDeque<Message>,
@@ -371,12 +387,7 @@ impl Session {
         let keepalive = self.services.config.keepalive;
         let mut tick = interval_at(Instant::now() + keepalive, keepalive);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let expires = Instant::now()
-            + self
-                .identity
-                .expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+        let expires = self.identity.expiry();
         let shutdown = self.services.shutdown.clone();
         loop {
             let writable = !self.unsent.is_empty();
@@ -426,7 +437,8 @@ impl Session {
                 metrics
                     .delivery_latency
                     .observe(delivery.known_since().elapsed().as_secs_f64());
-                self.position = Some(delivery.cursor_text().to_owned());
+                // The delivery itself (shared), not a copy of its cursor per event.
+                self.position = Some(Position::After(delivery.clone()));
                 // The JSON rendered once for every subscriber, shared, not copied.
                 self.unsent
                     .push_back(Message::Text(delivery.frame().json.clone()));
@@ -437,7 +449,7 @@ impl Session {
                     reason,
                     id: &cursor,
                 });
-                self.position = Some(cursor);
+                self.position = Some(Position::Cursor(cursor));
                 None
             }
             Some(Outbound::AuthExpired) => Some(self.auth_expired()),
@@ -543,7 +555,7 @@ impl Session {
         let resume = subscribe
             .last_event_id
             .filter(|cursor| !cursor.trim().is_empty())
-            .or_else(|| self.position.take());
+            .or_else(|| self.position.take().map(Position::into_cursor));
         self.subscription = None;
         let opened = subscription::open(
             &self.services.subscriptions,
@@ -551,7 +563,7 @@ impl Session {
             selection.clone(),
             resume,
         );
-        self.position = Some(opened.start.clone());
+        self.position = Some(Position::Cursor(opened.start.clone()));
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
         self.push(&confirmation(&opened.start, &selection));
         self.subscription = Some(opened);

@@ -590,13 +590,19 @@ async fn assert_all_followers_got(
     (written.len(), least)
 }
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of a process from `/proc/<pid>/status` (e.g. `VmHWM`, the peak
+/// resident memory), in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1495,15 +1501,6 @@ async fn current_xid(db: &tokio_postgres::Client) -> i64 {
 // ---------------------------------------------------------------------------------------
 // Slow and stalled consumers.
 
-/// Resident memory of a process now (VmRSS), in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Stalled SSE and WebSocket subscribers (connected, never reading) next to a normal one,
 /// while 3,000 changes of 4 KiB commit — more than a tenant's fan-out buffer holds. The
 /// normal subscriber gets every change, the service's memory grows by a bounded amount
@@ -1542,7 +1539,7 @@ async fn stalled_consumers_neither_grow_memory_nor_hold_back_others_and_lose_not
         stalled_ws.push(ws);
     }
     let pid = service.child.id();
-    let before = rss_kib(pid).unwrap();
+    let before = status_kib(pid, "VmRSS").unwrap();
 
     let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -1562,7 +1559,7 @@ async fn stalled_consumers_neither_grow_memory_nor_hold_back_others_and_lose_not
     // The normal subscriber is not held back by the stalled ones.
     let received = normal.receive_ids(&written).await;
     assert_nothing_lost(&written, &received, &HashSet::new());
-    let after = rss_kib(pid).unwrap();
+    let after = status_kib(pid, "VmRSS").unwrap();
     let peak = peak_rss_kib(pid).unwrap();
     eprintln!(
         "stalled consumers: {} changes of 4 KiB, {STALLED} SSE + {STALLED} WS stalled; \

@@ -196,6 +196,17 @@ impl TestApp {
         insert_tickets(&self.db, tenant, n).await
     }
 
+    /// Waits (bounded by [`WAIT`]) until the tailer has published `n` events named `name`
+    /// (a resource type or topic) for the tenant of `token` in the last minute, as
+    /// `/v1/stats` counts them: a subscriber that starts now starts after them.
+    pub async fn until_counted(&self, token: &str, name: &str, n: u64) {
+        eventually(&format!("{n} {name} events published"), || async {
+            let (_, stats) = self.get("/v1/stats", Some(token)).await;
+            stats["events_per_minute"][name] == n
+        })
+        .await;
+    }
+
     /// A connection of its own, e.g. for a transaction kept open across other writes.
     pub async fn connect_db(&self) -> tokio_postgres::Client {
         let (db, connection) = tokio_postgres::connect(&self.db_url, NoTls).await.unwrap();

@@ -350,12 +350,7 @@ async fn truncate_resyncs_the_subscribers_of_every_affected_tenant() {
     app.insert_ticket("globex", "other").await;
     app.insert_agent("initech", "no tickets").await;
     // Published by the tailer before the streams below start, so they begin after it.
-    let initech_token = token("initech");
-    eventually("the tailer published initech's agent", || async {
-        let (_, stats) = app.get("/v1/stats", Some(&initech_token)).await;
-        stats["events_per_minute"]["agent"] == 1
-    })
-    .await;
+    app.until_counted(&token("initech"), "agent", 1).await;
 
     let mut globex = app.sse(&token("globex"), "").await;
     let mut initech = app.sse(&token("initech"), "").await;
