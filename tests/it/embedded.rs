@@ -448,14 +448,7 @@ async fn serve_exits_with_a_message_when_its_data_folder_is_removed() {
         .await
         .expect("the service did not exit after its data folder was removed");
     assert!(!status.success(), "exit status {status}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let message = loop {
-        let text = stderr.lock().unwrap().clone();
-        if text.contains("changecast: ") || tokio::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let message = exit_message(&stderr).await;
     for hint in [
         "changecast: ",
         "data folder",
@@ -466,6 +459,19 @@ async fn serve_exits_with_a_message_when_its_data_folder_is_removed() {
     }
     assert!(!process_exists(pid), "embedded postgres {pid} still runs");
     assert!(!data_dir.exists(), "no fresh cluster was made in its place");
+}
+
+/// What the exited service wrote to stderr, once its closing `changecast: ` message is
+/// there (bounded by [`WAIT`]: the reader thread may lag the exit).
+async fn exit_message(stderr: &std::sync::Mutex<String>) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = stderr.lock().unwrap().clone();
+        if text.contains("changecast: ") || tokio::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An embedded PostgreSQL that dies and cannot start again (here: a setting it refuses,
@@ -495,14 +501,7 @@ async fn serve_gives_up_on_an_embedded_postgres_that_cannot_start_again() {
         .await
         .expect("the service did not give up");
     assert!(!status.success(), "exit status {status}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let message = loop {
-        let text = stderr.lock().unwrap().clone();
-        if text.contains("changecast: ") || tokio::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let message = exit_message(&stderr).await;
     for hint in [
         "changecast: ",
         "could not be kept running",

@@ -278,6 +278,16 @@ async fn anchor(app: &TestApp, stream: &mut SseStream, title: &str) -> (String, 
     (id, cursor)
 }
 
+/// What each of `streams`, read side by side, received until it had all of `written`.
+async fn receive_all(streams: Vec<SseStream>, written: &HashSet<String>) -> Vec<HashSet<String>> {
+    futures_util::future::join_all(
+        streams
+            .into_iter()
+            .map(|mut stream| async move { stream.receive_ids(written).await }),
+    )
+    .await
+}
+
 /// Item 7: many subscribers resuming from different old cursors at once are served one
 /// replay page at a time (queued, never refused), every one of them gets everything, and
 /// the pool's statements carry the configured `statement_timeout`.
@@ -307,11 +317,7 @@ async fn a_replay_storm_is_queued_and_loses_nothing() {
             .map(|cursor| app.sse_with(&acme, "", Some(cursor))),
     )
     .await;
-    let received = futures_util::future::join_all(subscribers.into_iter().map(|mut stream| {
-        let written = written.clone();
-        async move { stream.receive_ids(&written).await }
-    }))
-    .await;
+    let received = receive_all(subscribers, &written).await;
     for got in &received {
         // Anchors after (and at) a cursor come too: its own cursor does not see them.
         assert_nothing_lost(&written, got, &anchors);
@@ -341,11 +347,7 @@ async fn a_reconnect_storm_with_one_cursor_reads_each_page_once() {
     let subscribers =
         futures_util::future::join_all((0..12).map(|_| app.sse_with(&acme, "", Some(&cursor))))
             .await;
-    let received = futures_util::future::join_all(subscribers.into_iter().map(|mut stream| {
-        let written = written.clone();
-        async move { stream.receive_ids(&written).await }
-    }))
-    .await;
+    let received = receive_all(subscribers, &written).await;
     for got in &received {
         assert_nothing_lost(&written, got, &HashSet::from([anchor.clone()]));
     }
