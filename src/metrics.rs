@@ -45,6 +45,11 @@ pub struct Metrics {
     pub xid_rewinds: IntCounter,
     /// Attempts at starting the embedded PostgreSQL again after it died.
     pub embedded_restarts: IntCounter,
+    /// 1 while the tailer drains the journal and writers skip their NOTIFY for it.
+    pub draining: IntGauge,
+    /// Times draining ended because writers kept queueing on the NOTIFY lock without our
+    /// wake-ups (their own NOTIFYs hold it), so skipping ours only delayed delivery.
+    pub drains_without_effect: IntCounter,
 }
 
 impl Metrics {
@@ -150,9 +155,19 @@ impl Metrics {
                 "Attempts at starting the embedded PostgreSQL again after it died",
             )
             .expect("BUG: metric definition"),
+            draining: IntGauge::new(
+                "changecast_tailer_draining",
+                "1 while the tailer drains the journal and writers skip their NOTIFY for it (writers were queueing on PostgreSQL's NOTIFY commit lock)",
+            )
+            .expect("BUG: metric definition"),
+            drains_without_effect: IntCounter::new(
+                "changecast_drains_without_effect_total",
+                "Times draining was given up because writers kept queueing on the NOTIFY lock without changecast's wake-ups (other NOTIFYs in their transactions)",
+            )
+            .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -170,6 +185,8 @@ impl Metrics {
             Box::new(metrics.tenant_channels.clone()),
             Box::new(metrics.xid_rewinds.clone()),
             Box::new(metrics.embedded_restarts.clone()),
+            Box::new(metrics.draining.clone()),
+            Box::new(metrics.drains_without_effect.clone()),
         ];
         for collector in collectors {
             metrics

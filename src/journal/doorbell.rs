@@ -5,10 +5,12 @@
 //! instance that is waiting for one; while an instance drains a busy journal it reads
 //! batch after batch anyway. So each instance keeps a row in `changecast.listeners`, and
 //! the capture trigger rings only while some instance is not draining (migration V5).
+//! When to drain is the tailer's call (its `Pace`): when writers are seen queueing on
+//! that lock, which [`writers_queued`] looks at.
 
 use std::time::Duration;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::DbResult;
 
@@ -16,6 +18,22 @@ use super::DbResult;
 const FORGET_AFTER: &str = "10 minutes";
 /// How often an instance says it is still there.
 pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// Whether a transaction of this database waits at commit for the NOTIFY lock right now.
+/// PostgreSQL serialises the commits of transactions that notified, in every database of
+/// the cluster, on one lock, "object 0 of pg_database" (`PreCommit_Notify` in async.c,
+/// PostgreSQL 9.0 to 17). Only this database's writers can stop ringing for us, so only
+/// they count. `pg_locks` and the pids and databases of `pg_stat_activity` are readable
+/// by every role.
+pub const QUEUED_ON_NOTIFY_LOCK: &str = "select exists (
+     select from pg_locks l join pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
+        and l.objid = 0 and not l.granted and a.datname = current_database())";
+
+/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection.
+pub async fn writers_queued(client: &Client, statement: &Statement) -> DbResult<bool> {
+    Ok(client.query_one(statement, &[]).await?.get(0))
+}
 
 /// One instance's row in `changecast.listeners`.
 pub struct Doorbell {

@@ -308,6 +308,8 @@ pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 pub struct TailStatements {
     new: Statement,
     batch: Statement,
+    /// [`doorbell::QUEUED_ON_NOTIFY_LOCK`].
+    pub queued: Statement,
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -400,9 +402,23 @@ order by id
 limit $9
 "#;
 
+/// Planner settings of the tailer's connection, and of a replay start's transaction. Their
+/// statements are prepared, so PostgreSQL may plan them once, generically, and keep the
+/// plan for the connection's life: planned on a young journal (a few hundred rows
+/// expected), the tailer's page once became a hash join over a sequential scan of the
+/// whole journal, run for every batch as the journal grew to thousands of rows. Every
+/// one of these statements is an index lookup by design; these settings keep it one
+/// whatever the statistics say when it is planned. A disabled plan shape counts as hugely
+/// expensive, and a plan that looks expensive gets compiled by JIT (300 ms for a
+/// statement that runs in 0.1 ms): JIT is off too.
+pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_hashjoin = off; \
+     set enable_mergejoin = off; set jit = off";
+const INDEX_PLANNER_SETTINGS_LOCAL: &str = "set local enable_seqscan = off; \
+     set local enable_hashjoin = off; set local enable_mergejoin = off; set local jit = off";
+
 /// Planner settings of a replay page's transaction (see [`Journal::read_replay`]).
 pub const REPLAY_PLANNER_SETTINGS: &str =
-    "set local enable_bitmapscan = off; set local enable_sort = off";
+    "set local enable_bitmapscan = off; set local enable_sort = off; set local jit = off";
 
 fn with_columns(sql: &str) -> String {
     sql.replace("{COLUMNS}", COLUMNS)
@@ -464,11 +480,14 @@ impl Journal {
         })
     }
 
-    /// The tailer's reads, prepared on `client` (valid on that connection only).
+    /// The tailer's reads, prepared on `client` (valid on that connection only), with
+    /// the connection's planner settings ([`INDEX_PLANNER_SETTINGS`]).
     pub async fn prepare_tail(client: &Client) -> DbResult<TailStatements> {
+        client.batch_execute(INDEX_PLANNER_SETTINGS).await?;
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
+            queued: client.prepare(doorbell::QUEUED_ON_NOTIFY_LOCK).await?,
         })
     }
 
@@ -595,13 +614,18 @@ impl Journal {
     /// cursor did not see has a greater id), and the database's current snapshot.
     pub async fn replay_start(
         &self,
-        client: &deadpool_postgres::Client,
+        client: &mut deadpool_postgres::Client,
         cursor: &Cursor,
         tenant: &TenantId,
     ) -> DbResult<(i64, PgSnapshot)> {
-        // Prepared once per pooled connection: every resume runs it.
-        let statement = client.prepare_cached(REPLAY_START_SQL).await?;
-        let row = client
+        // Prepared once per pooled connection: every resume runs it, in a transaction
+        // of its own for the planner settings.
+        let transaction = client.transaction().await?;
+        transaction
+            .batch_execute(INDEX_PLANNER_SETTINGS_LOCAL)
+            .await?;
+        let statement = transaction.prepare_cached(REPLAY_START_SQL).await?;
+        let row = transaction
             .query_one(
                 &statement,
                 &[
@@ -611,6 +635,7 @@ impl Journal {
                 ],
             )
             .await?;
+        transaction.commit().await?;
         // `min` is the first row to replay: start just before it. None: nothing to replay
         // yet (later rows come after the newest id, which every later page starts from).
         let start = row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1);

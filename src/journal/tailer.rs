@@ -6,11 +6,18 @@
 //! the connection drops it reconnects with backoff; the next batch then simply spans
 //! the outage, so catch-up needs no code of its own.
 //!
-//! Under load it stops waiting for wake-ups: once changes arrive faster than one batch
-//! at a time, it marks itself draining (see `doorbell`), so writers skip NOTIFY and its
-//! commit lock, and reads batch after batch, each one coalescing everything committed
-//! meanwhile. When the journal goes quiet it clears the mark, reads once more, and polls
-//! a few times at growing intervals for writers that saw the mark just before.
+//! Under contention it stops waiting for wake-ups. A wake-up costs the writer a place in
+//! the queue for the NOTIFY commit lock; while changes arrive, the tailer looks at that
+//! queue every few milliseconds, and once writers are seen waiting in it most of the
+//! time it marks itself draining (see `doorbell`): writers skip NOTIFY, and the tailer
+//! reads batch after batch, each one coalescing everything committed meanwhile. Below
+//! that point wake-ups cost writers next to nothing and deliver sooner than any poll, so
+//! a busy but uncontended journal keeps them; and when the queue stays while draining,
+//! other NOTIFYs in the writers' transactions hold the lock, so draining would only delay
+//! delivery, and the tailer gives it up for a while. When the rate falls to half of what
+//! it was when draining began, or the journal goes quiet, it clears the mark, reads once
+//! more, and polls a few times at growing intervals for writers that saw the mark just
+//! before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,16 +40,31 @@ const PAGE_BYTES: usize = 16 * 1024 * 1024;
 const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
 /// Reads even without a notification this often: a safety net, not the mechanism.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// Changes per [`RATE_WINDOW`] above which the tailer drains instead of waiting for
-/// wake-ups: 500/s. The NOTIFY commit lock caps commits at one WAL flush each (about
-/// 1,000/s on a disk with 1 ms flushes), and a rate held down by that cap must still
-/// be seen as load, so the threshold sits well below it.
-const DRAIN_ABOVE_CHANGES: usize = 25;
-const RATE_WINDOW: Duration = Duration::from_millis(50);
+/// The change rate is measured over windows this long.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+/// Below this rate (changes/s) writers rarely meet at the NOTIFY lock: no sampling.
+const SAMPLE_ABOVE_RATE: f64 = 100.0;
+/// While busy, the queue on the NOTIFY lock is sampled at most this often ...
+const SAMPLE_EVERY: Duration = Duration::from_millis(5);
+/// ... and draining starts when at least this many of the last [`SAMPLES`] samples saw a
+/// writer waiting: the lock is then busy most of the time, so commits wait for each
+/// other's WAL flush instead of sharing one.
+const QUEUED_SAMPLES_TO_DRAIN: u32 = 4;
+const SAMPLES: u32 = 8;
 /// While draining, the pause after a read that found nothing ...
 const DRAIN_PAUSE: Duration = Duration::from_millis(1);
 /// ... and how many such reads in a row end the draining.
 const QUIET_READS_TO_STOP_DRAINING: u32 = 20;
+/// Draining also ends when the rate falls below this share of the rate when it began:
+/// the load that caused the queue is gone (and if it comes back, so does the queue).
+const STOP_DRAINING_BELOW_SHARE: f64 = 0.5;
+/// Draining must empty the queue: sampled again once draining has lasted this long (for
+/// writers that rang just before the mark was set to commit), a queue still there means
+/// other NOTIFYs in the writers' transactions hold the lock. Skipping ours then only
+/// delays delivery, so the tailer waits for wake-ups and does not try again for
+/// [`HOLD_OFF_AFTER_NO_EFFECT`].
+const SETTLE_BEFORE_SAMPLING_DRAIN: Duration = Duration::from_millis(20);
+const HOLD_OFF_AFTER_NO_EFFECT: Duration = Duration::from_secs(30);
 /// After draining, polls for writers that saw the mark just before it was cleared start
 /// this soon and double up to [`POLL_INTERVAL`].
 const FIRST_POLL_AFTER_DRAINING: Duration = Duration::from_millis(1);
@@ -127,7 +149,7 @@ impl Tailer {
         // Parsed and planned once per connection, not for every batch: at a batch per
         // commit, planning would be most of what a batch costs PostgreSQL.
         let statements = bounded(Journal::prepare_tail(client)).await?;
-        let mut pace = Pace::new();
+        let mut pace = Pace::new(Instant::now());
         // When the notification that woke us arrived: where delivery latency starts.
         let mut woke_at = None;
         loop {
@@ -149,17 +171,33 @@ impl Tailer {
                 Batch::Published { rows } => rows,
             };
             self.ready.send_replace(true);
-            let wait = match pace.after_batch(rows) {
+            let mut step = pace.after_batch(rows, Instant::now());
+            if step == Step::Sample {
+                let queued = bounded(doorbell::writers_queued(client, &statements.queued)).await?;
+                step = pace.after_sample(queued, Instant::now());
+            }
+            let wait = match step {
                 Step::StartDraining => {
-                    tracing::debug!("journal busy: draining without wake-ups");
+                    tracing::debug!("writers queue on the NOTIFY lock: draining without wake-ups");
                     bounded(self.doorbell.set_draining(client, true)).await?;
+                    self.metrics.draining.set(1);
                     continue;
                 }
                 Step::ReadAgain => continue,
                 Step::Pause(pause) => pause,
-                Step::StopDraining => {
-                    tracing::debug!("journal quiet: waiting for wake-ups again");
+                Step::StopDraining { had_effect } => {
+                    if had_effect {
+                        tracing::debug!("journal calmer: waiting for wake-ups again");
+                    } else {
+                        tracing::info!(
+                            "writers keep queueing on the NOTIFY lock while changecast does not \
+                             ring (their own NOTIFYs hold it): waiting for wake-ups again, \
+                             not draining for {HOLD_OFF_AFTER_NO_EFFECT:?}"
+                        );
+                        self.metrics.drains_without_effect.inc();
+                    }
                     bounded(self.doorbell.set_draining(client, false)).await?;
+                    self.metrics.draining.set(0);
                     // The mark is cleared: read once more for writers that saw it set.
                     continue;
                 }
@@ -169,6 +207,7 @@ impl Tailer {
                     }
                     poll
                 }
+                Step::Sample => unreachable!("a sample's outcome is a step of its own"),
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -311,75 +350,166 @@ enum Batch {
 /// What the tailer does after a batch.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    /// Changes arrive faster than wake-ups are worth: mark draining, read again.
+    /// Busy: look whether writers queue on the NOTIFY lock, and tell
+    /// [`Pace::after_sample`].
+    Sample,
+    /// Writers queue on the NOTIFY lock: mark draining, read again.
     StartDraining,
     /// Draining and the last read found changes: read again at once.
     ReadAgain,
     /// Draining and the last read found nothing: read again after this pause.
     Pause(Duration),
-    /// Draining, and quiet for a while: clear the mark, then read once more.
-    StopDraining,
+    /// Draining, and quiet or much calmer, or draining did not empty the queue
+    /// (`had_effect` false): clear the mark, then read once more.
+    StopDraining { had_effect: bool },
     /// Wait for a wake-up, or poll after this long.
     Wait(Duration),
 }
 
-/// The tailer's pace: when to drain, when to wait, how soon to poll. Pure, so the rules
-/// are tested without a database.
+/// The tailer's pace: when to drain, when to wait, how soon to poll. Pure (time is
+/// passed in), so the rules are tested without a database or a clock.
 struct Pace {
     draining: bool,
+    drain_started: Instant,
+    /// The rate when draining began.
+    drain_rate: f64,
+    /// No draining before this (the last one did not empty the queue).
+    hold_off_until: Option<Instant>,
     quiet_reads: u32,
+    /// Changes counted since `window_start` ...
     window_start: Instant,
     window_rows: usize,
+    /// ... and the rate (changes/s) over the last complete window.
+    rate: f64,
+    /// The last samples of the NOTIFY lock's queue, newest in the lowest bit: set when a
+    /// writer was waiting; `samples` of them count (since the mode last changed).
+    queued: u32,
+    samples: u32,
+    last_sample: Instant,
+    /// What to do after the pending sample, unless the sample changes the mode.
+    after_sample: Step,
     next_poll: Duration,
     last_heartbeat: Instant,
 }
 
 impl Pace {
-    fn new() -> Self {
+    fn new(now: Instant) -> Self {
         Pace {
             draining: false,
+            drain_started: now,
+            drain_rate: 0.0,
+            hold_off_until: None,
             quiet_reads: 0,
-            window_start: Instant::now(),
+            window_start: now,
             window_rows: 0,
+            rate: 0.0,
+            queued: 0,
+            samples: 0,
+            last_sample: now,
+            after_sample: Step::Wait(POLL_INTERVAL),
             next_poll: POLL_INTERVAL,
-            last_heartbeat: Instant::now(),
+            last_heartbeat: now,
         }
     }
 
-    fn after_batch(&mut self, rows: usize) -> Step {
-        if self.window_start.elapsed() >= RATE_WINDOW {
-            self.window_start = Instant::now();
+    fn after_batch(&mut self, rows: usize, now: Instant) -> Step {
+        self.window_rows += rows;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        let window_done = elapsed >= RATE_WINDOW;
+        if window_done {
+            self.rate = self.window_rows as f64 / elapsed.as_secs_f64();
+            self.window_start = now;
             self.window_rows = 0;
         }
-        self.window_rows += rows;
-        if self.draining {
+        if !self.busy() {
+            // Samples from an earlier burst say nothing about the next one.
+            self.samples = 0;
+        }
+        let step = if self.draining {
+            if window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE {
+                return self.stop_draining(now, true);
+            }
             if rows > 0 {
                 self.quiet_reads = 0;
-                return Step::ReadAgain;
+                Step::ReadAgain
+            } else {
+                self.quiet_reads += 1;
+                if self.quiet_reads >= QUIET_READS_TO_STOP_DRAINING {
+                    return self.stop_draining(now, true);
+                }
+                Step::Pause(DRAIN_PAUSE)
             }
-            self.quiet_reads += 1;
-            if self.quiet_reads < QUIET_READS_TO_STOP_DRAINING {
-                return Step::Pause(DRAIN_PAUSE);
-            }
-            self.draining = false;
-            self.next_poll = FIRST_POLL_AFTER_DRAINING;
-            self.window_start = Instant::now();
-            self.window_rows = 0;
-            return Step::StopDraining;
-        }
-        if self.window_rows > DRAIN_ABOVE_CHANGES {
-            self.draining = true;
-            self.quiet_reads = 0;
-            return Step::StartDraining;
-        }
-        if rows > 0 {
+        } else if rows > 0 {
             // Writers who committed meanwhile rang (their wake-up is stored): no poll
             // needed, but after draining keep the short polls going.
-            return Step::Wait(self.next_poll);
+            Step::Wait(self.next_poll)
+        } else {
+            let poll = self.next_poll;
+            self.next_poll = (self.next_poll * 2).min(POLL_INTERVAL);
+            Step::Wait(poll)
+        };
+        if !self.sample_due(now) {
+            return step;
         }
-        let poll = self.next_poll;
-        self.next_poll = (self.next_poll * 2).min(POLL_INTERVAL);
-        Step::Wait(poll)
+        self.after_sample = step;
+        Step::Sample
+    }
+
+    /// `queued`: whether a writer was waiting for the NOTIFY lock.
+    fn after_sample(&mut self, queued: bool, now: Instant) -> Step {
+        self.last_sample = now;
+        self.queued = (self.queued << 1) | u32::from(queued);
+        self.samples = (self.samples + 1).min(SAMPLES);
+        let recent = self.queued & ((1 << SAMPLES) - 1);
+        let after = std::mem::replace(&mut self.after_sample, Step::Wait(POLL_INTERVAL));
+        if self.samples < SAMPLES || recent.count_ones() < QUEUED_SAMPLES_TO_DRAIN {
+            return after;
+        }
+        if self.draining {
+            // We do not ring, yet writers still queue: others' NOTIFYs hold the lock.
+            self.hold_off_until = Some(now + HOLD_OFF_AFTER_NO_EFFECT);
+            return self.stop_draining(now, false);
+        }
+        self.draining = true;
+        self.drain_started = now;
+        self.samples = 0;
+        self.quiet_reads = 0;
+        self.drain_rate = self.rate.max(self.partial_rate(now)).max(SAMPLE_ABOVE_RATE);
+        Step::StartDraining
+    }
+
+    fn stop_draining(&mut self, now: Instant, had_effect: bool) -> Step {
+        self.draining = false;
+        self.samples = 0;
+        self.next_poll = FIRST_POLL_AFTER_DRAINING;
+        self.last_sample = now;
+        Step::StopDraining { had_effect }
+    }
+
+    fn sample_due(&self, now: Instant) -> bool {
+        if !self.busy() || now.saturating_duration_since(self.last_sample) < SAMPLE_EVERY {
+            return false;
+        }
+        if self.draining {
+            now.saturating_duration_since(self.drain_started) >= SETTLE_BEFORE_SAMPLING_DRAIN
+        } else {
+            self.hold_off_until.is_none_or(|until| now >= until)
+        }
+    }
+
+    /// Whether changes arrive fast enough for writers to meet at the NOTIFY lock.
+    fn busy(&self) -> bool {
+        let window_so_far = self.window_rows as f64 / RATE_WINDOW.as_secs_f64();
+        self.rate >= SAMPLE_ABOVE_RATE || window_so_far >= SAMPLE_ABOVE_RATE
+    }
+
+    fn partial_rate(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.window_start).as_secs_f64();
+        if elapsed > 0.0 {
+            self.window_rows as f64 / elapsed
+        } else {
+            0.0
+        }
     }
 
     fn heartbeat_due(&mut self) -> bool {
@@ -426,22 +556,105 @@ mod tests {
         }
     }
 
-    #[test]
-    fn drains_under_load_and_waits_again_when_quiet() {
-        let mut pace = Pace::new();
-        // A trickle: wait for wake-ups, polling as a safety net.
-        assert_eq!(pace.after_batch(1), Step::Wait(POLL_INTERVAL));
-        assert_eq!(pace.after_batch(0), Step::Wait(POLL_INTERVAL));
-        // A burst within one rate window: drain.
-        assert_eq!(pace.after_batch(DRAIN_ABOVE_CHANGES), Step::StartDraining);
-        assert_eq!(pace.after_batch(5), Step::ReadAgain);
-        for _ in 1..QUIET_READS_TO_STOP_DRAINING {
-            assert_eq!(pace.after_batch(0), Step::Pause(DRAIN_PAUSE));
+    /// Drives a [`Pace`] on a clock of its own, against a model of the NOTIFY lock.
+    struct Clock {
+        pace: Pace,
+        now: Instant,
+        /// Writers commit fast enough to queue on the lock when they all ring ...
+        crowded: bool,
+        /// ... and their transactions also NOTIFY on their own, so they ring even while
+        /// changecast drains.
+        others_ring: bool,
+    }
+
+    impl Clock {
+        fn new() -> Self {
+            let now = Instant::now();
+            Clock {
+                pace: Pace::new(now),
+                now,
+                crowded: false,
+                others_ring: false,
+            }
         }
-        assert_eq!(pace.after_batch(0), Step::StopDraining);
+
+        fn batch(&mut self, rows: usize, after: Duration) -> Step {
+            self.now += after;
+            self.pace.after_batch(rows, self.now)
+        }
+
+        /// A batch, and the sample it may ask for answered by the model.
+        fn step(&mut self, rows: usize, after: Duration) -> Step {
+            match self.batch(rows, after) {
+                Step::Sample => {
+                    let queued = self.crowded && (self.others_ring || !self.pace.draining);
+                    self.pace.after_sample(queued, self.now)
+                }
+                step => step,
+            }
+        }
+
+        /// Batches of `rows` every `every` for `span`: the steps that change the mode.
+        fn run(&mut self, rows: usize, every: Duration, span: Duration) -> Vec<Step> {
+            let mut steps = Vec::new();
+            let mut elapsed = Duration::ZERO;
+            while elapsed < span {
+                elapsed += every;
+                let step = self.step(rows, every);
+                if !matches!(step, Step::Wait(_) | Step::ReadAgain | Step::Pause(_)) {
+                    steps.push(step);
+                }
+            }
+            steps
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+    const CALMER: Step = Step::StopDraining { had_effect: true };
+    const NO_EFFECT: Step = Step::StopDraining { had_effect: false };
+
+    #[test]
+    fn a_busy_journal_keeps_its_wake_ups_while_writers_do_not_queue() {
+        let mut clock = Clock::new();
+        // A trickle: wait for wake-ups, polling as a safety net; nothing sampled.
+        assert_eq!(clock.batch(1, MS), Step::Wait(POLL_INTERVAL));
+        assert_eq!(clock.batch(0, 50 * MS), Step::Wait(POLL_INTERVAL));
+        // 1,000 changes/s: the lock is sampled, but writers are rarely seen waiting.
+        assert_eq!(clock.run(1, MS, 200 * MS), vec![]);
+        let mut sampled = 0;
+        for i in 0..2000 {
+            if clock.batch(1, MS) == Step::Sample {
+                sampled += 1;
+                // One sample in four sees a writer waiting: not enough.
+                assert_eq!(
+                    clock.pace.after_sample(i % 4 == 0, clock.now),
+                    Step::Wait(POLL_INTERVAL)
+                );
+            }
+        }
+        // At most one sample per SAMPLE_EVERY.
+        assert!((350..=400).contains(&sampled), "{sampled} samples in 2 s");
+    }
+
+    #[test]
+    fn drains_while_writers_queue_and_waits_again_when_calm_or_quiet() {
+        let mut clock = Clock::new();
+        clock.crowded = true;
+        // Writers queue on the lock: draining starts within the samples it takes, and
+        // stays, since the queue is gone once changecast stops ringing.
+        assert_eq!(clock.run(3, MS, 500 * MS), vec![Step::StartDraining]);
+        assert!(clock.pace.draining);
+        // Draining: reads back to back while changes come, pauses briefly when not (in
+        // a fresh rate window, so only the quiet reads can end it).
+        assert_eq!(clock.step(300, 100 * MS), Step::ReadAgain);
+        assert_eq!(clock.step(10, MS), Step::ReadAgain);
+        for _ in 1..QUIET_READS_TO_STOP_DRAINING {
+            assert_eq!(clock.step(0, MS), Step::Pause(DRAIN_PAUSE));
+        }
+        assert_eq!(clock.step(0, MS), CALMER);
         // Then short polls, doubling, for writers that saw the mark before it cleared.
         let mut polls = Vec::new();
-        while let Step::Wait(poll) = pace.after_batch(0) {
+        while let Step::Wait(poll) = clock.step(0, MS) {
             polls.push(poll);
             if poll == POLL_INTERVAL {
                 break;
@@ -452,5 +665,61 @@ mod tests {
             .windows(2)
             .all(|w| w[1] == (w[0] * 2).min(POLL_INTERVAL)));
         assert_eq!(*polls.last().unwrap(), POLL_INTERVAL);
+
+        // Draining again at 3,000/s; the rate rising meanwhile keeps it draining ...
+        assert_eq!(clock.run(3, MS, 200 * MS), vec![Step::StartDraining]);
+        assert_eq!(clock.run(8, MS, 500 * MS), vec![]);
+        // ... and it falling below half of 3,000/s ends it without a quiet spell.
+        clock.crowded = false;
+        assert_eq!(clock.run(1, MS, 300 * MS), vec![CALMER]);
+        assert!(!clock.pace.draining);
+    }
+
+    #[test]
+    fn draining_that_leaves_the_queue_is_given_up_for_a_while() {
+        let mut clock = Clock::new();
+        clock.crowded = true;
+        clock.others_ring = true;
+        // The writers' own NOTIFYs keep them queued while changecast drains: draining
+        // is tried once, then given up ...
+        assert_eq!(
+            clock.run(2, MS, 500 * MS),
+            vec![Step::StartDraining, NO_EFFECT]
+        );
+        // ... for HOLD_OFF_AFTER_NO_EFFECT, while wake-ups deliver ...
+        let held = HOLD_OFF_AFTER_NO_EFFECT - 500 * MS;
+        assert_eq!(clock.run(2, MS, held), vec![]);
+        // ... then tried again.
+        assert_eq!(
+            clock.run(2, MS, 500 * MS),
+            vec![Step::StartDraining, NO_EFFECT]
+        );
+        // Once only changecast rings, draining empties the queue and stays.
+        clock.others_ring = false;
+        assert_eq!(
+            clock.run(2, MS, HOLD_OFF_AFTER_NO_EFFECT + 500 * MS),
+            vec![Step::StartDraining]
+        );
+    }
+
+    #[test]
+    fn samples_from_an_earlier_burst_do_not_count() {
+        let mut clock = Clock::new();
+        // A short burst with writers queued: seven samples, one short of deciding.
+        let mut samples = 0;
+        while samples < SAMPLES - 1 {
+            if clock.batch(5, MS) == Step::Sample {
+                assert_ne!(clock.pace.after_sample(true, clock.now), Step::StartDraining);
+                samples += 1;
+            }
+        }
+        // A quiet spell, then a burst whose first sample sees a writer waiting: the
+        // earlier samples are forgotten, so it does not drain on one sample.
+        clock.batch(0, 500 * MS);
+        clock.batch(0, 500 * MS);
+        let mut step = clock.batch(50, MS);
+        assert_eq!(step, Step::Sample);
+        step = clock.pace.after_sample(true, clock.now);
+        assert!(matches!(step, Step::Wait(_)), "{step:?}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -28,6 +28,10 @@ async fn count_notifications(db_url: &str) -> (tokio_postgres::Client, Arc<Atomi
     (client, count)
 }
 
+/// PostgreSQL's NOTIFY lock is one for the whole cluster: the writers of one of these
+/// tests queue behind the other's. Each takes this while its writers run.
+static NOTIFY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn draining(app: &TestApp) -> bool {
     app.db
         .query_one(
@@ -41,16 +45,17 @@ async fn draining(app: &TestApp) -> bool {
 
 #[tokio::test]
 async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
+    let _alone = NOTIFY_LOCK.lock().await;
     let app = spawn_app().await;
     let (_listener, notifications) = count_notifications(&app.db_url).await;
     let mut stream = app.sse(&token("acme"), "").await;
     assert!(!draining(&app).await, "an idle service waits for wake-ups");
 
-    // Four writers, 10-row transactions back to back: far more than the service needs a
-    // doorbell for. Count the transactions and the notifications they caused.
-    let transactions = 4 * 150;
+    // Sixteen writers, single-row transactions back to back: commits fast enough to queue
+    // on the NOTIFY lock. Count the transactions and the notifications they caused.
+    let transactions = 16 * 300;
     let writers: Vec<_> =
-        futures_util::future::join_all((0..4).map(|_| app.spawn_writer("acme", 150, 10))).await;
+        futures_util::future::join_all((0..16).map(|_| app.spawn_writer("acme", 300, 1))).await;
     let mut draining_seen = false;
     let mut written = HashSet::new();
     for writer in writers {
@@ -60,7 +65,7 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
         }
         written.extend(writer.await.unwrap());
     }
-    assert_eq!(written.len(), transactions * 10);
+    assert_eq!(written.len(), transactions);
     let received = stream.receive_ids(&written).await;
     assert_nothing_lost(&written, &received, &HashSet::new());
     assert!(draining_seen, "the service never drained under load");
@@ -87,6 +92,58 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
     .await;
 }
 
+/// An application whose transactions also NOTIFY on their own channel: its writers queue
+/// on the commit lock whether changecast rings or not, so draining would only delay
+/// delivery. The service notices that its draining left the queue as it was, gives it up
+/// (and says so in a metric) — and nothing is lost either way.
+#[tokio::test]
+async fn draining_is_given_up_when_the_writers_own_notifies_hold_the_lock() {
+    let _alone = NOTIFY_LOCK.lock().await;
+    let app = spawn_app().await;
+    let mut stream = app.sse(&token("acme"), "").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    // Enough writers for the lock to be busy most of the time on a fast disk too.
+    for _ in 0..16 {
+        let db = app.connect_db().await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut ids = HashSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                // One row and the application's own notification, in one transaction.
+                let row = db
+                    .query_one(
+                        "with added as (insert into tickets (tenant_id, title)
+                                        values ('acme', 'noisy') returning id)
+                         select added.id::text
+                           from added, (select pg_notify('the_apps_own_channel', 'hi')) rang",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                ids.insert(row.get::<_, String>(0));
+            }
+            ids
+        }));
+    }
+    eventually("the service gives draining up", || async {
+        app.metric("changecast_drains_without_effect_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    // Given up, it does not try again for a while: it waits for wake-ups.
+    assert!(!draining(&app).await, "still draining after giving it up");
+    stop.store(true, Ordering::SeqCst);
+    let mut written = HashSet::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    let received = stream.receive_ids(&written).await;
+    assert_nothing_lost(&written, &received, &HashSet::new());
+}
+
 /// Names of the indexes a plan scans and the scans that read a relation from end to
 /// end (sequential, or an index walked without a bound).
 fn scans(plan: &Value, indexes: &mut Vec<String>, unbounded: &mut Vec<String>) {
@@ -111,6 +168,9 @@ fn scans(plan: &Value, indexes: &mut Vec<String>, unbounded: &mut Vec<String>) {
 #[tokio::test]
 async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
     let app = spawn_app().await;
+    // Prepared and planned once, generically, on a young journal, as the service's
+    // connections may plan them and keep the plan while the journal grows.
+    let young = YoungPlans::prepare(&app).await;
     // 200,000 rows over 200 transactions and 100 tenants, written past the triggers.
     app.db
         .batch_execute(
@@ -144,6 +204,31 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
     let (tail_after, replay_after) = (newest_id - 10, newest_id - 5000);
     let no_filter: Option<Vec<String>> = None;
     let statements = changecast::journal::hot_statements();
+    // The plans made on the young journal, now that it holds 200,000 rows.
+    for (name, _) in &statements {
+        let arguments = match *name {
+            "tail_new" => format!("'{newest_xid}', '{{}}', 1000, {}", 16i64 << 20),
+            "tail_page" => format!(
+                "'{newest_xid}', '{{}}', '{now}', '{now}', 0, {tail_after}, 1000, {}",
+                16i64 << 20
+            ),
+            "replay_start" => format!("'t7', '{newest_xid}', '{{{newest_xid}}}'"),
+            "replay_page" => format!(
+                "'t7', {replay_after}, '{before_all}', '{now}', '{now}', {}, null, true, 500, {}",
+                i64::MAX,
+                4i64 << 20
+            ),
+            other => panic!("no arguments for {other}"),
+        };
+        let plan = young.explain_analyze(name, &arguments).await;
+        check_plan(name, "planned on a young journal", &plan);
+        // A plan that looks expensive is compiled (JIT) on every run: 300 ms for a
+        // statement of 0.1 ms.
+        assert!(
+            plan[0]["JIT"].is_null(),
+            "{name} is compiled by JIT: {plan}"
+        );
+    }
     // The tailer prepares its statements once per connection, so PostgreSQL may settle
     // on a generic plan (parameters unknown): it must use the indexes too.
     for (analyzed, plan_mode) in [
@@ -203,39 +288,140 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
             let plan: Value = app.db.query_one(&explain, &params).await.unwrap().get(0);
             if replay {
                 app.db.batch_execute("commit").await.unwrap();
-                assert!(
-                    !plan.to_string().contains("\"Sort\""),
-                    "a replay page sorts instead of walking (tenant_id, id): {plan}"
-                );
             }
-            let (mut indexes, mut unbounded) = (Vec::new(), Vec::new());
-            scans(&plan[0]["Plan"], &mut indexes, &mut unbounded);
-            assert!(
-                unbounded.is_empty(),
-                "{name} (analyzed: {analyzed}, {plan_mode}) scans without a bound: {unbounded:?}\n{plan}"
-            );
-            // Where a replay starts is found by xid, never by walking a tenant's history.
-            if name.starts_with("replay_start") {
-                assert!(
-                    !indexes.iter().any(|index| index == "change_log_tenant_id"),
-                    "{name} (analyzed: {analyzed}) walks the tenant's rows: {plan}"
-                );
-            }
-            // A continuation page may start from its id bound or from the xid ranges;
-            // both are bounded. The others have one right answer.
-            let expected: &[&str] = match *name {
-                "tail_new" => &["change_log_xid"],
-                "tail_page" => &["change_log_xid", "change_log_pkey"],
-                "replay_start" => &["change_log_pkey", "change_log_xid"],
-                "replay_start_cut" => &["change_log_xid"],
-                _ => &["change_log_tenant_id"],
-            };
-            assert!(
-                indexes
-                    .iter()
-                    .any(|index| expected.contains(&index.as_str())),
-                "{name} (analyzed: {analyzed}) does not use {expected:?}: {indexes:?}\n{plan}"
-            );
+            check_plan(name, &format!("analyzed: {analyzed}, {plan_mode}"), &plan);
         }
+    }
+}
+
+/// What every plan of a hot statement must be: bounded scans, driven by its own index.
+fn check_plan(name: &str, how: &str, plan: &Value) {
+    let (mut indexes, mut unbounded) = (Vec::new(), Vec::new());
+    scans(&plan[0]["Plan"], &mut indexes, &mut unbounded);
+    assert!(
+        unbounded.is_empty(),
+        "{name} ({how}) scans without a bound: {unbounded:?}\n{plan}"
+    );
+    if name == "replay_page" {
+        assert!(
+            !plan.to_string().contains("\"Sort\""),
+            "a replay page ({how}) sorts instead of walking (tenant_id, id): {plan}"
+        );
+    }
+    // Where a replay starts is found by xid, never by walking a tenant's history.
+    if name == "replay_start" {
+        assert!(
+            !indexes.iter().any(|index| index == "change_log_tenant_id"),
+            "{name} ({how}) walks the tenant's rows: {plan}"
+        );
+    }
+    // A continuation page may start from its id bound or from the xid ranges; both are
+    // bounded. The others have one right answer.
+    let expected: &[&str] = match name {
+        "tail_new" => &["change_log_xid"],
+        "tail_page" => &["change_log_xid", "change_log_pkey"],
+        "replay_start" => &["change_log_pkey", "change_log_xid"],
+        _ => &["change_log_tenant_id"],
+    };
+    assert!(
+        indexes
+            .iter()
+            .any(|index| expected.contains(&index.as_str())),
+        "{name} ({how}) does not use {expected:?}: {indexes:?}\n{plan}"
+    );
+}
+
+/// The hot statements prepared (SQL `PREPARE`, generic plans forced) and run once on a
+/// young journal (300 rows, analyzed: PostgreSQL then prefers hashing the whole journal
+/// to looking rows up), each on a connection set up as the service's that runs it.
+struct YoungPlans {
+    /// Like the tailer's connection (session planner settings); also runs the replay
+    /// start, which the service runs under the same settings.
+    tailer: tokio_postgres::Client,
+    /// Like a pooled connection running a replay page in its transaction.
+    replay: tokio_postgres::Client,
+}
+
+impl YoungPlans {
+    async fn prepare(app: &TestApp) -> YoungPlans {
+        app.db
+            .batch_execute(
+                "insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+                 select 't' || (g % 100), 'ticket', 'created', g::text, jsonb_build_object('n', g)
+                 from generate_series(1, 300) g;
+                 analyze changecast.change_log",
+            )
+            .await
+            .unwrap();
+        let young = YoungPlans {
+            tailer: app.connect_db().await,
+            replay: app.connect_db().await,
+        };
+        young
+            .tailer
+            .batch_execute(changecast::journal::INDEX_PLANNER_SETTINGS)
+            .await
+            .unwrap();
+        let young_journal_arguments = [
+            ("tail_new", "'0', '{}', 1000, 16777216"),
+            ("tail_page", "'0', '{}', '1:1:', '1:1:', 0, 0, 1000, 16777216"),
+            ("replay_start", "'t7', '0', '{}'"),
+            (
+                "replay_page",
+                "'t7', 0, '1:1:', '1:1:', '1:1:', 9223372036854775807, null, true, 500, 4194304",
+            ),
+        ];
+        for (name, sql) in changecast::journal::hot_statements() {
+            let client = young.client(name);
+            client
+                .batch_execute(&format!(
+                    "set plan_cache_mode = force_generic_plan; prepare {name} as {sql}"
+                ))
+                .await
+                .unwrap();
+            let (_, arguments) = young_journal_arguments
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("arguments for every hot statement");
+            young
+                .in_context(name, &format!("execute {name}({arguments})"))
+                .await;
+        }
+        young
+    }
+
+    fn client(&self, name: &str) -> &tokio_postgres::Client {
+        if name == "replay_page" {
+            &self.replay
+        } else {
+            &self.tailer
+        }
+    }
+
+    /// Runs `sql` where the service runs `name`: a replay page in a transaction with its
+    /// planner settings.
+    async fn in_context(&self, name: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+        let client = self.client(name);
+        if name != "replay_page" {
+            return client.query(sql, &[]).await.unwrap();
+        }
+        client.batch_execute("begin").await.unwrap();
+        client
+            .batch_execute(changecast::journal::REPLAY_PLANNER_SETTINGS)
+            .await
+            .unwrap();
+        let rows = client.query(sql, &[]).await.unwrap();
+        client.batch_execute("commit").await.unwrap();
+        rows
+    }
+
+    async fn explain_analyze(&self, name: &str, arguments: &str) -> Value {
+        let rows = self
+            .in_context(
+                name,
+                &format!("explain (analyze, format json) execute {name}({arguments})"),
+            )
+            .await;
+        rows[0].get(0)
     }
 }
