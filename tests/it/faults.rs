@@ -34,16 +34,16 @@ use crate::helpers::*;
 // ---------------------------------------------------------------------------------------
 // A PostgreSQL cluster of the test's own, to restart, crash or restore.
 
-struct OwnCluster {
+pub(crate) struct OwnCluster {
     server: Option<Embedded>,
     options: Options,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl OwnCluster {
     /// initdb + start in a temp folder. Durable commits (a crash must not lose what was
     /// acknowledged), no fsync (the machine does not crash, only PostgreSQL).
-    async fn start() -> OwnCluster {
+    pub(crate) async fn start() -> OwnCluster {
         let dir = tempfile::Builder::new()
             .prefix("changecast-faults-")
             .tempdir()
@@ -63,12 +63,12 @@ impl OwnCluster {
         }
     }
 
-    fn url(&self, database: &str) -> String {
+    pub(crate) fn url(&self, database: &str) -> String {
         let server = self.server.as_ref().expect("the cluster is running");
         format!("{}/{database}", server.base_url())
     }
 
-    async fn create_database(&self, name: &str) -> String {
+    pub(crate) async fn create_database(&self, name: &str) -> String {
         let (admin, connection) = tokio_postgres::connect(&self.url("postgres"), NoTls)
             .await
             .unwrap();
@@ -81,7 +81,7 @@ impl OwnCluster {
     }
 
     /// `pg_ctl stop -m <mode>`, waited for.
-    async fn stop(&mut self, mode: StopMode) {
+    pub(crate) async fn stop(&mut self, mode: StopMode) {
         let server = self.server.take().expect("the cluster is running");
         tokio::task::spawn_blocking(move || server.stop_with(mode))
             .await
@@ -89,12 +89,12 @@ impl OwnCluster {
     }
 
     /// Starts it again on the same folder and port.
-    async fn start_again(&mut self) {
+    pub(crate) async fn start_again(&mut self) {
         assert!(self.server.is_none(), "the cluster is running");
         self.server = Some(start_server(self.options.clone()).await);
     }
 
-    fn data_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
     }
 }
@@ -110,11 +110,11 @@ async fn start_server(options: Options) -> Embedded {
 // Writers that keep going through outages.
 
 /// Tickets written by [`spawn_writers`], as the writers saw them committed.
-struct Writing {
+pub(crate) struct Writing {
     stop: CancellationToken,
     tasks: Vec<(String, JoinHandle<Written>)>,
     /// Changes committed so far, all writers together.
-    committed: Arc<AtomicUsize>,
+    pub(crate) committed: Arc<AtomicUsize>,
     /// Failed attempts (statements or connections) so far.
     failures: Arc<AtomicUsize>,
 }
@@ -130,7 +130,7 @@ struct Written {
 /// retried on a new connection until it commits; one whose commit may have happened
 /// before the connection died is looked up by its titles first, so every change counted
 /// was committed exactly once.
-fn spawn_writers(db_url: &str, writers: &[(&str, usize)]) -> Writing {
+pub(crate) fn spawn_writers(db_url: &str, writers: &[(&str, usize)]) -> Writing {
     let stop = CancellationToken::new();
     let committed = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -160,7 +160,7 @@ fn spawn_writers(db_url: &str, writers: &[(&str, usize)]) -> Writing {
 
 impl Writing {
     /// Waits until `n` more changes than now were committed.
-    async fn until_more(&self, n: usize) {
+    pub(crate) async fn until_more(&self, n: usize) {
         let target = self.committed.load(Ordering::SeqCst) + n;
         eventually(&format!("{target} changes committed"), || async {
             self.committed.load(Ordering::SeqCst) >= target
@@ -178,7 +178,7 @@ impl Writing {
     }
 
     /// Stops the writers; every id written, by tenant, and the writes that were retried.
-    async fn finish(self) -> (HashMap<String, HashSet<String>>, usize) {
+    pub(crate) async fn finish(self) -> (HashMap<String, HashSet<String>>, usize) {
         self.stop.cancel();
         let mut by_tenant: HashMap<String, HashSet<String>> = HashMap::new();
         let mut retried = 0;
@@ -284,14 +284,14 @@ async fn retrying_writer(
 // Subscribers that resume.
 
 #[derive(Clone, Copy, Debug)]
-enum Via {
+pub(crate) enum Via {
     Sse,
     Ws,
 }
 
 /// What a follower subscribes to.
 #[derive(Clone)]
-struct Interest {
+pub(crate) struct Interest {
     via: Via,
     tenant: String,
     /// Resource types (`None`: all).
@@ -299,7 +299,7 @@ struct Interest {
 }
 
 impl Interest {
-    fn new(via: Via, tenant: &str, types: Option<Vec<&'static str>>) -> Self {
+    pub(crate) fn new(via: Via, tenant: &str, types: Option<Vec<&'static str>>) -> Self {
         Interest {
             via,
             tenant: tenant.to_owned(),
@@ -317,12 +317,12 @@ impl Interest {
 }
 
 #[derive(Default)]
-struct Received {
+pub(crate) struct Received {
     /// Every `resource_change`, in arrival order, duplicates included.
-    changes: Vec<Value>,
-    resyncs: Vec<Value>,
+    pub(crate) changes: Vec<Value>,
+    pub(crate) resyncs: Vec<Value>,
     /// Streams opened (the first one included).
-    connections: usize,
+    pub(crate) connections: usize,
     /// Attempts that found no service (it was down).
     refused: usize,
     /// What happened, in order: streams opened (with their cursor) and changes; shown
@@ -332,7 +332,7 @@ struct Received {
 
 /// A subscriber that reconnects with its last cursor whenever its stream ends — or, with
 /// a `dropper`, of its own accord after a random number of changes.
-struct Follower {
+pub(crate) struct Follower {
     interest: Interest,
     received: Arc<Mutex<Received>>,
     stop: CancellationToken,
@@ -342,7 +342,7 @@ struct Follower {
 impl Follower {
     /// Returns once the first stream is confirmed (SSE: headers; WS:
     /// `subscription_confirmed`): every change committed from then on is owed to it.
-    async fn start(
+    pub(crate) async fn start(
         addr: watch::Receiver<String>,
         interest: Interest,
         dropper: Option<Rng>,
@@ -370,7 +370,7 @@ impl Follower {
     }
 
     /// The resource ids of every change received so far.
-    fn ids(&self) -> HashSet<String> {
+    pub(crate) fn ids(&self) -> HashSet<String> {
         self.received
             .lock()
             .unwrap()
@@ -392,7 +392,7 @@ impl Follower {
         }
     }
 
-    async fn stop(self) -> Received {
+    pub(crate) async fn stop(self) -> Received {
         self.stop.cancel();
         tokio::time::timeout(WAIT, self.task)
             .await
@@ -571,7 +571,7 @@ async fn follow(
 
 /// Every id written by `tenant` arrived at each follower (within [`WAIT`]), and nothing
 /// else did; no follower was told to resync. Returns (written, the least received).
-async fn assert_all_followers_got(
+pub(crate) async fn assert_all_followers_got(
     followers: &[Follower],
     written: &HashSet<String>,
 ) -> (usize, usize) {
@@ -592,7 +592,7 @@ async fn assert_all_followers_got(
 
 /// A memory figure of a process from `/proc/<pid>/status` (e.g. `VmHWM`, the peak
 /// resident memory), in KiB.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -601,7 +601,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM")
 }
 
@@ -690,14 +690,14 @@ async fn postgres_crashed_mid_stream_loses_nothing() {
 // The service killed outright.
 
 /// The real `changecast serve`, as a child process.
-struct ServiceProcess {
-    child: Child,
-    addr: String,
+pub(crate) struct ServiceProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl ServiceProcess {
     /// Starts `serve` on `db_url`, listening on `listen`; returns once it listens.
-    fn start(db_url: &str, listen: &str) -> ServiceProcess {
+    pub(crate) fn start(db_url: &str, listen: &str) -> ServiceProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_changecast"))
             .args(["serve", "--listen", listen])
             .env("DATABASE_URL", db_url)
@@ -890,7 +890,7 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
 }
 
 /// `cp -a`: ownership and modes kept (the server runs as `postgres` when we are root).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     let status = Command::new("cp")
         .arg("-a")
         .arg(from)
@@ -910,7 +910,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 /// A tiny deterministic PRNG (splitmix64): reproducible runs without a dependency.
 #[derive(Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
