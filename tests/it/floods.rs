@@ -4,6 +4,8 @@
 //! compares the ids every subscriber received, as sets, with the ids committed.
 
 use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,15 +13,18 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
-use tokio_postgres::NoTls;
+use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{peak_rss_kib, status_kib, ServiceProcess, Via};
+use crate::faults::{
+    assert_all_followers_got, peak_rss_kib, spawn_writers, status_kib, Follower, Interest,
+    OwnCluster, ServiceProcess, Via,
+};
 use crate::helpers::*;
 
 // ---------------------------------------------------------------------------------------
@@ -593,4 +598,375 @@ async fn a_reconnect_storm_of_2000_subscribers_loses_nothing() {
         STORM_ROUND * 3,
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The NOTIFY queue under pressure.
+
+/// Bytes PostgreSQL's notification queue may hold: `max_notify_queue_pages` (PostgreSQL
+/// 17; before it a fixed 1,048,576 pages, which `pg_notification_queue_usage()` divides
+/// by just the same) × the page size.
+async fn notify_queue_bytes(db: &tokio_postgres::Client) -> f64 {
+    let row = db
+        .query_one(
+            "select coalesce(current_setting('max_notify_queue_pages', true)::float8, 1048576)
+                    * current_setting('block_size')::float8",
+            &[],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+async fn queue_usage(db: &tokio_postgres::Client) -> f64 {
+    db.query_one("select pg_notification_queue_usage()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A session of its own that `LISTEN`s on the service's wake-up channel. `counting`
+/// reads every notification (counting them, and their payloads' bytes); otherwise it
+/// opens a transaction and stops reading its socket altogether, which keeps PostgreSQL's
+/// shared notification queue from advancing past its position until it goes.
+struct ForeignListener {
+    notifications: Arc<AtomicUsize>,
+    largest_payload: Arc<AtomicUsize>,
+    pid: i32,
+    /// Dropping it ends the session (its transaction rolled back).
+    release: Option<oneshot::Sender<()>>,
+    /// Kept: dropped, the counting listener would stop reading.
+    _stop_reading: Option<oneshot::Sender<()>>,
+    _client: tokio_postgres::Client,
+    driver: JoinHandle<()>,
+}
+
+impl ForeignListener {
+    async fn start(db_url: &str, counting: bool) -> ForeignListener {
+        let name = if counting {
+            "test:counting-listener"
+        } else {
+            "test:stalled-listener"
+        };
+        let mut config: tokio_postgres::Config = db_url.parse().unwrap();
+        config.application_name(name);
+        let (client, mut connection) = config.connect(NoTls).await.unwrap();
+        let notifications = Arc::new(AtomicUsize::new(0));
+        let largest_payload = Arc::new(AtomicUsize::new(0));
+        let (stop_reading, mut stop_reading_rx) = oneshot::channel::<()>();
+        let (release, release_rx) = oneshot::channel::<()>();
+        let (count, largest) = (notifications.clone(), largest_payload.clone());
+        let driver = tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = &mut stop_reading_rx => break,
+                    message = poll_fn(|cx| connection.poll_message(cx)) => message,
+                };
+                match message {
+                    Some(Ok(AsyncMessage::Notification(notification))) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        largest.fetch_max(notification.payload().len(), Ordering::SeqCst);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+            // Not reading any more: the socket stays open until released.
+            let _ = release_rx.await;
+            drop(connection);
+        });
+        let channel = changecast::db::listener::CHANNEL;
+        client
+            .batch_execute(&format!("LISTEN {channel}"))
+            .await
+            .unwrap();
+        let pid: i32 = client
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let mut stop_reading = Some(stop_reading);
+        if !counting {
+            client.batch_execute("BEGIN").await.unwrap();
+            client.query_one("select 1", &[]).await.unwrap();
+            let _ = stop_reading.take().unwrap().send(());
+        }
+        ForeignListener {
+            notifications,
+            largest_payload,
+            pid,
+            release: Some(release),
+            _stop_reading: stop_reading,
+            _client: client,
+            driver,
+        }
+    }
+
+    async fn end(mut self) {
+        drop(self.release.take());
+        self.driver.abort();
+        let _ = self.driver.await;
+    }
+}
+
+/// Writes `n` tickets of `tenant`, one per transaction, pacing them `pause` apart (so
+/// that the service waits for wake-ups rather than draining, and writers ring); every
+/// 7th is 9 KB (over NOTIFY's 8,000-byte payload limit) and every 20th 100 KB (over the
+/// fan-out's 64 KiB, read from the journal). Returns the ids committed, the failures
+/// (there must be none) and the bytes of row data written.
+async fn paced_writer(
+    db_url: String,
+    tenant: &'static str,
+    tag: usize,
+    n: usize,
+    pause: Duration,
+) -> (HashSet<String>, Vec<String>, usize) {
+    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let (mut ids, mut failures, mut bytes) = (HashSet::new(), Vec::new(), 0);
+    for i in 0..n {
+        let body_len: i32 = match i {
+            i if i % 20 == 0 => 100 * 1024,
+            i if i % 7 == 0 => 9 * 1024,
+            _ => 64,
+        };
+        let written = db
+            .query_one(
+                "insert into tickets (tenant_id, title, body)
+                 values ($1, $2, left(repeat(md5($2), $3 / 32 + 1), $3)) returning id::text",
+                &[&tenant, &format!("w{tag}-{i}"), &body_len],
+            )
+            .await;
+        match written {
+            Ok(row) => {
+                ids.insert(row.get(0));
+                bytes += body_len as usize;
+            }
+            Err(error) => failures.push(format!("{error:?}")),
+        }
+        tokio::time::sleep(pause).await;
+    }
+    (ids, failures, bytes)
+}
+
+/// A session of another application `LISTEN`s on changecast's channel, opens a
+/// transaction and stops reading: PostgreSQL's notification queue cannot advance past
+/// it. Writers commit 600 changes meanwhile (some 9 KB, some 100 KB). No commit fails,
+/// the subscribers (SSE and WS) get all 600, the queue holds only the small wake-ups (a
+/// counting listener sees every payload empty, and the queue's bytes stay within what
+/// those take — row data there would be megabytes), and the service's memory stays
+/// bounded. Once the stalled session goes, the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_listener_that_stops_reading_costs_no_change_and_no_growth() {
+    const PER_WRITER: usize = 300;
+    let started = Instant::now();
+    let cluster = OwnCluster::start().await;
+    let db_url = cluster.create_database("notifyq").await;
+    let service = ServiceProcess::start(&db_url, "127.0.0.1:0");
+    let http = reqwest::Client::new();
+    wait_for_status(&http, &format!("http://{}/readyz", service.addr), 200).await;
+    let pid = service.child.id();
+    let (_addr_tx, addr) = watch::channel(service.addr.clone());
+    let followers = vec![
+        Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", None), None).await,
+        Follower::start(addr.clone(), Interest::new(Via::Ws, "acme", None), None).await,
+    ];
+    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let queue_capacity = notify_queue_bytes(&db).await;
+
+    let counting = ForeignListener::start(&db_url, true).await;
+    let stalled = ForeignListener::start(&db_url, false).await;
+    let state: String = db
+        .query_one(
+            "select state from pg_stat_activity where pid = $1",
+            &[&stalled.pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        state, "idle in transaction",
+        "the stalled listener's session"
+    );
+    let rss_before = status_kib(pid, "VmRSS").unwrap();
+
+    // The queue's fill, sampled while the writers write.
+    let sampling = CancellationToken::new();
+    let sampler = {
+        let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut most: f64 = 0.0;
+            while !sampling.is_cancelled() {
+                most = most.max(queue_usage(&db).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            most
+        })
+    };
+    let writing = Instant::now();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            tokio::spawn(paced_writer(
+                db_url.clone(),
+                "acme",
+                w,
+                PER_WRITER,
+                Duration::from_millis(4),
+            ))
+        })
+        .collect();
+    let (mut written, mut failures, mut row_bytes) = (HashSet::new(), Vec::new(), 0);
+    for writer in writers {
+        let (ids, failed, bytes) = timeout(WAIT, writer).await.expect("a writer").unwrap();
+        written.extend(ids);
+        failures.extend(failed);
+        row_bytes += bytes;
+    }
+    let wrote_in = writing.elapsed();
+    assert!(failures.is_empty(), "commits failed: {failures:?}");
+    assert_eq!(written.len(), 2 * PER_WRITER);
+
+    let (n_written, n_received) = assert_all_followers_got(&followers, &written).await;
+    let received_in = writing.elapsed();
+    let usage_now = queue_usage(&db).await;
+    sampling.cancel();
+    let most = timeout(WAIT, sampler)
+        .await
+        .unwrap()
+        .unwrap()
+        .max(usage_now);
+    let peak = peak_rss_kib(pid).unwrap();
+    let wakeups = counting.notifications.load(Ordering::SeqCst);
+    let largest_payload = counting.largest_payload.load(Ordering::SeqCst);
+    let queued_bytes = most * queue_capacity;
+
+    // Wake-ups carry no row data: every payload is (next to) empty, and what the queue
+    // held is what that many small wake-ups take (whole pages of 8 KiB).
+    assert!(
+        largest_payload <= 32,
+        "a wake-up carried {largest_payload} bytes"
+    );
+    assert!(
+        queued_bytes <= (wakeups * 64 + 2 * 8192) as f64,
+        "the notification queue held {queued_bytes} bytes for {wakeups} wake-ups"
+    );
+    // The pressure was real: the queue held what was sent after the stalled session's
+    // position (a page holds 256 wake-ups, and usage counts whole pages).
+    if wakeups > 2 * 256 {
+        assert!(
+            usage_now > 0.0,
+            "{wakeups} wake-ups sent, yet the queue stayed empty behind the stalled session"
+        );
+    }
+    assert!(
+        peak.saturating_sub(rss_before) < 64 * 1024,
+        "service memory grew from {rss_before} KiB to a peak of {peak} KiB"
+    );
+
+    // Once the stalled session is gone, the queue advances again (on the next wake-ups).
+    stalled.end().await;
+    eventually("the notification queue drains", || async {
+        db.execute(
+            "insert into tickets (tenant_id, title) values ('other', 'drain')",
+            &[],
+        )
+        .await
+        .unwrap();
+        queue_usage(&db).await == 0.0
+    })
+    .await;
+    counting.end().await;
+    eprintln!(
+        "notify queue, stalled foreign listener: {n_written} changes committed in \
+         {wrote_in:?} ({} KiB of row data, 0 commits failed), {n_received} received by each \
+         subscriber (SSE, WS) {received_in:?} after the first write; {wakeups} wake-ups \
+         sent, largest payload {largest_payload} bytes; queue usage at most {most:.2e} \
+         ({queued_bytes:.0} bytes); service RSS {rss_before} KiB before, peak {peak} KiB; \
+         test {:?}",
+        row_bytes / 1024,
+        started.elapsed()
+    );
+}
+
+/// The service's own listener backend stops (SIGSTOP) for three seconds while writers
+/// commit, then continues (SIGCONT): the tailer's query just waits (no reconnect), no
+/// change arrives meanwhile, no write fails, and afterwards every change arrives —
+/// none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_backend_stopped_a_while_loses_nothing() {
+    const STOPPED_FOR: Duration = Duration::from_secs(3);
+    let started = Instant::now();
+    let cluster = OwnCluster::start().await;
+    let db_url = cluster.create_database("sigstop").await;
+    let app = start_on(db_url.clone(), |_| {}).await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = vec![
+        Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", None), None).await,
+        Follower::start(addr.clone(), Interest::new(Via::Ws, "acme", None), None).await,
+    ];
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3), ("globex", 1)]);
+    writing.until_more(100).await;
+    eventually("the followers are receiving", || async {
+        followers.iter().all(|f| !f.ids().is_empty())
+    })
+    .await;
+
+    let backend: i32 = app
+        .db
+        .query_one(
+            "select pid from pg_stat_activity
+             where application_name = 'changecast:listener' and datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // SAFETY: a plain syscall on a PostgreSQL backend of the test's own cluster.
+    assert_eq!(unsafe { libc::kill(backend, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let committed_at_stop = writing.committed.load(Ordering::SeqCst);
+    // Whatever the tailer had read before the stop reaches the followers at once; then
+    // nothing more can.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen: Vec<usize> = followers.iter().map(|f| f.ids().len()).collect();
+    tokio::time::sleep(STOPPED_FOR.saturating_sub(stopped.elapsed())).await;
+    let still: Vec<usize> = followers.iter().map(|f| f.ids().len()).collect();
+    let during = writing.committed.load(Ordering::SeqCst) - committed_at_stop;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(backend, libc::SIGCONT) }, 0);
+    let resumed = Instant::now();
+    assert_eq!(
+        frozen, still,
+        "changes arrived while the listener backend was stopped"
+    );
+    assert!(
+        during > 50,
+        "the writers committed only {during} changes meanwhile"
+    );
+
+    writing.until_more(100).await;
+    let (written, retried) = writing.finish().await;
+    assert_eq!(
+        retried, 0,
+        "writes failed while the listener backend was stopped"
+    );
+    let (n_written, n_received) = assert_all_followers_got(&followers, &written["acme"]).await;
+    let caught_up = resumed.elapsed();
+    app.wait_ready().await;
+    assert_eq!(
+        app.metric("changecast_db_reconnects_total").await,
+        Some(0.0),
+        "the tailer waited for its backend rather than reconnecting"
+    );
+    let total: usize = written.values().map(HashSet::len).sum();
+    eprintln!(
+        "listener backend SIGSTOP {STOPPED_FOR:?}: {total} changes committed ({during} \
+         while it was stopped), {n_written} of the subscribers' tenant; {n_received} received \
+         by each follower (SSE, WS), all within {caught_up:?} of SIGCONT; test {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
 }
