@@ -1503,7 +1503,9 @@ async fn current_xid(db: &tokio_postgres::Client) -> i64 {
 
 /// Stalled SSE and WebSocket subscribers (connected, never reading) next to a normal one,
 /// while 3,000 changes of 4 KiB commit — more than a tenant's fan-out buffer holds. The
-/// normal subscriber gets every change, the service's memory grows by a bounded amount
+/// normal subscriber gets every change, each within 2 s of its commit (its delays are
+/// printed: a loose bound that catches head-of-line blocking, not a speed test), the
+/// service's memory grows by a bounded amount
 /// (the stalled ones fall back to the journal instead of queueing), and once the stalled
 /// subscribers read again they get every change too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1541,9 +1543,25 @@ async fn stalled_consumers_neither_grow_memory_nor_hold_back_others_and_lose_not
     let pid = service.child.id();
     let before = status_kib(pid, "VmRSS").unwrap();
 
+    // The normal subscriber reads as the changes come, noting when each arrived.
+    let reader = tokio::spawn(async move {
+        let mut arrived: HashMap<String, Instant> = HashMap::new();
+        let deadline = Instant::now() + WAIT;
+        while arrived.len() < CHANGES as usize {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(event) = normal.next_within(left).await else {
+                break;
+            };
+            if event.event == "resource_change" {
+                let id = event.data["resource"]["id"].as_str().unwrap().to_owned();
+                arrived.entry(id).or_insert_with(Instant::now);
+            }
+        }
+        arrived
+    });
     let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
     tokio::spawn(connection);
-    let mut written = HashSet::new();
+    let mut committed_at: HashMap<String, Instant> = HashMap::new();
     for _ in 0..(CHANGES / 100) {
         let rows = db
             .query(
@@ -1554,11 +1572,36 @@ async fn stalled_consumers_neither_grow_memory_nor_hold_back_others_and_lose_not
             )
             .await
             .unwrap();
-        written.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+        let at = Instant::now();
+        committed_at.extend(rows.iter().map(|row| (row.get::<_, String>(0), at)));
+        // Paced (2,000 changes/s at most), so a delay tells a stall rather than a backlog.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The normal subscriber is not held back by the stalled ones.
-    let received = normal.receive_ids(&written).await;
+    let written: HashSet<String> = committed_at.keys().cloned().collect();
+    // The normal subscriber is not held back by the stalled ones: it gets every change,
+    // each soon after its commit (a head-of-line stall would hold them until the stalled
+    // subscribers read, i.e. never within the test's bounds).
+    let arrived = tokio::time::timeout(WAIT + Duration::from_secs(5), reader)
+        .await
+        .expect("the normal subscriber's reader did not end")
+        .unwrap();
+    let received: HashSet<String> = arrived.keys().cloned().collect();
     assert_nothing_lost(&written, &received, &HashSet::new());
+    let mut delays: Vec<Duration> = committed_at
+        .iter()
+        .map(|(id, committed)| arrived[id].saturating_duration_since(*committed))
+        .collect();
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
+    let (p50, p99, max) = (at(0.5), at(0.99), *delays.last().unwrap());
+    eprintln!(
+        "stalled consumers: the normal subscriber's delay from commit to receipt \
+         p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+    assert!(
+        max < Duration::from_secs(2),
+        "a change reached the normal subscriber {max:?} after its commit (p99 {p99:?})"
+    );
     let after = status_kib(pid, "VmRSS").unwrap();
     let peak = peak_rss_kib(pid).unwrap();
     eprintln!(
