@@ -542,4 +542,222 @@ mod tests {
         assert!(!topics.follows_type("ticket") && topics.follows_topic("x"));
         assert_eq!(topics.journal_types(), Some(vec![]));
     }
+
+    /// Property tests: what a selection decides about an entry, against the other ways
+    /// the same selection is read — the view a snapshot shows (row filters), the plain
+    /// restrictions (types, ids, events), and the coarse cuts that decide whether an
+    /// entry is read at all (a replay's `journal_types`, a large entry's marker test).
+    mod properties {
+        use super::*;
+        use crate::auth::TenantId;
+        use crate::journal::{AppEvent, Change, Cursor, Frames};
+        use proptest::prelude::*;
+        use serde_json::json;
+        use std::sync::Arc;
+
+        const TYPES: [&str; 2] = ["ticket", "agent"];
+        const IDS: [&str; 4] = ["r0", "r1", "r2", "r3"];
+        const PATTERNS: [&str; 4] = ["x", "agent:*", "*", "config"];
+        const TOPICS: [&str; 4] = ["x", "agent:stats", "agent", "config"];
+        const FILTERS: [&str; 7] = [
+            "state=eq.open",
+            "state=neq.open",
+            "state=in.(open,review)",
+            "state=is.null",
+            "n=gt.2",
+            "n=lte.1",
+            "n=eq.2",
+        ];
+        const STATES: [&str; 4] = ["open", "review", "closed", ""];
+
+        fn some_of<T: Clone + std::fmt::Debug>(
+            items: &'static [T],
+        ) -> impl Strategy<Value = Option<Vec<T>>> {
+            prop::option::of(prop::sample::subsequence(items.to_vec(), 0..=items.len()))
+        }
+
+        fn selection() -> impl Strategy<Value = Selection> {
+            (
+                some_of(&TYPES),
+                some_of(&EventKind::ALL),
+                some_of(&PATTERNS),
+                some_of(&IDS),
+                prop::sample::subsequence(FILTERS.to_vec(), 0..=2),
+            )
+                .prop_map(|(types, events, topics, ids, rows)| Selection {
+                    types: types.map(|t| t.into_iter().map(String::from).collect()),
+                    events,
+                    topics: topics.map(|patterns| {
+                        patterns
+                            .into_iter()
+                            .map(|p| TopicPattern::parse(p).unwrap())
+                            .collect()
+                    }),
+                    rows: rows
+                        .into_iter()
+                        .map(|f| RowFilter::parse(f).unwrap())
+                        .collect(),
+                    ids: ids.map(|ids| ids.into_iter().map(String::from).collect()),
+                })
+        }
+
+        /// A row of `id` (state "" stands for SQL NULL).
+        fn row(id: &str, state: usize, n: u8) -> Map<String, Value> {
+            let state = match STATES[state] {
+                "" => Value::Null,
+                state => json!(state),
+            };
+            let mut row = Map::new();
+            row.insert("id".into(), json!(id));
+            row.insert("state".into(), state);
+            row.insert("n".into(), json!(n));
+            row
+        }
+
+        /// A row change as the journal has it, with the row before and after (`None`
+        /// where there is none).
+        #[derive(Debug)]
+        struct RowChange {
+            change: Arc<Change>,
+            before: Option<Map<String, Value>>,
+            after: Option<Map<String, Value>>,
+        }
+
+        fn row_change() -> impl Strategy<Value = RowChange> {
+            (
+                0..2usize,
+                0..3usize,
+                0..4usize,
+                0..4usize,
+                0..5u8,
+                0..4usize,
+                0..5u8,
+            )
+                .prop_map(|(kind, event, id, state, n, old_state, old_n)| {
+                    let id = IDS[id];
+                    let event = EventKind::ALL[event];
+                    let mut new = row(id, state, n);
+                    let old = row(id, old_state, old_n);
+                    if event == EventKind::Updated && new == old {
+                        // An update that changes nothing is not journalled.
+                        new.insert("n".into(), json!(n + 1));
+                    }
+                    let text = |row: &Map<String, Value>| Value::Object(row.clone()).to_string();
+                    let (resource, changed, before, after) = match event {
+                        EventKind::Created => (text(&new), None, None, Some(new)),
+                        EventKind::Deleted => (text(&old), None, Some(old), None),
+                        EventKind::Updated => {
+                            let changed: Map<String, Value> = old
+                                .iter()
+                                .filter(|(column, value)| new.get(*column) != Some(*value))
+                                .map(|(column, value)| (column.clone(), value.clone()))
+                                .collect();
+                            let changed = Value::Object(changed).to_string();
+                            (text(&new), Some(changed), Some(old), Some(new))
+                        }
+                    };
+                    let mut change = Change::for_test(event, id, &resource, changed.as_deref());
+                    change.resource_type = TYPES[kind].into();
+                    RowChange {
+                        change: Arc::new(change),
+                        before,
+                        after,
+                    }
+                })
+        }
+
+        fn app_event(topic: &str) -> Entry {
+            Entry::AppEvent(Arc::new(AppEvent {
+                id: 1,
+                xid: 1,
+                tenant: TenantId::new("t").unwrap(),
+                topic: topic.into(),
+                payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                occurred_at: "2026-11-29T00:00:00.000000Z".into(),
+                cursor: Cursor::of_snapshot("1:1:".parse().unwrap()),
+                cursor_text: String::new(),
+                known_since: std::time::Instant::now(),
+                frames: Frames::default(),
+            }))
+        }
+
+        /// The kind a row change is sent as, if it is sent.
+        fn sent_as(selection: &Selection, change: &Arc<Change>) -> Option<EventKind> {
+            match selection.decide(&Entry::Change(change.clone())) {
+                Decision::Send(Delivery::Change { as_event, .. }) => Some(as_event),
+                Decision::Send(Delivery::AppEvent(_)) => {
+                    panic!("a row change sent as an app event")
+                }
+                Decision::Skip => None,
+                Decision::Resync { .. } => panic!("a row change is no truncation"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Types, ids and events only restrict: what a selection sends is what its
+            /// row filters alone send, of its types and ids, of its event kinds — the
+            /// kind after a view transition.
+            #[test]
+            fn types_ids_and_events_only_restrict(selection in selection(), c in row_change()) {
+                let rows_only = Selection { rows: selection.rows.clone(), ..Selection::default() };
+                let change = &c.change;
+                let expected = sent_as(&rows_only, change).filter(|kind| {
+                    selection.follows_type(&change.resource_type)
+                        && selection.ids.as_ref().is_none_or(|ids| ids.contains(&change.resource_id))
+                        && selection.events.as_ref().is_none_or(|events| events.contains(kind))
+                });
+                prop_assert_eq!(sent_as(&selection, change), expected);
+            }
+
+            /// Row filters follow the view a snapshot shows (`includes_row`): a change
+            /// that puts a row into the view is `created`, one that takes it out
+            /// `deleted`, one within it `updated`, and one outside it is not sent.
+            #[test]
+            fn row_filters_send_exactly_the_views_transitions(
+                selection in selection(), c in row_change()
+            ) {
+                let selection = Selection { rows: selection.rows, ..Selection::default() };
+                let id = &c.change.resource_id;
+                let before = c.before.as_ref().is_some_and(|row| selection.includes_row(row, id));
+                let after = c.after.as_ref().is_some_and(|row| selection.includes_row(row, id));
+                let expected = match (before, after) {
+                    (false, true) => Some(EventKind::Created),
+                    (true, false) => Some(EventKind::Deleted),
+                    (true, true) => Some(EventKind::Updated),
+                    (false, false) => None,
+                };
+                prop_assert_eq!(sent_as(&selection, &c.change), expected);
+            }
+
+            /// What would be sent is never cut before the decision: not by a replay's
+            /// journal read (`journal_types`, `wants_app_events`), nor by the test a
+            /// large entry's fan-out marker gets (`follows_type`, `may_include_id`,
+            /// `follows_topic`).
+            #[test]
+            fn coarse_cuts_never_drop_what_would_be_sent(
+                selection in selection(), c in row_change(), topic in 0..TOPICS.len()
+            ) {
+                let change = &c.change;
+                if sent_as(&selection, change).is_some() {
+                    prop_assert!(selection
+                        .journal_types()
+                        .is_none_or(|types| types.contains(&change.resource_type)));
+                    prop_assert!(selection.follows_type(&change.resource_type));
+                    prop_assert!(selection.may_include_id(Some(&change.resource_id)));
+                    prop_assert!(selection.may_include_id(None));
+                }
+                let topic = TOPICS[topic];
+                let sent = matches!(
+                    selection.decide(&app_event(topic)),
+                    Decision::Send(Delivery::AppEvent(_))
+                );
+                prop_assert_eq!(sent, selection.follows_topic(topic));
+                if sent {
+                    prop_assert!(selection.wants_app_events());
+                }
+            }
+        }
+    }
 }

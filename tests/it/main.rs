@@ -11,6 +11,7 @@ mod containers;
 mod embedded;
 mod events_views;
 mod faults;
+mod floods;
 mod migrate;
 mod openapi;
 mod reliability;
