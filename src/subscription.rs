@@ -545,7 +545,9 @@ impl Subscription {
         let (start, now_xmax) = match after_id {
             Some(id) => (id, None),
             None => {
-                let (start, now) = journal.replay_start(&mut client, from, &self.tenant).await?;
+                let (start, now) = journal
+                    .replay_start(&mut client, from, &self.tenant)
+                    .await?;
                 (start, Some(now.xmax))
             }
         };

@@ -319,6 +319,17 @@ pub struct Journal {
     scope: AtomicU32,
 }
 
+/// What cursors are bound to: the journal, and the timeline of the database's history it
+/// is on (the current WAL file's). A promoted standby starts a new timeline; if it lagged,
+/// its new transactions reuse ids that cursors of the old timeline already count as seen,
+/// and may pass the tailer's position before it reconnects — undetectable from the ids
+/// alone. With the timeline in the identity, every cursor of the old one is foreign:
+/// subscribers resync (`cursor_invalid`) instead of silently missing changes. The price:
+/// a failover resyncs every subscriber, even one that lost nothing. Both functions are
+/// executable by any role.
+const JOURNAL_IDENTITY: &str = "(select journal_id::text from changecast.journal_meta) \
+     || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+
 const COLUMNS: &str = r#"id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
        to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), resource_id, old::text"#;
 
@@ -351,7 +362,7 @@ with new as materialized (
 )
 select pg_current_snapshot()::text,
        (select pruned_below::text from changecast.journal_meta),
-       (select journal_id::text from changecast.journal_meta),
+       {JOURNAL_IDENTITY},
        j.*
 from (select 1) one
 left join (
@@ -454,7 +465,11 @@ fn more_after(returned: usize, candidates: Option<i64>, limit: usize) -> bool {
 
 static TAIL: LazyLock<String> = LazyLock::new(|| byte_bounded(TAIL_SQL, "$8"));
 static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
-    with_columns(&TAIL_NEW_SQL.replace("{PAGE}", &byte_bounded(TAIL_NEW_PAGE_SQL, "$4")))
+    with_columns(
+        &TAIL_NEW_SQL
+            .replace("{PAGE}", &byte_bounded(TAIL_NEW_PAGE_SQL, "$4"))
+            .replace("{JOURNAL_IDENTITY}", JOURNAL_IDENTITY),
+    )
 });
 static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
 
@@ -473,7 +488,7 @@ impl Journal {
     /// Reads the journal's identity; the migrations must have run.
     pub async fn open(client: &Client) -> DbResult<Journal> {
         let row = client
-            .query_one("select journal_id::text from changecast.journal_meta", &[])
+            .query_one(&format!("select {JOURNAL_IDENTITY}"), &[])
             .await?;
         Ok(Journal {
             scope: AtomicU32::new(CursorScope::new(row.get(0)).tag()),

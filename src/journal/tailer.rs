@@ -264,12 +264,14 @@ impl Tailer {
                 return Ok(Batch::Published { rows: 0 });
             }
             if self.journal.follow(&journal_id) {
-                // Another instance started the journal over (it found the database
-                // copied from elsewhere): cursors minted before name a journal that is
-                // gone. Live subscribers catch up and learn there that they must resync.
+                // The journal was started over (another instance found the database
+                // copied from elsewhere), or the database moved to a new timeline (a
+                // standby was promoted): cursors minted before may count transactions
+                // that never happened here. Live subscribers catch up and learn there
+                // that they must resync.
                 tracing::error!(
-                    "the journal was started over (by another instance); \
-                     every live subscriber resyncs"
+                    "the journal's identity changed (started over by another instance, or \
+                     a failover to a new timeline); every live subscriber resyncs"
                 );
                 self.hub.cut_off_everyone();
             }
@@ -504,7 +506,9 @@ impl Pace {
     }
 
     fn partial_rate(&self, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.window_start).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.window_start)
+            .as_secs_f64();
         if elapsed > 0.0 {
             self.window_rows as f64 / elapsed
         } else {
@@ -709,7 +713,10 @@ mod tests {
         let mut samples = 0;
         while samples < SAMPLES - 1 {
             if clock.batch(5, MS) == Step::Sample {
-                assert_ne!(clock.pace.after_sample(true, clock.now), Step::StartDraining);
+                assert_ne!(
+                    clock.pace.after_sample(true, clock.now),
+                    Step::StartDraining
+                );
                 samples += 1;
             }
         }

@@ -904,17 +904,10 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
 /// holding cursors from the lost timeline are told to resync (`cursor_invalid`), before
 /// any change, live and on reconnect; every change after that arrives.
 ///
-/// Ignored until the service notices a timeline change. A wiring that makes it pass
-/// (tried, with the fault, reliability and resume tests still passing): bind cursors to
-/// the timeline too — in `src/journal/mod.rs`, `Journal::open`'s `select journal_id::text`
-/// and the `journal_id` column of `TAIL_NEW_SQL` both become
-/// `journal_id::text || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)` (the
-/// current WAL file's timeline; both functions are executable by any role on PostgreSQL
-/// 13–17). The tailer already follows a changed identity with every batch: it cuts
-/// everyone off, their catch-up resyncs them, and old cursors decode as foreign.
-/// Run it with `cargo test --test it timeline -- --ignored`.
+/// The service notices through the journal identity, which includes the timeline
+/// (`JOURNAL_IDENTITY` in `src/journal/mod.rs`): the tailer follows the changed identity,
+/// cutting everyone off, and old cursors decode as foreign.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs timeline-change detection in the tailer and the cursor scope"]
 async fn a_timeline_change_with_ids_overtaken_resyncs_and_loses_no_new_change() {
     let mut cluster = OwnCluster::start().await;
     let db_url = cluster.create_database("timeline").await;

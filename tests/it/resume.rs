@@ -199,6 +199,9 @@ async fn pruning_removes_old_rows_and_an_old_cursor_gets_resync() {
     // Everything so far committed "two hours ago"; then one fresh change.
     app.age_committed_changes(2).await;
     app.insert_ticket("acme", "fresh").await;
+    // Pruning what the tailer has not published yet would (rightly) cut every live
+    // subscriber off and resync them: prune once it has published all six.
+    app.until_counted(&t, "ticket", 6).await;
 
     let pool = changecast::db::pool(&app.db_url, 2, Duration::from_secs(30)).unwrap();
     let pruned = changecast::journal::pruner::prune(&pool, Duration::from_secs(3600))

@@ -364,7 +364,10 @@ impl YoungPlans {
             .unwrap();
         let young_journal_arguments = [
             ("tail_new", "'0', '{}', 1000, 16777216"),
-            ("tail_page", "'0', '{}', '1:1:', '1:1:', 0, 0, 1000, 16777216"),
+            (
+                "tail_page",
+                "'0', '{}', '1:1:', '1:1:', 0, 0, 1000, 16777216",
+            ),
             ("replay_start", "'t7', '0', '{}'"),
             (
                 "replay_page",
