@@ -51,19 +51,24 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 /// other's WAL flush instead of sharing one.
 const QUEUED_SAMPLES_TO_DRAIN: u32 = 4;
 const SAMPLES: u32 = 8;
-/// While draining, the pause after a read that found nothing ...
+/// While draining, a read that found fewer changes than this is followed by a pause of
+/// [`DRAIN_PAUSE`] rather than the next read at once: under load every read then
+/// coalesces a millisecond's commits, instead of the reads competing with the writers for
+/// the database's CPU a few rows at a time.
+const DRAIN_READ_AGAIN_FROM: usize = 100;
+/// While draining, the pause after a read that found few changes or none ...
 const DRAIN_PAUSE: Duration = Duration::from_millis(1);
 /// ... and how many such reads in a row end the draining.
 const QUIET_READS_TO_STOP_DRAINING: u32 = 20;
 /// Draining also ends when the rate falls below this share of the rate when it began:
 /// the load that caused the queue is gone (and if it comes back, so does the queue).
 const STOP_DRAINING_BELOW_SHARE: f64 = 0.5;
-/// Draining must empty the queue: sampled again once draining has lasted this long (for
-/// writers that rang just before the mark was set to commit), a queue still there means
+/// Draining must empty the queue: sampled again once the mark has been committed this
+/// long (for writers that rang just before it to commit), a queue still there means
 /// other NOTIFYs in the writers' transactions hold the lock. Skipping ours then only
 /// delays delivery, so the tailer waits for wake-ups and does not try again for
 /// [`HOLD_OFF_AFTER_NO_EFFECT`].
-const SETTLE_BEFORE_SAMPLING_DRAIN: Duration = Duration::from_millis(20);
+const SETTLE_BEFORE_SAMPLING_DRAIN: Duration = Duration::from_millis(50);
 const HOLD_OFF_AFTER_NO_EFFECT: Duration = Duration::from_secs(30);
 /// After draining, polls for writers that saw the mark just before it was cleared start
 /// this soon and double up to [`POLL_INTERVAL`].
@@ -180,6 +185,9 @@ impl Tailer {
                 Step::StartDraining => {
                     tracing::debug!("writers queue on the NOTIFY lock: draining without wake-ups");
                     bounded(self.doorbell.set_draining(client, true)).await?;
+                    // Under load that commit may take a while: writers see the mark
+                    // only from now.
+                    pace.marked_draining(Instant::now());
                     self.metrics.draining.set(1);
                     continue;
                 }
@@ -357,9 +365,9 @@ enum Step {
     Sample,
     /// Writers queue on the NOTIFY lock: mark draining, read again.
     StartDraining,
-    /// Draining and the last read found changes: read again at once.
+    /// Draining and the last read found many changes: read again at once.
     ReadAgain,
-    /// Draining and the last read found nothing: read again after this pause.
+    /// Draining and the last read found few changes or none: read again after this pause.
     Pause(Duration),
     /// Draining, and quiet or much calmer, or draining did not empty the queue
     /// (`had_effect` false): clear the mark, then read once more.
@@ -372,7 +380,10 @@ enum Step {
 /// passed in), so the rules are tested without a database or a clock.
 struct Pace {
     draining: bool,
+    /// When the draining mark was committed.
     drain_started: Instant,
+    /// This drain has been seen to empty the queue: no more samples until it ends.
+    drain_confirmed: bool,
     /// The rate when draining began.
     drain_rate: f64,
     /// No draining before this (the last one did not empty the queue).
@@ -399,6 +410,7 @@ impl Pace {
         Pace {
             draining: false,
             drain_started: now,
+            drain_confirmed: false,
             drain_rate: 0.0,
             hold_off_until: None,
             quiet_reads: 0,
@@ -431,9 +443,12 @@ impl Pace {
             if window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE {
                 return self.stop_draining(now, true);
             }
-            if rows > 0 {
+            if rows >= DRAIN_READ_AGAIN_FROM {
                 self.quiet_reads = 0;
                 Step::ReadAgain
+            } else if rows > 0 {
+                self.quiet_reads = 0;
+                Step::Pause(DRAIN_PAUSE)
             } else {
                 self.quiet_reads += 1;
                 if self.quiet_reads >= QUIET_READS_TO_STOP_DRAINING {
@@ -464,7 +479,13 @@ impl Pace {
         self.samples = (self.samples + 1).min(SAMPLES);
         let recent = self.queued & ((1 << SAMPLES) - 1);
         let after = std::mem::replace(&mut self.after_sample, Step::Wait(POLL_INTERVAL));
-        if self.samples < SAMPLES || recent.count_ones() < QUEUED_SAMPLES_TO_DRAIN {
+        if self.samples < SAMPLES {
+            return after;
+        }
+        if recent.count_ones() < QUEUED_SAMPLES_TO_DRAIN {
+            // Draining emptied the queue: sampling it again only costs (pg_locks takes
+            // every lock-table partition's lock, which the writers need too).
+            self.drain_confirmed = self.draining;
             return after;
         }
         if self.draining {
@@ -474,10 +495,18 @@ impl Pace {
         }
         self.draining = true;
         self.drain_started = now;
+        self.drain_confirmed = false;
         self.samples = 0;
         self.quiet_reads = 0;
         self.drain_rate = self.rate.max(self.partial_rate(now)).max(SAMPLE_ABOVE_RATE);
         Step::StartDraining
+    }
+
+    /// The draining mark is committed: writers stop ringing from `now` on.
+    fn marked_draining(&mut self, now: Instant) {
+        self.drain_started = now;
+        self.drain_confirmed = false;
+        self.samples = 0;
     }
 
     fn stop_draining(&mut self, now: Instant, had_effect: bool) -> Step {
@@ -493,7 +522,8 @@ impl Pace {
             return false;
         }
         if self.draining {
-            now.saturating_duration_since(self.drain_started) >= SETTLE_BEFORE_SAMPLING_DRAIN
+            !self.drain_confirmed
+                && now.saturating_duration_since(self.drain_started) >= SETTLE_BEFORE_SAMPLING_DRAIN
         } else {
             self.hold_off_until.is_none_or(|until| now >= until)
         }
@@ -648,10 +678,12 @@ mod tests {
         // stays, since the queue is gone once changecast stops ringing.
         assert_eq!(clock.run(3, MS, 500 * MS), vec![Step::StartDraining]);
         assert!(clock.pace.draining);
+        // Once draining is seen to empty the queue, the lock is not sampled again.
+        assert!((0..100).all(|_| clock.batch(3, MS) != Step::Sample));
         // Draining: reads back to back while changes come, pauses briefly when not (in
         // a fresh rate window, so only the quiet reads can end it).
         assert_eq!(clock.step(300, 100 * MS), Step::ReadAgain);
-        assert_eq!(clock.step(10, MS), Step::ReadAgain);
+        assert_eq!(clock.step(10, MS), Step::Pause(DRAIN_PAUSE));
         for _ in 1..QUIET_READS_TO_STOP_DRAINING {
             assert_eq!(clock.step(0, MS), Step::Pause(DRAIN_PAUSE));
         }
