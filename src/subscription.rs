@@ -143,12 +143,17 @@ pub enum Outbound {
     /// replaces the client's last event id (so its next reconnect does not resync again).
     /// Reasons: `cursor_expired`, `cursor_invalid`, `truncated` (a table of a type the
     /// subscriber follows was truncated; `cursor` is the truncation's own).
-    Resync {
-        reason: &'static str,
-        cursor: String,
-    },
+    /// (Boxed: a rare item, and every idle subscriber's queue holds room for 32 items.)
+    Resync(Box<Resync>),
     /// The token expired: the last item before the stream ends.
     AuthExpired,
+}
+
+/// See [`Outbound::Resync`].
+#[derive(Debug)]
+pub struct Resync {
+    pub reason: &'static str,
+    pub cursor: String,
 }
 
 /// Why a subscription was not opened.
@@ -317,118 +322,130 @@ enum Replayed {
 
 impl Subscription {
     /// `journal`: the journal identity the transport's first cursor was minted under.
-    async fn run(self, mut live: Live, mut upto: Published, resume: Option<String>, journal: u32) {
-        // What this subscriber has provably received: every change this snapshot sees.
-        let mut received = Cursor::of_snapshot(upto.prev.clone());
-        let mut replay_from = None;
-        if let Some(text) = resume {
-            match self.services.journal.scope().decode(&self.tenant, &text) {
-                Ok(cursor) => {
-                    received = cursor.clone();
-                    replay_from = Some(cursor);
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "cursor refused");
-                    if !self.resync(error.resync_reason(), &upto).await {
-                        return;
-                    }
-                }
-            }
-        }
-        let mut last: Option<Entry> = None;
-        // The journal this subscription's cursors belong to.
-        let mut journal = journal;
-        loop {
-            // Live changes this snapshot sees were delivered (or replayed) already.
-            let mut already_seen = None;
-            if let Some(from) = replay_from.take() {
-                // Boxed: a replay's state (queries, pool checkout) is large, and an idle
-                // subscriber's task should not carry room for it (memory per subscriber).
-                match Box::pin(self.replay(&from, &upto, &mut last)).await {
-                    Replayed::Done => already_seen = Some(from.seen),
-                    Replayed::Unusable(reason) => {
-                        // From here on the client starts over at the live boundary.
-                        received = Cursor::of_snapshot(upto.prev.clone());
-                        last = None;
-                        if !self.resync(reason, &upto).await {
-                            return;
-                        }
-                    }
-                    Replayed::TokenExpired => return self.auth_expired().await,
-                    Replayed::Stopped => return,
-                }
-            }
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = self.services.shutdown.cancelled() => return,
-                    _ = self.tx.closed() => return,
-                    _ = tokio::time::sleep_until(self.expires) => return self.auth_expired().await,
-                    next = live.recv() => next,
-                };
-                let catch_up = match next {
-                    Ok(Fanned::Entry(entry)) => {
-                        if already_seen
-                            .as_ref()
-                            .is_some_and(|seen| seen.sees(entry.xid()))
-                        {
-                            continue;
-                        }
-                        match self.deliver(&entry).await {
-                            Delivered::Sent => last = Some(entry),
-                            Delivered::Filtered => {}
-                            Delivered::Gone => return,
-                        }
-                        false
-                    }
-                    // Too large for the fan-out: read it (and whatever follows) from the
-                    // journal, if it concerns this subscriber at all.
-                    Ok(Fanned::InJournal(marker)) => {
-                        let seen = already_seen.as_ref().is_some_and(|s| s.sees(marker.xid));
-                        let followed = if marker.app_event {
-                            self.selection.follows_topic(&marker.name)
-                        } else {
-                            self.selection.follows_type(&marker.name)
-                                && self.selection.may_include_id(marker.resource_id.as_deref())
-                        };
-                        !seen && followed
+    ///
+    /// An `async` block rather than an `async fn`: the state of an `async fn` keeps its
+    /// arguments twice (as passed, and as moved into its body), and this state is what
+    /// every idle subscriber costs.
+    fn run(
+        self,
+        mut live: Live,
+        mut upto: Published,
+        resume: Option<String>,
+        journal: u32,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            // What this subscriber has provably received: every change this snapshot sees.
+            let mut received = Cursor::of_snapshot(upto.prev.clone());
+            let mut replay_from = None;
+            if let Some(text) = resume {
+                match self.services.journal.scope().decode(&self.tenant, &text) {
+                    Ok(cursor) => {
+                        received = cursor.clone();
+                        replay_from = Some(cursor);
                     }
                     Err(error) => {
-                        match error {
-                            broadcast::error::RecvError::Lagged(missed) => {
-                                tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
-                                self.services.metrics.subscribers_lagged.inc();
-                            }
-                            // The hub cut everyone off (a gap in what the tailer could
-                            // read): same recovery, from this subscriber's own cursor.
-                            broadcast::error::RecvError::Closed => {
-                                tracing::debug!(tenant = %self.tenant, "cut off the fan-out; catching up from the journal");
-                            }
-                        }
-                        true
-                    }
-                };
-                if catch_up {
-                    // Everything published so far is within the new boundary: the replay
-                    // from this subscriber's own cursor reads what it has not had.
-                    (live, upto) = self.services.hub.subscribe(&self.tenant);
-                    if let Some(entry) = &last {
-                        received = entry.cursor().clone();
-                    }
-                    replay_from = Some(received.clone());
-                    // The journal started over: its cursors, and the client's state,
-                    // belong to a database that is gone.
-                    let now = self.services.journal.scope().tag();
-                    if now != journal {
-                        journal = now;
-                        replay_from = None;
-                        received = Cursor::of_snapshot(upto.prev.clone());
-                        last = None;
-                        if !self.resync("cursor_invalid", &upto).await {
+                        tracing::debug!(%error, "cursor refused");
+                        if !Box::pin(self.resync(error.resync_reason(), &upto)).await {
                             return;
                         }
                     }
-                    break;
+                }
+            }
+            let mut last: Option<Entry> = None;
+            // The journal this subscription's cursors belong to.
+            let mut journal = journal;
+            loop {
+                // Live changes this snapshot sees were delivered (or replayed) already.
+                let mut already_seen = None;
+                if let Some(from) = replay_from.take() {
+                    // Boxed: a replay's state (queries, pool checkout) is large, and an idle
+                    // subscriber's task should not carry room for it (memory per subscriber).
+                    match Box::pin(self.replay(&from, &upto, &mut last)).await {
+                        Replayed::Done => already_seen = Some(from.seen),
+                        Replayed::Unusable(reason) => {
+                            // From here on the client starts over at the live boundary.
+                            received = Cursor::of_snapshot(upto.prev.clone());
+                            last = None;
+                            if !Box::pin(self.resync(reason, &upto)).await {
+                                return;
+                            }
+                        }
+                        Replayed::TokenExpired => return Box::pin(self.auth_expired()).await,
+                        Replayed::Stopped => return,
+                    }
+                }
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = self.services.shutdown.cancelled() => return,
+                        _ = self.tx.closed() => return,
+                        _ = tokio::time::sleep_until(self.expires) => return Box::pin(self.auth_expired()).await,
+                        next = live.recv() => next,
+                    };
+                    let catch_up = match next {
+                        Ok(Fanned::Entry(entry)) => {
+                            if already_seen
+                                .as_ref()
+                                .is_some_and(|seen| seen.sees(entry.xid()))
+                            {
+                                continue;
+                            }
+                            match self.deliver(&entry).await {
+                                Delivered::Sent => last = Some(entry),
+                                Delivered::Filtered => {}
+                                Delivered::Gone => return,
+                            }
+                            false
+                        }
+                        // Too large for the fan-out: read it (and whatever follows) from the
+                        // journal, if it concerns this subscriber at all.
+                        Ok(Fanned::InJournal(marker)) => {
+                            let seen = already_seen.as_ref().is_some_and(|s| s.sees(marker.xid));
+                            let followed = if marker.app_event {
+                                self.selection.follows_topic(&marker.name)
+                            } else {
+                                self.selection.follows_type(&marker.name)
+                                    && self.selection.may_include_id(marker.resource_id.as_deref())
+                            };
+                            !seen && followed
+                        }
+                        Err(error) => {
+                            match error {
+                                broadcast::error::RecvError::Lagged(missed) => {
+                                    tracing::debug!(tenant = %self.tenant, missed, "subscriber lagged; catching up from the journal");
+                                    self.services.metrics.subscribers_lagged.inc();
+                                }
+                                // The hub cut everyone off (a gap in what the tailer could
+                                // read): same recovery, from this subscriber's own cursor.
+                                broadcast::error::RecvError::Closed => {
+                                    tracing::debug!(tenant = %self.tenant, "cut off the fan-out; catching up from the journal");
+                                }
+                            }
+                            true
+                        }
+                    };
+                    if catch_up {
+                        // Everything published so far is within the new boundary: the replay
+                        // from this subscriber's own cursor reads what it has not had.
+                        (live, upto) = self.services.hub.subscribe(&self.tenant);
+                        if let Some(entry) = &last {
+                            received = entry.cursor().clone();
+                        }
+                        replay_from = Some(received.clone());
+                        // The journal started over: its cursors, and the client's state,
+                        // belong to a database that is gone.
+                        let now = self.services.journal.scope().tag();
+                        if now != journal {
+                            journal = now;
+                            replay_from = None;
+                            received = Cursor::of_snapshot(upto.prev.clone());
+                            last = None;
+                            if !Box::pin(self.resync("cursor_invalid", &upto)).await {
+                                return;
+                            }
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -608,7 +625,8 @@ impl Subscription {
             .resyncs
             .with_label_values(&[reason])
             .inc();
-        self.send(Outbound::Resync { reason, cursor }).await
+        self.send(Outbound::Resync(Box::new(Resync { reason, cursor })))
+            .await
     }
 
     /// The last item of an expired subscriber. Waits for room behind queued changes (a
@@ -620,6 +638,19 @@ impl Subscription {
     /// Queues one item, waiting while the transport is busy; false once it is gone, the
     /// service shuts down or the token expires (then after telling the client so).
     async fn send(&self, item: Outbound) -> bool {
+        // Usually there is room: nothing to wait for. (The live loop checks shutdown and
+        // the token's expiry before every change it takes.)
+        let item = match self.tx.try_send(item) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
+        // Boxed: waiting for room is the rare case, and every idle subscriber's task would
+        // otherwise carry room for its state (memory per subscriber).
+        Box::pin(self.send_waiting(item)).await
+    }
+
+    async fn send_waiting(&self, item: Outbound) -> bool {
         tokio::select! {
             biased;
             _ = self.services.shutdown.cancelled() => false,

@@ -154,8 +154,8 @@ impl Stream for SseBody {
                     .observe(delivery.known_since().elapsed().as_secs_f64());
                 delivery.frame().sse.clone()
             }
-            Poll::Ready(Some(Outbound::Resync { reason, cursor })) => {
-                control_frame("resync", Some(reason), Some(&cursor))
+            Poll::Ready(Some(Outbound::Resync(resync))) => {
+                control_frame("resync", Some(resync.reason), Some(&resync.cursor))
             }
             Poll::Ready(Some(Outbound::AuthExpired)) => {
                 self.finished = true;

@@ -444,12 +444,12 @@ impl Session {
                     .push_back(Message::Text(delivery.frame().json.clone()));
                 None
             }
-            Some(Outbound::Resync { reason, cursor }) => {
+            Some(Outbound::Resync(resync)) => {
                 self.push(&ServerMessage::Resync {
-                    reason,
-                    id: &cursor,
+                    reason: resync.reason,
+                    id: &resync.cursor,
                 });
-                self.position = Some(Position::Cursor(cursor));
+                self.position = Some(Position::Cursor(resync.cursor));
                 None
             }
             Some(Outbound::AuthExpired) => Some(self.auth_expired()),
