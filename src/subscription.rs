@@ -326,6 +326,7 @@ impl Subscription {
     /// An `async` block rather than an `async fn`: the state of an `async fn` keeps its
     /// arguments twice (as passed, and as moved into its body), and this state is what
     /// every idle subscriber costs.
+    #[allow(clippy::manual_async_fn)]
     fn run(
         self,
         mut live: Live,

@@ -44,6 +44,16 @@ impl OwnCluster {
     /// initdb + start in a temp folder. Durable commits (a crash must not lose what was
     /// acknowledged), no fsync (the machine does not crash, only PostgreSQL).
     pub(crate) async fn start() -> OwnCluster {
+        Self::start_with(&[("fsync", "off"), ("full_page_writes", "off")]).await
+    }
+
+    /// With commits flushed to disk (`fsync`), as a production database: what the NOTIFY
+    /// commit lock costs depends on it.
+    pub(crate) async fn durable() -> OwnCluster {
+        Self::start_with(&[("full_page_writes", "off")]).await
+    }
+
+    async fn start_with(settings: &[(&str, &str)]) -> OwnCluster {
         let dir = tempfile::Builder::new()
             .prefix("changecast-faults-")
             .tempdir()
@@ -51,9 +61,10 @@ impl OwnCluster {
         // As root the server runs as `postgres`, which must reach the data folder.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut options = Options::new(dir.path().join("data"));
-        options.settings = [("fsync", "off"), ("full_page_writes", "off")]
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .into();
+        options.settings = settings
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
         let server = start_server(options.clone()).await;
         let options = server.restart_options(&options);
         OwnCluster {

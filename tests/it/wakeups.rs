@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::faults::OwnCluster;
 use crate::helpers::*;
 
 /// A bare LISTEN client on the service's channel, counting the notifications it gets.
@@ -28,9 +29,36 @@ async fn count_notifications(db_url: &str) -> (tokio_postgres::Client, Arc<Atomi
     (client, count)
 }
 
-/// PostgreSQL's NOTIFY lock is one for the whole cluster: the writers of one of these
-/// tests queue behind the other's. Each takes this while its writers run.
-static NOTIFY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// A service on a cluster of the test's own that flushes its commits (the shared test
+/// cluster runs with `fsync` off, where the NOTIFY lock is held for microseconds); the
+/// NOTIFY lock is one per cluster, so other tests' writers do not queue on it either.
+async fn durable_app() -> (OwnCluster, TestApp) {
+    let cluster = OwnCluster::durable().await;
+    let db_url = cluster.create_database("wakeups").await;
+    let app = start_on(db_url, |_| {}).await;
+    (cluster, app)
+}
+
+/// A writer's connection whose commits take at least 2 ms to flush (`commit_delay`), so
+/// that sixteen of them ringing keep the NOTIFY lock busy however fast the disk and
+/// however loaded the machine: the tests see writers queue whenever they ring.
+async fn crowding_writer(app: &TestApp) -> tokio_postgres::Client {
+    let db = app.connect_db().await;
+    db.batch_execute("set commit_delay = 2000; set commit_siblings = 1")
+        .await
+        .expect("commit_delay needs a superuser (the test clusters' own)");
+    db
+}
+
+async fn insert_one(db: &tokio_postgres::Client, title: &str) -> String {
+    db.query_one(
+        "insert into tickets (tenant_id, title) values ('acme', $1) returning id::text",
+        &[&title],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
 
 async fn draining(app: &TestApp) -> bool {
     app.db
@@ -45,17 +73,26 @@ async fn draining(app: &TestApp) -> bool {
 
 #[tokio::test]
 async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
-    let _alone = NOTIFY_LOCK.lock().await;
-    let app = spawn_app().await;
+    let (_cluster, app) = durable_app().await;
     let (_listener, notifications) = count_notifications(&app.db_url).await;
     let mut stream = app.sse(&token("acme"), "").await;
     assert!(!draining(&app).await, "an idle service waits for wake-ups");
 
-    // Sixteen writers, single-row transactions back to back: commits fast enough to queue
-    // on the NOTIFY lock. Count the transactions and the notifications they caused.
+    // Sixteen writers, single-row transactions back to back, commits slowed down: they
+    // queue on the NOTIFY lock while they ring. Count the transactions and the
+    // notifications they caused.
     let transactions = 16 * 300;
-    let writers: Vec<_> =
-        futures_util::future::join_all((0..16).map(|_| app.spawn_writer("acme", 300, 1))).await;
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let db = crowding_writer(&app).await;
+        writers.push(tokio::spawn(async move {
+            let mut ids = HashSet::new();
+            for _ in 0..300 {
+                ids.insert(insert_one(&db, "crowded").await);
+            }
+            ids
+        }));
+    }
     let mut draining_seen = false;
     let mut written = HashSet::new();
     for writer in writers {
@@ -98,14 +135,13 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
 /// (and says so in a metric) — and nothing is lost either way.
 #[tokio::test]
 async fn draining_is_given_up_when_the_writers_own_notifies_hold_the_lock() {
-    let _alone = NOTIFY_LOCK.lock().await;
-    let app = spawn_app().await;
+    let (_cluster, app) = durable_app().await;
     let mut stream = app.sse(&token("acme"), "").await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     // Enough writers for the lock to be busy most of the time on a fast disk too.
     for _ in 0..16 {
-        let db = app.connect_db().await;
+        let db = crowding_writer(&app).await;
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
             let mut ids = HashSet::new();
@@ -113,10 +149,12 @@ async fn draining_is_given_up_when_the_writers_own_notifies_hold_the_lock() {
                 // One row and the application's own notification, in one transaction.
                 let row = db
                     .query_one(
+                        // (The notification's column is selected: a subquery whose
+                        // output nobody reads is not evaluated, and would not notify.)
                         "with added as (insert into tickets (tenant_id, title)
-                                        values ('acme', 'noisy') returning id)
-                         select added.id::text
-                           from added, (select pg_notify('the_apps_own_channel', 'hi')) rang",
+                                        values ('acme', 'noisy') returning id),
+                              rang as (select pg_notify('the_apps_own_channel', 'hi') as n)
+                         select added.id::text, rang.n::text from added, rang",
                         &[],
                     )
                     .await
