@@ -859,18 +859,7 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
     cluster.start_again().await;
 
     // The live subscriber, whose cursor is from the lost future, is told to resync.
-    let deadline = Instant::now() + WAIT;
-    let resync = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match stream.next_within(left).await {
-            Some(event) if event.event == "resync" => break event,
-            Some(event) if event.event == "resource_change" => {
-                panic!("a change arrived before the resync: {:?}", event.data)
-            }
-            Some(_) => {}
-            None => panic!("the subscriber was never told its cursor is from a lost future"),
-        }
-    };
+    let resync = first_resync(&mut stream, "future").await;
     assert_eq!(resync.data["reason"], "cursor_invalid");
     wait_for_status(&app.http, &app.url("/readyz"), 200).await;
     assert_eq!(app.metric("changecast_xid_rewinds_total").await, Some(1.0));
@@ -995,18 +984,7 @@ async fn a_timeline_change_with_ids_overtaken_resyncs_and_loses_no_new_change() 
     let _promoted = start_server(options).await;
 
     // The live subscriber learns its cursor is from a timeline that is gone.
-    let deadline = Instant::now() + WAIT;
-    let resync = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match stream.next_within(left).await {
-            Some(event) if event.event == "resync" => break event,
-            Some(event) if event.event == "resource_change" => {
-                panic!("a change arrived before the resync: {:?}", event.data)
-            }
-            Some(_) => {}
-            None => panic!("the subscriber was never told its cursor is from a lost timeline"),
-        }
-    };
+    let resync = first_resync(&mut stream, "timeline").await;
     assert_eq!(resync.data["reason"], "cursor_invalid");
     app.wait_ready().await;
     // So does a client reconnecting with a cursor of the lost timeline.
@@ -1090,6 +1068,24 @@ fn chown_to_postgres(path: &std::path::Path) {
 }
 
 /// `cp -a`: ownership and modes kept (the server runs as `postgres` when we are root).
+/// The first event of `stream` that is not a comment or a keepalive, which must be a
+/// `resync` (a change before it would be a change skipped or wrong): the subscriber's
+/// cursor is from a `lost` history of the database.
+async fn first_resync(stream: &mut SseStream, lost: &str) -> SseEvent {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stream.next_within(left).await {
+            Some(event) if event.event == "resync" => return event,
+            Some(event) if event.event == "resource_change" => {
+                panic!("a change arrived before the resync: {:?}", event.data)
+            }
+            Some(_) => {}
+            None => panic!("the subscriber was never told its cursor is from a lost {lost}"),
+        }
+    }
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     let status = Command::new("cp")
         .arg("-a")
