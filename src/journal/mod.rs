@@ -325,10 +325,11 @@ pub struct Journal {
 /// and may pass the tailer's position before it reconnects — undetectable from the ids
 /// alone. With the timeline in the identity, every cursor of the old one is foreign:
 /// subscribers resync (`cursor_invalid`) instead of silently missing changes. The price:
-/// a failover resyncs every subscriber, even one that lost nothing. Both functions are
-/// executable by any role.
+/// a failover resyncs every subscriber, even one that lost nothing. The first timeline
+/// adds nothing, so cursors minted before the timeline was part of the identity stay
+/// valid. Both functions are executable by any role.
 const JOURNAL_IDENTITY: &str = "(select journal_id::text from changecast.journal_meta) \
-     || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+     || coalesce('/' || nullif(substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), '00000001'), '')";
 
 const COLUMNS: &str = r#"id, xid::text, writer_snapshot::text, tenant_id, resource_type, event, resource::text,
        to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), resource_id, old::text"#;
