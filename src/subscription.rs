@@ -639,8 +639,15 @@ impl Subscription {
     /// Queues one item, waiting while the transport is busy; false once it is gone, the
     /// service shuts down or the token expires (then after telling the client so).
     async fn send(&self, item: Outbound) -> bool {
-        // Usually there is room: nothing to wait for. (The live loop checks shutdown and
-        // the token's expiry before every change it takes.)
+        // A replay sends a page at a time: stop within it too.
+        if self.services.shutdown.is_cancelled() {
+            return false;
+        }
+        if Instant::now() >= self.expires {
+            Box::pin(self.auth_expired()).await;
+            return false;
+        }
+        // Usually there is room: nothing to wait for.
         let item = match self.tx.try_send(item) {
             Ok(()) => return true,
             Err(mpsc::error::TrySendError::Closed(_)) => return false,

@@ -30,7 +30,17 @@ pub const QUEUED_ON_NOTIFY_LOCK: &str = "select exists (
       where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
         and l.objid = 0 and not l.granted and a.datname = current_database())";
 
-/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection.
+/// [`QUEUED_ON_NOTIFY_LOCK`] while this instance drains: writers still ring while any
+/// other instance waits for wake-ups, so a queue then says nothing about the writers'
+/// own NOTIFYs, and counts as no queue.
+pub const QUEUED_WHILE_ALL_DRAIN: &str = "select exists (
+     select from pg_locks l join pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
+        and l.objid = 0 and not l.granted and a.datname = current_database())
+   and not exists (select from changecast.listeners where not draining)";
+
+/// Runs [`QUEUED_ON_NOTIFY_LOCK`] or [`QUEUED_WHILE_ALL_DRAIN`], prepared on the tailer's
+/// connection.
 pub async fn writers_queued(client: &Client, statement: &Statement) -> DbResult<bool> {
     Ok(client.query_one(statement, &[]).await?.get(0))
 }
@@ -74,24 +84,22 @@ impl Doorbell {
     }
 
     /// While `draining`, writers may skip their NOTIFY (unless another instance waits).
+    /// An upsert: the row may have been forgotten meanwhile (see [`Doorbell::heartbeat`]).
     pub async fn set_draining(&self, client: &Client, draining: bool) -> DbResult<()> {
         client
             .execute(
-                "update changecast.listeners set draining = $2, seen_at = now()
-                 where instance = $1::text::uuid",
+                "insert into changecast.listeners (instance, draining) values ($1::text::uuid, $2)
+                 on conflict (instance) do update set draining = $2, seen_at = now()",
                 &[&self.instance, &draining],
             )
             .await?;
         Ok(())
     }
 
-    pub async fn heartbeat(&self, client: &Client) -> DbResult<()> {
-        client
-            .execute(
-                "update changecast.listeners set seen_at = now() where instance = $1::text::uuid",
-                &[&self.instance],
-            )
-            .await?;
+    /// Says this instance is still there (another instance forgets rows not seen for
+    /// [`FORGET_AFTER`]), restoring its row if it was forgotten anyway.
+    pub async fn heartbeat(&self, client: &Client, draining: bool) -> DbResult<()> {
+        self.set_draining(client, draining).await?;
         self.forget_crashed(client).await
     }
 

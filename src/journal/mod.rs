@@ -308,8 +308,9 @@ pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 pub struct TailStatements {
     new: Statement,
     batch: Statement,
-    /// [`doorbell::QUEUED_ON_NOTIFY_LOCK`].
+    /// [`doorbell::QUEUED_ON_NOTIFY_LOCK`], and [`doorbell::QUEUED_WHILE_ALL_DRAIN`].
     pub queued: Statement,
+    pub queued_while_draining: Statement,
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -504,6 +505,7 @@ impl Journal {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
             queued: client.prepare(doorbell::QUEUED_ON_NOTIFY_LOCK).await?,
+            queued_while_draining: client.prepare(doorbell::QUEUED_WHILE_ALL_DRAIN).await?,
         })
     }
 

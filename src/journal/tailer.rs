@@ -151,6 +151,8 @@ impl Tailer {
     ) -> Result<(), Lost> {
         let client = &connection.client;
         bounded(self.doorbell.register(client)).await?;
+        // `register` cleared the mark a lost connection may have left set.
+        self.metrics.draining.set(0);
         // Parsed and planned once per connection, not for every batch: at a batch per
         // commit, planning would be most of what a batch costs PostgreSQL.
         let statements = bounded(Journal::prepare_tail(client)).await?;
@@ -176,9 +178,18 @@ impl Tailer {
                 Batch::Published { rows } => rows,
             };
             self.ready.send_replace(true);
+            // After every batch, draining or not: a row not seen for a while is forgotten.
+            if pace.heartbeat_due() {
+                bounded(self.doorbell.heartbeat(client, pace.draining)).await?;
+            }
             let mut step = pace.after_batch(rows, Instant::now());
             if step == Step::Sample {
-                let queued = bounded(doorbell::writers_queued(client, &statements.queued)).await?;
+                let statement = if pace.draining {
+                    &statements.queued_while_draining
+                } else {
+                    &statements.queued
+                };
+                let queued = bounded(doorbell::writers_queued(client, statement)).await?;
                 step = pace.after_sample(queued, Instant::now());
             }
             let wait = match step {
@@ -194,6 +205,8 @@ impl Tailer {
                 Step::ReadAgain => continue,
                 Step::Pause(pause) => pause,
                 Step::StopDraining { had_effect } => {
+                    bounded(self.doorbell.set_draining(client, false)).await?;
+                    self.metrics.draining.set(0);
                     if had_effect {
                         tracing::debug!("journal calmer: waiting for wake-ups again");
                     } else {
@@ -204,17 +217,10 @@ impl Tailer {
                         );
                         self.metrics.drains_without_effect.inc();
                     }
-                    bounded(self.doorbell.set_draining(client, false)).await?;
-                    self.metrics.draining.set(0);
                     // The mark is cleared: read once more for writers that saw it set.
                     continue;
                 }
-                Step::Wait(poll) => {
-                    if pace.heartbeat_due() {
-                        bounded(self.doorbell.heartbeat(client)).await?;
-                    }
-                    poll
-                }
+                Step::Wait(poll) => poll,
                 Step::Sample => unreachable!("a sample's outcome is a step of its own"),
             };
             tokio::select! {
@@ -267,6 +273,9 @@ impl Tailer {
                      every live subscriber catches up from its cursor"
                 );
                 self.metrics.xid_rewinds.inc();
+                // A failover also changes the journal's identity (its timeline): follow it
+                // now, or the next batch would cut everyone off a second time.
+                self.journal.follow(&journal_id);
                 self.hub.publish(Vec::new(), Published::complete(next));
                 self.hub.cut_off_everyone();
                 return Ok(Batch::Published { rows: 0 });
@@ -421,7 +430,9 @@ impl Pace {
             samples: 0,
             last_sample: now,
             after_sample: Step::Wait(POLL_INTERVAL),
-            next_poll: POLL_INTERVAL,
+            // A connection lost while draining left writers skipping NOTIFY until
+            // `register` cleared the mark: poll soon at first, as after draining.
+            next_poll: FIRST_POLL_AFTER_DRAINING,
             last_heartbeat: now,
         }
     }
@@ -650,6 +661,14 @@ mod tests {
     #[test]
     fn a_busy_journal_keeps_its_wake_ups_while_writers_do_not_queue() {
         let mut clock = Clock::new();
+        // Just connected: short polls first (a mark left set by a lost connection was
+        // only now cleared), doubling up to the safety net.
+        assert_eq!(clock.batch(1, MS), Step::Wait(FIRST_POLL_AFTER_DRAINING));
+        for _ in 0..20 {
+            if clock.batch(0, 50 * MS) == Step::Wait(POLL_INTERVAL) {
+                break;
+            }
+        }
         // A trickle: wait for wake-ups, polling as a safety net; nothing sampled.
         assert_eq!(clock.batch(1, MS), Step::Wait(POLL_INTERVAL));
         assert_eq!(clock.batch(0, 50 * MS), Step::Wait(POLL_INTERVAL));
