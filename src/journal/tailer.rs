@@ -70,6 +70,11 @@ const STOP_DRAINING_BELOW_SHARE: f64 = 0.5;
 /// [`HOLD_OFF_AFTER_NO_EFFECT`].
 const SETTLE_BEFORE_SAMPLING_DRAIN: Duration = Duration::from_millis(50);
 const HOLD_OFF_AFTER_NO_EFFECT: Duration = Duration::from_secs(30);
+/// Draining ends after this long anyway, to look at the lock again: a queue caused by a
+/// moment's stall (a checkpoint's flushes) must not keep a steady, uncontended load on
+/// polls for good. If writers still queue, draining starts again within [`SAMPLES`]
+/// samples.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(5);
 /// After draining, polls for writers that saw the mark just before it was cleared start
 /// this soon and double up to [`POLL_INTERVAL`].
 const FIRST_POLL_AFTER_DRAINING: Duration = Duration::from_millis(1);
@@ -451,7 +456,9 @@ impl Pace {
             self.samples = 0;
         }
         let step = if self.draining {
-            if window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE {
+            if window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE
+                || now.saturating_duration_since(self.drain_started) >= DRAIN_AT_MOST
+            {
                 return self.stop_draining(now, true);
             }
             if rows >= DRAIN_READ_AGAIN_FROM {
@@ -749,12 +756,27 @@ mod tests {
             clock.run(2, MS, 500 * MS),
             vec![Step::StartDraining, NO_EFFECT]
         );
-        // Once only changecast rings, draining empties the queue and stays.
+        // Once only changecast rings, draining empties the queue and stays (but for a
+        // look at the lock every DRAIN_AT_MOST, which finds the queue again).
         clock.others_ring = false;
-        assert_eq!(
-            clock.run(2, MS, HOLD_OFF_AFTER_NO_EFFECT + 500 * MS),
-            vec![Step::StartDraining]
-        );
+        let steps = clock.run(2, MS, HOLD_OFF_AFTER_NO_EFFECT + 500 * MS);
+        assert_eq!(steps.first(), Some(&Step::StartDraining));
+        assert!(!steps.contains(&NO_EFFECT), "{steps:?}");
+        assert!(clock.pace.draining);
+    }
+
+    #[test]
+    fn a_queue_that_was_only_a_moment_does_not_keep_the_journal_draining() {
+        let mut clock = Clock::new();
+        // A stall makes writers queue for a moment: draining starts ...
+        clock.crowded = true;
+        assert_eq!(clock.run(1, MS, 200 * MS), vec![Step::StartDraining]);
+        // ... and the steady load (no quiet reads, no fall in rate) no longer queues.
+        clock.crowded = false;
+        assert_eq!(clock.run(1, MS, DRAIN_AT_MOST), vec![CALMER]);
+        // Back on wake-ups, and staying there.
+        assert_eq!(clock.run(1, MS, 10 * DRAIN_AT_MOST), vec![]);
+        assert!(!clock.pace.draining);
     }
 
     #[test]
