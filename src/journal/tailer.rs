@@ -456,9 +456,8 @@ impl Pace {
             self.samples = 0;
         }
         let step = if self.draining {
-            if window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE
-                || now.saturating_duration_since(self.drain_started) >= DRAIN_AT_MOST
-            {
+            let calmer = window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE;
+            if calmer || now.saturating_duration_since(self.drain_started) >= DRAIN_AT_MOST {
                 return self.stop_draining(now, true);
             }
             if rows >= DRAIN_READ_AGAIN_FROM {
@@ -553,15 +552,14 @@ impl Pace {
         self.rate >= SAMPLE_ABOVE_RATE || window_so_far >= SAMPLE_ABOVE_RATE
     }
 
+    /// The rate in the window so far, once it is half over (earlier, a backlog read at
+    /// its start would count as a rate several times too high).
     fn partial_rate(&self, now: Instant) -> f64 {
-        let elapsed = now
-            .saturating_duration_since(self.window_start)
-            .as_secs_f64();
-        if elapsed > 0.0 {
-            self.window_rows as f64 / elapsed
-        } else {
-            0.0
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < RATE_WINDOW / 2 {
+            return 0.0;
         }
+        self.window_rows as f64 / elapsed.as_secs_f64()
     }
 
     fn heartbeat_due(&mut self) -> bool {
