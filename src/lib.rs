@@ -41,6 +41,8 @@ pub mod supervise;
 pub mod secret;
 /// Logging setup.
 pub mod telemetry;
+/// The open-file limit (a socket per subscriber).
+pub mod open_files;
 /// `changecast healthcheck`: a tiny HTTP client for container healthchecks.
 pub mod healthcheck;
 /// `serve --demo`: a writer of plausible activity for the demo tenant.

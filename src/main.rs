@@ -47,6 +47,9 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
         signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
     );
     tokio::spawn(signal_shutdown(signals, shutdown.clone()));
+    // A socket per subscriber: do not stop at a default soft limit of 1,024.
+    let open_files = changecast::open_files::raise_to_hard_limit();
+    tracing::info!(open_files, "open-file limit");
     // Before anything starts: a weak secret must not even bring up the database.
     if let Some(secret) = &config.jwt_secret {
         check_secret(secret)?;

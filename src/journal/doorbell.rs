@@ -25,24 +25,23 @@ pub const HEARTBEAT: Duration = Duration::from_secs(60);
 /// PostgreSQL 9.0 to 17). Only this database's writers can stop ringing for us, so only
 /// they count. `pg_locks` and the pids and databases of `pg_stat_activity` are readable
 /// by every role.
+///
+/// `$1`: asked while this instance drains. Writers still ring while any other instance
+/// waits for wake-ups, so a queue then says nothing about the writers' own NOTIFYs, and
+/// counts as none.
 pub const QUEUED_ON_NOTIFY_LOCK: &str = "select exists (
      select from pg_locks l join pg_stat_activity a on a.pid = l.pid
       where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
-        and l.objid = 0 and not l.granted and a.datname = current_database())";
-
-/// [`QUEUED_ON_NOTIFY_LOCK`] while this instance drains: writers still ring while any
-/// other instance waits for wake-ups, so a queue then says nothing about the writers'
-/// own NOTIFYs, and counts as no queue.
-pub const QUEUED_WHILE_ALL_DRAIN: &str = "select exists (
-     select from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
         and l.objid = 0 and not l.granted and a.datname = current_database())
-   and not exists (select from changecast.listeners where not draining)";
+   and not ($1 and exists (select from changecast.listeners where not draining))";
 
-/// Runs [`QUEUED_ON_NOTIFY_LOCK`] or [`QUEUED_WHILE_ALL_DRAIN`], prepared on the tailer's
-/// connection.
-pub async fn writers_queued(client: &Client, statement: &Statement) -> DbResult<bool> {
-    Ok(client.query_one(statement, &[]).await?.get(0))
+/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection.
+pub async fn writers_queued(
+    client: &Client,
+    statement: &Statement,
+    draining: bool,
+) -> DbResult<bool> {
+    Ok(client.query_one(statement, &[&draining]).await?.get(0))
 }
 
 /// One instance's row in `changecast.listeners`.

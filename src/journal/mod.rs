@@ -308,9 +308,8 @@ pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 pub struct TailStatements {
     new: Statement,
     batch: Statement,
-    /// [`doorbell::QUEUED_ON_NOTIFY_LOCK`], and [`doorbell::QUEUED_WHILE_ALL_DRAIN`].
+    /// [`doorbell::QUEUED_ON_NOTIFY_LOCK`].
     pub queued: Statement,
-    pub queued_while_draining: Statement,
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -426,8 +425,8 @@ limit $9
 /// statement that runs in 0.1 ms): JIT is off too.
 pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_hashjoin = off; \
      set enable_mergejoin = off; set jit = off";
-const INDEX_PLANNER_SETTINGS_LOCAL: &str = "set local enable_seqscan = off; \
-     set local enable_hashjoin = off; set local enable_mergejoin = off; set local jit = off";
+static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =
+    LazyLock::new(|| INDEX_PLANNER_SETTINGS.replace("set ", "set local "));
 
 /// Planner settings of a replay page's transaction (see [`Journal::read_replay`]).
 pub const REPLAY_PLANNER_SETTINGS: &str =
@@ -505,7 +504,6 @@ impl Journal {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
             queued: client.prepare(doorbell::QUEUED_ON_NOTIFY_LOCK).await?,
-            queued_while_draining: client.prepare(doorbell::QUEUED_WHILE_ALL_DRAIN).await?,
         })
     }
 
@@ -640,7 +638,7 @@ impl Journal {
         // of its own for the planner settings.
         let transaction = client.transaction().await?;
         transaction
-            .batch_execute(INDEX_PLANNER_SETTINGS_LOCAL)
+            .batch_execute(&INDEX_PLANNER_SETTINGS_LOCAL)
             .await?;
         let statement = transaction.prepare_cached(REPLAY_START_SQL).await?;
         let row = transaction

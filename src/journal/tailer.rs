@@ -189,12 +189,12 @@ impl Tailer {
             }
             let mut step = pace.after_batch(rows, Instant::now());
             if step == Step::Sample {
-                let statement = if pace.draining {
-                    &statements.queued_while_draining
-                } else {
-                    &statements.queued
-                };
-                let queued = bounded(doorbell::writers_queued(client, statement)).await?;
+                let queued = bounded(doorbell::writers_queued(
+                    client,
+                    &statements.queued,
+                    pace.draining,
+                ))
+                .await?;
                 step = pace.after_sample(queued, Instant::now());
             }
             let wait = match step {

@@ -847,10 +847,7 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
     let t = token("acme");
     let mut stream = app.sse(&t, "").await;
     // A future that will be lost: many transactions, each one change.
-    let mut lost = HashSet::new();
-    for i in 0..50 {
-        lost.insert(app.insert_ticket("acme", &format!("lost {i}")).await);
-    }
+    let (_, lost) = commit_one_by_one(&db_url, 50).await;
     assert_eq!(stream.receive_ids(&lost).await, lost);
 
     cluster.stop(StopMode::Immediate).await;
@@ -865,19 +862,7 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
     assert_eq!(app.metric("changecast_xid_rewinds_total").await, Some(1.0));
 
     // New commits reuse the ids of the lost ones: every one arrives, live.
-    let (writer, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let mut new = HashSet::new();
-    for i in 0..20 {
-        let row = writer
-            .query_one(
-                "insert into tickets (tenant_id, title) values ('acme', $1) returning id::text",
-                &[&format!("new {i}")],
-            )
-            .await
-            .unwrap();
-        new.insert(row.get::<_, String>(0));
-    }
+    let (writer, new) = commit_one_by_one(&db_url, 20).await;
     let received = stream.receive_ids(&new).await;
     assert_nothing_lost(&new, &received, &HashSet::new());
     // So does a subscriber starting afresh.
@@ -921,10 +906,7 @@ async fn a_timeline_change_with_ids_overtaken_resyncs_and_loses_no_new_change() 
     let app = start_on(db_url.clone(), |_| {}).await;
     let t = token("acme");
     let mut stream = app.sse(&t, "").await;
-    let mut lost = HashSet::new();
-    for i in 0..50 {
-        lost.insert(app.insert_ticket("acme", &format!("lost {i}")).await);
-    }
+    let (_, lost) = commit_one_by_one(&db_url, 50).await;
     assert_eq!(stream.receive_ids(&lost).await, lost);
     let published_xmax = next_xid(&app.db).await;
     let old_cursor = stream.last_event_id.clone().unwrap();
@@ -994,19 +976,7 @@ async fn a_timeline_change_with_ids_overtaken_resyncs_and_loses_no_new_change() 
     assert_eq!(first.data["reason"], "cursor_invalid");
     // Every change from here on arrives, to both. (The test's own connection went with
     // the old primary.)
-    let (writer, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let mut new = HashSet::new();
-    for i in 0..20 {
-        let row = writer
-            .query_one(
-                "insert into tickets (tenant_id, title) values ('acme', $1) returning id::text",
-                &[&format!("new {i}")],
-            )
-            .await
-            .unwrap();
-        new.insert(row.get::<_, String>(0));
-    }
+    let (_writer, new) = commit_one_by_one(&db_url, 20).await;
     assert_nothing_lost(&new, &stream.receive_ids(&new).await, &HashSet::new());
     assert_nothing_lost(&new, &returning.receive_ids(&new).await, &HashSet::new());
     app.stop().await;
@@ -1068,6 +1038,18 @@ fn chown_to_postgres(path: &std::path::Path) {
 }
 
 /// `cp -a`: ownership and modes kept (the server runs as `postgres` when we are root).
+/// `n` tickets of acme, a transaction each, from a new connection to `db_url` (which
+/// is returned for more).
+async fn commit_one_by_one(db_url: &str, n: usize) -> (tokio_postgres::Client, HashSet<String>) {
+    let (writer, connection) = tokio_postgres::connect(db_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        ids.extend(insert_tickets(&writer, "acme", 1).await);
+    }
+    (writer, ids)
+}
+
 /// The first event of `stream` that is not a comment or a keepalive, which must be a
 /// `resync` (a change before it would be a change skipped or wrong): the subscriber's
 /// cursor is from a `lost` history of the database.

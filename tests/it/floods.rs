@@ -38,31 +38,6 @@ const STORM_ROUND: usize = 8;
 /// Bound for one connection attempt of a storm subscriber.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Raises this process's open-file limit to its hard limit (a child started afterwards
-/// inherits it), as `changecast-bench` does; returns the soft limit now in force.
-fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
 /// What one storm subscriber received, over all its streams.
 #[derive(Default)]
 struct Got {
@@ -456,7 +431,7 @@ async fn a_reconnect_storm_of_2000_subscribers_loses_nothing() {
     // Each side holds a socket per subscriber, the service briefly two (an SSE stream
     // whose client left is noticed at its next write).
     let needed = (4 * STORM_SUBSCRIBERS + 1024) as u64;
-    let limit = raise_fd_limit();
+    let limit = changecast::open_files::raise_to_hard_limit();
     if limit < needed {
         eprintln!(
             "SKIPPED a_reconnect_storm_of_2000_subscribers_loses_nothing: the open-file \

@@ -347,7 +347,8 @@ impl TestApp {
     }
 }
 
-async fn insert_tickets(db: &tokio_postgres::Client, tenant: &str, n: i64) -> Vec<String> {
+/// Inserts `n` tickets in one statement on `db`; returns their ids.
+pub async fn insert_tickets(db: &tokio_postgres::Client, tenant: &str, n: i64) -> Vec<String> {
     db.query(
         "insert into tickets (tenant_id, title) select $1, 'bulk ' || g
          from generate_series(1, $2::bigint) g returning id::text",

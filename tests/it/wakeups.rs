@@ -50,16 +50,6 @@ async fn crowding_writer(app: &TestApp) -> tokio_postgres::Client {
     db
 }
 
-async fn insert_one(db: &tokio_postgres::Client, title: &str) -> String {
-    db.query_one(
-        "insert into tickets (tenant_id, title) values ('acme', $1) returning id::text",
-        &[&title],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 async fn draining(app: &TestApp) -> bool {
     app.db
         .query_one(
@@ -88,7 +78,7 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
         writers.push(tokio::spawn(async move {
             let mut ids = HashSet::new();
             for _ in 0..300 {
-                ids.insert(insert_one(&db, "crowded").await);
+                ids.extend(insert_tickets(&db, "acme", 1).await);
             }
             ids
         }));

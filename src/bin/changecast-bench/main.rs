@@ -248,7 +248,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = cli.common;
-    let fd_limit = procfs::raise_fd_limit();
+    let fd_limit = changecast::open_files::raise_to_hard_limit();
     let needed = match &cli.mode {
         Mode::Live(args) => args.subscribers,
         Mode::Reconnect(args) => args.subscribers,
