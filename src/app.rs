@@ -16,7 +16,6 @@ use crate::config::ServeConfig;
 use crate::db;
 use crate::http::server::{self, ConnectionLimits};
 use crate::hub::Hub;
-use crate::journal::doorbell::Doorbell;
 use crate::journal::pruner::Pruner;
 use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
@@ -84,7 +83,6 @@ impl App {
             hub: hub.clone(),
             metrics: metrics.clone(),
             ready: ready_tx,
-            doorbell: Doorbell::new(),
         });
         let pruner = Arc::new(Pruner {
             pool: pool.clone(),

@@ -3,21 +3,32 @@
 //! A transaction that issues NOTIFY commits under a database-wide lock, one at a time,
 //! which caps a watched table near 3,600 commits/s. The notification only matters to an
 //! instance that is waiting for one; while an instance drains a busy journal it reads
-//! batch after batch anyway. So each instance keeps a row in `changecast.listeners`, and
-//! the capture trigger rings only while some instance is not draining (migration V5).
+//! batch after batch anyway. Every written row asks whether an instance waits, so the
+//! answer must cost next to nothing: it is an advisory lock (migration V7).
+//!
+//! - An instance that waits for wake-ups holds [`LOCK`] exclusively, on a connection of
+//!   its own ([`Doorbell`]); another one queues for it, and a queued request counts too.
+//! - The capture trigger tries to take the lock shared for its transaction and rings when
+//!   it cannot. When it can, it keeps the lock until it ends: an instance that stops
+//!   draining is granted the lock only once every writer that did not ring has ended,
+//!   and reads the journal once more then ([`Doorbell::granted`]).
+//! - A crashed instance's lock goes with its connection.
+//!
 //! When to drain is the tailer's call (its `Pace`): when writers are seen queueing on
-//! that lock, which [`writers_queued`] looks at.
+//! the NOTIFY lock, which [`writers_queued`] looks at.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio_postgres::{Client, Statement};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+use tokio_util::sync::CancellationToken;
 
 use super::DbResult;
 
-/// A row of an instance not seen for this long is left over from a crash.
-const FORGET_AFTER: &str = "10 minutes";
-/// How often an instance says it is still there.
-pub const HEARTBEAT: Duration = Duration::from_secs(60);
+/// The advisory lock, in the two-integer key space ("ccdb", changecast doorbell): the
+/// same pair as `changecast.ring()` in migration V7.
+pub const LOCK: (i32, i32) = (1_667_458_146, 1);
 
 /// Whether a transaction of this database waits at commit for the NOTIFY lock right now.
 /// PostgreSQL serialises the commits of transactions that notified, in every database of
@@ -33,7 +44,20 @@ pub const QUEUED_ON_NOTIFY_LOCK: &str = "select exists (
      select from pg_locks l join pg_stat_activity a on a.pid = l.pid
       where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
         and l.objid = 0 and not l.granted and a.datname = current_database())
-   and not ($1 and exists (select from changecast.listeners where not draining))";
+   and not ($1 and exists (select from pg_locks
+                            where locktype = 'advisory' and mode = 'ExclusiveLock'
+                              and classid = 1667458146 and objid = 1 and objsubid = 2
+                              and database = (select oid from pg_database
+                                               where datname = current_database())))";
+
+/// The instances that wait for wake-ups in this database: how many hold [`LOCK`], and how
+/// many request it (waiting for other instances, or for writers that did not ring).
+pub const DOORBELL_REQUESTS: &str = "select count(*) filter (where granted),
+            count(*) filter (where not granted)
+     from pg_locks
+     where locktype = 'advisory' and mode = 'ExclusiveLock'
+       and classid = 1667458146 and objid = 1 and objsubid = 2
+       and database = (select oid from pg_database where datname = current_database())";
 
 /// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection.
 pub async fn writers_queued(
@@ -44,90 +68,120 @@ pub async fn writers_queued(
     Ok(client.query_one(statement, &[&draining]).await?.get(0))
 }
 
-/// One instance's row in `changecast.listeners`.
+/// One instance's hold on the doorbell lock, on a connection of its own: a request for
+/// the lock waits inside PostgreSQL, and a connection waiting in a query receives no
+/// notifications.
 pub struct Doorbell {
-    instance: String,
+    client: Arc<Client>,
+    /// Cancelled when the connection is gone: writers stop ringing for this instance.
+    pub lost: CancellationToken,
+    hold: Hold,
+}
+
+enum Hold {
+    /// Writers do not ring for us (unless another instance waits).
+    Released,
+    /// Writers ring for us; those that took the lock shared before may not have.
+    Requested(JoinHandle<DbResult<()>>),
+    /// Every writer rings for us.
+    Held,
 }
 
 impl Doorbell {
-    pub fn new() -> Self {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).expect("the OS random source is unavailable");
-        // A version-4 UUID, as PostgreSQL's uuid type reads it.
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Doorbell {
-            instance: format!(
-                "{}-{}-{}-{}-{}",
-                &hex[..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..]
-            ),
+    pub async fn connect(config: &tokio_postgres::Config) -> DbResult<Doorbell> {
+        let mut config = config.clone();
+        config.application_name("changecast:doorbell");
+        let (client, connection) = config.connect(NoTls).await?;
+        let lost = CancellationToken::new();
+        let guard = lost.clone().drop_guard();
+        tokio::spawn(async move {
+            let _lost = guard;
+            if let Err(error) = connection.await {
+                tracing::warn!(?error, "doorbell connection failed");
+            }
+        });
+        // A request may wait for as long as a writer's transaction lasts.
+        client
+            .batch_execute("set lock_timeout = 0; set statement_timeout = 0")
+            .await?;
+        Ok(Doorbell {
+            client: Arc::new(client),
+            lost,
+            hold: Hold::Released,
+        })
+    }
+
+    /// Asks writers to ring from now on. Writers that took the lock shared before may
+    /// not ring: the lock is [`granted`](Doorbell::granted) once they have all ended.
+    pub fn request(&mut self) {
+        if !matches!(self.hold, Hold::Released) {
+            return;
+        }
+        let client = self.client.clone();
+        self.hold = Hold::Requested(tokio::spawn(async move {
+            client
+                .execute("select pg_advisory_lock($1, $2)", &[&LOCK.0, &LOCK.1])
+                .await
+                .map(drop)
+        }));
+    }
+
+    /// Resolves once a requested lock is granted: every change committed without a
+    /// wake-up is in the journal by then. Pending while none is requested.
+    /// Cancel-safe (a `select!` branch).
+    pub async fn granted(&mut self) -> DbResult<()> {
+        let Hold::Requested(request) = &mut self.hold else {
+            return std::future::pending().await;
+        };
+        let outcome = request
+            .await
+            .expect("BUG: the doorbell's lock request panicked");
+        self.hold = if outcome.is_ok() {
+            Hold::Held
+        } else {
+            Hold::Released
+        };
+        outcome
+    }
+
+    /// Writers stop ringing for this instance (unless another one waits).
+    pub async fn release(&mut self) -> DbResult<()> {
+        match std::mem::replace(&mut self.hold, Hold::Released) {
+            Hold::Released => Ok(()),
+            Hold::Held => self.unlock().await,
+            Hold::Requested(request) => {
+                self.client.cancel_token().cancel_query(NoTls).await?;
+                match request
+                    .await
+                    .expect("BUG: the doorbell's lock request panicked")
+                {
+                    // Granted before the cancel arrived.
+                    Ok(()) => self.unlock().await,
+                    Err(error) if error.code() == Some(&SqlState::QUERY_CANCELED) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            }
         }
     }
 
-    /// Says this instance waits for the doorbell (not draining); forgets instances that
-    /// crashed long ago.
-    pub async fn register(&self, client: &Client) -> DbResult<()> {
-        client
-            .execute(
-                "insert into changecast.listeners (instance) values ($1::text::uuid)
-                 on conflict (instance) do update set draining = false, seen_at = now()",
-                &[&self.instance],
-            )
-            .await?;
-        self.forget_crashed(client).await
-    }
-
-    /// While `draining`, writers may skip their NOTIFY (unless another instance waits).
-    /// An upsert: the row may have been forgotten meanwhile (see [`Doorbell::heartbeat`]).
-    pub async fn set_draining(&self, client: &Client, draining: bool) -> DbResult<()> {
-        client
-            .execute(
-                "insert into changecast.listeners (instance, draining) values ($1::text::uuid, $2)
-                 on conflict (instance) do update set draining = $2, seen_at = now()",
-                &[&self.instance, &draining],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Says this instance is still there (another instance forgets rows not seen for
-    /// [`FORGET_AFTER`]), restoring its row if it was forgotten anyway.
-    pub async fn heartbeat(&self, client: &Client, draining: bool) -> DbResult<()> {
-        self.set_draining(client, draining).await?;
-        self.forget_crashed(client).await
-    }
-
-    /// Removes this instance's row at shutdown.
-    pub async fn leave(&self, client: &Client) -> DbResult<()> {
-        client
-            .execute(
-                "delete from changecast.listeners where instance = $1::text::uuid",
-                &[&self.instance],
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn forget_crashed(&self, client: &Client) -> DbResult<()> {
-        client
-            .execute(
-                &format!(
-                    "delete from changecast.listeners where seen_at < now() - interval '{FORGET_AFTER}'"
-                ),
-                &[],
-            )
-            .await?;
-        Ok(())
+    async fn unlock(&self) -> DbResult<()> {
+        self.client
+            .execute("select pg_advisory_unlock($1, $2)", &[&LOCK.0, &LOCK.1])
+            .await
+            .map(drop)
     }
 }
 
-impl Default for Doorbell {
-    fn default() -> Self {
-        Self::new()
+impl Drop for Doorbell {
+    fn drop(&mut self) {
+        // A request waiting inside PostgreSQL outlives its connection until it is granted
+        // (a backend waiting for a lock does not notice its client leave): cancel it.
+        if let Hold::Requested(request) = &self.hold {
+            request.abort();
+            let cancel = self.client.cancel_token();
+            tokio::spawn(async move {
+                let _ = cancel.cancel_query(NoTls).await;
+            });
+        }
     }
 }

@@ -9,15 +9,16 @@
 //! Under contention it stops waiting for wake-ups. A wake-up costs the writer a place in
 //! the queue for the NOTIFY commit lock; while changes arrive, the tailer looks at that
 //! queue every few milliseconds, and once writers are seen waiting in it most of the
-//! time it marks itself draining (see `doorbell`): writers skip NOTIFY, and the tailer
+//! time it releases the doorbell (see `doorbell`): writers skip NOTIFY, and the tailer
 //! reads batch after batch, each one coalescing everything committed meanwhile. Below
 //! that point wake-ups cost writers next to nothing and deliver sooner than any poll, so
 //! a busy but uncontended journal keeps them; and when the queue stays while draining,
 //! other NOTIFYs in the writers' transactions hold the lock, so draining would only delay
 //! delivery, and the tailer gives it up for a while. When the rate falls to half of what
-//! it was when draining began, or the journal goes quiet, it clears the mark, reads once
-//! more, and polls a few times at growing intervals for writers that saw the mark just
-//! before.
+//! it was when draining began, or the journal goes quiet, it requests the doorbell again
+//! and reads once more; writers that did not ring may still be committing, so it polls a
+//! few times at growing intervals, and reads once more when the doorbell is granted
+//! (they have all ended then).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ const QUIET_READS_TO_STOP_DRAINING: u32 = 20;
 /// Draining also ends when the rate falls below this share of the rate when it began:
 /// the load that caused the queue is gone (and if it comes back, so does the queue).
 const STOP_DRAINING_BELOW_SHARE: f64 = 0.5;
-/// Draining must empty the queue: sampled again once the mark has been committed this
+/// Draining must empty the queue: sampled again once the doorbell has been released this
 /// long (for writers that rang just before it to commit), a queue still there means
 /// other NOTIFYs in the writers' transactions hold the lock. Skipping ours then only
 /// delays delivery, so the tailer waits for wake-ups and does not try again for
@@ -75,8 +76,8 @@ const HOLD_OFF_AFTER_NO_EFFECT: Duration = Duration::from_secs(30);
 /// polls for good. If writers still queue, draining starts again within [`SAMPLES`]
 /// samples.
 const DRAIN_AT_MOST: Duration = Duration::from_secs(5);
-/// After draining, polls for writers that saw the mark just before it was cleared start
-/// this soon and double up to [`POLL_INTERVAL`].
+/// After draining, polls for writers that skipped ringing just before the doorbell was
+/// requested start this soon and double up to [`POLL_INTERVAL`].
 const FIRST_POLL_AFTER_DRAINING: Duration = Duration::from_millis(1);
 /// A query on the listener connection taking longer means the connection is dead.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -90,8 +91,6 @@ pub struct Tailer {
     pub metrics: Arc<Metrics>,
     /// True while connected and caught up: what `/readyz` reports.
     pub ready: watch::Sender<bool>,
-    /// This instance's mark that tells writers whether to ring.
-    pub doorbell: Doorbell,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +110,10 @@ impl Tailer {
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                attempt = timeout(QUERY_TIMEOUT, listener::connect(&self.pg)) => attempt,
+                attempt = timeout(QUERY_TIMEOUT, self.connect()) => attempt,
             };
-            let connection = match attempt {
-                Ok(Ok(connection)) => connection,
+            let (connection, mut doorbell) = match attempt {
+                Ok(Ok(connected)) => connected,
                 failed => {
                     match failed {
                         Ok(Err(error)) => {
@@ -137,7 +136,7 @@ impl Tailer {
             connected_before = true;
             backoff = BACKOFF_MIN;
             tracing::info!("listener connected; catching up from the journal");
-            match self.follow(&connection, &shutdown).await {
+            match self.follow(&connection, &mut doorbell, &shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
                     self.ready.send_replace(false);
@@ -147,16 +146,27 @@ impl Tailer {
         }
     }
 
+    /// The LISTEN connection, and the doorbell's (a connection of its own).
+    async fn connect(&self) -> Result<(ListenConnection, Doorbell), tokio_postgres::Error> {
+        Ok((
+            listener::connect(&self.pg).await?,
+            Doorbell::connect(&self.pg).await?,
+        ))
+    }
+
     /// Publishes batch after batch while writers commit, and waits for a wake-up when
-    /// they don't, until the connection fails or shutdown.
+    /// they don't, until a connection fails or shutdown.
     async fn follow(
         &self,
         connection: &ListenConnection,
+        doorbell: &mut Doorbell,
         shutdown: &CancellationToken,
     ) -> Result<(), Lost> {
         let client = &connection.client;
-        bounded(self.doorbell.register(client)).await?;
-        // `register` cleared the mark a lost connection may have left set.
+        // Writers ring from now on, but those that skipped it while the previous
+        // connection drained may still be committing: the first batch reads what they
+        // committed so far, the short polls and the grant the rest.
+        doorbell.request();
         self.metrics.draining.set(0);
         // Parsed and planned once per connection, not for every batch: at a batch per
         // commit, planning would be most of what a batch costs PostgreSQL.
@@ -164,14 +174,13 @@ impl Tailer {
         let mut pace = Pace::new(Instant::now());
         // When the notification that woke us arrived: where delivery latency starts.
         let mut woke_at = None;
+        let doorbell_lost = doorbell.lost.clone();
         loop {
             if shutdown.is_cancelled() {
-                // Best effort: a row left behind only costs writers a NOTIFY until
-                // another instance forgets it.
-                let _ = bounded(self.doorbell.leave(client)).await;
+                // Dropping the doorbell's connection releases its lock.
                 return Ok(());
             }
-            if connection.lost.is_cancelled() {
+            if connection.lost.is_cancelled() || doorbell_lost.is_cancelled() {
                 return Err(Lost::Closed);
             }
             let rows = match self
@@ -183,10 +192,6 @@ impl Tailer {
                 Batch::Published { rows } => rows,
             };
             self.ready.send_replace(true);
-            // After every batch, draining or not: a row not seen for a while is forgotten.
-            if pace.heartbeat_due() {
-                bounded(self.doorbell.heartbeat(client, pace.draining)).await?;
-            }
             let mut step = pace.after_batch(rows, Instant::now());
             if step == Step::Sample {
                 let queued = bounded(doorbell::writers_queued(
@@ -200,9 +205,8 @@ impl Tailer {
             let wait = match step {
                 Step::StartDraining => {
                     tracing::debug!("writers queue on the NOTIFY lock: draining without wake-ups");
-                    bounded(self.doorbell.set_draining(client, true)).await?;
-                    // Under load that commit may take a while: writers see the mark
-                    // only from now.
+                    bounded(doorbell.release()).await?;
+                    // Writers stop ringing only from now.
                     pace.marked_draining(Instant::now());
                     self.metrics.draining.set(1);
                     continue;
@@ -210,7 +214,7 @@ impl Tailer {
                 Step::ReadAgain => continue,
                 Step::Pause(pause) => pause,
                 Step::StopDraining { had_effect } => {
-                    bounded(self.doorbell.set_draining(client, false)).await?;
+                    doorbell.request();
                     self.metrics.draining.set(0);
                     if had_effect {
                         tracing::debug!("journal calmer: waiting for wake-ups again");
@@ -222,7 +226,7 @@ impl Tailer {
                         );
                         self.metrics.drains_without_effect.inc();
                     }
-                    // The mark is cleared: read once more for writers that saw it set.
+                    // Writers ring again: read once more for those that did not.
                     continue;
                 }
                 Step::Wait(poll) => poll,
@@ -231,7 +235,10 @@ impl Tailer {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = connection.lost.cancelled() => return Err(Lost::Closed),
+                _ = doorbell_lost.cancelled() => return Err(Lost::Closed),
                 _ = connection.wake.notified() => woke_at = Some(Instant::now()),
+                // Every writer that did not ring has ended: read what they wrote.
+                granted = doorbell.granted() => granted?,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -377,14 +384,14 @@ enum Step {
     /// Busy: look whether writers queue on the NOTIFY lock, and tell
     /// [`Pace::after_sample`].
     Sample,
-    /// Writers queue on the NOTIFY lock: mark draining, read again.
+    /// Writers queue on the NOTIFY lock: release the doorbell, read again.
     StartDraining,
     /// Draining and the last read found many changes: read again at once.
     ReadAgain,
     /// Draining and the last read found few changes or none: read again after this pause.
     Pause(Duration),
     /// Draining, and quiet or much calmer, or draining did not empty the queue
-    /// (`had_effect` false): clear the mark, then read once more.
+    /// (`had_effect` false): request the doorbell, then read once more.
     StopDraining { had_effect: bool },
     /// Wait for a wake-up, or poll after this long.
     Wait(Duration),
@@ -394,7 +401,7 @@ enum Step {
 /// passed in), so the rules are tested without a database or a clock.
 struct Pace {
     draining: bool,
-    /// When the draining mark was committed.
+    /// When the doorbell was released.
     drain_started: Instant,
     /// This drain has been seen to empty the queue: no more samples until it ends.
     drain_confirmed: bool,
@@ -416,7 +423,6 @@ struct Pace {
     /// What to do after the pending sample, unless the sample changes the mode.
     after_sample: Step,
     next_poll: Duration,
-    last_heartbeat: Instant,
 }
 
 impl Pace {
@@ -435,10 +441,9 @@ impl Pace {
             samples: 0,
             last_sample: now,
             after_sample: Step::Wait(POLL_INTERVAL),
-            // A connection lost while draining left writers skipping NOTIFY until
-            // `register` cleared the mark: poll soon at first, as after draining.
+            // A connection lost while draining left writers skipping NOTIFY until the
+            // doorbell was requested again: poll soon at first, as after draining.
             next_poll: FIRST_POLL_AFTER_DRAINING,
-            last_heartbeat: now,
         }
     }
 
@@ -519,7 +524,7 @@ impl Pace {
         Step::StartDraining
     }
 
-    /// The draining mark is committed: writers stop ringing from `now` on.
+    /// The doorbell is released: writers stop ringing from `now` on.
     fn marked_draining(&mut self, now: Instant) {
         self.drain_started = now;
         self.drain_confirmed = false;
@@ -560,14 +565,6 @@ impl Pace {
             return 0.0;
         }
         self.window_rows as f64 / elapsed.as_secs_f64()
-    }
-
-    fn heartbeat_due(&mut self) -> bool {
-        if self.last_heartbeat.elapsed() < doorbell::HEARTBEAT {
-            return false;
-        }
-        self.last_heartbeat = Instant::now();
-        true
     }
 }
 
@@ -666,8 +663,8 @@ mod tests {
     #[test]
     fn a_busy_journal_keeps_its_wake_ups_while_writers_do_not_queue() {
         let mut clock = Clock::new();
-        // Just connected: short polls first (a mark left set by a lost connection was
-        // only now cleared), doubling up to the safety net.
+        // Just connected: short polls first (writers that skipped ringing while a lost
+        // connection drained may still be committing), doubling up to the safety net.
         assert_eq!(clock.batch(1, MS), Step::Wait(FIRST_POLL_AFTER_DRAINING));
         for _ in 0..20 {
             if clock.batch(0, 50 * MS) == Step::Wait(POLL_INTERVAL) {
@@ -712,7 +709,7 @@ mod tests {
             assert_eq!(clock.step(0, MS), Step::Pause(DRAIN_PAUSE));
         }
         assert_eq!(clock.step(0, MS), CALMER);
-        // Then short polls, doubling, for writers that saw the mark before it cleared.
+        // Then short polls, doubling, for writers that skipped ringing just before.
         let mut polls = Vec::new();
         while let Step::Wait(poll) = clock.step(0, MS) {
             polls.push(poll);

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -50,15 +51,34 @@ async fn crowding_writer(app: &TestApp) -> tokio_postgres::Client {
     db
 }
 
-async fn draining(app: &TestApp) -> bool {
-    app.db
-        .query_one(
-            "select coalesce(bool_and(draining), false) from changecast.listeners",
-            &[],
-        )
+/// The doorbell lock's requests by service instances: (granted, waiting).
+async fn doorbell_requests(app: &TestApp) -> (i64, i64) {
+    let row = app
+        .db
+        .query_one(changecast::journal::doorbell::DOORBELL_REQUESTS, &[])
         .await
-        .unwrap()
-        .get(0)
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Whether the service drains: no instance waits for wake-ups, so writers do not ring.
+async fn draining(app: &TestApp) -> bool {
+    doorbell_requests(app).await == (0, 0)
+}
+
+/// Whether `db`'s open transaction took the doorbell lock shared: it wrote without
+/// ringing, since no instance waited.
+async fn skipped_ringing(db: &tokio_postgres::Client) -> bool {
+    let (class, object) = changecast::journal::doorbell::LOCK;
+    db.query_one(
+        "select exists (select from pg_locks
+          where pid = pg_backend_pid() and locktype = 'advisory' and mode = 'ShareLock'
+            and classid = $1::int::oid and objid = $2::int::oid and objsubid = 2)",
+        &[&class, &object],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 #[tokio::test]
@@ -66,7 +86,10 @@ async fn writers_skip_notify_while_the_service_drains_and_nothing_is_lost() {
     let (_cluster, app) = durable_app().await;
     let (_listener, notifications) = count_notifications(&app.db_url).await;
     let mut stream = app.sse(&token("acme"), "").await;
-    assert!(!draining(&app).await, "an idle service waits for wake-ups");
+    eventually("an idle service waits for wake-ups", || async {
+        doorbell_requests(&app).await == (1, 0)
+    })
+    .await;
 
     // Sixteen writers, single-row transactions back to back, commits slowed down: they
     // queue on the NOTIFY lock while they ring. Count the transactions and the
@@ -170,6 +193,173 @@ async fn draining_is_given_up_when_the_writers_own_notifies_hold_the_lock() {
     }
     let received = stream.receive_ids(&written).await;
     assert_nothing_lost(&written, &received, &HashSet::new());
+}
+
+/// Writers that skip ringing keep the doorbell lock shared until they end, so a service
+/// that stops draining is granted it only after them: a transaction left open across the
+/// switch is read when it commits, and the writes meanwhile ring and arrive.
+#[tokio::test]
+async fn a_writer_that_skipped_ringing_is_read_once_it_ends() {
+    let (_cluster, app) = durable_app().await;
+    let (_listener, notifications) = count_notifications(&app.db_url).await;
+    let mut stream = app.sse(&token("acme"), "").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let db = crowding_writer(&app).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut ids = HashSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                ids.extend(insert_tickets(&db, "acme", 1).await);
+            }
+            ids
+        }));
+    }
+    // While the service drains, a transaction writes a row without ringing, and stays.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (open, open_id) = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write skipped ringing within {WAIT:?}: the service never drained"
+        );
+        if draining(&app).await {
+            let (db, id) = app.begin_long_transaction("acme", "skipped ringing").await;
+            if skipped_ringing(&db).await {
+                break (db, id);
+            }
+            db.batch_execute("rollback").await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    stop.store(true, Ordering::SeqCst);
+    let mut written = HashSet::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    // Calm again: the service asks writers to ring, but cannot count on it before the
+    // open transaction ends.
+    eventually("the service requests the doorbell", || async {
+        doorbell_requests(&app).await == (0, 1)
+    })
+    .await;
+    // Meanwhile writes ring, and arrive.
+    let before = notifications.load(Ordering::SeqCst);
+    let lone = app
+        .insert_ticket("acme", "rings while the request waits")
+        .await;
+    written.insert(lone.clone());
+    let mut received = stream.receive_ids(&HashSet::from([lone.clone()])).await;
+    assert!(received.contains(&lone));
+    eventually("a write rings while the request waits", || async {
+        notifications.load(Ordering::SeqCst) > before
+    })
+    .await;
+    // The open transaction commits without a wake-up of its own: the grant reads it.
+    open.batch_execute("commit").await.unwrap();
+    written.insert(open_id.clone());
+    eventually("the doorbell is granted once the writer ended", || async {
+        doorbell_requests(&app).await == (1, 0)
+    })
+    .await;
+    let rest = written.difference(&received).cloned().collect();
+    received.extend(stream.receive_ids(&rest).await);
+    assert_nothing_lost(&written, &received, &HashSet::new());
+}
+
+/// The doorbell's own connection dropped: writers stop ringing for the instance, which
+/// reconnects, catches up, and waits for wake-ups again — nothing lost meanwhile.
+#[tokio::test]
+async fn a_lost_doorbell_connection_is_replaced_and_nothing_is_lost() {
+    let app = spawn_app().await;
+    let (_listener, notifications) = count_notifications(&app.db_url).await;
+    let mut stream = app.sse(&token("acme"), "").await;
+    eventually("the service waits for wake-ups", || async {
+        doorbell_requests(&app).await == (1, 0)
+    })
+    .await;
+    let reconnects = app
+        .metric("changecast_db_reconnects_total")
+        .await
+        .unwrap_or(0.0);
+    let killed: i64 = app
+        .db
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity
+             where application_name = 'changecast:doorbell' and datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    // Written one by one while the service notices, reconnects and catches up.
+    let mut written = HashSet::new();
+    for _ in 0..20 {
+        written.extend(app.insert_tickets("acme", 1).await);
+    }
+    let received = stream.receive_ids(&written).await;
+    assert_nothing_lost(&written, &received, &HashSet::new());
+    eventually("the service reconnected", || async {
+        app.metric("changecast_db_reconnects_total")
+            .await
+            .unwrap_or(0.0)
+            > reconnects
+    })
+    .await;
+    eventually("the service waits for wake-ups again", || async {
+        doorbell_requests(&app).await == (1, 0)
+    })
+    .await;
+    let before = notifications.load(Ordering::SeqCst);
+    let id = app.insert_ticket("acme", "after the reconnect").await;
+    assert!(stream
+        .receive_ids(&HashSet::from([id.clone()]))
+        .await
+        .contains(&id));
+    eventually("a write rings again", || async {
+        notifications.load(Ordering::SeqCst) > before
+    })
+    .await;
+}
+
+/// Two instances waiting: one holds the doorbell lock, the other queues for it, and
+/// writers ring for both; when the holder stops, the other is granted the lock.
+#[tokio::test]
+async fn with_two_instances_writers_ring_while_either_waits() {
+    let first = spawn_app().await;
+    let second = start_on(first.db_url.clone(), |_| {}).await;
+    let (_listener, notifications) = count_notifications(&first.db_url).await;
+    let mut first_stream = first.sse(&token("acme"), "").await;
+    let mut second_stream = second.sse(&token("acme"), "").await;
+    eventually("both instances wait for wake-ups", || async {
+        doorbell_requests(&second).await == (1, 1)
+    })
+    .await;
+    let id = first.insert_ticket("acme", "for both").await;
+    let expected = HashSet::from([id.clone()]);
+    assert!(first_stream.receive_ids(&expected).await.contains(&id));
+    assert!(second_stream.receive_ids(&expected).await.contains(&id));
+    assert_eq!(
+        notifications.load(Ordering::SeqCst),
+        1,
+        "the write did not ring"
+    );
+
+    first.stop().await;
+    eventually("the second instance is granted the lock", || async {
+        doorbell_requests(&second).await == (1, 0)
+    })
+    .await;
+    let id = second.insert_ticket("acme", "for the second").await;
+    assert!(second_stream
+        .receive_ids(&HashSet::from([id.clone()]))
+        .await
+        .contains(&id));
+    eventually("the write rang", || async {
+        notifications.load(Ordering::SeqCst) == 2
+    })
+    .await;
 }
 
 /// Names of the indexes a plan scans and the scans that read a relation from end to
