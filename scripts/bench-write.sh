@@ -40,7 +40,7 @@ psql "$url" -q -v ON_ERROR_STOP=1 -f sql/bench/reset.sql
 
 # The service, attached for the whole comparison (idle while nothing NOTIFYs it).
 log=target/bench-write-service.log
-DATABASE_URL=$url CHANGECAST_LISTEN=127.0.0.1:0 RUST_LOG=warn \
+DATABASE_URL=$url CHANGECAST_LISTEN=127.0.0.1:0 RUST_LOG=${CHANGECAST_BENCH_SERVICE_LOG:-warn} \
   CHANGECAST_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
   "$bin" serve >"$log" 2>&1 &
 service=$!

@@ -34,21 +34,53 @@ pub const LOCK: (i32, i32) = (1_667_458_146, 1);
 /// PostgreSQL serialises the commits of transactions that notified, in every database of
 /// the cluster, on one lock, "object 0 of pg_database" (`PreCommit_Notify` in async.c,
 /// PostgreSQL 9.0 to 17). Only this database's writers can stop ringing for us, so only
-/// they count. `pg_locks` and the pids and databases of `pg_stat_activity` are readable
-/// by every role.
+/// they count. `pg_locks` and the pids, databases and transaction ids of
+/// `pg_stat_activity` are readable by every role.
 ///
-/// `$1`: asked while this instance drains. Writers still ring while any other instance
-/// waits for wake-ups, so a queue then says nothing about the writers' own NOTIFYs, and
-/// counts as none.
+/// `$1`, while this instance drains: the next transaction id when it released the
+/// doorbell. Writers that took their id before may have rung for us, and may still be
+/// queueing to commit (on a slow disk, 32 of them take longer than the 50 ms the tailer
+/// waits); a writer that took it later did not ring for us, so it counts (ids compared
+/// modulo 2^32, as `pg_stat_activity` shows them). A writer without an id wrote no row:
+/// it counts too. And while any other instance waits for wake-ups, writers ring anyway:
+/// a queue then says nothing about their own NOTIFYs, and counts as none.
 pub const QUEUED_ON_NOTIFY_LOCK: &str = "select exists (
      select from pg_locks l join pg_stat_activity a on a.pid = l.pid
       where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
-        and l.objid = 0 and not l.granted and a.datname = current_database())
-   and not ($1 and exists (select from pg_locks
-                            where locktype = 'advisory' and mode = 'ExclusiveLock'
-                              and classid = 1667458146 and objid = 1 and objsubid = 2
-                              and database = (select oid from pg_database
-                                               where datname = current_database())))";
+        and l.objid = 0 and not l.granted and a.datname = current_database()
+        and ($1::bigint is null or a.backend_xid is null
+             or (a.backend_xid::text::bigint - $1::bigint % 4294967296 + 4294967296)
+                % 4294967296 < 2147483648))
+   and not ($1::bigint is not null
+            and exists (select from pg_locks
+                         where locktype = 'advisory' and mode = 'ExclusiveLock'
+                           and classid = 1667458146 and objid = 1 and objsubid = 2
+                           and database = (select oid from pg_database
+                                            where datname = current_database())))";
+
+/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection; `released_at`:
+/// the next transaction id when this instance released the doorbell, while it drains.
+pub async fn writers_queued(
+    client: &Client,
+    statement: &Statement,
+    released_at: Option<u64>,
+) -> DbResult<bool> {
+    let released_at = released_at.map(|xid| xid as i64);
+    Ok(client.query_one(statement, &[&released_at]).await?.get(0))
+}
+
+/// The id the next transaction will get. (A snapshot's `xmax` is not it: that is the
+/// newest *completed* transaction's + 1, and newer ones may be running already.) Takes
+/// an id for a transaction that writes nothing: its commit record is all it costs.
+pub async fn next_transaction_id(client: &Client) -> DbResult<u64> {
+    let row = client
+        .query_one("select pg_current_xact_id()::text", &[])
+        .await?;
+    Ok(row
+        .get::<_, &str>(0)
+        .parse()
+        .expect("BUG: xid8 is a number"))
+}
 
 /// The instances that wait for wake-ups in this database: how many hold [`LOCK`], and how
 /// many request it (waiting for other instances, or for writers that did not ring).
@@ -58,15 +90,6 @@ pub const DOORBELL_REQUESTS: &str = "select count(*) filter (where granted),
      where locktype = 'advisory' and mode = 'ExclusiveLock'
        and classid = 1667458146 and objid = 1 and objsubid = 2
        and database = (select oid from pg_database where datname = current_database())";
-
-/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection.
-pub async fn writers_queued(
-    client: &Client,
-    statement: &Statement,
-    draining: bool,
-) -> DbResult<bool> {
-    Ok(client.query_one(statement, &[&draining]).await?.get(0))
-}
 
 /// One instance's hold on the doorbell lock, on a connection of its own: a request for
 /// the lock waits inside PostgreSQL, and a connection waiting in a query receives no

@@ -175,6 +175,8 @@ impl Tailer {
         // When the notification that woke us arrived: where delivery latency starts.
         let mut woke_at = None;
         let doorbell_lost = doorbell.lost.clone();
+        // While draining: the next transaction id when the doorbell was released.
+        let mut released_at = 0;
         loop {
             if shutdown.is_cancelled() {
                 // Dropping the doorbell's connection releases its lock.
@@ -197,7 +199,7 @@ impl Tailer {
                 let queued = bounded(doorbell::writers_queued(
                     client,
                     &statements.queued,
-                    pace.draining,
+                    pace.draining.then_some(released_at),
                 ))
                 .await?;
                 step = pace.after_sample(queued, Instant::now());
@@ -206,7 +208,9 @@ impl Tailer {
                 Step::StartDraining => {
                     tracing::debug!("writers queue on the NOTIFY lock: draining without wake-ups");
                     bounded(doorbell.release()).await?;
-                    // Writers stop ringing only from now.
+                    // Writers stop ringing only from now: those with an older id may
+                    // still queue to commit their wake-up.
+                    released_at = bounded(doorbell::next_transaction_id(client)).await?;
                     pace.marked_draining(Instant::now());
                     self.metrics.draining.set(1);
                     continue;
