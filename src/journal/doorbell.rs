@@ -18,6 +18,7 @@
 //! the NOTIFY lock, which [`writers_queued`] looks at.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
@@ -90,6 +91,9 @@ pub const DOORBELL_REQUESTS: &str = "select count(*) filter (where granted),
      where locktype = 'advisory' and mode = 'ExclusiveLock'
        and classid = 1667458146 and objid = 1 and objsubid = 2
        and database = (select oid from pg_database where datname = current_database())";
+
+/// A cancelled request that has not ended after this long is cancelled again.
+const CANCEL_AGAIN_AFTER: Duration = Duration::from_millis(100);
 
 /// One instance's hold on the doorbell lock, on a connection of its own: a request for
 /// the lock waits inside PostgreSQL, and a connection waiting in a query receives no
@@ -169,22 +173,30 @@ impl Doorbell {
 
     /// Writers stop ringing for this instance (unless another one waits).
     pub async fn release(&mut self) -> DbResult<()> {
-        match std::mem::replace(&mut self.hold, Hold::Released) {
-            Hold::Released => Ok(()),
-            Hold::Held => self.unlock().await,
-            Hold::Requested(request) => {
+        if let Hold::Requested(request) = &mut self.hold {
+            // A cancel that reaches the backend before the request does is lost: cancel
+            // until the request ends, granted or cancelled.
+            let outcome = loop {
                 self.client.cancel_token().cancel_query(NoTls).await?;
-                match request
-                    .await
-                    .expect("BUG: the doorbell's lock request panicked")
-                {
-                    // Granted before the cancel arrived.
-                    Ok(()) => self.unlock().await,
-                    Err(error) if error.code() == Some(&SqlState::QUERY_CANCELED) => Ok(()),
-                    Err(error) => Err(error),
+                if let Ok(ended) = tokio::time::timeout(CANCEL_AGAIN_AFTER, &mut *request).await {
+                    break ended.expect("BUG: the doorbell's lock request panicked");
                 }
-            }
+            };
+            self.hold = match outcome {
+                // Granted before the cancel arrived.
+                Ok(()) => Hold::Held,
+                Err(error) if error.code() == Some(&SqlState::QUERY_CANCELED) => Hold::Released,
+                Err(error) => {
+                    self.hold = Hold::Released;
+                    return Err(error);
+                }
+            };
         }
+        if let Hold::Held = self.hold {
+            self.hold = Hold::Released;
+            self.unlock().await?;
+        }
+        Ok(())
     }
 
     async fn unlock(&self) -> DbResult<()> {
@@ -197,14 +209,17 @@ impl Doorbell {
 
 impl Drop for Doorbell {
     fn drop(&mut self) {
-        // A request waiting inside PostgreSQL outlives its connection until it is granted
-        // (a backend waiting for a lock does not notice its client leave): cancel it.
+        // The request's task keeps the connection open, and a request waiting inside
+        // PostgreSQL outlives its connection until it is granted (a backend waiting for
+        // a lock does not notice its client leave): end both.
         if let Hold::Requested(request) = &self.hold {
             request.abort();
             let cancel = self.client.cancel_token();
-            tokio::spawn(async move {
-                let _ = cancel.cancel_query(NoTls).await;
-            });
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = cancel.cancel_query(NoTls).await;
+                });
+            }
         }
     }
 }
