@@ -13,8 +13,12 @@
 --     that stops draining is granted the lock only after every writer that did not ring
 --     has committed (or rolled back), and reads the journal once more then.
 --
--- A crashed instance's lock goes with its connection: nothing to clean up. The key is
--- in the two-integer space of advisory locks, as 'ccdb' (changecast doorbell).
+-- A crashed instance's lock goes with its connection (a request still waiting, too: the
+-- doorbell connection sets client_connection_check_interval where PostgreSQL has it):
+-- nothing to clean up. A grant also waits for any other instance holding the lock, and
+-- for a prepared (two-phase) transaction that skipped ringing until COMMIT PREPARED; the
+-- instance polls meanwhile. The key is in the two-integer space of advisory locks, as
+-- 'ccdb' (changecast doorbell).
 --
 -- changecast.listeners stays for now: instances of the previous version, still running
 -- during a rolling upgrade, write their rows there. They get wake-ups only while an

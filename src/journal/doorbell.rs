@@ -127,9 +127,17 @@ impl Doorbell {
                 tracing::warn!(?error, "doorbell connection failed");
             }
         });
-        // A request may wait for as long as a writer's transaction lasts.
+        // A request may wait for as long as a writer's transaction lasts, and the lock is
+        // held by an idle session. A backend waiting for a lock does not notice that its
+        // client left (a crashed instance, a lost cancel) unless it checks (PostgreSQL 14+).
         client
-            .batch_execute("set lock_timeout = 0; set statement_timeout = 0")
+            .batch_execute(
+                "set lock_timeout = 0; set statement_timeout = 0;
+                 select set_config(name, value, false)
+                 from (values ('idle_session_timeout', '0'), ('transaction_timeout', '0'),
+                              ('client_connection_check_interval', '1000')) wanted (name, value)
+                 where name in (select name from pg_settings)",
+            )
             .await?;
         Ok(Doorbell {
             client: Arc::new(client),
@@ -145,11 +153,12 @@ impl Doorbell {
             return;
         }
         let client = self.client.clone();
+        // One round trip (no prepare): the sooner it waits in PostgreSQL, the sooner writers
+        // ring, and the smaller the window in which a cancel arrives before it.
         self.hold = Hold::Requested(tokio::spawn(async move {
             client
-                .execute("select pg_advisory_lock($1, $2)", &[&LOCK.0, &LOCK.1])
+                .batch_execute(&format!("select pg_advisory_lock({}, {})", LOCK.0, LOCK.1))
                 .await
-                .map(drop)
         }));
     }
 
@@ -177,33 +186,31 @@ impl Doorbell {
             // A cancel that reaches the backend before the request does is lost: cancel
             // until the request ends, granted or cancelled.
             let outcome = loop {
-                self.client.cancel_token().cancel_query(NoTls).await?;
+                if !request.is_finished() {
+                    self.client.cancel_token().cancel_query(NoTls).await?;
+                }
                 if let Ok(ended) = tokio::time::timeout(CANCEL_AGAIN_AFTER, &mut *request).await {
                     break ended.expect("BUG: the doorbell's lock request panicked");
                 }
             };
-            self.hold = match outcome {
-                // Granted before the cancel arrived.
-                Ok(()) => Hold::Held,
-                Err(error) if error.code() == Some(&SqlState::QUERY_CANCELED) => Hold::Released,
-                Err(error) => {
+            self.hold = Hold::Held;
+            if let Err(error) = outcome {
+                if error.code() != Some(&SqlState::QUERY_CANCELED) {
                     self.hold = Hold::Released;
                     return Err(error);
                 }
-            };
+            }
         }
         if let Hold::Held = self.hold {
             self.hold = Hold::Released;
-            self.unlock().await?;
+            // Also when the request was cancelled: a cancel that arrives as the lock is
+            // granted fails the request, but PostgreSQL keeps the lock. This connection
+            // holds no other advisory lock.
+            self.client
+                .batch_execute("select pg_advisory_unlock_all()")
+                .await?;
         }
         Ok(())
-    }
-
-    async fn unlock(&self) -> DbResult<()> {
-        self.client
-            .execute("select pg_advisory_unlock($1, $2)", &[&LOCK.0, &LOCK.1])
-            .await
-            .map(drop)
     }
 }
 
