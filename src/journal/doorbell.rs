@@ -17,7 +17,7 @@
 //! When to drain is the tailer's call (its `Pace`): when writers are seen queueing on
 //! the NOTIFY lock, which [`writers_queued`] looks at.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -30,6 +30,17 @@ use super::DbResult;
 /// The advisory lock, in the two-integer key space ("ccdb", changecast doorbell): the
 /// same pair as `changecast.ring()` in migration V7.
 pub const LOCK: (i32, i32) = (1_667_458_146, 1);
+
+/// The rows of `pg_locks` that are instances' requests for [`LOCK`] in this database,
+/// granted or waiting (`objsubid` 2: the two-integer key space).
+static INSTANCE_REQUESTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "locktype = 'advisory' and mode = 'ExclusiveLock'
+         and classid = {} and objid = {} and objsubid = 2
+         and database = (select oid from pg_database where datname = current_database())",
+        LOCK.0, LOCK.1
+    )
+});
 
 /// Whether a transaction of this database waits at commit for the NOTIFY lock right now.
 /// PostgreSQL serialises the commits of transactions that notified, in every database of
@@ -45,19 +56,21 @@ pub const LOCK: (i32, i32) = (1_667_458_146, 1);
 /// modulo 2^32, as `pg_stat_activity` shows them). A writer without an id wrote no row:
 /// it counts too. And while any other instance waits for wake-ups, writers ring anyway:
 /// a queue then says nothing about their own NOTIFYs, and counts as none.
-pub const QUEUED_ON_NOTIFY_LOCK: &str = "select exists (
-     select from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'object' and l.database = 0 and l.classid = 'pg_database'::regclass
-        and l.objid = 0 and not l.granted and a.datname = current_database()
-        and ($1::bigint is null or a.backend_xid is null
-             or (a.backend_xid::text::bigint - $1::bigint % 4294967296 + 4294967296)
-                % 4294967296 < 2147483648))
-   and not ($1::bigint is not null
-            and exists (select from pg_locks
-                         where locktype = 'advisory' and mode = 'ExclusiveLock'
-                           and classid = 1667458146 and objid = 1 and objsubid = 2
-                           and database = (select oid from pg_database
-                                            where datname = current_database())))";
+pub static QUEUED_ON_NOTIFY_LOCK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select exists (
+           select from pg_locks l join pg_stat_activity a on a.pid = l.pid
+            where l.locktype = 'object' and l.database = 0
+              and l.classid = 'pg_database'::regclass and l.objid = 0 and not l.granted
+              and a.datname = current_database()
+              and ($1::bigint is null or a.backend_xid is null
+                   or (a.backend_xid::text::bigint - $1::bigint % 4294967296 + 4294967296)
+                      % 4294967296 < 2147483648))
+         and not ($1::bigint is not null
+                  and exists (select from pg_locks where {}))",
+        *INSTANCE_REQUESTS
+    )
+});
 
 /// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection; `released_at`:
 /// the next transaction id when this instance released the doorbell, while it drains.
@@ -85,12 +98,13 @@ pub async fn next_transaction_id(client: &Client) -> DbResult<u64> {
 
 /// The instances that wait for wake-ups in this database: how many hold [`LOCK`], and how
 /// many request it (waiting for other instances, or for writers that did not ring).
-pub const DOORBELL_REQUESTS: &str = "select count(*) filter (where granted),
-            count(*) filter (where not granted)
-     from pg_locks
-     where locktype = 'advisory' and mode = 'ExclusiveLock'
-       and classid = 1667458146 and objid = 1 and objsubid = 2
-       and database = (select oid from pg_database where datname = current_database())";
+pub static DOORBELL_REQUESTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select count(*) filter (where granted), count(*) filter (where not granted)
+         from pg_locks where {}",
+        *INSTANCE_REQUESTS
+    )
+});
 
 /// A cancelled request that has not ended after this long is cancelled again.
 const CANCEL_AGAIN_AFTER: Duration = Duration::from_millis(100);

@@ -507,7 +507,7 @@ impl Journal {
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
-            queued: client.prepare(doorbell::QUEUED_ON_NOTIFY_LOCK).await?,
+            queued: client.prepare(&doorbell::QUEUED_ON_NOTIFY_LOCK).await?,
         })
     }
 

@@ -51,11 +51,65 @@ async fn crowding_writer(app: &TestApp) -> tokio_postgres::Client {
     db
 }
 
+/// Sixteen [`crowding_writer`]s committing single-row transactions of "acme" back to
+/// back until stopped; with `own_notify`, every transaction also notifies on the
+/// application's own channel, as an application using LISTEN/NOTIFY itself would.
+struct Crowd {
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<HashSet<String>>>,
+}
+
+impl Crowd {
+    async fn start(app: &TestApp, own_notify: bool) -> Crowd {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        // Enough writers for the lock to be busy most of the time on a fast disk too.
+        for _ in 0..16 {
+            let db = crowding_writer(app).await;
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let mut ids = HashSet::new();
+                while !stop.load(Ordering::SeqCst) {
+                    if !own_notify {
+                        ids.extend(insert_tickets(&db, "acme", 1).await);
+                        continue;
+                    }
+                    let row = db
+                        .query_one(
+                            // (The notification's column is selected: a subquery whose
+                            // output nobody reads is not evaluated, and would not notify.)
+                            "with added as (insert into tickets (tenant_id, title)
+                                            values ('acme', 'noisy') returning id),
+                                  rang as (select pg_notify('the_apps_own_channel', 'hi') as n)
+                             select added.id::text, rang.n::text from added, rang",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    ids.insert(row.get::<_, String>(0));
+                }
+                ids
+            }));
+        }
+        Crowd { stop, writers }
+    }
+
+    /// Stops the writers; the ids they committed.
+    async fn stop(self) -> HashSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut written = HashSet::new();
+        for writer in self.writers {
+            written.extend(writer.await.unwrap());
+        }
+        written
+    }
+}
+
 /// The doorbell lock's requests by service instances: (granted, waiting).
 async fn doorbell_requests(app: &TestApp) -> (i64, i64) {
     let row = app
         .db
-        .query_one(changecast::journal::doorbell::DOORBELL_REQUESTS, &[])
+        .query_one(&*changecast::journal::doorbell::DOORBELL_REQUESTS, &[])
         .await
         .unwrap();
     (row.get(0), row.get(1))
@@ -159,33 +213,7 @@ async fn a_lone_write_rings_and_arrives(
 async fn draining_is_given_up_when_the_writers_own_notifies_hold_the_lock() {
     let (_cluster, app) = durable_app().await;
     let mut stream = app.sse(&token("acme"), "").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    // Enough writers for the lock to be busy most of the time on a fast disk too.
-    for _ in 0..16 {
-        let db = crowding_writer(&app).await;
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let mut ids = HashSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                // One row and the application's own notification, in one transaction.
-                let row = db
-                    .query_one(
-                        // (The notification's column is selected: a subquery whose
-                        // output nobody reads is not evaluated, and would not notify.)
-                        "with added as (insert into tickets (tenant_id, title)
-                                        values ('acme', 'noisy') returning id),
-                              rang as (select pg_notify('the_apps_own_channel', 'hi') as n)
-                         select added.id::text, rang.n::text from added, rang",
-                        &[],
-                    )
-                    .await
-                    .unwrap();
-                ids.insert(row.get::<_, String>(0));
-            }
-            ids
-        }));
-    }
+    let crowd = Crowd::start(&app, true).await;
     eventually("the service gives draining up", || async {
         app.metric("changecast_drains_without_effect_total")
             .await
@@ -200,11 +228,7 @@ async fn draining_is_given_up_when_the_writers_own_notifies_hold_the_lock() {
         || async { !draining(&app).await },
     )
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let mut written = HashSet::new();
-    for writer in writers {
-        written.extend(writer.await.unwrap());
-    }
+    let written = crowd.stop().await;
     let received = stream.receive_ids(&written).await;
     assert_nothing_lost(&written, &received, &HashSet::new());
 }
@@ -217,19 +241,7 @@ async fn a_writer_that_skipped_ringing_is_read_once_it_ends() {
     let (_cluster, app) = durable_app().await;
     let (_listener, notifications) = count_notifications(&app.db_url).await;
     let mut stream = app.sse(&token("acme"), "").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for _ in 0..16 {
-        let db = crowding_writer(&app).await;
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let mut ids = HashSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                ids.extend(insert_tickets(&db, "acme", 1).await);
-            }
-            ids
-        }));
-    }
+    let crowd = Crowd::start(&app, false).await;
     // While the service drains, a transaction writes a row without ringing, and stays.
     let deadline = tokio::time::Instant::now() + WAIT;
     let (open, open_id) = loop {
@@ -246,11 +258,7 @@ async fn a_writer_that_skipped_ringing_is_read_once_it_ends() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    stop.store(true, Ordering::SeqCst);
-    let mut written = HashSet::new();
-    for writer in writers {
-        written.extend(writer.await.unwrap());
-    }
+    let mut written = crowd.stop().await;
     // Calm again: the service asks writers to ring, but cannot count on it before the
     // open transaction ends.
     eventually("the service requests the doorbell", || async {
