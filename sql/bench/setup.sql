@@ -19,19 +19,21 @@ create table if not exists bench.bridge (like public.tickets including all);
 
 /*
  * Function: bench.capture_without_notify()  (trigger)
- * Made from the installed changecast.capture() at every apply, with its doorbell
- * (`perform changecast.ring();`, which may NOTIFY) replaced by `null;`, so the
- * comparison follows the real trigger as it changes. Fails loudly when there is no such
- * statement to remove.
+ * Made from the installed changecast.capture() at every apply, with its doorbell (the
+ * `if not pg_try_advisory_xact_lock_shared(...) then perform pg_notify(...); end if;`
+ * of migration V8, which may NOTIFY) replaced by `null;`, so the comparison follows the
+ * real trigger as it changes. Fails loudly when there is no such statement to remove.
  */
 do $$
 declare
     source text := pg_get_functiondef('changecast.capture()'::regprocedure);
     copy   text;
 begin
-    copy := regexp_replace(source, 'perform\s+changecast\.ring\s*\(\s*\);', 'null;  -- bench: no NOTIFY', 'gi');
+    copy := regexp_replace(source,
+        'if\s+not\s+pg_try_advisory_xact_lock_shared\([^)]*\)\s+then\s+perform\s+pg_notify\([^;]*\);\s+end\s+if;',
+        'null;  -- bench: no doorbell', 'gi');
     if copy = source then
-        raise exception 'bench: changecast.capture() has no "perform changecast.ring();" to remove; '
+        raise exception 'bench: changecast.capture() has no doorbell ("if not pg_try_advisory_xact_lock_shared") to remove; '
                         'adapt sql/bench/setup.sql to the new trigger';
     end if;
     copy := replace(copy, 'FUNCTION changecast.capture()', 'FUNCTION bench.capture_without_notify()');

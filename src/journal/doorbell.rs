@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::DbResult;
 
 /// The advisory lock, in the two-integer key space ("ccdb", changecast doorbell): the
-/// same pair as `changecast.ring()` in migration V7.
+/// same pair as `changecast.ring()` (migration V7) and the capture trigger (V8) test.
 pub const LOCK: (i32, i32) = (1_667_458_146, 1);
 
 /// The rows of `pg_locks` that are instances' requests for [`LOCK`] in this database,
