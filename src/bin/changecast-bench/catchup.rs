@@ -97,10 +97,9 @@ async fn catch_up(
     fill(&ctx.database_url, tenants, behind).await?;
     settle(service).await;
 
-    let pg = crate::service::connect(&ctx.database_url).await?;
     let shared = Shared::new(0);
     let cancel = CancellationToken::new();
-    let window = Window::start(service, &pg).await?;
+    let window = Window::start(service, &ctx.database_url).await?;
     let started = shared.now_ns();
     let mut tasks = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
@@ -120,7 +119,7 @@ async fn catch_up(
     while tokio::time::Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let usage = window.finish(&pg).await?;
+    let usage = window.finish().await?;
     cancel.cancel();
     let mut trackers = Vec::with_capacity(tasks.len());
     for task in tasks {

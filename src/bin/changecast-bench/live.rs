@@ -22,7 +22,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
     let mut service = ctx.service().await?;
-    let pg = crate::service::connect(&ctx.database_url).await?;
     let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;
 
     // Subscribers first: they stay connected (idle) through the bridge window.
@@ -58,7 +57,7 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
     settle(&service).await;
 
     if !args.no_bridge {
-        let bridge = measure_bridge(ctx, args, rows, &service, &pg).await?;
+        let bridge = measure_bridge(ctx, args, rows, &service).await?;
         report.add("bridge: bare LISTEN p50", "ms", q(&bridge.0, 0.5));
         report.add("bridge: bare LISTEN p99", "ms", q(&bridge.0, 0.99));
         report.add("bridge: PostgreSQL CPU per change", "µs", bridge.1);
@@ -75,11 +74,11 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
         "bench-writers",
     )
     .await;
-    let window = Window::start(&service, &pg).await?;
+    let window = Window::start(&service, &ctx.database_url).await?;
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written).await.context("the writers failed")?;
     let elapsed = started.elapsed();
-    let usage = window.finish(&pg).await?;
+    let usage = window.finish().await?;
     let measured_rows = writing.measured_rows();
 
     // Drain: until every subscriber has every committed row of its tenant, or no progress.
@@ -153,7 +152,6 @@ async fn measure_bridge(
     args: &LiveArgs,
     rows: usize,
     service: &crate::service::Service,
-    pg: &tokio_postgres::Client,
 ) -> anyhow::Result<(Histogram, f64)> {
     let shared = Shared::new(rows);
     let mut writing = Writing::start(
@@ -165,13 +163,13 @@ async fn measure_bridge(
         "bench-bridge",
     )
     .await;
-    let window = Window::start(service, pg).await?;
+    let window = Window::start(service, &ctx.database_url).await?;
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written)
         .await
         .context("the bridge writers failed")?;
     let elapsed = started.elapsed().as_secs_f64();
-    let usage = window.finish(pg).await?;
+    let usage = window.finish().await?;
     let rows = writing.measured_rows().max(1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let heard = writing.heard().await?;

@@ -77,15 +77,22 @@ impl CpuWindow {
     /// Cores used on average since `start` by `pids` (processes that appeared in between
     /// count from their start; those that ended are lost).
     pub fn cores(&self, pids: &[u32]) -> f64 {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let used: u64 = pids
+        let now: HashMap<u32, u64> = pids
             .iter()
-            .filter_map(|pid| {
-                let now = cpu_ticks(&pid.to_string())?;
-                Some(now.saturating_sub(self.ticks.get(pid).copied().unwrap_or(0)))
-            })
+            .filter_map(|pid| Some((*pid, cpu_ticks(&pid.to_string())?)))
+            .collect();
+        self.cores_from(&now)
+    }
+
+    /// Cores used on average since `start` by the processes in `latest`, each with its
+    /// CPU time as last read (a process that ended in between counts up to that reading;
+    /// one that appeared counts from its start).
+    pub fn cores_from(&self, latest: &HashMap<u32, u64>) -> f64 {
+        let used: u64 = latest
+            .iter()
+            .map(|(pid, now)| now.saturating_sub(self.ticks.get(pid).copied().unwrap_or(0)))
             .sum();
-        used as f64 / ticks_per_second() / elapsed.max(1e-9)
+        used as f64 / ticks_per_second() / self.started.elapsed().as_secs_f64().max(1e-9)
     }
 }
 

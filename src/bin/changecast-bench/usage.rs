@@ -2,23 +2,39 @@
 //! (this database's backends and the cluster's own processes) and the bench itself;
 //! and the verdict on who was the bottleneck.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use crate::procfs::{self, CpuWindow, MachineCpu, SelfCpu};
 use crate::service::{postgres_pids, Service};
 use crate::stats::RunReport;
 
 const MIB: f64 = 1024.0 * 1024.0;
+/// How often PostgreSQL's processes are looked up and read during a window: a backend or
+/// autovacuum worker that starts and ends within the window (a replay storm opens pool
+/// connections, a bulk write wakes autovacuum) would otherwise be missed, and its CPU
+/// reported as other processes'.
+const PG_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Window {
     service_pid: Option<u32>,
     service: Option<CpuWindow>,
-    pg_pids: Vec<u32>,
     pg: CpuWindow,
+    pg_sampler: (CancellationToken, JoinHandle<anyhow::Result<PgSamples>>),
     me: SelfCpu,
     machine: MachineCpu,
+}
+
+/// What the sampler saw of PostgreSQL's processes over a window.
+struct PgSamples {
+    /// Every process seen, with its CPU time as last read.
+    latest: HashMap<u32, u64>,
+    /// Those alive at the end.
+    alive: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -33,23 +49,26 @@ pub struct Usage {
 }
 
 impl Window {
-    pub async fn start(service: &Service, pg: &Client) -> anyhow::Result<Window> {
-        let pg_pids = postgres_pids(pg).await?;
+    /// Starts measuring; PostgreSQL's processes (the cluster's own and `database_url`'s
+    /// backends) are followed over a connection of the window's own.
+    pub async fn start(service: &Service, database_url: &str) -> anyhow::Result<Window> {
+        let pg = crate::service::connect(database_url).await?;
+        let pg_pids = postgres_pids(&pg).await?;
+        let stop = CancellationToken::new();
         Ok(Window {
             service_pid: service.pid,
             service: service.pid.map(|pid| CpuWindow::start(&[pid])),
             pg: CpuWindow::start(&pg_pids),
-            pg_pids,
+            pg_sampler: (stop.clone(), tokio::spawn(sample_postgres(pg, stop))),
             me: SelfCpu::start(),
             machine: MachineCpu::start(),
         })
     }
 
-    pub async fn finish(self, pg: &Client) -> anyhow::Result<Usage> {
-        let mut pids = self.pg_pids.clone();
-        pids.extend(postgres_pids(pg).await?);
-        pids.sort_unstable();
-        pids.dedup();
+    pub async fn finish(self) -> anyhow::Result<Usage> {
+        let (stop, sampler) = self.pg_sampler;
+        stop.cancel();
+        let pg = sampler.await??;
         Ok(Usage {
             service_cores: self
                 .service
@@ -57,11 +76,32 @@ impl Window {
                 .zip(self.service_pid)
                 .map(|(w, pid)| w.cores(&[pid])),
             service_rss: self.service_pid.and_then(procfs::rss),
-            pg_cores: self.pg.cores(&pids),
-            pg_pss: pids.iter().filter_map(|pid| procfs::pss(*pid)).sum(),
+            pg_cores: self.pg.cores_from(&pg.latest),
+            pg_pss: pg.alive.iter().filter_map(|pid| procfs::pss(*pid)).sum(),
             bench_cores: self.me.cores(),
             machine_cores: self.machine.cores(),
         })
+    }
+}
+
+/// Reads the CPU time of PostgreSQL's processes every [`PG_SAMPLE_EVERY`] until `stop`,
+/// and once more then.
+async fn sample_postgres(pg: Client, stop: CancellationToken) -> anyhow::Result<PgSamples> {
+    let mut latest = HashMap::new();
+    loop {
+        let alive = postgres_pids(&pg).await?;
+        for pid in &alive {
+            if let Some(ticks) = procfs::cpu_ticks(&pid.to_string()) {
+                latest.insert(*pid, ticks);
+            }
+        }
+        if stop.is_cancelled() {
+            return Ok(PgSamples { latest, alive });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(PG_SAMPLE_EVERY) => {}
+        }
     }
 }
 
