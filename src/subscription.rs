@@ -455,8 +455,10 @@ impl Subscription {
     /// Sends every change of this tenant and filter that `from` does not see and `upto`
     /// covers, in journal order. Each page waits for a turn at the replay gate, so a
     /// storm of resuming subscribers queues instead of scanning the journal all at once.
-    /// The truncation the client already got as a resync (the one `from` names) is not
-    /// sent again, so resuming from it does not loop.
+    /// The next page is read while this one is delivered: otherwise PostgreSQL waits for
+    /// the delivery and the delivery for PostgreSQL, page after page (each took about half
+    /// of a long replay's time). The truncation the client already got as a resync (the
+    /// one `from` names) is not sent again, so resuming from it does not loop.
     async fn replay(&self, from: &Cursor, upto: &Published, last: &mut Option<Entry>) -> Replayed {
         self.services.metrics.replays.inc();
         // A cursor does not see its own transaction, so a catch-up from the last entry
@@ -465,15 +467,19 @@ impl Subscription {
         // running may still come again, with their ids: API.md §4 allows repeats.)
         let sent_through = last.as_ref().map(|entry| (entry.xid(), entry.id()));
         let mut after_id = None;
+        let mut prefetched = None;
         loop {
             if Instant::now() >= self.expires {
                 return Replayed::TokenExpired;
             }
-            // A subscriber gone meanwhile frees its pooled connection at once.
-            let read = tokio::select! {
-                _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
-                _ = self.tx.closed() => return Replayed::Stopped,
-                read = self.read_page(from, upto, &mut after_id) => read,
+            let read = match prefetched.take() {
+                Some(read) => read,
+                // A subscriber gone meanwhile frees its pooled connection at once.
+                None => tokio::select! {
+                    _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
+                    _ = self.tx.closed() => return Replayed::Stopped,
+                    read = self.read_page(from, upto, &mut after_id) => read,
+                },
             };
             let page = match read {
                 Ok(Ok(page)) => page,
@@ -488,25 +494,62 @@ impl Subscription {
                     }
                 }
             };
-            let done = page.last;
-            for entry in page.entries.iter().cloned() {
-                after_id = Some(entry.id());
-                if matches!(&entry, Entry::Truncated(marker) if marker.id == from.id) {
-                    continue;
-                }
-                if sent_through.is_some_and(|(xid, id)| entry.xid() == xid && entry.id() <= id) {
-                    continue;
-                }
-                match self.deliver(&entry).await {
-                    Delivered::Sent => *last = Some(entry),
-                    Delivered::Filtered => {}
-                    Delivered::Gone => return Replayed::Stopped,
-                }
+            if page.last {
+                let stopped = self.deliver_page(&page, from, sent_through, last).await;
+                return stopped.unwrap_or(Replayed::Done);
             }
-            if done {
-                return Replayed::Done;
+            let mut next_after_id = page.entries.last().map(Entry::id).or(after_id);
+            let read = {
+                let delivery = self.deliver_page(&page, from, sent_through, last);
+                let next = self.read_page(from, upto, &mut next_after_id);
+                tokio::pin!(delivery, next);
+                let mut next_read = None;
+                let stopped = loop {
+                    tokio::select! {
+                        stopped = &mut delivery => break stopped,
+                        read = &mut next, if next_read.is_none() => next_read = Some(read),
+                    }
+                };
+                if let Some(stopped) = stopped {
+                    return stopped;
+                }
+                match next_read {
+                    Some(read) => read,
+                    None => tokio::select! {
+                        _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
+                        _ = self.tx.closed() => return Replayed::Stopped,
+                        read = &mut next => read,
+                    },
+                }
+            };
+            // Where a failed read of the next page is retried from.
+            after_id = next_after_id;
+            prefetched = Some(read);
+        }
+    }
+
+    /// Sends one replay page's entries; `Some` when the subscriber stops meanwhile.
+    async fn deliver_page(
+        &self,
+        page: &ReplayPage,
+        from: &Cursor,
+        sent_through: Option<(u64, i64)>,
+        last: &mut Option<Entry>,
+    ) -> Option<Replayed> {
+        for entry in page.entries.iter().cloned() {
+            if matches!(&entry, Entry::Truncated(marker) if marker.id == from.id) {
+                continue;
+            }
+            if sent_through.is_some_and(|(xid, id)| entry.xid() == xid && entry.id() <= id) {
+                continue;
+            }
+            match self.deliver(&entry).await {
+                Delivered::Sent => *last = Some(entry),
+                Delivered::Filtered => {}
+                Delivered::Gone => return Some(Replayed::Stopped),
             }
         }
+        None
     }
 
     /// One replay page after `after_id` (found first, when still unknown), or the
