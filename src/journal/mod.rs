@@ -385,13 +385,17 @@ select * from changecast.change_log where id in (select id from new order by id 
 /// running, and writing rows, before the snapshot — found by the model test in
 /// tests/it/faults.rs.) Reads the xid index over what every tenant wrote since the
 /// cursor: short for a reconnect, and shared by subscribers resuming from one cursor.
+/// `offset 0` fences the scan (no walk of the primary key in id order instead) without
+/// materializing it: a CTE wrote every unseen row to a temporary file first, which made
+/// a start 100,000 rows behind take twice as long (70–77 ms against 35–40).
 const REPLAY_START_SQL: &str = r#"
-with unseen as materialized (
-    select id, tenant_id from changecast.change_log
-    where (xid >= $2::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
-       or xid = any($3::text[]::xid8[])
-)
-select (select min(id) from unseen where tenant_id = $1), pg_current_snapshot()::text
+select (select min(id)
+        from (select id, tenant_id from changecast.change_log
+              where (xid >= $2::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
+                 or xid = any($3::text[]::xid8[])
+              offset 0) unseen
+        where tenant_id = $1),
+       pg_current_snapshot()::text
 "#;
 
 /// One replay page: the tenant's rows after `$2` in id order, of transactions the
