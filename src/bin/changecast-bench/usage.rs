@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::procfs::{self, CpuWindow, MachineCpu, SelfCpu};
 use crate::service::{postgres_pids, Service};
@@ -24,7 +24,8 @@ pub struct Window {
     service_pid: Option<u32>,
     service: Option<CpuWindow>,
     pg: CpuWindow,
-    pg_sampler: (CancellationToken, JoinHandle<anyhow::Result<PgSamples>>),
+    /// Stops the sampler when the window is finished or dropped (a run that fails midway).
+    pg_sampler: (DropGuard, JoinHandle<anyhow::Result<PgSamples>>),
     me: SelfCpu,
     machine: MachineCpu,
 }
@@ -59,7 +60,7 @@ impl Window {
             service_pid: service.pid,
             service: service.pid.map(|pid| CpuWindow::start(&[pid])),
             pg: CpuWindow::start(&pg_pids),
-            pg_sampler: (stop.clone(), tokio::spawn(sample_postgres(pg, stop))),
+            pg_sampler: (stop.clone().drop_guard(), tokio::spawn(sample_postgres(pg, stop))),
             me: SelfCpu::start(),
             machine: MachineCpu::start(),
         })
@@ -67,7 +68,7 @@ impl Window {
 
     pub async fn finish(self) -> anyhow::Result<Usage> {
         let (stop, sampler) = self.pg_sampler;
-        stop.cancel();
+        drop(stop);
         let pg = sampler.await??;
         Ok(Usage {
             service_cores: self
@@ -93,9 +94,18 @@ async fn sample_postgres(pg: Client, stop: CancellationToken) -> anyhow::Result<
         .await?
         .get::<_, i32>(0) as u32;
     let mut latest = HashMap::new();
+    let mut alive = Vec::new();
+    let mut warned = false;
     loop {
-        let mut alive = postgres_pids(&pg).await?;
-        alive.retain(|pid| *pid != own);
+        // A lookup that fails (a moment's overload) loses one sample, not the run.
+        match postgres_pids(&pg).await {
+            Ok(pids) => alive = pids.into_iter().filter(|pid| *pid != own).collect(),
+            Err(error) if !warned => {
+                eprintln!("reading PostgreSQL's processes (figures may undercount): {error:#}");
+                warned = true;
+            }
+            Err(_) => {}
+        }
         for pid in &alive {
             if let Some(ticks) = procfs::cpu_ticks(&pid.to_string()) {
                 latest.insert(*pid, ticks);
