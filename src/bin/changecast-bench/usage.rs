@@ -60,7 +60,10 @@ impl Window {
             service_pid: service.pid,
             service: service.pid.map(|pid| CpuWindow::start(&[pid])),
             pg: CpuWindow::start(&pg_pids),
-            pg_sampler: (stop.clone().drop_guard(), tokio::spawn(sample_postgres(pg, stop))),
+            pg_sampler: (
+                stop.clone().drop_guard(),
+                tokio::spawn(sample_postgres(pg, stop)),
+            ),
             me: SelfCpu::start(),
             machine: MachineCpu::start(),
         })
