@@ -11,6 +11,7 @@
 //! transports only ever write finished [`Delivery`]s.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -127,6 +128,9 @@ struct ReplayPage {
     pruned_below: u64,
     bytes: usize,
 }
+
+/// A replay page, or the `resync` reason when the cursor cannot be honoured.
+type PageRead = anyhow::Result<Result<ReplayPage, &'static str>>;
 
 impl Weighed for ReplayPage {
     fn bytes(&self) -> usize {
@@ -499,32 +503,46 @@ impl Subscription {
                 return stopped.unwrap_or(Replayed::Done);
             }
             let mut next_after_id = page.entries.last().map(Entry::id).or(after_id);
-            let read = {
-                let delivery = self.deliver_page(&page, from, sent_through, last);
-                let next = self.read_page(from, upto, &mut next_after_id);
-                tokio::pin!(delivery, next);
-                let mut next_read = None;
-                let stopped = loop {
-                    tokio::select! {
-                        stopped = &mut delivery => break stopped,
-                        read = &mut next, if next_read.is_none() => next_read = Some(read),
-                    }
-                };
-                if let Some(stopped) = stopped {
-                    return stopped;
-                }
-                match next_read {
-                    Some(read) => read,
-                    None => tokio::select! {
-                        _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
-                        _ = self.tx.closed() => return Replayed::Stopped,
-                        read = &mut next => read,
-                    },
-                }
+            let read = self
+                .deliver_while_reading(
+                    self.deliver_page(&page, from, sent_through, last),
+                    self.read_page(from, upto, &mut next_after_id),
+                )
+                .await;
+            prefetched = match read {
+                Ok(read) => Some(read),
+                Err(stopped) => return stopped,
             };
             // Where a failed read of the next page is retried from.
             after_id = next_after_id;
-            prefetched = Some(read);
+        }
+    }
+
+    /// Runs `delivery` (of one page) and `next` (the read of the following one) together;
+    /// the read once both are done, or why the replay stops.
+    async fn deliver_while_reading(
+        &self,
+        delivery: impl Future<Output = Option<Replayed>>,
+        next: impl Future<Output = PageRead>,
+    ) -> Result<PageRead, Replayed> {
+        tokio::pin!(delivery, next);
+        let mut next_read = None;
+        let stopped = loop {
+            tokio::select! {
+                stopped = &mut delivery => break stopped,
+                read = &mut next, if next_read.is_none() => next_read = Some(read),
+            }
+        };
+        if let Some(stopped) = stopped {
+            return Err(stopped);
+        }
+        match next_read {
+            Some(read) => Ok(read),
+            None => tokio::select! {
+                _ = self.services.shutdown.cancelled() => Err(Replayed::Stopped),
+                _ = self.tx.closed() => Err(Replayed::Stopped),
+                read = &mut next => Ok(read),
+            },
         }
     }
 
@@ -560,7 +578,7 @@ impl Subscription {
         from: &Cursor,
         upto: &Published,
         after_id: &mut Option<i64>,
-    ) -> anyhow::Result<Result<ReplayPage, &'static str>> {
+    ) -> PageRead {
         let types = self.selection.journal_types();
         let app_events = self.selection.wants_app_events();
         let key = format!(
