@@ -27,12 +27,17 @@ use crate::stats::Activity;
 use crate::subscription::{Limits, Subscriptions};
 use crate::supervise::supervise;
 
+/// Connections the monitoring address takes at once: scrapers and probes, a handful.
+const MONITORING_CONNECTIONS: usize = 64;
+
 /// How long shutdown waits for subscribers and tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct App {
     services: Arc<Services>,
     listener: TcpListener,
+    /// `CHANGECAST_METRICS_LISTEN`, when set.
+    monitoring: Option<TcpListener>,
     tailer: Arc<Tailer>,
     pruner: Arc<Pruner>,
 }
@@ -77,6 +82,14 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let monitoring = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let tailer = Arc::new(Tailer {
             pg: db::pg_config(database_url, "changecast:listener")?,
             journal: journal.clone(),
@@ -126,6 +139,7 @@ impl App {
         Ok(App {
             services,
             listener,
+            monitoring,
             tailer,
             pruner,
         })
@@ -137,6 +151,15 @@ impl App {
             .expect("BUG: a bound listener has an address")
     }
 
+    /// Where `/metrics` is served when `CHANGECAST_METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.monitoring.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("BUG: a bound listener has an address")
+        })
+    }
+
     pub fn services(&self) -> &Arc<Services> {
         &self.services
     }
@@ -146,6 +169,7 @@ impl App {
         let App {
             services,
             listener,
+            monitoring,
             tailer,
             pruner,
         } = self;
@@ -180,6 +204,17 @@ impl App {
             limits,
             shutdown.clone(),
         );
+        let monitoring = async {
+            if let Some(listener) = monitoring {
+                let limits = ConnectionLimits {
+                    max_connections: MONITORING_CONNECTIONS,
+                    ..limits
+                };
+                let routes = crate::http::monitoring_routes(services.clone());
+                server::serve(listener, routes, limits, shutdown.clone()).await;
+            }
+        };
+        let server = async { tokio::join!(server, monitoring) };
         // SSE bodies end when their subscriptions see the token; bound it anyway.
         tokio::select! {
             _ = server => {}

@@ -70,6 +70,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve `/metrics` (with `/healthz` and `/readyz`) on this address instead of on
+    /// `--listen`, e.g. a private interface only the monitoring system reaches. Unset,
+    /// `/metrics` is served on `--listen` without authentication.
+    #[arg(long, env = "CHANGECAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// HS256 secret that subscriber tokens are signed with, at least 32 bytes (e.g.
     /// `openssl rand -hex 32`); a shorter or empty one is refused. When unset, a random
     /// one is made at start (tokens then only work until the next restart) and a ready-

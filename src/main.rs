@@ -125,19 +125,23 @@ async fn serve_on(
     started(&app);
     let addr = app.local_addr();
     println!("changecast listening on http://{addr}");
-    if generated || demo.is_some() {
+    // A token is printed only when it is signed with this run's own secret: one signed
+    // with a configured secret would be a credential in the output and its logs.
+    if generated {
         let token = Authenticator::new(&secret, rules)
-            .expect("BUG: a checked or generated secret is long enough")
+            .expect("BUG: a generated secret is long enough")
             .mint(
                 &TenantId::new(DEMO_TENANT).expect("BUG: demo tenant id"),
                 DEMO_TOKEN_TTL,
             );
-        if generated {
-            println!("no CHANGECAST_JWT_SECRET set: generated one for this run.");
-        }
+        println!("no CHANGECAST_JWT_SECRET set: generated one for this run.");
         println!("demo tenant '{DEMO_TENANT}', token valid for 1h:");
         println!("  curl -N 'http://{addr}/v1/events?access_token={token}'");
         println!("  dashboard: http://{addr}/?access_token={token}");
+    } else if demo.is_some() {
+        println!("demo tenant '{DEMO_TENANT}': mint a token with the configured secret and open");
+        println!("  changecast token --tenant {DEMO_TENANT}");
+        println!("  dashboard: http://{addr}/?access_token=<token>");
     }
     let writer = demo.map(|pg| {
         println!("demo mode: writing activity for tenant '{DEMO_TENANT}'");

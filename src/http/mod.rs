@@ -109,27 +109,47 @@ fn stats(services: Arc<Services>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// The routes of `CHANGECAST_METRICS_LISTEN`: what a monitoring system and an
+/// orchestrator's probes ask, and nothing a subscriber uses.
+pub fn monitoring_routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    warp::get()
+        .and(health(services.clone()).or(metrics(services)).unify())
+        .recover(error::handle_rejection)
+        .unify()
+        .boxed()
+}
+
 fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    let openapi = warp::path!("openapi.json")
+        .and(with(services.clone()))
+        .and(request_parts())
+        .map(
+            |s: Arc<Services>, headers: HeaderMap, query: Option<String>| {
+                ops::openapi(&s, &headers, query.as_deref())
+            },
+        );
+    let routes = health(services.clone()).or(openapi).unify();
+    // With a monitoring address of its own, `/metrics` is not served here at all.
+    let routes = if services.config.metrics_listen.is_none() {
+        routes.or(metrics(services)).unify().boxed()
+    } else {
+        routes.boxed()
+    };
+    warp::get().and(routes).boxed()
+}
+
+fn health(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz").map(ops::healthz);
     let readyz = warp::path!("readyz")
-        .and(with(services.clone()))
-        .map(|s: Arc<Services>| ops::readyz(&s));
-    let metrics = warp::path!("metrics")
-        .and(with(services.clone()))
-        .map(|s: Arc<Services>| ops::metrics(&s));
-    let openapi = warp::path!("openapi.json")
         .and(with(services))
-        .map(|s: Arc<Services>| ops::openapi(&s));
-    warp::get()
-        .and(
-            healthz
-                .or(readyz)
-                .unify()
-                .or(metrics)
-                .unify()
-                .or(openapi)
-                .unify(),
-        )
+        .map(|s: Arc<Services>| ops::readyz(&s));
+    healthz.or(readyz).unify().boxed()
+}
+
+fn metrics(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+    warp::path!("metrics")
+        .and(with(services))
+        .map(|s: Arc<Services>| ops::metrics(&s))
         .boxed()
 }
 

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
+use super::request::{self, Params};
 use crate::services::Services;
 
 pub fn healthz() -> Response {
@@ -37,18 +38,25 @@ pub fn metrics(services: &Arc<Services>) -> Response {
 /// The OpenAPI description of the HTTP endpoints (kept true by `tests/it/openapi.rs`).
 const OPENAPI_JSON: &str = include_str!("openapi.json");
 
-/// The description, with `types` spelled out as the resource types watched right now
-/// (as last read), so a client generated from it sends only types that exist.
-pub fn openapi(services: &Arc<Services>) -> Response {
+/// The description. For a request with a valid token, `types` is spelled out as the
+/// resource types watched right now (as last read), so a client generated from it sends
+/// only types that exist; without one, the names of the watched tables' types are not
+/// given away.
+pub fn openapi(services: &Arc<Services>, headers: &HeaderMap, query: Option<&str>) -> Response {
     let mut spec: serde_json::Value =
         serde_json::from_str(OPENAPI_JSON).expect("BUG: openapi.json is JSON");
-    let types = services
-        .resource_types
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .join("|");
-    let one = format!("({types})");
-    spec["components"]["parameters"]["types"]["schema"]["pattern"] =
-        format!("^({one}(,{one})*)?$").into();
+    let authenticated = Params::parse(query)
+        .ok()
+        .is_some_and(|params| request::authenticate(services, headers, &params).is_ok());
+    if authenticated {
+        let types = services
+            .resource_types
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .join("|");
+        let one = format!("({types})");
+        spec["components"]["parameters"]["types"]["schema"]["pattern"] =
+            format!("^({one}(,{one})*)?$").into();
+    }
     warp::reply::json(&spec).into_response()
 }

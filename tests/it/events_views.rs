@@ -216,6 +216,7 @@ async fn reserved_and_invalid_topics_and_bad_arguments_are_refused() {
         (Some("acme"), Some("resource_change"), "{}", "reserved"),
         (Some("acme"), Some("resync"), "{}", "reserved"),
         (Some("acme"), Some("message"), "{}", "reserved"),
+        (Some("acme"), Some("open"), "{}", "reserved"),
         (Some("acme"), Some("Config"), "{}", "must match"),
         (Some("acme"), Some("9lives"), "{}", "must match"),
         (Some("acme"), Some(&*"a".repeat(64)), "{}", "must match"),

@@ -24,6 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when configured apart (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub db_url: String,
     pub db: tokio_postgres::Client,
     pub http: reqwest::Client,
@@ -51,6 +53,7 @@ pub async fn start_on(db_url: String, configure: impl FnOnce(&mut ServeConfig)) 
         .await
         .expect("building the app");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let handle = tokio::spawn(app.run());
     let (db, connection) = tokio_postgres::connect(&db_url, NoTls)
         .await
@@ -58,6 +61,7 @@ pub async fn start_on(db_url: String, configure: impl FnOnce(&mut ServeConfig)) 
     tokio::spawn(connection);
     let app = TestApp {
         addr,
+        metrics_addr,
         db_url,
         db,
         http: reqwest::Client::new(),

@@ -299,3 +299,74 @@ async fn subscribers_can_connect_during_a_database_outage_and_catch_up_after_it(
     );
     wait_for_readyz(&app, 200).await;
 }
+
+/// With `CHANGECAST_METRICS_LISTEN`, `/metrics` (and the probes) move to that address
+/// and the public one no longer answers `/metrics` at all.
+#[tokio::test]
+async fn metrics_can_be_served_on_an_address_of_their_own() {
+    let app = spawn_app_with(|config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let private = app.metrics_addr.expect("a bound metrics address");
+    assert_ne!(private, app.addr);
+    assert_eq!(app.get("/metrics", None).await.0, 404);
+    let response = app
+        .http
+        .get(format!("http://{private}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("changecast_events_received_total"), "{text}");
+    for probe in ["/healthz", "/readyz"] {
+        let status = app
+            .http
+            .get(format!("http://{private}{probe}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{probe}");
+    }
+    let subscriber_route = app
+        .http
+        .get(format!("http://{private}/v1/events"))
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        subscriber_route.status(),
+        404,
+        "only monitoring routes there"
+    );
+}
+
+/// The unauthenticated description does not name the watched tables' resource types;
+/// a subscriber's token gets them spelled out.
+#[tokio::test]
+async fn the_openapi_description_names_resource_types_only_to_a_token_holder() {
+    let app = spawn_app().await;
+    let pattern = |spec: &serde_json::Value| {
+        spec["components"]["parameters"]["types"]["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (status, public) = app.get("/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(!pattern(&public).contains("ticket"), "{}", pattern(&public));
+    let (status, private) = app.get("/openapi.json", Some(&token("acme"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        pattern(&private).contains("ticket"),
+        "{}",
+        pattern(&private)
+    );
+    let (_, forged) = app
+        .get("/openapi.json", Some("eyJhbGciOiJub25lIn0.e30."))
+        .await;
+    assert!(!pattern(&forged).contains("ticket"));
+}
