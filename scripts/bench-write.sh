@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Write-path comparison of performance issue #8: committed single-row INSERT
+# Write-path comparison (measurement 1 of BENCHMARKS.md): committed single-row INSERT
 # transactions per second (synchronous_commit=on) into three tables of the same shape,
 #   plain       no trigger
 #   journalled  a copy of changecast.capture() without its pg_notify (sql/bench/setup.sql)

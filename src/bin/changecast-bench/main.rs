@@ -1,7 +1,7 @@
-//! `changecast-bench`: load and measure a changecast service on demand (performance
-//! issue #8). Starts the service as a child process (or targets a running one), drives
-//! subscribers and writers, reads everyone's CPU and memory from /proc, and prints each
-//! run and the median (min–max) over the runs as a Markdown table. See BENCHMARKS.md.
+//! `changecast-bench`: load and measure a changecast service on demand, for the figures
+//! and targets in BENCHMARKS.md. Starts the service as a child process (or targets a
+//! running one), drives subscribers and writers, reads everyone's CPU and memory from
+//! /proc, and prints each run and the median (min–max) over the runs as a Markdown table.
 //!
 //! Never part of `cargo test`: only the pure helpers have unit tests.
 
