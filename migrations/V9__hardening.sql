@@ -193,7 +193,8 @@ declare
 begin
     -- `typed`: a column of a type that is not built in, or a definition this
     -- transaction's snapshot may not show (both go the careful way).
-    select changecast.excluded_names(w.table_name, w.exclude_attnums),
+    select case when w.exclude_attnums = '{}' then '{}'
+                else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
            exists (select 1 from pg_attribute a
                    where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384)
            or (select has_column_privilege(tg_relid, (c.relnatts + 1)::int2, 'SELECT') is not null
@@ -204,7 +205,8 @@ begin
      where w.table_name = tg_relid
        and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
     if not found then
-        select changecast.excluded_names(w.table_name, w.exclude_attnums),
+        select case when w.exclude_attnums = '{}' then '{}'
+                    else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
                exists (select 1 from pg_attribute a
                        where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384)
                or (select has_column_privilege(tg_relid, (c.relnatts + 1)::int2, 'SELECT') is not null
