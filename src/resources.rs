@@ -26,11 +26,14 @@ struct WatchedTable {
 
 /// Entries whose table was dropped (or whose oid a new table reuses) carry no trigger of
 /// ours: they are not watched, whatever `changecast.watched` still says. Names are
-/// schema-qualified, whatever this connection's `search_path`.
+/// schema-qualified, whatever this connection's `search_path`; functions too, so none a
+/// table owner creates on that path can stand in for them. Excluded columns are kept by
+/// attribute number: their current names.
 const WATCHED_SQL: &str =
-    "select w.resource_type, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-            quote_ident(w.tenant_column), quote_ident(w.id_column), w.id_column,
-            w.exclude_columns
+    "select w.resource_type,
+            pg_catalog.quote_ident(n.nspname::text) || '.' || pg_catalog.quote_ident(c.relname::text),
+            pg_catalog.quote_ident(w.tenant_column), pg_catalog.quote_ident(w.id_column), w.id_column,
+            changecast.excluded_names(w.table_name, w.exclude_attnums)
      from changecast.watched w
      join pg_catalog.pg_class c on c.oid = w.table_name
      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -94,7 +97,13 @@ pub async fn snapshot(
         .read_only(true)
         .start()
         .await?;
-    // The first statement fixes the transaction's snapshot; every read below uses it.
+    // Reading a table as this role must run nothing its owner wrote: no function found
+    // through a search_path the owner may create in, and no row-security policy (with
+    // row_security off, a table with policies that apply fails the read instead).
+    // Neither statement takes the transaction's snapshot.
+    tx.batch_execute("set local search_path = pg_catalog, pg_temp; set local row_security = off")
+        .await?;
+    // The first query fixes the transaction's snapshot; every read below uses it.
     let row = tx
         .query_one("select pg_current_snapshot()::text", &[])
         .await?;
@@ -113,13 +122,22 @@ pub async fn snapshot(
         // The tenant column's own collation may be nondeterministic (case-insensitive,
         // say), merging tenants that differ in case: the bytewise `collate "C"` test
         // decides. The first test keeps an index on the column usable. `ids` narrow the
-        // read by the same text `resource_id` carries.
+        // read by the same text `resource_id` carries. Rows are written as the capture
+        // trigger writes them: a table with columns of types a non-superuser owns goes
+        // through changecast.row_to_jsonb, so no cast their owner made runs as this role
+        // (changecast.snapshot_rows_plain decides once, before any row is read).
         let sql = format!(
             "select r.row::text, r.row ->> $3
-             from (select to_jsonb(t) - $4::text[] as row from {table} t
-                   where t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1
-                     and ($2::text[] is null or (to_jsonb(t) ->> $3) = any($2))
-                   order by t.{id}) r",
+             from (select case when (select changecast.snapshot_rows_plain($5::text::regclass))
+                               then to_jsonb(t)
+                               else changecast.row_to_jsonb($5::text::regclass, t) end
+                          - $4::text[] as row,
+                          t.{id} as sort_key
+                   from {table} t
+                   where (select changecast.snapshot_rows_plain($5::text::regclass)) is not null
+                     and t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1) r
+             where $2::text[] is null or (r.row ->> $3) = any($2)
+             order by r.sort_key",
             table = table.table,
             tenant = table.tenant_column,
             id = table.id_column
@@ -132,6 +150,7 @@ pub async fn snapshot(
                     &selection.ids,
                     &table.id_key,
                     &table.exclude_columns,
+                    &table.table,
                 ],
             )
             .await?;

@@ -1,0 +1,283 @@
+//! What a table owner can do to the service through its own table (API.md §2): rename
+//! an excluded column, or give a column a type with a cast to json of its own making.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+use tokio_postgres::NoTls;
+
+use crate::helpers::*;
+
+/// A login role of its own, not a superuser (roles are cluster-wide: the name is unique
+/// to this run).
+struct Role {
+    name: String,
+}
+
+static ROLES: AtomicUsize = AtomicUsize::new(0);
+
+impl Role {
+    async fn create(app: &TestApp, what: &str) -> Role {
+        let name = format!(
+            "cc_{what}_{}_{}",
+            std::process::id(),
+            ROLES.fetch_add(1, Ordering::SeqCst)
+        );
+        app.db
+            .batch_execute(&format!(
+                "create role {name} login nosuperuser password 'changecast'"
+            ))
+            .await
+            .unwrap();
+        Role { name }
+    }
+
+    async fn connect(&self, app: &TestApp) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = app.db_url.parse().unwrap();
+        config.user(&self.name).password("changecast");
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn is_superuser(&self, app: &TestApp) -> bool {
+        app.db
+            .query_one(
+                "select rolsuper from pg_roles where rolname = $1",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Best effort: the cluster may outlive the test run.
+    async fn drop(self, app: &TestApp) {
+        let _ = app
+            .db
+            .batch_execute(&format!("drop owned by {0}; drop role {0}", self.name))
+            .await;
+    }
+}
+
+/// The next `n` events of `stream`, bounded by [`WAIT`] in all.
+async fn next_events(stream: &mut SseStream, n: usize) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while events.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match stream.next_within(left).await {
+            Some(event) => events.push(event),
+            None => panic!("got {} of {n} events: {events:?}", events.len()),
+        }
+    }
+    events
+}
+
+/// Every journal row's `resource` and `old`, as text.
+async fn journal_text(app: &TestApp) -> String {
+    app.db
+        .query(
+            "select resource::text || coalesce(old::text, '') from changecast.change_log",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn an_excluded_column_stays_excluded_when_renamed_and_renamed_back() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "create table public.accounts (id text primary key, tenant_id text not null, name text,
+                                          password_hash text);
+             select changecast.watch('public.accounts', 'account',
+                                     exclude_columns => array['password_hash']);",
+        )
+        .await
+        .unwrap();
+    let t = token("acme");
+    let mut sse = app.sse(&t, "types=account").await;
+    app.db
+        .batch_execute(
+            "insert into public.accounts values ('a1', 'acme', 'Ann', 'HASH-ONE');
+             alter table public.accounts rename column password_hash to pw_hash;
+             update public.accounts set pw_hash = 'HASH-TWO' where id = 'a1';
+             update public.accounts set name = 'Anne', pw_hash = 'HASH-THREE' where id = 'a1';
+             insert into public.accounts values ('a2', 'acme', 'Bob', 'HASH-FOUR');
+             delete from public.accounts where id = 'a1';",
+        )
+        .await
+        .unwrap();
+    let mut events = next_events(&mut sse, 4).await;
+    let (_, renamed_snapshot) = app.get("/v1/snapshot?types=account", Some(&t)).await;
+    assert_eq!(
+        renamed_snapshot["resources"]["account"],
+        json!([{"id": "a2", "tenant_id": "acme", "name": "Bob"}]),
+        "{renamed_snapshot}"
+    );
+    // A filter on the renamed secret finds nothing: the column is not there.
+    let (_, probe) = app
+        .get(
+            "/v1/snapshot?types=account&filter=pw_hash=eq.HASH-FOUR",
+            Some(&t),
+        )
+        .await;
+    assert_eq!(probe["resources"]["account"], json!([]), "{probe}");
+
+    app.db
+        .batch_execute(
+            "alter table public.accounts rename column pw_hash to password_hash;
+             update public.accounts set password_hash = 'HASH-FIVE' where id = 'a2';
+             update public.accounts set name = 'Bobby', password_hash = 'HASH-SIX' where id = 'a2';",
+        )
+        .await
+        .unwrap();
+    events.extend(next_events(&mut sse, 1).await);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e.data["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "updated", "created", "deleted", "updated"],
+        "a secret-only update emits nothing, under either name"
+    );
+    assert_eq!(events[1].data["old"], json!({"name": "Ann"}));
+    assert_eq!(events[4].data["changed"], json!(["name"]));
+    let (_, snapshot) = app.get("/v1/snapshot?types=account", Some(&t)).await;
+    assert_eq!(
+        snapshot["resources"]["account"],
+        json!([{"id": "a2", "tenant_id": "acme", "name": "Bobby"}]),
+        "{snapshot}"
+    );
+
+    let everything = format!(
+        "{} {renamed_snapshot} {snapshot} {}",
+        serde_json::to_string(&events.iter().map(|e| &e.data).collect::<Vec<_>>()).unwrap(),
+        journal_text(&app).await
+    );
+    for secret in ["password_hash", "pw_hash", "HASH-"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} left the table: {everything}"
+        );
+    }
+}
+
+/// A non-superuser table owner gives a column an enum type of its own with casts to json
+/// and to text whose function records who runs it and tries to make the owner a
+/// superuser. Writes through the capture trigger and snapshots (the service's role is a
+/// superuser here, as in the embedded default) never run it with the service's rights; a
+/// `to_jsonb` planted on the service's search_path is not called either. Rows still read
+/// as they would without the casts.
+#[tokio::test]
+async fn a_table_owners_casts_and_functions_never_run_as_the_service_role() {
+    let app = spawn_app().await;
+    let role = Role::create(&app, "castowner").await;
+    app.db
+        .batch_execute(&format!("grant create on schema public to {}", role.name))
+        .await
+        .unwrap();
+    let owner = role.connect(&app).await;
+    owner
+        .batch_execute(&format!(
+            "create table public.cast_calls (who text);
+             grant insert on public.cast_calls to public;
+             create function public.record_and_escalate() returns void language plpgsql as $$
+             begin
+                 insert into public.cast_calls values (current_user);
+                 begin
+                     execute 'alter role {name} superuser';
+                 exception when others then null;
+                 end;
+             end $$;
+             grant execute on function public.record_and_escalate() to public;
+             create type public.mood as enum ('happy', 'sad');
+             create function public.mood_json(public.mood) returns json language plpgsql as $$
+             begin perform public.record_and_escalate(); return '\"cast\"'::json; end $$;
+             create cast (public.mood as json) with function public.mood_json(public.mood);
+             create function public.mood_text(public.mood) returns text language plpgsql as $$
+             begin perform public.record_and_escalate(); return 'cast'; end $$;
+             create cast (public.mood as text) with function public.mood_text(public.mood);
+             create table public.diaries (id text primary key, tenant_id text not null,
+                                          mood public.mood, moods public.mood[]);
+             create function public.to_jsonb(public.diaries) returns jsonb language plpgsql as $$
+             begin perform public.record_and_escalate(); return '{{}}'::jsonb; end $$;
+             grant execute on function public.mood_json(public.mood), public.mood_text(public.mood),
+                                       public.to_jsonb(public.diaries) to public;",
+            name = role.name
+        ))
+        .await
+        .unwrap();
+    let calls_by_others = || async {
+        app.db
+            .query(
+                "select distinct who from public.cast_calls where who <> $1",
+                &[&role.name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    // The trap is armed: to_jsonb of the type runs the owner's cast.
+    let armed: String = owner
+        .query_one("select to_jsonb('happy'::public.mood)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(armed, "\"cast\"");
+
+    app.db
+        .batch_execute("select changecast.watch('public.diaries', 'diary')")
+        .await
+        .unwrap();
+    let t = token("acme");
+    let mut sse = app.sse(&t, "types=diary").await;
+    owner
+        .batch_execute(
+            "insert into public.diaries values ('d1', 'acme', 'happy', '{happy,NULL,sad}');
+             insert into public.diaries values ('d2', 'acme', null, null);
+             update public.diaries set mood = 'sad' where id = 'd1';
+             delete from public.diaries where id = 'd2';",
+        )
+        .await
+        .unwrap();
+    let events = next_events(&mut sse, 4).await;
+    assert_eq!(
+        events[0].data["resource"],
+        json!({"id": "d1", "tenant_id": "acme", "mood": "happy", "moods": ["happy", null, "sad"]})
+    );
+    assert_eq!(events[2].data["old"], json!({"mood": "happy"}));
+    assert_eq!(events[3].data["event"], "deleted");
+    let (status, snapshot) = app.get("/v1/snapshot?types=diary", Some(&t)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    assert_eq!(
+        snapshot["resources"]["diary"],
+        json!([{"id": "d1", "tenant_id": "acme", "mood": "sad", "moods": ["happy", null, "sad"]}])
+    );
+    let (status, filtered) = app
+        .get("/v1/snapshot?types=diary&filter=mood=eq.sad", Some(&t))
+        .await;
+    assert_eq!(status, 200, "{filtered}");
+    assert_eq!(filtered["resources"]["diary"][0]["id"], "d1");
+    owner
+        .batch_execute("truncate public.diaries")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        calls_by_others().await,
+        Vec::<String>::new(),
+        "the owner's code ran with another role's rights"
+    );
+    assert!(!role.is_superuser(&app).await, "the owner became superuser");
+    role.drop(&app).await;
+}
