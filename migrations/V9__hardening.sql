@@ -66,7 +66,7 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
           union all
             select t.typelem, w.depth + 1
             where t.typtype <> 'd' and t.typelem <> 0
-              and t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc
+              and t.typlen = -1
           union all
             select a.atttypid, 2
             from pg_catalog.pg_attribute a
@@ -81,7 +81,7 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
     join pg_catalog.pg_type t on t.oid = w.type_oid
     join pg_catalog.pg_roles r on r.oid = t.typowner
     where t.typtype not in ('d', 'c')
-      and not (t.typelem <> 0 and t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc)
+      and not (t.typelem <> 0 and t.typlen = -1)
       and not r.rolsuper
     group by w.column_name
 $$;
@@ -191,12 +191,14 @@ declare
     tenant    text;
     row_id    text;
 begin
-    -- `typed`: a column of a type that is not built in, or a definition this
+    -- `typed`: a column of a type that is not built in (a domain over a built-in type
+    -- is not: `to_jsonb` looks for casts of its base type only), or a definition this
     -- transaction's snapshot may not show (both go the careful way).
     select case when w.exclude_attnums = '{}' then '{}'
                 else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
-           exists (select 1 from pg_attribute a
-                   where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384)
+           exists (select 1 from pg_attribute a join pg_type t on t.oid = a.atttypid
+                   where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384
+                     and (t.typtype <> 'd' or t.typbasetype >= 16384))
            or (select has_column_privilege(tg_relid, (c.relnatts + 1)::int2, 'SELECT') is not null
                       or pg_relation_filenode(tg_relid) is distinct from c.relfilenode
                from pg_class c where c.oid = tg_relid)
@@ -207,8 +209,9 @@ begin
     if not found then
         select case when w.exclude_attnums = '{}' then '{}'
                     else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
-               exists (select 1 from pg_attribute a
-                       where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384)
+               exists (select 1 from pg_attribute a join pg_type t on t.oid = a.atttypid
+                       where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384
+                         and (t.typtype <> 'd' or t.typbasetype >= 16384))
                or (select has_column_privilege(tg_relid, (c.relnatts + 1)::int2, 'SELECT') is not null
                           or pg_relation_filenode(tg_relid) is distinct from c.relfilenode
                    from pg_class c where c.oid = tg_relid)
