@@ -89,7 +89,6 @@ impl ReplayGate {
             _tenant: Some(tenant_permit),
         }
     }
-
 }
 
 impl Gate {

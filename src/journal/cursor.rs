@@ -54,7 +54,9 @@ impl Cursor {
 /// Why a cursor cannot be honoured; becomes the `resync` reason.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CursorError {
-    #[error("the cursor was not issued by this service for this tenant and journal, or was altered")]
+    #[error(
+        "the cursor was not issued by this service for this tenant and journal, or was altered"
+    )]
     Malformed,
     #[error("the changes after this cursor have been pruned")]
     Expired,
@@ -83,7 +85,8 @@ impl CursorKey {
         if secret.len() < MIN_KEY_LEN {
             return Err(ShortKey(secret.len()));
         }
-        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("BUG: HMAC takes keys of any length");
+        let mac =
+            Hmac::<Sha256>::new_from_slice(secret).expect("BUG: HMAC takes keys of any length");
         Ok(CursorKey(mac))
     }
 }
@@ -315,12 +318,18 @@ mod tests {
         // Truncated or extended encodings too.
         for len in 0..bytes.len() {
             let cut = URL_SAFE_NO_PAD.encode(&bytes[..len]);
-            assert_eq!(scope.decode(&tenant("acme"), &cut), Err(CursorError::Malformed));
+            assert_eq!(
+                scope.decode(&tenant("acme"), &cut),
+                Err(CursorError::Malformed)
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
         let longer = URL_SAFE_NO_PAD.encode(&longer);
-        assert_eq!(scope.decode(&tenant("acme"), &longer), Err(CursorError::Malformed));
+        assert_eq!(
+            scope.decode(&tenant("acme"), &longer),
+            Err(CursorError::Malformed)
+        );
     }
 
     #[test]

@@ -126,7 +126,8 @@ async fn an_altered_cursor_is_refused_while_the_journal_cannot_be_read() {
     for (what, cursor) in altered_cursors(&valid) {
         let mut stream = app.sse_with(&token("acme"), "", Some(&cursor)).await;
         let first = stream.next_within(WAIT).await;
-        let first = first.unwrap_or_else(|| panic!("{what}: no resync while the journal is locked"));
+        let first =
+            first.unwrap_or_else(|| panic!("{what}: no resync while the journal is locked"));
         assert_eq!(first.event, "resync", "{what}");
         assert_eq!(first.data["reason"], "cursor_invalid", "{what}");
     }
@@ -152,11 +153,7 @@ async fn instances_on_one_database_honour_each_others_cursors() {
     let first = spawn_app().await;
     let second = start_on(first.db_url.clone(), |_| {}).await;
     let cursor = issued_cursor(&first, "acme").await;
-    let written: HashSet<String> = first
-        .insert_tickets("acme", 50)
-        .await
-        .into_iter()
-        .collect();
+    let written: HashSet<String> = first.insert_tickets("acme", 50).await.into_iter().collect();
 
     let mut stream = second.sse_with(&token("acme"), "", Some(&cursor)).await;
     let mut received = HashSet::new();
@@ -172,7 +169,9 @@ async fn instances_on_one_database_honour_each_others_cursors() {
     client.expect("connection_established").await;
     let from_second = issued_cursor(&second, "acme").await;
     let later = first.insert_ticket("acme", "later").await;
-    client.subscribe(json!({"last_event_id": from_second})).await;
+    client
+        .subscribe(json!({"last_event_id": from_second}))
+        .await;
     // The change the cursor names may come again (API.md §4), then the later one.
     loop {
         let message: Value = client
