@@ -271,3 +271,35 @@ async fn dropped_replays_never_run_more_statements_than_the_gate_allows() {
         .await
         .contains(&live));
 }
+
+/// The key is the service role's alone: a role granted what sql/grants.sql grants (usage
+/// of the schema) cannot read it, so it cannot mint cursors.
+#[tokio::test]
+async fn only_the_service_role_can_read_the_cursor_key() {
+    let app = spawn_app().await;
+    let role = format!("cc_cursor_reader_{}", std::process::id());
+    app.db
+        .batch_execute(&format!(
+            "create role {role} login password 'changecast';
+             grant usage on schema changecast to {role}"
+        ))
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config = app.db_url.parse().unwrap();
+    config.user(&role).password("changecast");
+    let (reader, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let refused = reader
+        .query("select key from changecast.cursor_key", &[])
+        .await
+        .expect_err("another role read the cursor key");
+    let _ = app
+        .db
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await;
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused:?}"
+    );
+}
