@@ -4,6 +4,9 @@
 //! with an old cursor and many connections (or a WebSocket `subscribe` storm) could keep
 //! every pool connection scanning. Replays beyond the bound wait their turn — a resuming
 //! subscriber is slowed, never refused — while live delivery does not wait at all.
+//! A turn is owned (`'static`), so a replay dropped mid-read can keep it until its
+//! statement has stopped on the server (see `subscription::ReadInProgress`): the bound
+//! is on statements running, not on replays still listening for their answer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::TenantId;
 
-pub struct ReplayGate {
+pub struct ReplayGate(Arc<Gate>);
+
+struct Gate {
     overall: Arc<Semaphore>,
     per_tenant_limit: usize,
     running: IntGauge,
@@ -23,8 +28,8 @@ pub struct ReplayGate {
 }
 
 /// A turn to read one replay page; gives it back when dropped.
-pub struct Turn<'a> {
-    gate: &'a ReplayGate,
+pub struct Turn {
+    gate: Arc<Gate>,
     tenant: TenantId,
     // Field order: the tenant's permit is returned before the gate looks at its semaphore.
     _overall: OwnedSemaphorePermit,
@@ -34,22 +39,23 @@ pub struct Turn<'a> {
 impl ReplayGate {
     /// `running` and `waits` are the metrics it keeps up to date.
     pub fn new(overall: usize, per_tenant: usize, running: IntGauge, waits: IntCounter) -> Self {
-        ReplayGate {
+        ReplayGate(Arc::new(Gate {
             overall: Arc::new(Semaphore::new(overall)),
             per_tenant_limit: per_tenant,
             running,
             waits,
             tenants: Mutex::new(HashMap::new()),
-        }
+        }))
     }
 
     /// Waits for a turn of `tenant` (first within the tenant, then overall, so a tenant
     /// with many waiting replays holds at most its share of overall turns).
-    pub async fn turn(&self, tenant: &TenantId) -> Turn<'_> {
-        let of_tenant = self
+    pub async fn turn(&self, tenant: &TenantId) -> Turn {
+        let gate = &self.0;
+        let of_tenant = gate
             .lock()
             .entry(tenant.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant_limit)))
+            .or_insert_with(|| Arc::new(Semaphore::new(gate.per_tenant_limit)))
             .clone();
         // The tenant's permit first, then the overall one, both awaited in that order:
         // holding an overall permit while waiting within a tenant would deadlock.
@@ -58,32 +64,34 @@ impl ReplayGate {
             Ok(permit) => permit,
             Err(_) => {
                 waited = true;
-                self.waits.inc();
+                gate.waits.inc();
                 of_tenant.acquire_owned().await.expect(NEVER_CLOSED)
             }
         };
-        let overall = match self.overall.clone().try_acquire_owned() {
+        let overall = match gate.overall.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 if !waited {
-                    self.waits.inc();
+                    gate.waits.inc();
                 }
-                self.overall
+                gate.overall
                     .clone()
                     .acquire_owned()
                     .await
                     .expect(NEVER_CLOSED)
             }
         };
-        self.running.inc();
+        gate.running.inc();
         Turn {
-            gate: self,
+            gate: gate.clone(),
             tenant: tenant.clone(),
             _overall: overall,
             _tenant: Some(tenant_permit),
         }
     }
+}
 
+impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Arc<Semaphore>>> {
         self.tenants
             .lock()
@@ -93,7 +101,7 @@ impl ReplayGate {
 
 const NEVER_CLOSED: &str = "BUG: replay semaphores are never closed";
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         self.gate.running.dec();
         self._tenant = None;
@@ -136,7 +144,7 @@ mod tests {
         drop((second, third));
         assert_eq!(running.get(), 0);
         assert_eq!(waits.get(), 2, "each turn that waited is counted");
-        assert!(gate.lock().is_empty(), "idle tenants are remembered");
+        assert!(gate.0.lock().is_empty(), "idle tenants are remembered");
     }
 
     /// Polls `future` once.

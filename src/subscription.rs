@@ -26,7 +26,7 @@ use crate::auth::{Identity, TenantId};
 use crate::hub::{Fanned, Hub, Live};
 use crate::journal::{snapshot_cursor, Cursor, Entry, Journal, Published, ReplayFilter};
 use crate::metrics::Metrics;
-use crate::replay_gate::ReplayGate;
+use crate::replay_gate::{ReplayGate, Turn};
 use crate::selection::{Decision, Selection};
 use crate::shared_reads::{SharedReads, Weighed};
 use crate::wire::Delivery;
@@ -44,6 +44,9 @@ const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
 const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
 /// Most bytes of row JSON kept in shared replay pages.
 const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
+/// How long a replay read dropped mid-statement waits for its statement to stop before
+/// giving its gate turn back regardless (see [`ReadInProgress`]).
+const STOP_STATEMENT_WITHIN: Duration = Duration::from_secs(5);
 /// How long an expired subscriber's transport may take to make room for `AuthExpired`.
 const AUTH_EXPIRED_SEND: Duration = Duration::from_secs(5);
 
@@ -322,6 +325,64 @@ enum Replayed {
     /// The subscriber's token expired meanwhile.
     TokenExpired,
     Stopped,
+}
+
+/// A replay read's hold on the database: its turn at the replay gate and its pooled
+/// connection. A read dropped before it finished (its subscriber left, or re-subscribed)
+/// leaves its statement running on the server: dropping this cancels that statement and
+/// gives the turn back only once the connection has answered after it, so the gate
+/// bounds the statements actually running, not the replays still waiting for them.
+struct ReadInProgress {
+    turn: Option<Turn>,
+    client: Option<deadpool_postgres::Client>,
+}
+
+impl ReadInProgress {
+    fn client(&mut self) -> &mut deadpool_postgres::Client {
+        self.client
+            .as_mut()
+            .expect("BUG: a read in progress has its connection")
+    }
+
+    /// The read is done: the turn and the connection go back as they are.
+    fn finish(mut self) {
+        self.client = None;
+        self.turn = None;
+    }
+}
+
+impl Drop for ReadInProgress {
+    fn drop(&mut self) {
+        let (Some(client), Some(turn)) = (self.client.take(), self.turn.take()) else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) the connection just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(stop_statement(client, turn));
+        }
+    }
+}
+
+/// Cancels whatever statement `client` is running, waits (a bounded while) until the
+/// connection answers after it, then closes the connection and gives `turn` back.
+async fn stop_statement(client: deadpool_postgres::Client, turn: Turn) {
+    let cancel = client.cancel_token();
+    let stopped = tokio::time::timeout(STOP_STATEMENT_WITHIN, async {
+        if let Err(error) = cancel.cancel_query(tokio_postgres::NoTls).await {
+            tracing::debug!(?error, "could not cancel an abandoned replay read");
+        }
+        // The connection answers in order: once this empty query has its answer (or its
+        // error, should the cancel reach it instead), the statement before it has ended.
+        let _ = client.simple_query("").await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("an abandoned replay read did not stop in time; giving its turn back");
+    }
+    // Not back into the pool: the cancel request travels on its own connection, and a
+    // late one would hit whatever statement the next user of this one runs.
+    drop(deadpool_postgres::Object::take(client));
+    drop(turn);
 }
 
 impl Subscription {
@@ -618,35 +679,45 @@ impl Subscription {
         types: Option<Vec<String>>,
         app_events: bool,
     ) -> anyhow::Result<ReplayPage> {
-        let _turn = self.services.replay_gate.turn(&self.tenant).await;
-        let mut client = self.services.pool.get().await?;
+        let turn = self.services.replay_gate.turn(&self.tenant).await;
+        let client = self.services.pool.get().await?;
+        let mut hold = ReadInProgress {
+            turn: Some(turn),
+            client: Some(client),
+        };
+        let client = hold.client();
         let journal = &self.services.journal;
-        let (start, now_xmax) = match after_id {
-            Some(id) => (id, None),
-            None => {
-                let (start, now) = journal
-                    .replay_start(&mut client, from, &self.tenant)
-                    .await?;
-                (start, Some(now.xmax))
-            }
-        };
-        let filter = ReplayFilter {
-            tenant: &self.tenant,
-            types: types.as_deref(),
-            app_events,
-        };
-        let (entries, last) = journal
-            .read_replay(
-                &mut client,
-                &from.seen,
-                upto,
-                start,
-                filter,
-                REPLAY_PAGE_ROWS,
-                REPLAY_PAGE_BYTES,
-            )
-            .await?;
-        let pruned_below = Journal::pruned_below(&client).await?;
+        // An error ends the statement as surely as an answer: either way the read is over.
+        let read = async {
+            let (start, now_xmax) = match after_id {
+                Some(id) => (id, None),
+                None => {
+                    let (start, now) = journal.replay_start(client, from, &self.tenant).await?;
+                    (start, Some(now.xmax))
+                }
+            };
+            let filter = ReplayFilter {
+                tenant: &self.tenant,
+                types: types.as_deref(),
+                app_events,
+            };
+            let (entries, last) = journal
+                .read_replay(
+                    client,
+                    &from.seen,
+                    upto,
+                    start,
+                    filter,
+                    REPLAY_PAGE_ROWS,
+                    REPLAY_PAGE_BYTES,
+                )
+                .await?;
+            let pruned_below = Journal::pruned_below(client).await?;
+            anyhow::Ok((start, now_xmax, entries, last, pruned_below))
+        }
+        .await;
+        hold.finish();
+        let (start, now_xmax, entries, last, pruned_below) = read?;
         self.services.metrics.replay_pages_read.inc();
         let bytes = entries.iter().map(Entry::size_hint).sum();
         Ok(ReplayPage {

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::{Client, Statement};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub use cursor::{Cursor, CursorError, CursorScope};
+pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope};
 pub use snapshot::PgSnapshot;
 
 use crate::auth::TenantId;
@@ -317,7 +317,13 @@ pub struct Journal {
     /// The journal's identity ([`CursorScope::tag`]); it changes when the journal starts
     /// over (see [`Journal::follow`]).
     scope: AtomicU32,
+    /// Authenticates the cursors it mints; the same for every instance on the database.
+    cursor_key: CursorKey,
 }
+
+/// The cursor key, as the migrations made it (`changecast.cursor_key`, readable by the
+/// service's role only).
+const CURSOR_KEY_SQL: &str = "select key from changecast.cursor_key";
 
 /// What cursors are bound to: the journal, and the timeline of the database's history it
 /// is on (the current WAL file's). A promoted standby starts a new timeline; if it lagged,
@@ -494,13 +500,15 @@ pub fn hot_statements() -> [(&'static str, String); 4] {
 }
 
 impl Journal {
-    /// Reads the journal's identity; the migrations must have run.
-    pub async fn open(client: &Client) -> DbResult<Journal> {
+    /// Reads the journal's identity and the cursor key; the migrations must have run.
+    pub async fn open(client: &Client) -> anyhow::Result<Journal> {
         let row = client
             .query_one(&format!("select {JOURNAL_IDENTITY}"), &[])
             .await?;
+        let key = client.query_one(CURSOR_KEY_SQL, &[]).await?;
         Ok(Journal {
-            scope: AtomicU32::new(CursorScope::new(row.get(0)).tag()),
+            scope: AtomicU32::new(journal_tag(row.get(0))),
+            cursor_key: CursorKey::new(key.get(0))?,
         })
     }
 
@@ -516,14 +524,14 @@ impl Journal {
     }
 
     pub fn scope(&self) -> CursorScope {
-        CursorScope::from_tag(self.scope.load(Ordering::Relaxed))
+        CursorScope::from_tag(self.scope.load(Ordering::Relaxed), self.cursor_key.clone())
     }
 
     /// Follows the journal's identity as the database now states it (another instance
     /// may have started the journal over, see `db::adopt_moved_journal`); true when it
     /// changed: cursors minted before belong to a journal that is gone.
     pub fn follow(&self, journal_id: &str) -> bool {
-        let now = CursorScope::new(journal_id).tag();
+        let now = journal_tag(journal_id);
         self.scope.swap(now, Ordering::Relaxed) != now
     }
 

@@ -251,21 +251,23 @@ async fn a_listener_away_past_the_retention_resyncs_its_live_subscribers() {
 #[tokio::test]
 async fn a_cursor_from_beyond_the_databases_present_gets_a_resync() {
     use changecast::auth::TenantId;
-    use changecast::journal::{Cursor, CursorScope, PgSnapshot};
+    use changecast::journal::{Cursor, CursorKey, CursorScope, PgSnapshot};
 
     let app = spawn_app().await;
     let row = app
         .db
         .query_one(
-            "select journal_id::text, pg_snapshot_xmax(pg_current_snapshot())::text
+            "select journal_id::text, pg_snapshot_xmax(pg_current_snapshot())::text,
+                    (select key from changecast.cursor_key)
              from changecast.journal_meta",
             &[],
         )
         .await
         .unwrap();
     let (journal_id, xmax): (&str, &str) = (row.get(0), row.get(1));
+    let key = CursorKey::new(row.get(2)).unwrap();
     let ahead = xmax.parse::<u64>().unwrap() + 1_000_000;
-    let cursor = CursorScope::new(journal_id).encode(
+    let cursor = CursorScope::new(journal_id, key).encode(
         &TenantId::new("acme").unwrap(),
         &Cursor {
             id: 1,
