@@ -3,7 +3,7 @@
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Transaction};
 
 use crate::auth::TenantId;
 use crate::journal::{snapshot_cursor, DbResult, Journal, PgSnapshot};
@@ -77,18 +77,22 @@ pub const MAX_SNAPSHOT_BYTES: usize = 32 * 1024 * 1024;
 /// `cursor` resumes exactly after it.
 pub struct SnapshotRead<'a> {
     tx: Transaction<'a>,
-    tables: Vec<WatchedTable>,
+    /// Each resource type with the portal its rows are read through.
+    tables: Vec<(String, Portal)>,
     pub cursor: String,
 }
 
-/// Begins the tenant's snapshot of `types`: everything that can fail before a row is
-/// read (the transaction, the cursor, the watched tables) fails here, so an answer can
-/// still say so.
+/// Begins the tenant's snapshot of `types` (of only `ids`, if given): everything that
+/// can fail before a row is read fails here, so an answer can still say so — the
+/// transaction, the cursor, the watched tables, and each table's query, planned and its
+/// lock taken (a table locked by a migration holds it up here, until the statement
+/// timeout).
 pub async fn begin_snapshot<'a>(
     client: &'a mut Client,
     journal: &Journal,
     tenant: &TenantId,
     types: &[String],
+    ids: &Option<Vec<String>>,
 ) -> DbResult<SnapshotRead<'a>> {
     let tx = client
         .build_transaction()
@@ -112,9 +116,19 @@ pub async fn begin_snapshot<'a>(
     // The answer lists types as a JSON object's keys, in byte order whatever the
     // database's collation.
     tables.sort_by(|a, b| a.resource_type.cmp(&b.resource_type));
+    let mut reads = Vec::with_capacity(tables.len());
+    for table in tables {
+        let portal = tx
+            .bind(
+                &snapshot_rows_sql(&table),
+                &[&tenant.as_str(), ids, &table.id_key, &table.exclude_columns],
+            )
+            .await?;
+        reads.push((table.resource_type, portal));
+    }
     Ok(SnapshotRead {
         tx,
-        tables,
+        tables: reads,
         cursor: snapshot_cursor(journal, tenant, seen),
     })
 }
@@ -149,7 +163,6 @@ impl SnapshotRead<'_> {
     /// with live delivery exactly. Stops quietly when `out`'s receiver is gone.
     pub async fn send_rows(
         self,
-        tenant: &TenantId,
         selection: &Selection,
         limit: usize,
         out: &mpsc::Sender<SnapshotPart>,
@@ -157,21 +170,9 @@ impl SnapshotRead<'_> {
         let SnapshotRead { tx, tables, .. } = self;
         let mut truncated = false;
         let mut bytes = 0;
-        for table in tables {
-            let sql = snapshot_rows_sql(&table);
-            let portal = tx
-                .bind(
-                    &sql,
-                    &[
-                        &tenant.as_str(),
-                        &selection.ids,
-                        &table.id_key,
-                        &table.exclude_columns,
-                    ],
-                )
-                .await?;
+        for (resource_type, portal) in tables {
             if out
-                .send(SnapshotPart::ResourceType(table.resource_type))
+                .send(SnapshotPart::ResourceType(resource_type))
                 .await
                 .is_err()
             {

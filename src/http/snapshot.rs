@@ -119,7 +119,8 @@ async fn read(
     begun: oneshot::Sender<DbResult<String>>,
     parts: mpsc::Sender<SnapshotPart>,
 ) {
-    let snapshot = match resources::begin_snapshot(&mut client, &journal, &tenant, &types).await {
+    let begin = resources::begin_snapshot(&mut client, &journal, &tenant, &types, &selection.ids);
+    let snapshot = match begin.await {
         Ok(snapshot) => snapshot,
         Err(error) => {
             let _ = begun.send(Err(error));
@@ -129,7 +130,7 @@ async fn read(
     if begun.send(Ok(snapshot.cursor.clone())).is_err() {
         return;
     }
-    if let Err(error) = snapshot.send_rows(&tenant, &selection, limit, &parts).await {
+    if let Err(error) = snapshot.send_rows(&selection, limit, &parts).await {
         tracing::warn!(
             ?error,
             "a snapshot's read failed after its answer began; the answer is cut short"

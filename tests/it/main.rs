@@ -12,6 +12,7 @@ mod embedded;
 mod events_views;
 mod faults;
 mod floods;
+mod hardening_values;
 mod migrate;
 mod openapi;
 mod reliability;
