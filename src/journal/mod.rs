@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::selection::Row;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::{Client, Statement};
@@ -29,6 +28,7 @@ pub use cursor::{Cursor, CursorError, CursorScope};
 pub use snapshot::PgSnapshot;
 
 use crate::auth::TenantId;
+use crate::selection::Row;
 
 /// `created | updated | deleted`, as the journal and the wire spell them. (The journal's
 /// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Truncated`].)
