@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::replay_gate::ReplayGate;
 use crate::secret::Secret;
 pub use crate::services::Services;
+use crate::snapshot_limits::SnapshotLimits;
 use crate::stats::Activity;
 use crate::subscription::{Limits, Subscriptions};
 use crate::supervise::supervise;
@@ -123,6 +124,8 @@ impl App {
             shutdown.clone(),
             tracker.clone(),
         ));
+        let (max_snapshots, max_tenant_snapshots) = config.snapshot_limits();
+        let snapshots = Arc::new(SnapshotLimits::new(max_snapshots, max_tenant_snapshots));
         let services = Arc::new(Services {
             auth,
             config,
@@ -135,6 +138,7 @@ impl App {
             resource_types: std::sync::Mutex::new(resource_types),
             subscriptions,
             activity,
+            snapshots,
         });
         Ok(App {
             services,

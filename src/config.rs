@@ -153,6 +153,19 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_MAX_REPLAYS_PER_TENANT", default_value_t = 2, value_parser = parse_positive_count)]
     pub max_replays_per_tenant: usize,
 
+    /// Most snapshots in progress at once (each holds a pool connection until its client
+    /// has read the answer); beyond, new ones get 503 `snapshots_full` with `Retry-After`.
+    /// Default: a quarter of --pool-size (at least 1), leaving the rest of the pool to
+    /// journal reads.
+    #[arg(long, env = "CHANGECAST_MAX_SNAPSHOTS", value_parser = parse_positive_count)]
+    pub max_snapshots: Option<usize>,
+
+    /// Most snapshots one tenant may have in progress at once; beyond, new ones get 429
+    /// `too_many_snapshots` with `Retry-After`. Default: half of --max-snapshots (at
+    /// least 1).
+    #[arg(long, env = "CHANGECAST_MAX_TENANT_SNAPSHOTS", value_parser = parse_positive_count)]
+    pub max_tenant_snapshots: Option<usize>,
+
     /// Longest a replay or snapshot query may run before PostgreSQL cancels it
     /// (`statement_timeout` of the pool's connections).
     #[arg(long, env = "CHANGECAST_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
@@ -188,6 +201,14 @@ impl TokenRuleArgs {
 }
 
 impl ServeConfig {
+    /// Snapshots allowed in progress: (overall, per tenant), with the defaults --help
+    /// describes.
+    pub fn snapshot_limits(&self) -> (usize, usize) {
+        let overall = self.max_snapshots.unwrap_or((self.pool_size / 4).max(1));
+        let per_tenant = self.max_tenant_snapshots.unwrap_or((overall / 2).max(1));
+        (overall, per_tenant)
+    }
+
     /// Defaults for everything but the database: what tests and embedders start from.
     pub fn new(database_url: impl Into<String>) -> Self {
         #[derive(Parser)]

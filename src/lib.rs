@@ -22,6 +22,8 @@ pub mod replay_gate;
 pub mod shared_reads;
 /// The watched tables: resource types and `/v1/snapshot` reads.
 pub mod resources;
+/// Bounds on snapshots in progress.
+pub mod snapshot_limits;
 /// HTTP: the accept loop (connection cap, header deadline), SSE and WebSocket
 /// transports, snapshot, operations, dashboard.
 pub mod http;

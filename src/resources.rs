@@ -1,16 +1,13 @@
 //! The watched tables themselves: which resource types exist, and the consistent
 //! "current rows + cursor" read behind `/v1/snapshot`.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
-use tokio_postgres::{Client, GenericClient, IsolationLevel};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Transaction};
 
 use crate::auth::TenantId;
 use crate::journal::{snapshot_cursor, DbResult, Journal, PgSnapshot};
-use crate::selection::Selection;
+use crate::selection::{Row, Selection};
 
 /// A watched table, its identifiers already quoted for SQL by PostgreSQL.
 struct WatchedTable {
@@ -64,33 +61,42 @@ pub async fn resource_types(client: &impl GenericClient) -> DbResult<Vec<String>
         .collect())
 }
 
-#[derive(Serialize)]
-pub struct Snapshot {
-    pub cursor: String,
-    pub resources: BTreeMap<String, Vec<Box<RawValue>>>,
-    pub truncated: bool,
+/// What a snapshot hands on, in order: each resource type's name followed by its rows'
+/// JSON, types in byte order (as a JSON object's keys are listed), then `End`.
+#[derive(Debug)]
+pub enum SnapshotPart {
+    ResourceType(String),
+    Row(String),
+    End { truncated: bool },
 }
 
-/// Rows fetched per round trip while a snapshot filters a table's rows.
+/// Rows fetched per round trip while a snapshot reads a table's rows.
 const SNAPSHOT_PAGE_ROWS: i32 = 500;
 /// Most bytes of row JSON in one snapshot answer; beyond, it is `truncated` (as beyond
-/// `limit` rows), so a table of huge rows cannot make one request hold gigabytes.
+/// `limit` rows), so a table of huge rows cannot keep one request going for gigabytes.
 pub const MAX_SNAPSHOT_BYTES: usize = 32 * 1024 * 1024;
 
-/// The tenant's current rows of `types` in `selection`'s view (at most `limit` per type
-/// and [`MAX_SNAPSHOT_BYTES`] in all),
-/// without excluded columns, and a cursor that resumes exactly after them: rows and
-/// cursor come from one REPEATABLE READ snapshot. Row filters are the subscription's own
-/// ([`Selection::includes_row`]): rows are read page by page through a portal and
-/// filtered here, so memory stays bounded and views agree with live delivery exactly.
-pub async fn snapshot(
-    client: &mut Client,
+/// A snapshot begun: its REPEATABLE READ transaction has fixed what it sees, and
+/// `cursor` resumes exactly after it.
+pub struct SnapshotRead<'a> {
+    tx: Transaction<'a>,
+    /// Each resource type with the portal its rows are read through.
+    tables: Vec<(String, Portal)>,
+    pub cursor: String,
+}
+
+/// Begins the tenant's snapshot of `types` (of only `ids`, if given): everything that
+/// can fail before a row is read fails here, so an answer can still say so — the
+/// transaction, the cursor, the watched tables, and each table's query, planned and its
+/// lock taken (a table locked by a migration holds it up here, until the statement
+/// timeout).
+pub async fn begin_snapshot<'a>(
+    client: &'a mut Client,
     journal: &Journal,
     tenant: &TenantId,
     types: &[String],
-    selection: &Selection,
-    limit: usize,
-) -> DbResult<Snapshot> {
+    ids: &Option<Vec<String>>,
+) -> DbResult<SnapshotRead<'a>> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -111,80 +117,131 @@ pub async fn snapshot(
         .get::<_, &str>(0)
         .parse()
         .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
-    let mut resources = BTreeMap::new();
-    let mut truncated = false;
-    let mut bytes = 0;
-    for table in watched_tables(&tx)
+    let mut tables: Vec<WatchedTable> = watched_tables(&tx)
         .await?
         .into_iter()
         .filter(|t| types.contains(&t.resource_type))
-    {
-        // The tenant column's own collation may be nondeterministic (case-insensitive,
-        // say), merging tenants that differ in case: the bytewise `collate "C"` test
-        // decides. The first test keeps an index on the column usable. `ids` narrow the
-        // read by the same text `resource_id` carries. Rows are written as the capture
-        // trigger writes them: a table with columns of types a non-superuser owns goes
-        // through changecast.row_to_jsonb, so no cast their owner made runs as this role
-        // (changecast.snapshot_rows_plain decides once, before any row is read).
-        let sql = format!(
-            "select r.row::text, r.row ->> $3
-             from (select case when (select changecast.snapshot_rows_plain($5::text::regclass))
-                               then to_jsonb(t)
-                               else changecast.row_to_jsonb($5::text::regclass, t) end
-                          - $4::text[] as row,
-                          t.{id} as sort_key
-                   from {table} t
-                   where (select changecast.snapshot_rows_plain($5::text::regclass)) is not null
-                     and t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1) r
-             where $2::text[] is null or (r.row ->> $3) = any($2)
-             order by r.sort_key",
-            table = table.table,
-            tenant = table.tenant_column,
-            id = table.id_column
-        );
+        .collect();
+    // The answer lists types as a JSON object's keys, in byte order whatever the
+    // database's collation.
+    tables.sort_by(|a, b| a.resource_type.cmp(&b.resource_type));
+    let mut reads = Vec::with_capacity(tables.len());
+    for table in tables {
+        // Its refusals (a tenant column of an owner's type, a definition newer than this
+        // snapshot) must come before the answer's status, not cut the answer short.
+        tx.query_one(
+            "select changecast.snapshot_rows_plain($1::text::regclass)",
+            &[&table.table],
+        )
+        .await?;
         let portal = tx
             .bind(
-                &sql,
+                &snapshot_rows_sql(&table),
                 &[
                     &tenant.as_str(),
-                    &selection.ids,
+                    ids,
                     &table.id_key,
                     &table.exclude_columns,
                     &table.table,
                 ],
             )
             .await?;
-        let mut items = Vec::new();
-        'pages: loop {
-            let rows = tx.query_portal(&portal, SNAPSHOT_PAGE_ROWS).await?;
-            let last_page = rows.len() < SNAPSHOT_PAGE_ROWS as usize;
-            for row in rows {
-                let json: String = row.get(0);
-                let resource_id: Option<&str> = row.get(1);
-                if !selection.rows.is_empty() {
-                    let values: Map<String, Value> =
-                        serde_json::from_str(&json).expect("BUG: to_jsonb of a row is an object");
-                    if !selection.includes_row(&values, resource_id.unwrap_or_default()) {
-                        continue;
+        reads.push((table.resource_type, portal));
+    }
+    Ok(SnapshotRead {
+        tx,
+        tables: reads,
+        cursor: snapshot_cursor(journal, tenant, seen),
+    })
+}
+
+/// The query reading one watched table's rows of a tenant for a snapshot: `$1` tenant,
+/// `$2` ids (or null), `$3` the id column's name, `$4` excluded columns, `$5` the table;
+/// it yields each row's JSON and its id as text.
+///
+/// The tenant column's own collation may be nondeterministic (case-insensitive, say),
+/// merging tenants that differ in case: the bytewise `collate "C"` test decides. The
+/// first test keeps an index on the column usable. `ids` narrow the read by the same
+/// text `resource_id` carries. Rows are written as the capture trigger writes them: a
+/// table with columns of types a non-superuser owns goes through
+/// changecast.row_to_jsonb, so no cast their owner made runs as this role
+/// (changecast.snapshot_rows_plain decides once, before any row is read).
+fn snapshot_rows_sql(table: &WatchedTable) -> String {
+    format!(
+        "select r.row::text, r.row ->> $3
+         from (select case when (select changecast.snapshot_rows_plain($5::text::regclass))
+                           then to_jsonb(t)
+                           else changecast.row_to_jsonb($5::text::regclass, t) end
+                      - $4::text[] as row,
+                      t.{id} as sort_key
+               from {table} t
+               where (select changecast.snapshot_rows_plain($5::text::regclass)) is not null
+                 and t.{tenant}::text = $1 and (t.{tenant}::text collate \"C\") = $1) r
+         where $2::text[] is null or (r.row ->> $3) = any($2)
+         order by r.sort_key",
+        table = table.table,
+        tenant = table.tenant_column,
+        id = table.id_column
+    )
+}
+
+impl SnapshotRead<'_> {
+    /// Hands the rows in `selection`'s view (at most `limit` per type and
+    /// [`MAX_SNAPSHOT_BYTES`] in all), without excluded columns, to `out` one at a time,
+    /// waiting while it is full, then `End`. Rows are read page by page through a portal
+    /// and each page as it arrives, so memory holds a few rows, not the answer. Row
+    /// filters are the subscription's own ([`Selection::includes_row`]), so views agree
+    /// with live delivery exactly. Stops quietly when `out`'s receiver is gone.
+    pub async fn send_rows(
+        self,
+        selection: &Selection,
+        limit: usize,
+        out: &mpsc::Sender<SnapshotPart>,
+    ) -> DbResult<()> {
+        let SnapshotRead { tx, tables, .. } = self;
+        let mut truncated = false;
+        let mut bytes = 0;
+        for (resource_type, portal) in tables {
+            if out
+                .send(SnapshotPart::ResourceType(resource_type))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            let mut sent = 0;
+            'pages: loop {
+                let mut rows =
+                    std::pin::pin!(tx.query_portal_raw(&portal, SNAPSHOT_PAGE_ROWS).await?);
+                let mut in_page = 0;
+                while let Some(row) = rows.next().await {
+                    let row = row?;
+                    in_page += 1;
+                    let json: String = row.get(0);
+                    if !selection.rows.is_empty() {
+                        let resource_id: Option<&str> = row.get(1);
+                        let values = Row::parse(&json).unwrap_or_default();
+                        if !selection.includes_row(&values, resource_id.unwrap_or_default()) {
+                            continue;
+                        }
+                    }
+                    if sent == limit || bytes + json.len() > MAX_SNAPSHOT_BYTES {
+                        truncated = true;
+                        break 'pages;
+                    }
+                    sent += 1;
+                    bytes += json.len();
+                    if out.send(SnapshotPart::Row(json)).await.is_err() {
+                        return Ok(());
                     }
                 }
-                if items.len() == limit || bytes + json.len() > MAX_SNAPSHOT_BYTES {
-                    truncated = true;
-                    break 'pages;
+                if in_page < SNAPSHOT_PAGE_ROWS {
+                    break;
                 }
-                bytes += json.len();
-                items.push(RawValue::from_string(json).expect("BUG: jsonb prints valid JSON"));
-            }
-            if last_page {
-                break;
             }
         }
-        resources.insert(table.resource_type, items);
+        tx.commit().await?;
+        let _ = out.send(SnapshotPart::End { truncated }).await;
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(Snapshot {
-        cursor: snapshot_cursor(journal, tenant, seen),
-        resources,
-        truncated,
-    })
 }

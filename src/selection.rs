@@ -3,7 +3,11 @@
 //! implementation, used live, on replay and for snapshots alike, so a client's copy of
 //! its view stays exact whichever way a row reached it.
 
-use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::journal::{Change, Entry, EventKind};
 use crate::wire::Delivery;
@@ -137,7 +141,7 @@ impl Selection {
             .then_some(as_event)
     }
 
-    fn rows_match<'a>(&self, value_of: impl Fn(&str) -> Option<&'a Value>) -> bool {
+    fn rows_match<'a>(&self, value_of: impl Fn(&str) -> Option<&'a Comparable>) -> bool {
         self.rows
             .iter()
             .all(|filter| filter.op.holds(value_of(&filter.column)))
@@ -152,8 +156,8 @@ impl Selection {
         }
     }
 
-    /// Whether a snapshot row (the row's JSON object) is in this subscriber's view.
-    pub fn includes_row(&self, row: &Map<String, Value>, resource_id: &str) -> bool {
+    /// Whether a snapshot row is in this subscriber's view.
+    pub fn includes_row(&self, row: &Row, resource_id: &str) -> bool {
         self.ids
             .as_ref()
             .is_none_or(|ids| ids.iter().any(|id| id == resource_id))
@@ -226,14 +230,29 @@ pub struct RowFilter {
 /// only, as in SQL.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Eq(String),
-    Neq(String),
-    Lt(String),
-    Lte(String),
-    Gt(String),
-    Gte(String),
-    In(Vec<String>),
+    Eq(Operand),
+    Neq(Operand),
+    Lt(Operand),
+    Lte(Operand),
+    Gt(Operand),
+    Gte(Operand),
+    In(Vec<Operand>),
     IsNull,
+}
+
+/// A filter's value, with its reading as a number worked out once, when the filter is
+/// parsed, rather than for every row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operand {
+    text: String,
+    number: Option<f64>,
+}
+
+impl Operand {
+    fn new(text: String) -> Operand {
+        let number = text.trim().parse::<f64>().ok();
+        Operand { text, number }
+    }
 }
 
 impl RowFilter {
@@ -250,7 +269,7 @@ impl RowFilter {
         let (op, operand) = condition
             .split_once('.')
             .ok_or_else(|| invalid("expected <op>.<value> after the column"))?;
-        let operand = operand.to_owned();
+        let operand = Operand::new(operand.to_owned());
         let op = match op {
             "eq" => Op::Eq(operand),
             "neq" => Op::Neq(operand),
@@ -258,8 +277,14 @@ impl RowFilter {
             "lte" => Op::Lte(operand),
             "gt" => Op::Gt(operand),
             "gte" => Op::Gte(operand),
-            "in" => Op::In(parse_in_list(&operand).map_err(|why| invalid(&why))?),
-            "is" if operand == "null" => Op::IsNull,
+            "in" => Op::In(
+                parse_in_list(&operand.text)
+                    .map_err(|why| invalid(&why))?
+                    .into_iter()
+                    .map(Operand::new)
+                    .collect(),
+            ),
+            "is" if operand.text == "null" => Op::IsNull,
             "is" => return Err(invalid("`is` takes only `null` (is.null)")),
             other => {
                 return Err(invalid(&format!(
@@ -325,48 +350,124 @@ fn parse_in_list(text: &str) -> Result<Vec<String>, String> {
 }
 
 impl Op {
-    fn holds(&self, value: Option<&Value>) -> bool {
+    fn holds(&self, value: Option<&Comparable>) -> bool {
         let value = match value {
-            None | Some(Value::Null) => return matches!(self, Op::IsNull),
+            None | Some(Comparable::Null) => return matches!(self, Op::IsNull),
             Some(value) => value,
         };
         use std::cmp::Ordering::*;
         match self {
             Op::IsNull => false,
-            Op::Eq(operand) => compare(value, operand) == Equal,
-            Op::Neq(operand) => compare(value, operand) != Equal,
-            Op::Lt(operand) => compare(value, operand) == Less,
-            Op::Lte(operand) => compare(value, operand) != Greater,
-            Op::Gt(operand) => compare(value, operand) == Greater,
-            Op::Gte(operand) => compare(value, operand) != Less,
-            Op::In(operands) => operands.iter().any(|o| compare(value, o) == Equal),
+            Op::Eq(operand) => value.compare(operand) == Equal,
+            Op::Neq(operand) => value.compare(operand) != Equal,
+            Op::Lt(operand) => value.compare(operand) == Less,
+            Op::Lte(operand) => value.compare(operand) != Greater,
+            Op::Gt(operand) => value.compare(operand) == Greater,
+            Op::Gte(operand) => value.compare(operand) != Less,
+            Op::In(operands) => operands.iter().any(|o| value.compare(o) == Equal),
         }
     }
 }
 
-/// A JSON number against a numeric operand compares as numbers; anything else as text
-/// (strings as themselves, `true`/`false`, objects and arrays as their JSON).
-fn compare(value: &Value, operand: &str) -> std::cmp::Ordering {
-    if let (Value::Number(number), Ok(operand)) = (value, operand.trim().parse::<f64>()) {
-        if let Some(number) = number.as_f64() {
-            if let Some(order) = number.partial_cmp(&operand) {
-                return order;
+/// A row's JSON object as row filters read it. Each column keeps its JSON text and is
+/// decoded for comparison only when a filter reads it, then once for every filter and
+/// subscriber: a large object column is not re-serialised per comparison, and a column no
+/// filter names is never decoded.
+#[derive(Debug, Default)]
+pub struct Row(HashMap<String, Column>);
+
+#[derive(Debug)]
+struct Column {
+    json: Box<RawValue>,
+    comparable: OnceLock<Comparable>,
+}
+
+impl Row {
+    /// The row of a JSON object; `None` for anything else. Numbers are not decoded here,
+    /// so a number beyond `f64` (PostgreSQL's `numeric` has no such bound) cannot make
+    /// the row unreadable.
+    pub fn parse(json: &str) -> Option<Row> {
+        let columns: HashMap<String, Box<RawValue>> = serde_json::from_str(json).ok()?;
+        Some(Row(columns
+            .into_iter()
+            .map(|(name, json)| {
+                let column = Column {
+                    json,
+                    comparable: OnceLock::new(),
+                };
+                (name, column)
+            })
+            .collect()))
+    }
+
+    /// `column`'s value as filters compare it; `None` when the row has no such column.
+    pub fn get(&self, column: &str) -> Option<&Comparable> {
+        self.0.get(column).map(|column| {
+            column
+                .comparable
+                .get_or_init(|| Comparable::decode(column.json.get()))
+        })
+    }
+}
+
+/// A column's JSON value as filters compare it (API.md §9): numbers as numbers when the
+/// operand is a number too, everything else as text — strings as themselves, `true`,
+/// `false`, objects and arrays as their JSON.
+#[derive(Debug, PartialEq)]
+pub enum Comparable {
+    Null,
+    /// Its value, ±infinity beyond `f64`'s range, and its text.
+    Number(f64, String),
+    Text(String),
+}
+
+impl Comparable {
+    fn decode(json: &str) -> Comparable {
+        match serde_json::from_str::<Value>(json) {
+            Ok(Value::Null) => Comparable::Null,
+            Ok(Value::Number(number)) => {
+                Comparable::Number(number.as_f64().unwrap_or(f64::NAN), number.to_string())
             }
+            Ok(Value::String(text)) => Comparable::Text(text),
+            Ok(other) => Comparable::Text(other.to_string()),
+            // serde_json refuses numbers beyond f64's range, which Rust reads as
+            // infinities; an object or array holding one compares as its JSON as is.
+            Err(_) => match json.parse::<f64>() {
+                Ok(number) => Comparable::Number(number, json.to_owned()),
+                Err(_) => Comparable::Text(json.to_owned()),
+            },
         }
     }
-    match value {
-        Value::String(text) => text.as_str().cmp(operand),
-        other => other.to_string().as_str().cmp(operand),
+
+    fn compare(&self, operand: &Operand) -> std::cmp::Ordering {
+        let text = match self {
+            Comparable::Number(number, text) => {
+                if let Some(order) = operand.number.and_then(|o| number.partial_cmp(&o)) {
+                    return order;
+                }
+                text.as_str()
+            }
+            Comparable::Text(text) => text.as_str(),
+            // `Op::holds` answers for null before comparing.
+            Comparable::Null => "null",
+        };
+        text.cmp(operand.text.as_str())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     fn holds(filter: &str, value: Value) -> bool {
+        let value = Comparable::decode(&value.to_string());
         RowFilter::parse(filter).unwrap().op.holds(Some(&value))
+    }
+
+    /// A row as the journal or a snapshot has it.
+    pub(super) fn row_of(values: &Map<String, Value>) -> Row {
+        Row::parse(&Value::Object(values.clone()).to_string()).expect("an object")
     }
 
     #[test]
@@ -385,10 +486,102 @@ mod tests {
         assert!(holds("b=eq.true", json!(true)));
         assert!(holds("s=eq.", json!("")));
         let null = RowFilter::parse("s=is.null").unwrap().op;
-        assert!(null.holds(None) && null.holds(Some(&Value::Null)));
-        assert!(!null.holds(Some(&json!(""))));
+        assert!(null.holds(None) && null.holds(Some(&Comparable::Null)));
+        assert!(!null.holds(Some(&Comparable::Text(String::new()))));
         let neq = RowFilter::parse("s=neq.open").unwrap().op;
         assert!(!neq.holds(None), "null satisfies nothing but is.null");
+    }
+
+    /// Comparisons read each value as the straightforward rule does: the value as a
+    /// `serde_json::Value`, against the operand as written, for every operator.
+    #[test]
+    fn decoded_columns_compare_as_json_values_do() {
+        fn reference(value: &Value, operand: &str) -> std::cmp::Ordering {
+            if let (Value::Number(number), Ok(operand)) = (value, operand.trim().parse::<f64>()) {
+                if let Some(order) = number.as_f64().and_then(|n| n.partial_cmp(&operand)) {
+                    return order;
+                }
+            }
+            match value {
+                Value::String(text) => text.as_str().cmp(operand),
+                other => other.to_string().as_str().cmp(operand),
+            }
+        }
+        let values = [
+            json!(5),
+            json!(-5),
+            json!(0.5),
+            json!(1e300),
+            json!(18446744073709551615u64),
+            json!("5"),
+            json!("open"),
+            json!(""),
+            json!(true),
+            json!(false),
+            json!({"b": 1, "a": [1, 2.5, "x"]}),
+            json!([1, {"k": null}]),
+            json!({}),
+        ];
+        let operands = [
+            "5",
+            " 5 ",
+            "-5",
+            "0.5",
+            "1e300",
+            "1e400",
+            "inf",
+            "NaN",
+            "open",
+            "",
+            "true",
+            "{\"a\":[1,2.5,\"x\"],\"b\":1}",
+            "[1,{\"k\":null}]",
+            "{}",
+            "~",
+        ];
+        use std::cmp::Ordering::*;
+        for value in &values {
+            // As the journal prints it: jsonb's own spacing and key order.
+            let comparable = Comparable::decode(&serde_json::to_string_pretty(value).unwrap());
+            for operand in operands {
+                let order = reference(value, operand);
+                for (op, expected) in [
+                    ("eq", order == Equal),
+                    ("neq", order != Equal),
+                    ("lt", order == Less),
+                    ("lte", order != Greater),
+                    ("gt", order == Greater),
+                    ("gte", order != Less),
+                ] {
+                    let filter = RowFilter::parse(&format!("c={op}.{operand}")).unwrap();
+                    assert_eq!(
+                        filter.op.holds(Some(&comparable)),
+                        expected,
+                        "{value} {op} {operand:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_f64_compare_as_infinities_and_print_as_written() {
+        let huge = format!("1{}", "0".repeat(400));
+        let row = Row::parse(&format!(
+            "{{\"n\": {huge}, \"m\": -1e400, \"o\": {{\"x\": 1e400}}, \"s\": \"open\"}}"
+        ))
+        .expect("a row with huge numbers still reads");
+        let holds = |filter: &str| {
+            let filter = RowFilter::parse(filter).unwrap();
+            filter.op.holds(row.get(&filter.column))
+        };
+        assert!(holds("n=gt.1e300") && holds("m=lt.-1e300") && holds("s=eq.open"));
+        assert!(holds(&format!("n=eq.{huge}")), "as written, as text too");
+        assert!(!holds("n=lt.0") && !holds("n=is.null"));
+        assert!(
+            holds("o=eq.{\"x\": 1e400}"),
+            "an object holding one: its JSON as is"
+        );
     }
 
     #[test]
@@ -517,7 +710,7 @@ mod tests {
                 }
                 let view: BTreeMap<String, Value> = table
                     .iter()
-                    .filter(|(id, row)| selection.includes_row(row, id))
+                    .filter(|(id, row)| selection.includes_row(&row_of(row), id))
                     .map(|(id, row)| (id.clone(), Value::Object(row.clone())))
                     .collect();
                 assert_eq!(copy, view, "{filter:?} after step {step}");
@@ -720,8 +913,8 @@ mod tests {
             ) {
                 let selection = Selection { rows: selection.rows, ..Selection::default() };
                 let id = &c.change.resource_id;
-                let before = c.before.as_ref().is_some_and(|row| selection.includes_row(row, id));
-                let after = c.after.as_ref().is_some_and(|row| selection.includes_row(row, id));
+                let before = c.before.as_ref().is_some_and(|row| selection.includes_row(&row_of(row), id));
+                let after = c.after.as_ref().is_some_and(|row| selection.includes_row(&row_of(row), id));
                 let expected = match (before, after) {
                     (false, true) => Some(EventKind::Created),
                     (true, false) => Some(EventKind::Deleted),
@@ -758,6 +951,80 @@ mod tests {
                     prop_assert!(selection.wants_app_events());
                 }
             }
+        }
+    }
+}
+
+/// What row filters cost per change on a large object column: run with
+/// `cargo test --release --lib filter_cost -- --ignored --nocapture`. A measurement to
+/// read, not a test with a time limit.
+#[cfg(test)]
+mod filter_cost {
+    use super::*;
+    use crate::journal::{Change, Entry};
+    use serde_json::Map;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn config_object(seed: &str) -> Value {
+        let mut config = Map::new();
+        for i in 0..10_000 {
+            config.insert(
+                format!("key{i:05}"),
+                Value::String(format!("{seed}-value-{i:08}-padding-padding")),
+            );
+        }
+        Value::Object(config)
+    }
+
+    #[test]
+    #[ignore]
+    fn filter_cost_on_a_500_kb_object() {
+        let new = serde_json::json!({"id": "r1", "state": "open", "config": config_object("new")});
+        let old = serde_json::json!({"config": config_object("old")});
+        let (new, old) = (new.to_string(), old.to_string());
+        println!("row: {} bytes, old: {} bytes", new.len(), old.len());
+        let filters = [
+            "config=neq.x",
+            "config=neq.y",
+            "config=neq.z",
+            "config=neq.w",
+            "config=gt.a",
+            "config=gt.b",
+            "config=gt.c",
+            "config=gt.d",
+            "config=lt.~",
+            "config=lt.~~",
+            "config=lt.~~~",
+            "config=lt.~~~~",
+            "config=gte.a",
+            "config=lte.~",
+            "config=neq.v",
+            "config=neq.u",
+        ];
+        let selection = Selection {
+            rows: filters
+                .iter()
+                .map(|f| RowFilter::parse(f).unwrap())
+                .collect(),
+            ..Selection::default()
+        };
+        for subscribers in [1usize, 1, 10] {
+            let changes = 20;
+            let started = Instant::now();
+            for _ in 0..changes {
+                let entry = Entry::Change(Arc::new(Change::for_test(
+                    EventKind::Updated,
+                    "r1",
+                    &new,
+                    Some(&old),
+                )));
+                for _ in 0..subscribers {
+                    assert!(matches!(selection.decide(&entry), Decision::Send(_)));
+                }
+            }
+            let per_change = started.elapsed() / changes;
+            println!("16 filters, {subscribers} subscriber(s): {per_change:?} per change");
         }
     }
 }

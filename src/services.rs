@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::snapshot_limits::SnapshotLimits;
 use crate::stats::Activity;
 use crate::subscription::Subscriptions;
 
@@ -33,4 +34,6 @@ pub struct Services {
     pub subscriptions: Arc<Subscriptions>,
     /// Recent events per tenant (`/v1/stats`).
     pub activity: Arc<Activity>,
+    /// Counting snapshots in progress against their limits.
+    pub snapshots: Arc<SnapshotLimits>,
 }

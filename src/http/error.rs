@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds a refused client should wait before retrying (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -25,6 +27,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -60,6 +63,26 @@ impl From<crate::subscription::Refused> for ApiError {
     }
 }
 
+/// Seconds a client refused for a full snapshot bound waits: snapshots are short, so a
+/// place is usually free again within a second.
+const RETRY_SNAPSHOT_AFTER_SECONDS: u32 = 1;
+
+impl From<crate::snapshot_limits::SnapshotsRefused> for ApiError {
+    fn from(refused: crate::snapshot_limits::SnapshotsRefused) -> Self {
+        use crate::snapshot_limits::SnapshotsRefused;
+        let (status, code) = match refused {
+            SnapshotsRefused::TenantFull(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_snapshots")
+            }
+            SnapshotsRefused::ServiceFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "snapshots_full"),
+        };
+        ApiError {
+            retry_after: Some(RETRY_SNAPSHOT_AFTER_SECONDS),
+            ..ApiError::new(status, code, refused.to_string())
+        }
+    }
+}
+
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let body = warp::reply::json(&Body {
@@ -73,6 +96,9 @@ impl Reply for ApiError {
                 "www-authenticate",
                 warp::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert("retry-after", warp::http::HeaderValue::from(seconds));
         }
         // RFC 9110: a 405 lists the methods the resource supports.
         if self.status == StatusCode::METHOD_NOT_ALLOWED {

@@ -1,30 +1,50 @@
 //! `GET /v1/snapshot`: the tenant's current rows plus the cursor to stream on from.
+//!
+//! The answer is written as its rows are read, so a snapshot holds a few rows in memory,
+//! not all of them. Its status is sent before the first row: every check that can refuse
+//! it (parameters, token, limits, the database transaction and its cursor) is made
+//! before, and a failure after can only cut the body short, which the client sees as an
+//! incomplete response, never as a valid but partial answer.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
 use warp::http::HeaderMap;
-use warp::reply::Response;
+use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
+use crate::auth::TenantId;
+use crate::journal::{DbResult, Journal};
+use crate::resources::{self, SnapshotPart};
+use crate::selection::Selection;
 use crate::services::Services;
+use crate::snapshot_limits::SnapshotPermit;
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
+/// Rows read ahead of the client: the reader waits while this many are unwritten.
+const ROWS_AHEAD: usize = 8;
+/// Small rows are written together, up to about this many bytes per body chunk.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 pub async fn handle(
     services: Arc<Services>,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
-    super::error::respond(read(services, headers, query).await)
+    super::error::respond(start(services, headers, query).await)
 }
 
-async fn read(
+async fn start(
     services: Arc<Services>,
     headers: HeaderMap,
     query: Option<String>,
-) -> Result<warp::reply::Json, ApiError> {
+) -> Result<Response, ApiError> {
     let params = Params::parse_for(query.as_deref(), request::SNAPSHOT_PARAMS)?;
     let identity = request::authenticate(&services, &headers, &params)?;
     let limit = match params.limit.as_deref() {
@@ -44,16 +64,162 @@ async fn read(
         Some(types) => types,
         None => request::known_types(&services).await?,
     };
-    let mut client = services.pool.get().await.map_err(ApiError::unavailable)?;
-    let snapshot = crate::resources::snapshot(
-        &mut client,
-        &services.journal,
-        &identity.tenant,
-        &types,
-        &selection,
+    let permit = services.snapshots.admit(&identity.tenant)?;
+    let client = services.pool.get().await.map_err(ApiError::unavailable)?;
+    let (begun_tx, begun) = oneshot::channel();
+    let (parts_tx, parts) = mpsc::channel(ROWS_AHEAD);
+    let reader = read(
+        client,
+        services.journal.clone(),
+        identity.tenant.clone(),
+        types,
+        selection,
         limit,
-    )
-    .await
-    .map_err(ApiError::unavailable)?;
-    Ok(warp::reply::json(&snapshot))
+        begun_tx,
+        parts_tx,
+    );
+    let shutdown = services.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = reader => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
+    let cursor = match begun.await {
+        Ok(Ok(cursor)) => cursor,
+        Ok(Err(error)) => return Err(ApiError::unavailable(error)),
+        Err(_) => return Err(ApiError::unavailable("the snapshot reader stopped")),
+    };
+    let body = SnapshotBody {
+        opening: Some(opening(&cursor)),
+        parts,
+        types_written: 0,
+        rows_in_type: 0,
+        finished: false,
+        _permit: permit,
+    };
+    let mut response = warp::reply::stream(body).into_response();
+    response.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Reads the snapshot on its own pooled connection, reporting the cursor (or why there
+/// is none) on `begun`, then the rows on `parts`.
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    mut client: deadpool_postgres::Object,
+    journal: Arc<Journal>,
+    tenant: TenantId,
+    types: Vec<String>,
+    selection: Selection,
+    limit: usize,
+    begun: oneshot::Sender<DbResult<String>>,
+    parts: mpsc::Sender<SnapshotPart>,
+) {
+    let begin = resources::begin_snapshot(&mut client, &journal, &tenant, &types, &selection.ids);
+    let snapshot = match begin.await {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            let _ = begun.send(Err(error));
+            return;
+        }
+    };
+    if begun.send(Ok(snapshot.cursor.clone())).is_err() {
+        return;
+    }
+    if let Err(error) = snapshot.send_rows(&selection, limit, &parts).await {
+        tracing::warn!(
+            ?error,
+            "a snapshot's read failed after its answer began; the answer is cut short"
+        );
+    }
+}
+
+/// `{"cursor":"...","resources":{`: what an answer starts with.
+fn opening(cursor: &str) -> Vec<u8> {
+    let mut out = b"{\"cursor\":".to_vec();
+    out.extend_from_slice(json_string(cursor).as_bytes());
+    out.extend_from_slice(b",\"resources\":{");
+    out
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("BUG: a string always serialises")
+}
+
+/// The answer's body: `{"cursor":...,"resources":{"<type>":[<row>,...],...},
+/// "truncated":<bool>}`, exactly as serialising the whole answer at once would write it.
+struct SnapshotBody {
+    opening: Option<Vec<u8>>,
+    parts: mpsc::Receiver<SnapshotPart>,
+    types_written: usize,
+    rows_in_type: usize,
+    finished: bool,
+    /// Counts this snapshot as in progress until the answer is written or abandoned.
+    _permit: SnapshotPermit,
+}
+
+/// The reader stopped before the answer was complete: the body ends abruptly.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot's read stopped before the answer was complete")]
+struct CutShort;
+
+impl SnapshotBody {
+    fn write(&mut self, part: SnapshotPart, out: &mut Vec<u8>) {
+        match part {
+            SnapshotPart::ResourceType(resource_type) => {
+                if self.types_written > 0 {
+                    out.extend_from_slice(b"],");
+                }
+                self.types_written += 1;
+                self.rows_in_type = 0;
+                out.extend_from_slice(json_string(&resource_type).as_bytes());
+                out.extend_from_slice(b":[");
+            }
+            SnapshotPart::Row(json) => {
+                if self.rows_in_type > 0 {
+                    out.push(b',');
+                }
+                self.rows_in_type += 1;
+                out.extend_from_slice(json.as_bytes());
+            }
+            SnapshotPart::End { truncated } => {
+                if self.types_written > 0 {
+                    out.push(b']');
+                }
+                out.extend_from_slice(format!("}},\"truncated\":{truncated}}}").as_bytes());
+                self.finished = true;
+            }
+        }
+    }
+}
+
+impl Stream for SnapshotBody {
+    type Item = Result<Bytes, CutShort>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let mut chunk = self.opening.take().unwrap_or_default();
+        while !self.finished && chunk.len() < CHUNK_BYTES {
+            match self.parts.poll_recv(cx) {
+                Poll::Ready(Some(part)) => self.write(part, &mut chunk),
+                Poll::Ready(None) if chunk.is_empty() => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Err(CutShort)));
+                }
+                // What is written so far goes out first; the next poll ends the body.
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if chunk.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(Ok(Bytes::from(chunk))))
+        }
+    }
 }

@@ -21,7 +21,6 @@ use bytes::Bytes;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tokio_postgres::{Client, Statement};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -29,6 +28,7 @@ pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope};
 pub use snapshot::PgSnapshot;
 
 use crate::auth::TenantId;
+use crate::selection::Row;
 
 /// `created | updated | deleted`, as the journal and the wire spell them. (The journal's
 /// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Truncated`].)
@@ -192,20 +192,24 @@ impl Change {
 /// A row's column values, before and after a change, for row filters.
 #[derive(Debug, Default)]
 pub struct RowValues {
-    pub new: Map<String, Value>,
+    pub new: Row,
     /// Previous values of the columns that changed (empty unless `updated`).
-    pub old: Map<String, Value>,
+    pub old: Row,
 }
 
 impl Change {
     pub fn values(&self) -> &RowValues {
+        // jsonb always prints an object; anything else would match no filter but
+        // `is.null`, as a row without the columns would.
+        let row = |json: &RawValue| {
+            Row::parse(json.get()).unwrap_or_else(|| {
+                tracing::warn!(id = self.id, "a journalled row is not a JSON object");
+                Row::default()
+            })
+        };
         self.values.get_or_init(|| RowValues {
-            new: serde_json::from_str(self.resource.get()).unwrap_or_default(),
-            old: self
-                .old
-                .as_ref()
-                .and_then(|old| serde_json::from_str(old.get()).ok())
-                .unwrap_or_default(),
+            new: row(&self.resource),
+            old: self.old.as_deref().map(row).unwrap_or_default(),
         })
     }
 }

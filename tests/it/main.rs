@@ -14,6 +14,7 @@ mod faults;
 mod floods;
 mod hardening_cursor;
 mod hardening_sql;
+mod hardening_values;
 mod migrate;
 mod openapi;
 mod reliability;
