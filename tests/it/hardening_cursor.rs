@@ -230,7 +230,12 @@ async fn at_most_one_runs(observer: &tokio_postgres::Client, backends: &mut Hash
 /// dropped replay's statement is cancelled before the next one gets the turn.
 #[tokio::test]
 async fn dropped_replays_never_run_more_statements_than_the_gate_allows() {
-    let app = spawn_app_with(|c| c.max_replays_per_tenant = 1).await;
+    let app = spawn_app_with(|c| {
+        c.max_replays_per_tenant = 1;
+        c.max_snapshots = Some(8);
+        c.max_tenant_snapshots = Some(8);
+    })
+    .await;
     let cursor = issued_cursor(&app, "acme").await;
     app.insert_tickets("acme", 20).await;
     // Idle connections in the pool, as a busy service has: a replay's next read need not
