@@ -135,7 +135,11 @@ impl Connection {
     }
 
     /// Passes a write's outcome on; a wait longer than the write timeout becomes an error.
-    fn timed<T>(&mut self, cx: &mut Context<'_>, write: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn timed(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         if write.is_ready() {
             self.stalled = false;
             return write;
@@ -188,13 +192,13 @@ impl AsyncWrite for Connection {
         self.stream.is_write_vectored()
     }
 
+    // A TCP socket buffers nothing of its own to flush, and shuts down at once: neither
+    // waits for the client, nor proves that it took anything.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let flush = Pin::new(&mut self.stream).poll_flush(cx);
-        self.timed(cx, flush)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let shutdown = Pin::new(&mut self.stream).poll_shutdown(cx);
-        self.timed(cx, shutdown)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

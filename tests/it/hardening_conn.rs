@@ -15,7 +15,7 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::helpers::{
-    assert_nothing_lost, eventually, spawn_app_with, token, TestApp, SseStream, WAIT,
+    assert_nothing_lost, eventually, spawn_app_with, token, SseStream, TestApp, WAIT,
 };
 
 /// A connection whose receive buffer is as small as the kernel allows, so the service's
@@ -112,9 +112,10 @@ async fn clients_that_never_read_their_answers_lose_their_connection_slots() {
         refused.starts_with("HTTP/1.1 503") && refused.contains("too_many_connections"),
         "the attack did not take every slot: {refused}"
     );
-    eventually("a new client is served while the attackers still hold their sockets", || async {
-        probe(app.addr).await.starts_with("HTTP/1.1 200")
-    })
+    eventually(
+        "a new client is served while the attackers still hold their sockets",
+        || async { probe(app.addr).await.starts_with("HTTP/1.1 200") },
+    )
     .await;
     assert!(
         taken.elapsed() < Duration::from_secs(12),
@@ -133,38 +134,29 @@ async fn a_stalled_sse_subscriber_is_closed_and_resumes_with_its_cursor() {
     let token = token("acme");
     let mut stalled = small_buffer_socket(app.addr).await;
     // HTTP/1.0: the stream comes close-delimited, not chunked, so it reads as plain SSE.
-    let request = format!(
-        "GET /v1/events HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
+    let request =
+        format!("GET /v1/events HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
     stalled.write_all(request.as_bytes()).await.unwrap();
     let (head, mut body) = read_head(&mut stalled).await;
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     // The preamble (`retry`, `id` of where live delivery starts).
     while !body.windows(2).any(|w| w == b"\n\n") {
         let mut buffer = [0u8; 1024];
-        let n = timeout(WAIT, stalled.read(&mut buffer)).await.unwrap().unwrap();
+        let n = timeout(WAIT, stalled.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "stream ended before its preamble");
         body.extend_from_slice(&buffer[..n]);
     }
-    assert_eq!(subscribers(&app, &token).await, 1);
+    assert_eq!(subscribers(&app, &token, "sse").await, 1);
 
-    // About 8 MB of changes: more than the socket buffers of both sides hold.
-    let title = "x".repeat(2000);
-    let mut written = HashSet::new();
-    for _ in 0..8 {
-        let rows = app
-            .db
-            .query(
-                "insert into tickets (tenant_id, title) select 'acme', $1 || g
-                 from generate_series(1, 500) g returning id::text",
-                &[&title],
-            )
-            .await
-            .unwrap();
-        written.extend(rows.iter().map(|row| row.get::<_, String>(0)));
-    }
+    let written = write_8_mb(&app).await;
     eventually("the stalled subscriber is closed", || async {
-        subscribers(&app, &token).await == 0
+        subscribers(&app, &token, "sse").await == 0
     })
     .await;
 
@@ -184,11 +176,31 @@ async fn a_stalled_sse_subscriber_is_closed_and_resumes_with_its_cursor() {
     assert_nothing_lost(&written, &received, &HashSet::new());
 }
 
-/// `/v1/stats` `subscribers.sse` for the token's tenant.
-async fn subscribers(app: &TestApp, token: &str) -> u64 {
+/// `/v1/stats` `subscribers.{transport}` for the token's tenant.
+async fn subscribers(app: &TestApp, token: &str, transport: &str) -> u64 {
     let (status, stats) = app.get("/v1/stats", Some(token)).await;
     assert_eq!(status, 200, "{stats}");
-    stats["subscribers"]["sse"].as_u64().unwrap()
+    stats["subscribers"][transport].as_u64().unwrap()
+}
+
+/// Writes about 8 MB of changes for `acme` (more than the socket buffers of both sides
+/// hold); their ids.
+async fn write_8_mb(app: &TestApp) -> HashSet<String> {
+    let title = "x".repeat(2000);
+    let mut written = HashSet::new();
+    for _ in 0..8 {
+        let rows = app
+            .db
+            .query(
+                "insert into tickets (tenant_id, title) select 'acme', $1 || g
+                 from generate_series(1, 500) g returning id::text",
+                &[&title],
+            )
+            .await
+            .unwrap();
+        written.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+    }
+    written
 }
 
 /// The resource ids of the complete `resource_change` events in a raw SSE body, and the
@@ -251,7 +263,11 @@ async fn websockets_hold_their_connection_slot_while_open() {
             open.len()
         );
     }
-    assert!(open.len() >= CAP - 1, "only {} WebSockets opened", open.len());
+    assert!(
+        open.len() >= CAP - 1,
+        "only {} WebSockets opened",
+        open.len()
+    );
     let refused = probe(app.addr).await;
     assert!(
         refused.starts_with("HTTP/1.1 503") && refused.contains("too_many_connections"),
@@ -264,7 +280,10 @@ async fn websockets_hold_their_connection_slot_while_open() {
     drop(open.pop());
     let deadline = Instant::now() + WAIT;
     while try_ws(app.addr, &token).await.is_none() {
-        assert!(Instant::now() < deadline, "a closed WebSocket's slot was not reused");
+        assert!(
+            Instant::now() < deadline,
+            "a closed WebSocket's slot was not reused"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -315,7 +334,10 @@ async fn stats_streams_count_against_the_subscriber_limits() {
     let (acme, globex, initech) = (token("acme"), token("globex"), token("initech"));
     let first = stats_stream(&app, &acme).await;
     let second = stats_stream(&app, &acme).await;
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     // The tenant is at its limit: no third stream, and no subscriber either.
     let third = stats_stream(&app, &acme).await;
     assert_eq!(third.status(), 429);
@@ -494,7 +516,10 @@ async fn raw_upgrade(app: &TestApp, extra: &str) -> (String, String) {
         .expect("a refusal has a content-length");
     while body.len() < length {
         let mut buffer = [0u8; 1024];
-        let n = timeout(WAIT, stream.read(&mut buffer)).await.unwrap().unwrap();
+        let n = timeout(WAIT, stream.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0);
         body.extend_from_slice(&buffer[..n]);
     }
@@ -507,9 +532,18 @@ async fn raw_upgrade(app: &TestApp, extra: &str) -> (String, String) {
 async fn a_malformed_websocket_key_gets_400() {
     let app = spawn_app_with(|_| {}).await;
     for (what, extra) in [
-        ("a key that is not base64 of 16 bytes", "Sec-WebSocket-Key: x\r\n"),
-        ("a key of 15 bytes", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAA\r\n"),
-        ("a key of 17 bytes", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAA=\r\n"),
+        (
+            "a key that is not base64 of 16 bytes",
+            "Sec-WebSocket-Key: x\r\n",
+        ),
+        (
+            "a key of 15 bytes",
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAA\r\n",
+        ),
+        (
+            "a key of 17 bytes",
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAA=\r\n",
+        ),
         ("no key", ""),
         (
             "two keys",
@@ -524,4 +558,36 @@ async fn a_malformed_websocket_key_gets_400() {
     }
     let (head, _) = raw_upgrade(&app, "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n").await;
     assert!(head.starts_with("HTTP/1.1 101"), "a valid key: {head}");
+}
+
+/// A WebSocket subscriber that stops reading while changes are written is closed once
+/// the write timeout passes, and its subscriber place is freed.
+#[tokio::test]
+async fn a_stalled_websocket_subscriber_is_closed() {
+    let app = spawn_app_with(|c| c.write_timeout = Duration::from_secs(1)).await;
+    let token = token("acme");
+    let mut raw = small_buffer_socket(app.addr).await;
+    let request = format!(
+        "{WS_HANDSHAKE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let (head, mut pending) = read_head(&mut raw).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    raw.write_all(&masked_text(r#"{"type":"subscribe"}"#))
+        .await
+        .unwrap();
+    loop {
+        let frame = read_frame(&mut raw, &mut pending).await;
+        if String::from_utf8_lossy(&frame.payload).contains("subscription_confirmed") {
+            break;
+        }
+    }
+    assert_eq!(subscribers(&app, &token, "ws").await, 1);
+    write_8_mb(&app).await;
+    eventually("the stalled WebSocket is closed", || async {
+        subscribers(&app, &token, "ws").await == 0
+    })
+    .await;
+    drop(raw);
 }
