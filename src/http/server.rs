@@ -4,7 +4,7 @@
 //!
 //! `warp::serve` offers none of these, so the accept loop is ours; each connection is
 //! served by hyper with warp's routes as the service, exactly as `warp::serve` would.
-//! The cap and the write deadline live in the socket itself ([`Connection`]), so they
+//! The cap and the write deadline live in the socket itself ([`ClientSocket`]), so they
 //! hold for every response, streams included, and for a WebSocket after its upgrade
 //! (hyper hands the upgraded session the same socket).
 
@@ -73,7 +73,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let stream = Connection::new(stream, slot, limits.write_timeout);
+            let stream = ClientSocket::new(stream, slot, limits.write_timeout);
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
@@ -113,7 +113,7 @@ fn refuse(stream: TcpStream) {
 /// open (through a WebSocket upgrade too), whose writes fail with `TimedOut` once the
 /// client has taken no bytes for the write timeout: whoever writes (hyper, a stream's
 /// body, a WebSocket) then closes the connection and frees what it held.
-struct Connection {
+struct ClientSocket {
     stream: TcpStream,
     write_timeout: Duration,
     /// Armed while a write waits for the client; fires at the write deadline.
@@ -123,9 +123,9 @@ struct Connection {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Connection {
+impl ClientSocket {
     fn new(stream: TcpStream, slot: OwnedSemaphorePermit, write_timeout: Duration) -> Self {
-        Connection {
+        ClientSocket {
             stream,
             write_timeout,
             stall: Box::pin(tokio::time::sleep(write_timeout)),
@@ -159,7 +159,7 @@ impl Connection {
     }
 }
 
-impl AsyncRead for Connection {
+impl AsyncRead for ClientSocket {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -169,7 +169,7 @@ impl AsyncRead for Connection {
     }
 }
 
-impl AsyncWrite for Connection {
+impl AsyncWrite for ClientSocket {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
