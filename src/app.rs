@@ -201,6 +201,7 @@ impl App {
         let limits = ConnectionLimits {
             max_connections: services.config.max_connections,
             header_timeout: services.config.header_timeout,
+            write_timeout: services.config.write_timeout,
         };
         let server = server::serve(
             listener,

@@ -144,6 +144,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
 
+    /// How long a client may take none of a response's bytes while some wait to be sent
+    /// (streams and WebSockets included); then its connection is closed, and a
+    /// subscriber resumes with its cursor.
+    #[arg(long, env = "CHANGECAST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub write_timeout: Duration,
+
     /// Journal replays (resuming subscribers, lag recovery) running at once; more wait
     /// their turn, live delivery does not.
     #[arg(long, env = "CHANGECAST_MAX_REPLAYS", default_value_t = 8, value_parser = parse_positive_count)]

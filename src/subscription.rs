@@ -74,11 +74,14 @@ pub struct Limits {
     pub max_subscribers_per_tenant: usize,
 }
 
-/// The two transports, for per-tenant counts (`/v1/stats`).
+/// What holds a subscriber place: the two transports (counted per tenant for
+/// `/v1/stats`), and `/v1/stats` streams, which are open connections fed on a timer, as
+/// costly to hold as a subscriber (counted against the limits, not reported).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Sse,
     Ws,
+    Stats,
 }
 
 impl Subscriptions {
@@ -231,25 +234,28 @@ struct SubscriberCounts {
 struct TenantCounts {
     sse: usize,
     ws: usize,
+    stats: usize,
 }
 
 impl TenantCounts {
     fn total(&self) -> usize {
-        self.sse + self.ws
+        self.sse + self.ws + self.stats
     }
 
     fn of(&mut self, transport: Transport) -> &mut usize {
         match transport {
             Transport::Sse => &mut self.sse,
             Transport::Ws => &mut self.ws,
+            Transport::Stats => &mut self.stats,
         }
     }
 }
 
 /// One subscriber connection's place under `max_subscribers` and
-/// `max_subscribers_per_tenant`: an SSE stream, or a WebSocket from its upgrade on
-/// (subscribed or not, so idle sockets cannot bypass the limits, and a `subscribe` that
-/// changes the filter never needs a second place). Given back when dropped.
+/// `max_subscribers_per_tenant`: an SSE stream, a `/v1/stats` stream, or a WebSocket
+/// from its upgrade on (subscribed or not, so idle sockets cannot bypass the limits, and
+/// a `subscribe` that changes the filter never needs a second place). Given back when
+/// dropped.
 pub struct Place {
     services: Arc<Subscriptions>,
     tenant: TenantId,

@@ -1,6 +1,6 @@
 //! `GET /v1/stats` (API.md §10): the token's tenant's live counters, as one JSON object,
 //! or with `Accept: text/event-stream` as `event: stats` every `interval` (1s..60s,
-//! default 5s) until the token expires.
+//! default 5s) until the token expires. A stream holds a subscriber place while open.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use super::sse::{control_frame, event_stream, RETRY_MS};
 use crate::auth::TenantId;
 use crate::services::Services;
 use crate::stats::{Report, Subscribers};
+use crate::subscription::{Place, Transport};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -60,6 +61,7 @@ fn answer(
     if !wants_stream {
         return Ok(warp::reply::json(&report(&services, &identity.tenant)).into_response());
     }
+    let place = Place::take(&services.subscriptions, &identity.tenant, Transport::Stats)?;
     let expires = identity.expiry();
     let tenant = identity.tenant;
     let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
@@ -86,9 +88,11 @@ fn answer(
             }
         }
     });
-    let body = stream::iter([first])
-        .chain(frames)
-        .map(Ok::<_, std::convert::Infallible>);
+    let body = stream::iter([first]).chain(frames).map(move |frame| {
+        // Held, and counted against the limits, until the stream is dropped.
+        let _ = &place;
+        Ok::<_, std::convert::Infallible>(frame)
+    });
     Ok(event_stream(body))
 }
 

@@ -2,7 +2,9 @@
 //! set tungstenite's read and write buffers, whose 128 KiB defaults made each idle
 //! WebSocket cost about 140 KiB. With small buffers an idle socket costs a few KiB; a
 //! message larger than the buffer still arrives (the buffer grows while it is read).
+//! A handshake that RFC 6455 calls malformed is refused with 400, never upgraded.
 
+use base64::Engine as _;
 use headers::{HeaderMapExt as _, SecWebsocketAccept, SecWebsocketKey};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -23,9 +25,23 @@ pub struct Upgrade {
     on_upgrade: OnUpgrade,
 }
 
-/// `Some` for a valid WebSocket upgrade request (RFC 6455 §4.2.1), `None` for any other.
+/// What a request to a WebSocket endpoint asks for.
+pub enum Handshake {
+    /// A valid WebSocket upgrade request (RFC 6455 §4.2.1).
+    Valid(Upgrade),
+    /// An upgrade to WebSocket version 13 whose `Sec-WebSocket-Key` is missing, repeated
+    /// or not 16 bytes in base64 (RFC 6455 §4.1): a 400, with why.
+    Malformed(&'static str),
+    /// No WebSocket upgrade (or another protocol version).
+    Absent,
+}
+
+/// The length RFC 6455 §4.1 requires of a decoded `Sec-WebSocket-Key`.
+const KEY_BYTES: usize = 16;
+
+/// What the request's headers ask for: see [`Handshake`].
 pub fn upgrade_request(
-) -> impl Filter<Extract = (Option<Upgrade>,), Error = std::convert::Infallible> + Clone {
+) -> impl Filter<Extract = (Handshake,), Error = std::convert::Infallible> + Clone {
     warp::header::headers_cloned()
         .and(warp::ext::optional::<OnUpgrade>())
         .map(|headers: HeaderMap, on_upgrade: Option<OnUpgrade>| {
@@ -37,20 +53,41 @@ pub fn upgrade_request(
                     })
                 })
             };
-            let valid = wants("connection", "upgrade")
+            let upgrading = wants("connection", "upgrade")
                 && wants("upgrade", "websocket")
                 && wants("sec-websocket-version", "13");
-            match (valid, headers.typed_get::<SecWebsocketKey>(), on_upgrade) {
-                (true, Some(key), Some(on_upgrade)) => Some(Upgrade { key, on_upgrade }),
-                _ => None,
+            let Some(on_upgrade) = on_upgrade.filter(|_| upgrading) else {
+                return Handshake::Absent;
+            };
+            if let Err(why) = check_key(&headers) {
+                return Handshake::Malformed(why);
+            }
+            match headers.typed_get::<SecWebsocketKey>() {
+                Some(key) => Handshake::Valid(Upgrade { key, on_upgrade }),
+                None => Handshake::Malformed(MALFORMED_KEY),
             }
         })
+}
+
+const MALFORMED_KEY: &str =
+    "a WebSocket handshake needs one `Sec-WebSocket-Key`: 16 random bytes in base64";
+
+/// Exactly one `Sec-WebSocket-Key`, decoding to 16 bytes.
+fn check_key(headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut keys = headers.get_all("sec-websocket-key").iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(MALFORMED_KEY);
+    };
+    match base64::engine::general_purpose::STANDARD.decode(key.as_bytes()) {
+        Ok(bytes) if bytes.len() == KEY_BYTES => Ok(()),
+        _ => Err(MALFORMED_KEY),
+    }
 }
 
 impl Upgrade {
     /// Answers `101 Switching Protocols` and runs `session` on the socket once the
     /// client has it. `max_frame_bytes` bounds what a client may send; every send is
-    /// awaited, so the outgoing buffer holds one message at a time, capped at
+    /// awaited, so the outgoing buffer holds one frame at a time, capped at
     /// `max_write_bytes` (beyond, the send fails instead of growing memory).
     pub fn into_response<F, Fut>(
         self,

@@ -6,6 +6,11 @@
 //! read), and a writer that awaits every send, so a slow reader pushes back on its
 //! subscription (which then catches up from the journal) instead of growing memory.
 //!
+//! A text message longer than [`FRAGMENT_BYTES`] goes out as fragments of that size
+//! (RFC 6455 §5.4; every client reassembles them), sliced from the bytes every subscriber
+//! shares: tungstenite copies each frame it sends into the socket's own buffer, so a
+//! socket holds one fragment's copy, never a whole large change.
+//!
 //! Close codes: 1001 peer silent for two keepalive intervals, 1008 rate limit or unread
 //! replies piling up, 1009 frame over [`MAX_FRAME_BYTES`], 1011 subscription ended
 //! unexpectedly, 1012 service restart, 4001 token expired (after `auth_expired`).
@@ -15,13 +20,15 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::Instrument as _;
@@ -30,7 +37,7 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use super::upgrade::{Upgrade, WebSocket};
+use super::upgrade::{Handshake, WebSocket};
 use crate::auth::Identity;
 use crate::metrics::SubscriberGauge;
 use crate::selection::Selection;
@@ -45,9 +52,11 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Largest client message handled. Between this and [`MAX_FRAME_BYTES`] a message gets
 /// an `error` (`message_too_large`) and the connection stays open.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
-/// Cap of tungstenite's outgoing buffer. Every send is awaited, so it holds one message
-/// at a time; only a single change rendered larger than this cannot go out (close 1009).
-const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// Largest frame payload sent: longer text messages go out in fragments of this size.
+pub const FRAGMENT_BYTES: usize = 64 * 1024;
+/// Cap of tungstenite's outgoing buffer. Every send is awaited, so it holds one frame
+/// (at most a fragment) at a time, next to an automatic pong at most.
+const MAX_WRITE_BUFFER_BYTES: usize = 2 * FRAGMENT_BYTES;
 /// Messages between the session loop and the writer.
 const WRITE_QUEUE: usize = 8;
 /// Replies (pong, error, heartbeat) a peer may leave unread before that counts as abuse.
@@ -71,28 +80,32 @@ const CLOSE_AUTH_EXPIRED: u16 = 4001;
 /// Authenticates, then upgrades; a refused token gets the same 401 JSON as SSE.
 pub fn handle(
     services: Arc<Services>,
-    ws: Option<Upgrade>,
+    handshake: Handshake,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
-    super::error::respond(upgrade(services, ws, &headers, query.as_deref()))
+    super::error::respond(upgrade(services, handshake, &headers, query.as_deref()))
 }
 
 fn upgrade(
     services: Arc<Services>,
-    ws: Option<Upgrade>,
+    handshake: Handshake,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query, request::WS_PARAMS)?;
+    // A malformed request is refused before anything else, as a bad query is.
+    if let Handshake::Malformed(why) = handshake {
+        return Err(ApiError::bad_request("invalid_websocket_handshake", why));
+    }
     let identity = request::authenticate(&services, headers, &params)?;
-    let ws = ws.ok_or_else(|| {
-        ApiError::new(
+    let Handshake::Valid(ws) = handshake else {
+        return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
             "`/v1/ws` is a WebSocket endpoint; send a WebSocket upgrade request",
-        )
-    })?;
+        ));
+    };
     // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
     let place =
         subscription::Place::take(&services.subscriptions, &identity.tenant, Transport::Ws)?;
@@ -130,7 +143,7 @@ async fn session(services: Arc<Services>, identity: Identity, place: Place, sock
 async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
     while let Some(message) = rx.recv().await {
         let closing = message.is_close();
-        if let Err(error) = sink.send(message).await {
+        if let Err(error) = send(&mut sink, message).await {
             if matches!(error, tungstenite::Error::WriteBufferFull(_)) {
                 tracing::warn!("a message exceeds the WebSocket write buffer; closing");
                 let close = close_with(CLOSE_TOO_BIG, "message exceeds the size limit");
@@ -146,6 +159,33 @@ async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Rec
         }
     }
     let _ = sink.close().await;
+}
+
+/// Sends one message, a long text message as fragments of at most [`FRAGMENT_BYTES`],
+/// each awaited (so the socket's buffer holds one at a time).
+async fn send(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+) -> Result<(), tungstenite::Error> {
+    let text = match message {
+        Message::Text(text) if text.len() > FRAGMENT_BYTES => Bytes::from(text),
+        other => return sink.send(other).await,
+    };
+    let mut start = 0;
+    while start < text.len() {
+        let end = text.len().min(start + FRAGMENT_BYTES);
+        // Zero-copy slices of the shared bytes; a fragment may split a UTF-8 sequence,
+        // which RFC 6455 allows (only the whole message must be valid UTF-8).
+        let opcode = if start == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let fragment = Frame::message(text.slice(start..end), opcode, end == text.len());
+        sink.send(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    Ok(())
 }
 
 fn close_with(code: u16, reason: &'static str) -> Message {

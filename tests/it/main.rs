@@ -12,6 +12,7 @@ mod embedded;
 mod events_views;
 mod faults;
 mod floods;
+mod hardening_conn;
 mod hardening_cursor;
 mod hardening_sql;
 mod hardening_values;
