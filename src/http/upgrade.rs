@@ -1,6 +1,6 @@
 //! The WebSocket handshake, done here rather than by `warp::ws()`: warp offers no way to
-//! set tungstenite's read and write buffers, whose 128 KiB defaults made each idle
-//! WebSocket cost about 140 KiB. With small buffers an idle socket costs a few KiB; a
+//! set tungstenite's read and write buffers, whose 128 KiB defaults would make each
+//! idle WebSocket cost about that much. With small buffers an idle socket costs a few KiB; a
 //! message larger than the buffer still arrives (the buffer grows while it is read).
 //! A handshake that RFC 6455 calls malformed is refused with 400, never upgraded.
 

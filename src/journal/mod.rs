@@ -392,12 +392,11 @@ select * from changecast.change_log where id in (select id from new order by id 
 /// running ($3), and every one from its `xmax` ($2) on. (A backward walk from the
 /// cursor's own row to the newest row it sees is not enough: `xmax` is the newest
 /// *completed* transaction + 1, so a transaction with a later id may already have been
-/// running, and writing rows, before the snapshot — found by the model test in
-/// tests/it/faults.rs.) Reads the xid index over what every tenant wrote since the
-/// cursor: short for a reconnect, and shared by subscribers resuming from one cursor.
-/// `offset 0` fences the scan (no walk of the primary key in id order instead) without
-/// materializing it: a CTE wrote every unseen row to a temporary file first, which made
-/// a start 100,000 rows behind take twice as long (70–77 ms against 35–40).
+/// running, and writing rows, before the snapshot.) Reads the xid index over what every
+/// tenant wrote since the cursor: short for a reconnect, and shared by subscribers
+/// resuming from one cursor. `offset 0` fences the scan (no walk of the primary key in
+/// id order instead) without materializing it: a materialized CTE would write every
+/// unseen row to a temporary file first.
 const REPLAY_START_SQL: &str = r#"
 select (select min(id)
         from (select id, tenant_id from changecast.change_log
@@ -431,16 +430,15 @@ limit $9
 /// Planner settings of the tailer's connection, and of a replay start's transaction. Their
 /// statements are prepared, so PostgreSQL may plan them once, generically, and keep the
 /// plan for the connection's life: planned on a young journal (a few hundred rows
-/// expected), the tailer's page once became a hash join over a sequential scan of the
-/// whole journal, run for every batch as the journal grew to thousands of rows. Every
-/// one of these statements is an index lookup by design; these settings keep it one
-/// whatever the statistics say when it is planned. A disabled plan shape counts as hugely
-/// expensive, and a plan that looks expensive gets compiled by JIT (300 ms for a
-/// statement that runs in 0.1 ms): JIT is off too. And the generic plan is used from the
-/// first run on: left to choose, PostgreSQL found a custom plan for "rows from the newest
-/// transaction on" cheaper every time, and planned the tailer's read anew for every
-/// batch — 0.33 ms of planning for 0.09 ms of work (pgbench on the statement, 2-core
-/// machine), most of what PostgreSQL spent per change at 1,000 changes/s.
+/// expected), the tailer's page can become a hash join over a sequential scan of the
+/// whole journal, run for every batch as the journal grows. Every one of these
+/// statements is an index lookup by design; these settings keep it one whatever the
+/// statistics say when it is planned. A disabled plan shape counts as hugely expensive,
+/// and a plan that looks expensive gets compiled by JIT, which costs far more than these
+/// statements run: JIT is off too. And the generic plan is used from the first run on:
+/// left to choose, PostgreSQL finds a custom plan for "rows from the newest transaction
+/// on" cheaper every time and plans the tailer's read anew for every batch, where the
+/// planning costs more than the read (BENCHMARKS.md).
 pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_hashjoin = off; \
      set enable_mergejoin = off; set jit = off; set plan_cache_mode = force_generic_plan";
 static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =

@@ -53,7 +53,7 @@ fn token_without_secret_or_tenant_fails_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
 }
 
-/// Security model, item 1: an empty or short signing secret would let anyone mint tokens.
+/// An empty or short signing secret would let anyone mint tokens.
 #[test]
 fn serve_and_token_refuse_an_empty_or_short_secret_without_printing_it() {
     for secret in ["", "short-but-not-empty-31-bytes-xx"] {

@@ -350,7 +350,7 @@ fn capture_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>>
     captured
 }
 
-/// Issue #11 item 8: the embedded PostgreSQL killed under a running `serve` is started
+/// The embedded PostgreSQL killed under a running `serve` is started
 /// again (same folder, same port, same password): `/readyz` goes 503, then 200; a
 /// subscriber resuming with its cursor gets what was written before and after; the
 /// restart is counted.

@@ -1,4 +1,4 @@
-//! Fault tests (issue #11): each writes changes before, during and after a fault and
+//! Fault tests: each writes changes before, during and after a fault and
 //! compares the ids every subscriber received, as sets, with the ids written.
 //!
 //! - PostgreSQL restarted under the service (`-m fast`, `-m immediate`) on a cluster of
@@ -827,7 +827,7 @@ async fn the_service_killed_mid_stream_loses_nothing() {
 // ---------------------------------------------------------------------------------------
 // Transaction ids going backwards.
 
-/// Issue #11 item 2, the tailer's side: the cluster is put back to an earlier physical
+/// The tailer's side: the cluster is put back to an earlier physical
 /// copy of itself (as a point-in-time restore or a failover to a lagging standby does:
 /// same system, same database), so new commits reuse transaction ids the tailer has
 /// already counted as published. They must still be delivered, and subscribers holding
@@ -879,7 +879,7 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
     app.stop().await;
 }
 
-/// Issue #11 gap 2, "a timeline change": a standby that did not receive the newest
+/// A timeline change: a standby that did not receive the newest
 /// commits is promoted (here: a `pg_basebackup` copy taken before them, recovered to the
 /// end of its WAL, which starts timeline 2), and by the time the service reaches it, new
 /// commits have used transaction ids past the ones the service had published. The
@@ -1601,7 +1601,7 @@ async fn model_concurrent_writers_and_resuming_subscribers() {
     }
 }
 
-/// Found by the model test (seed 2): PostgreSQL's snapshot `xmax` is the newest
+/// PostgreSQL's snapshot `xmax` is the newest
 /// *completed* transaction + 1, not the next id to be assigned, so a transaction whose id
 /// is at or above a cursor's `xmax` may have been running — and writing rows — before the
 /// cursor's snapshot was taken. Here X writes row a, V (older than X) writes row b and

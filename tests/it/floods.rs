@@ -1,4 +1,4 @@
-//! Floods (issue #11): many subscribers dropped at once and reconnecting with their
+//! Floods: many subscribers dropped at once and reconnecting with their
 //! cursors, and the NOTIFY queue under pressure (a foreign listener that stops reading,
 //! the service's own listener backend stopped a while). Like the fault tests, each
 //! compares the ids every subscriber received, as sets, with the ids committed.
@@ -422,7 +422,7 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
 }
 
-/// Issue #11's reconnect storm: 2,000 subscribers (half SSE, half WebSocket, over 20
+/// A reconnect storm: 2,000 subscribers (half SSE, half WebSocket, over 20
 /// tenants) of one `changecast serve` all drop their sockets at once and reconnect at
 /// once with their last cursors, while writers keep committing. The service stays ready
 /// throughout, and every subscriber ends up with exactly its tenant's committed changes.

@@ -1,4 +1,4 @@
-//! Reliability (issue #11): supervised background tasks, tenant channels that go when
+//! Reliability: supervised background tasks, tenant channels that go when
 //! their last subscriber does, retention honoured promptly when it is short.
 
 use std::collections::HashSet;
@@ -178,7 +178,7 @@ async fn a_short_retention_is_honoured_promptly() {
     assert_eq!(first.data["reason"], "cursor_expired");
 }
 
-/// Issue #11 item 3: an instance whose listener was away longer than the retention,
+/// An instance whose listener was away longer than the retention,
 /// while the journal was pruned, cannot vouch that its live subscribers missed nothing:
 /// they must get `resync` (`cursor_expired`), never silence. Here the instance's own
 /// pruner (on a pooled connection opened before the outage) prunes while its listener
@@ -244,7 +244,7 @@ async fn a_listener_away_past_the_retention_resyncs_its_live_subscribers() {
         .contains(&after));
 }
 
-/// Issue #11 item 2 (the subscriber's side): a cursor that saw transactions the database
+/// The subscriber's side of transaction ids going backwards: a cursor that saw transactions the database
 /// has not reached — what clients hold after a failover to a lagging standby or a
 /// point-in-time restore — would count the reused transaction ids of new commits as
 /// seen and skip them forever. It gets `resync` `cursor_invalid`, then live changes.
@@ -294,7 +294,7 @@ async fn a_cursor_from_beyond_the_databases_present_gets_a_resync() {
         .contains(&id));
 }
 
-/// Item 4: another instance starting the journal over (it found the database copied
+/// Another instance starting the journal over (it found the database copied
 /// from elsewhere, see `db::adopt_moved_journal`) while this one runs: this instance
 /// follows — its live subscribers resync, its new cursors belong to the new journal, and
 /// cursors of the old one resync instead of bouncing between instances as foreign.

@@ -29,7 +29,7 @@ fn signed(claims: serde_json::Value) -> String {
     .unwrap()
 }
 
-/// Item 4: every hostile token gets a 401 JSON; the process survives them all.
+/// Every hostile token gets a 401 JSON; the process survives them all.
 #[tokio::test]
 async fn hostile_tokens_get_a_401_json_and_never_a_panic() {
     let app = spawn_app().await;
@@ -79,7 +79,7 @@ async fn hostile_tokens_get_a_401_json_and_never_a_panic() {
         .contains(&id));
 }
 
-/// Item 4: with `CHANGECAST_JWT_AUDIENCE`/`_ISSUER` set, tokens must carry both.
+/// With `CHANGECAST_JWT_AUDIENCE`/`_ISSUER` set, tokens must carry both.
 #[tokio::test]
 async fn audience_and_issuer_are_enforced_when_configured() {
     let app = spawn_app_with(|c| {
@@ -111,7 +111,7 @@ async fn audience_and_issuer_are_enforced_when_configured() {
     );
 }
 
-/// Item 5: a WebSocket holds a subscriber place from its upgrade on, subscribed or not;
+/// A WebSocket holds a subscriber place from its upgrade on, subscribed or not;
 /// beyond the limits the upgrade itself is refused with 429/503 JSON.
 #[tokio::test]
 async fn idle_websockets_count_against_the_subscriber_limits() {
@@ -187,7 +187,7 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<S
         .map(|()| String::from_utf8_lossy(&received).into_owned())
 }
 
-/// Item 6: a client that trickles its headers (slowloris) or sends nothing is cut off
+/// A client that trickles its headers (slowloris) or sends nothing is cut off
 /// after the header deadline, and connections beyond the cap are refused at once with a
 /// JSON 503 while the ones within keep working.
 #[tokio::test]
@@ -288,7 +288,7 @@ async fn receive_all(streams: Vec<SseStream>, written: &HashSet<String>) -> Vec<
     .await
 }
 
-/// Item 7: many subscribers resuming from different old cursors at once are served one
+/// Many subscribers resuming from different old cursors at once are served one
 /// replay page at a time (queued, never refused), every one of them gets everything, and
 /// the pool's statements carry the configured `statement_timeout`.
 #[tokio::test]
@@ -329,7 +329,7 @@ async fn a_replay_storm_is_queued_and_loses_nothing() {
     );
 }
 
-/// Performance issue #8: subscribers of one tenant that come back with the same cursor
+/// Subscribers of one tenant that come back with the same cursor
 /// (a reconnect storm) read each replay page once between them, not once each.
 #[tokio::test]
 async fn a_reconnect_storm_with_one_cursor_reads_each_page_once() {
@@ -363,7 +363,7 @@ async fn a_reconnect_storm_with_one_cursor_reads_each_page_once() {
     );
 }
 
-/// Item 7: a snapshot read that would wait or run long is cancelled by
+/// A snapshot read that would wait or run long is cancelled by
 /// `statement_timeout` and answered with a clear 503, instead of holding a pooled
 /// connection for as long as the database makes it wait.
 #[tokio::test]
@@ -394,7 +394,7 @@ async fn a_runaway_snapshot_query_is_cancelled_by_the_statement_timeout() {
     );
 }
 
-/// Reliability item 5: memory is bounded in bytes, not rows. A replay across rows of
+/// Memory is bounded in bytes, not rows. A replay across rows of
 /// 1 MiB each comes in pages of a few MiB (and loses nothing); a snapshot of them stops at
 /// its byte bound and says `truncated`.
 #[tokio::test]
@@ -453,7 +453,7 @@ async fn huge_rows_replay_in_short_pages_and_snapshots_stop_at_their_byte_bound(
     assert!(bytes <= 32 << 20, "{bytes} bytes in one snapshot");
 }
 
-/// Reliability item 5: an entry too large to keep in the fan-out's ring buffers reaches
+/// An entry too large to keep in the fan-out's ring buffers reaches
 /// live subscribers through the journal, in order and with the changes around it.
 #[tokio::test]
 async fn a_huge_row_reaches_live_subscribers_through_the_journal() {

@@ -1,4 +1,4 @@
-//! The database side of security (issue #7 items 2, 3, 8, 9), as an attacker and an
+//! The database side of security, as an attacker and an
 //! operator meet it: second database roles, planted functions, forged triggers, replica
 //! mode, TRUNCATE, collations, dropped tables and error messages.
 
@@ -74,7 +74,7 @@ async fn assert_next_change(stream: &mut SseStream, id: &str) {
     assert_eq!(event.data["resource"]["id"], id, "{event:?}");
 }
 
-/// Item 2: `watch()`/`unwatch()` call `format()`; with `public` writable, a low-privilege
+/// `watch()`/`unwatch()` call `format()`; with `public` writable, a low-privilege
 /// role plants look-alikes there that would run as whoever calls them.
 #[tokio::test]
 async fn watch_and_unwatch_ignore_functions_planted_on_the_callers_search_path() {
@@ -157,7 +157,7 @@ async fn watch_and_unwatch_ignore_functions_planted_on_the_callers_search_path()
     attacker.drop(&app).await;
 }
 
-/// Item 3: a role with USAGE on `changecast` (as `publish()` callers will have) cannot
+/// A role with USAGE on `changecast` (as `publish()` callers will have) cannot
 /// put events into another tenant's stream: not by attaching the capture trigger, not by
 /// writing the journal or the watch list, not by watching a table of its own, and a
 /// capture trigger attached by hand to an unwatched table (or with other arguments)
@@ -257,7 +257,7 @@ async fn an_application_role_cannot_forge_events_into_another_tenants_stream() {
     role.drop(&app).await;
 }
 
-/// Item 3: `watch()` runs as the schema owner, so it checks that the calling session's
+/// `watch()` runs as the schema owner, so it checks that the calling session's
 /// role could have attached a trigger reading the table itself.
 #[tokio::test]
 async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
@@ -302,7 +302,7 @@ async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
     role.drop(&app).await;
 }
 
-/// Item 8: the triggers fire ALWAYS, also under `session_replication_role = replica`
+/// The triggers fire ALWAYS, also under `session_replication_role = replica`
 /// (logical replication apply, `pg_restore --disable-triggers`).
 #[tokio::test]
 async fn writes_in_replica_mode_are_still_delivered() {
@@ -338,7 +338,7 @@ async fn writes_in_replica_mode_are_still_delivered() {
     assert!(enabled.iter().all(|e| e == "A"), "{enabled:?}");
 }
 
-/// Item 8: TRUNCATE resyncs every subscriber of each affected tenant (live and on
+/// TRUNCATE resyncs every subscriber of each affected tenant (live and on
 /// replay, SSE and WS, whatever its `events=`), nobody else, and resuming from the
 /// resync's id loses nothing written after it.
 #[tokio::test]
@@ -417,7 +417,7 @@ async fn truncate_resyncs_the_subscribers_of_every_affected_tenant() {
     );
 }
 
-/// Item 9: a nondeterministic (case-insensitive) collation on the tenant column must not
+/// A nondeterministic (case-insensitive) collation on the tenant column must not
 /// merge tenants, neither in snapshots nor in truncation markers.
 #[tokio::test]
 async fn tenants_differing_in_case_stay_apart_under_a_case_insensitive_collation() {
@@ -471,7 +471,7 @@ async fn tenants_differing_in_case_stay_apart_under_a_case_insensitive_collation
     assert_eq!(marked, HashSet::from(["acme".into(), "ACME".into()]));
 }
 
-/// Item 9: a dropped table's entry neither blocks its resource type nor names a table
+/// A dropped table's entry neither blocks its resource type nor names a table
 /// that took over its oid.
 #[tokio::test]
 async fn a_dropped_tables_resource_type_can_be_watched_again() {
@@ -532,7 +532,7 @@ async fn a_dropped_tables_resource_type_can_be_watched_again() {
     assert_eq!(types, ["agent", "note", "profile", "ticket"]);
 }
 
-/// Item 9: refusing an unknown resource type tells nothing about the others.
+/// Refusing an unknown resource type tells nothing about the others.
 #[tokio::test]
 async fn an_unknown_resource_type_error_names_no_other_type() {
     let app = spawn_app().await;
