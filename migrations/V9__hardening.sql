@@ -18,24 +18,47 @@
 --   Which columns are affected follows from the column types alone, never from which
 --   casts exist, because pg_cast read through a transaction's (older) snapshot may miss a
 --   cast that `to_jsonb` would still find.
+-- * The trigger must know the columns of the row it is given. A READ COMMITTED
+--   statement's catalog reads are current: it holds its lock on the table, so no column
+--   can change under it. A REPEATABLE READ (or SERIALIZABLE) transaction reads the catalog
+--   as of its snapshot, which may predate a column the row has: when the table's pg_class
+--   row it sees was replaced since by a committed transaction, the write is refused as a
+--   serialization failure (retry it).
+-- * Most tables hold no type a non-superuser owns. Their registration remembers the
+--   pg_class row (column count and file) for which that was found (`plain_natts`,
+--   `plain_filenode`); while the table's row still says so, the trigger writes the row
+--   with `to_jsonb` at once. Anything that adds a column or changes a column's type to
+--   another stored form changes one of the two (a TRUNCATE too); the trigger then looks
+--   again, and remembers what it found. Only a superuser can hand a type to a
+--   non-superuser (or take a role's superuser right), so what was found stays true
+--   until a superuser acts; `watch()` looks afresh.
 
 alter table changecast.watched
-    add column exclude_attnums int2[] not null default '{}';
+    add column exclude_attnums int2[] not null default '{}',
+    add column plain_natts int2,
+    add column plain_filenode oid;
 
 comment on column changecast.watched.exclude_columns is
     'The names given to watch(), read by instances of the previous version during a rolling upgrade; the trigger and snapshots go by exclude_attnums.';
 comment on column changecast.watched.exclude_attnums is
     'Excluded columns, as attribute numbers of table_name: a rename keeps them excluded.';
+comment on column changecast.watched.plain_natts is
+    'With plain_filenode: the pg_class row of table_name whose columns were found to hold no type a non-superuser owns (null: not known).';
+comment on column changecast.watched.plain_filenode is
+    'See plain_natts.';
 
 /*
  * Function: changecast.excluded_names(table, attnums)
  * Returns: the current names of those columns of `table` (a dropped one has none).
  */
 create function changecast.excluded_names(target oid, attnums int2[]) returns text[]
-language sql stable set search_path = pg_catalog, pg_temp as $$
-    select coalesce(array_agg(a.attname::text order by a.attnum), '{}')
-    from pg_catalog.pg_attribute a
-    where a.attrelid = target and a.attnum = any(attnums) and not a.attisdropped
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+begin
+    return (select coalesce(array_agg(a.attname::text order by a.attnum), '{}')
+        from pg_catalog.pg_attribute a
+        where a.attrelid = target and a.attnum = any(attnums) and not a.attisdropped);
+end
 $$;
 
 /*
@@ -50,53 +73,86 @@ $$;
  */
 create function changecast.owned_columns(target oid)
 returns table (column_name text, shape "char")
-language sql stable set search_path = pg_catalog, pg_temp as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+begin
+    return query
     with recursive walk (column_name, type_oid, depth) as (
-        select a.attname::text, a.atttypid, 0
-        from pg_catalog.pg_attribute a
-        where a.attrelid = target and a.attnum > 0 and not a.attisdropped
-          and a.atttypid >= 16384
-      union all
-        select w.column_name, inner_type.oid, inner_type.depth
+            select a.attname::text, a.atttypid, 0
+            from pg_catalog.pg_attribute a
+            where a.attrelid = target and a.attnum > 0 and not a.attisdropped
+              and a.atttypid >= 16384
+          union all
+            select w.column_name, inner_type.oid, inner_type.depth
+            from walk w
+            join pg_catalog.pg_type t on t.oid = w.type_oid
+            cross join lateral (
+                select t.typbasetype, w.depth
+                where t.typtype = 'd'
+              union all
+                select t.typelem, w.depth + 1
+                where t.typtype <> 'd' and t.typelem <> 0
+                  and t.typlen = -1
+              union all
+                select a.atttypid, 2
+                from pg_catalog.pg_attribute a
+                where t.typtype = 'c' and a.attrelid = t.typrelid
+                  and a.attnum > 0 and not a.attisdropped
+            ) inner_type (oid, depth)
+            where inner_type.oid >= 16384
+        )
+        select w.column_name,
+               (case max(least(w.depth, 2)) when 0 then 's' when 1 then 'a' else 'o' end)::"char"
         from walk w
         join pg_catalog.pg_type t on t.oid = w.type_oid
-        cross join lateral (
-            select t.typbasetype, w.depth
-            where t.typtype = 'd'
-          union all
-            select t.typelem, w.depth + 1
-            where t.typtype <> 'd' and t.typelem <> 0
-              and t.typlen = -1
-          union all
-            select a.atttypid, 2
-            from pg_catalog.pg_attribute a
-            where t.typtype = 'c' and a.attrelid = t.typrelid
-              and a.attnum > 0 and not a.attisdropped
-        ) inner_type (oid, depth)
-        where inner_type.oid >= 16384
-    )
-    select w.column_name,
-           (case max(least(w.depth, 2)) when 0 then 's' when 1 then 'a' else 'o' end)::"char"
-    from walk w
-    join pg_catalog.pg_type t on t.oid = w.type_oid
-    join pg_catalog.pg_roles r on r.oid = t.typowner
-    where t.typtype not in ('d', 'c')
-      and not (t.typelem <> 0 and t.typlen = -1)
-      and not r.rolsuper
-    group by w.column_name
+        join pg_catalog.pg_roles r on r.oid = t.typowner
+        where t.typtype not in ('d', 'c')
+          and not (t.typelem <> 0 and t.typlen = -1)
+          and not r.rolsuper
+        group by w.column_name;
+end
+$$;
+
+/*
+ * Function: changecast.committed_since_snapshot(updater)
+ * Returns: whether `updater`, the xmax of a row version this transaction's snapshot shows,
+ *   is a transaction that committed (so a newer version of the row exists). A version
+ *   with no xmax, or whose updater aborted or is still running, is current.
+ * Algorithm: the full id of a 32-bit xid is taken from the epoch of the snapshot's xmax
+ *   (they lie within 2^31 of each other), then asked of the commit log.
+ */
+create function changecast.committed_since_snapshot(updater xid) returns boolean
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+begin
+    return (select case when updater::text = '0' then false
+                    else pg_xact_status((
+                             with reference (next) as (
+                                 select pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+                             select (case when full_id > next + 2147483648 then full_id - 4294967296
+                                          when full_id < next - 2147483648 then full_id + 4294967296
+                                          else full_id end)::text::xid8
+                             from reference,
+                                  lateral (select (next >> 32 << 32) + updater::text::bigint) f (full_id)
+                         )) is not distinct from 'committed'
+               end);
+end
 $$;
 
 /*
  * Function: changecast.check_definition_current(table)
  * Raises serialization_failure when the columns of `table` this transaction's snapshot
- * shows are not the table's current ones: a REPEATABLE READ transaction may write or
- * read rows of a column added (or retyped, which rewrites the table) after its snapshot,
- * and the column walk above would not see that column.
+ * shows may not be the table's current ones: its pg_class row was replaced by a
+ * committed transaction the snapshot does not see (a column added, or a column's type
+ * changed by a rewrite), or a column exists beyond the ones the snapshot shows, or the
+ * table was rewritten. A REPEATABLE READ transaction may write or read rows with such a
+ * column, which the column walk above would not see.
  */
 create function changecast.check_definition_current(target oid) returns boolean
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
-    if (select has_column_privilege(target, (c.relnatts + 1)::int2, 'SELECT') is not null
+    if (select changecast.committed_since_snapshot(c.xmax)
+               or has_column_privilege(target, (c.relnatts + 1)::int2, 'SELECT') is not null
                or pg_relation_filenode(target) is distinct from c.relfilenode
         from pg_catalog.pg_class c where c.oid = target) then
         raise exception 'changecast: the definition of % changed after this transaction''s snapshot', target::regclass
@@ -108,21 +164,43 @@ end
 $$;
 
 /*
+ * Function: changecast.remember_plain(table)
+ * Records on `table`'s registration that its pg_class row as this transaction sees it
+ * has columns of built-in types only (the caller found so). Skipped when another
+ * transaction holds the registration: writers never wait for each other here.
+ */
+create function changecast.remember_plain(target oid) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+begin
+    update changecast.watched w
+           set plain_natts = c.relnatts, plain_filenode = c.relfilenode
+          from pg_catalog.pg_class c
+         where c.oid = target
+           and w.table_name = target
+           and w.ctid = (select l.ctid from changecast.watched l
+                         where l.table_name = target for update skip locked);
+end
+$$;
+
+/*
  * Function: changecast.row_to_jsonb(table, row)
  * Returns: `row` (a row of `table`) as `to_jsonb` writes it, except that values of
  *   types a non-superuser owns are written through their output functions (see the
- *   header), so no cast of theirs runs.
+ *   header), so no cast of theirs runs. The caller has made sure that this transaction
+ *   sees the table's columns as they are (changecast.check_definition_current).
  */
 create function changecast.row_to_jsonb(target oid, source anyelement) returns jsonb
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
     plain_columns text;
+    owned_names   text[] := '{}';
     owned_values  text := '';
     owned         record;
     result        jsonb;
 begin
-    perform changecast.check_definition_current(target);
     for owned in select * from changecast.owned_columns(target) order by 1 loop
+        owned_names := owned_names || owned.column_name;
         owned_values := owned_values || format(
             ' || pg_catalog.jsonb_build_object(%L, case when pg_catalog.num_nulls(r.%I) = 0 then %s end)',
             owned.column_name, owned.column_name,
@@ -138,7 +216,7 @@ begin
       into plain_columns
       from pg_catalog.pg_attribute a
      where a.attrelid = target and a.attnum > 0 and not a.attisdropped
-       and a.attname::text not in (select o.column_name from changecast.owned_columns(target) o);
+       and a.attname::text <> all (owned_names);
     execute format('select (select pg_catalog.to_jsonb(p) from (select %s) p)%s from (select ($1).*) r',
                    plain_columns, owned_values)
         into result
@@ -173,17 +251,22 @@ $$;
  * Function: changecast.capture()  (row trigger)
  * Parameters (trigger arguments): resource_type, tenant_column, id_column
  * Returns: null (AFTER ROW trigger)
- * Algorithm: as in V8, with two changes in the registration lookup (same query):
- *   excluded columns are named by their current names (from the watched table's
- *   attribute numbers: a partition's columns have the names of its parent's); and when
- *   any column of the row's table has a type that is not built in, the row is written
- *   by changecast.row_to_jsonb instead of to_jsonb (see the header).
+ * Algorithm: as in V8, with these changes (see the header): excluded columns are
+ *   named by their current names (from the watched table's attribute numbers: a
+ *   partition's columns have the names of its parent's); a transaction whose snapshot
+ *   may predate the table's columns is refused; and when a column of the row's table
+ *   holds a type a non-superuser owns, the row is written by changecast.row_to_jsonb
+ *   instead of to_jsonb. That it has none is remembered on the registration with the
+ *   table's pg_class row, so most rows need no look at the columns.
  */
 create or replace function changecast.capture() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     excluded  text[];
-    typed     boolean;
+    plain     boolean;
+    class_xmax xid;
+    registered boolean;
+    typed     boolean := false;
     changed   jsonb;
     previous  jsonb;
     old_values jsonb;
@@ -191,39 +274,48 @@ declare
     tenant    text;
     row_id    text;
 begin
-    -- `typed`: a column of a type that is not built in (a domain over a built-in type
-    -- is not: `to_jsonb` looks for casts of its base type only), or a definition this
-    -- transaction's snapshot may not show (both go the careful way).
+    -- `plain`: the registration remembers the table's pg_class row (as this statement
+    -- sees it) as one whose columns hold no type a non-superuser owns. A partition's
+    -- row is its own.
     select case when w.exclude_attnums = '{}' then '{}'
                 else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
-           exists (select 1 from pg_attribute a join pg_type t on t.oid = a.atttypid
-                   where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384
-                     and (t.typtype <> 'd' or t.typbasetype >= 16384))
-           or (select has_column_privilege(tg_relid, (c.relnatts + 1)::int2, 'SELECT') is not null
-                      or pg_relation_filenode(tg_relid) is distinct from c.relfilenode
-               from pg_class c where c.oid = tg_relid)
-      into excluded, typed
-      from changecast.watched w
-     where w.table_name = tg_relid
+           coalesce(w.plain_natts = c.relnatts and w.plain_filenode = c.relfilenode, false),
+           c.xmax,
+           true
+      into excluded, plain, class_xmax, registered
+      from changecast.watched w, pg_class c
+     where w.table_name = tg_relid and c.oid = tg_relid
        and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
     if not found then
         select case when w.exclude_attnums = '{}' then '{}'
                     else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
-               exists (select 1 from pg_attribute a join pg_type t on t.oid = a.atttypid
-                       where a.attrelid = tg_relid and a.attnum > 0 and a.atttypid >= 16384
-                         and (t.typtype <> 'd' or t.typbasetype >= 16384))
-               or (select has_column_privilege(tg_relid, (c.relnatts + 1)::int2, 'SELECT') is not null
-                          or pg_relation_filenode(tg_relid) is distinct from c.relfilenode
-                   from pg_class c where c.oid = tg_relid)
-          into excluded, typed
-          from changecast.watched w
+               false,
+               c.xmax,
+               false
+          into excluded, plain, class_xmax, registered
+          from changecast.watched w, pg_class c
          where w.table_name in (select relid from pg_partition_ancestors(tg_relid))
+           and c.oid = tg_relid
            and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
         if not found then
             raise exception 'changecast: %.% is not watched as "%" (tenant column "%", id column "%")',
                     tg_table_schema, tg_table_name, tg_argv[0], tg_argv[1], tg_argv[2]
                 using errcode = 'insufficient_privilege',
                       hint = 'attach the trigger with changecast.watch()';
+        end if;
+    end if;
+    if not (plain and class_xmax = '0'::xid) then
+        -- What this transaction sees of the catalog is current unless its snapshot is
+        -- older than the statement (REPEATABLE READ, SERIALIZABLE) and the table's row
+        -- was replaced since.
+        if class_xmax <> '0'::xid and current_setting('transaction_isolation') <> 'read committed' then
+            perform changecast.check_definition_current(tg_relid);
+        end if;
+        if not plain then
+            typed := exists (select 1 from changecast.owned_columns(tg_relid));
+            if not typed and registered then
+                perform changecast.remember_plain(tg_relid);
+            end if;
         end if;
     end if;
 
@@ -424,7 +516,13 @@ begin
             tenant_column = excluded.tenant_column,
             id_column = excluded.id_column,
             exclude_columns = excluded.exclude_columns,
-            exclude_attnums = excluded.exclude_attnums;
+            exclude_attnums = excluded.exclude_attnums,
+            plain_natts = null,
+            plain_filenode = null;
+    perform changecast.check_definition_current(target);
+    if not exists (select 1 from changecast.owned_columns(target)) then
+        perform changecast.remember_plain(target);
+    end if;
     perform changecast.attach(target, resource_type, tenant_column, id_column);
 end
 $$;
@@ -437,6 +535,11 @@ update changecast.watched w
                                  and a.attnum > 0 and not a.attisdropped
                                order by 1)
  where w.exclude_columns <> '{}';
+update changecast.watched w
+   set plain_natts = c.relnatts, plain_filenode = c.relfilenode
+  from pg_class c
+ where c.oid = w.table_name
+   and not exists (select 1 from changecast.owned_columns(w.table_name));
 do $$
 declare
     w record;
@@ -454,6 +557,8 @@ $$;
 revoke all on function changecast.excluded_names(oid, int2[]) from public;
 revoke all on function changecast.owned_columns(oid) from public;
 revoke all on function changecast.check_definition_current(oid) from public;
+revoke all on function changecast.committed_since_snapshot(xid) from public;
+revoke all on function changecast.remember_plain(oid) from public;
 revoke all on function changecast.row_to_jsonb(oid, anyelement) from public;
 revoke all on function changecast.snapshot_rows_plain(oid) from public;
 revoke all on function changecast.watch(regclass, text, text, text, text[]) from public;

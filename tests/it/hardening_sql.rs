@@ -281,3 +281,87 @@ async fn a_table_owners_casts_and_functions_never_run_as_the_service_role() {
     assert!(!role.is_superuser(&app).await, "the owner became superuser");
     role.drop(&app).await;
 }
+
+/// A writer whose REPEATABLE READ snapshot predates the table's newest columns sees the
+/// catalog as it was, while the row it writes has every column: the owner adds a column,
+/// adds one of its own type with a cast, drops the first, and writes through a
+/// transaction that began before. The write is refused as a serialization failure, or
+/// journalled without the cast; the cast never runs with the service's rights.
+#[tokio::test]
+async fn a_snapshot_older_than_the_tables_columns_runs_no_cast_of_theirs() {
+    let app = spawn_app().await;
+    let role = Role::create(&app, "staleowner").await;
+    app.db
+        .batch_execute(&format!("grant create on schema public to {}", role.name))
+        .await
+        .unwrap();
+    let owner = role.connect(&app).await;
+    owner
+        .batch_execute(
+            "create table public.stale_calls (who text);
+             grant insert on public.stale_calls to public;
+             create type public.tone as enum ('calm', 'loud');
+             create function public.tone_json(public.tone) returns json language plpgsql as $$
+             begin insert into public.stale_calls values (current_user); return '\"cast\"'::json; end $$;
+             grant execute on function public.tone_json(public.tone) to public;
+             create cast (public.tone as json) with function public.tone_json(public.tone);
+             create table public.notes (id text primary key, tenant_id text not null);",
+        )
+        .await
+        .unwrap();
+    app.db
+        .batch_execute("select changecast.watch('public.notes', 'note')")
+        .await
+        .unwrap();
+    // The writer's snapshot is taken on another table: a lock on this one would hold
+    // the owner's changes back until it ends.
+    let writer = role.connect(&app).await;
+    writer
+        .batch_execute(
+            "begin isolation level repeatable read;
+             select count(*) from public.stale_calls;",
+        )
+        .await
+        .unwrap();
+    owner
+        .batch_execute(
+            "alter table public.notes add column spacer text;
+             alter table public.notes add column tone public.tone default 'loud';
+             alter table public.notes drop column spacer;",
+        )
+        .await
+        .unwrap();
+    let written = writer
+        .batch_execute(
+            "insert into public.notes (id, tenant_id, tone) values ('n1', 'acme', 'calm')",
+        )
+        .await;
+    match written {
+        Ok(()) => writer.batch_execute("commit").await.unwrap(),
+        Err(error) => {
+            assert_eq!(
+                error.code(),
+                Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE),
+                "{error}"
+            );
+            writer.batch_execute("rollback").await.unwrap();
+        }
+    }
+    let others: Vec<String> = app
+        .db
+        .query(
+            "select distinct who from public.stale_calls where who <> $1",
+            &[&role.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        others,
+        Vec::<String>::new(),
+        "the owner's cast ran as another role"
+    );
+    role.drop(&app).await;
+}
