@@ -925,6 +925,15 @@ async fn a_timeline_change_with_ids_overtaken_resyncs_and_loses_no_new_change() 
     let promoted_url = format!("{}/timeline", promoted.base_url());
     let (writer, connection) = tokio_postgres::connect(&promoted_url, NoTls).await.unwrap();
     tokio::spawn(connection);
+    // The server accepts connections while it still replays its WAL; it promotes itself
+    // (a new timeline) once that is done.
+    eventually("the copy leaves recovery", || async {
+        writer
+            .query_one("select not pg_is_in_recovery()", &[])
+            .await
+            .is_ok_and(|row| row.get(0))
+    })
+    .await;
     let timeline: String = writer
         .query_one(
             "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
