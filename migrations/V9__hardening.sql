@@ -2,19 +2,20 @@
 -- (API.md §2).
 --
 -- * Excluded columns are kept by attribute number of the watched table, so a renamed
---   column stays excluded: the trigger and snapshots look up its current name. A column
---   dropped and added again under the same name is a new column (a new number) and is
---   not excluded; watch() it again to exclude it.
+--   column stays excluded: the trigger and snapshots look up its current name. The names
+--   given to watch() stay excluded too, so a column dropped and added again under such a
+--   name (a new number) stays out as well: what fails is closed.
 -- * The capture trigger runs as the owner of this schema (SECURITY DEFINER), and
 --   snapshots read watched tables as the service's role. `to_jsonb` calls a cast to json
 --   of a column's type when one exists, and the owner of a type may create such a cast
 --   with a function of its own. A value whose type somebody other than a superuser owns
---   (an enum, a range, a base type handed to another role) is therefore never given to
---   `to_jsonb`: it is written through its type's output function (what `to_jsonb` writes
---   when there is no cast), which only a superuser can have written. Arrays of such
---   values stay arrays of those texts; a composite value containing one is written as
---   its text. Types owned by a superuser (built-in types, PostGIS, citext) keep their
---   casts: only a superuser can create a cast from them.
+--   (an enum, a range, a composite, a base type handed to another role) is therefore
+--   never given to `to_jsonb`: it is written through its type's output function (what
+--   `to_jsonb` writes when there is no cast), which only a superuser can have written.
+--   Arrays of such values stay arrays of those texts; a composite value of such a type,
+--   or containing one, is written as its text. Types owned by a superuser (built-in
+--   types, PostGIS, citext) keep their casts: only a superuser can create a cast from
+--   them.
 --   Which columns are affected follows from the column types alone, never from which
 --   casts exist, because pg_cast read through a transaction's (older) snapshot may miss a
 --   cast that `to_jsonb` would still find.
@@ -22,8 +23,8 @@
 --   statement's catalog reads are current: it holds its lock on the table, so no column
 --   can change under it. A REPEATABLE READ (or SERIALIZABLE) transaction reads the catalog
 --   as of its snapshot, which may predate a column the row has: when the table's pg_class
---   row it sees was replaced since by a committed transaction, the write is refused as a
---   serialization failure (retry it).
+--   row, or a pg_attribute row of its columns, it sees was replaced since by a committed
+--   transaction, the write is refused as a serialization failure (retry it).
 -- * Most tables hold no type a non-superuser owns. Their registration remembers the
 --   pg_class row (column count and file) for which that was found (`plain_natts`,
 --   `plain_filenode`); while the table's row still says so, the trigger writes the row
@@ -68,7 +69,9 @@ $$;
  *   domains), 'a' the elements of an array column, 'o' deeper (inside a composite).
  * Algorithm: follow each column's type the way `to_jsonb` does (a domain to its base
  *   type, an array to its element type, a composite to its attributes' types) down to
- *   types that are none of these. Built-in types (oid < 16384) are a superuser's and
+ *   types that are none of these. A composite type a non-superuser owns is itself such
+ *   a value: its owner may give it an attribute of any type at any time, without
+ *   touching the tables that use it. Built-in types (oid < 16384) are a superuser's and
  *   hold only built-in types, so the walk stops at them.
  */
 create function changecast.owned_columns(target oid)
@@ -86,6 +89,7 @@ begin
             select w.column_name, inner_type.oid, inner_type.depth
             from walk w
             join pg_catalog.pg_type t on t.oid = w.type_oid
+            join pg_catalog.pg_roles r on r.oid = t.typowner
             cross join lateral (
                 select t.typbasetype, w.depth
                 where t.typtype = 'd'
@@ -96,7 +100,7 @@ begin
               union all
                 select a.atttypid, 2
                 from pg_catalog.pg_attribute a
-                where t.typtype = 'c' and a.attrelid = t.typrelid
+                where t.typtype = 'c' and r.rolsuper and a.attrelid = t.typrelid
                   and a.attnum > 0 and not a.attisdropped
             ) inner_type (oid, depth)
             where inner_type.oid >= 16384
@@ -106,7 +110,7 @@ begin
         from walk w
         join pg_catalog.pg_type t on t.oid = w.type_oid
         join pg_catalog.pg_roles r on r.oid = t.typowner
-        where t.typtype not in ('d', 'c')
+        where t.typtype <> 'd'
           and not (t.typelem <> 0 and t.typlen = -1)
           and not r.rolsuper
         group by w.column_name;
@@ -142,19 +146,23 @@ $$;
 /*
  * Function: changecast.check_definition_current(table)
  * Raises serialization_failure when the columns of `table` this transaction's snapshot
- * shows may not be the table's current ones: its pg_class row was replaced by a
- * committed transaction the snapshot does not see (a column added, or a column's type
- * changed by a rewrite), or a column exists beyond the ones the snapshot shows, or the
- * table was rewritten. A REPEATABLE READ transaction may write or read rows with such a
- * column, which the column walk above would not see.
+ * shows may not be the table's current ones: its pg_class row or one of its columns'
+ * pg_attribute rows was replaced by a committed transaction the snapshot does not see
+ * (a column added, renamed or retyped), or a column exists beyond the ones the
+ * snapshot shows, or the table was rewritten (a partitioned table has no file). A
+ * REPEATABLE READ transaction may write or read rows with such a column, which the
+ * column walk above and the excluded columns' names would not see as they are.
  */
 create function changecast.check_definition_current(target oid) returns boolean
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
     if (select changecast.committed_since_snapshot(c.xmax)
                or has_column_privilege(target, (c.relnatts + 1)::int2, 'SELECT') is not null
-               or pg_relation_filenode(target) is distinct from c.relfilenode
-        from pg_catalog.pg_class c where c.oid = target) then
+               or pg_relation_filenode(target) is distinct from nullif(c.relfilenode, 0)
+        from pg_catalog.pg_class c where c.oid = target)
+       or exists (select 1 from pg_catalog.pg_attribute a
+                  where a.attrelid = target and a.attnum > 0 and a.xmax <> '0'::xid
+                    and changecast.committed_since_snapshot(a.xmax)) then
         raise exception 'changecast: the definition of % changed after this transaction''s snapshot', target::regclass
             using errcode = 'serialization_failure',
                   hint = 'retry the transaction';
@@ -264,7 +272,6 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     excluded  text[];
     plain     boolean;
-    class_xmax xid;
     registered boolean;
     typed     boolean := false;
     changed   jsonb;
@@ -277,22 +284,20 @@ begin
     -- `plain`: the registration remembers the table's pg_class row (as this statement
     -- sees it) as one whose columns hold no type a non-superuser owns. A partition's
     -- row is its own.
-    select case when w.exclude_attnums = '{}' then '{}'
-                else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
+    select case when w.exclude_columns = '{}' then '{}'
+                else w.exclude_columns || changecast.excluded_names(w.table_name, w.exclude_attnums) end,
            coalesce(w.plain_natts = c.relnatts and w.plain_filenode = c.relfilenode, false),
-           c.xmax,
            true
-      into excluded, plain, class_xmax, registered
+      into excluded, plain, registered
       from changecast.watched w, pg_class c
      where w.table_name = tg_relid and c.oid = tg_relid
        and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
     if not found then
-        select case when w.exclude_attnums = '{}' then '{}'
-                    else changecast.excluded_names(w.table_name, w.exclude_attnums) end,
+        select case when w.exclude_columns = '{}' then '{}'
+                    else w.exclude_columns || changecast.excluded_names(w.table_name, w.exclude_attnums) end,
                false,
-               c.xmax,
                false
-          into excluded, plain, class_xmax, registered
+          into excluded, plain, registered
           from changecast.watched w, pg_class c
          where w.table_name in (select relid from pg_partition_ancestors(tg_relid))
            and c.oid = tg_relid
@@ -304,18 +309,15 @@ begin
                       hint = 'attach the trigger with changecast.watch()';
         end if;
     end if;
-    if not (plain and class_xmax = '0'::xid) then
-        -- What this transaction sees of the catalog is current unless its snapshot is
-        -- older than the statement (REPEATABLE READ, SERIALIZABLE) and the table's row
-        -- was replaced since.
-        if class_xmax <> '0'::xid and current_setting('transaction_isolation') <> 'read committed' then
-            perform changecast.check_definition_current(tg_relid);
-        end if;
-        if not plain then
-            typed := exists (select 1 from changecast.owned_columns(tg_relid));
-            if not typed and registered then
-                perform changecast.remember_plain(tg_relid);
-            end if;
+    -- What this transaction sees of the catalog is current unless its snapshot is older
+    -- than the statement (REPEATABLE READ, SERIALIZABLE) and the table changed since.
+    if current_setting('transaction_isolation') <> 'read committed' then
+        perform changecast.check_definition_current(tg_relid);
+    end if;
+    if not plain then
+        typed := exists (select 1 from changecast.owned_columns(tg_relid));
+        if not typed and registered then
+            perform changecast.remember_plain(tg_relid);
         end if;
     end if;
 
@@ -399,10 +401,12 @@ $$;
  * Function: changecast.capture_truncate()  (BEFORE TRUNCATE statement trigger)
  * As in V3, except that a tenant column holding a type a non-superuser owns is read
  * through its output function (`format('%s', ...)`) rather than a cast to text, which
- * its owner could have created.
+ * its owner could have created; and that the table is read with row security off, so
+ * that no policy of its owner's runs with this role's rights (a table whose policies
+ * would apply to this role cannot be truncated while watched: the error says why).
  */
 create or replace function changecast.capture_truncate() returns trigger
-language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+language plpgsql security definer set search_path = pg_catalog, pg_temp set row_security = off as $$
 declare
     tenant_text text;
 begin
@@ -477,6 +481,11 @@ begin
         raise exception 'changecast.watch: table % has no id column "%"', target, id_column
             using errcode = 'undefined_column';
     end if;
+    if exists (select 1 from changecast.owned_columns(target) o where o.column_name = tenant_column) then
+        raise exception 'changecast.watch: the tenant column "%" of % has a type owned by a role that is not a superuser', tenant_column, target
+            using errcode = 'feature_not_supported',
+                  hint = 'use a column of a built-in type (or a domain over one) as the tenant column: tenants are compared as text, and a cast to text of such a type is its owner''s code';
+    end if;
     if exclude_columns is null or array_position(exclude_columns, null) is not null then
         raise exception 'changecast.watch: exclude_columns must be an array of column names without nulls'
             using errcode = 'null_value_not_allowed';
@@ -528,7 +537,9 @@ end
 $$;
 
 -- Existing entries: their excluded names, as the columns are named now. A name no column
--- has any more (renamed since watch()) cannot be matched: it is named in a warning.
+-- has any more (renamed since watch()) cannot be matched: it is named in a warning. The
+-- names stay excluded as names too (the trigger and snapshots exclude both), so a column
+-- dropped and added again under an excluded name stays out as well.
 update changecast.watched w
    set exclude_attnums = array(select a.attnum from pg_attribute a
                                where a.attrelid = w.table_name and a.attname = any(w.exclude_columns)
@@ -546,7 +557,7 @@ declare
 begin
     for w in select * from changecast.watched
               where cardinality(exclude_columns) <> cardinality(exclude_attnums) loop
-        raise warning 'changecast: % has no column of some excluded names (%); they are no longer excluded',
+        raise warning 'changecast: % has no column of some excluded names (%); a column renamed from one of them is not excluded under its new name',
                 w.table_name, array_to_string(w.exclude_columns, ', ')
             using hint = format('run select changecast.watch(%L, %L, %L, %L, exclude_columns => ...) with the current names',
                                 w.table_name::text, w.resource_type, w.tenant_column, w.id_column);

@@ -30,7 +30,7 @@ const WATCHED_SQL: &str =
     "select w.resource_type,
             pg_catalog.quote_ident(n.nspname::text) || '.' || pg_catalog.quote_ident(c.relname::text),
             pg_catalog.quote_ident(w.tenant_column), pg_catalog.quote_ident(w.id_column), w.id_column,
-            changecast.excluded_names(w.table_name, w.exclude_attnums)
+            w.exclude_columns || changecast.excluded_names(w.table_name, w.exclude_attnums)
      from changecast.watched w
      join pg_catalog.pg_class c on c.oid = w.table_name
      join pg_catalog.pg_namespace n on n.oid = c.relnamespace

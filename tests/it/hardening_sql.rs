@@ -365,3 +365,191 @@ async fn a_snapshot_older_than_the_tables_columns_runs_no_cast_of_theirs() {
     );
     role.drop(&app).await;
 }
+
+/// Roles other than the test's own that ran the owner's trap functions (which record
+/// `current_user` into `public.<table>`).
+async fn trap_callers(app: &TestApp, table: &str, owner: &Role) -> Vec<String> {
+    app.db
+        .query(
+            &format!("select distinct who from public.{table} where who <> $1"),
+            &[&owner.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A composite type its owner changes after the table was watched (an attribute of a
+/// type with a cast of its own), and a composite tenant column with a cast to text: the
+/// table's own definition never changes, the owner's code never runs as the service.
+#[tokio::test]
+async fn an_owners_composite_types_run_none_of_its_casts_as_the_service_role() {
+    let app = spawn_app().await;
+    let role = Role::create(&app, "compowner").await;
+    app.db
+        .batch_execute(&format!("grant create on schema public to {}", role.name))
+        .await
+        .unwrap();
+    let owner = role.connect(&app).await;
+    owner
+        .batch_execute(
+            "create table public.comp_calls (who text);
+             grant insert on public.comp_calls to public;
+             create type public.parts as (label text);
+             create table public.boxes (id text primary key, tenant_id text not null, contents public.parts);
+             create type public.owner_tenant as (name text);
+             create function public.owner_tenant_text(public.owner_tenant) returns text language plpgsql as $$
+             begin insert into public.comp_calls values (current_user); return 'acme'; end $$;
+             grant execute on function public.owner_tenant_text(public.owner_tenant) to public;
+             create cast (public.owner_tenant as text) with function public.owner_tenant_text(public.owner_tenant);
+             create table public.crates (id text primary key, tenant_id public.owner_tenant not null);",
+        )
+        .await
+        .unwrap();
+    app.db
+        .batch_execute("select changecast.watch('public.boxes', 'box')")
+        .await
+        .unwrap();
+    let refused = app
+        .db
+        .batch_execute("select changecast.watch('public.crates', 'crate')")
+        .await
+        .expect_err("a tenant column of an owner's composite type is refused");
+    let message = refused
+        .as_db_error()
+        .map(|e| e.message())
+        .unwrap_or_default();
+    assert!(message.contains("tenant column"), "{refused:?}");
+    let t = token("acme");
+    let mut sse = app.sse(&t, "types=box").await;
+    owner
+        .batch_execute("insert into public.boxes values ('b1', 'acme', row('first'))")
+        .await
+        .unwrap();
+    owner
+        .batch_execute(
+            "create type public.flag as enum ('up', 'down');
+             create function public.flag_json(public.flag) returns json language plpgsql as $$
+             begin insert into public.comp_calls values (current_user); return '\"cast\"'::json; end $$;
+             grant execute on function public.flag_json(public.flag) to public;
+             create cast (public.flag as json) with function public.flag_json(public.flag);
+             alter type public.parts add attribute flag public.flag;
+             update public.boxes set contents = row('second', 'up')::public.parts where id = 'b1';",
+        )
+        .await
+        .unwrap();
+    let events = next_events(&mut sse, 2).await;
+    assert_eq!(events[1].data["resource"]["contents"], "(second,up)");
+    let (status, snapshot) = app.get("/v1/snapshot?types=box", Some(&t)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    assert_eq!(snapshot["resources"]["box"][0]["contents"], "(second,up)");
+    owner.batch_execute("truncate public.boxes").await.unwrap();
+    assert_eq!(
+        trap_callers(&app, "comp_calls", &role).await,
+        Vec::<String>::new()
+    );
+    assert!(!role.is_superuser(&app).await);
+    role.drop(&app).await;
+}
+
+/// An excluded column renamed while a REPEATABLE READ writer's snapshot still shows its
+/// old name, and one dropped and added again under its old name: neither secret reaches
+/// the journal.
+#[tokio::test]
+async fn excluded_secrets_stay_out_across_old_snapshots_and_columns_added_again() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "create table public.logins (id text primary key, tenant_id text not null,
+                                         note text, password_hash text);
+             select changecast.watch('public.logins', 'login', exclude_columns => array['password_hash']);
+             insert into public.logins values ('l1', 'acme', 'one', 'HASH-ONE');",
+        )
+        .await
+        .unwrap();
+    let writer = app.connect_db().await;
+    writer
+        .batch_execute("begin isolation level repeatable read; select 1 from changecast.cursor_key")
+        .await
+        .unwrap();
+    app.db
+        .batch_execute("alter table public.logins rename column password_hash to pw_hash")
+        .await
+        .unwrap();
+    match writer
+        .batch_execute(
+            "update public.logins set note = 'two', pw_hash = 'HASH-TWO' where id = 'l1'",
+        )
+        .await
+    {
+        Ok(()) => writer.batch_execute("commit").await.unwrap(),
+        Err(error) => {
+            assert_eq!(
+                error.code(),
+                Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE),
+                "{error}"
+            );
+            writer.batch_execute("rollback").await.unwrap();
+        }
+    }
+    app.db
+        .batch_execute(
+            "alter table public.logins rename column pw_hash to retired_hash;
+             alter table public.logins add column password_hash text;
+             update public.logins set note = 'three', password_hash = 'HASH-THREE' where id = 'l1';
+             insert into public.logins values ('l2', 'acme', 'four', 'HASH-OLD', 'HASH-FOUR');",
+        )
+        .await
+        .unwrap();
+    let journal = journal_text(&app).await;
+    assert!(journal.contains("three"), "{journal}");
+    assert!(
+        !journal.contains("HASH-"),
+        "a secret reached the journal: {journal}"
+    );
+    let (status, snapshot) = app
+        .get("/v1/snapshot?types=login", Some(&token("acme")))
+        .await;
+    assert_eq!(status, 200, "{snapshot}");
+    assert!(!snapshot.to_string().contains("HASH-"), "{snapshot}");
+}
+
+/// A partitioned table: watched, written through its partitions, snapshotted and
+/// truncated.
+#[tokio::test]
+async fn a_partitioned_table_is_watched_snapshotted_and_truncated() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "create table public.readings (id text, tenant_id text not null, value int,
+                                           primary key (tenant_id, id)) partition by list (tenant_id);
+             create table public.readings_acme partition of public.readings for values in ('acme');
+             create table public.readings_rest partition of public.readings default;
+             select changecast.watch('public.readings', 'reading');",
+        )
+        .await
+        .unwrap();
+    let t = token("acme");
+    let mut sse = app.sse(&t, "types=reading").await;
+    app.db
+        .batch_execute(
+            "insert into public.readings values ('r1', 'acme', 1), ('r2', 'globex', 2);
+             update public.readings set value = 3 where id = 'r1';",
+        )
+        .await
+        .unwrap();
+    let events = next_events(&mut sse, 2).await;
+    assert_eq!(events[0].data["event"], "created");
+    assert_eq!(events[1].data["old"], json!({"value": 1}));
+    let (status, snapshot) = app.get("/v1/snapshot", Some(&t)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    assert_eq!(snapshot["resources"]["reading"][0]["value"], 3);
+    app.db
+        .batch_execute("truncate public.readings")
+        .await
+        .unwrap();
+    let resync = next_events(&mut sse, 1).await;
+    assert_eq!(resync[0].data["reason"], "truncated");
+}
