@@ -172,6 +172,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_MAX_TENANT_SNAPSHOTS", value_parser = parse_positive_count)]
     pub max_tenant_snapshots: Option<usize>,
 
+    /// Longest a snapshot's answer may take to be read and written, however slowly its
+    /// client reads (it holds a pool connection and a database transaction meanwhile);
+    /// beyond, the answer is cut short and the client retries.
+    #[arg(long, env = "CHANGECAST_SNAPSHOT_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
+    pub snapshot_timeout: Duration,
+
     /// Longest a replay or snapshot query may run before PostgreSQL cancels it
     /// (`statement_timeout` of the pool's connections).
     #[arg(long, env = "CHANGECAST_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]

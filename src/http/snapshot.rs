@@ -23,7 +23,6 @@ use crate::journal::{DbResult, Journal};
 use crate::resources::{self, SnapshotPart};
 use crate::selection::Selection;
 use crate::services::Services;
-use crate::snapshot_limits::SnapshotPermit;
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -31,6 +30,8 @@ const MAX_LIMIT: usize = 10_000;
 const ROWS_AHEAD: usize = 8;
 /// Small rows are written together, up to about this many bytes per body chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// How long a snapshot read that is no longer wanted may take to stop once cancelled.
+const STOP_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn handle(
     services: Arc<Services>,
@@ -66,8 +67,10 @@ async fn start(
     };
     let permit = services.snapshots.admit(&identity.tenant)?;
     let client = services.pool.get().await.map_err(ApiError::unavailable)?;
+    let cancel = client.cancel_token();
     let (begun_tx, begun) = oneshot::channel();
     let (parts_tx, parts) = mpsc::channel(ROWS_AHEAD);
+    let abandoned = parts_tx.clone();
     let reader = read(
         client,
         services.journal.clone(),
@@ -78,11 +81,29 @@ async fn start(
         begun_tx,
         parts_tx,
     );
+    let deadline = services.config.snapshot_timeout;
     let shutdown = services.shutdown.clone();
+    // The permit goes with the reader: the snapshot counts as in progress for as long as
+    // the database works on it, not only while its client listens.
     tokio::spawn(async move {
-        tokio::select! {
-            _ = reader => {}
-            _ = shutdown.cancelled() => {}
+        let _permit = permit;
+        let mut reader = std::pin::pin!(reader);
+        let stop = tokio::select! {
+            _ = &mut reader => return,
+            _ = abandoned.closed() => "its client left",
+            _ = tokio::time::sleep(deadline) => "it took longer than CHANGECAST_SNAPSHOT_TIMEOUT",
+            _ = shutdown.cancelled() => "the service is stopping",
+        };
+        tracing::debug!(reason = stop, "stopping a snapshot's read");
+        drop(abandoned);
+        if let Err(error) = cancel.cancel_query(tokio_postgres::NoTls).await {
+            tracing::debug!(?error, "could not cancel a snapshot's statement");
+        }
+        if tokio::time::timeout(STOP_READ_WITHIN, reader)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a cancelled snapshot read did not stop in time");
         }
     });
     let cursor = match begun.await {
@@ -96,7 +117,6 @@ async fn start(
         types_written: 0,
         rows_in_type: 0,
         finished: false,
-        _permit: permit,
     };
     let mut response = warp::reply::stream(body).into_response();
     response.headers_mut().insert(
@@ -130,11 +150,19 @@ async fn read(
     if begun.send(Ok(snapshot.cursor.clone())).is_err() {
         return;
     }
-    if let Err(error) = snapshot.send_rows(&selection, limit, &parts).await {
-        tracing::warn!(
-            ?error,
-            "a snapshot's read failed after its answer began; the answer is cut short"
-        );
+    let read = snapshot.send_rows(&selection, limit, &parts).await;
+    if read.is_err() || parts.is_closed() {
+        // A read stopped early may have been cancelled, and a cancel may still be on its
+        // way to this connection: it does not go back to the pool.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    if let Err(error) = read {
+        if !parts.is_closed() {
+            tracing::warn!(
+                ?error,
+                "a snapshot's read failed after its answer began; the answer is cut short"
+            );
+        }
     }
 }
 
@@ -158,8 +186,6 @@ struct SnapshotBody {
     types_written: usize,
     rows_in_type: usize,
     finished: bool,
-    /// Counts this snapshot as in progress until the answer is written or abandoned.
-    _permit: SnapshotPermit,
 }
 
 /// The reader stopped before the answer was complete: the body ends abruptly.

@@ -291,3 +291,41 @@ async fn a_number_beyond_f64_is_filtered_like_any_value_and_never_lost() {
     assert!(frame.contains(&huger), "{frame:.300}");
     assert!(frame.contains("\"event\":\"updated\""), "{frame:.300}");
 }
+
+/// A client that keeps its socket open without reading holds its snapshot only until
+/// `CHANGECAST_SNAPSHOT_TIMEOUT`: then the read is cancelled, its database transaction
+/// ends and its place comes back, although the client never left.
+#[tokio::test]
+async fn a_snapshot_its_client_does_not_read_ends_at_the_snapshot_timeout() {
+    let app = spawn_app_with(|c| {
+        c.max_tenant_snapshots = Some(1);
+        c.max_snapshots = Some(1);
+        c.snapshot_timeout = std::time::Duration::from_secs(1);
+        c.write_timeout = std::time::Duration::from_secs(600);
+    })
+    .await;
+    large_rows(&app, &["acme"]).await;
+    let _held = stalled_snapshot(&app, "acme").await;
+    assert_eq!(snapshot(&app, "acme", "types=blob&limit=1").await.0, 429);
+    eventually("the stalled snapshot's place is given back", || async {
+        snapshot(&app, "acme", "types=blob&limit=1").await.0 == 200
+    })
+    .await;
+    eventually(
+        "no pool connection is left inside a snapshot's transaction",
+        || async {
+            let open: i64 = app
+                .db
+                .query_one(
+                    "select count(*) from pg_stat_activity
+                 where application_name = 'changecast:pool' and state like 'idle in transaction%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            open == 0
+        },
+    )
+    .await;
+}
