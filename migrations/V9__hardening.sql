@@ -388,8 +388,8 @@ begin
 
     insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource, old)
     values (tenant, tg_argv[0], kind, row_id, changed, old_values);
-    -- changecast.ring(), inlined: a PL/pgSQL call through SPI costs a sixth of the
-    -- trigger (V8's header).
+    -- changecast.ring(), inlined: a PL/pgSQL call through SPI would cost a sixth of the
+    -- trigger.
     if not pg_try_advisory_xact_lock_shared(1667458146, 1) then
         perform pg_notify('changecast', '');
     end if;

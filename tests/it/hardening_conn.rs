@@ -73,8 +73,8 @@ async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
     }
 }
 
-/// Clients that pipeline requests and never read their answers (the attack:
-/// every slot taken, every new client refused) lose their slots after the write timeout,
+/// Clients that pipeline requests and never read their answers (unbounded, that takes
+/// every slot and refuses every new client) lose their slots after the write timeout,
 /// and a new client is served.
 #[tokio::test]
 async fn clients_that_never_read_their_answers_lose_their_connection_slots() {
