@@ -316,7 +316,9 @@ begin
     end if;
     if not plain then
         typed := exists (select 1 from changecast.owned_columns(tg_relid));
-        if not typed and registered then
+        -- (Under an older snapshot, locking the registration another writer has just
+        -- updated would fail the write: only READ COMMITTED writers remember.)
+        if not typed and registered and current_setting('transaction_isolation') = 'read committed' then
             perform changecast.remember_plain(tg_relid);
         end if;
     end if;
