@@ -191,13 +191,14 @@ impl SnapshotRead<'_> {
     /// waiting while it is full, then `End`. Rows are read page by page through a portal
     /// and each page as it arrives, so memory holds a few rows, not the answer. Row
     /// filters are the subscription's own ([`Selection::includes_row`]), so views agree
-    /// with live delivery exactly. Stops quietly when `out`'s receiver is gone.
+    /// with live delivery exactly. Answers whether it got to the end; it stops, also in
+    /// the middle of a page being read, as soon as `out`'s receiver is gone.
     pub async fn send_rows(
         self,
         selection: &Selection,
         limit: usize,
         out: &mpsc::Sender<SnapshotPart>,
-    ) -> DbResult<()> {
+    ) -> DbResult<bool> {
         let SnapshotRead { tx, tables, .. } = self;
         let mut truncated = false;
         let mut bytes = 0;
@@ -207,14 +208,19 @@ impl SnapshotRead<'_> {
                 .await
                 .is_err()
             {
-                return Ok(());
+                return Ok(false);
             }
             let mut sent = 0;
             'pages: loop {
                 let mut rows =
                     std::pin::pin!(tx.query_portal_raw(&portal, SNAPSHOT_PAGE_ROWS).await?);
                 let mut in_page = 0;
-                while let Some(row) = rows.next().await {
+                loop {
+                    let row = tokio::select! {
+                        row = rows.next() => row,
+                        _ = out.closed() => return Ok(false),
+                    };
+                    let Some(row) = row else { break };
                     let row = row?;
                     in_page += 1;
                     let json: String = row.get(0);
@@ -232,7 +238,7 @@ impl SnapshotRead<'_> {
                     sent += 1;
                     bytes += json.len();
                     if out.send(SnapshotPart::Row(json)).await.is_err() {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 if in_page < SNAPSHOT_PAGE_ROWS {
@@ -242,6 +248,6 @@ impl SnapshotRead<'_> {
         }
         tx.commit().await?;
         let _ = out.send(SnapshotPart::End { truncated }).await;
-        Ok(())
+        Ok(true)
     }
 }

@@ -14,6 +14,8 @@ pub struct SnapshotLimits {
     max: usize,
     max_per_tenant: usize,
     counts: Mutex<Counts>,
+    /// Told whenever a place comes back, for snapshots waiting for one.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -44,6 +46,7 @@ impl SnapshotLimits {
             max,
             max_per_tenant,
             counts: Mutex::default(),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -68,6 +71,29 @@ impl SnapshotLimits {
     }
 
     /// Snapshots in progress: (overall, of `tenant`).
+    /// [`SnapshotLimits::admit`], waiting up to `wait` for a place to come back: a burst
+    /// of snapshots (page loads after a deploy, say) queues briefly instead of being
+    /// refused, while one that would wait longer is refused at once after it.
+    pub async fn admit_within(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        wait: std::time::Duration,
+    ) -> Result<SnapshotPermit, SnapshotsRefused> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let released = self.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            let refused = match self.admit(tenant) {
+                Ok(permit) => return Ok(permit),
+                Err(refused) => refused,
+            };
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(refused);
+            }
+        }
+    }
+
     pub fn in_progress(&self, tenant: &TenantId) -> (usize, usize) {
         let counts = self.lock();
         (
@@ -85,14 +111,17 @@ impl SnapshotLimits {
 
 impl Drop for SnapshotPermit {
     fn drop(&mut self) {
-        let mut counts = self.limits.lock();
-        counts.total -= 1;
-        if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
-            *of_tenant -= 1;
-            if *of_tenant == 0 {
-                counts.per_tenant.remove(&self.tenant);
+        {
+            let mut counts = self.limits.lock();
+            counts.total -= 1;
+            if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
+                *of_tenant -= 1;
+                if *of_tenant == 0 {
+                    counts.per_tenant.remove(&self.tenant);
+                }
             }
         }
+        self.limits.released.notify_waiters();
     }
 }
 

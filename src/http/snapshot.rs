@@ -7,6 +7,7 @@
 //! incomplete response, never as a valid but partial answer.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -30,6 +31,8 @@ const MAX_LIMIT: usize = 10_000;
 const ROWS_AHEAD: usize = 8;
 /// Small rows are written together, up to about this many bytes per body chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// How long a snapshot waits for a place among those in progress before it is refused.
+const WAIT_FOR_A_PLACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a snapshot read that is no longer wanted may take to stop once cancelled.
 const STOP_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -65,12 +68,15 @@ async fn start(
         Some(types) => types,
         None => request::known_types(&services).await?,
     };
-    let permit = services.snapshots.admit(&identity.tenant)?;
+    let permit = services
+        .snapshots
+        .admit_within(&identity.tenant, WAIT_FOR_A_PLACE)
+        .await?;
     let client = services.pool.get().await.map_err(ApiError::unavailable)?;
     let cancel = client.cancel_token();
+    let stopping = Arc::new(AtomicBool::new(false));
     let (begun_tx, begun) = oneshot::channel();
     let (parts_tx, parts) = mpsc::channel(ROWS_AHEAD);
-    let abandoned = parts_tx.clone();
     let reader = read(
         client,
         services.journal.clone(),
@@ -78,6 +84,7 @@ async fn start(
         types,
         selection,
         limit,
+        stopping.clone(),
         begun_tx,
         parts_tx,
     );
@@ -90,12 +97,11 @@ async fn start(
         let mut reader = std::pin::pin!(reader);
         let stop = tokio::select! {
             _ = &mut reader => return,
-            _ = abandoned.closed() => "its client left",
             _ = tokio::time::sleep(deadline) => "it took longer than CHANGECAST_SNAPSHOT_TIMEOUT",
             _ = shutdown.cancelled() => "the service is stopping",
         };
         tracing::debug!(reason = stop, "stopping a snapshot's read");
-        drop(abandoned);
+        stopping.store(true, Ordering::SeqCst);
         if let Err(error) = cancel.cancel_query(tokio_postgres::NoTls).await {
             tracing::debug!(?error, "could not cancel a snapshot's statement");
         }
@@ -127,7 +133,10 @@ async fn start(
 }
 
 /// Reads the snapshot on its own pooled connection, reporting the cursor (or why there
-/// is none) on `begun`, then the rows on `parts`.
+/// is none) on `begun`, then the rows on `parts`. A read that does not get to the end
+/// (its client left, it failed, or it is being stopped: `stopping`) may leave a
+/// statement running or a cancel on its way: its connection is cancelled and closed,
+/// never returned to the pool.
 #[allow(clippy::too_many_arguments)]
 async fn read(
     mut client: deadpool_postgres::Object,
@@ -136,6 +145,7 @@ async fn read(
     types: Vec<String>,
     selection: Selection,
     limit: usize,
+    stopping: Arc<AtomicBool>,
     begun: oneshot::Sender<DbResult<String>>,
     parts: mpsc::Sender<SnapshotPart>,
 ) {
@@ -151,13 +161,19 @@ async fn read(
         return;
     }
     let read = snapshot.send_rows(&selection, limit, &parts).await;
-    if read.is_err() || parts.is_closed() {
-        // A read stopped early may have been cancelled, and a cancel may still be on its
-        // way to this connection: it does not go back to the pool.
-        drop(deadpool_postgres::Object::take(client));
+    if matches!(read, Ok(true)) && !stopping.load(Ordering::SeqCst) {
+        return;
     }
+    if matches!(read, Ok(false)) {
+        // Left in the middle of a page, perhaps: stop the statement before closing.
+        let _ = client
+            .cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await;
+    }
+    drop(deadpool_postgres::Object::take(client));
     if let Err(error) = read {
-        if !parts.is_closed() {
+        if !stopping.load(Ordering::SeqCst) {
             tracing::warn!(
                 ?error,
                 "a snapshot's read failed after its answer began; the answer is cut short"
