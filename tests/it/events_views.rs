@@ -26,20 +26,6 @@ async fn publish(
     .unwrap();
 }
 
-/// The next `n` events with data (any name), bounded by [`WAIT`].
-async fn next_events(stream: &mut SseStream, n: usize) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while events.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match stream.next_within(left).await {
-            Some(event) => events.push(event),
-            None => panic!("got {} of {n} events: {events:?}", events.len()),
-        }
-    }
-    events
-}
-
 /// Asserts that no event with data arrives within [`QUIET`].
 async fn assert_quiet(stream: &mut SseStream) {
     if let Some(event) = stream.next_within(QUIET).await {

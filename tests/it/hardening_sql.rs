@@ -1,78 +1,9 @@
 //! What a table owner can do to the service through its own table (API.md §2): rename
 //! an excluded column, or give a column a type with a cast to json of its own making.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::json;
-use tokio_postgres::NoTls;
 
 use crate::helpers::*;
-
-/// A login role of its own, not a superuser (roles are cluster-wide: the name is unique
-/// to this run).
-struct Role {
-    name: String,
-}
-
-static ROLES: AtomicUsize = AtomicUsize::new(0);
-
-impl Role {
-    async fn create(app: &TestApp, what: &str) -> Role {
-        let name = format!(
-            "cc_{what}_{}_{}",
-            std::process::id(),
-            ROLES.fetch_add(1, Ordering::SeqCst)
-        );
-        app.db
-            .batch_execute(&format!(
-                "create role {name} login nosuperuser password 'changecast'"
-            ))
-            .await
-            .unwrap();
-        Role { name }
-    }
-
-    async fn connect(&self, app: &TestApp) -> tokio_postgres::Client {
-        let mut config: tokio_postgres::Config = app.db_url.parse().unwrap();
-        config.user(&self.name).password("changecast");
-        let (client, connection) = config.connect(NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
-    }
-
-    async fn is_superuser(&self, app: &TestApp) -> bool {
-        app.db
-            .query_one(
-                "select rolsuper from pg_roles where rolname = $1",
-                &[&self.name],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    }
-
-    /// Best effort: the cluster may outlive the test run.
-    async fn drop(self, app: &TestApp) {
-        let _ = app
-            .db
-            .batch_execute(&format!("drop owned by {0}; drop role {0}", self.name))
-            .await;
-    }
-}
-
-/// The next `n` events of `stream`, bounded by [`WAIT`] in all.
-async fn next_events(stream: &mut SseStream, n: usize) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while events.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match stream.next_within(left).await {
-            Some(event) => events.push(event),
-            None => panic!("got {} of {n} events: {events:?}", events.len()),
-        }
-    }
-    events
-}
 
 /// Every journal row's `resource` and `old`, as text.
 async fn journal_text(app: &TestApp) -> String {

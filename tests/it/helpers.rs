@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use changecast::auth::{Authenticator, TenantId, TokenRules};
@@ -719,4 +720,70 @@ pub fn assert_nothing_lost(
         foreign.len(),
         foreign.first()
     );
+}
+
+/// A login role of its own, not a superuser (roles are cluster-wide: the name is unique
+/// to this run).
+pub struct Role {
+    pub name: String,
+}
+
+static ROLES: AtomicUsize = AtomicUsize::new(0);
+
+impl Role {
+    pub async fn create(app: &TestApp, what: &str) -> Role {
+        let name = format!(
+            "cc_{what}_{}_{}",
+            std::process::id(),
+            ROLES.fetch_add(1, Ordering::SeqCst)
+        );
+        app.db
+            .batch_execute(&format!(
+                "create role {name} login nosuperuser password 'changecast'"
+            ))
+            .await
+            .unwrap();
+        Role { name }
+    }
+
+    pub async fn connect(&self, app: &TestApp) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = app.db_url.parse().unwrap();
+        config.user(&self.name).password("changecast");
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn is_superuser(&self, app: &TestApp) -> bool {
+        app.db
+            .query_one(
+                "select rolsuper from pg_roles where rolname = $1",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Best effort: the cluster may outlive the test run.
+    pub async fn drop(self, app: &TestApp) {
+        let _ = app
+            .db
+            .batch_execute(&format!("drop owned by {0}; drop role {0}", self.name))
+            .await;
+    }
+}
+
+/// The next `n` events with data (any name), bounded by [`WAIT`].
+pub async fn next_events(stream: &mut SseStream, n: usize) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while events.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match stream.next_within(left).await {
+            Some(event) => events.push(event),
+            None => panic!("got {} of {n} events: {events:?}", events.len()),
+        }
+    }
+    events
 }

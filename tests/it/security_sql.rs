@@ -3,53 +3,11 @@
 //! mode, TRUNCATE, collations, dropped tables and error messages.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use crate::helpers::*;
-
-/// A login role of its own (roles are cluster-wide: the name is unique to this run).
-struct Role {
-    name: String,
-}
-
-static ROLES: AtomicUsize = AtomicUsize::new(0);
-
-impl Role {
-    async fn create(app: &TestApp, what: &str) -> Role {
-        let name = format!(
-            "cc_{what}_{}_{}",
-            std::process::id(),
-            ROLES.fetch_add(1, Ordering::SeqCst)
-        );
-        // A password for servers that want one; a trust-auth cluster ignores it.
-        app.db
-            .batch_execute(&format!("create role {name} login password 'changecast'"))
-            .await
-            .unwrap();
-        Role { name }
-    }
-
-    /// A session of this role on the test's database.
-    async fn connect(&self, app: &TestApp) -> tokio_postgres::Client {
-        let mut config: tokio_postgres::Config = app.db_url.parse().unwrap();
-        config.user(&self.name).password("changecast");
-        let (client, connection) = config.connect(NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
-    }
-
-    /// Best effort: the cluster may outlive the test run.
-    async fn drop(self, app: &TestApp) {
-        let _ = app
-            .db
-            .batch_execute(&format!("drop owned by {0}; drop role {0}", self.name))
-            .await;
-    }
-}
 
 /// The SQLSTATE of a statement that must fail.
 async fn refused(db: &tokio_postgres::Client, sql: &str) -> SqlState {
