@@ -273,6 +273,7 @@ declare
     excluded  text[];
     plain     boolean;
     registered boolean;
+    old_snapshot boolean;
     typed     boolean := false;
     changed   jsonb;
     previous  jsonb;
@@ -287,8 +288,9 @@ begin
     select case when w.exclude_columns = '{}' then '{}'
                 else w.exclude_columns || changecast.excluded_names(w.table_name, w.exclude_attnums) end,
            coalesce(w.plain_natts = c.relnatts and w.plain_filenode = c.relfilenode, false),
-           true
-      into excluded, plain, registered
+           true,
+           current_setting('transaction_isolation') <> 'read committed'
+      into excluded, plain, registered, old_snapshot
       from changecast.watched w, pg_class c
      where w.table_name = tg_relid and c.oid = tg_relid
        and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
@@ -296,8 +298,9 @@ begin
         select case when w.exclude_columns = '{}' then '{}'
                     else w.exclude_columns || changecast.excluded_names(w.table_name, w.exclude_attnums) end,
                false,
-               false
-          into excluded, plain, registered
+               false,
+               current_setting('transaction_isolation') <> 'read committed'
+          into excluded, plain, registered, old_snapshot
           from changecast.watched w, pg_class c
          where w.table_name in (select relid from pg_partition_ancestors(tg_relid))
            and c.oid = tg_relid
@@ -311,14 +314,14 @@ begin
     end if;
     -- What this transaction sees of the catalog is current unless its snapshot is older
     -- than the statement (REPEATABLE READ, SERIALIZABLE) and the table changed since.
-    if current_setting('transaction_isolation') <> 'read committed' then
+    if old_snapshot then
         perform changecast.check_definition_current(tg_relid);
     end if;
     if not plain then
         typed := exists (select 1 from changecast.owned_columns(tg_relid));
         -- (Under an older snapshot, locking the registration another writer has just
         -- updated would fail the write: only READ COMMITTED writers remember.)
-        if not typed and registered and current_setting('transaction_isolation') = 'read committed' then
+        if not typed and registered and not old_snapshot then
             perform changecast.remember_plain(tg_relid);
         end if;
     end if;
