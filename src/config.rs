@@ -160,14 +160,15 @@ pub struct ServeConfig {
     pub max_replays_per_tenant: usize,
 
     /// Most snapshots in progress at once (each holds a pool connection until its client
-    /// has read the answer); beyond, new ones get 503 `snapshots_full` with `Retry-After`.
+    /// has read the answer); beyond, a new one waits up to 2 s for a place, then gets 503
+    /// `snapshots_full` with `Retry-After`.
     /// Default: a quarter of --pool-size (at least 1), leaving the rest of the pool to
     /// journal reads.
     #[arg(long, env = "CHANGECAST_MAX_SNAPSHOTS", value_parser = parse_positive_count)]
     pub max_snapshots: Option<usize>,
 
-    /// Most snapshots one tenant may have in progress at once; beyond, new ones get 429
-    /// `too_many_snapshots` with `Retry-After`. Default: half of --max-snapshots (at
+    /// Most snapshots one tenant may have in progress at once; beyond, a new one waits up
+    /// to 2 s for a place, then gets 429 `too_many_snapshots` with `Retry-After`. Default: half of --max-snapshots (at
     /// least 1).
     #[arg(long, env = "CHANGECAST_MAX_TENANT_SNAPSHOTS", value_parser = parse_positive_count)]
     pub max_tenant_snapshots: Option<usize>,
