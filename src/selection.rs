@@ -978,7 +978,7 @@ mod filter_cost {
     }
 
     #[test]
-    #[ignore]
+    #[ignore = "a measurement, run on demand with --release: it prints figures and asserts nothing about time"]
     fn filter_cost_on_a_500_kb_object() {
         let new = serde_json::json!({"id": "r1", "state": "open", "config": config_object("new")});
         let old = serde_json::json!({"config": config_object("old")});
