@@ -428,6 +428,22 @@ fn masked_text(text: &str) -> Vec<u8> {
 const WS_HANDSHAKE: &str = "GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
      Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
 
+/// Upgrades `raw` to a WebSocket with `token` and subscribes to everything; answers
+/// the socket and the bytes read past the response head.
+async fn raw_ws_subscriber(mut raw: TcpStream, token: &str) -> (TcpStream, Vec<u8>) {
+    let request = format!(
+        "{WS_HANDSHAKE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let (head, pending) = read_head(&mut raw).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    raw.write_all(&masked_text(r#"{"type":"subscribe"}"#))
+        .await
+        .unwrap();
+    (raw, pending)
+}
+
 /// A change of 1.5 MB goes out in fragments of at most 64 KiB each (so a socket copies
 /// one fragment at a time, not the change) that reassemble to the whole change, for a
 /// raw reader and for a standard client alike.
@@ -436,17 +452,8 @@ async fn a_large_change_goes_out_over_websocket_in_bounded_fragments() {
     const FRAGMENT: usize = 64 * 1024;
     let app = spawn_app_with(|_| {}).await;
     let token = token("acme");
-    let mut raw = TcpStream::connect(app.addr).await.unwrap();
-    let request = format!(
-        "{WS_HANDSHAKE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
-    );
-    raw.write_all(request.as_bytes()).await.unwrap();
-    let (head, mut pending) = read_head(&mut raw).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    raw.write_all(&masked_text(r#"{"type":"subscribe"}"#))
-        .await
-        .unwrap();
+    let raw = TcpStream::connect(app.addr).await.unwrap();
+    let (mut raw, mut pending) = raw_ws_subscriber(raw, &token).await;
     let mut standard = app.ws(&token).await;
     standard.subscribe(json!({"type": "subscribe"})).await;
     loop {
@@ -566,17 +573,8 @@ async fn a_malformed_websocket_key_gets_400() {
 async fn a_stalled_websocket_subscriber_is_closed() {
     let app = spawn_app_with(|c| c.write_timeout = Duration::from_secs(1)).await;
     let token = token("acme");
-    let mut raw = small_buffer_socket(app.addr).await;
-    let request = format!(
-        "{WS_HANDSHAKE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
-    );
-    raw.write_all(request.as_bytes()).await.unwrap();
-    let (head, mut pending) = read_head(&mut raw).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    raw.write_all(&masked_text(r#"{"type":"subscribe"}"#))
-        .await
-        .unwrap();
+    let raw = small_buffer_socket(app.addr).await;
+    let (mut raw, mut pending) = raw_ws_subscriber(raw, &token).await;
     loop {
         let frame = read_frame(&mut raw, &mut pending).await;
         if String::from_utf8_lossy(&frame.payload).contains("subscription_confirmed") {

@@ -20,6 +20,44 @@ async fn journal_text(app: &TestApp) -> String {
         .join(" ")
 }
 
+/// A non-superuser role that may create in `public`, a session of it, and its table
+/// `public.<calls>` where its trap functions record who ran them (anyone may insert).
+async fn owner_with_calls_table(
+    app: &TestApp,
+    what: &str,
+    calls: &str,
+) -> (Role, tokio_postgres::Client) {
+    let role = Role::create(app, what).await;
+    app.db
+        .batch_execute(&format!("grant create on schema public to {}", role.name))
+        .await
+        .unwrap();
+    let owner = role.connect(app).await;
+    owner
+        .batch_execute(&format!(
+            "create table public.{calls} (who text);
+             grant insert on public.{calls} to public;"
+        ))
+        .await
+        .unwrap();
+    (role, owner)
+}
+
+/// Roles other than the owner's that ran its trap functions (which record
+/// `current_user` into `public.<table>`).
+async fn trap_callers(app: &TestApp, table: &str, owner: &Role) -> Vec<String> {
+    app.db
+        .query(
+            &format!("select distinct who from public.{table} where who <> $1"),
+            &[&owner.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 #[tokio::test]
 async fn an_excluded_column_stays_excluded_when_renamed_and_renamed_back() {
     let app = spawn_app().await;
@@ -110,17 +148,10 @@ async fn an_excluded_column_stays_excluded_when_renamed_and_renamed_back() {
 #[tokio::test]
 async fn a_table_owners_casts_and_functions_never_run_as_the_service_role() {
     let app = spawn_app().await;
-    let role = Role::create(&app, "castowner").await;
-    app.db
-        .batch_execute(&format!("grant create on schema public to {}", role.name))
-        .await
-        .unwrap();
-    let owner = role.connect(&app).await;
+    let (role, owner) = owner_with_calls_table(&app, "castowner", "cast_calls").await;
     owner
         .batch_execute(&format!(
-            "create table public.cast_calls (who text);
-             grant insert on public.cast_calls to public;
-             create function public.record_and_escalate() returns void language plpgsql as $$
+            "create function public.record_and_escalate() returns void language plpgsql as $$
              begin
                  insert into public.cast_calls values (current_user);
                  begin
@@ -146,18 +177,6 @@ async fn a_table_owners_casts_and_functions_never_run_as_the_service_role() {
         ))
         .await
         .unwrap();
-    let calls_by_others = || async {
-        app.db
-            .query(
-                "select distinct who from public.cast_calls where who <> $1",
-                &[&role.name],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<_, String>(0))
-            .collect::<Vec<_>>()
-    };
     // The trap is armed: to_jsonb of the type runs the owner's cast.
     let armed: String = owner
         .query_one("select to_jsonb('happy'::public.mood)::text", &[])
@@ -205,7 +224,7 @@ async fn a_table_owners_casts_and_functions_never_run_as_the_service_role() {
         .unwrap();
 
     assert_eq!(
-        calls_by_others().await,
+        trap_callers(&app, "cast_calls", &role).await,
         Vec::<String>::new(),
         "the owner's code ran with another role's rights"
     );
@@ -221,17 +240,10 @@ async fn a_table_owners_casts_and_functions_never_run_as_the_service_role() {
 #[tokio::test]
 async fn a_snapshot_older_than_the_tables_columns_runs_no_cast_of_theirs() {
     let app = spawn_app().await;
-    let role = Role::create(&app, "staleowner").await;
-    app.db
-        .batch_execute(&format!("grant create on schema public to {}", role.name))
-        .await
-        .unwrap();
-    let owner = role.connect(&app).await;
+    let (role, owner) = owner_with_calls_table(&app, "staleowner", "stale_calls").await;
     owner
         .batch_execute(
-            "create table public.stale_calls (who text);
-             grant insert on public.stale_calls to public;
-             create type public.tone as enum ('calm', 'loud');
+            "create type public.tone as enum ('calm', 'loud');
              create function public.tone_json(public.tone) returns json language plpgsql as $$
              begin insert into public.stale_calls values (current_user); return '\"cast\"'::json; end $$;
              grant execute on function public.tone_json(public.tone) to public;
@@ -278,38 +290,12 @@ async fn a_snapshot_older_than_the_tables_columns_runs_no_cast_of_theirs() {
             writer.batch_execute("rollback").await.unwrap();
         }
     }
-    let others: Vec<String> = app
-        .db
-        .query(
-            "select distinct who from public.stale_calls where who <> $1",
-            &[&role.name],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
     assert_eq!(
-        others,
+        trap_callers(&app, "stale_calls", &role).await,
         Vec::<String>::new(),
         "the owner's cast ran as another role"
     );
     role.drop(&app).await;
-}
-
-/// Roles other than the test's own that ran the owner's trap functions (which record
-/// `current_user` into `public.<table>`).
-async fn trap_callers(app: &TestApp, table: &str, owner: &Role) -> Vec<String> {
-    app.db
-        .query(
-            &format!("select distinct who from public.{table} where who <> $1"),
-            &[&owner.name],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
 }
 
 /// A composite type its owner changes after the table was watched (an attribute of a
@@ -318,17 +304,10 @@ async fn trap_callers(app: &TestApp, table: &str, owner: &Role) -> Vec<String> {
 #[tokio::test]
 async fn an_owners_composite_types_run_none_of_its_casts_as_the_service_role() {
     let app = spawn_app().await;
-    let role = Role::create(&app, "compowner").await;
-    app.db
-        .batch_execute(&format!("grant create on schema public to {}", role.name))
-        .await
-        .unwrap();
-    let owner = role.connect(&app).await;
+    let (role, owner) = owner_with_calls_table(&app, "compowner", "comp_calls").await;
     owner
         .batch_execute(
-            "create table public.comp_calls (who text);
-             grant insert on public.comp_calls to public;
-             create type public.parts as (label text);
+            "create type public.parts as (label text);
              create table public.boxes (id text primary key, tenant_id text not null, contents public.parts);
              create type public.owner_tenant as (name text);
              create function public.owner_tenant_text(public.owner_tenant) returns text language plpgsql as $$
