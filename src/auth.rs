@@ -1,8 +1,6 @@
 //! Tenancy from signed tokens: HS256 JWTs carrying `tenant_id` and `exp`.
 //! A subscriber's tenant comes from here and nowhere else (never from a query parameter).
 
-use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -10,9 +8,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
+use crate::tenant::TenantId;
 
-/// Longest tenant id accepted in a token.
-const MAX_TENANT_LEN: usize = 256;
 /// Shortest signing secret accepted: an HS256 key shorter than its hash output (32 bytes)
 /// can be guessed offline from any one token.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -22,41 +19,6 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Latest `exp` honoured (9999-12-31): beyond, the expiry cannot be represented by the
 /// clocks that enforce it, so such a token is refused rather than trusted forever.
 const MAX_EXP: u64 = 253_402_300_799;
-
-/// A tenant's id, as in tokens and in the journal's `tenant_id` column.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct TenantId(Arc<str>);
-
-impl TenantId {
-    /// Validates a tenant id from outside (a token, the CLI).
-    pub fn new(id: &str) -> Result<TenantId, AuthError> {
-        if id.is_empty() || id.len() > MAX_TENANT_LEN || id.chars().any(char::is_control) {
-            return Err(AuthError::NoTenant);
-        }
-        Ok(TenantId(id.into()))
-    }
-
-    /// A tenant id the journal recorded (already enforced non-null by the trigger).
-    pub fn from_journal(id: &str) -> TenantId {
-        TenantId(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Why a token was refused; `code()` is the 401's `error` field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -197,7 +159,9 @@ impl Authenticator {
                 _ => AuthError::Invalid("malformed token"),
             })?;
         let tenant = match data.claims.tenant_id {
-            Some(serde_json::Value::String(id)) => TenantId::new(&id)?,
+            Some(serde_json::Value::String(id)) => {
+                TenantId::new(&id).map_err(|_| AuthError::NoTenant)?
+            }
             _ => return Err(AuthError::NoTenant),
         };
         if data.claims.exp > MAX_EXP {

@@ -13,9 +13,12 @@ use anyhow::Context as _;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// Time between two demo actions.
 pub const STEP: Duration = Duration::from_millis(700);
 /// Longest wait between reconnection attempts after the database went away.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Closed tickets kept on the board; older ones are deleted.
 const CLOSED_KEPT: i64 = 5;
@@ -59,7 +62,7 @@ pub async fn run(
     step: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -68,11 +71,9 @@ pub async fn run(
         if let Err(error) = result {
             tracing::warn!(error = format!("{error:#}"), "demo writer: retrying");
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

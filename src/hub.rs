@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use prometheus::IntGauge;
 use tokio::sync::broadcast;
 
-use crate::auth::TenantId;
 use crate::journal::{Entry, Published};
 use crate::stats::Activity;
+use crate::sync::lock;
+use crate::tenant::TenantId;
 
 /// Entries larger than this (roughly, in bytes of JSON) are not fanned out themselves:
 /// every tenant channel keeps its last `capacity` items whether read or not, and a few
@@ -106,7 +107,7 @@ impl Drop for Member {
     fn drop(&mut self) {
         // Under the lock, as `subscribe` counts: a subscriber joining meanwhile either
         // came first (a receiver remains) or finds no channel and makes a new one.
-        let mut state = self.hub.lock();
+        let mut state = lock(&self.hub.state);
         if state
             .tenants
             .get(&self.tenant)
@@ -140,7 +141,7 @@ impl Hub {
     /// Joins `tenant`'s fan-out. Every change beyond the returned boundary will arrive on
     /// the receiver; every change within it is in the journal.
     pub fn subscribe(self: &Arc<Self>, tenant: &TenantId) -> (Live, Published) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let receiver = match state.tenants.get(tenant) {
             Some(sender) => sender.subscribe(),
             None => {
@@ -164,7 +165,7 @@ impl Hub {
     /// moves the boundary to `published`. Returns how many subscriber deliveries it queued.
     pub fn publish(&self, changes: Vec<Entry>, published: Published) -> usize {
         self.activity.record(&changes);
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let mut queued = 0;
         for change in changes {
             let Some(sender) = state.tenants.get(change.tenant()) else {
@@ -190,20 +191,13 @@ impl Hub {
     /// was sent before, and its subscription catches up from the journal (see
     /// `subscription`). For when live delivery can no longer vouch for completeness.
     pub fn cut_off_everyone(&self) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         state.tenants.clear();
         self.channels.set(0);
     }
 
     pub fn published(&self) -> Published {
-        self.lock().published.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the map inconsistent: keep serving.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state).published.clone()
     }
 }
 
@@ -229,7 +223,7 @@ mod tests {
     }
 
     fn channels(hub: &Hub) -> usize {
-        let count = hub.lock().tenants.len();
+        let count = lock(&hub.state).tenants.len();
         assert_eq!(hub.channels.get(), count as i64, "gauge follows the map");
         count
     }
@@ -273,7 +267,7 @@ mod tests {
                         let (a, _) = hub.subscribe(&tenant(&name));
                         let (b, _) = hub.subscribe(&tenant(&name));
                         // Every receiver alive has its tenant's channel.
-                        assert!(hub.lock().tenants.contains_key(&tenant(&name)));
+                        assert!(lock(&hub.state).tenants.contains_key(&tenant(&name)));
                         drop(a);
                         drop(b);
                     }

@@ -27,8 +27,10 @@ pub mod snapshot_limits;
 /// HTTP: the accept loop (connection cap, header deadline), SSE and WebSocket
 /// transports, snapshot, operations, dashboard.
 pub mod http;
-/// Token verification and minting; the tenant id.
+/// Token verification and minting.
 pub mod auth;
+/// The tenant id: whose changes a subscriber may see.
+pub mod tenant;
 /// Prometheus series.
 pub mod metrics;
 /// Command line and environment.
@@ -37,6 +39,10 @@ pub mod config;
 pub mod services;
 /// Building and running the whole service.
 pub mod app;
+/// Waiting between attempts, cut short by shutdown.
+pub mod backoff;
+/// Locks that outlive a panic.
+pub mod sync;
 /// Restarting background tasks that panic or end unexpectedly.
 pub mod supervise;
 /// Values that must never be printed (secrets, URLs with passwords).

@@ -6,11 +6,12 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
-use changecast::auth::{check_secret, random_secret, Authenticator, TenantId};
+use changecast::auth::{check_secret, random_secret, Authenticator};
 use changecast::config::{Cli, Command, HealthcheckArgs, ServeConfig, TokenArgs};
 use changecast::db::embedded::{self, Embedded};
 use changecast::db::keeper;
 use changecast::secret::Secret;
+use changecast::tenant::TenantId;
 use changecast::App;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 

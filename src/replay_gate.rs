@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::TenantId;
+use crate::sync::lock;
+use crate::tenant::TenantId;
 
 pub struct ReplayGate(Arc<Gate>);
 
@@ -52,8 +53,7 @@ impl ReplayGate {
     /// with many waiting replays holds at most its share of overall turns).
     pub async fn turn(&self, tenant: &TenantId) -> Turn {
         let gate = &self.0;
-        let of_tenant = gate
-            .lock()
+        let of_tenant = lock(&gate.tenants)
             .entry(tenant.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(gate.per_tenant_limit)))
             .clone();
@@ -91,13 +91,7 @@ impl ReplayGate {
     }
 }
 
-impl Gate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Arc<Semaphore>>> {
-        self.tenants
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
+impl Gate {}
 
 const NEVER_CLOSED: &str = "BUG: replay semaphores are never closed";
 
@@ -105,7 +99,7 @@ impl Drop for Turn {
     fn drop(&mut self) {
         self.gate.running.dec();
         self._tenant = None;
-        let mut tenants = self.gate.lock();
+        let mut tenants = lock(&self.gate.tenants);
         // Nobody else holds or awaits this tenant's semaphore: forget it.
         if let Some(semaphore) = tenants.get(&self.tenant) {
             if Arc::strong_count(semaphore) == 1
@@ -144,7 +138,10 @@ mod tests {
         drop((second, third));
         assert_eq!(running.get(), 0);
         assert_eq!(waits.get(), 2, "each turn that waited is counted");
-        assert!(gate.0.lock().is_empty(), "idle tenants are remembered");
+        assert!(
+            lock(&gate.0.tenants).is_empty(),
+            "idle tenants are remembered"
+        );
     }
 
     /// Polls `future` once.

@@ -5,9 +5,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Transaction};
 
-use crate::auth::TenantId;
 use crate::journal::{snapshot_cursor, DbResult, Journal, PgSnapshot};
 use crate::selection::{Row, Selection};
+use crate::tenant::TenantId;
 
 /// A watched table, its identifiers already quoted for SQL by PostgreSQL.
 struct WatchedTable {

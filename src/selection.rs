@@ -742,8 +742,8 @@ mod tests {
     /// entry is read at all (a replay's `journal_types`, a large entry's marker test).
     mod properties {
         use super::*;
-        use crate::auth::TenantId;
         use crate::journal::{AppEvent, Change, Cursor, Frames};
+        use crate::tenant::TenantId;
         use proptest::prelude::*;
         use serde_json::json;
         use std::sync::Arc;

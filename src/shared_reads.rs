@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use tokio::sync::OnceCell;
 
 /// A value that knows its size (the budget's unit).
@@ -79,10 +80,7 @@ impl<V: Clone + Weighed> SharedReads<V> {
     /// The slot for `key`, made if needed; `None` when the budget is spent.
     fn slot(&self, key: String) -> Option<Arc<OnceCell<V>>> {
         let now = Instant::now();
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = lock(&self.state);
         if state
             .last_sweep
             .is_none_or(|at| now.duration_since(at) >= self.sweep_every)

@@ -6,9 +6,10 @@
 //! snapshot is refused at once (the client retries), never queued behind slow readers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use crate::auth::TenantId;
+use crate::sync::lock;
+use crate::tenant::TenantId;
 
 pub struct SnapshotLimits {
     max: usize,
@@ -54,7 +55,7 @@ impl SnapshotLimits {
     /// bound is checked first: a tenant at its own limit gains nothing by waiting for
     /// others.
     pub fn admit(self: &Arc<Self>, tenant: &TenantId) -> Result<SnapshotPermit, SnapshotsRefused> {
-        let mut counts = self.lock();
+        let mut counts = lock(&self.counts);
         let of_tenant = counts.per_tenant.get(tenant).copied().unwrap_or(0);
         if of_tenant >= self.max_per_tenant {
             return Err(SnapshotsRefused::TenantFull(self.max_per_tenant));
@@ -95,24 +96,18 @@ impl SnapshotLimits {
     }
 
     pub fn in_progress(&self, tenant: &TenantId) -> (usize, usize) {
-        let counts = self.lock();
+        let counts = lock(&self.counts);
         (
             counts.total,
             counts.per_tenant.get(tenant).copied().unwrap_or(0),
         )
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Counts> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Drop for SnapshotPermit {
     fn drop(&mut self) {
         {
-            let mut counts = self.limits.lock();
+            let mut counts = lock(&self.limits.counts);
             counts.total -= 1;
             if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
                 *of_tenant -= 1;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::auth::TenantId;
 use crate::journal::Entry;
+use crate::sync::lock;
+use crate::tenant::TenantId;
 
 /// The window `events_per_minute` covers, in one-second buckets.
 const WINDOW_SECONDS: usize = 60;
@@ -82,7 +83,7 @@ impl Activity {
     pub fn record(&self, entries: &[Entry]) {
         let second = unix_seconds(SystemTime::now());
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         for entry in entries {
             let (name, occurred_at) = match entry {
                 Entry::Change(change) => (&change.resource_type, &change.occurred_at),
@@ -138,7 +139,7 @@ impl Activity {
     pub fn report(&self, tenant: &TenantId, subscribers: Subscribers) -> Report {
         let now = SystemTime::now();
         let second = unix_seconds(now);
-        let state = self.lock();
+        let state = lock(&self.state);
         let activity = state.tenants.get(tenant);
         Report {
             tenant_id: tenant.as_str().to_owned(),
@@ -152,12 +153,6 @@ impl Activity {
             last_event_at: activity.map(|a| a.last_event_at.clone()),
             server_time: rfc3339_seconds(now),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -22,13 +22,15 @@ use tracing::Instrument as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Identity, TenantId};
+use crate::auth::Identity;
 use crate::hub::{Fanned, Hub, Live};
 use crate::journal::{snapshot_cursor, Cursor, Entry, Journal, Published, ReplayFilter};
 use crate::metrics::Metrics;
 use crate::replay_gate::{ReplayGate, Turn};
 use crate::selection::{Decision, Selection};
 use crate::shared_reads::{SharedReads, Weighed};
+use crate::sync::lock;
+use crate::tenant::TenantId;
 use crate::wire::Delivery;
 
 /// Items queued between the subscription task and its transport.
@@ -298,12 +300,6 @@ impl Drop for Place {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct Subscription {

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
+
 /// Wait before the first restart: long enough that a task failing at once does not spin,
 /// short enough that a one-off failure costs about a second of live delivery.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -33,7 +35,7 @@ pub async fn supervise<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let started = Instant::now();
         // A task of its own, so a panic unwinds that task only and shows up here.
@@ -43,26 +45,24 @@ pub async fn supervise<F, Fut>(
         }
         on_failure();
         if started.elapsed() >= HEALTHY_RUN {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
         match ended {
             Err(error) if error.is_panic() => {
                 let panic = panic_message(error.into_panic());
-                tracing::error!(task, %panic, restart_in = ?backoff, "background task panicked; restarting it");
+                tracing::error!(task, %panic, restart_in = ?backoff.next_delay(), "background task panicked; restarting it");
             }
             Err(error) => {
-                tracing::error!(task, %error, restart_in = ?backoff, "background task was cancelled; restarting it");
+                tracing::error!(task, %error, restart_in = ?backoff.next_delay(), "background task was cancelled; restarting it");
             }
             Ok(()) => {
-                tracing::error!(task, restart_in = ?backoff, "background task ended before shutdown; restarting it");
+                tracing::error!(task, restart_in = ?backoff.next_delay(), "background task ended before shutdown; restarting it");
             }
         }
         restarts.inc();
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -5,7 +5,7 @@
 //! structure past the MAC is exercised by the round trip of what the service issues.
 #![no_main]
 
-use changecast::auth::TenantId;
+use changecast::tenant::TenantId;
 use changecast::journal::{Cursor, CursorKey, CursorScope, PgSnapshot};
 use libfuzzer_sys::fuzz_target;
 

@@ -7,6 +7,7 @@ use warp::reply::{Reply, Response};
 
 use super::request::{self, Params};
 use crate::services::Services;
+use crate::sync::lock;
 
 pub fn healthz() -> Response {
     warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()
@@ -49,11 +50,7 @@ pub fn openapi(services: &Arc<Services>, headers: &HeaderMap, query: Option<&str
         .ok()
         .is_some_and(|params| request::authenticate(services, headers, &params).is_ok());
     if authenticated {
-        let types = services
-            .resource_types
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .join("|");
+        let types = lock(&services.resource_types).join("|");
         let one = format!("({types})");
         spec["components"]["parameters"]["types"]["schema"]["pattern"] =
             format!("^({one}(,{one})*)?$").into();

@@ -8,6 +8,7 @@ use crate::auth::Identity;
 use crate::journal::EventKind;
 use crate::selection::{RowFilter, Selection, TopicPattern, MAX_ROW_FILTERS};
 use crate::services::Services;
+use crate::sync::lock;
 
 /// Longest query string accepted; a URL past this is abuse or a mistake.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
@@ -312,12 +313,6 @@ pub async fn known_types(services: &Services) -> Result<Vec<String>, ApiError> {
             Ok(lock(&services.resource_types).clone())
         }
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -19,11 +19,11 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::auth::TenantId;
 use crate::journal::{DbResult, Journal};
 use crate::resources::{self, SnapshotPart};
 use crate::selection::Selection;
 use crate::services::Services;
+use crate::tenant::TenantId;
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;

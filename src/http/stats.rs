@@ -14,10 +14,10 @@ use warp::reply::{Reply, Response};
 use super::error::ApiError;
 use super::request::{self, Params};
 use super::sse::{control_frame, event_stream, RETRY_MS};
-use crate::auth::TenantId;
 use crate::services::Services;
 use crate::stats::{Report, Subscribers};
 use crate::subscription::{Place, Transport};
+use crate::tenant::TenantId;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_INTERVAL: Duration = Duration::from_secs(1);

@@ -22,7 +22,7 @@ use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 
 use super::PgSnapshot;
-use crate::auth::TenantId;
+use crate::tenant::TenantId;
 
 /// Version 1 carried no MAC: such cursors cannot be verified and are refused.
 const VERSION: u8 = 2;

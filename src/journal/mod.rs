@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope};
 pub use snapshot::PgSnapshot;
 
-use crate::auth::TenantId;
 use crate::selection::Row;
+use crate::tenant::TenantId;
 
 /// `created | updated | deleted`, as the journal and the wire spell them. (The journal's
 /// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Truncated`].)

@@ -21,7 +21,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use super::tailer::sleep_or_shutdown;
+use crate::backoff::sleep_or_shutdown;
 use crate::metrics::Metrics;
 
 /// Arbitrary but fixed: the advisory lock that makes one instance the pruner.

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::doorbell::{self, Doorbell};
 use super::{Journal, NewRows, PgSnapshot, Published, TailStatements};
+use crate::backoff::Backoff;
 use crate::db::listener::{self, ListenConnection};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -105,7 +106,7 @@ enum Lost {
 
 impl Tailer {
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut connected_before = false;
         loop {
             let attempt = tokio::select! {
@@ -117,16 +118,15 @@ impl Tailer {
                 failed => {
                     match failed {
                         Ok(Err(error)) => {
-                            tracing::warn!(?error, retry_in = ?backoff, "cannot connect the listener")
+                            tracing::warn!(?error, retry_in = ?backoff.next_delay(), "cannot connect the listener")
                         }
                         _ => {
-                            tracing::warn!(retry_in = ?backoff, "connecting the listener timed out")
+                            tracing::warn!(retry_in = ?backoff.next_delay(), "connecting the listener timed out")
                         }
                     }
-                    if sleep_or_shutdown(backoff, &shutdown).await {
+                    if backoff.wait(&shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
@@ -134,7 +134,7 @@ impl Tailer {
                 self.metrics.db_reconnects.inc();
             }
             connected_before = true;
-            backoff = BACKOFF_MIN;
+            backoff.reset();
             tracing::info!("listener connected; catching up from the journal");
             match self.follow(&connection, &mut doorbell, &shutdown).await {
                 Ok(()) => return,
@@ -578,14 +578,6 @@ async fn bounded<T>(
     Ok(timeout(QUERY_TIMEOUT, query)
         .await
         .map_err(|_| Lost::Timeout)??)
-}
-
-/// Sleeps for `duration`; true when shutdown came first.
-pub async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(duration) => false,
-    }
 }
 
 #[cfg(test)]

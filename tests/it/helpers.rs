@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use changecast::auth::{Authenticator, TenantId, TokenRules};
+use changecast::auth::{Authenticator, TokenRules};
 use changecast::secret::Secret;
+use changecast::tenant::TenantId;
 use changecast::{App, ServeConfig};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;

@@ -250,8 +250,8 @@ async fn a_listener_away_past_the_retention_resyncs_its_live_subscribers() {
 /// seen and skip them forever. It gets `resync` `cursor_invalid`, then live changes.
 #[tokio::test]
 async fn a_cursor_from_beyond_the_databases_present_gets_a_resync() {
-    use changecast::auth::TenantId;
     use changecast::journal::{Cursor, CursorKey, CursorScope, PgSnapshot};
+    use changecast::tenant::TenantId;
 
     let app = spawn_app().await;
     let row = app

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio_postgres::{Client, NoTls};
 
-use changecast::auth::{random_secret, Authenticator, TenantId, TokenRules};
+use changecast::auth::{random_secret, Authenticator, TokenRules};
 use changecast::secret::Secret;
+use changecast::tenant::TenantId;
 
 const SETUP_SQL: &str = include_str!("../../../sql/bench/setup.sql");
 const RESET_SQL: &str = include_str!("../../../sql/bench/reset.sql");
