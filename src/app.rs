@@ -20,11 +20,11 @@ use crate::journal::pruner::Pruner;
 use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
-use crate::replay_gate::ReplayGate;
 use crate::secret::Secret;
 pub use crate::services::Services;
 use crate::snapshot_limits::SnapshotLimits;
 use crate::stats::Activity;
+use crate::subscription::replay_gate::ReplayGate;
 use crate::subscription::{Limits, Subscriptions};
 use crate::supervise::supervise;
 

@@ -14,12 +14,9 @@ pub mod selection;
 pub mod wire;
 /// Recent activity per tenant (`/v1/stats`).
 pub mod stats;
-/// One subscriber's replay-then-live stream, shared by both transports.
+/// One subscriber's replay-then-live stream, shared by both transports, and the
+/// subscriber places counted against the limits.
 pub mod subscription;
-/// Bounds on concurrent journal replays.
-pub mod replay_gate;
-/// Journal reads shared by subscribers replaying the same range.
-pub mod shared_reads;
 /// The watched tables: resource types and `/v1/snapshot` reads.
 pub mod resources;
 /// Bounds on snapshots in progress.

@@ -51,7 +51,7 @@ async fn open(
         tracing::info_span!("subscriber", transport = "sse", tenant = %identity.tenant).entered();
     let resumed = resume.is_some();
     let subscriptions = &services.subscriptions;
-    let place = subscription::Place::take(subscriptions, &identity.tenant, Transport::Sse)?;
+    let place = subscription::Place::take(&subscriptions.places, &identity.tenant, Transport::Sse)?;
     let opened = subscription::open(subscriptions, &identity, selection, resume);
     // A fresh stream's first bytes set the EventSource's last event id to where live
     // delivery starts (an `id:` without data dispatches nothing), so a reconnect before

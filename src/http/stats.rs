@@ -24,7 +24,7 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn report(services: &Services, tenant: &TenantId) -> Report {
-    let (sse, ws) = services.subscriptions.connected(tenant);
+    let (sse, ws) = services.subscriptions.places.connected(tenant);
     services.activity.report(tenant, Subscribers { sse, ws })
 }
 
@@ -61,7 +61,11 @@ fn answer(
     if !wants_stream {
         return Ok(warp::reply::json(&report(&services, &identity.tenant)).into_response());
     }
-    let place = Place::take(&services.subscriptions, &identity.tenant, Transport::Stats)?;
+    let place = Place::take(
+        &services.subscriptions.places,
+        &identity.tenant,
+        Transport::Stats,
+    )?;
     let expires = identity.expiry();
     let tenant = identity.tenant;
     let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));

@@ -107,8 +107,11 @@ fn upgrade(
         ));
     };
     // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
-    let place =
-        subscription::Place::take(&services.subscriptions, &identity.tenant, Transport::Ws)?;
+    let place = subscription::Place::take(
+        &services.subscriptions.places,
+        &identity.tenant,
+        Transport::Ws,
+    )?;
     let span = tracing::info_span!("subscriber", tenant = %identity.tenant, transport = "ws");
     Ok(
         ws.into_response(MAX_FRAME_BYTES, MAX_WRITE_BUFFER_BYTES, move |socket| {

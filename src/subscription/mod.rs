@@ -10,9 +10,13 @@
 //! [`Selection`] decides what of each entry it gets (view transitions included), so
 //! transports only ever write finished [`Delivery`]s.
 
-use std::collections::HashMap;
+mod places;
+pub mod replay_gate;
+mod shared_reads;
+
+pub use places::{Limits, Place, Places, Refused, Transport};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -26,12 +30,11 @@ use crate::auth::Identity;
 use crate::hub::{Fanned, Hub, Live};
 use crate::journal::{snapshot_cursor, Cursor, Entry, Journal, Published, ReplayFilter};
 use crate::metrics::Metrics;
-use crate::replay_gate::{ReplayGate, Turn};
 use crate::selection::{Decision, Selection};
-use crate::shared_reads::{SharedReads, Weighed};
-use crate::sync::lock;
 use crate::tenant::TenantId;
 use crate::wire::Delivery;
+use replay_gate::{ReplayGate, Turn};
+use shared_reads::{SharedReads, Weighed};
 
 /// Items queued between the subscription task and its transport.
 const OUTBOUND_QUEUE: usize = 64;
@@ -62,28 +65,11 @@ pub struct Subscriptions {
     pub replay_gate: ReplayGate,
     /// Replay pages read once for every subscriber replaying the same range.
     replay_pages: SharedReads<ReplayPage>,
-    pub limits: Limits,
+    /// Subscriber places, counted against the limits.
+    pub places: Arc<Places>,
     pub shutdown: CancellationToken,
     /// Every subscription task, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    counts: Mutex<SubscriberCounts>,
-}
-
-/// How many subscriber connections may be open.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_subscribers: usize,
-    pub max_subscribers_per_tenant: usize,
-}
-
-/// What holds a subscriber place: the two transports (counted per tenant for
-/// `/v1/stats`), and `/v1/stats` streams, which are open connections fed on a timer, as
-/// costly to hold as a subscriber (counted against the limits, not reported).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Sse,
-    Ws,
-    Stats,
 }
 
 impl Subscriptions {
@@ -105,20 +91,10 @@ impl Subscriptions {
             metrics,
             replay_gate,
             replay_pages: SharedReads::new(KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES),
-            limits,
+            places: Arc::new(Places::new(limits)),
             shutdown,
             tracker,
-            counts: Mutex::default(),
         }
-    }
-
-    /// Open subscriber connections of `tenant`: (SSE, WebSocket).
-    pub fn connected(&self, tenant: &TenantId) -> (usize, usize) {
-        let counts = lock(&self.counts);
-        counts
-            .per_tenant
-            .get(tenant)
-            .map_or((0, 0), |of| (of.sse, of.ws))
     }
 }
 
@@ -168,17 +144,6 @@ pub struct Resync {
     pub cursor: String,
 }
 
-/// Why a subscription was not opened.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refused {
-    #[error("this tenant already has {0} subscribers, the most allowed")]
-    TenantFull(usize),
-    #[error(
-        "the service is serving {0} subscribers, the most it allows; retry later or elsewhere"
-    )]
-    ServiceFull(usize),
-}
-
 /// An opened subscription; dropping it ends the subscription.
 pub struct Opened {
     /// What to write, in order.
@@ -222,83 +187,6 @@ pub fn open(
     Opened {
         outbound: rx,
         start,
-    }
-}
-
-/// How many subscriptions are open, in all and per tenant (against the limits).
-#[derive(Default)]
-struct SubscriberCounts {
-    total: usize,
-    per_tenant: HashMap<TenantId, TenantCounts>,
-}
-
-#[derive(Default)]
-struct TenantCounts {
-    sse: usize,
-    ws: usize,
-    stats: usize,
-}
-
-impl TenantCounts {
-    fn total(&self) -> usize {
-        self.sse + self.ws + self.stats
-    }
-
-    fn of(&mut self, transport: Transport) -> &mut usize {
-        match transport {
-            Transport::Sse => &mut self.sse,
-            Transport::Ws => &mut self.ws,
-            Transport::Stats => &mut self.stats,
-        }
-    }
-}
-
-/// One subscriber connection's place under `max_subscribers` and
-/// `max_subscribers_per_tenant`: an SSE stream, a `/v1/stats` stream, or a WebSocket
-/// from its upgrade on (subscribed or not, so idle sockets cannot bypass the limits, and
-/// a `subscribe` that changes the filter never needs a second place). Given back when
-/// dropped.
-pub struct Place {
-    services: Arc<Subscriptions>,
-    tenant: TenantId,
-    transport: Transport,
-}
-
-impl Place {
-    pub fn take(
-        services: &Arc<Subscriptions>,
-        tenant: &TenantId,
-        transport: Transport,
-    ) -> Result<Place, Refused> {
-        let limits = &services.limits;
-        let mut counts = lock(&services.counts);
-        if counts.total >= limits.max_subscribers {
-            return Err(Refused::ServiceFull(limits.max_subscribers));
-        }
-        let of_tenant = counts.per_tenant.entry(tenant.clone()).or_default();
-        if of_tenant.total() >= limits.max_subscribers_per_tenant {
-            return Err(Refused::TenantFull(limits.max_subscribers_per_tenant));
-        }
-        *of_tenant.of(transport) += 1;
-        counts.total += 1;
-        Ok(Place {
-            services: services.clone(),
-            tenant: tenant.clone(),
-            transport,
-        })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.services.counts);
-        counts.total -= 1;
-        if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
-            *of_tenant.of(self.transport) -= 1;
-            if of_tenant.total() == 0 {
-                counts.per_tenant.remove(&self.tenant);
-            }
-        }
     }
 }
 
