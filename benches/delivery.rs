@@ -10,7 +10,7 @@
 #[path = "../tests/it/database.rs"]
 #[allow(dead_code)]
 mod database;
-#[path = "../tests/it/helpers.rs"]
+#[path = "../tests/it/helpers/mod.rs"]
 #[allow(dead_code)]
 mod helpers;
 

@@ -17,14 +17,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{
-    assert_all_followers_got, peak_rss_kib, spawn_writers, status_kib, Follower, Interest,
-    OwnCluster, ServiceProcess, Via,
-};
+use crate::helpers::cluster::OwnCluster;
+use crate::helpers::followers::{assert_all_followers_got, Follower, Interest, Via};
+use crate::helpers::process::{peak_rss_kib, status_kib, ServiceProcess};
+use crate::helpers::writers::spawn_writers;
 use crate::helpers::*;
 
 // ---------------------------------------------------------------------------------------
@@ -220,23 +219,15 @@ async fn sse_session(
         chunks.decode(&mut raw, &mut body)?;
         while let Some(end) = find(&body, b"\n\n") {
             let frame: Vec<u8> = body.drain(..end + 2).collect();
-            let frame = String::from_utf8_lossy(&frame);
+            let block = parse_block(&String::from_utf8_lossy(&frame));
             let mut got = got.lock().unwrap();
-            let (mut event, mut data) = ("message", None);
-            for line in frame.lines() {
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => got.cursor = Some(value.to_owned()),
-                    "event" => event = if value == "resync" { "resync" } else { "other" },
-                    "data" => data = Some(value),
-                    _ => {}
-                }
+            if let Some(id) = block.id {
+                got.cursor = Some(id);
             }
-            if let Some(data) = data {
+            if let Some(data) = block.data {
                 let mut message: Value =
-                    serde_json::from_str(data).map_err(|e| format!("SSE data: {e}"))?;
-                if event == "resync" && message.get("type").is_none() {
+                    serde_json::from_str(&data).map_err(|e| format!("SSE data: {e}"))?;
+                if block.event == "resync" && message.get("type").is_none() {
                     message["type"] = "resync".into();
                 }
                 got.record(tenant, &message);
@@ -317,11 +308,7 @@ async fn ws_session(
     cursor: Option<String>,
     got: &Mutex<Got>,
 ) -> Result<(), String> {
-    let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut socket, _) = timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+    let mut socket = timeout(CONNECT_TIMEOUT, ws_handshake(addr, Some(token), ""))
         .await
         .map_err(|_| "WS handshake timed out".to_owned())?
         .map_err(|e| format!("WS handshake: {e}"))?;

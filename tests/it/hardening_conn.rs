@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::helpers::{
-    assert_nothing_lost, eventually, spawn_app_with, token, SseStream, TestApp, WAIT,
+    assert_nothing_lost, eventually, parse_block, spawn_app_with, token, ws_handshake, SseStream,
+    TestApp, WsSocket, WAIT,
 };
 
 /// A connection whose receive buffer is as small as the kernel allows, so the service's
@@ -212,38 +212,24 @@ fn sse_changes(body: &[u8]) -> (HashSet<String>, Option<String>) {
         None => "",
     };
     let (mut ids, mut last_id) = (HashSet::new(), None);
-    for block in complete.split("\n\n") {
-        let mut is_change = false;
-        for line in block.lines() {
-            if let Some(id) = line.strip_prefix("id: ") {
-                last_id = Some(id.to_owned());
-            } else if line == "event: resource_change" {
-                is_change = true;
-            } else if let Some(data) = line.strip_prefix("data: ").filter(|_| is_change) {
-                let data: Value = serde_json::from_str(data).unwrap();
-                ids.insert(data["resource"]["id"].as_str().unwrap().to_owned());
-            }
+    for block in complete.split("\n\n").map(parse_block) {
+        if block.id.is_some() {
+            last_id = block.id;
+        }
+        if let Some(data) = block.data.filter(|_| block.event == "resource_change") {
+            let data: Value = serde_json::from_str(&data).unwrap();
+            ids.insert(data["resource"]["id"].as_str().unwrap().to_owned());
         }
     }
     (ids, last_id)
 }
 
 /// A WebSocket handshake; `None` when refused (a 503, or reset with it).
-async fn try_ws(
-    addr: SocketAddr,
-    token: &str,
-) -> Option<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-> {
-    let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    timeout(WAIT, tokio_tungstenite::connect_async(request))
+async fn try_ws(addr: SocketAddr, token: &str) -> Option<WsSocket> {
+    timeout(WAIT, ws_handshake(&addr.to_string(), Some(token), ""))
         .await
         .expect("WebSocket handshake timed out")
         .ok()
-        .map(|(socket, _)| socket)
 }
 
 /// An open WebSocket keeps its connection slot after the upgrade: with the cap reached

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{eventually, spawn_app_with, token, TestApp, WAIT};
+use crate::helpers::{eventually, parse_block, spawn_app_with, token, TestApp, WAIT};
 
 /// A watched table of large rows: enough that no snapshot of it fits in socket buffers.
 async fn large_rows(app: &TestApp, tenants: &[&str]) {
@@ -183,19 +183,24 @@ async fn a_streamed_snapshot_reads_exactly_as_the_whole_answer() {
     }
 }
 
-/// Reads SSE events as text (a number beyond `f64` is not a `serde_json::Value`) until
-/// one contains `needle`.
+/// Reads SSE events until a `resource_change` whose data contains `needle`; that data as
+/// text (a number beyond `f64` is not a `serde_json::Value`).
 async fn sse_text_until(response: reqwest::Response, needle: &str) -> String {
     let mut body = response.bytes_stream();
     let mut text = String::new();
+    let mut parsed = 0;
     tokio::time::timeout(WAIT, async {
         while let Some(chunk) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            if let Some(event) = text
-                .split("\n\n")
-                .find(|event| event.contains(needle) && event.contains("resource_change"))
-            {
-                return event.to_owned();
+            while let Some(end) = text[parsed..].find("\n\n") {
+                let block = parse_block(&text[parsed..parsed + end]);
+                parsed += end + 2;
+                if block.event != "resource_change" {
+                    continue;
+                }
+                if let Some(data) = block.data.filter(|data| data.contains(needle)) {
+                    return data;
+                }
             }
         }
         panic!("the stream ended: {text}");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::faults::OwnCluster;
+use crate::helpers::cluster::OwnCluster;
 use crate::helpers::*;
 
 /// A bare LISTEN client on the service's channel, counting the notifications it gets.

@@ -1,5 +1,9 @@
-//! `spawn_app()` and friends: the service in-process on a free port over a fresh
-//! database, with methods named after what a user does.
+//! Test infrastructure, in one place for every test module: `spawn_app()` and friends
+//! (the service in-process on a free port over a fresh database, with methods named after
+//! what a user does), the one SSE client ([`sse`]) and the one WebSocket client ([`ws`]);
+//! for the fault tests, a cluster of the test's own ([`cluster`]), writers that keep going
+//! through outages ([`writers`]), subscribers that resume ([`followers`]), the service as
+//! a child process ([`process`]) and a seeded PRNG ([`rng`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,15 +14,22 @@ use changecast::auth::{Authenticator, TokenRules};
 use changecast::secret::Secret;
 use changecast::tenant::TenantId;
 use changecast::{App, ServeConfig};
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster;
+pub mod followers;
+pub mod process;
+pub mod rng;
+mod sse;
+pub mod writers;
+mod ws;
+
 pub use crate::database::server;
+pub use sse::*;
+pub use ws::*;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret";
 /// Upper bound for anything a test waits for; generous for slow CI machines.
@@ -367,335 +378,6 @@ pub async fn insert_tickets(db: &tokio_postgres::Client, tenant: &str, n: i64) -
     .collect()
 }
 
-/// A WebSocket handshake on `ws://{addr}/v1/ws?{query}`, with a bearer token if given:
-/// the socket, or the refusal's HTTP status and JSON body.
-pub async fn ws_connect(
-    addr: &str,
-    token: Option<&str>,
-    query: &str,
-) -> Result<WsClient, (u16, Value)> {
-    let mut request = format!("ws://{addr}/v1/ws?{query}")
-        .into_client_request()
-        .unwrap();
-    if let Some(token) = token {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("WebSocket handshake timed out");
-    match connected {
-        Ok((socket, _)) => Ok(WsClient {
-            socket,
-            close: None,
-        }),
-        Err(tungstenite::Error::Http(response)) => {
-            let body = response.body().clone().unwrap_or_default();
-            Err((
-                response.status().as_u16(),
-                serde_json::from_slice(&body)
-                    .unwrap_or(Value::String(String::from_utf8_lossy(&body).into())),
-            ))
-        }
-        Err(error) => panic!("WebSocket handshake failed: {error}"),
-    }
-}
-
-/// A Server-Sent Events stream, parsed as the WHATWG EventSource does.
-pub struct SseStream {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-    pub retry: Option<u64>,
-    pub comments: usize,
-    pub last_event_id: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub id: Option<String>,
-    pub event: String,
-    pub data: Value,
-}
-
-impl SseStream {
-    pub fn new(response: reqwest::Response) -> Self {
-        SseStream {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-            retry: None,
-            comments: 0,
-            last_event_id: None,
-        }
-    }
-
-    /// The next event, or `None` if the stream ended or nothing came within `wait`.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
-        tokio::time::timeout(wait, self.next_event())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    pub async fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = self.parse_block(&block) {
-                    return Some(event);
-                }
-                continue;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => return None,
-            }
-        }
-    }
-
-    fn parse_block(&mut self, block: &str) -> Option<SseEvent> {
-        let (mut id, mut event, mut data) = (None, "message".to_owned(), Vec::new());
-        for line in block.lines() {
-            if line.starts_with(':') {
-                self.comments += 1;
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "id" => id = Some(value.to_owned()),
-                "event" => event = value.to_owned(),
-                "data" => data.push(value.to_owned()),
-                "retry" => self.retry = value.parse().ok(),
-                _ => {}
-            }
-        }
-        if let Some(id) = &id {
-            self.last_event_id = Some(id.clone());
-        }
-        if data.is_empty() {
-            return None;
-        }
-        let data = serde_json::from_str(&data.join("\n")).expect("SSE data is JSON");
-        Some(SseEvent { id, event, data })
-    }
-
-    /// Reads `resource_change` events until `n` distinct resources arrived (bounded by
-    /// [`WAIT`]); returns every change event read, in order.
-    pub async fn changes_until(&mut self, n: usize) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        let mut distinct = HashSet::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while distinct.len() < n {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(event) = self.next_within(left).await else {
-                break;
-            };
-            if event.event == "resource_change" {
-                distinct.insert(resource_key(&event));
-                events.push(event);
-            }
-        }
-        events
-    }
-
-    /// Reads `resource_change` events until every id in `expected` arrived (bounded by
-    /// [`WAIT`]); returns the ids of every resource received, expected or not.
-    pub async fn receive_ids(&mut self, expected: &HashSet<String>) -> HashSet<String> {
-        let mut received = HashSet::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !expected.is_subset(&received) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(event) = self.next_within(left).await else {
-                break;
-            };
-            if event.event == "resource_change" {
-                received.insert(event.data["resource"]["id"].as_str().unwrap().to_owned());
-            }
-        }
-        received
-    }
-
-    /// Asserts that no `resource_change` arrives within `quiet`.
-    pub async fn assert_no_change_within(&mut self, quiet: Duration) {
-        let deadline = tokio::time::Instant::now() + quiet;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.next_within(left).await {
-                Some(event) if event.event == "resource_change" => {
-                    panic!("unexpected change: {:?}", event.data)
-                }
-                Some(_) => continue,
-                None => return,
-            }
-        }
-    }
-}
-
-/// A WebSocket client of `/v1/ws`, reading one JSON object per text frame.
-pub struct WsClient {
-    pub socket: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    /// The server's close frame (code, reason), once one arrived.
-    pub close: Option<(u16, String)>,
-}
-
-impl WsClient {
-    pub async fn send_json(&mut self, message: Value) {
-        self.send(Message::text(message.to_string())).await;
-    }
-
-    pub async fn send(&mut self, message: Message) {
-        tokio::time::timeout(WAIT, self.socket.send(message))
-            .await
-            .expect("WebSocket send timed out")
-            .expect("WebSocket send failed");
-    }
-
-    /// The next frame of any kind, or `None` if the socket ended or nothing came in time.
-    pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Message> {
-        let frame = tokio::time::timeout(wait, self.socket.next())
-            .await
-            .ok()??;
-        let frame = frame.ok()?;
-        if let Message::Close(Some(close)) = &frame {
-            self.close = Some((close.code.into(), close.reason.to_string()));
-        }
-        Some(frame)
-    }
-
-    /// The next JSON message (protocol pings and pongs skipped), or `None` if the socket
-    /// closed (see [`WsClient::close`]) or nothing came within `wait`.
-    pub async fn next_json_within(&mut self, wait: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_frame_within(left).await? {
-                Message::Text(text) => {
-                    return Some(serde_json::from_str(&text).expect("server sent JSON"))
-                }
-                Message::Close(_) => return None,
-                _ => continue,
-            }
-        }
-    }
-
-    /// The next message that is not a `heartbeat`; panics unless it is of type `kind`.
-    pub async fn expect(&mut self, kind: &str) -> Value {
-        loop {
-            let message = self
-                .next_json_within(WAIT)
-                .await
-                .unwrap_or_else(|| panic!("no {kind:?} message; closed: {:?}", self.close));
-            if message["type"] == "heartbeat" && kind != "heartbeat" {
-                continue;
-            }
-            assert_eq!(message["type"], kind, "unexpected message: {message}");
-            return message;
-        }
-    }
-
-    /// Skips messages until one of type `kind` arrives (bounded by [`WAIT`]).
-    pub async fn next_of_type(&mut self, kind: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_json_within(left).await {
-                Some(message) if message["type"] == kind => return message,
-                Some(_) => continue,
-                None => panic!("no {kind:?} message; closed: {:?}", self.close),
-            }
-        }
-    }
-
-    /// Subscribes and waits for the confirmation; returns it.
-    pub async fn subscribe(&mut self, subscribe: Value) -> Value {
-        let mut message = subscribe;
-        message["type"] = "subscribe".into();
-        self.send_json(message).await;
-        self.next_of_type("subscription_confirmed").await
-    }
-
-    /// An app-level ping answered by a pong: the connection is usable.
-    pub async fn assert_usable(&mut self) {
-        self.send_json(serde_json::json!({"type": "ping"})).await;
-        self.expect("pong").await;
-    }
-
-    /// Reads (skipping everything else) until the server's close frame; its code and
-    /// reason, or `None` if the socket ended without one or nothing came within `wait`.
-    pub async fn close_within(&mut self, wait: Duration) -> Option<(u16, String)> {
-        let deadline = tokio::time::Instant::now() + wait;
-        while self.close.is_none() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.next_frame_within(left).await?;
-        }
-        self.close.clone()
-    }
-
-    /// Reads `resource_change` messages until every resource id in `expected` arrived
-    /// (bounded by [`WAIT`]); returns every change read, in order.
-    pub async fn changes_until_ids(&mut self, expected: &HashSet<String>) -> Vec<Value> {
-        let mut changes = Vec::new();
-        let mut received = HashSet::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !expected.is_subset(&received) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(message) = self.next_json_within(left).await else {
-                break;
-            };
-            if message["type"] == "resource_change" {
-                received.insert(change_id(&message));
-                changes.push(message);
-            }
-        }
-        changes
-    }
-
-    /// The resource ids of the `resource_change` messages read until every id in
-    /// `expected` arrived (bounded by [`WAIT`]).
-    pub async fn receive_ids(&mut self, expected: &HashSet<String>) -> HashSet<String> {
-        self.changes_until_ids(expected)
-            .await
-            .iter()
-            .map(change_id)
-            .collect()
-    }
-
-    /// Asserts that no `resource_change` arrives within `quiet`.
-    pub async fn assert_no_change_within(&mut self, quiet: Duration) {
-        let deadline = tokio::time::Instant::now() + quiet;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_json_within(left).await {
-                Some(message) if message["type"] == "resource_change" => {
-                    panic!("unexpected change: {message}")
-                }
-                Some(_) => continue,
-                None => return,
-            }
-        }
-    }
-}
-
-/// The resource id of a `resource_change` message.
-pub fn change_id(message: &Value) -> String {
-    message["resource"]["id"].as_str().unwrap_or("").to_owned()
-}
-
-/// `event:resource_id` — what "a change of a resource" means in set comparisons.
-pub fn resource_key(event: &SseEvent) -> String {
-    format!(
-        "{}:{}",
-        event.data["event"].as_str().unwrap_or(""),
-        event.data["resource"]["id"].as_str().unwrap_or("")
-    )
-}
-
 /// "Nothing lost": every written id was received; anything else received must be one of
 /// `earlier` (a resume may repeat changes the client already had, never invent others).
 pub fn assert_nothing_lost(
@@ -773,18 +455,4 @@ impl Role {
             .batch_execute(&format!("drop owned by {0}; drop role {0}", self.name))
             .await;
     }
-}
-
-/// The next `n` events with data (any name), bounded by [`WAIT`].
-pub async fn next_events(stream: &mut SseStream, n: usize) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while events.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match stream.next_within(left).await {
-            Some(event) => events.push(event),
-            None => panic!("got {} of {n} events: {events:?}", events.len()),
-        }
-    }
-    events
 }
