@@ -7,9 +7,6 @@
 //! PostgreSQL itself delivers — and (b) changecast SSE subscribers; then the time to
 //! deliver a burst of concurrent writes to every subscriber.
 
-#[path = "../tests/it/database.rs"]
-#[allow(dead_code)]
-mod database;
 #[path = "../tests/it/helpers/mod.rs"]
 #[allow(dead_code)]
 mod helpers;

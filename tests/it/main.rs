@@ -1,7 +1,6 @@
 //! One integration test binary: the service in-process over real HTTP, against a real
-//! PostgreSQL found by `database`.
+//! PostgreSQL found by `helpers::server()`.
 
-mod database;
 mod helpers;
 
 mod auth;

@@ -452,8 +452,8 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
         };
         let plan = young.explain_analyze(name, &arguments).await;
         check_plan(name, "planned on a young journal", &plan);
-        // A plan that looks expensive is compiled (JIT) on every run: 300 ms for a
-        // statement of 0.1 ms.
+        // A plan that looks expensive is compiled (JIT) on every run, which costs far
+        // more than running a statement this small.
         assert!(
             plan[0]["JIT"].is_null(),
             "{name} is compiled by JIT: {plan}"

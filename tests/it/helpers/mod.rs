@@ -1,7 +1,8 @@
-//! Test infrastructure, in one place for every test module: `spawn_app()` and friends
-//! (the service in-process on a free port over a fresh database, with methods named after
-//! what a user does), the one SSE client ([`sse`]) and the one WebSocket client ([`ws`]);
-//! for the fault tests, a cluster of the test's own ([`cluster`]), writers that keep going
+//! Test infrastructure, in one place for every test module: the PostgreSQL server the
+//! tests share ([`server`]); `spawn_app()` and friends (the service in-process on a free
+//! port over a fresh database, with methods named after what a user does); the one SSE
+//! client ([`sse`]) and the one WebSocket client ([`ws`]); and for the fault, flood and
+//! wake-up tests a cluster of the test's own ([`cluster`]), writers that keep going
 //! through outages ([`writers`]), subscribers that resume ([`followers`]), the service as
 //! a child process ([`process`]) and a seeded PRNG ([`rng`]).
 
@@ -20,6 +21,7 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 pub mod cluster;
+mod database;
 pub mod followers;
 pub mod process;
 pub mod rng;
@@ -27,7 +29,7 @@ mod sse;
 pub mod writers;
 mod ws;
 
-pub use crate::database::server;
+pub use database::server;
 pub use sse::*;
 pub use ws::*;
 
