@@ -243,7 +243,7 @@ async fn transaction_ids_going_backwards_resync_and_lose_no_new_change() {
 /// commits have used transaction ids past the ones the service had published. The
 /// tailer's `xmax` check (above) cannot tell: the ids did not go backwards from where it
 /// looks, yet commits of the new timeline reuse ids its snapshot — and every cursor —
-/// counts as seen, and are skipped silently. What must happen instead: subscribers
+/// counts as seen, and would be skipped silently. What must happen instead: subscribers
 /// holding cursors from the lost timeline are told to resync (`cursor_invalid`), before
 /// any change, live and on reconnect; every change after that arrives.
 ///
