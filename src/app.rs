@@ -20,6 +20,7 @@ use crate::journal::pruner::Pruner;
 use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
+use crate::resources::Catalog;
 use crate::secret::Secret;
 pub use crate::services::Services;
 use crate::snapshot_limits::SnapshotLimits;
@@ -41,6 +42,9 @@ pub struct App {
     monitoring: Option<TcpListener>,
     tailer: Arc<Tailer>,
     pruner: Arc<Pruner>,
+    shutdown: CancellationToken,
+    /// Every task the service spawns, so shutdown can wait for them.
+    tracker: TaskTracker,
 }
 
 impl App {
@@ -54,7 +58,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> anyhow::Result<App> {
         // Refused before anything else happens: a weak secret must not serve one request.
-        let auth = Authenticator::new(secret, config.token_rules.rules())?;
+        let auth = Arc::new(Authenticator::new(secret, config.token_rules.rules())?);
         let database_url = config
             .database_url
             .clone()
@@ -129,13 +133,9 @@ impl App {
         let services = Arc::new(Services {
             auth,
             config,
-            pool,
-            journal,
+            catalog: Arc::new(Catalog::new(pool, resource_types)),
             metrics,
             ready,
-            shutdown,
-            tracker,
-            resource_types: std::sync::Mutex::new(resource_types),
             subscriptions,
             activity,
             snapshots,
@@ -146,6 +146,8 @@ impl App {
             monitoring,
             tailer,
             pruner,
+            shutdown,
+            tracker,
         })
     }
 
@@ -176,8 +178,9 @@ impl App {
             monitoring,
             tailer,
             pruner,
+            shutdown,
+            tracker,
         } = self;
-        let shutdown = services.shutdown.clone();
         {
             let (run, token) = (tailer.clone(), shutdown.clone());
             let start = move || {
@@ -188,7 +191,14 @@ impl App {
             let on_failure = move || {
                 tailer.ready.send_replace(false);
             };
-            spawn_supervised(&services, "tailer", start, on_failure);
+            spawn_supervised(
+                &tracker,
+                &services.metrics,
+                &shutdown,
+                "tailer",
+                start,
+                on_failure,
+            );
         }
         {
             let token = shutdown.clone();
@@ -196,7 +206,14 @@ impl App {
                 let (pruner, shutdown) = (pruner.clone(), token.clone());
                 async move { pruner.run(shutdown).await }
             };
-            spawn_supervised(&services, "pruner", start, || {});
+            spawn_supervised(
+                &tracker,
+                &services.metrics,
+                &shutdown,
+                "pruner",
+                start,
+                || {},
+            );
         }
         let limits = ConnectionLimits {
             max_connections: services.config.max_connections,
@@ -205,7 +222,7 @@ impl App {
         };
         let server = server::serve(
             listener,
-            crate::http::routes(services.clone()),
+            crate::http::routes(&services),
             limits,
             shutdown.clone(),
         );
@@ -215,7 +232,7 @@ impl App {
                     max_connections: MONITORING_CONNECTIONS,
                     ..limits
                 };
-                let routes = crate::http::monitoring_routes(services.clone());
+                let routes = crate::http::monitoring_routes(&services);
                 server::serve(listener, routes, limits, shutdown.clone()).await;
             }
         };
@@ -227,8 +244,8 @@ impl App {
                 tracing::warn!("connections still open after the grace period; closing them");
             }
         }
-        services.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, services.tracker.wait())
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await
             .is_err()
         {
@@ -238,10 +255,12 @@ impl App {
     }
 }
 
-/// Runs a background task under supervision (see `supervise`) on the service's tracker
-/// until shutdown: `start` makes one run of it, `on_failure` reports its absence.
+/// Runs a background task under supervision (see `supervise`) on `tracker` until
+/// shutdown: `start` makes one run of it, `on_failure` reports its absence.
 fn spawn_supervised<F, Fut>(
-    services: &Services,
+    tracker: &TaskTracker,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
     task: &'static str,
     start: F,
     on_failure: impl Fn() + Send + 'static,
@@ -249,12 +268,12 @@ fn spawn_supervised<F, Fut>(
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    services.tracker.spawn(supervise(
+    tracker.spawn(supervise(
         task,
         start,
         on_failure,
-        services.metrics.task_restarts.with_label_values(&[task]),
-        services.tracker.clone(),
-        services.shutdown.clone(),
+        metrics.task_restarts.with_label_values(&[task]),
+        tracker.clone(),
+        shutdown.clone(),
     ));
 }
