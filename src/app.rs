@@ -181,6 +181,11 @@ impl App {
             shutdown,
             tracker,
         } = self;
+        let supervised = Supervised {
+            tracker: &tracker,
+            shutdown: &shutdown,
+            restarts: &services.metrics.task_restarts,
+        };
         {
             let (run, token) = (tailer.clone(), shutdown.clone());
             let start = move || {
@@ -191,14 +196,7 @@ impl App {
             let on_failure = move || {
                 tailer.ready.send_replace(false);
             };
-            spawn_supervised(
-                &tracker,
-                &services.metrics,
-                &shutdown,
-                "tailer",
-                start,
-                on_failure,
-            );
+            supervised.spawn("tailer", start, on_failure);
         }
         {
             let token = shutdown.clone();
@@ -206,14 +204,7 @@ impl App {
                 let (pruner, shutdown) = (pruner.clone(), token.clone());
                 async move { pruner.run(shutdown).await }
             };
-            spawn_supervised(
-                &tracker,
-                &services.metrics,
-                &shutdown,
-                "pruner",
-                start,
-                || {},
-            );
+            supervised.spawn("pruner", start, || {});
         }
         let limits = ConnectionLimits {
             max_connections: services.config.max_connections,
@@ -255,25 +246,29 @@ impl App {
     }
 }
 
-/// Runs a background task under supervision (see `supervise`) on `tracker` until
-/// shutdown: `start` makes one run of it, `on_failure` reports its absence.
-fn spawn_supervised<F, Fut>(
-    tracker: &TaskTracker,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-    task: &'static str,
-    start: F,
-    on_failure: impl Fn() + Send + 'static,
-) where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    tracker.spawn(supervise(
-        task,
-        start,
-        on_failure,
-        metrics.task_restarts.with_label_values(&[task]),
-        tracker.clone(),
-        shutdown.clone(),
-    ));
+/// Where background tasks run: on the service's tracker until shutdown, their restarts
+/// counted by task.
+struct Supervised<'a> {
+    tracker: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+    restarts: &'a prometheus::IntCounterVec,
+}
+
+impl Supervised<'_> {
+    /// Runs a background task under supervision (see `supervise`): `start` makes one run
+    /// of it, `on_failure` reports its absence.
+    fn spawn<F, Fut>(&self, task: &'static str, start: F, on_failure: impl Fn() + Send + 'static)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(supervise(
+            task,
+            start,
+            on_failure,
+            self.restarts.with_label_values(&[task]),
+            self.tracker.clone(),
+            self.shutdown.clone(),
+        ));
+    }
 }

@@ -1,5 +1,6 @@
-//! The HTTP surface: one function per route, `.or()`-ed, one JSON `recover`.
-//! Transports here only format; `subscription` decides what a subscriber gets.
+//! The HTTP surface: one function per route, `.or()`-ed, one JSON `recover`; each
+//! handler is given only what it uses. Transports here only frame (`stream` does what
+//! they all do alike); `subscription` decides what a subscriber gets.
 
 mod dashboard;
 mod error;
@@ -30,7 +31,7 @@ use stream::Streams;
 pub use error::ApiError;
 pub use request::{EVENTS_PARAMS, SNAPSHOT_PARAMS, STATS_PARAMS, WS_PARAMS};
 
-/// The service's routes; each handler is given only what it uses.
+/// The service's routes.
 pub fn routes(services: &Services) -> BoxedFilter<(Response,)> {
     let (auth, catalog, activity) = (&services.auth, &services.catalog, &services.activity);
     let subscriptions = &services.subscriptions;

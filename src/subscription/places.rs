@@ -159,10 +159,6 @@ impl Place {
             transport,
         })
     }
-
-    pub fn transport(&self) -> Transport {
-        self.transport
-    }
 }
 
 impl Drop for Place {
