@@ -20,6 +20,7 @@ use crate::journal::pruner::Pruner;
 use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
+use crate::resources::Catalog;
 use crate::secret::Secret;
 pub use crate::services::Services;
 use crate::snapshot_limits::SnapshotLimits;
@@ -41,6 +42,9 @@ pub struct App {
     monitoring: Option<TcpListener>,
     tailer: Arc<Tailer>,
     pruner: Arc<Pruner>,
+    shutdown: CancellationToken,
+    /// Every task the service spawns, so shutdown can wait for them.
+    tracker: TaskTracker,
 }
 
 impl App {
@@ -54,7 +58,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> anyhow::Result<App> {
         // Refused before anything else happens: a weak secret must not serve one request.
-        let auth = Authenticator::new(secret, config.token_rules.rules())?;
+        let auth = Arc::new(Authenticator::new(secret, config.token_rules.rules())?);
         let database_url = config
             .database_url
             .clone()
@@ -129,13 +133,9 @@ impl App {
         let services = Arc::new(Services {
             auth,
             config,
-            pool,
-            journal,
+            catalog: Arc::new(Catalog::new(pool, resource_types)),
             metrics,
             ready,
-            shutdown,
-            tracker,
-            resource_types: std::sync::Mutex::new(resource_types),
             subscriptions,
             activity,
             snapshots,
@@ -146,6 +146,8 @@ impl App {
             monitoring,
             tailer,
             pruner,
+            shutdown,
+            tracker,
         })
     }
 
@@ -176,8 +178,14 @@ impl App {
             monitoring,
             tailer,
             pruner,
+            shutdown,
+            tracker,
         } = self;
-        let shutdown = services.shutdown.clone();
+        let supervised = Supervised {
+            tracker: &tracker,
+            shutdown: &shutdown,
+            restarts: &services.metrics.task_restarts,
+        };
         {
             let (run, token) = (tailer.clone(), shutdown.clone());
             let start = move || {
@@ -188,7 +196,7 @@ impl App {
             let on_failure = move || {
                 tailer.ready.send_replace(false);
             };
-            spawn_supervised(&services, "tailer", start, on_failure);
+            supervised.spawn("tailer", start, on_failure);
         }
         {
             let token = shutdown.clone();
@@ -196,7 +204,7 @@ impl App {
                 let (pruner, shutdown) = (pruner.clone(), token.clone());
                 async move { pruner.run(shutdown).await }
             };
-            spawn_supervised(&services, "pruner", start, || {});
+            supervised.spawn("pruner", start, || {});
         }
         let limits = ConnectionLimits {
             max_connections: services.config.max_connections,
@@ -205,7 +213,7 @@ impl App {
         };
         let server = server::serve(
             listener,
-            crate::http::routes(services.clone()),
+            crate::http::routes(&services),
             limits,
             shutdown.clone(),
         );
@@ -215,7 +223,7 @@ impl App {
                     max_connections: MONITORING_CONNECTIONS,
                     ..limits
                 };
-                let routes = crate::http::monitoring_routes(services.clone());
+                let routes = crate::http::monitoring_routes(&services);
                 server::serve(listener, routes, limits, shutdown.clone()).await;
             }
         };
@@ -227,8 +235,8 @@ impl App {
                 tracing::warn!("connections still open after the grace period; closing them");
             }
         }
-        services.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, services.tracker.wait())
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await
             .is_err()
         {
@@ -238,23 +246,29 @@ impl App {
     }
 }
 
-/// Runs a background task under supervision (see `supervise`) on the service's tracker
-/// until shutdown: `start` makes one run of it, `on_failure` reports its absence.
-fn spawn_supervised<F, Fut>(
-    services: &Services,
-    task: &'static str,
-    start: F,
-    on_failure: impl Fn() + Send + 'static,
-) where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    services.tracker.spawn(supervise(
-        task,
-        start,
-        on_failure,
-        services.metrics.task_restarts.with_label_values(&[task]),
-        services.tracker.clone(),
-        services.shutdown.clone(),
-    ));
+/// Where background tasks run: on the service's tracker until shutdown, their restarts
+/// counted by task.
+struct Supervised<'a> {
+    tracker: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+    restarts: &'a prometheus::IntCounterVec,
+}
+
+impl Supervised<'_> {
+    /// Runs a background task under supervision (see `supervise`): `start` makes one run
+    /// of it, `on_failure` reports its absence.
+    fn spawn<F, Fut>(&self, task: &'static str, start: F, on_failure: impl Fn() + Send + 'static)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(supervise(
+            task,
+            start,
+            on_failure,
+            self.restarts.with_label_values(&[task]),
+            self.tracker.clone(),
+            self.shutdown.clone(),
+        ));
+    }
 }

@@ -32,7 +32,7 @@ pub mod tenant;
 pub mod metrics;
 /// Command line and environment.
 pub mod config;
-/// What request handlers share.
+/// What the HTTP surface is built from.
 pub mod services;
 /// Building and running the whole service.
 pub mod app;

@@ -1,4 +1,6 @@
-//! Every Prometheus series of the service, registered at start so all names appear at 0.
+//! Every Prometheus series of the service, registered at start so all names appear at 0
+//! (those labelled by transport as soon as the transports are set up, see
+//! [`Metrics::transport`]).
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -7,7 +9,7 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
-    /// Connected subscribers, by `transport` (`sse`, `ws`).
+    /// Connected subscribers, by `transport`.
     pub subscribers: IntGaugeVec,
     /// Changes the tailer read from the journal.
     pub events_received: IntCounter,
@@ -194,10 +196,6 @@ impl Metrics {
                 .register(collector)
                 .expect("BUG: duplicate metric");
         }
-        for transport in ["sse", "ws"] {
-            metrics.subscribers.with_label_values(&[transport]);
-            metrics.events_delivered.with_label_values(&[transport]);
-        }
         for task in ["tailer", "pruner"] {
             metrics.task_restarts.with_label_values(&[task]);
         }
@@ -220,19 +218,24 @@ impl Default for Metrics {
     }
 }
 
-/// Counts one connected subscriber of a transport for as long as it lives.
-pub struct SubscriberGauge(prometheus::IntGauge);
-
-impl SubscriberGauge {
-    pub fn new(metrics: &Metrics, transport: &str) -> Self {
-        let gauge = metrics.subscribers.with_label_values(&[transport]);
-        gauge.inc();
-        SubscriberGauge(gauge)
-    }
+/// One transport's part of the series, its labelled children looked up once.
+#[derive(Clone)]
+pub struct TransportSeries {
+    /// Its connected subscribers.
+    pub subscribers: IntGauge,
+    /// Changes it wrote.
+    pub delivered: IntCounter,
+    /// The service-wide delivery latency, which every transport's writes add to.
+    pub delivery_latency: Histogram,
 }
 
-impl Drop for SubscriberGauge {
-    fn drop(&mut self) {
-        self.0.dec();
+impl Metrics {
+    /// The series of the transport labelled `label`, which appear (at 0) from this call on.
+    pub fn transport(&self, label: &str) -> TransportSeries {
+        TransportSeries {
+            subscribers: self.subscribers.with_label_values(&[label]),
+            delivered: self.events_delivered.with_label_values(&[label]),
+            delivery_latency: self.delivery_latency.clone(),
+        }
     }
 }

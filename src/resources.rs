@@ -1,5 +1,8 @@
-//! The watched tables themselves: which resource types exist, and the consistent
-//! "current rows + cursor" read behind `/v1/snapshot`.
+//! The watched tables themselves: which resource types exist ([`Catalog`]), and the
+//! consistent "current rows + cursor" read behind `/v1/snapshot`.
+
+use std::sync::Mutex;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -7,6 +10,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Transaction}
 
 use crate::journal::{snapshot_cursor, DbResult, Journal, PgSnapshot};
 use crate::selection::{Row, Selection};
+use crate::sync::lock;
 use crate::tenant::TenantId;
 
 /// A watched table, its identifiers already quoted for SQL by PostgreSQL.
@@ -59,6 +63,59 @@ pub async fn resource_types(client: &impl GenericClient) -> DbResult<Vec<String>
         .into_iter()
         .map(|t| t.resource_type)
         .collect())
+}
+
+/// How long a lookup of the watched types waits for the database before the last list
+/// read is used.
+const TYPES_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The resource types subscribers may ask for: read afresh each time, the last list kept
+/// for when the database does not answer.
+pub struct Catalog {
+    pool: deadpool_postgres::Pool,
+    last_read: Mutex<Vec<String>>,
+}
+
+impl Catalog {
+    /// A catalog reading through `pool`, `types` being the list read last.
+    pub fn new(pool: deadpool_postgres::Pool, types: Vec<String>) -> Self {
+        Catalog {
+            pool,
+            last_read: Mutex::new(types),
+        }
+    }
+
+    /// The watched types, read afresh (a table watched a moment ago counts at once).
+    /// While the database does not answer, the last list read is used, so subscribers
+    /// can still connect (an HTTP error would stop an EventSource for good); their
+    /// streams catch up once the database is back.
+    pub async fn types(&self) -> Vec<String> {
+        let lookup = async {
+            let client = self.pool.get().await.map_err(|e| format!("{e:?}"))?;
+            resource_types(&**client)
+                .await
+                .map_err(|e| format!("{e:?}"))
+        };
+        match tokio::time::timeout(TYPES_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(types)) => {
+                lock(&self.last_read).clone_from(&types);
+                types
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading the watched types failed; using the last list");
+                self.last_read()
+            }
+            Err(_) => {
+                tracing::warn!("reading the watched types timed out; using the last list");
+                self.last_read()
+            }
+        }
+    }
+
+    /// The watched types as last read, without asking the database.
+    pub fn last_read(&self) -> Vec<String> {
+        lock(&self.last_read).clone()
+    }
 }
 
 /// What a snapshot hands on, in order: each resource type's name followed by its rows'

@@ -72,11 +72,8 @@ pub struct Report {
     pub server_time: String,
 }
 
-#[derive(Serialize)]
-pub struct Subscribers {
-    pub sse: usize,
-    pub ws: usize,
-}
+/// Connected subscribers by transport label (`{"sse": 3, "ws": 1}`).
+pub type Subscribers = BTreeMap<&'static str, usize>;
 
 impl Activity {
     /// Counts a page of published entries (row changes and application events).

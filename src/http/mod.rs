@@ -1,5 +1,6 @@
-//! The HTTP surface: one function per route, `.or()`-ed, one JSON `recover`.
-//! Transports here only format; `subscription` decides what a subscriber gets.
+//! The HTTP surface: one function per route, `.or()`-ed, one JSON `recover`; each
+//! handler is given only what it uses. Transports here only frame (`stream` does what
+//! they all do alike); `subscription` decides what a subscriber gets.
 
 mod dashboard;
 mod error;
@@ -9,6 +10,7 @@ pub mod server;
 mod snapshot;
 mod sse;
 mod stats;
+mod stream;
 mod upgrade;
 pub(crate) mod ws;
 
@@ -19,20 +21,40 @@ use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::Filter;
 
+use crate::auth::Authenticator;
+use crate::resources::Catalog;
 use crate::services::Services;
+use crate::stats::Activity;
+use snapshot::Snapshots;
+use stream::Streams;
 
 pub use error::ApiError;
 pub use request::{EVENTS_PARAMS, SNAPSHOT_PARAMS, STATS_PARAMS, WS_PARAMS};
 
-pub fn routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
-    let routes = events(services.clone())
-        .or(ws(services.clone()))
+/// The service's routes.
+pub fn routes(services: &Services) -> BoxedFilter<(Response,)> {
+    let (auth, catalog, activity) = (&services.auth, &services.catalog, &services.activity);
+    let subscriptions = &services.subscriptions;
+    let streams = Arc::new(Streams::new(
+        subscriptions.clone(),
+        &services.metrics,
+        services.config.keepalive,
+    ));
+    let snapshots = Arc::new(Snapshots {
+        limits: services.snapshots.clone(),
+        journal: subscriptions.journal.clone(),
+        pool: subscriptions.pool.clone(),
+        timeout: services.config.snapshot_timeout,
+        shutdown: subscriptions.shutdown.clone(),
+    });
+    let routes = events(auth, catalog, &streams)
+        .or(ws(auth, catalog, &streams, activity))
         .unify()
-        .or(snapshot(services.clone()))
+        .or(snapshot(auth, catalog, &snapshots))
         .unify()
-        .or(stats(services.clone()))
+        .or(stats(auth, activity, &streams))
         .unify()
-        .or(ops(services.clone()))
+        .or(ops(services))
         .unify()
         .or(dashboard())
         .unify()
@@ -64,46 +86,74 @@ fn request_parts(
     warp::header::headers_cloned().and(query)
 }
 
-fn with(
-    services: Arc<Services>,
-) -> impl Filter<Extract = (Arc<Services>,), Error = std::convert::Infallible> + Clone {
-    warp::any().map(move || services.clone())
+/// Hands a handler its share of `value`.
+fn with<T: Send + Sync + ?Sized>(
+    value: &Arc<T>,
+) -> impl Filter<Extract = (Arc<T>,), Error = std::convert::Infallible> + Clone {
+    let value = value.clone();
+    warp::any().map(move || value.clone())
 }
 
-fn events(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn events(
+    auth: &Arc<Authenticator>,
+    catalog: &Arc<Catalog>,
+    streams: &Arc<Streams>,
+) -> BoxedFilter<(Response,)> {
     warp::path!("v1" / "events")
         .and(warp::get())
-        .and(with(services))
+        .and(with(auth))
+        .and(with(catalog))
+        .and(with(streams))
         .and(request_parts())
         .then(sse::handle)
         .boxed()
 }
 
-fn ws(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn ws(
+    auth: &Arc<Authenticator>,
+    catalog: &Arc<Catalog>,
+    streams: &Arc<Streams>,
+    activity: &Arc<Activity>,
+) -> BoxedFilter<(Response,)> {
     // Not an upgrade request: still authenticated first, then refused with 426.
     let upgrade = upgrade::upgrade_request();
     warp::path!("v1" / "ws")
         .and(warp::get())
-        .and(with(services))
+        .and(with(auth))
+        .and(with(catalog))
+        .and(with(streams))
+        .and(with(activity))
         .and(upgrade)
         .and(request_parts())
         .map(ws::handle)
         .boxed()
 }
 
-fn snapshot(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn snapshot(
+    auth: &Arc<Authenticator>,
+    catalog: &Arc<Catalog>,
+    snapshots: &Arc<Snapshots>,
+) -> BoxedFilter<(Response,)> {
     warp::path!("v1" / "snapshot")
         .and(warp::get())
-        .and(with(services))
+        .and(with(auth))
+        .and(with(catalog))
+        .and(with(snapshots))
         .and(request_parts())
         .then(snapshot::handle)
         .boxed()
 }
 
-fn stats(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn stats(
+    auth: &Arc<Authenticator>,
+    activity: &Arc<Activity>,
+    streams: &Arc<Streams>,
+) -> BoxedFilter<(Response,)> {
     warp::path!("v1" / "stats")
         .and(warp::get())
-        .and(with(services))
+        .and(with(auth))
+        .and(with(activity))
+        .and(with(streams))
         .and(request_parts())
         .map(stats::handle)
         .boxed()
@@ -111,24 +161,28 @@ fn stats(services: Arc<Services>) -> BoxedFilter<(Response,)> {
 
 /// The routes of `CHANGECAST_METRICS_LISTEN`: what a monitoring system and an
 /// orchestrator's probes ask, and nothing a subscriber uses.
-pub fn monitoring_routes(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+pub fn monitoring_routes(services: &Services) -> BoxedFilter<(Response,)> {
     warp::get()
-        .and(health(services.clone()).or(metrics(services)).unify())
+        .and(health(services).or(metrics(services)).unify())
         .recover(error::handle_rejection)
         .unify()
         .boxed()
 }
 
-fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn ops(services: &Services) -> BoxedFilter<(Response,)> {
     let openapi = warp::path!("openapi.json")
-        .and(with(services.clone()))
+        .and(with(&services.auth))
+        .and(with(&services.catalog))
         .and(request_parts())
         .map(
-            |s: Arc<Services>, headers: HeaderMap, query: Option<String>| {
-                ops::openapi(&s, &headers, query.as_deref())
+            |auth: Arc<Authenticator>,
+             catalog: Arc<Catalog>,
+             headers: HeaderMap,
+             query: Option<String>| {
+                ops::openapi(&auth, &catalog, &headers, query.as_deref())
             },
         );
-    let routes = health(services.clone()).or(openapi).unify();
+    let routes = health(services).or(openapi).unify();
     // With a monitoring address of its own, `/metrics` is not served here at all.
     let routes = if services.config.metrics_listen.is_none() {
         routes.or(metrics(services)).unify().boxed()
@@ -138,18 +192,17 @@ fn ops(services: Arc<Services>) -> BoxedFilter<(Response,)> {
     warp::get().and(routes).boxed()
 }
 
-fn health(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn health(services: &Services) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz").map(ops::healthz);
-    let readyz = warp::path!("readyz")
-        .and(with(services))
-        .map(|s: Arc<Services>| ops::readyz(&s));
+    let ready = services.ready.clone();
+    let readyz = warp::path!("readyz").map(move || ops::readyz(&ready));
     healthz.or(readyz).unify().boxed()
 }
 
-fn metrics(services: Arc<Services>) -> BoxedFilter<(Response,)> {
+fn metrics(services: &Services) -> BoxedFilter<(Response,)> {
+    let metrics = services.metrics.clone();
     warp::path!("metrics")
-        .and(with(services))
-        .map(|s: Arc<Services>| ops::metrics(&s))
+        .map(move || ops::metrics(&metrics))
         .boxed()
 }
 

@@ -1,13 +1,13 @@
 //! Operator endpoints: liveness, readiness, Prometheus metrics.
 
-use std::sync::Arc;
-
+use tokio::sync::watch;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use super::request::{self, Params};
-use crate::services::Services;
-use crate::sync::lock;
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::resources::Catalog;
 
 pub fn healthz() -> Response {
     warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()
@@ -15,8 +15,8 @@ pub fn healthz() -> Response {
 
 /// 200 only while the listener is connected and caught up (so not while the tailer is
 /// being restarted after a failure).
-pub fn readyz(services: &Arc<Services>) -> Response {
-    if *services.ready.borrow() {
+pub fn readyz(ready: &watch::Receiver<bool>) -> Response {
+    if *ready.borrow() {
         warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
     } else {
         let body = warp::reply::json(&serde_json::json!({
@@ -27,9 +27,9 @@ pub fn readyz(services: &Arc<Services>) -> Response {
     }
 }
 
-pub fn metrics(services: &Arc<Services>) -> Response {
+pub fn metrics(metrics: &Metrics) -> Response {
     warp::reply::with_header(
-        services.metrics.render(),
+        metrics.render(),
         "content-type",
         "text/plain; version=0.0.4; charset=utf-8",
     )
@@ -43,14 +43,19 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// resource types watched right now (as last read), so a client generated from it sends
 /// only types that exist; without one, the names of the watched tables' types are not
 /// given away.
-pub fn openapi(services: &Arc<Services>, headers: &HeaderMap, query: Option<&str>) -> Response {
+pub fn openapi(
+    auth: &Authenticator,
+    catalog: &Catalog,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response {
     let mut spec: serde_json::Value =
         serde_json::from_str(OPENAPI_JSON).expect("BUG: openapi.json is JSON");
     let authenticated = Params::parse(query)
         .ok()
-        .is_some_and(|params| request::authenticate(services, headers, &params).is_ok());
+        .is_some_and(|params| request::authenticate(auth, headers, &params).is_ok());
     if authenticated {
-        let types = lock(&services.resource_types).join("|");
+        let types = catalog.last_read().join("|");
         let one = format!("({types})");
         spec["components"]["parameters"]["types"]["schema"]["pattern"] =
             format!("^({one}(,{one})*)?$").into();

@@ -4,16 +4,13 @@
 use warp::http::HeaderMap;
 
 use super::error::ApiError;
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 use crate::journal::EventKind;
+use crate::resources::Catalog;
 use crate::selection::{RowFilter, Selection, TopicPattern, MAX_ROW_FILTERS};
-use crate::services::Services;
-use crate::sync::lock;
 
 /// Longest query string accepted; a URL past this is abuse or a mistake.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
-/// How long a request waits for the list of watched types before using the last one.
-const TYPES_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most entries in one `types`, `events`, `topics` or `ids` list.
 pub const MAX_FILTER_ENTRIES: usize = 64;
 
@@ -137,7 +134,7 @@ pub struct RawSelection<'a> {
 
 /// The bearer token: the `Authorization` header wins over `access_token`.
 pub fn authenticate(
-    services: &Services,
+    auth: &Authenticator,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Identity, ApiError> {
@@ -163,7 +160,7 @@ pub fn authenticate(
         .or_else(|| params.access_token.clone())
         .filter(|t| !t.is_empty());
     let token = token.ok_or(crate::auth::AuthError::Missing)?;
-    Ok(services.auth.verify(&token)?)
+    Ok(auth.verify(&token)?)
 }
 
 /// The items of a query parameter's comma-separated list (`types=ticket,agent`).
@@ -246,8 +243,8 @@ pub fn event_kinds<'a>(
 
 /// The subscriber's selection, whichever transport it came in: the one validation
 /// SSE's query, the snapshot's and WebSocket's `subscribe` share. Resource types are
-/// checked against the database, after everything that needs no round trip.
-pub async fn selection(services: &Services, raw: RawSelection<'_>) -> Result<Selection, ApiError> {
+/// checked against the watched types, after everything that needs no round trip.
+pub async fn selection(catalog: &Catalog, raw: RawSelection<'_>) -> Result<Selection, ApiError> {
     let events = event_kinds(raw.events)?;
     let topics = list(raw.topics, "topics")?
         .map(|topics| {
@@ -262,7 +259,7 @@ pub async fn selection(services: &Services, raw: RawSelection<'_>) -> Result<Sel
     let ids = list(raw.ids, "ids")?;
     let types = list(raw.types, "types")?;
     let types = if types.is_some() {
-        known_only(types, &known_types(services).await?)?
+        known_only(types, &catalog.types().await)?
     } else {
         None
     };
@@ -286,33 +283,6 @@ pub fn row_filters(raw: Vec<&str>) -> Result<Vec<crate::selection::RowFilter>, A
         .map(RowFilter::parse)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|message| ApiError::bad_request("invalid_filter", message))
-}
-
-/// The resource types subscribers may ask for, read afresh (a table watched a moment ago
-/// counts at once). While the database does not answer, the last list read is used, so
-/// subscribers can still connect (an HTTP error would stop an EventSource for good);
-/// their streams catch up once the database is back.
-pub async fn known_types(services: &Services) -> Result<Vec<String>, ApiError> {
-    let lookup = async {
-        let client = services.pool.get().await.map_err(|e| format!("{e:?}"))?;
-        crate::resources::resource_types(&**client)
-            .await
-            .map_err(|e| format!("{e:?}"))
-    };
-    match tokio::time::timeout(TYPES_LOOKUP_TIMEOUT, lookup).await {
-        Ok(Ok(types)) => {
-            *lock(&services.resource_types) = types.clone();
-            Ok(types)
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "reading the watched types failed; using the last list");
-            Ok(lock(&services.resource_types).clone())
-        }
-        Err(_) => {
-            tracing::warn!("reading the watched types timed out; using the last list");
-            Ok(lock(&services.resource_types).clone())
-        }
-    }
 }
 
 #[cfg(test)]

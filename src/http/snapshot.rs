@@ -14,15 +14,17 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use warp::http::HeaderMap;
 use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
+use crate::auth::Authenticator;
 use crate::journal::{DbResult, Journal};
-use crate::resources::{self, SnapshotPart};
+use crate::resources::{self, Catalog, SnapshotPart};
 use crate::selection::Selection;
-use crate::services::Services;
+use crate::snapshot_limits::SnapshotLimits;
 use crate::tenant::TenantId;
 
 const DEFAULT_LIMIT: usize = 1000;
@@ -36,21 +38,38 @@ const WAIT_FOR_A_PLACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a snapshot read that is no longer wanted may take to stop once cancelled.
 const STOP_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What snapshots are read with.
+pub struct Snapshots {
+    /// Snapshots in progress, against their limits.
+    pub limits: Arc<SnapshotLimits>,
+    /// Mints each snapshot's cursor.
+    pub journal: Arc<Journal>,
+    pub pool: deadpool_postgres::Pool,
+    /// How long a snapshot's read may take (`CHANGECAST_SNAPSHOT_TIMEOUT`).
+    pub timeout: std::time::Duration,
+    /// Cancelled when the service shuts down: reads in progress stop.
+    pub shutdown: CancellationToken,
+}
+
 pub async fn handle(
-    services: Arc<Services>,
+    auth: Arc<Authenticator>,
+    catalog: Arc<Catalog>,
+    snapshots: Arc<Snapshots>,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
-    super::error::respond(start(services, headers, query).await)
+    super::error::respond(start(&auth, &catalog, &snapshots, headers, query).await)
 }
 
 async fn start(
-    services: Arc<Services>,
+    auth: &Authenticator,
+    catalog: &Catalog,
+    snapshots: &Snapshots,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query.as_deref(), request::SNAPSHOT_PARAMS)?;
-    let identity = request::authenticate(&services, &headers, &params)?;
+    let identity = request::authenticate(auth, &headers, &params)?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(text) => match text.parse::<usize>() {
@@ -63,23 +82,23 @@ async fn start(
             }
         },
     };
-    let mut selection = request::selection(&services, params.selection()).await?;
+    let mut selection = request::selection(catalog, params.selection()).await?;
     let types = match selection.types.take() {
         Some(types) => types,
-        None => request::known_types(&services).await?,
+        None => catalog.types().await,
     };
-    let permit = services
-        .snapshots
+    let permit = snapshots
+        .limits
         .admit_within(&identity.tenant, WAIT_FOR_A_PLACE)
         .await?;
-    let client = services.pool.get().await.map_err(ApiError::unavailable)?;
+    let client = snapshots.pool.get().await.map_err(ApiError::unavailable)?;
     let cancel = client.cancel_token();
     let stopping = Arc::new(AtomicBool::new(false));
     let (begun_tx, begun) = oneshot::channel();
     let (parts_tx, parts) = mpsc::channel(ROWS_AHEAD);
     let reader = read(
         client,
-        services.journal.clone(),
+        snapshots.journal.clone(),
         identity.tenant.clone(),
         types,
         selection,
@@ -88,8 +107,8 @@ async fn start(
         begun_tx,
         parts_tx,
     );
-    let deadline = services.config.snapshot_timeout;
-    let shutdown = services.shutdown.clone();
+    let deadline = snapshots.timeout;
+    let shutdown = snapshots.shutdown.clone();
     // The permit goes with the reader: the snapshot counts as in progress for as long as
     // the database works on it, not only while its client listens.
     tokio::spawn(async move {

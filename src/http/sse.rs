@@ -8,15 +8,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
-use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio::time::Interval;
 use warp::http::HeaderMap;
 use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::request::{self, Params};
-use crate::metrics::SubscriberGauge;
-use crate::services::Services;
-use crate::subscription::{self, Opened, Outbound, Transport};
+use super::stream::{Connection, Streams};
+use crate::auth::Authenticator;
+use crate::resources::Catalog;
+use crate::subscription::{Opened, Outbound, Transport};
 
 /// How long an EventSource waits before reconnecting.
 pub(super) const RETRY_MS: u64 = 2000;
@@ -25,21 +26,25 @@ const RETRY_AFTER_SHUTDOWN_MS: u64 = 500;
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
 
 pub async fn handle(
-    services: Arc<Services>,
+    auth: Arc<Authenticator>,
+    catalog: Arc<Catalog>,
+    streams: Arc<Streams>,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
-    super::error::respond(open(services, headers, query).await)
+    super::error::respond(open(&auth, &catalog, streams, headers, query).await)
 }
 
 async fn open(
-    services: Arc<Services>,
+    auth: &Authenticator,
+    catalog: &Catalog,
+    streams: Arc<Streams>,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query.as_deref(), request::EVENTS_PARAMS)?;
-    let identity = request::authenticate(&services, &headers, &params)?;
-    let selection = request::selection(&services, params.selection()).await?;
+    let identity = request::authenticate(auth, &headers, &params)?;
+    let selection = request::selection(catalog, params.selection()).await?;
     // The header wins over the query parameter, as in API.md §5.
     let resume = headers
         .get("last-event-id")
@@ -47,12 +52,12 @@ async fn open(
         .map(str::to_owned)
         .or(params.last_event_id)
         .filter(|c| !c.trim().is_empty());
-    let _span =
-        tracing::info_span!("subscriber", transport = "sse", tenant = %identity.tenant).entered();
     let resumed = resume.is_some();
-    let subscriptions = &services.subscriptions;
-    let place = subscription::Place::take(&subscriptions.places, &identity.tenant, Transport::Sse)?;
-    let opened = subscription::open(subscriptions, &identity, selection, resume);
+    let connection = streams.connect(&identity.tenant, Transport::Sse)?;
+    let opened = {
+        let _span = connection.span().enter();
+        streams.open(&identity, selection, resume)
+    };
     // A fresh stream's first bytes set the EventSource's last event id to where live
     // delivery starts (an `id:` without data dispatches nothing), so a reconnect before
     // the first change still resumes from here.
@@ -61,19 +66,13 @@ async fn open(
     } else {
         format!("retry: {RETRY_MS}\nid: {}\n\n", opened.start)
     };
-    let keepalive = services.config.keepalive;
     let body = SseBody {
         preamble: Some(Bytes::from(preamble)),
         subscription: opened,
-        keepalive: {
-            let mut tick = interval_at(Instant::now() + keepalive, keepalive);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            tick
-        },
+        keepalive: streams.keepalive(),
         finished: false,
-        _place: place,
-        _gauge: SubscriberGauge::new(&services.metrics, "sse"),
-        services: services.clone(),
+        connection,
+        streams,
     };
     Ok(event_stream(body))
 }
@@ -101,11 +100,9 @@ struct SseBody {
     subscription: Opened,
     keepalive: Interval,
     finished: bool,
-    /// Counted against the subscriber limits until the client is gone.
-    _place: subscription::Place,
-    /// Counts this stream as a connected subscriber until the client is gone.
-    _gauge: SubscriberGauge,
-    services: Arc<Services>,
+    /// Counted against the limits and in the series until the client is gone.
+    connection: Connection,
+    streams: Arc<Streams>,
 }
 
 #[derive(Serialize)]
@@ -143,15 +140,7 @@ impl Stream for SseBody {
         }
         let frame = match self.subscription.outbound.poll_recv(cx) {
             Poll::Ready(Some(Outbound::Event(delivery))) => {
-                self.services
-                    .metrics
-                    .events_delivered
-                    .with_label_values(&["sse"])
-                    .inc();
-                self.services
-                    .metrics
-                    .delivery_latency
-                    .observe(delivery.known_since().elapsed().as_secs_f64());
+                self.connection.delivered(&delivery);
                 delivery.frame().sse.clone()
             }
             Poll::Ready(Some(Outbound::Resync(resync))) => {
@@ -163,7 +152,7 @@ impl Stream for SseBody {
             }
             // The service is shutting down: say so, then end. EventSource reconnects by
             // itself after `retry`; other clients learn to reconnect (elsewhere) now.
-            Poll::Ready(None) if self.services.shutdown.is_cancelled() => {
+            Poll::Ready(None) if self.streams.shutdown().is_cancelled() => {
                 self.finished = true;
                 let mut frame = format!("retry: {RETRY_AFTER_SHUTDOWN_MS}\n").into_bytes();
                 frame.extend_from_slice(&control_frame("reconnect", Some("shutdown"), None));

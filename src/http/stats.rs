@@ -14,31 +14,44 @@ use warp::reply::{Reply, Response};
 use super::error::ApiError;
 use super::request::{self, Params};
 use super::sse::{control_frame, event_stream, RETRY_MS};
-use crate::services::Services;
-use crate::stats::{Report, Subscribers};
-use crate::subscription::{Place, Transport};
+use super::stream::Streams;
+use crate::auth::Authenticator;
+use crate::stats::{Activity, Report};
+use crate::subscription::Transport;
 use crate::tenant::TenantId;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
-pub fn report(services: &Services, tenant: &TenantId) -> Report {
-    let (sse, ws) = services.subscriptions.places.connected(tenant);
-    services.activity.report(tenant, Subscribers { sse, ws })
+/// `tenant`'s report: its recent activity and its connected subscribers per transport.
+pub fn report(activity: &Activity, streams: &Streams, tenant: &TenantId) -> Report {
+    let connected = streams.connected(tenant);
+    let subscribers = Transport::delivering()
+        .map(|transport| (transport.label(), connected[transport]))
+        .collect();
+    activity.report(tenant, subscribers)
 }
 
-pub fn handle(services: Arc<Services>, headers: HeaderMap, query: Option<String>) -> Response {
-    super::error::respond(answer(services, &headers, query.as_deref()))
+pub fn handle(
+    auth: Arc<Authenticator>,
+    activity: Arc<Activity>,
+    streams: Arc<Streams>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Response {
+    super::error::respond(answer(&auth, activity, streams, &headers, query.as_deref()))
 }
 
 fn answer(
-    services: Arc<Services>,
+    auth: &Authenticator,
+    activity: Arc<Activity>,
+    streams: Arc<Streams>,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query, request::STATS_PARAMS)?;
-    let identity = request::authenticate(&services, headers, &params)?;
+    let identity = request::authenticate(auth, headers, &params)?;
     let interval = match params.interval.as_deref() {
         None => DEFAULT_INTERVAL,
         Some(text) => text
@@ -59,42 +72,39 @@ fn answer(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
     if !wants_stream {
-        return Ok(warp::reply::json(&report(&services, &identity.tenant)).into_response());
+        let report = report(&activity, &streams, &identity.tenant);
+        return Ok(warp::reply::json(&report).into_response());
     }
-    let place = Place::take(
-        &services.subscriptions.places,
-        &identity.tenant,
-        Transport::Stats,
-    )?;
+    let connection = streams.connect(&identity.tenant, Transport::Stats)?;
     let expires = identity.expiry();
     let tenant = identity.tenant;
     let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
     // One frame per tick (`next`: when the next is due); the stream ends after
     // `auth_expired` or at shutdown.
-    let frames = stream::unfold((services, Some(Instant::now())), move |(services, next)| {
-        let tenant = tenant.clone();
+    let frames = stream::unfold(Some(Instant::now()), move |next| {
+        let (activity, streams, tenant) = (activity.clone(), streams.clone(), tenant.clone());
         async move {
             let next = next?;
             tokio::select! {
-                _ = services.shutdown.cancelled() => None,
+                _ = streams.shutdown().cancelled() => None,
                 _ = tokio::time::sleep_until(expires) => {
-                    Some((control_frame("auth_expired", None, None), (services, None)))
+                    Some((control_frame("auth_expired", None, None), None))
                 }
                 _ = tokio::time::sleep_until(next) => {
                     let json = serde_json::to_string(&StatsEvent {
                         kind: "stats",
-                        report: report(&services, &tenant),
+                        report: report(&activity, &streams, &tenant),
                     })
                     .expect("BUG: serialising stats");
                     let frame = Bytes::from(format!("event: stats\ndata: {json}\n\n"));
-                    Some((frame, (services, Some(next + interval))))
+                    Some((frame, Some(next + interval)))
                 }
             }
         }
     });
     let body = stream::iter([first]).chain(frames).map(move |frame| {
         // Held, and counted against the limits, until the stream is dropped.
-        let _ = &place;
+        let _ = &connection;
         Ok::<_, std::convert::Infallible>(frame)
     });
     Ok(event_stream(body))

@@ -26,7 +26,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -37,13 +37,13 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::request::{self, Params};
+use super::stream::{Connection, Streams};
 use super::upgrade::{Handshake, WebSocket};
-use crate::auth::Identity;
-use crate::metrics::SubscriberGauge;
+use crate::auth::{Authenticator, Identity};
+use crate::resources::Catalog;
 use crate::selection::Selection;
-use crate::services::Services;
-use crate::stats::Report;
-use crate::subscription::{self, Opened, Outbound, Place, Transport};
+use crate::stats::{Activity, Report};
+use crate::subscription::{Opened, Outbound, Transport};
 use crate::wire::Delivery;
 
 /// Largest frame (and message) the transport reads. tungstenite refuses a bigger one
@@ -79,16 +79,39 @@ const CLOSE_AUTH_EXPIRED: u16 = 4001;
 
 /// Authenticates, then upgrades; a refused token gets the same 401 JSON as SSE.
 pub fn handle(
-    services: Arc<Services>,
+    auth: Arc<Authenticator>,
+    catalog: Arc<Catalog>,
+    streams: Arc<Streams>,
+    activity: Arc<Activity>,
     handshake: Handshake,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
-    super::error::respond(upgrade(services, handshake, &headers, query.as_deref()))
+    let context = SessionContext {
+        catalog,
+        streams,
+        activity,
+    };
+    super::error::respond(upgrade(
+        &auth,
+        context,
+        handshake,
+        &headers,
+        query.as_deref(),
+    ))
+}
+
+/// What a session uses besides its connection: the watched types (a `subscribe`'s
+/// are checked against them), the streams, and the activity (`get_stats`).
+struct SessionContext {
+    catalog: Arc<Catalog>,
+    streams: Arc<Streams>,
+    activity: Arc<Activity>,
 }
 
 fn upgrade(
-    services: Arc<Services>,
+    auth: &Authenticator,
+    context: SessionContext,
     handshake: Handshake,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -98,7 +121,7 @@ fn upgrade(
     if let Handshake::Malformed(why) = handshake {
         return Err(ApiError::bad_request("invalid_websocket_handshake", why));
     }
-    let identity = request::authenticate(&services, headers, &params)?;
+    let identity = request::authenticate(auth, headers, &params)?;
     let Handshake::Valid(ws) = handshake else {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -107,23 +130,23 @@ fn upgrade(
         ));
     };
     // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
-    let place = subscription::Place::take(
-        &services.subscriptions.places,
-        &identity.tenant,
-        Transport::Ws,
-    )?;
-    let span = tracing::info_span!("subscriber", tenant = %identity.tenant, transport = "ws");
+    let connection = context.streams.connect(&identity.tenant, Transport::Ws)?;
     Ok(
         ws.into_response(MAX_FRAME_BYTES, MAX_WRITE_BUFFER_BYTES, move |socket| {
             // Spawned with a bare `tokio::spawn`: track it so shutdown waits.
-            let tracker = services.tracker.clone();
-            tracker.track_future(session(services, identity, place, socket).instrument(span))
+            let tracker = context.streams.tracker().clone();
+            let span = connection.span().clone();
+            tracker.track_future(session(context, identity, connection, socket).instrument(span))
         }),
     )
 }
 
-async fn session(services: Arc<Services>, identity: Identity, place: Place, socket: WebSocket) {
-    let _gauge = SubscriberGauge::new(&services.metrics, "ws");
+async fn session(
+    context: SessionContext,
+    identity: Identity,
+    connection: Connection,
+    socket: WebSocket,
+) {
     tracing::debug!("connected");
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -131,7 +154,7 @@ async fn session(services: Arc<Services>, identity: Identity, place: Place, sock
     tokio::select! {
         // The writer only ends first when the socket failed: nobody left to tell.
         () = &mut writer => return,
-        () = Session::new(services, identity, place).run(&mut stream, tx) => {}
+        () = Session::new(context, identity, connection).run(&mut stream, tx) => {}
     }
     // The close frame is queued (or the peer's close answered): let it out and read until
     // the peer's reply, so the handshake completes cleanly, bounded against a vanished peer.
@@ -362,10 +385,10 @@ enum End {
 }
 
 struct Session {
-    services: Arc<Services>,
+    context: SessionContext,
     identity: Identity,
-    /// This connection's place under the subscriber limits, held until it closes.
-    _place: Place,
+    /// Counted against the subscriber limits and in the series until it closes.
+    connection: Connection,
     /// The current subscription, if any (dropping it ends it).
     subscription: Option<Opened>,
     /// Where this connection's stream stands while subscribed: the cursor of the last
@@ -382,12 +405,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(services: Arc<Services>, identity: Identity, place: Place) -> Self {
+    fn new(context: SessionContext, identity: Identity, connection: Connection) -> Self {
         let now = Instant::now();
         Session {
-            services,
+            context,
             identity,
-            _place: place,
+            connection,
             subscription: None,
             position: None,
             unsent: VecDeque::new(),
@@ -427,11 +450,10 @@ impl Session {
             tenant_id: self.identity.tenant.as_str(),
         };
         self.unsent.push_back(hello.frame());
-        let keepalive = self.services.config.keepalive;
-        let mut tick = interval_at(Instant::now() + keepalive, keepalive);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = self.context.streams.keepalive();
+        let keepalive = tick.period();
         let expires = self.identity.expiry();
-        let shutdown = self.services.shutdown.clone();
+        let shutdown = self.context.streams.shutdown().clone();
         loop {
             let writable = !self.unsent.is_empty();
             let end = tokio::select! {
@@ -475,11 +497,7 @@ impl Session {
     fn on_outbound(&mut self, item: Option<Outbound>) -> Option<End> {
         match item {
             Some(Outbound::Event(delivery)) => {
-                let metrics = &self.services.metrics;
-                metrics.events_delivered.with_label_values(&["ws"]).inc();
-                metrics
-                    .delivery_latency
-                    .observe(delivery.known_since().elapsed().as_secs_f64());
+                self.connection.delivered(&delivery);
                 // The delivery itself (shared), not a copy of its cursor per event.
                 self.position = Some(Position::After(delivery.clone()));
                 // The JSON rendered once for every subscriber, shared, not copied.
@@ -580,7 +598,12 @@ impl Session {
                 self.position = None;
             }
             Ok(ClientMessage::GetStats) => {
-                let report = super::stats::report(&self.services, &self.identity.tenant);
+                let context = &self.context;
+                let report = super::stats::report(
+                    &context.activity,
+                    &context.streams,
+                    &self.identity.tenant,
+                );
                 self.push(&ServerMessage::Stats(report));
             }
         }
@@ -589,7 +612,8 @@ impl Session {
     /// Opens a subscription, replacing any current one; on a bad selection the current
     /// one stays as it was.
     async fn subscribe(&mut self, subscribe: Subscribe) {
-        let selection = match request::selection(&self.services, subscribe.selection()).await {
+        let selection = match request::selection(&self.context.catalog, subscribe.selection()).await
+        {
             Ok(selection) => selection,
             Err(error) => return self.error(error.code, &error.message),
         };
@@ -600,12 +624,10 @@ impl Session {
             .filter(|cursor| !cursor.trim().is_empty())
             .or_else(|| self.position.take().map(Position::into_cursor));
         self.subscription = None;
-        let opened = subscription::open(
-            &self.services.subscriptions,
-            &self.identity,
-            selection.clone(),
-            resume,
-        );
+        let opened = self
+            .context
+            .streams
+            .open(&self.identity, selection.clone(), resume);
         self.position = Some(Position::Cursor(opened.start.clone()));
         // Only now: `open` joined the fan-out, so every later commit will be delivered.
         self.push(&confirmation(&opened.start, &selection));

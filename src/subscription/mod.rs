@@ -14,7 +14,7 @@ mod places;
 pub mod replay_gate;
 mod shared_reads;
 
-pub use places::{Limits, Place, Places, Refused, Transport};
+pub use places::{Limits, PerTransport, Place, Places, Refused, Transport};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,8 @@
-//! Subscriber places: how many subscriber connections are open, in all and per tenant,
-//! against the limits, and which transport holds each.
+//! Subscriber places: how many subscriber connections are open, in all and per tenant
+//! and transport, against the limits.
 
 use std::collections::HashMap;
+use std::ops::{Index, IndexMut};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -14,14 +15,65 @@ pub struct Limits {
     pub max_subscribers_per_tenant: usize,
 }
 
-/// What holds a subscriber place: the two transports (counted per tenant for
-/// `/v1/stats`), and `/v1/stats` streams, which are open connections fed on a timer, as
-/// costly to hold as a subscriber (counted against the limits, not reported).
+/// What holds a subscriber place: a transport delivering subscriptions (counted per
+/// tenant for `/v1/stats` and in the metrics, under its [`label`](Transport::label)), or
+/// a `/v1/stats` stream, an open connection fed on a timer, as costly to hold as a
+/// subscriber (counted against the limits, not reported). A new transport is a variant
+/// here, in [`Transport::ALL`], with its label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Sse,
     Ws,
     Stats,
+}
+
+impl Transport {
+    /// Every transport, each at its own position (see [`PerTransport`]).
+    pub const ALL: [Transport; 3] = [Transport::Sse, Transport::Ws, Transport::Stats];
+
+    /// Its name on the wire: the metrics' `transport` label, a key of `/v1/stats`'
+    /// `subscribers`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::Stats => "stats",
+        }
+    }
+
+    /// Whether it delivers subscriptions, so is reported as a subscriber transport.
+    pub const fn delivers(self) -> bool {
+        !matches!(self, Transport::Stats)
+    }
+
+    /// The transports that deliver subscriptions.
+    pub fn delivering() -> impl Iterator<Item = Transport> {
+        Transport::ALL.into_iter().filter(|t| t.delivers())
+    }
+}
+
+/// One `T` per transport.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerTransport<T>([T; Transport::ALL.len()]);
+
+impl<T> PerTransport<T> {
+    pub fn from_fn(mut of: impl FnMut(Transport) -> T) -> Self {
+        PerTransport(Transport::ALL.map(&mut of))
+    }
+}
+
+impl<T> Index<Transport> for PerTransport<T> {
+    type Output = T;
+
+    fn index(&self, transport: Transport) -> &T {
+        &self.0[transport as usize]
+    }
+}
+
+impl<T> IndexMut<Transport> for PerTransport<T> {
+    fn index_mut(&mut self, transport: Transport) -> &mut T {
+        &mut self.0[transport as usize]
+    }
 }
 
 /// Why a subscription was not opened.
@@ -53,13 +105,10 @@ impl Places {
         self.limits
     }
 
-    /// Open subscriber connections of `tenant`: (SSE, WebSocket).
-    pub fn connected(&self, tenant: &TenantId) -> (usize, usize) {
+    /// Open connections of `tenant`, per transport.
+    pub fn connected(&self, tenant: &TenantId) -> PerTransport<usize> {
         let counts = lock(&self.counts);
-        counts
-            .per_tenant
-            .get(tenant)
-            .map_or((0, 0), |of| (of.sse, of.ws))
+        counts.per_tenant.get(tenant).cloned().unwrap_or_default()
     }
 }
 
@@ -67,27 +116,12 @@ impl Places {
 #[derive(Default)]
 struct SubscriberCounts {
     total: usize,
-    per_tenant: HashMap<TenantId, TenantCounts>,
+    per_tenant: HashMap<TenantId, PerTransport<usize>>,
 }
 
-#[derive(Default)]
-struct TenantCounts {
-    sse: usize,
-    ws: usize,
-    stats: usize,
-}
-
-impl TenantCounts {
+impl PerTransport<usize> {
     fn total(&self) -> usize {
-        self.sse + self.ws + self.stats
-    }
-
-    fn of(&mut self, transport: Transport) -> &mut usize {
-        match transport {
-            Transport::Sse => &mut self.sse,
-            Transport::Ws => &mut self.ws,
-            Transport::Stats => &mut self.stats,
-        }
+        self.0.iter().sum()
     }
 }
 
@@ -117,7 +151,7 @@ impl Place {
         if of_tenant.total() >= limits.max_subscribers_per_tenant {
             return Err(Refused::TenantFull(limits.max_subscribers_per_tenant));
         }
-        *of_tenant.of(transport) += 1;
+        of_tenant[transport] += 1;
         counts.total += 1;
         Ok(Place {
             places: places.clone(),
@@ -132,10 +166,45 @@ impl Drop for Place {
         let mut counts = lock(&self.places.counts);
         counts.total -= 1;
         if let Some(of_tenant) = counts.per_tenant.get_mut(&self.tenant) {
-            *of_tenant.of(self.transport) -= 1;
+            of_tenant[self.transport] -= 1;
             if of_tenant.total() == 0 {
                 counts.per_tenant.remove(&self.tenant);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_transport_has_its_own_position() {
+        for (position, transport) in Transport::ALL.into_iter().enumerate() {
+            assert_eq!(transport as usize, position, "{transport:?}");
+        }
+    }
+
+    #[test]
+    fn places_are_counted_per_transport_and_given_back() {
+        let places = Arc::new(Places::new(Limits {
+            max_subscribers: 3,
+            max_subscribers_per_tenant: 2,
+        }));
+        let acme = TenantId::new("acme").unwrap();
+        let sse = Place::take(&places, &acme, Transport::Sse).unwrap();
+        let stats = Place::take(&places, &acme, Transport::Stats).unwrap();
+        let connected = places.connected(&acme);
+        assert_eq!(
+            Transport::ALL.map(|t| connected[t]),
+            [1, 0, 1],
+            "sse, ws, stats"
+        );
+        assert_eq!(
+            Place::take(&places, &acme, Transport::Ws).err(),
+            Some(Refused::TenantFull(2))
+        );
+        drop((sse, stats));
+        assert_eq!(places.connected(&acme), PerTransport::default());
     }
 }
