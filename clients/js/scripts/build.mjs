@@ -10,7 +10,7 @@
 // without dependencies, copied as the ESM build and wrapped (not compiled) into the
 // CommonJS build and the service's UMD script. The other packages are TypeScript,
 // compiled by tsc twice (ES modules, CommonJS).
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,8 +96,12 @@ export async function readClientSources() {
 
 function tsc(args) {
   const bin = path.join(root, 'node_modules/typescript/bin/tsc');
-  const run = spawnSync(process.execPath, [bin, ...args], { cwd: root, encoding: 'utf8' });
-  if (run.status !== 0) throw new Error(`tsc ${args.join(' ')}:\n${run.stdout}${run.stderr}`);
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [bin, ...args], { cwd: root }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`tsc ${args.join(' ')}:\n${stdout}${stderr}`));
+      else resolve();
+    });
+  });
 }
 
 /** A TypeScript package: ES modules into dist/esm, CommonJS into dist/cjs. */
@@ -105,8 +109,10 @@ async function buildTypeScript(name) {
   const dir = path.join(root, 'packages', name);
   await rm(path.join(dir, 'dist'), { recursive: true, force: true });
   const project = path.join(dir, 'tsconfig.json');
-  tsc(['-p', project, '--outDir', path.join(dir, 'dist/esm'), '--module', 'nodenext', '--moduleResolution', 'nodenext']);
-  tsc(['-p', project, '--outDir', path.join(dir, 'dist/cjs'), '--module', 'commonjs', '--moduleResolution', 'node10']);
+  await Promise.all([
+    tsc(['-p', project, '--outDir', path.join(dir, 'dist/esm'), '--module', 'nodenext', '--moduleResolution', 'nodenext']),
+    tsc(['-p', project, '--outDir', path.join(dir, 'dist/cjs'), '--module', 'commonjs', '--moduleResolution', 'node10']),
+  ]);
   // The package is "type": "module"; the CommonJS half says otherwise for itself.
   await writeFile(path.join(dir, 'dist/cjs/package.json'), '{\n  "type": "commonjs"\n}\n');
 }
@@ -131,8 +137,7 @@ async function main() {
       + ' run `npm run build` in clients/js and commit the result.');
     process.exit(1);
   }
-  await buildTypeScript('react');
-  await buildTypeScript('tanstack-query');
+  await Promise.all([buildTypeScript('react'), buildTypeScript('tanstack-query')]);
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await main();
