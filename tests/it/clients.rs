@@ -72,7 +72,10 @@ async fn the_npm_packages_build_test_pack_and_install() {
             return unavailable(&format!("{error} (install Node.js 18 or later with npm)"));
         }
     }
-    if !clients_dir().join("node_modules/.package-lock.json").exists() {
+    if !clients_dir()
+        .join("node_modules/.package-lock.json")
+        .exists()
+    {
         let install = run(
             "npm",
             &["ci", "--prefer-offline", "--no-audit", "--no-fund"],

@@ -48,8 +48,11 @@ export function useLiveSnapshot<R extends Row = Row>(options: UseLiveSnapshotOpt
     on: {
       snapshot: (snapshot: Snapshot) =>
         setView({ type, rows: live.reset(snapshot), loaded: true, truncated: snapshot.truncated }),
-      change: (change: ResourceChange) =>
-        setView((view) => ({ ...view, rows: live.apply(change) })),
+      change: (change: ResourceChange) => {
+        // Applied here, not in the updater: React may call updaters twice.
+        const rows = live.apply(change);
+        setView((view) => ({ ...view, rows }));
+      },
     },
   });
   const current = view.type === type ? view : { rows: [], loaded: false, truncated: false };
