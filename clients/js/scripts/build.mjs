@@ -133,7 +133,7 @@ async function main() {
     await writeFile(file, text);
   }
   if (stale.length) {
-    console.error(`${stale.join(' and ')} differ from what clients/js/packages/client/src makes:`
+    console.error(`${stale.join(' and ')} ${stale.length > 1 ? 'are' : 'is'} not what clients/js/packages/client/src makes:`
       + ' run `npm run build` in clients/js and commit the result.');
     process.exit(1);
   }
