@@ -178,6 +178,7 @@ async fn the_browser_side_works_in_chromium() {
         eprintln!("skipping the browser test: {missing}");
         return;
     }
+    let _turn = crate::clients::NODE_SUITE.lock().await;
     let app = spawn_app().await;
     let base = format!("http://{}", app.addr);
     // The README's picture is only replaced on request, so a test run leaves the tree clean.

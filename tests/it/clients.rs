@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+/// Held while a node suite runs (this one, and the browser suite): both keep the CPU busy
+/// for tens of seconds, and the browser suite's waits are bounded in time.
+pub static NODE_SUITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `npm ci` from an empty cache, on a loaded machine.
 const INSTALL_DEADLINE: Duration = Duration::from_secs(300);
 /// Build, unit tests, packing and the fresh install (from npm's cache).
@@ -72,6 +76,7 @@ async fn the_npm_packages_build_test_pack_and_install() {
             return unavailable(&format!("{error} (install Node.js 18 or later with npm)"));
         }
     }
+    let _turn = NODE_SUITE.lock().await;
     if !clients_dir()
         .join("node_modules/.package-lock.json")
         .exists()
