@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const examples = path.join(here, '../../examples/web');
+const packages = path.join(here, '../../clients/js/packages');
 const base = process.argv[2];
 /** Longest any one wait in a scenario may take. */
 const TIMEOUT = 15000;
@@ -101,8 +102,16 @@ async function bundleApp() {
     plugins: [{
       name: 'changecast-from-the-service',
       setup(build) {
-        // The examples import `./changecast.js`: load the service's own, as a module.
-        build.onResolve({ filter: /changecast\.js$/ }, () => ({ path: '/changecast.js', external: true }));
+        // The client: the service's own /changecast.js (made from the package's source), as a module.
+        build.onResolve({ filter: /^@changecast\/client$|changecast\.js$/ }, () => ({ path: '/changecast.js', external: true }));
+        // One React (and one TanStack Query) for the page and the packages: this suite's.
+        build.onResolve({ filter: /^(react|react-dom|@tanstack\/query-core)(\/.*)?$/ }, (args) => {
+          if (args.pluginData === 'ours') return undefined;
+          return build.resolve(args.path, { kind: args.kind, resolveDir: here, pluginData: 'ours' });
+        });
+        // The React and TanStack Query packages, from their TypeScript sources.
+        build.onResolve({ filter: /^@changecast\/(react|tanstack-query)$/ }, (args) =>
+          ({ path: path.join(packages, args.path.slice('@changecast/'.length), 'src/index.ts') }));
       },
     }],
   });
@@ -451,6 +460,26 @@ try {
       await insertTicket('react', 'rendered by React');
       await until(page, 'the ticket rendered', () => document.getElementById('titles').textContent.includes('rendered by React'));
       check(await page.textContent('#last') === 'seen', 'lastEventAt set');
+      await page.close();
+    }),
+
+    scenario('react: useLiveSnapshot keeps a list from the snapshot and its stream', async () => {
+      const tenant = 'live-list';
+      const [kept, gone] = [await insertTicket(tenant, 'in the snapshot'), await insertTicket(tenant, 'deleted later')];
+      const page = await newPage();
+      await load(page, 'react.html');
+      await until(page, 'the app bundle', () => window.appReady === true);
+      await page.evaluate((t) => window.mountLiveList(t), await token(tenant));
+      const titles = () => page.evaluate(() => Array.from(document.querySelectorAll('#live-list li')).map((li) => li.textContent));
+      await until(page, 'the snapshot rendered, then live', () => document.getElementById('live-list-state')?.textContent === 'live');
+      check(JSON.stringify((await titles()).sort()) === JSON.stringify(['deleted later', 'in the snapshot']), `the snapshot: ${await titles()}`);
+      const added = await insertTicket(tenant, 'created live');
+      await sql("update tickets set title = 'renamed live' where id::text = $1 returning id", [kept]);
+      await sql('delete from tickets where id::text = $1 returning id', [gone]);
+      await until(page, 'created, updated and deleted applied', () =>
+        Array.from(document.querySelectorAll('#live-list li')).map((li) => li.textContent).join() === 'renamed live,created live');
+      const ids = await page.evaluate(() => Array.from(document.querySelectorAll('#live-list li')).map((li) => li.dataset.id));
+      check(JSON.stringify(ids) === JSON.stringify([kept, added]), `by resource id: ${ids}`);
       await page.close();
     }),
 

@@ -1,6 +1,6 @@
 //! The browser side in a real browser (headless Chromium via playwright-core): the
-//! dashboard, the client library on both transports, the React hook, the TanStack Query
-//! helper and the TypeScript declarations. One Chromium, many pages.
+//! dashboard, the client library on both transports, the React hooks and the TanStack Query
+//! helper of clients/js, and the TypeScript declarations. One Chromium, many pages.
 //!
 //! `tests/browser/suite.mjs` runs the scenarios and asks this test, line by line on its
 //! stdout, for what only the server side can do (write rows, mint tokens, restart the
@@ -39,6 +39,7 @@ const SCENARIOS: &[&str] = &[
     "client: an expired token without getToken stops with a clear error",
     "client: after a resync whose snapshot fails, it retries before streaming on",
     "react: useChangecast reports isLive and delivers changes",
+    "react: useLiveSnapshot keeps a list from the snapshot and its stream",
     "tanstack: syncQueries invalidates the right keys and patches lists",
     "dashboard: a failed first snapshot is retried",
     "dashboard: snapshot, ticket moves between state columns, deletes",
@@ -177,6 +178,7 @@ async fn the_browser_side_works_in_chromium() {
         eprintln!("skipping the browser test: {missing}");
         return;
     }
+    let _turn = crate::clients::NODE_SUITE.lock().await;
     let app = spawn_app().await;
     let base = format!("http://{}", app.addr);
     // The README's picture is only replaced on request, so a test run leaves the tree clean.

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod browser;
 mod cli;
+mod clients;
 mod containers;
 mod embedded;
 mod events_views;

@@ -1,5 +1,7 @@
-// TypeScript declarations of changecast.js, the browser client (GET /changecast.d.ts).
-// Save next to a copy of /changecast.js, or declare a module of that name with them.
+// Generated from clients/js/packages/client/src/changecast.d.ts by clients/js/scripts/build.mjs: edit there.
+// TypeScript declarations of the changecast client: of @changecast/client, and of the
+// service's GET /changecast.js (served at GET /changecast.d.ts: save it next to a copy of
+// /changecast.js, or declare a module of that name with them).
 // The event shapes are the wire format of API.md §4, §6, §8 and §10.
 
 /** A row as JSON; watched tables decide the columns. */

@@ -1,5 +1,10 @@
+// Generated from clients/js/packages/client/src/changecast.js by clients/js/scripts/build.mjs: edit there.
 /*
- * changecast.js — the browser client for changecast (API.md §4–§6, §8–§11). No dependencies.
+ * changecast — the client for changecast's streams (API.md §4–§6, §8–§11). No dependencies.
+ *
+ * One source, clients/js/packages/client/src/changecast.js, makes the npm package
+ * @changecast/client (ESM and CommonJS) and the service's GET /changecast.js (a UMD
+ * script); `npm run build` in clients/js writes both.
  *
  *   const cc = new Changecast({
  *     baseUrl: '',                          // default: this page's origin
@@ -19,12 +24,6 @@
  *   cc.status;                                 // 'connecting' | 'live' | 'reconnecting' | 'closed'
  *   cc.close();
  *
- * Both ways of loading work: `import { Changecast } from '/changecast.js'` and a plain
- * `<script src="/changecast.js">` (then `window.Changecast`). A classic script cannot hold
- * `export`, so the service serves this file as it is to classic scripts and with an
- * `export` trailer to module loaders (told apart by `Sec-Fetch-Mode`; force either with
- * `?format=module` or `?format=script`). Either way `globalThis.Changecast` is set.
- *
  * SSE is read with fetch() rather than EventSource, with the same wire protocol: it sends
  * the token in the Authorization header instead of the URL, sees HTTP status codes (an
  * expired token is told apart from a network error) and sees the stream's first `id:`,
@@ -35,6 +34,16 @@
  * fresh token when the old one expires (without `getToken` it stops with status 'closed'
  * and `error.code === 'token_expired'`), retries with backoff (the first snapshot too),
  * and after a `resync` in snapshot mode reloads the snapshot before streaming on.
+ *
+ * Outside a browser (Node 18+, Deno, Bun) give `baseUrl`; WebSocket is used where the
+ * runtime has a global `WebSocket`, SSE otherwise.
+ *
+ * Served by the service at GET /changecast.js. Both ways of loading work:
+ * `import { Changecast } from '/changecast.js'` and a plain `<script src="/changecast.js">`
+ * (then `window.Changecast`). A classic script cannot hold `export`, so the service serves
+ * this file as it is to classic scripts and with an `export` trailer to module loaders
+ * (told apart by `Sec-Fetch-Mode`; force either with `?format=module` or
+ * `?format=script`). Either way `globalThis.Changecast` is set.
  */
 (function (root, factory) {
   'use strict';
@@ -644,8 +653,9 @@
       return this.finish('retry', error);
     }
     if (this.done) return;
-    var base = cc.baseUrl || location.origin;
-    var url = new URL(base + '/v1/ws', location.href);
+    // A page resolves a relative baseUrl against itself; elsewhere baseUrl is absolute.
+    var page = typeof location !== 'undefined' ? location : null;
+    var url = new URL((cc.baseUrl || (page ? page.origin : '')) + '/v1/ws', page ? page.href : undefined);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     // Browsers cannot set headers on a WebSocket: the token goes in the query (API.md §3).
     url.searchParams.set('access_token', token);

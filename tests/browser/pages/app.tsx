@@ -1,15 +1,17 @@
-// Bundled by suite.mjs with esbuild (React and TanStack Query from npm); the examples'
-// `./changecast.js` import is pointed at the service's own /changecast.js.
+// Bundled by suite.mjs with esbuild (React and TanStack Query from npm) with the packages
+// of clients/js; their `@changecast/client` import is pointed at the service's own
+// /changecast.js, which is made from the same source.
 import { useState } from 'react';
 import { createRoot } from 'react-dom/client';
 import { QueryClient } from '@tanstack/query-core';
-import { Changecast } from '../../../examples/web/changecast.js';
-import { useChangecast } from '../../../examples/web/useChangecast';
-import { syncQueries } from '../../../examples/web/changecastQueries';
+import { Changecast } from '@changecast/client';
+import { useChangecast, useLiveSnapshot } from '@changecast/react';
+import { syncQueries } from '@changecast/tanstack-query';
 
 declare global {
   interface Window {
     mountReact: (token: string) => void;
+    mountLiveList: (token: string) => void;
     startQueries: (token: string, ids: string[]) => Promise<void>;
     queries: QueryClient;
     appReady: boolean;
@@ -35,6 +37,20 @@ function Tickets({ token }: { token: string }) {
 
 window.mountReact = (token) => {
   createRoot(document.getElementById('root')!).render(<Tickets token={token} />);
+};
+
+function LiveTickets({ token }: { token: string }) {
+  const { rows, loaded, isLive } = useLiveSnapshot<{ id: string; title: string }>({ token, type: 'ticket' });
+  return (
+    <div>
+      <p id="live-list-state">{loaded ? (isLive ? 'live' : 'loaded') : 'loading'}</p>
+      <ul id="live-list">{rows.map((t) => <li key={t.id} data-id={t.id}>{t.title}</li>)}</ul>
+    </div>
+  );
+}
+
+window.mountLiveList = (token) => {
+  createRoot(document.getElementById('root')!).render(<LiveTickets token={token} />);
 };
 
 window.startQueries = async (token, ids) => {

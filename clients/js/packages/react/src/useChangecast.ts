@@ -1,16 +1,3 @@
-// A React hook around the changecast browser client.
-//
-//   const { status, isLive, lastEventAt } = useChangecast({
-//     token,                                   // or getToken: () => fetch('/my/token').then(r => r.text())
-//     types: ['ticket'],
-//     filter: { project_id: 'eq.web' },
-//     on: { ticket: (change) => console.log(change.event, change.resource) },
-//   });
-//
-// Put GET /changecast.js and GET /changecast.d.ts of your changecast next to this file.
-// One client per mounted component; changing `types` or `filter` re-subscribes live
-// (nothing lost), changing `baseUrl`, `token` or `transport` reconnects. Handlers in `on`
-// may change on every render without reconnecting.
 import { useEffect, useRef, useState } from 'react';
 import {
   Changecast,
@@ -21,7 +8,7 @@ import {
   type RowFilter,
   type Snapshot,
   type Status,
-} from './changecast.js';
+} from '@changecast/client';
 
 /** Handlers by name: a resource type, a topic, or change / event / resync / snapshot. */
 export type Handlers = {
@@ -50,6 +37,12 @@ export interface UseChangecastResult {
   client: Changecast | null;
 }
 
+/**
+ * One client per mounted component. Changing `types`, `topics`, `filter` or `ids`
+ * re-subscribes live (nothing lost); changing `baseUrl`, `token`, `transport` or
+ * `snapshot` reconnects. Handlers in `on` and `getToken` may change on every render
+ * without reconnecting.
+ */
 export function useChangecast(options: UseChangecastOptions): UseChangecastResult {
   const { types, topics, filter, ids, on, snapshot, getToken, ...connection } = options;
   const [status, setStatus] = useState<Status>('idle');
