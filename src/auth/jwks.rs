@@ -103,6 +103,13 @@ impl RemoteKeys {
     /// [`refresh_for`](Self::refresh_for) without waiting for it, from code that cannot
     /// wait; nothing happens outside a Tokio runtime.
     pub fn refresh_in_background(self: &Arc<Self>, kid: &str) {
+        // A fetch under way, or one too recent to repeat, answers for this `kid` as
+        // well: no task is spawned per refused token.
+        match self.last_refetch.try_lock() {
+            Err(_) => return,
+            Ok(last) if last.is_some_and(|began| began.elapsed() < REFETCH_INTERVAL) => return,
+            Ok(_) => {}
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (keys, kid) = (self.clone(), kid.to_owned());
             runtime.spawn(async move { keys.refresh_for(&kid).await });
