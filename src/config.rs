@@ -231,7 +231,12 @@ pub struct IdentityProviderArgs {
     /// the path of a PEM file (or the PEM text itself), holding one or more `PUBLIC KEY`
     /// or `CERTIFICATE` blocks (RSA of 2048 bits or more, P-256, Ed25519). With it (or
     /// --jwks-url) and no CHANGECAST_JWT_SECRET, HS256 tokens are refused.
-    #[arg(long, env = "CHANGECAST_JWT_PUBLIC_KEY", conflicts_with = "jwks_url", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHANGECAST_JWT_PUBLIC_KEY",
+        conflicts_with = "jwks_url",
+        hide_env_values = true
+    )]
     pub jwt_public_key: Option<String>,
 
     /// The identity provider's JWKS document (e.g.
