@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use changecast::auth::{Authenticator, KeySource, TokenRules};
 use changecast::secret::Secret;
 use changecast::{App, ServeConfig};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -301,6 +302,53 @@ async fn a_rotated_key_is_fetched_and_refetches_are_rate_limited() {
         "a made-up kid caused a fetch within 30 s of the last"
     );
     assert_eq!(jwks.fetches(), 2);
+}
+
+#[tokio::test]
+async fn verify_fresh_accepts_a_rotated_key_on_the_first_try_with_one_fetch() {
+    let mut jwks = JwksServer::start(jwks_document(&[RSA_A_JWK])).await;
+    let rules = TokenRules {
+        tenant_claim: "org.id".parse().unwrap(),
+        ..TokenRules::default()
+    };
+    let auth = Arc::new(
+        Authenticator::with_public_keys(None, rules, &KeySource::Jwks(jwks.url()))
+            .await
+            .unwrap(),
+    );
+    jwks.answer(Answer::Document(jwks_document(&[RSA_A_JWK, RSA_B_JWK])));
+    let new = idp_token(
+        Algorithm::RS256,
+        Some("rsa-b"),
+        RSA_B_KEY,
+        org_claims("acme"),
+    );
+    // Many clients with the new key at once: each waits for the one refetch.
+    let verifying: Vec<_> = (0..20)
+        .map(|_| {
+            let (auth, token) = (auth.clone(), new.clone());
+            tokio::spawn(async move { auth.verify_fresh(&token).await })
+        })
+        .collect();
+    for verified in verifying {
+        let identity = verified.await.unwrap().expect("accepted on the first try");
+        assert_eq!(identity.tenant.as_str(), "acme");
+    }
+    assert_eq!(jwks.fetches(), 2);
+    // A made-up kid right after is refused at once, without a fetch.
+    let forged = idp_token(
+        Algorithm::RS256,
+        Some("made-up"),
+        RSA_B_KEY,
+        org_claims("acme"),
+    );
+    let refused = auth.verify_fresh(&forged).await.unwrap_err();
+    assert_eq!(refused.code(), "invalid_token");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), jwks.until_fetched(3)).await;
+    assert!(
+        quiet.is_err(),
+        "a made-up kid caused a fetch within 30 s of the last"
+    );
 }
 
 /// Starts with key `rsa-a`, makes the endpoint answer `failure`, and asks for `rsa-b`:
