@@ -57,8 +57,16 @@ impl App {
         secret: &Secret,
         shutdown: CancellationToken,
     ) -> anyhow::Result<App> {
-        // Refused before anything else happens: a weak secret must not serve one request.
-        let auth = Arc::new(Authenticator::new(secret, config.token_rules.rules())?);
+        // Refused before anything else happens: a weak secret or an unreadable key must
+        // not serve one request. With an identity provider's keys, HS256 is accepted only
+        // with a configured secret, never with one made up for this run.
+        let rules = config.token_rules.rules();
+        let auth = Arc::new(match config.identity_provider.key_source() {
+            None => Authenticator::new(secret, rules)?,
+            Some(keys) => {
+                Authenticator::with_public_keys(config.jwt_secret.as_ref(), rules, &keys).await?
+            }
+        });
         let database_url = config
             .database_url
             .clone()

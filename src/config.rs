@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::TokenRules;
+use crate::auth::{ClaimPath, KeySource, TokenRules};
 use crate::secret::Secret;
 
 #[derive(Parser, Debug)]
@@ -85,6 +85,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub token_rules: TokenRuleArgs,
+
+    #[command(flatten)]
+    pub identity_provider: IdentityProviderArgs,
 
     /// How long journal rows are kept (and so how long a disconnected subscriber can
     /// resume), e.g. `24h`, `90m`, `3600s`, `7d`, counted from the commit of the row's
@@ -202,6 +205,13 @@ pub struct TokenRuleArgs {
     /// When set, tokens must carry this `iss` claim (minted ones do).
     #[arg(long, env = "CHANGECAST_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+
+    /// Where in a token's claims its tenant id is: a claim name, or a dotted path into
+    /// nested claims, e.g. `org.id` or `app_metadata.tenant_id` (a claim whose own name
+    /// has dots, like `https://example.com/tenant_id`, is found as well). The value must
+    /// be a non-empty string. Minted tokens put the tenant there too.
+    #[arg(long, env = "CHANGECAST_TENANT_CLAIM", default_value = "tenant_id")]
+    pub tenant_claim: ClaimPath,
 }
 
 impl TokenRuleArgs {
@@ -209,6 +219,44 @@ impl TokenRuleArgs {
         TokenRules {
             audience: self.jwt_audience.clone(),
             issuer: self.jwt_issuer.clone(),
+            tenant_claim: self.tenant_claim.clone(),
+        }
+    }
+}
+
+/// Tokens signed by an identity provider (RS256, ES256, EdDSA), besides HS256 ones.
+#[derive(Args, Debug, Clone, Default)]
+pub struct IdentityProviderArgs {
+    /// Public key(s) that verify an identity provider's RS256, ES256 or EdDSA tokens:
+    /// the path of a PEM file (or the PEM text itself), holding one or more `PUBLIC KEY`
+    /// or `CERTIFICATE` blocks (RSA of 2048 bits or more, P-256, Ed25519). With it (or
+    /// --jwks-url) and no CHANGECAST_JWT_SECRET, HS256 tokens are refused.
+    #[arg(
+        long,
+        env = "CHANGECAST_JWT_PUBLIC_KEY",
+        conflicts_with = "jwks_url",
+        hide_env_values = true
+    )]
+    pub jwt_public_key: Option<String>,
+
+    /// The identity provider's JWKS document (e.g.
+    /// `https://TENANT.auth0.com/.well-known/jwks.json`): fetched at start (`serve`
+    /// fails if it cannot get it within 15 s), and again when a token names a `kid` it
+    /// lacks, at most every 30 s, each fetch within 5 s and 256 KiB; a failed fetch
+    /// keeps the last good keys. Must be https, except to 127.0.0.1, ::1 or localhost.
+    #[arg(long, env = "CHANGECAST_JWKS_URL")]
+    pub jwks_url: Option<String>,
+}
+
+impl IdentityProviderArgs {
+    /// The configured source of public keys, if any.
+    pub fn key_source(&self) -> Option<KeySource> {
+        // An empty variable (as compose files leave them) means unset.
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        match (set(&self.jwt_public_key), set(&self.jwks_url)) {
+            (Some(pem), _) => Some(KeySource::Pem(pem)),
+            (None, Some(url)) => Some(KeySource::Jwks(url)),
+            (None, None) => None,
         }
     }
 }

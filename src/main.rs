@@ -115,7 +115,8 @@ async fn serve_on(
     shutdown: CancellationToken,
     started: impl FnOnce(&App),
 ) -> anyhow::Result<()> {
-    let generated = config.jwt_secret.is_none();
+    // With an identity provider's keys and no secret, HS256 is off: no demo token.
+    let generated = config.jwt_secret.is_none() && config.identity_provider.key_source().is_none();
     let secret = config.jwt_secret.clone().unwrap_or_else(random_secret);
     let rules = config.token_rules.rules();
     let demo = match (config.demo, &config.database_url) {

@@ -16,6 +16,7 @@ mod hardening_conn;
 mod hardening_cursor;
 mod hardening_sql;
 mod hardening_values;
+mod idp_tokens;
 mod migrate;
 mod openapi;
 mod reliability;
