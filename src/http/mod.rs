@@ -125,7 +125,7 @@ fn ws(
         .and(with(activity))
         .and(upgrade)
         .and(request_parts())
-        .map(ws::handle)
+        .then(ws::handle)
         .boxed()
 }
 
@@ -155,7 +155,7 @@ fn stats(
         .and(with(activity))
         .and(with(streams))
         .and(request_parts())
-        .map(stats::handle)
+        .then(stats::handle)
         .boxed()
 }
 

@@ -53,7 +53,8 @@ pub fn openapi(
         serde_json::from_str(OPENAPI_JSON).expect("BUG: openapi.json is JSON");
     let authenticated = Params::parse(query)
         .ok()
-        .is_some_and(|params| request::authenticate(auth, headers, &params).is_ok());
+        .and_then(|params| request::bearer_token(headers, &params).ok())
+        .is_some_and(|token| auth.verify(&token).is_ok());
     if authenticated {
         let types = catalog.last_read().join("|");
         let one = format!("({types})");

@@ -132,12 +132,21 @@ pub struct RawSelection<'a> {
     pub ids: Option<Vec<&'a str>>,
 }
 
-/// The bearer token: the `Authorization` header wins over `access_token`.
-pub fn authenticate(
+/// The identity of the request's bearer token. A token signed by an identity provider's
+/// key this service has not fetched yet waits for one bounded refetch of the key set, so a
+/// key rotation costs the client a moment, never a refusal (a browser's EventSource does
+/// not retry after a 401).
+pub async fn authenticate(
     auth: &Authenticator,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Identity, ApiError> {
+    let token = bearer_token(headers, params)?;
+    Ok(auth.verify_fresh(&token).await?)
+}
+
+/// The bearer token: the `Authorization` header wins over `access_token`.
+pub fn bearer_token(headers: &HeaderMap, params: &Params) -> Result<String, ApiError> {
     let from_header = match headers.get("authorization") {
         Some(value) => {
             let value = value.to_str().unwrap_or_default();
@@ -159,8 +168,7 @@ pub fn authenticate(
     let token = from_header
         .or_else(|| params.access_token.clone())
         .filter(|t| !t.is_empty());
-    let token = token.ok_or(crate::auth::AuthError::Missing)?;
-    Ok(auth.verify(&token)?)
+    Ok(token.ok_or(crate::auth::AuthError::Missing)?)
 }
 
 /// The items of a query parameter's comma-separated list (`types=ticket,agent`).

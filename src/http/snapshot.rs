@@ -69,7 +69,7 @@ async fn start(
     query: Option<String>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query.as_deref(), request::SNAPSHOT_PARAMS)?;
-    let identity = request::authenticate(auth, &headers, &params)?;
+    let identity = request::authenticate(auth, &headers, &params).await?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(text) => match text.parse::<usize>() {

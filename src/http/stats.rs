@@ -33,17 +33,17 @@ pub fn report(activity: &Activity, streams: &Streams, tenant: &TenantId) -> Repo
     activity.report(tenant, subscribers)
 }
 
-pub fn handle(
+pub async fn handle(
     auth: Arc<Authenticator>,
     activity: Arc<Activity>,
     streams: Arc<Streams>,
     headers: HeaderMap,
     query: Option<String>,
 ) -> Response {
-    super::error::respond(answer(&auth, activity, streams, &headers, query.as_deref()))
+    super::error::respond(answer(&auth, activity, streams, &headers, query.as_deref()).await)
 }
 
-fn answer(
+async fn answer(
     auth: &Authenticator,
     activity: Arc<Activity>,
     streams: Arc<Streams>,
@@ -51,7 +51,7 @@ fn answer(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query, request::STATS_PARAMS)?;
-    let identity = request::authenticate(auth, headers, &params)?;
+    let identity = request::authenticate(auth, headers, &params).await?;
     let interval = match params.interval.as_deref() {
         None => DEFAULT_INTERVAL,
         Some(text) => text

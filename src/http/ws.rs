@@ -78,7 +78,7 @@ const CLOSE_RESTART: u16 = 1012;
 const CLOSE_AUTH_EXPIRED: u16 = 4001;
 
 /// Authenticates, then upgrades; a refused token gets the same 401 JSON as SSE.
-pub fn handle(
+pub async fn handle(
     auth: Arc<Authenticator>,
     catalog: Arc<Catalog>,
     streams: Arc<Streams>,
@@ -98,7 +98,8 @@ pub fn handle(
         handshake,
         &headers,
         query.as_deref(),
-    ))
+    )
+    .await)
 }
 
 /// What a session uses besides its connection: the watched types (a `subscribe`'s
@@ -109,7 +110,7 @@ struct SessionContext {
     activity: Arc<Activity>,
 }
 
-fn upgrade(
+async fn upgrade(
     auth: &Authenticator,
     context: SessionContext,
     handshake: Handshake,
@@ -121,7 +122,7 @@ fn upgrade(
     if let Handshake::Malformed(why) = handshake {
         return Err(ApiError::bad_request("invalid_websocket_handshake", why));
     }
-    let identity = request::authenticate(auth, headers, &params)?;
+    let identity = request::authenticate(auth, headers, &params).await?;
     let Handshake::Valid(ws) = handshake else {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
