@@ -92,14 +92,7 @@ pub async fn handle(
         streams,
         activity,
     };
-    super::error::respond(upgrade(
-        &auth,
-        context,
-        handshake,
-        &headers,
-        query.as_deref(),
-    )
-    .await)
+    super::error::respond(upgrade(&auth, context, handshake, &headers, query.as_deref()).await)
 }
 
 /// What a session uses besides its connection: the watched types (a `subscribe`'s
