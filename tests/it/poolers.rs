@@ -26,7 +26,8 @@ struct PgBouncer {
 
 impl PgBouncer {
     /// `None` (with a message) when `pgbouncer` is not installed and CI does not require it.
-    fn start() -> Option<PgBouncer> {
+    /// `statement_timeout`: what its server connections set at connect (`connect_query`).
+    fn start(statement_timeout: Option<Duration>) -> Option<PgBouncer> {
         let Some(binary) = pgbouncer_binary() else {
             assert!(
                 std::env::var_os("CHANGECAST_REQUIRE_PGBOUNCER").is_none(),
@@ -58,10 +59,12 @@ impl PgBouncer {
         } else {
             "default_pool_size = 1"
         };
+        let connect_query = statement_timeout
+            .map(|t| format!(" connect_query='SET statement_timeout = {}'", t.as_millis()))
+            .unwrap_or_default();
         let config = format!(
             "[databases]\n\
-             * = host={host} port={port_db} user={user}{password} \
-                 connect_query='SET statement_timeout = 30000'\n\
+             * = host={host} port={port_db} user={user}{password}{connect_query}\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {port}\n\
@@ -168,7 +171,7 @@ fn postgres_user() -> Option<(u32, u32)> {
 
 #[tokio::test]
 async fn the_pool_works_through_pgbouncer_in_transaction_mode() {
-    let Some(bouncer) = PgBouncer::start() else {
+    let Some(bouncer) = PgBouncer::start(Some(Duration::from_secs(30))) else {
         return;
     };
     let direct = server().fresh_database().await;
@@ -202,22 +205,11 @@ async fn the_pool_works_through_pgbouncer_in_transaction_mode() {
 
 #[tokio::test]
 async fn listen_through_a_transaction_mode_pgbouncer_is_refused_at_start() {
-    let Some(bouncer) = PgBouncer::start() else {
+    let Some(bouncer) = PgBouncer::start(Some(Duration::from_secs(30))) else {
         return;
     };
     let direct = server().fresh_database().await;
-    let mut config = ServeConfig::new(bouncer.url(&direct));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let started = tokio::time::timeout(
-        WAIT,
-        App::build(config, &Secret::new(SECRET), CancellationToken::new()),
-    )
-    .await
-    .expect("App::build neither started nor failed");
-    let Err(error) = started else {
-        panic!("started with LISTEN through a transaction-mode pooler");
-    };
-    let message = format!("{error:#}");
+    let message = refusal(ServeConfig::new(bouncer.url(&direct))).await;
     for named in [
         "LISTEN",
         "pooler",
@@ -225,5 +217,55 @@ async fn listen_through_a_transaction_mode_pgbouncer_is_refused_at_start() {
         "CHANGECAST_LISTEN_DATABASE_URL",
     ] {
         assert!(message.contains(named), "{named} not in: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_pool_without_a_statement_timeout_through_pgbouncer_is_refused_at_start() {
+    let Some(bouncer) = PgBouncer::start(None) else {
+        return;
+    };
+    let direct = server().fresh_database().await;
+    let mut config = ServeConfig::new(bouncer.url(&direct));
+    config.listen_database_url = Some(Secret::new(direct));
+    let message = refusal(config).await;
+    for named in [
+        "statement timeout",
+        "options",
+        "connect_query",
+        "ALTER ROLE",
+    ] {
+        assert!(message.contains(named), "{named} not in: {message}");
+    }
+}
+
+#[test]
+fn help_documents_the_listen_database_url_and_hides_its_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_changecast"))
+        .args(["serve", "--help"])
+        .env(
+            "CHANGECAST_LISTEN_DATABASE_URL",
+            "postgres://u:hunter2@db/x",
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("CHANGECAST_LISTEN_DATABASE_URL"), "{help}");
+    assert!(help.contains("transaction mode"), "{help}");
+    assert!(!help.contains("hunter2"), "--help leaks a secret:\n{help}");
+}
+
+/// The error `App::build` refuses `config` with (bounded by [`WAIT`]).
+async fn refusal(mut config: ServeConfig) -> String {
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let started = tokio::time::timeout(
+        WAIT,
+        App::build(config, &Secret::new(SECRET), CancellationToken::new()),
+    )
+    .await
+    .expect("App::build neither started nor failed");
+    match started {
+        Ok(_) => panic!("started through a transaction-mode pooler"),
+        Err(error) => format!("{error:#}"),
     }
 }
