@@ -163,7 +163,10 @@ pub async fn check_notifications(
     let (listener, mut connection) = listen
         .connect(NoTls)
         .await
-        .context("connecting the LISTEN connection (CHANGECAST_LISTEN_DATABASE_URL)")?;
+        .context(
+            "connecting to PostgreSQL for LISTEN \
+             (CHANGECAST_LISTEN_DATABASE_URL, or DATABASE_URL when that is unset)",
+        )?;
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
