@@ -120,6 +120,8 @@ fn refuses_startup_options(error: &tokio_postgres::Error) -> bool {
 async fn session_statement_timeout(
     config: &tokio_postgres::Config,
 ) -> Result<Duration, tokio_postgres::Error> {
+    let mut config = config.clone();
+    config.application_name("changecast:pool-check");
     let (client, connection) = config.connect(NoTls).await?;
     let driver = tokio::spawn(connection);
     // The simple protocol: no prepared statement for a pooler to lose.
