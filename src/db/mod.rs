@@ -162,13 +162,10 @@ pub async fn check_notifications(
         direct connection to the database (or one through a session-mode pool)";
     let mut listen = listen.clone();
     listen.application_name("changecast:listen-check");
-    let (listener, mut connection) = listen
-        .connect(NoTls)
-        .await
-        .context(
-            "connecting to PostgreSQL for LISTEN \
+    let (listener, mut connection) = listen.connect(NoTls).await.context(
+        "connecting to PostgreSQL for LISTEN \
              (CHANGECAST_LISTEN_DATABASE_URL, or DATABASE_URL when that is unset)",
-        )?;
+    )?;
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
