@@ -72,8 +72,17 @@ impl App {
             .clone()
             .context("App::build needs a database URL")?;
         let database_url = database_url.expose();
-        db::migrate(database_url).await?;
-        let pool = db::pool(database_url, config.pool_size, config.statement_timeout)?;
+        // LISTEN, the doorbell and the migrations need sessions of their own; the pool
+        // may go through a transaction-mode pooler.
+        let session_url = match &config.listen_database_url {
+            Some(url) => url.expose().to_owned(),
+            None => database_url.to_owned(),
+        };
+        let listen = db::pg_config(&session_url, "changecast:listener")?;
+        db::check_notifications(&listen, &db::pg_config(database_url, "changecast:pool")?).await?;
+        db::migrate(&session_url).await?;
+        let pool =
+            db::connect_pool(database_url, config.pool_size, config.statement_timeout).await?;
         let (journal, start, resource_types) = {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
             (
@@ -104,7 +113,7 @@ impl App {
             None => None,
         };
         let tailer = Arc::new(Tailer {
-            pg: db::pg_config(database_url, "changecast:listener")?,
+            pg: listen,
             journal: journal.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),

@@ -56,6 +56,17 @@ pub struct ServeConfig {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
+    /// PostgreSQL connection string for the connections that need a session of their
+    /// own: LISTEN (which also reads the journal), the doorbell's advisory lock and the
+    /// migrations' lock. Default: DATABASE_URL. Set it to a direct connection (or a
+    /// session-mode pool) when DATABASE_URL goes through a pooler in transaction mode,
+    /// e.g. PgBouncer, which cannot carry LISTEN: such a pooler is detected at start and
+    /// refused. The pool's connections may go through it; PgBouncer then needs
+    /// `max_prepared_statements` (1.21 or later) and a statement timeout of its own (see
+    /// --statement-timeout).
+    #[arg(long, env = "CHANGECAST_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<Secret>,
+
     /// Data folder of the embedded PostgreSQL (used only without DATABASE_URL); created
     /// and initialised on first run, kept between runs. The server binaries are found via
     /// CHANGECAST_PG_BINDIR, `pg_config --bindir`, PATH or /usr/lib/postgresql/*/bin.
@@ -183,7 +194,10 @@ pub struct ServeConfig {
     pub snapshot_timeout: Duration,
 
     /// Longest a replay or snapshot query may run before PostgreSQL cancels it
-    /// (`statement_timeout` of the pool's connections).
+    /// (`statement_timeout` of the pool's connections, set at connection start). Through
+    /// a pooler that refuses or drops that startup option (PgBouncer), the pooler's server
+    /// connections must have a timeout of their own (its `connect_query`, or `ALTER ROLE
+    /// … SET statement_timeout`); with none the service refuses to start.
     #[arg(long, env = "CHANGECAST_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub statement_timeout: Duration,
 

@@ -21,6 +21,7 @@ mod migrate;
 mod openapi;
 mod reliability;
 mod ops;
+mod poolers;
 mod resume;
 mod security;
 mod security_sql;

@@ -418,8 +418,8 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
     let row = app
         .db
         .query_one(
-            "select max(xid)::text, max(id), pg_current_snapshot()::text,
-                    min(xid)::text || ':' || min(xid)::text || ':'
+            "select max(xid::text::bigint)::text, max(id), pg_current_snapshot()::text,
+                    min(xid::text::bigint)::text || ':' || min(xid::text::bigint)::text || ':'
              from changecast.change_log",
             &[],
         )

@@ -5,6 +5,11 @@
 //!    service's own `db::embedded` (binaries via `CHANGECAST_PG_BINDIR`, `pg_config
 //!    --bindir`, `PATH`, or `/usr/lib/postgresql/*/bin`).
 //!
+//! `CHANGECAST_PG_BINDIR` is how the suite runs against another major version
+//! (`scripts/pg-major.sh 13` prints such a folder): the tests that start clusters of
+//! their own, and the service when it starts its embedded database, find their binaries
+//! the same way. The server's version is printed once, so a log says what was tested.
+//!
 //! One server per test binary; migrations run once into a template database, and every
 //! test gets `CREATE DATABASE … TEMPLATE` of it.
 
@@ -46,6 +51,10 @@ fn find_server() -> Server {
         } else {
             local_cluster().unwrap_or_else(|error| panic!("no PostgreSQL for the tests: {error}"))
         };
+        match server_version(&base_url) {
+            Ok(version) => eprintln!("tests use PostgreSQL {version}"),
+            Err(error) => panic!("the PostgreSQL for the tests does not answer: {error}"),
+        }
         Server {
             base_url,
             template: tokio::sync::OnceCell::new(),
@@ -208,6 +217,23 @@ fn wait_until_ready(url: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Err("not ready within 60 s".into())
+}
+
+/// `server_version` of the server at `base_url`, e.g. `13.23`.
+fn server_version(base_url: &str) -> Result<String, tokio_postgres::Error> {
+    let url = format!("{base_url}/postgres");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let version = client.query_one("show server_version", &[]).await?.get(0);
+        drop(client);
+        let _ = driver.await;
+        Ok(version)
+    })
 }
 
 fn can_connect(url: &str) -> bool {
