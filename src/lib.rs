@@ -8,6 +8,8 @@ pub mod db;
 pub mod journal;
 /// Per-tenant fan-out of changes to subscribers.
 pub mod hub;
+/// A row's column values as row filters compare them.
+pub mod row;
 /// What each subscriber receives: types, topics, row filters, ids, view transitions.
 pub mod selection;
 /// The JSON and SSE forms of events, rendered once and shared.
