@@ -1,10 +1,9 @@
 //! Connections to PostgreSQL: the pool for ordinary queries, the embedded migrations,
-//! (in `listener`) the one dedicated LISTEN connection, and (in `embedded`) the
-//! PostgreSQL the service starts itself when no `DATABASE_URL` is given.
+//! and (in `embedded`) the PostgreSQL the service starts itself when no `DATABASE_URL`
+//! is given. (The LISTEN connection is capture's: `crate::capture::listener`.)
 
 pub mod embedded;
 pub mod keeper;
-pub mod listener;
 
 use std::time::Duration;
 

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 
-use super::PgSnapshot;
+use super::{PgSnapshot, ResyncReason};
 use crate::tenant::TenantId;
 
 /// Version 1 carried no MAC: such cursors cannot be verified and are refused.
@@ -63,10 +63,10 @@ pub enum CursorError {
 }
 
 impl CursorError {
-    pub fn resync_reason(&self) -> &'static str {
+    pub fn resync_reason(&self) -> ResyncReason {
         match self {
-            CursorError::Expired => "cursor_expired",
-            CursorError::Malformed => "cursor_invalid",
+            CursorError::Expired => ResyncReason::CursorExpired,
+            CursorError::Malformed => ResyncReason::CursorInvalid,
         }
     }
 }

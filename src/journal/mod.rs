@@ -4,18 +4,22 @@
 //! snapshots are. Every read here selects "rows whose transaction one snapshot does not
 //! see but another does", so a change is found whenever its transaction commits, and a
 //! long-running writer neither loses its rows nor holds back anybody else's.
-//! The live tailer reads with [`Journal::read_batch`]; a resuming subscriber and the lag
-//! recovery with [`Journal::replay_start`] and [`Journal::read_replay`].
+//! Positions in that order ([`Position`], the hub's boundary [`Published`]) are opaque
+//! outside: callers ask whether one includes an entry, never how.
+//!
+//! The capture side reads with [`Journal::read_new`] and [`Journal::read_batch`]; a
+//! resuming subscriber and the lag recovery with [`Journal::replay_page`], which also
+//! says when a cursor cannot be honoured ([`ResyncReason`]).
 
 mod cursor;
-pub mod doorbell;
 mod entry;
 mod frames;
+mod position;
 pub mod pruner;
+mod replay;
 mod rows;
 mod snapshot;
 mod sql;
-pub mod tailer;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -27,63 +31,27 @@ pub use entry::{
     AppEvent, Change, Entry, EventKind, RowValues, SharedAppEvent, SharedChange, Truncation,
 };
 pub use frames::{Frame, Frames};
+pub use position::{Position, PrunedBelow, Published};
+pub use replay::{ReplayFilter, ReplayPage, ResyncReason, SentThrough};
 pub use snapshot::PgSnapshot;
 pub use sql::{hot_statements, INDEX_PLANNER_SETTINGS, REPLAY_PLANNER_SETTINGS};
 
 use crate::tenant::TenantId;
 use rows::running;
-use sql::{
-    more_after, CURSOR_KEY_SQL, INDEX_PLANNER_SETTINGS_LOCAL, JOURNAL_IDENTITY, REPLAY,
-    REPLAY_START_SQL, TAIL, TAIL_NEW,
-};
-/// How far the tailer has handed changes to the hub: every change whose transaction
-/// `prev` sees, plus those `next` sees with a journal id up to `through_id` (the pages of
-/// the batch in progress). When no batch is in progress, `prev == next`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Published {
-    pub prev: PgSnapshot,
-    pub next: PgSnapshot,
-    pub through_id: i64,
-}
-
-impl Published {
-    pub fn complete(snapshot: PgSnapshot) -> Self {
-        Published {
-            prev: snapshot.clone(),
-            next: snapshot,
-            through_id: 0,
-        }
-    }
-
-    pub fn is_complete(&self) -> bool {
-        self.prev == self.next
-    }
-}
+use sql::{more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, TAIL, TAIL_NEW};
 
 /// What [`Journal::read_new`] found.
 pub struct NewRows {
-    /// The snapshot the rows were read up to.
-    pub snapshot: PgSnapshot,
-    /// Rows of transactions below this id may have been pruned (as of `snapshot`).
-    pub pruned_below: u64,
-    /// The journal's identity as of `snapshot` (see [`Journal::follow`]).
+    /// The position the rows were read up to.
+    pub position: Position,
+    /// How far the journal was pruned (as of `position`).
+    pub pruned_below: PrunedBelow,
+    /// The journal's identity as of `position` (see [`Journal::follow`]).
     pub journal_id: String,
     /// The first page of them.
     pub entries: Vec<Entry>,
     /// Whether more may follow the page (it is full, in rows or bytes).
     pub more: bool,
-}
-
-/// Which of one tenant's entries a replay reads besides the snapshot bounds: a coarse
-/// cut, so pages hold mostly what the subscriber wants. The subscriber's
-/// [`crate::selection::Selection`] decides about each entry, live and replayed alike.
-#[derive(Clone, Copy)]
-pub struct ReplayFilter<'a> {
-    pub tenant: &'a TenantId,
-    /// Row changes and truncations of these types only (`None`: of every type).
-    pub types: Option<&'a [String]>,
-    /// Whether application events are read at all.
-    pub app_events: bool,
 }
 
 pub type DbResult<T> = Result<T, tokio_postgres::Error>;
@@ -92,8 +60,6 @@ pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 pub struct TailStatements {
     new: Statement,
     batch: Statement,
-    /// [`doorbell::QUEUED_ON_NOTIFY_LOCK`].
-    pub queued: Statement,
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -125,7 +91,6 @@ impl Journal {
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
-            queued: client.prepare(&doorbell::QUEUED_ON_NOTIFY_LOCK).await?,
         })
     }
 
@@ -141,56 +106,57 @@ impl Journal {
         self.scope.swap(now, Ordering::Relaxed) != now
     }
 
-    pub async fn current_snapshot(client: &Client) -> DbResult<PgSnapshot> {
+    /// The database's present: where live delivery of a starting service begins.
+    pub async fn current_position(client: &Client) -> DbResult<Position> {
         let row = client
             .query_one("select pg_current_snapshot()::text", &[])
             .await?;
-        Ok(row
-            .get::<_, &str>(0)
-            .parse()
-            .expect("BUG: PostgreSQL printed an invalid pg_snapshot"))
+        Ok(Position(
+            row.get::<_, &str>(0)
+                .parse()
+                .expect("BUG: PostgreSQL printed an invalid pg_snapshot"),
+        ))
     }
 
-    /// Rows of transactions below this id may have been pruned (0: nothing pruned yet).
-    pub async fn pruned_below(client: &Client) -> DbResult<u64> {
+    /// How far the journal has been pruned (nothing yet: 0).
+    async fn pruned_below(client: &Client) -> DbResult<PrunedBelow> {
         let row = client
             .query_one(
                 "select pruned_below::text from changecast.journal_meta",
                 &[],
             )
             .await?;
-        Ok(row
-            .get::<_, &str>(0)
-            .parse()
-            .expect("BUG: xid8 is a number"))
+        Ok(PrunedBelow(
+            row.get::<_, &str>(0)
+                .parse()
+                .expect("BUG: xid8 is a number"),
+        ))
     }
 
-    /// Entries of every tenant whose transaction `unseen` does not see but `upto`
-    /// covers, with journal id above `after_id`, in journal-id order, at most `limit` and
-    /// `max_bytes`; and whether more may follow.
-    /// Row changes carry `known_since` (the wake-up that led to the read), else the time
-    /// of the read.
-    #[allow(clippy::too_many_arguments)]
+    /// The next page of the batch in progress in `published`: entries of every tenant
+    /// past its boundary and within the batch, in journal-id order, at most `limit` and
+    /// `max_bytes`; and whether more may follow. Row changes carry `known_since` (the
+    /// wake-up that led to the read), else the time of the read.
     pub async fn read_batch(
         &self,
         client: &Client,
         statements: &TailStatements,
-        unseen: &PgSnapshot,
-        upto: &Published,
-        after_id: i64,
+        published: &Published,
         (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
     ) -> DbResult<(Vec<Entry>, bool)> {
+        let unseen = &published.prev.0;
+        let upto = published.whole_batch();
         let rows = client
             .query(
                 &statements.batch,
                 &[
                     &unseen.xmax.to_string(),
                     &running(unseen),
-                    &upto.prev.to_string(),
-                    &upto.next.to_string(),
+                    &upto.prev.0.to_string(),
+                    &upto.next.0.to_string(),
                     &upto.through_id,
-                    &after_id,
+                    &published.through_id,
                     &(limit as i64),
                     &(max_bytes as i64),
                 ],
@@ -200,17 +166,18 @@ impl Journal {
         Ok((self.entries(&rows, known_since), more))
     }
 
-    /// A fresh snapshot, the journal's `pruned_below` as of that snapshot, and the first
-    /// page of entries whose transaction `unseen` does not see but the snapshot does, in
-    /// journal-id order, at most `limit` and `max_bytes`.
+    /// The database's present, the journal's pruning as of then, and the first page of
+    /// entries committed since `published` (which has no batch in progress) up to that
+    /// present, in journal-id order, at most `limit` and `max_bytes`.
     pub async fn read_new(
         &self,
         client: &Client,
         statements: &TailStatements,
-        unseen: &PgSnapshot,
+        published: &Published,
         (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
     ) -> DbResult<NewRows> {
+        let unseen = &published.prev.0;
         let rows = client
             .query(
                 &statements.new,
@@ -223,14 +190,18 @@ impl Journal {
             )
             .await?;
         let first = rows.first().expect("BUG: the snapshot row is always there");
-        let snapshot = first
-            .get::<_, &str>(0)
-            .parse()
-            .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
-        let pruned_below = first
-            .get::<_, &str>(1)
-            .parse()
-            .expect("BUG: xid8 is a number");
+        let position = Position(
+            first
+                .get::<_, &str>(0)
+                .parse()
+                .expect("BUG: PostgreSQL printed an invalid pg_snapshot"),
+        );
+        let pruned_below = PrunedBelow(
+            first
+                .get::<_, &str>(1)
+                .parse()
+                .expect("BUG: xid8 is a number"),
+        );
         let journal_id = first.get::<_, String>(2);
         let known_since = known_since.unwrap_or_else(Instant::now);
         let entries = rows
@@ -240,7 +211,7 @@ impl Journal {
             .collect::<Vec<_>>();
         let more = more_after(entries.len(), first.get(13), limit);
         Ok(NewRows {
-            snapshot,
+            position,
             pruned_below,
             journal_id,
             entries,
@@ -248,84 +219,10 @@ impl Journal {
         })
     }
 
-    /// The journal id a replay of `cursor` for `tenant` starts after (every row the
-    /// cursor did not see has a greater id), and the database's current snapshot.
-    pub async fn replay_start(
-        &self,
-        client: &mut deadpool_postgres::Client,
-        cursor: &Cursor,
-        tenant: &TenantId,
-    ) -> DbResult<(i64, PgSnapshot)> {
-        // Prepared once per pooled connection: every resume runs it, in a transaction
-        // of its own for the planner settings.
-        let transaction = client.transaction().await?;
-        transaction
-            .batch_execute(&INDEX_PLANNER_SETTINGS_LOCAL)
-            .await?;
-        let statement = transaction.prepare_cached(REPLAY_START_SQL).await?;
-        let row = transaction
-            .query_one(
-                &statement,
-                &[
-                    &tenant.as_str(),
-                    &cursor.seen.xmax.to_string(),
-                    &running(&cursor.seen),
-                ],
-            )
-            .await?;
-        transaction.commit().await?;
-        // `min` is the first row to replay: start just before it. None: nothing to replay
-        // yet (later rows come after the newest id, which every later page starts from).
-        let start = row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1);
-        let now = row
-            .get::<_, &str>(1)
-            .parse()
-            .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
-        Ok((start, now))
-    }
-
-    /// One page of a replay: `filter`'s entries after journal id `after_id` whose
-    /// transaction `unseen` does not see but `upto` covers, in journal-id order, at most
-    /// `limit` of them and, past the first, at most `max_bytes`; and whether it is the
-    /// last page (nothing after it in the range).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn read_replay(
-        &self,
-        client: &mut deadpool_postgres::Client,
-        unseen: &PgSnapshot,
-        upto: &Published,
-        after_id: i64,
-        filter: ReplayFilter<'_>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> DbResult<(Vec<Entry>, bool)> {
-        // A young journal's statistics (before autovacuum analyzed it) make the planner
-        // expect a handful of rows after `after_id` and fetch all of them by bitmap, then
-        // sort: every page would read the rest of the replay. Only the ordered walk of
-        // (tenant_id, id), stopped by the LIMIT, keeps a page's cost to its own rows.
-        let transaction = client.transaction().await?;
-        transaction.batch_execute(REPLAY_PLANNER_SETTINGS).await?;
-        let statement = transaction.prepare_cached(REPLAY.as_str()).await?;
-        let rows = transaction
-            .query(
-                &statement,
-                &[
-                    &filter.tenant.as_str(),
-                    &after_id,
-                    &unseen.to_string(),
-                    &upto.prev.to_string(),
-                    &upto.next.to_string(),
-                    &upto.through_id,
-                    &filter.types,
-                    &filter.app_events,
-                    &(limit as i64),
-                    &(max_bytes as i64),
-                ],
-            )
-            .await?;
-        transaction.commit().await?;
-        let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
-        Ok((self.entries(&rows, None), last))
+    /// The cursor text of a subscriber of `tenant` that has received everything before
+    /// `position`.
+    pub fn cursor_at(&self, tenant: &TenantId, position: &Position) -> String {
+        self.scope().encode(tenant, &position.cursor())
     }
 }
 

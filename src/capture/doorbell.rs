@@ -25,7 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
-use super::DbResult;
+use crate::journal::DbResult;
 
 /// The advisory lock, in the two-integer key space ("ccdb", changecast doorbell): the
 /// same pair as `changecast.ring()` (migration V7) and the capture trigger (V8) test.
@@ -72,15 +72,34 @@ pub static QUEUED_ON_NOTIFY_LOCK: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection; `released_at`:
-/// the next transaction id when this instance released the doorbell, while it drains.
-pub async fn writers_queued(
-    client: &Client,
-    statement: &Statement,
-    released_at: Option<u64>,
-) -> DbResult<bool> {
-    let released_at = released_at.map(|xid| xid as i64);
-    Ok(client.query_one(statement, &[&released_at]).await?.get(0))
+/// Looks at the queue on the NOTIFY lock ([`QUEUED_ON_NOTIFY_LOCK`]) from the tailer's
+/// connection, where it is prepared once: while busy, the tailer asks every few
+/// milliseconds.
+pub struct QueueProbe {
+    statement: Statement,
+}
+
+impl QueueProbe {
+    /// Prepared on `client`, and valid on that connection only.
+    pub async fn prepare(client: &Client) -> DbResult<QueueProbe> {
+        Ok(QueueProbe {
+            statement: client.prepare(&QUEUED_ON_NOTIFY_LOCK).await?,
+        })
+    }
+
+    /// Whether writers queue on the NOTIFY lock; `released_at`: the next transaction id
+    /// when this instance released the doorbell, while it drains.
+    pub async fn writers_queued(
+        &self,
+        client: &Client,
+        released_at: Option<u64>,
+    ) -> DbResult<bool> {
+        let released_at = released_at.map(|xid| xid as i64);
+        Ok(client
+            .query_one(&self.statement, &[&released_at])
+            .await?
+            .get(0))
+    }
 }
 
 /// The id the next transaction will get. (A snapshot's `xmax` is not it: that is the
