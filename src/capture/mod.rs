@@ -15,38 +15,12 @@
 //! Another source (logical decoding, a hot standby's journal) is another file here
 //! that feeds a [`publish::Publisher`]; the hub and everything after it stay as they are.
 
+mod connection;
 pub mod doorbell;
 pub mod listener;
 mod pace;
 pub mod publish;
 pub mod tailer;
 
-use std::time::Duration;
-
-use tokio::time::timeout;
-
 pub use publish::Publisher;
 pub use tailer::Tailer;
-
-/// A query on a capture connection taking longer means the connection is dead.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Why a capture connection is given up (and made anew).
-#[derive(Debug, thiserror::Error)]
-enum Lost {
-    #[error("database error: {0:?}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("query timed out")]
-    Timeout,
-    #[error("connection closed")]
-    Closed,
-}
-
-/// `query`, or [`Lost::Timeout`] after [`QUERY_TIMEOUT`].
-async fn bounded<T>(
-    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, Lost> {
-    Ok(timeout(QUERY_TIMEOUT, query)
-        .await
-        .map_err(|_| Lost::Timeout)??)
-}

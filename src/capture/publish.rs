@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::{bounded, Lost};
+use super::connection::{bounded, Lost};
 use crate::hub::Hub;
 use crate::journal::{Entry, Journal, NewRows, Published, TailStatements};
 use crate::metrics::Metrics;

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::{bounded, Lost, QUERY_TIMEOUT};
 use super::doorbell::{self, Doorbell, QueueProbe};
 use super::listener::{self, ListenConnection};
 use super::pace::{Pace, Step, HOLD_OFF_AFTER_NO_EFFECT};
 use super::publish::{Batch, Publisher};
-use super::{bounded, Lost, QUERY_TIMEOUT};
 use crate::backoff::Backoff;
 use crate::journal::Journal;
 use crate::metrics::Metrics;

@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::cursor::Cursor;
 use super::frames::Frames;
-use super::Cursor;
 use crate::row::Row;
 use crate::tenant::TenantId;
 

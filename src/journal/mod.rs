@@ -26,15 +26,15 @@ use std::time::Instant;
 
 use tokio_postgres::{Client, Statement};
 
-pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope};
+pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope, ResyncReason};
 pub use entry::{
     AppEvent, Change, Entry, EventKind, RowValues, SharedAppEvent, SharedChange, Truncation,
 };
 pub use frames::{Frame, Frames};
 pub use position::{Position, PrunedBelow, Published};
-pub use replay::{ReplayFilter, ReplayPage, ResyncReason, SentThrough};
+pub use replay::{ReplayFilter, ReplayPage, SentThrough};
 pub use snapshot::PgSnapshot;
-pub use sql::{hot_statements, INDEX_PLANNER_SETTINGS, REPLAY_PLANNER_SETTINGS};
+pub use sql::{hot_statements, DbResult, INDEX_PLANNER_SETTINGS, REPLAY_PLANNER_SETTINGS};
 
 use crate::tenant::TenantId;
 use rows::running;
@@ -53,8 +53,6 @@ pub struct NewRows {
     /// Whether more may follow the page (it is full, in rows or bytes).
     pub more: bool,
 }
-
-pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
 /// The tailer's statements, prepared on its connection (see [`Journal::prepare_tail`]).
 pub struct TailStatements {
@@ -118,21 +116,6 @@ impl Journal {
         ))
     }
 
-    /// How far the journal has been pruned (nothing yet: 0).
-    async fn pruned_below(client: &Client) -> DbResult<PrunedBelow> {
-        let row = client
-            .query_one(
-                "select pruned_below::text from changecast.journal_meta",
-                &[],
-            )
-            .await?;
-        Ok(PrunedBelow(
-            row.get::<_, &str>(0)
-                .parse()
-                .expect("BUG: xid8 is a number"),
-        ))
-    }
-
     /// The next page of the batch in progress in `published`: entries of every tenant
     /// past its boundary and within the batch, in journal-id order, at most `limit` and
     /// `max_bytes`; and whether more may follow. Row changes carry `known_since` (the
@@ -163,7 +146,7 @@ impl Journal {
             )
             .await?;
         let more = more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
-        Ok((self.entries(&rows, known_since), more))
+        Ok((rows::entries(&self.scope(), &rows, known_since), more))
     }
 
     /// The database's present, the journal's pruning as of then, and the first page of
@@ -204,10 +187,11 @@ impl Journal {
         );
         let journal_id = first.get::<_, String>(2);
         let known_since = known_since.unwrap_or_else(Instant::now);
+        let scope = self.scope();
         let entries = rows
             .iter()
             .filter(|row| row.get::<_, Option<i64>>(3).is_some())
-            .map(|row| self.entry_from_row_at(row, 3, known_since))
+            .map(|row| rows::entry_at(&scope, row, 3, known_since))
             .collect::<Vec<_>>();
         let more = more_after(entries.len(), first.get(13), limit);
         Ok(NewRows {
@@ -217,6 +201,22 @@ impl Journal {
             entries,
             more,
         })
+    }
+
+    /// One page of the replay of `from` up to `upto`: `filter`'s entries after journal id
+    /// `after` (found first when `None`) whose transaction `from` does not see but
+    /// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
+    /// at most `max_bytes`. Whether the page honours `from` is [`ReplayPage::honours`].
+    pub async fn replay_page(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        from: &Cursor,
+        upto: &Published,
+        after: Option<i64>,
+        filter: ReplayFilter<'_>,
+        limits: (usize, usize),
+    ) -> DbResult<ReplayPage> {
+        replay::read_page(&self.scope(), client, from, upto, after, filter, limits).await
     }
 
     /// The cursor text of a subscriber of `tenant` that has received everything before

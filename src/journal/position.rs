@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use super::{Cursor, Entry, PgSnapshot};
+use super::cursor::Cursor;
+use super::entry::Entry;
+use super::snapshot::PgSnapshot;
 
 /// A point in commit order: the changes of every transaction it sees come before it,
 /// all others after. Taken by the database (a snapshot), so a transaction that commits

@@ -1,35 +1,15 @@
 //! Replays: what a cursor has not seen, read page by page up to the hub's boundary, and
 //! why a cursor cannot be honoured when it cannot.
 
-use super::rows::running;
-use super::sql::{more_after, INDEX_PLANNER_SETTINGS_LOCAL, REPLAY, REPLAY_START_SQL};
-use super::{
-    Cursor, DbResult, Entry, Journal, Position, PrunedBelow, Published, REPLAY_PLANNER_SETTINGS,
+use super::cursor::{Cursor, CursorScope, ResyncReason};
+use super::entry::Entry;
+use super::position::{Position, PrunedBelow, Published};
+use super::rows::{entries, running};
+use super::sql::DbResult;
+use super::sql::{
+    more_after, INDEX_PLANNER_SETTINGS_LOCAL, REPLAY, REPLAY_PLANNER_SETTINGS, REPLAY_START_SQL,
 };
 use crate::tenant::TenantId;
-
-/// Why a subscriber must refetch its state: the `reason` of a `resync` (API.md §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResyncReason {
-    /// The journal was pruned past the cursor.
-    CursorExpired,
-    /// The cursor was not issued here for this tenant, or belongs to a journal or a
-    /// timeline of the database's history that is gone.
-    CursorInvalid,
-    /// A table of a type the subscriber follows was truncated.
-    Truncated,
-}
-
-impl ResyncReason {
-    /// As the wire and the metrics spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResyncReason::CursorExpired => "cursor_expired",
-            ResyncReason::CursorInvalid => "cursor_invalid",
-            ResyncReason::Truncated => "truncated",
-        }
-    }
-}
 
 /// Which of one tenant's entries a replay reads besides the snapshot bounds: a coarse
 /// cut, so pages hold mostly what the subscriber wants. The subscriber's
@@ -123,117 +103,128 @@ impl Cursor {
     }
 }
 
-impl Journal {
-    /// One page of the replay of `from` up to `upto`: `filter`'s entries after journal id
-    /// `after` (found first when `None`) whose transaction `from` does not see but
-    /// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
-    /// at most `max_bytes`.
-    pub async fn replay_page(
-        &self,
-        client: &mut deadpool_postgres::Client,
-        from: &Cursor,
-        upto: &Published,
-        after: Option<i64>,
-        filter: ReplayFilter<'_>,
-        (limit, max_bytes): (usize, usize),
-    ) -> DbResult<ReplayPage> {
-        let (after, now) = match after {
-            Some(id) => (id, None),
-            None => {
-                let (start, now) = self.replay_start(client, from, filter.tenant).await?;
-                (start, Some(now))
-            }
-        };
-        let (entries, last) = self
-            .read_replay(client, from, upto, after, filter, limit, max_bytes)
-            .await?;
-        let pruned_below = Journal::pruned_below(client).await?;
-        Ok(ReplayPage {
-            after,
-            now,
-            pruned_below,
-            entries,
-            last,
-        })
-    }
+/// One page of the replay of `from` up to `upto`: `filter`'s entries after journal id
+/// `after` (found first when `None`) whose transaction `from` does not see but
+/// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
+/// at most `max_bytes`.
+pub(super) async fn read_page(
+    scope: &CursorScope,
+    client: &mut deadpool_postgres::Client,
+    from: &Cursor,
+    upto: &Published,
+    after: Option<i64>,
+    filter: ReplayFilter<'_>,
+    (limit, max_bytes): (usize, usize),
+) -> DbResult<ReplayPage> {
+    let (after, now) = match after {
+        Some(id) => (id, None),
+        None => {
+            let (start, now) = replay_start(client, from, filter.tenant).await?;
+            (start, Some(now))
+        }
+    };
+    let (entries, last) =
+        read_replay(scope, client, from, upto, after, filter, limit, max_bytes).await?;
+    let pruned_below = pruned_below(client).await?;
+    Ok(ReplayPage {
+        after,
+        now,
+        pruned_below,
+        entries,
+        last,
+    })
+}
 
-    /// The journal id a replay of `cursor` for `tenant` starts after (every row the
-    /// cursor did not see has a greater id), and the database's present.
-    async fn replay_start(
-        &self,
-        client: &mut deadpool_postgres::Client,
-        cursor: &Cursor,
-        tenant: &TenantId,
-    ) -> DbResult<(i64, Position)> {
-        // Prepared once per pooled connection: every resume runs it, in a transaction
-        // of its own for the planner settings.
-        let transaction = client.transaction().await?;
-        transaction
-            .batch_execute(&INDEX_PLANNER_SETTINGS_LOCAL)
-            .await?;
-        let statement = transaction.prepare_cached(REPLAY_START_SQL).await?;
-        let row = transaction
-            .query_one(
-                &statement,
-                &[
-                    &tenant.as_str(),
-                    &cursor.seen.xmax.to_string(),
-                    &running(&cursor.seen),
-                ],
-            )
-            .await?;
-        transaction.commit().await?;
-        // `min` is the first row to replay: start just before it. None: nothing to replay
-        // yet (later rows come after the newest id, which every later page starts from).
-        let start = row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1);
-        let now = row
-            .get::<_, &str>(1)
+/// The journal id a replay of `cursor` for `tenant` starts after (every row the
+/// cursor did not see has a greater id), and the database's present.
+async fn replay_start(
+    client: &mut deadpool_postgres::Client,
+    cursor: &Cursor,
+    tenant: &TenantId,
+) -> DbResult<(i64, Position)> {
+    // Prepared once per pooled connection: every resume runs it, in a transaction
+    // of its own for the planner settings.
+    let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&INDEX_PLANNER_SETTINGS_LOCAL)
+        .await?;
+    let statement = transaction.prepare_cached(REPLAY_START_SQL).await?;
+    let row = transaction
+        .query_one(
+            &statement,
+            &[
+                &tenant.as_str(),
+                &cursor.seen.xmax.to_string(),
+                &running(&cursor.seen),
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    // `min` is the first row to replay: start just before it. None: nothing to replay
+    // yet (later rows come after the newest id, which every later page starts from).
+    let start = row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1);
+    let now = row
+        .get::<_, &str>(1)
+        .parse()
+        .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+    Ok((start, Position(now)))
+}
+
+/// `filter`'s entries after journal id `after_id` whose transaction `from` does not
+/// see but `upto` covers, in journal-id order, at most `limit` of them and, past the
+/// first, at most `max_bytes`; and whether it is the last page (nothing after it in
+/// the range).
+#[allow(clippy::too_many_arguments)]
+async fn read_replay(
+    scope: &CursorScope,
+    client: &mut deadpool_postgres::Client,
+    from: &Cursor,
+    upto: &Published,
+    after_id: i64,
+    filter: ReplayFilter<'_>,
+    limit: usize,
+    max_bytes: usize,
+) -> DbResult<(Vec<Entry>, bool)> {
+    // A young journal's statistics (before autovacuum analyzed it) make the planner
+    // expect a handful of rows after `after_id` and fetch all of them by bitmap, then
+    // sort: every page would read the rest of the replay. Only the ordered walk of
+    // (tenant_id, id), stopped by the LIMIT, keeps a page's cost to its own rows.
+    let transaction = client.transaction().await?;
+    transaction.batch_execute(REPLAY_PLANNER_SETTINGS).await?;
+    let statement = transaction.prepare_cached(REPLAY.as_str()).await?;
+    let rows = transaction
+        .query(
+            &statement,
+            &[
+                &filter.tenant.as_str(),
+                &after_id,
+                &from.seen.to_string(),
+                &upto.prev.0.to_string(),
+                &upto.next.0.to_string(),
+                &upto.through_id,
+                &filter.types,
+                &filter.app_events,
+                &(limit as i64),
+                &(max_bytes as i64),
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
+    Ok((entries(scope, &rows, None), last))
+}
+
+/// How far the journal has been pruned (nothing yet: 0).
+async fn pruned_below(client: &tokio_postgres::Client) -> DbResult<PrunedBelow> {
+    let row = client
+        .query_one(
+            "select pruned_below::text from changecast.journal_meta",
+            &[],
+        )
+        .await?;
+    Ok(PrunedBelow(
+        row.get::<_, &str>(0)
             .parse()
-            .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
-        Ok((start, Position(now)))
-    }
-
-    /// `filter`'s entries after journal id `after_id` whose transaction `from` does not
-    /// see but `upto` covers, in journal-id order, at most `limit` of them and, past the
-    /// first, at most `max_bytes`; and whether it is the last page (nothing after it in
-    /// the range).
-    #[allow(clippy::too_many_arguments)]
-    async fn read_replay(
-        &self,
-        client: &mut deadpool_postgres::Client,
-        from: &Cursor,
-        upto: &Published,
-        after_id: i64,
-        filter: ReplayFilter<'_>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> DbResult<(Vec<Entry>, bool)> {
-        // A young journal's statistics (before autovacuum analyzed it) make the planner
-        // expect a handful of rows after `after_id` and fetch all of them by bitmap, then
-        // sort: every page would read the rest of the replay. Only the ordered walk of
-        // (tenant_id, id), stopped by the LIMIT, keeps a page's cost to its own rows.
-        let transaction = client.transaction().await?;
-        transaction.batch_execute(REPLAY_PLANNER_SETTINGS).await?;
-        let statement = transaction.prepare_cached(REPLAY.as_str()).await?;
-        let rows = transaction
-            .query(
-                &statement,
-                &[
-                    &filter.tenant.as_str(),
-                    &after_id,
-                    &from.seen.to_string(),
-                    &upto.prev.0.to_string(),
-                    &upto.next.0.to_string(),
-                    &upto.through_id,
-                    &filter.types,
-                    &filter.app_events,
-                    &(limit as i64),
-                    &(max_bytes as i64),
-                ],
-            )
-            .await?;
-        transaction.commit().await?;
-        let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
-        Ok((self.entries(&rows, None), last))
-    }
+            .expect("BUG: xid8 is a number"),
+    ))
 }

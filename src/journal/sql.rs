@@ -4,6 +4,9 @@
 
 use std::sync::LazyLock;
 
+/// What a statement comes to.
+pub type DbResult<T> = Result<T, tokio_postgres::Error>;
+
 /// The cursor key, as the migrations made it (`changecast.cursor_key`, readable by the
 /// service's role only).
 pub(super) const CURSOR_KEY_SQL: &str = "select key from changecast.cursor_key";
