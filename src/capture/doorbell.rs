@@ -15,7 +15,7 @@
 //! - A crashed instance's lock goes with its connection.
 //!
 //! When to drain is the tailer's call (its `Pace`): when writers are seen queueing on
-//! the NOTIFY lock, which [`writers_queued`] looks at.
+//! the NOTIFY lock, which [`QueueProbe::writers_queued`] looks at.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! writer and nothing committed in between is skipped. When the connection drops it
 //! reconnects with backoff; the next batch then simply spans the outage, so catch-up
 //! needs no code of its own. Under contention it stops waiting for wake-ups and drains
-//! the journal instead: when is the call of its [`Pace`].
+//! the journal instead: when is the call of its `Pace`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -126,7 +126,7 @@ pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_h
 pub(super) static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =
     LazyLock::new(|| INDEX_PLANNER_SETTINGS.replace("set ", "set local "));
 
-/// Planner settings of a replay page's transaction (see [`Journal::read_replay`]).
+/// Planner settings of a replay page's transaction (see `replay::read_replay`).
 pub const REPLAY_PLANNER_SETTINGS: &str =
     "set local enable_bitmapscan = off; set local enable_sort = off; set local jit = off";
 
