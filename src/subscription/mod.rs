@@ -35,9 +35,8 @@ use crate::metrics::Metrics;
 use crate::selection::Selection;
 use crate::tenant::TenantId;
 use live::LiveEnded;
-use replay::{Replayed, SharedPages, KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES};
+use replay::{Replayed, SharedPages};
 use replay_gate::ReplayGate;
-use shared_reads::SharedReads;
 
 /// Items queued between the subscription task and its transport.
 const OUTBOUND_QUEUE: usize = 64;
@@ -77,7 +76,7 @@ impl Subscriptions {
             pool,
             metrics,
             replay_gate,
-            replay_pages: SharedReads::new(KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES),
+            replay_pages: replay::shared_pages(),
             places: Arc::new(Places::new(limits)),
             shutdown,
             tracker,

@@ -28,15 +28,19 @@ const REPLAY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
 /// How long a replay page read for one subscriber is kept for others replaying the same
 /// range (a reconnect storm's subscribers arrive within moments of each other).
-pub(super) const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
+const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
 /// Most bytes of row JSON kept in shared replay pages.
-pub(super) const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
+const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
 /// How long a replay read dropped mid-statement waits for its statement to stop before
 /// giving its gate turn back regardless (see [`ReadInProgress`]).
 const STOP_STATEMENT_WITHIN: Duration = Duration::from_secs(5);
 
 /// Replay pages read once for every subscriber replaying the same range.
 pub(super) type SharedPages = SharedReads<SharedPage>;
+
+pub(super) fn shared_pages() -> SharedPages {
+    SharedReads::new(KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES)
+}
 
 /// One replay page as read from the journal, shareable.
 #[derive(Clone)]
