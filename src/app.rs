@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::capture::{Publisher, Tailer};
 use crate::config::ServeConfig;
 use crate::db;
 use crate::http::server::{self, ConnectionLimits};
 use crate::hub::Hub;
 use crate::journal::pruner::Pruner;
-use crate::journal::tailer::Tailer;
 use crate::journal::{Journal, Published};
 use crate::metrics::Metrics;
 use crate::resources::Catalog;
@@ -87,7 +87,7 @@ impl App {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
             (
                 Arc::new(Journal::open(&client).await?),
-                Journal::current_snapshot(&client).await?,
+                Journal::current_position(&client).await?,
                 crate::resources::resource_types(&**client).await?,
             )
         };
@@ -98,7 +98,6 @@ impl App {
             Published::complete(start),
             config.subscriber_buffer,
             metrics.tenant_channels.clone(),
-            activity.clone(),
         ));
         let (ready_tx, ready) = watch::channel(false);
         let listener = TcpListener::bind(config.listen)
@@ -114,8 +113,12 @@ impl App {
         };
         let tailer = Arc::new(Tailer {
             pg: listen,
-            journal: journal.clone(),
-            hub: hub.clone(),
+            publisher: Publisher {
+                journal: journal.clone(),
+                hub: hub.clone(),
+                activity: activity.clone(),
+                metrics: metrics.clone(),
+            },
             metrics: metrics.clone(),
             ready: ready_tx,
         });

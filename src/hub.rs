@@ -16,7 +16,6 @@ use prometheus::IntGauge;
 use tokio::sync::broadcast;
 
 use crate::journal::{Entry, Published};
-use crate::stats::Activity;
 use crate::sync::lock;
 use crate::tenant::TenantId;
 
@@ -70,8 +69,6 @@ impl Fanned {
 
 pub struct Hub {
     state: Mutex<State>,
-    /// Every published entry is counted here, subscribers or not (`/v1/stats`).
-    activity: Arc<Activity>,
     /// Changes a subscriber may fall behind its tenant's newest before it lags.
     capacity: usize,
     /// How many tenants have a channel (`changecast_tenant_channels`).
@@ -120,15 +117,9 @@ impl Drop for Member {
 }
 
 impl Hub {
-    pub fn new(
-        published: Published,
-        capacity: usize,
-        channels: IntGauge,
-        activity: Arc<Activity>,
-    ) -> Self {
+    pub fn new(published: Published, capacity: usize, channels: IntGauge) -> Self {
         channels.set(0);
         Hub {
-            activity,
             state: Mutex::new(State {
                 tenants: HashMap::new(),
                 published,
@@ -164,7 +155,6 @@ impl Hub {
     /// Hands one page of changes, in journal order, to their tenants' subscribers and
     /// moves the boundary to `published`. Returns how many subscriber deliveries it queued.
     pub fn publish(&self, changes: Vec<Entry>, published: Published) -> usize {
-        self.activity.record(&changes);
         let mut state = lock(&self.state);
         let mut queued = 0;
         for change in changes {
@@ -204,17 +194,16 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::PgSnapshot;
+    use crate::journal::{PgSnapshot, Position};
     use std::collections::HashSet;
 
     fn hub() -> Arc<Hub> {
         let start: PgSnapshot = "10:10:".parse().unwrap();
         let gauge = IntGauge::new("channels", "test").unwrap();
         Arc::new(Hub::new(
-            Published::complete(start),
+            Published::complete(Position::of_snapshot(start)),
             8,
             gauge,
-            Arc::default(),
         ))
     }
 
@@ -422,11 +411,11 @@ mod tests {
 
         /// "Everything published below `xid`": the tailer's boundary after a page.
         fn boundary(xid: u64) -> Published {
-            Published::complete(PgSnapshot {
+            Published::complete(Position::of_snapshot(PgSnapshot {
                 xmin: xid,
                 xmax: xid,
                 xip: Vec::new(),
-            })
+            }))
         }
 
         struct Sub {
@@ -458,12 +447,7 @@ mod tests {
             fn new() -> World {
                 let gauge = IntGauge::new("channels", "test").unwrap();
                 World {
-                    hub: Arc::new(Hub::new(
-                        boundary(FIRST_XID),
-                        CAPACITY,
-                        gauge,
-                        Arc::default(),
-                    )),
+                    hub: Arc::new(Hub::new(boundary(FIRST_XID), CAPACITY, gauge)),
                     selections: selections(),
                     journal: Vec::new(),
                     next: FIRST_XID,
@@ -486,10 +470,11 @@ mod tests {
                 let (live, upto) = self.hub.subscribe(&tenant(TENANTS[t]));
                 assert_eq!(upto, self.hub.published());
                 assert_eq!(
-                    upto.prev.xmax, self.next,
+                    upto.settled().snapshot().xmax,
+                    self.next,
                     "the boundary is what was published"
                 );
-                (live, upto.prev.xmax)
+                (live, upto.settled().snapshot().xmax)
             }
 
             fn account(&mut self, i: usize, entry: &Entry) {

@@ -2,12 +2,16 @@
 //!
 //! Data flows one way, from the database to the socket; the modules in that order:
 
-/// PostgreSQL connections: pool, migrations, the LISTEN connection, the embedded server.
+/// PostgreSQL connections: pool, migrations, the embedded server.
 pub mod db;
-/// The journal: commit-order reads, cursors, the tailer and its doorbell, retention.
+/// The journal: commit order, positions and cursors, its reads, retention.
 pub mod journal;
+/// Capture: the tailer, its LISTEN connection, doorbell and pace; publishes into the hub.
+pub mod capture;
 /// Per-tenant fan-out of changes to subscribers.
 pub mod hub;
+/// A row's column values as row filters compare them.
+pub mod row;
 /// What each subscriber receives: types, topics, row filters, ids, view transitions.
 pub mod selection;
 /// The JSON and SSE forms of events, rendered once and shared.

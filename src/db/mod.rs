@@ -1,6 +1,6 @@
 //! Connections to PostgreSQL: the pool for ordinary queries, the embedded migrations,
-//! (in `listener`) the one dedicated LISTEN connection, and (in `embedded`) the
-//! PostgreSQL the service starts itself when no `DATABASE_URL` is given.
+//! and (in `embedded`) the PostgreSQL the service starts itself when no `DATABASE_URL`
+//! is given. (The LISTEN connection is capture's: `crate::capture::listener`.)
 //!
 //! The pool may go through a connection pooler in transaction mode (PgBouncer); the
 //! session connections (LISTEN, the doorbell's advisory lock, the migrations' lock) may
@@ -8,7 +8,6 @@
 
 pub mod embedded;
 pub mod keeper;
-pub mod listener;
 
 use std::time::Duration;
 

@@ -144,7 +144,7 @@ impl Stream for SseBody {
                 delivery.frame().sse.clone()
             }
             Poll::Ready(Some(Outbound::Resync(resync))) => {
-                control_frame("resync", Some(resync.reason), Some(&resync.cursor))
+                control_frame("resync", Some(resync.reason.as_str()), Some(&resync.cursor))
             }
             Poll::Ready(Some(Outbound::AuthExpired)) => {
                 self.finished = true;

@@ -501,7 +501,7 @@ impl Session {
             }
             Some(Outbound::Resync(resync)) => {
                 self.push(&ServerMessage::Resync {
-                    reason: resync.reason,
+                    reason: resync.reason.as_str(),
                     id: &resync.cursor,
                 });
                 self.position = Some(Position::Cursor(resync.cursor));

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 
-use super::PgSnapshot;
+use super::snapshot::PgSnapshot;
 use crate::tenant::TenantId;
 
 /// Version 1 carried no MAC: such cursors cannot be verified and are refused.
@@ -63,10 +63,33 @@ pub enum CursorError {
 }
 
 impl CursorError {
-    pub fn resync_reason(&self) -> &'static str {
+    pub fn resync_reason(&self) -> ResyncReason {
         match self {
-            CursorError::Expired => "cursor_expired",
-            CursorError::Malformed => "cursor_invalid",
+            CursorError::Expired => ResyncReason::CursorExpired,
+            CursorError::Malformed => ResyncReason::CursorInvalid,
+        }
+    }
+}
+
+/// Why a subscriber must refetch its state: the `reason` of a `resync` (API.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResyncReason {
+    /// The journal was pruned past the cursor.
+    CursorExpired,
+    /// The cursor was not issued here for this tenant, or belongs to a journal or a
+    /// timeline of the database's history that is gone.
+    CursorInvalid,
+    /// A table of a type the subscriber follows was truncated.
+    Truncated,
+}
+
+impl ResyncReason {
+    /// As the wire and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::CursorExpired => "cursor_expired",
+            ResyncReason::CursorInvalid => "cursor_invalid",
+            ResyncReason::Truncated => "truncated",
         }
     }
 }

@@ -637,7 +637,7 @@ impl ForeignListener {
             let _ = release_rx.await;
             drop(connection);
         });
-        let channel = changecast::db::listener::CHANNEL;
+        let channel = changecast::capture::listener::CHANNEL;
         client
             .batch_execute(&format!("LISTEN {channel}"))
             .await

@@ -109,7 +109,7 @@ impl Crowd {
 async fn doorbell_requests(app: &TestApp) -> (i64, i64) {
     let row = app
         .db
-        .query_one(&*changecast::journal::doorbell::DOORBELL_REQUESTS, &[])
+        .query_one(&*changecast::capture::doorbell::DOORBELL_REQUESTS, &[])
         .await
         .unwrap();
     (row.get(0), row.get(1))
@@ -123,7 +123,7 @@ async fn draining(app: &TestApp) -> bool {
 /// Whether `db`'s open transaction took the doorbell lock shared: it wrote without
 /// ringing, since no instance waited.
 async fn skipped_ringing(db: &tokio_postgres::Client) -> bool {
-    let (class, object) = changecast::journal::doorbell::LOCK;
+    let (class, object) = changecast::capture::doorbell::LOCK;
     db.query_one(
         "select exists (select from pg_locks
           where pid = pg_backend_pid() and locktype = 'advisory' and mode = 'ShareLock'

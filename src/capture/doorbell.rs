@@ -15,7 +15,7 @@
 //! - A crashed instance's lock goes with its connection.
 //!
 //! When to drain is the tailer's call (its `Pace`): when writers are seen queueing on
-//! the NOTIFY lock, which [`writers_queued`] looks at.
+//! the NOTIFY lock, which [`QueueProbe::writers_queued`] looks at.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
-use super::DbResult;
+use crate::journal::DbResult;
 
 /// The advisory lock, in the two-integer key space ("ccdb", changecast doorbell): the
 /// same pair as `changecast.ring()` (migration V7) and the capture trigger (V8) test.
@@ -51,8 +51,8 @@ static INSTANCE_REQUESTS: LazyLock<String> = LazyLock::new(|| {
 ///
 /// `$1`, while this instance drains: the next transaction id when it released the
 /// doorbell. Writers that took their id before may have rung for us, and may still be
-/// queueing to commit (on a slow disk, 32 of them take longer than the 50 ms the tailer
-/// waits); a writer that took it later did not ring for us, so it counts (ids compared
+/// queueing to commit (on a slow disk, a queue of them can outlast the tailer's wait);
+/// a writer that took it later did not ring for us, so it counts (ids compared
 /// modulo 2^32, as `pg_stat_activity` shows them). A writer without an id wrote no row:
 /// it counts too. And while any other instance waits for wake-ups, writers ring anyway:
 /// a queue then says nothing about their own NOTIFYs, and counts as none.
@@ -72,15 +72,34 @@ pub static QUEUED_ON_NOTIFY_LOCK: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Runs [`QUEUED_ON_NOTIFY_LOCK`], prepared on the tailer's connection; `released_at`:
-/// the next transaction id when this instance released the doorbell, while it drains.
-pub async fn writers_queued(
-    client: &Client,
-    statement: &Statement,
-    released_at: Option<u64>,
-) -> DbResult<bool> {
-    let released_at = released_at.map(|xid| xid as i64);
-    Ok(client.query_one(statement, &[&released_at]).await?.get(0))
+/// Looks at the queue on the NOTIFY lock ([`QUEUED_ON_NOTIFY_LOCK`]) from the tailer's
+/// connection, where it is prepared once: while busy, the tailer asks every few
+/// milliseconds.
+pub struct QueueProbe {
+    statement: Statement,
+}
+
+impl QueueProbe {
+    /// Prepared on `client`, and valid on that connection only.
+    pub async fn prepare(client: &Client) -> DbResult<QueueProbe> {
+        Ok(QueueProbe {
+            statement: client.prepare(&QUEUED_ON_NOTIFY_LOCK).await?,
+        })
+    }
+
+    /// Whether writers queue on the NOTIFY lock; `released_at`: the next transaction id
+    /// when this instance released the doorbell, while it drains.
+    pub async fn writers_queued(
+        &self,
+        client: &Client,
+        released_at: Option<u64>,
+    ) -> DbResult<bool> {
+        let released_at = released_at.map(|xid| xid as i64);
+        Ok(client
+            .query_one(&self.statement, &[&released_at])
+            .await?
+            .get(0))
+    }
 }
 
 /// The id the next transaction will get. (A snapshot's `xmax` is not it: that is the

@@ -1,45 +1,20 @@
-//! The tailer: follows the journal in commit order and hands each change to the hub.
+//! The tailer's pace: when to drain, when to wait for wake-ups, how soon to poll.
 //!
-//! It owns the LISTEN connection. On every wake-up it takes a snapshot and reads the
-//! rows whose transactions committed since the previous one, page by page, so nothing
-//! waits for a long-running writer and nothing committed in between is skipped. When
-//! the connection drops it reconnects with backoff; the next batch then simply spans
-//! the outage, so catch-up needs no code of its own.
-//!
-//! Under contention it stops waiting for wake-ups. A wake-up costs the writer a place in
-//! the queue for the NOTIFY commit lock; while changes arrive, the tailer looks at that
-//! queue every few milliseconds, and once writers are seen waiting in it most of the
-//! time it releases the doorbell (see `doorbell`): writers skip NOTIFY, and the tailer
-//! reads batch after batch, each one coalescing everything committed meanwhile. Below
-//! that point wake-ups cost writers next to nothing and deliver sooner than any poll, so
-//! a busy but uncontended journal keeps them; and when the queue stays while draining,
-//! other NOTIFYs in the writers' transactions hold the lock, so draining would only delay
-//! delivery, and the tailer gives it up for a while. When the rate falls to half of what
-//! it was when draining began, or the journal goes quiet, it requests the doorbell again
-//! and reads once more; writers that did not ring may still be committing, so it polls a
-//! few times at growing intervals, and reads once more when the doorbell is granted
-//! (they have all ended then).
+//! A wake-up costs the writer a place in the queue for the NOTIFY commit lock; while
+//! changes arrive, the tailer looks at that queue every few milliseconds, and once writers
+//! are seen waiting in it most of the time it releases the doorbell (see `doorbell`):
+//! writers skip NOTIFY, and the tailer reads batch after batch, each one coalescing
+//! everything committed meanwhile. Below that point wake-ups cost writers next to nothing
+//! and deliver sooner than any poll, so a busy but uncontended journal keeps them; and
+//! when the queue stays while draining, other NOTIFYs in the writers' transactions hold
+//! the lock, so draining would only delay delivery, and the tailer gives it up for a
+//! while. When the rate falls to half of what it was when draining began, or the journal
+//! goes quiet, it requests the doorbell again and reads once more; writers that did not
+//! ring may still be committing, so it polls a few times at growing intervals, and reads
+//! once more when the doorbell is granted (they have all ended then).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
-
-use super::doorbell::{self, Doorbell};
-use super::{Journal, NewRows, PgSnapshot, Published, TailStatements};
-use crate::backoff::Backoff;
-use crate::db::listener::{self, ListenConnection};
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-
-/// Rows read and published at a time.
-const PAGE_ROWS: usize = 1000;
-/// ... and at most this many bytes of row JSON (as stored) past a page's first row, so
-/// a transaction of thousands of multi-MB rows is read a few at a time.
-const PAGE_BYTES: usize = 16 * 1024 * 1024;
-const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
 /// Reads even without a notification this often: a safety net, not the mechanism.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// The change rate is measured over windows this long.
@@ -71,7 +46,7 @@ const STOP_DRAINING_BELOW_SHARE: f64 = 0.5;
 /// delays delivery, so the tailer waits for wake-ups and does not try again for
 /// [`HOLD_OFF_AFTER_NO_EFFECT`].
 const SETTLE_BEFORE_SAMPLING_DRAIN: Duration = Duration::from_millis(50);
-const HOLD_OFF_AFTER_NO_EFFECT: Duration = Duration::from_secs(30);
+pub(super) const HOLD_OFF_AFTER_NO_EFFECT: Duration = Duration::from_secs(30);
 /// Draining ends after this long anyway, to look at the lock again: a queue caused by a
 /// moment's stall (a checkpoint's flushes) must not keep a steady, uncontended load on
 /// polls for good. If writers still queue, draining starts again within [`SAMPLES`]
@@ -80,311 +55,10 @@ const DRAIN_AT_MOST: Duration = Duration::from_secs(5);
 /// After draining, polls for writers that skipped ringing just before the doorbell was
 /// requested start this soon and double up to [`POLL_INTERVAL`].
 const FIRST_POLL_AFTER_DRAINING: Duration = Duration::from_millis(1);
-/// A query on the listener connection taking longer means the connection is dead.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-pub struct Tailer {
-    pub pg: tokio_postgres::Config,
-    pub journal: Arc<Journal>,
-    pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
-    /// True while connected and caught up: what `/readyz` reports.
-    pub ready: watch::Sender<bool>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Lost {
-    #[error("database error: {0:?}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("query timed out")]
-    Timeout,
-    #[error("connection closed")]
-    Closed,
-}
-
-impl Tailer {
-    pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let mut connected_before = false;
-        loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                attempt = timeout(QUERY_TIMEOUT, self.connect()) => attempt,
-            };
-            let (connection, mut doorbell) = match attempt {
-                Ok(Ok(connected)) => connected,
-                failed => {
-                    match failed {
-                        Ok(Err(error)) => {
-                            tracing::warn!(?error, retry_in = ?backoff.next_delay(), "cannot connect the listener")
-                        }
-                        _ => {
-                            tracing::warn!(retry_in = ?backoff.next_delay(), "connecting the listener timed out")
-                        }
-                    }
-                    if backoff.wait(&shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if connected_before {
-                self.metrics.db_reconnects.inc();
-            }
-            connected_before = true;
-            backoff.reset();
-            tracing::info!("listener connected; catching up from the journal");
-            match self.follow(&connection, &mut doorbell, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    self.ready.send_replace(false);
-                    tracing::warn!(%error, "listener lost; reconnecting");
-                }
-            }
-        }
-    }
-
-    /// The LISTEN connection, and the doorbell's (a connection of its own).
-    async fn connect(&self) -> Result<(ListenConnection, Doorbell), tokio_postgres::Error> {
-        Ok((
-            listener::connect(&self.pg).await?,
-            Doorbell::connect(&self.pg).await?,
-        ))
-    }
-
-    /// Publishes batch after batch while writers commit, and waits for a wake-up when
-    /// they don't, until a connection fails or shutdown.
-    async fn follow(
-        &self,
-        connection: &ListenConnection,
-        doorbell: &mut Doorbell,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Lost> {
-        let client = &connection.client;
-        // Writers ring from now on, but those that skipped it while the previous
-        // connection drained may still be committing: the first batch reads what they
-        // committed so far, the short polls and the grant the rest.
-        doorbell.request();
-        self.metrics.draining.set(0);
-        // Parsed and planned once per connection, not for every batch: at a batch per
-        // commit, planning would be most of what a batch costs PostgreSQL.
-        let statements = bounded(Journal::prepare_tail(client)).await?;
-        let mut pace = Pace::new(Instant::now());
-        // When the notification that woke us arrived: where delivery latency starts.
-        let mut woke_at = None;
-        let doorbell_lost = doorbell.lost.clone();
-        // While draining: the next transaction id when the doorbell was released.
-        let mut released_at = 0;
-        loop {
-            if shutdown.is_cancelled() {
-                // Dropping the doorbell's connection releases its lock.
-                return Ok(());
-            }
-            if connection.lost.is_cancelled() || doorbell_lost.is_cancelled() {
-                return Err(Lost::Closed);
-            }
-            let rows = match self
-                .publish_batch(connection, &statements, shutdown, woke_at.take())
-                .await?
-            {
-                // Not caught up yet: a batch from before the connection was lost.
-                Batch::Resumed => continue,
-                Batch::Published { rows } => rows,
-            };
-            self.ready.send_replace(true);
-            let mut step = pace.after_batch(rows, Instant::now());
-            if step == Step::Sample {
-                let queued = bounded(doorbell::writers_queued(
-                    client,
-                    &statements.queued,
-                    pace.draining.then_some(released_at),
-                ))
-                .await?;
-                step = pace.after_sample(queued, Instant::now());
-            }
-            let wait = match step {
-                Step::StartDraining => {
-                    tracing::debug!("writers queue on the NOTIFY lock: draining without wake-ups");
-                    bounded(doorbell.release()).await?;
-                    // Writers stop ringing only from now: those with an older id may
-                    // still queue to commit their wake-up.
-                    released_at = bounded(doorbell::next_transaction_id(client)).await?;
-                    pace.marked_draining(Instant::now());
-                    self.metrics.draining.set(1);
-                    continue;
-                }
-                Step::ReadAgain => continue,
-                Step::Pause(pause) => pause,
-                Step::StopDraining { had_effect } => {
-                    doorbell.request();
-                    self.metrics.draining.set(0);
-                    if had_effect {
-                        tracing::debug!("journal calmer: waiting for wake-ups again");
-                    } else {
-                        tracing::info!(
-                            "writers keep queueing on the NOTIFY lock while changecast does not \
-                             ring (their own NOTIFYs hold it): waiting for wake-ups again, \
-                             not draining for {HOLD_OFF_AFTER_NO_EFFECT:?}"
-                        );
-                        self.metrics.drains_without_effect.inc();
-                    }
-                    // Writers ring again: read once more for those that did not.
-                    continue;
-                }
-                Step::Wait(poll) => poll,
-                Step::Sample => unreachable!("a sample's outcome is a step of its own"),
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = connection.lost.cancelled() => return Err(Lost::Closed),
-                _ = doorbell_lost.cancelled() => return Err(Lost::Closed),
-                _ = connection.wake.notified() => woke_at = Some(Instant::now()),
-                // Every writer that did not ring has ended: read what they wrote.
-                granted = doorbell.granted() => granted?,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// Publishes one batch, page by page: the one a lost connection interrupted, or else
-    /// every change committed up to a fresh snapshot (taken by the first page's read).
-    async fn publish_batch(
-        &self,
-        connection: &ListenConnection,
-        statements: &TailStatements,
-        shutdown: &CancellationToken,
-        woke_at: Option<Instant>,
-    ) -> Result<Batch, Lost> {
-        let client = &connection.client;
-        let mut published = self.hub.published();
-        let mut rows = 0;
-        let resumed = !published.is_complete();
-        if !resumed {
-            let NewRows {
-                snapshot: next,
-                pruned_below,
-                journal_id,
-                entries: page,
-                more,
-            } = bounded(self.journal.read_new(
-                client,
-                statements,
-                &published.prev,
-                PAGE_LIMITS,
-                woke_at,
-            ))
-            .await?;
-            if went_backwards(&published.prev, &next) {
-                // The database is not the one we followed a moment ago: restored from a
-                // backup, or a standby that lagged was promoted. Its new transactions
-                // reuse ids our snapshot already counts as published, and would be
-                // skipped. Follow it from its present; every live subscriber catches up
-                // from its own cursor, and learns there whether it must resync.
-                tracing::error!(
-                    published_up_to = published.prev.xmax,
-                    database_now_at = next.xmax,
-                    "the database's transaction ids went backwards (a restore or a failover?); \
-                     every live subscriber catches up from its cursor"
-                );
-                self.metrics.xid_rewinds.inc();
-                // A failover also changes the journal's identity (its timeline): follow it
-                // now, or the next batch would cut everyone off a second time.
-                self.journal.follow(&journal_id);
-                self.hub.publish(Vec::new(), Published::complete(next));
-                self.hub.cut_off_everyone();
-                return Ok(Batch::Published { rows: 0 });
-            }
-            if self.journal.follow(&journal_id) {
-                // The journal was started over (another instance found the database
-                // copied from elsewhere), or the database moved to a new timeline (a
-                // standby was promoted): cursors minted before may count transactions
-                // that never happened here. Live subscribers catch up and learn there
-                // that they must resync.
-                tracing::error!(
-                    "the journal's identity changed (started over by another instance, or \
-                     a failover to a new timeline); every live subscriber resyncs"
-                );
-                self.hub.cut_off_everyone();
-            }
-            if !published.prev.sees_all_below(pruned_below) {
-                // Away longer than the retention (another instance pruned meanwhile):
-                // rows committed since our last batch may be gone, so live subscribers
-                // cannot be sure they missed nothing. Cut them all off the fan-out; each
-                // catches up from its own cursor, and learns there whether it must resync.
-                tracing::warn!(
-                    pruned_below,
-                    "the journal was pruned past what this instance had published; \
-                     every live subscriber catches up from its cursor"
-                );
-                self.metrics.journal_gaps.inc();
-                self.hub.cut_off_everyone();
-            }
-            published = match page.last() {
-                Some(last) if more => Published {
-                    prev: published.prev,
-                    next,
-                    through_id: last.id(),
-                },
-                _ => Published::complete(next),
-            };
-            rows = page.len();
-            self.metrics.events_received.inc_by(rows as u64);
-            self.hub.publish(page, published.clone());
-        }
-        let batch = Published {
-            through_id: i64::MAX,
-            ..published.clone()
-        };
-        while !published.is_complete() && !shutdown.is_cancelled() {
-            let (page, more) = bounded(self.journal.read_batch(
-                client,
-                statements,
-                &published.prev,
-                &batch,
-                published.through_id,
-                PAGE_LIMITS,
-                woke_at,
-            ))
-            .await?;
-            published = match page.last() {
-                Some(last) if more => Published {
-                    through_id: last.id(),
-                    ..published
-                },
-                _ => Published::complete(published.next),
-            };
-            rows += page.len();
-            self.metrics.events_received.inc_by(page.len() as u64);
-            self.hub.publish(page, published.clone());
-        }
-        Ok(if resumed {
-            Batch::Resumed
-        } else {
-            Batch::Published { rows }
-        })
-    }
-}
-
-/// Whether the database's transaction ids went backwards between the snapshot the
-/// tailer published up to and a fresh one: a healthy database's `xmax` (the next id it
-/// will assign) never decreases.
-fn went_backwards(published: &PgSnapshot, now: &PgSnapshot) -> bool {
-    now.xmax < published.xmax
-}
-
-/// What one call of `publish_batch` did.
-enum Batch {
-    /// Finished a batch begun before the connection was lost.
-    Resumed,
-    /// Published everything up to a snapshot it took: `rows` changes.
-    Published { rows: usize },
-}
 
 /// What the tailer does after a batch.
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     /// Busy: look whether writers queue on the NOTIFY lock, and tell
     /// [`Pace::after_sample`].
     Sample,
@@ -403,8 +77,8 @@ enum Step {
 
 /// The tailer's pace: when to drain, when to wait, how soon to poll. Pure (time is
 /// passed in), so the rules are tested without a database or a clock.
-struct Pace {
-    draining: bool,
+pub(super) struct Pace {
+    pub(super) draining: bool,
     /// When the doorbell was released.
     drain_started: Instant,
     /// This drain has been seen to empty the queue: no more samples until it ends.
@@ -430,7 +104,7 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(now: Instant) -> Self {
+    pub(super) fn new(now: Instant) -> Self {
         Pace {
             draining: false,
             drain_started: now,
@@ -451,7 +125,7 @@ impl Pace {
         }
     }
 
-    fn after_batch(&mut self, rows: usize, now: Instant) -> Step {
+    pub(super) fn after_batch(&mut self, rows: usize, now: Instant) -> Step {
         self.window_rows += rows;
         let elapsed = now.saturating_duration_since(self.window_start);
         let window_done = elapsed >= RATE_WINDOW;
@@ -499,7 +173,7 @@ impl Pace {
     }
 
     /// `queued`: whether a writer was waiting for the NOTIFY lock.
-    fn after_sample(&mut self, queued: bool, now: Instant) -> Step {
+    pub(super) fn after_sample(&mut self, queued: bool, now: Instant) -> Step {
         self.last_sample = now;
         self.queued = (self.queued << 1) | u32::from(queued);
         self.samples = (self.samples + 1).min(SAMPLES);
@@ -529,7 +203,7 @@ impl Pace {
     }
 
     /// The doorbell is released: writers stop ringing from `now` on.
-    fn marked_draining(&mut self, now: Instant) {
+    pub(super) fn marked_draining(&mut self, now: Instant) {
         self.drain_started = now;
         self.drain_confirmed = false;
         self.samples = 0;
@@ -572,32 +246,9 @@ impl Pace {
     }
 }
 
-async fn bounded<T>(
-    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, Lost> {
-    Ok(timeout(QUERY_TIMEOUT, query)
-        .await
-        .map_err(|_| Lost::Timeout)??)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transaction_ids_going_backwards_is_told_from_progress() {
-        let snapshot = |text: &str| text.parse::<PgSnapshot>().unwrap();
-        let published = snapshot("100:110:102,105");
-        // Progress, or nothing new: not a rewind.
-        for now in ["100:110:102,105", "104:110:105", "110:110:", "120:135:130"] {
-            assert!(!went_backwards(&published, &snapshot(now)), "{now}");
-        }
-        // A restore or a lagging standby's promotion: ids the tailer has counted as
-        // published will be assigned again.
-        for now in ["100:109:", "90:95:91", "3:3:"] {
-            assert!(went_backwards(&published, &snapshot(now)), "{now}");
-        }
-    }
 
     /// Drives a [`Pace`] on a clock of its own, against a model of the NOTIFY lock.
     struct Clock {

@@ -1,0 +1,153 @@
+//! Publishing into the hub: one batch at a time, page by page, each page with the
+//! boundary it moves the hub to. A batch is every change committed between the boundary
+//! and the database's present; a batch a lost connection interrupted is finished first.
+//!
+//! Three checks keep what the hub vouches for continuous: the database's transaction ids
+//! must not go backwards (a restore, a failover to a lagging standby), the journal's
+//! identity must not change (started over, a new timeline), and the journal must not be
+//! pruned past the boundary (an outage longer than the retention). When one fails, live
+//! subscribers are cut off and catch up from their own cursors, learning there whether
+//! they must resync.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{bounded, Lost};
+use crate::hub::Hub;
+use crate::journal::{Entry, Journal, NewRows, Published, TailStatements};
+use crate::metrics::Metrics;
+use crate::stats::Activity;
+
+/// Rows read and published at a time.
+const PAGE_ROWS: usize = 1000;
+/// ... and at most this many bytes of row JSON (as stored) past a page's first row, so
+/// a transaction of thousands of multi-MB rows is read a few at a time.
+const PAGE_BYTES: usize = 16 * 1024 * 1024;
+const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
+
+/// Hands batches of the journal to the hub.
+pub struct Publisher {
+    pub journal: Arc<Journal>,
+    pub hub: Arc<Hub>,
+    /// Every published entry is counted here, subscribers or not (`/v1/stats`).
+    pub activity: Arc<Activity>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What one call of `publish_batch` did.
+pub(super) enum Batch {
+    /// Finished a batch begun before the connection was lost.
+    Resumed,
+    /// Published everything up to a snapshot it took: `rows` changes.
+    Published { rows: usize },
+}
+
+impl Publisher {
+    /// Publishes one batch, page by page: the one a lost connection interrupted, or else
+    /// every change committed up to a fresh snapshot (taken by the first page's read).
+    pub(super) async fn publish_batch(
+        &self,
+        client: &Client,
+        statements: &TailStatements,
+        shutdown: &CancellationToken,
+        woke_at: Option<Instant>,
+    ) -> Result<Batch, Lost> {
+        let mut published = self.hub.published();
+        let mut rows = 0;
+        let resumed = !published.is_complete();
+        if !resumed {
+            let NewRows {
+                position: next,
+                pruned_below,
+                journal_id,
+                entries: page,
+                more,
+            } = bounded(self.journal.read_new(
+                client,
+                statements,
+                &published,
+                PAGE_LIMITS,
+                woke_at,
+            ))
+            .await?;
+            if next.is_behind(published.settled()) {
+                // The database is not the one we followed a moment ago: restored from a
+                // backup, or a standby that lagged was promoted. Its new transactions
+                // reuse ids our snapshot already counts as published, and would be
+                // skipped. Follow it from its present; every live subscriber catches up
+                // from its own cursor, and learns there whether it must resync.
+                tracing::error!(
+                    published_up_to = %published.settled(),
+                    database_now_at = %next,
+                    "the database's transaction ids went backwards (a restore or a failover?); \
+                     every live subscriber catches up from its cursor"
+                );
+                self.metrics.xid_rewinds.inc();
+                // A failover also changes the journal's identity (its timeline): follow it
+                // now, or the next batch would cut everyone off a second time.
+                self.journal.follow(&journal_id);
+                self.publish(Vec::new(), Published::complete(next));
+                self.hub.cut_off_everyone();
+                return Ok(Batch::Published { rows: 0 });
+            }
+            if self.journal.follow(&journal_id) {
+                // The journal was started over (another instance found the database
+                // copied from elsewhere), or the database moved to a new timeline (a
+                // standby was promoted): cursors minted before may count transactions
+                // that never happened here. Live subscribers catch up and learn there
+                // that they must resync.
+                tracing::error!(
+                    "the journal's identity changed (started over by another instance, or \
+                     a failover to a new timeline); every live subscriber resyncs"
+                );
+                self.hub.cut_off_everyone();
+            }
+            if !published.settled().kept_after(pruned_below) {
+                // Away longer than the retention (another instance pruned meanwhile):
+                // rows committed since our last batch may be gone, so live subscribers
+                // cannot be sure they missed nothing. Cut them all off the fan-out; each
+                // catches up from its own cursor, and learns there whether it must resync.
+                tracing::warn!(
+                    %pruned_below,
+                    "the journal was pruned past what this instance had published; \
+                     every live subscriber catches up from its cursor"
+                );
+                self.metrics.journal_gaps.inc();
+                self.hub.cut_off_everyone();
+            }
+            published = published.begin_batch(next, &page, more);
+            rows = page.len();
+            self.metrics.events_received.inc_by(rows as u64);
+            self.publish(page, published.clone());
+        }
+        while !published.is_complete() && !shutdown.is_cancelled() {
+            let (page, more) = bounded(self.journal.read_batch(
+                client,
+                statements,
+                &published,
+                PAGE_LIMITS,
+                woke_at,
+            ))
+            .await?;
+            published = published.continue_batch(&page, more);
+            rows += page.len();
+            self.metrics.events_received.inc_by(page.len() as u64);
+            self.publish(page, published.clone());
+        }
+        Ok(if resumed {
+            Batch::Resumed
+        } else {
+            Batch::Published { rows }
+        })
+    }
+
+    /// The one output of capture: `page`, in journal order, and the boundary the hub
+    /// moves to with it.
+    fn publish(&self, page: Vec<Entry>, published: Published) {
+        self.activity.record(&page);
+        self.hub.publish(page, published);
+    }
+}

@@ -1,0 +1,179 @@
+//! The tailer: the capture source that follows the journal through the LISTEN connection.
+//!
+//! On every wake-up it takes a snapshot and publishes the rows whose transactions
+//! committed since the previous one (see `publish`), so nothing waits for a long-running
+//! writer and nothing committed in between is skipped. When the connection drops it
+//! reconnects with backoff; the next batch then simply spans the outage, so catch-up
+//! needs no code of its own. Under contention it stops waiting for wake-ups and drains
+//! the journal instead: when is the call of its `Pace`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{bounded, Lost, QUERY_TIMEOUT};
+use super::doorbell::{self, Doorbell, QueueProbe};
+use super::listener::{self, ListenConnection};
+use super::pace::{Pace, Step, HOLD_OFF_AFTER_NO_EFFECT};
+use super::publish::{Batch, Publisher};
+use crate::backoff::Backoff;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct Tailer {
+    pub pg: tokio_postgres::Config,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    /// True while connected and caught up: what `/readyz` reports.
+    pub ready: watch::Sender<bool>,
+}
+
+impl Tailer {
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut connected_before = false;
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                attempt = timeout(QUERY_TIMEOUT, self.connect()) => attempt,
+            };
+            let (connection, mut doorbell) = match attempt {
+                Ok(Ok(connected)) => connected,
+                failed => {
+                    match failed {
+                        Ok(Err(error)) => {
+                            tracing::warn!(?error, retry_in = ?backoff.next_delay(), "cannot connect the listener")
+                        }
+                        _ => {
+                            tracing::warn!(retry_in = ?backoff.next_delay(), "connecting the listener timed out")
+                        }
+                    }
+                    if backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if connected_before {
+                self.metrics.db_reconnects.inc();
+            }
+            connected_before = true;
+            backoff.reset();
+            tracing::info!("listener connected; catching up from the journal");
+            match self.follow(&connection, &mut doorbell, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    self.ready.send_replace(false);
+                    tracing::warn!(%error, "listener lost; reconnecting");
+                }
+            }
+        }
+    }
+
+    /// The LISTEN connection, and the doorbell's (a connection of its own).
+    async fn connect(&self) -> Result<(ListenConnection, Doorbell), tokio_postgres::Error> {
+        Ok((
+            listener::connect(&self.pg).await?,
+            Doorbell::connect(&self.pg).await?,
+        ))
+    }
+
+    /// Publishes batch after batch while writers commit, and waits for a wake-up when
+    /// they don't, until a connection fails or shutdown.
+    async fn follow(
+        &self,
+        connection: &ListenConnection,
+        doorbell: &mut Doorbell,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Lost> {
+        let client = &connection.client;
+        // Writers ring from now on, but those that skipped it while the previous
+        // connection drained may still be committing: the first batch reads what they
+        // committed so far, the short polls and the grant the rest.
+        doorbell.request();
+        self.metrics.draining.set(0);
+        // Parsed and planned once per connection, not for every batch: at a batch per
+        // commit, planning would be most of what a batch costs PostgreSQL.
+        let statements = bounded(Journal::prepare_tail(client)).await?;
+        let probe = bounded(QueueProbe::prepare(client)).await?;
+        let mut pace = Pace::new(Instant::now());
+        // When the notification that woke us arrived: where delivery latency starts.
+        let mut woke_at = None;
+        let doorbell_lost = doorbell.lost.clone();
+        // While draining: the next transaction id when the doorbell was released.
+        let mut released_at = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                // Dropping the doorbell's connection releases its lock.
+                return Ok(());
+            }
+            if connection.lost.is_cancelled() || doorbell_lost.is_cancelled() {
+                return Err(Lost::Closed);
+            }
+            let rows = match self
+                .publisher
+                .publish_batch(client, &statements, shutdown, woke_at.take())
+                .await?
+            {
+                // Not caught up yet: a batch from before the connection was lost.
+                Batch::Resumed => continue,
+                Batch::Published { rows } => rows,
+            };
+            self.ready.send_replace(true);
+            let mut step = pace.after_batch(rows, Instant::now());
+            if step == Step::Sample {
+                let queued =
+                    bounded(probe.writers_queued(client, pace.draining.then_some(released_at)))
+                        .await?;
+                step = pace.after_sample(queued, Instant::now());
+            }
+            let wait = match step {
+                Step::StartDraining => {
+                    tracing::debug!("writers queue on the NOTIFY lock: draining without wake-ups");
+                    bounded(doorbell.release()).await?;
+                    // Writers stop ringing only from now: those with an older id may
+                    // still queue to commit their wake-up.
+                    released_at = bounded(doorbell::next_transaction_id(client)).await?;
+                    pace.marked_draining(Instant::now());
+                    self.metrics.draining.set(1);
+                    continue;
+                }
+                Step::ReadAgain => continue,
+                Step::Pause(pause) => pause,
+                Step::StopDraining { had_effect } => {
+                    doorbell.request();
+                    self.metrics.draining.set(0);
+                    if had_effect {
+                        tracing::debug!("journal calmer: waiting for wake-ups again");
+                    } else {
+                        tracing::info!(
+                            "writers keep queueing on the NOTIFY lock while changecast does not \
+                             ring (their own NOTIFYs hold it): waiting for wake-ups again, \
+                             not draining for {HOLD_OFF_AFTER_NO_EFFECT:?}"
+                        );
+                        self.metrics.drains_without_effect.inc();
+                    }
+                    // Writers ring again: read once more for those that did not.
+                    continue;
+                }
+                Step::Wait(poll) => poll,
+                Step::Sample => unreachable!("a sample's outcome is a step of its own"),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = connection.lost.cancelled() => return Err(Lost::Closed),
+                _ = doorbell_lost.cancelled() => return Err(Lost::Closed),
+                _ = connection.wake.notified() => woke_at = Some(Instant::now()),
+                // Every writer that did not ring has ended: read what they wrote.
+                granted = doorbell.granted() => granted?,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

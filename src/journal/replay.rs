@@ -1,0 +1,230 @@
+//! Replays: what a cursor has not seen, read page by page up to the hub's boundary, and
+//! why a cursor cannot be honoured when it cannot.
+
+use super::cursor::{Cursor, CursorScope, ResyncReason};
+use super::entry::Entry;
+use super::position::{Position, PrunedBelow, Published};
+use super::rows::{entries, running};
+use super::sql::DbResult;
+use super::sql::{
+    more_after, INDEX_PLANNER_SETTINGS_LOCAL, REPLAY, REPLAY_PLANNER_SETTINGS, REPLAY_START_SQL,
+};
+use crate::tenant::TenantId;
+
+/// Which of one tenant's entries a replay reads besides the snapshot bounds: a coarse
+/// cut, so pages hold mostly what the subscriber wants. The subscriber's
+/// [`crate::selection::Selection`] decides about each entry, live and replayed alike.
+#[derive(Clone, Copy)]
+pub struct ReplayFilter<'a> {
+    pub tenant: &'a TenantId,
+    /// Row changes and truncations of these types only (`None`: of every type).
+    pub types: Option<&'a [String]>,
+    /// Whether application events are read at all.
+    pub app_events: bool,
+}
+
+/// One page of a replay, as read.
+pub struct ReplayPage {
+    /// The journal id the page was read after.
+    after: i64,
+    /// The database's present when the replay started (its first page only).
+    now: Option<Position>,
+    /// The journal's pruning, read right after the page.
+    pruned_below: PrunedBelow,
+    pub entries: Vec<Entry>,
+    /// Nothing of the range comes after it.
+    pub last: bool,
+}
+
+impl ReplayPage {
+    /// Whether the page can be trusted for `from`, the cursor it was read for; else the
+    /// reason its subscriber resyncs.
+    pub fn honours(&self, from: &Cursor) -> Result<(), ResyncReason> {
+        // A cursor that saw transactions beyond the database's own next one comes from a
+        // timeline the database has left (failover to a lagging standby, point-in-time
+        // restore): new commits will reuse those ids, and the cursor would count them
+        // as seen.
+        if self
+            .now
+            .as_ref()
+            .is_some_and(|now| from.seen.xmax > now.0.xmax)
+        {
+            return Err(ResyncReason::CursorInvalid);
+        }
+        // A prune that removed rows this page would have held committed before the
+        // page's read began, so `pruned_below` (read after it) shows it.
+        if !from.seen.sees_all_below(self.pruned_below.0) {
+            return Err(ResyncReason::CursorExpired);
+        }
+        Ok(())
+    }
+
+    /// The journal id this page was read after: where a replay that did not know its
+    /// start yet goes on from.
+    pub fn after(&self) -> i64 {
+        self.after
+    }
+}
+
+/// What a catch-up after `last`, the last entry a subscriber was sent, must not send
+/// again. A cursor does not see its own transaction, so the replay from `last`'s cursor
+/// returns `last` and the earlier entries of its transaction, all sent before it.
+/// (Transactions its writer saw running may still come again, with their ids: API.md
+/// §4 allows repeats.)
+#[derive(Clone, Copy, Debug)]
+pub struct SentThrough {
+    xid: u64,
+    id: i64,
+}
+
+impl SentThrough {
+    pub fn of(last: &Entry) -> Self {
+        SentThrough {
+            xid: last.xid(),
+            id: last.id(),
+        }
+    }
+
+    pub fn covers(&self, entry: &Entry) -> bool {
+        entry.xid() == self.xid && entry.id() <= self.id
+    }
+}
+
+impl Cursor {
+    /// Where this cursor stands: everything before it was delivered to its holder.
+    pub fn position(&self) -> Position {
+        Position(self.seen.clone())
+    }
+
+    /// Whether `entry` is the truncation this cursor is the `resync` cursor of: the
+    /// client has had it (as that resync), and resuming from it must not loop.
+    pub fn names_truncation(&self, entry: &Entry) -> bool {
+        matches!(entry, Entry::Truncated(marker) if marker.id == self.id)
+    }
+}
+
+/// One page of the replay of `from` up to `upto`: `filter`'s entries after journal id
+/// `after` (found first when `None`) whose transaction `from` does not see but
+/// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
+/// at most `max_bytes`.
+pub(super) async fn read_page(
+    scope: &CursorScope,
+    client: &mut deadpool_postgres::Client,
+    from: &Cursor,
+    upto: &Published,
+    after: Option<i64>,
+    filter: ReplayFilter<'_>,
+    (limit, max_bytes): (usize, usize),
+) -> DbResult<ReplayPage> {
+    let (after, now) = match after {
+        Some(id) => (id, None),
+        None => {
+            let (start, now) = replay_start(client, from, filter.tenant).await?;
+            (start, Some(now))
+        }
+    };
+    let (entries, last) =
+        read_replay(scope, client, from, upto, after, filter, limit, max_bytes).await?;
+    let pruned_below = pruned_below(client).await?;
+    Ok(ReplayPage {
+        after,
+        now,
+        pruned_below,
+        entries,
+        last,
+    })
+}
+
+/// The journal id a replay of `cursor` for `tenant` starts after (every row the
+/// cursor did not see has a greater id), and the database's present.
+async fn replay_start(
+    client: &mut deadpool_postgres::Client,
+    cursor: &Cursor,
+    tenant: &TenantId,
+) -> DbResult<(i64, Position)> {
+    // Prepared once per pooled connection: every resume runs it, in a transaction
+    // of its own for the planner settings.
+    let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&INDEX_PLANNER_SETTINGS_LOCAL)
+        .await?;
+    let statement = transaction.prepare_cached(REPLAY_START_SQL).await?;
+    let row = transaction
+        .query_one(
+            &statement,
+            &[
+                &tenant.as_str(),
+                &cursor.seen.xmax.to_string(),
+                &running(&cursor.seen),
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    // `min` is the first row to replay: start just before it. None: nothing to replay
+    // yet (later rows come after the newest id, which every later page starts from).
+    let start = row.get::<_, Option<i64>>(0).map_or(0, |id| id - 1);
+    let now = row
+        .get::<_, &str>(1)
+        .parse()
+        .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+    Ok((start, Position(now)))
+}
+
+/// `filter`'s entries after journal id `after_id` whose transaction `from` does not
+/// see but `upto` covers, in journal-id order, at most `limit` of them and, past the
+/// first, at most `max_bytes`; and whether it is the last page (nothing after it in
+/// the range).
+#[allow(clippy::too_many_arguments)]
+async fn read_replay(
+    scope: &CursorScope,
+    client: &mut deadpool_postgres::Client,
+    from: &Cursor,
+    upto: &Published,
+    after_id: i64,
+    filter: ReplayFilter<'_>,
+    limit: usize,
+    max_bytes: usize,
+) -> DbResult<(Vec<Entry>, bool)> {
+    // A young journal's statistics (before autovacuum analyzed it) make the planner
+    // expect a handful of rows after `after_id` and fetch all of them by bitmap, then
+    // sort: every page would read the rest of the replay. Only the ordered walk of
+    // (tenant_id, id), stopped by the LIMIT, keeps a page's cost to its own rows.
+    let transaction = client.transaction().await?;
+    transaction.batch_execute(REPLAY_PLANNER_SETTINGS).await?;
+    let statement = transaction.prepare_cached(REPLAY.as_str()).await?;
+    let rows = transaction
+        .query(
+            &statement,
+            &[
+                &filter.tenant.as_str(),
+                &after_id,
+                &from.seen.to_string(),
+                &upto.prev.0.to_string(),
+                &upto.next.0.to_string(),
+                &upto.through_id,
+                &filter.types,
+                &filter.app_events,
+                &(limit as i64),
+                &(max_bytes as i64),
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
+    Ok((entries(scope, &rows, None), last))
+}
+
+/// How far the journal has been pruned (nothing yet: 0).
+async fn pruned_below(client: &tokio_postgres::Client) -> DbResult<PrunedBelow> {
+    let row = client
+        .query_one(
+            "select pruned_below::text from changecast.journal_meta",
+            &[],
+        )
+        .await?;
+    Ok(PrunedBelow(
+        row.get::<_, &str>(0)
+            .parse()
+            .expect("BUG: xid8 is a number"),
+    ))
+}

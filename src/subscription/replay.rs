@@ -1,0 +1,330 @@
+//! The replay pipeline: what a subscriber's cursor has not seen, read from the journal
+//! page by page up to the hub's boundary and delivered in journal order.
+//!
+//! Each page waits for a turn at the replay gate (`replay_gate`), so a storm of resuming
+//! subscribers queues instead of scanning the journal all at once; subscribers replaying
+//! the same range share one read of each page (`shared_reads`); and the next page is
+//! read while this one is delivered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::outbound::Delivered;
+use super::replay_gate::Turn;
+use super::shared_reads::{SharedReads, Weighed};
+use super::Subscription;
+use crate::journal::{
+    Cursor, Entry, Published, ReplayFilter, ReplayPage, ResyncReason, SentThrough,
+};
+
+/// Journal rows per replay query.
+const REPLAY_PAGE_ROWS: usize = 500;
+/// Most bytes of row JSON (as stored) per replay page after its first row: memory per
+/// replaying subscriber stays bounded however large the rows.
+const REPLAY_PAGE_BYTES: usize = 4 * 1024 * 1024;
+const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
+/// How long a replay page read for one subscriber is kept for others replaying the same
+/// range (a reconnect storm's subscribers arrive within moments of each other).
+const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
+/// Most bytes of row JSON kept in shared replay pages.
+const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
+/// How long a replay read dropped mid-statement waits for its statement to stop before
+/// giving its gate turn back regardless (see [`ReadInProgress`]).
+const STOP_STATEMENT_WITHIN: Duration = Duration::from_secs(5);
+
+/// Replay pages read once for every subscriber replaying the same range.
+pub(super) type SharedPages = SharedReads<SharedPage>;
+
+pub(super) fn shared_pages() -> SharedPages {
+    SharedReads::new(KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES)
+}
+
+/// One replay page as read from the journal, shareable.
+#[derive(Clone)]
+pub(super) struct SharedPage {
+    page: Arc<ReplayPage>,
+    bytes: usize,
+}
+
+impl Weighed for SharedPage {
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// What reading a replay page came to.
+enum PageRead {
+    Page(SharedPage),
+    /// The cursor cannot be honoured: the subscriber resyncs.
+    Resync(ResyncReason),
+    /// The database failed; the read is retried.
+    Failed(anyhow::Error),
+}
+
+/// How a replay ended.
+pub(super) enum Replayed {
+    Done,
+    /// The cursor cannot be honoured: `cursor_expired` when the journal was pruned past
+    /// it, `cursor_invalid` when it sees transactions the database has not reached (a
+    /// database restored to an earlier point).
+    Unusable(ResyncReason),
+    /// The subscriber's token expired meanwhile.
+    TokenExpired,
+    Stopped,
+}
+
+/// A replay read's hold on the database: its turn at the replay gate and its pooled
+/// connection. A read dropped before it finished (its subscriber left, or re-subscribed)
+/// leaves its statement running on the server: dropping this cancels that statement and
+/// gives the turn back only once the connection has answered after it, so the gate
+/// bounds the statements actually running, not the replays still waiting for them.
+struct ReadInProgress {
+    turn: Option<Turn>,
+    client: Option<deadpool_postgres::Client>,
+}
+
+impl ReadInProgress {
+    fn client(&mut self) -> &mut deadpool_postgres::Client {
+        self.client
+            .as_mut()
+            .expect("BUG: a read in progress has its connection")
+    }
+
+    /// The read is done: the turn and the connection go back as they are.
+    fn finish(mut self) {
+        self.client = None;
+        self.turn = None;
+    }
+}
+
+impl Drop for ReadInProgress {
+    fn drop(&mut self) {
+        let (Some(client), Some(turn)) = (self.client.take(), self.turn.take()) else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) the connection just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(stop_statement(client, turn));
+        }
+    }
+}
+
+/// Cancels whatever statement `client` is running, waits (a bounded while) until the
+/// connection answers after it, then closes the connection and gives `turn` back.
+async fn stop_statement(client: deadpool_postgres::Client, turn: Turn) {
+    let cancel = client.cancel_token();
+    let stopped = tokio::time::timeout(STOP_STATEMENT_WITHIN, async {
+        if let Err(error) = cancel.cancel_query(tokio_postgres::NoTls).await {
+            tracing::debug!(?error, "could not cancel an abandoned replay read");
+        }
+        // The connection answers in order: once this empty query has its answer (or its
+        // error, should the cancel reach it instead), the statement before it has ended.
+        let _ = client.simple_query("").await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("an abandoned replay read did not stop in time; giving its turn back");
+    }
+    // Not back into the pool: the cancel request travels on its own connection, and a
+    // late one would hit whatever statement the next user of this one runs.
+    drop(deadpool_postgres::Object::take(client));
+    drop(turn);
+}
+
+impl Subscription {
+    /// Sends every change of this tenant and filter that `from` does not see and `upto`
+    /// covers, in journal order. Each page waits for a turn at the replay gate, so a
+    /// storm of resuming subscribers queues instead of scanning the journal all at once.
+    /// The next page is read while this one is delivered: otherwise PostgreSQL waits for
+    /// the delivery and the delivery for PostgreSQL, page after page, neither ever busy
+    /// while the other works. The truncation the client already got as a resync (the
+    /// one `from` names) is not sent again, so resuming from it does not loop.
+    pub(super) async fn replay(
+        &self,
+        from: &Cursor,
+        upto: &Published,
+        last: &mut Option<Entry>,
+    ) -> Replayed {
+        self.services.metrics.replays.inc();
+        // A catch-up from the last entry this connection sent must not send it again.
+        let sent_through = last.as_ref().map(SentThrough::of);
+        let mut after_id = None;
+        let mut prefetched = None;
+        loop {
+            if Instant::now() >= self.expires {
+                return Replayed::TokenExpired;
+            }
+            let read = match prefetched.take() {
+                Some(read) => read,
+                // A subscriber gone meanwhile frees its pooled connection at once.
+                None => tokio::select! {
+                    _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
+                    _ = self.tx.closed() => return Replayed::Stopped,
+                    read = self.read_page(from, upto, &mut after_id) => read,
+                },
+            };
+            let page = match read {
+                PageRead::Page(page) => page.page,
+                PageRead::Resync(reason) => return Replayed::Unusable(reason),
+                PageRead::Failed(error) => {
+                    tracing::warn!(?error, "journal replay failed; retrying");
+                    tokio::select! {
+                        _ = self.services.shutdown.cancelled() => return Replayed::Stopped,
+                        _ = self.tx.closed() => return Replayed::Stopped,
+                        _ = tokio::time::sleep_until(self.expires) => return Replayed::TokenExpired,
+                        _ = tokio::time::sleep(RETRY_AFTER_DB_ERROR) => continue,
+                    }
+                }
+            };
+            if page.last {
+                let stopped = self.deliver_page(&page, from, sent_through, last).await;
+                return stopped.unwrap_or(Replayed::Done);
+            }
+            let mut next_after_id = page.entries.last().map(Entry::id).or(after_id);
+            let read = self
+                .deliver_while_reading(
+                    self.deliver_page(&page, from, sent_through, last),
+                    self.read_page(from, upto, &mut next_after_id),
+                )
+                .await;
+            prefetched = match read {
+                Ok(read) => Some(read),
+                Err(stopped) => return stopped,
+            };
+            // Where a failed read of the next page is retried from.
+            after_id = next_after_id;
+        }
+    }
+
+    /// Runs `delivery` (of one page) and `next` (the read of the following one) together;
+    /// the read once both are done, or why the replay stops.
+    async fn deliver_while_reading(
+        &self,
+        delivery: impl Future<Output = Option<Replayed>>,
+        next: impl Future<Output = PageRead>,
+    ) -> Result<PageRead, Replayed> {
+        tokio::pin!(delivery, next);
+        let mut next_read = None;
+        let stopped = loop {
+            tokio::select! {
+                stopped = &mut delivery => break stopped,
+                read = &mut next, if next_read.is_none() => next_read = Some(read),
+            }
+        };
+        if let Some(stopped) = stopped {
+            return Err(stopped);
+        }
+        match next_read {
+            Some(read) => Ok(read),
+            None => tokio::select! {
+                _ = self.services.shutdown.cancelled() => Err(Replayed::Stopped),
+                _ = self.tx.closed() => Err(Replayed::Stopped),
+                read = &mut next => Ok(read),
+            },
+        }
+    }
+
+    /// Sends one replay page's entries; `Some` when the subscriber stops meanwhile.
+    async fn deliver_page(
+        &self,
+        page: &ReplayPage,
+        from: &Cursor,
+        sent_through: Option<SentThrough>,
+        last: &mut Option<Entry>,
+    ) -> Option<Replayed> {
+        for entry in page.entries.iter().cloned() {
+            if from.names_truncation(&entry) {
+                continue;
+            }
+            if sent_through.is_some_and(|sent| sent.covers(&entry)) {
+                continue;
+            }
+            match self.deliver(&entry).await {
+                Delivered::Sent => *last = Some(entry),
+                Delivered::Filtered => {}
+                Delivered::Gone => return Some(Replayed::Stopped),
+            }
+        }
+        None
+    }
+
+    /// One replay page after `after_id` (found first, when still unknown), or the
+    /// `resync` reason when `from` cannot be honoured. Subscribers replaying the same
+    /// range (same cursor, boundary and coarse filter) share one read of each page.
+    async fn read_page(
+        &self,
+        from: &Cursor,
+        upto: &Published,
+        after_id: &mut Option<i64>,
+    ) -> PageRead {
+        let types = self.selection.journal_types();
+        let app_events = self.selection.wants_app_events();
+        let key = format!(
+            "{}|{from:?}|{upto:?}|{after_id:?}|{types:?}|{app_events}",
+            self.tenant
+        );
+        let at = *after_id;
+        let read = self
+            .services
+            .replay_pages
+            .get_or_read(key, || {
+                self.read_journal_page(from, upto, at, types, app_events)
+            })
+            .await;
+        let shared = match read {
+            Ok(shared) => shared,
+            Err(error) => return PageRead::Failed(error),
+        };
+        if let Err(reason) = shared.page.honours(from) {
+            return PageRead::Resync(reason);
+        }
+        after_id.get_or_insert(shared.page.after());
+        PageRead::Page(shared)
+    }
+
+    /// Reads one replay page from the journal (waiting for a turn at the replay gate).
+    async fn read_journal_page(
+        &self,
+        from: &Cursor,
+        upto: &Published,
+        after_id: Option<i64>,
+        types: Option<Vec<String>>,
+        app_events: bool,
+    ) -> anyhow::Result<SharedPage> {
+        let turn = self.services.replay_gate.turn(&self.tenant).await;
+        let client = self.services.pool.get().await?;
+        let mut hold = ReadInProgress {
+            turn: Some(turn),
+            client: Some(client),
+        };
+        let filter = ReplayFilter {
+            tenant: &self.tenant,
+            types: types.as_deref(),
+            app_events,
+        };
+        // An error ends the statement as surely as an answer: either way the read is over.
+        let read = self
+            .services
+            .journal
+            .replay_page(
+                hold.client(),
+                from,
+                upto,
+                after_id,
+                filter,
+                (REPLAY_PAGE_ROWS, REPLAY_PAGE_BYTES),
+            )
+            .await;
+        hold.finish();
+        let page = read?;
+        self.services.metrics.replay_pages_read.inc();
+        let bytes = page.entries.iter().map(Entry::size_hint).sum();
+        Ok(SharedPage {
+            page: Arc::new(page),
+            bytes,
+        })
+    }
+}
