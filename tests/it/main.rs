@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod clients;
 mod containers;
+mod dashboard;
 mod embedded;
 mod events_views;
 mod faults;
