@@ -18,7 +18,7 @@ use crate::db;
 use crate::http::server::{self, ConnectionLimits};
 use crate::hub::Hub;
 use crate::journal::pruner::Pruner;
-use crate::journal::{Journal, Published};
+use crate::journal::{Journal, Published, ResyncReason};
 use crate::metrics::Metrics;
 use crate::resources::Catalog;
 use crate::secret::Secret;
@@ -93,6 +93,11 @@ impl App {
         };
         // Live delivery starts now; anything older is for cursors to replay.
         let metrics = Arc::new(Metrics::new());
+        // Every reason's series from the start, at 0: a rate over the first resync of a
+        // reason then counts it, and dashboards show the series before anything happens.
+        for reason in ResyncReason::ALL {
+            metrics.resyncs.with_label_values(&[reason.as_str()]);
+        }
         let activity = Arc::new(Activity::default());
         let hub = Arc::new(Hub::new(
             Published::complete(start),

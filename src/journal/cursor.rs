@@ -84,6 +84,12 @@ pub enum ResyncReason {
 }
 
 impl ResyncReason {
+    pub const ALL: [ResyncReason; 3] = [
+        ResyncReason::CursorExpired,
+        ResyncReason::CursorInvalid,
+        ResyncReason::Truncated,
+    ];
+
     /// As the wire and the metrics spell it.
     pub fn as_str(self) -> &'static str {
         match self {
