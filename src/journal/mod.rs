@@ -34,7 +34,10 @@ pub use frames::{Frame, Frames};
 pub use position::{Position, PrunedBelow, Published};
 pub use replay::{ReplayFilter, ReplayPage, SentThrough};
 pub use snapshot::PgSnapshot;
-pub use sql::{hot_statements, DbResult, INDEX_PLANNER_SETTINGS, REPLAY_PLANNER_SETTINGS};
+pub use sql::{
+    hot_statements, DbResult, INDEX_PLANNER_SETTINGS, INDEX_PLANNER_SETTINGS_LOCAL,
+    REPLAY_PLANNER_SETTINGS,
+};
 
 use crate::tenant::TenantId;
 use rows::running;

@@ -123,7 +123,8 @@ limit $9
 /// planning costs more than the read (BENCHMARKS.md).
 pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_hashjoin = off; \
      set enable_mergejoin = off; set jit = off; set plan_cache_mode = force_generic_plan";
-pub(super) static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =
+/// [`INDEX_PLANNER_SETTINGS`] for one transaction (a pooled connection's replay start).
+pub static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =
     LazyLock::new(|| INDEX_PLANNER_SETTINGS.replace("set ", "set local "));
 
 /// Planner settings of a replay page's transaction (see `replay::read_replay`).

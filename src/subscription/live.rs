@@ -5,7 +5,7 @@
 use tokio::sync::broadcast;
 
 use super::outbound::Delivered;
-use super::Subscription;
+use super::subscriber::Subscription;
 use crate::hub::{Fanned, Live};
 use crate::journal::{Entry, Position};
 

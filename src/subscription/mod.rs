@@ -15,74 +15,28 @@ mod outbound;
 mod places;
 mod replay;
 pub mod replay_gate;
+mod replay_pages;
 mod shared_reads;
+mod subscriber;
 
 pub use outbound::{Outbound, Resync};
 pub use places::{Limits, PerTransport, Place, Places, Refused, Transport};
 use std::sync::Arc;
+pub use subscriber::Subscriptions;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use crate::auth::Identity;
-use crate::hub::{Hub, Live};
-use crate::journal::{Cursor, Entry, Journal, Position, Published, ResyncReason};
-use crate::metrics::Metrics;
+use crate::hub::Live;
+use crate::journal::{Cursor, Entry, Position, Published, ResyncReason};
 use crate::selection::Selection;
-use crate::tenant::TenantId;
 use live::LiveEnded;
-use replay::{Replayed, SharedPages};
-use replay_gate::ReplayGate;
+use replay::Replayed;
+use subscriber::Subscription;
 
 /// Items queued between the subscription task and its transport.
 const OUTBOUND_QUEUE: usize = 64;
-
-/// What subscriptions share: the fan-out, the journal to replay from, and the limits.
-pub struct Subscriptions {
-    pub hub: Arc<Hub>,
-    pub journal: Arc<Journal>,
-    pub pool: deadpool_postgres::Pool,
-    pub metrics: Arc<Metrics>,
-    /// Bounds concurrent journal replays, overall and per tenant.
-    pub replay_gate: ReplayGate,
-    /// Replay pages read once for every subscriber replaying the same range.
-    replay_pages: SharedPages,
-    /// Subscriber places, counted against the limits.
-    pub places: Arc<Places>,
-    pub shutdown: CancellationToken,
-    /// Every subscription task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
-
-impl Subscriptions {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        hub: Arc<Hub>,
-        journal: Arc<Journal>,
-        pool: deadpool_postgres::Pool,
-        metrics: Arc<Metrics>,
-        replay_gate: ReplayGate,
-        limits: Limits,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-    ) -> Self {
-        Subscriptions {
-            hub,
-            journal,
-            pool,
-            metrics,
-            replay_gate,
-            replay_pages: replay::shared_pages(),
-            places: Arc::new(Places::new(limits)),
-            shutdown,
-            tracker,
-        }
-    }
-}
 
 /// An opened subscription; dropping it ends the subscription.
 pub struct Opened {
@@ -128,14 +82,6 @@ pub fn open(
         outbound: rx,
         start,
     }
-}
-
-struct Subscription {
-    services: Arc<Subscriptions>,
-    tenant: TenantId,
-    selection: Selection,
-    tx: mpsc::Sender<Outbound>,
-    expires: Instant,
 }
 
 /// Where a subscription stands.

@@ -7,15 +7,14 @@
 //! read while this one is delivered.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::outbound::Delivered;
 use super::replay_gate::Turn;
-use super::shared_reads::{SharedReads, Weighed};
-use super::Subscription;
+use super::replay_pages::SharedPage;
+use super::subscriber::Subscription;
 use crate::journal::{
     Cursor, Entry, Published, ReplayFilter, ReplayPage, ResyncReason, SentThrough,
 };
@@ -26,34 +25,9 @@ const REPLAY_PAGE_ROWS: usize = 500;
 /// replaying subscriber stays bounded however large the rows.
 const REPLAY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const RETRY_AFTER_DB_ERROR: Duration = Duration::from_secs(1);
-/// How long a replay page read for one subscriber is kept for others replaying the same
-/// range (a reconnect storm's subscribers arrive within moments of each other).
-const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
-/// Most bytes of row JSON kept in shared replay pages.
-const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
 /// How long a replay read dropped mid-statement waits for its statement to stop before
 /// giving its gate turn back regardless (see [`ReadInProgress`]).
 const STOP_STATEMENT_WITHIN: Duration = Duration::from_secs(5);
-
-/// Replay pages read once for every subscriber replaying the same range.
-pub(super) type SharedPages = SharedReads<SharedPage>;
-
-pub(super) fn shared_pages() -> SharedPages {
-    SharedReads::new(KEEP_REPLAY_PAGES, MAX_KEPT_REPLAY_BYTES)
-}
-
-/// One replay page as read from the journal, shareable.
-#[derive(Clone)]
-pub(super) struct SharedPage {
-    page: Arc<ReplayPage>,
-    bytes: usize,
-}
-
-impl Weighed for SharedPage {
-    fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
 
 /// What reading a replay page came to.
 enum PageRead {
@@ -321,10 +295,6 @@ impl Subscription {
         hold.finish();
         let page = read?;
         self.services.metrics.replay_pages_read.inc();
-        let bytes = page.entries.iter().map(Entry::size_hint).sum();
-        Ok(SharedPage {
-            page: Arc::new(page),
-            bytes,
-        })
+        Ok(SharedPage::new(page))
     }
 }

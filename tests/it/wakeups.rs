@@ -459,8 +459,10 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
             "{name} is compiled by JIT: {plan}"
         );
     }
-    // The tailer prepares its statements once per connection, so PostgreSQL may settle
-    // on a generic plan (parameters unknown): it must use the indexes too.
+    // The statements are prepared once per connection, so PostgreSQL may settle on a
+    // generic plan (parameters unknown): it must use the indexes too, before and after
+    // the journal is analyzed. (The tailer's settings force the generic plan; a replay
+    // page's leave the choice to PostgreSQL.)
     for (analyzed, plan_mode) in [
         (false, "auto"),
         (false, "force_generic_plan"),
@@ -506,19 +508,18 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                 ],
                 other => panic!("no parameters for {other}"),
             };
-            // A replay page runs with its planner settings, as the service runs it.
-            let replay = *name == "replay_page";
-            if replay {
-                app.db.batch_execute("begin").await.unwrap();
-                app.db
-                    .batch_execute(changecast::journal::REPLAY_PLANNER_SETTINGS)
-                    .await
-                    .unwrap();
-            }
+            // Each statement planned under the settings the service runs it with: the
+            // tailer's reads under its connection's, a replay start under the same in its
+            // transaction, a replay page under its own. `set local`, so the loop's
+            // `plan_cache_mode` holds again for the next statement.
+            let settings = match *name {
+                "replay_page" => changecast::journal::REPLAY_PLANNER_SETTINGS,
+                _ => changecast::journal::INDEX_PLANNER_SETTINGS_LOCAL.as_str(),
+            };
+            app.db.batch_execute("begin").await.unwrap();
+            app.db.batch_execute(settings).await.unwrap();
             let plan: Value = app.db.query_one(&explain, &params).await.unwrap().get(0);
-            if replay {
-                app.db.batch_execute("commit").await.unwrap();
-            }
+            app.db.batch_execute("commit").await.unwrap();
             check_plan(name, &format!("analyzed: {analyzed}, {plan_mode}"), &plan);
         }
     }
