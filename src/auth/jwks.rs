@@ -1,9 +1,14 @@
-//! An identity provider's published keys (`CHANGECAST_JWKS_URL`): fetched at start, and
-//! again when a token names a `kid` the set lacks — at most once per
-//! [`REFETCH_INTERVAL`], so that tokens with made-up `kid`s cannot make the service hammer
-//! the provider. A failed fetch changes nothing: the last good set keeps serving.
+//! An identity provider's published keys (`CHANGECAST_JWKS_URL`): fetched at start, every
+//! [`REFRESH_EVERY`] (so a key the provider withdrew stops being trusted), and again when
+//! a token names a `kid` the set lacks — at most once per [`REFETCH_INTERVAL`], so that
+//! tokens with made-up `kid`s cannot make the service hammer the provider. A failed fetch
+//! changes nothing: the last good set keeps serving.
+//!
+//! A refetch runs as a task of its own, which requests wait for with a bound: a client
+//! that hangs up while waiting cannot cancel it (and so cannot spend the refetch
+//! allowance without a fetch happening).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -12,6 +17,7 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::keys::KeySet;
@@ -19,6 +25,9 @@ use crate::sync::lock;
 
 /// Fewest seconds between two fetches asked for by unknown `kid`s.
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the set is fetched regardless: a key the provider removed (revoked) is
+/// trusted at most this long after.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Longest one fetch may take, connecting and reading included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWKS document read. Providers' sets are a few KiB.
@@ -33,9 +42,16 @@ pub struct RemoteKeys {
     url: hyper::Uri,
     client: HttpsClient,
     keys: Mutex<Arc<KeySet>>,
-    /// When the last fetch asked for by an unknown `kid` began. Held across that fetch,
-    /// so tokens arriving meanwhile wait for its outcome rather than start another.
-    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    refetch: Mutex<Refetch>,
+}
+
+/// The fetches asked for by unknown `kid`s.
+#[derive(Default)]
+struct Refetch {
+    /// When the last one began.
+    last_began: Option<Instant>,
+    /// The one under way or last finished: true once it has.
+    done: Option<watch::Receiver<bool>>,
 }
 
 impl RemoteKeys {
@@ -64,12 +80,27 @@ impl RemoteKeys {
             }
         };
         tracing::info!(%url, keys = keys.len(), "fetched the identity provider's keys");
-        Ok(Arc::new(RemoteKeys {
+        let remote = Arc::new(RemoteKeys {
             url,
             client,
             keys: Mutex::new(Arc::new(keys)),
-            last_refetch: tokio::sync::Mutex::new(None),
-        }))
+            refetch: Mutex::default(),
+        });
+        tokio::spawn(refresh_periodically(Arc::downgrade(&remote)));
+        Ok(remote)
+    }
+
+    /// Fetches the set and keeps it if the fetch succeeds.
+    async fn update(&self, why: &str) {
+        match fetch(&self.client, &self.url).await {
+            Ok(keys) => {
+                tracing::info!(url = %self.url, keys = keys.len(), why, "fetched the identity provider's keys");
+                *lock(&self.keys) = Arc::new(keys);
+            }
+            Err(error) => {
+                tracing::warn!(url = %self.url, why, "fetching the JWKS failed; the last good keys keep serving: {error:#}");
+            }
+        }
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -77,43 +108,57 @@ impl RemoteKeys {
     }
 
     /// Brings the set up to date for a token naming `kid`, unless a fetch for an unknown
-    /// `kid` began less than [`REFETCH_INTERVAL`] ago. True when the set now holds `kid`.
-    pub async fn refresh_for(&self, kid: &str) -> bool {
-        let mut last = self.last_refetch.lock().await;
-        // A fetch that finished while this caller waited may have brought the key.
+    /// `kid` began less than [`REFETCH_INTERVAL`] ago (then that one's outcome answers).
+    /// Waits at most [`FETCH_TIMEOUT`] and a little more. True when the set holds `kid`.
+    pub async fn refresh_for(self: &Arc<Self>, kid: &str) -> bool {
         if self.current().has_kid(kid) {
             return true;
         }
-        if last.is_some_and(|began| began.elapsed() < REFETCH_INTERVAL) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        match fetch(&self.client, &self.url).await {
-            Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "refetched the identity provider's keys for an unknown kid");
-                *lock(&self.keys) = Arc::new(keys);
-            }
-            Err(error) => {
-                tracing::warn!(url = %self.url, "refetching the JWKS failed; the last good keys keep serving: {error:#}");
-            }
+        if let Some(mut done) = self.start_refetch() {
+            let finished = done.wait_for(|done| *done);
+            let _ = tokio::time::timeout(FETCH_TIMEOUT + Duration::from_secs(1), finished).await;
         }
         self.current().has_kid(kid)
     }
 
     /// [`refresh_for`](Self::refresh_for) without waiting for it, from code that cannot
     /// wait; nothing happens outside a Tokio runtime.
-    pub fn refresh_in_background(self: &Arc<Self>, kid: &str) {
-        // A fetch under way, or one too recent to repeat, answers for this `kid` as
-        // well: no task is spawned per refused token.
-        match self.last_refetch.try_lock() {
-            Err(_) => return,
-            Ok(last) if last.is_some_and(|began| began.elapsed() < REFETCH_INTERVAL) => return,
-            Ok(_) => {}
+    pub fn refresh_in_background(self: &Arc<Self>) {
+        let _ = self.start_refetch();
+    }
+
+    /// The refetch under way, or a new one if none began within [`REFETCH_INTERVAL`];
+    /// `None` when neither (or outside a Tokio runtime).
+    fn start_refetch(self: &Arc<Self>) -> Option<watch::Receiver<bool>> {
+        let mut refetch = lock(&self.refetch);
+        let recent = refetch
+            .last_began
+            .is_some_and(|began| began.elapsed() < REFETCH_INTERVAL);
+        if recent {
+            // Under way: wait for it. Finished: its outcome stands until the interval ends.
+            return refetch.done.clone().filter(|done| !*done.borrow());
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (keys, kid) = (self.clone(), kid.to_owned());
-            runtime.spawn(async move { keys.refresh_for(&kid).await });
-        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (finished, done) = watch::channel(false);
+        refetch.last_began = Some(Instant::now());
+        refetch.done = Some(done.clone());
+        let remote = self.clone();
+        runtime.spawn(async move {
+            remote.update("a token named an unknown kid").await;
+            finished.send_replace(true);
+        });
+        Some(done)
+    }
+}
+
+/// Fetches the set every [`REFRESH_EVERY`] while `remote` is in use.
+async fn refresh_periodically(remote: Weak<RemoteKeys>) {
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        let Some(remote) = remote.upgrade() else {
+            return;
+        };
+        remote.update("periodic refresh").await;
     }
 }
 

@@ -34,6 +34,11 @@ const MAX_CLAIM_PATH_PARTS: usize = 8;
 /// Longest `kid` quoted back in an error message.
 const MAX_KID_SHOWN: usize = 64;
 
+/// A `kid` as error messages show it: at most [`MAX_KID_SHOWN`] characters.
+fn shown_kid(kid: &str) -> String {
+    kid.chars().take(MAX_KID_SHOWN).collect()
+}
+
 /// Why a token was refused; `code()` is the 401's `error` field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -46,8 +51,9 @@ pub enum AuthError {
     #[error("the token is not valid yet (its `nbf` lies in the future)")]
     NotYetValid,
     #[error(
-        "the token's signing key (`kid` {0:?}) is not among the identity provider's keys; \
-         if the provider has just rotated its keys, retry in a moment"
+        "the token's signing key (`kid` {:?}) is not among the identity provider's keys; \
+         if the provider has just rotated its keys, retry in a moment",
+        shown_kid(.0)
     )]
     UnknownKey(String),
     #[error("the token is not valid: {0}")]
@@ -283,10 +289,10 @@ impl Authenticator {
     /// waits for that refetch instead.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let verified = self.check(token);
-        if let (Err(AuthError::UnknownKey(kid)), Some(PublicKeys::Fetched(remote))) =
+        if let (Err(AuthError::UnknownKey(_)), Some(PublicKeys::Fetched(remote))) =
             (&verified, &self.public_keys)
         {
-            remote.refresh_in_background(kid);
+            remote.refresh_in_background();
         }
         verified
     }
@@ -367,12 +373,8 @@ impl Authenticator {
         let candidates = match set.candidates(alg, kid) {
             keys::Lookup::Keys(keys) => keys,
             keys::Lookup::UnknownKid => {
-                let kid: String = kid
-                    .unwrap_or_default()
-                    .chars()
-                    .take(MAX_KID_SHOWN)
-                    .collect();
-                return Err(AuthError::UnknownKey(kid));
+                // Whole: the refetch looks it up again (the token's size bounds it).
+                return Err(AuthError::UnknownKey(kid.unwrap_or_default().to_owned()));
             }
             keys::Lookup::WrongAlgorithm(expected) => {
                 return Err(AuthError::invalid(format!(

@@ -350,6 +350,50 @@ async fn verify_fresh_accepts_a_rotated_key_on_the_first_try_with_one_fetch() {
     );
 }
 
+#[tokio::test]
+async fn a_waiter_that_gives_up_does_not_cancel_the_refetch_and_long_kids_are_found() {
+    let mut jwks = JwksServer::start(jwks_document(&[RSA_A_JWK])).await;
+    let rules = TokenRules {
+        tenant_claim: "org.id".parse().unwrap(),
+        ..TokenRules::default()
+    };
+    let auth = Arc::new(
+        Authenticator::with_public_keys(None, rules, &KeySource::Jwks(jwks.url()))
+            .await
+            .unwrap(),
+    );
+    // The rotated key's kid is longer than error messages show.
+    let long_kid = format!("rotated-{}", "k".repeat(100));
+    let rotated_jwk = RSA_B_JWK.replace("\"rsa-b\"", &format!("{long_kid:?}"));
+    assert_ne!(rotated_jwk, RSA_B_JWK, "the fixture names its kid");
+    jwks.answer(Answer::Document(jwks_document(&[RSA_A_JWK, &rotated_jwk])));
+    let new = idp_token(
+        Algorithm::RS256,
+        Some(&long_kid),
+        RSA_B_KEY,
+        org_claims("acme"),
+    );
+    // A client that hangs up at once (its request future dropped) starts the refetch
+    // but cannot cancel it.
+    let gave_up = tokio::time::timeout(Duration::ZERO, auth.verify_fresh(&new)).await;
+    assert!(
+        gave_up.is_err(),
+        "the first caller gave up before the fetch"
+    );
+    jwks.until_fetched(2).await;
+    // The fetch it started finishes and brings the key: accepted on the first try.
+    let identity = auth
+        .verify_fresh(&new)
+        .await
+        .expect("the rotated key is known");
+    assert_eq!(identity.tenant.as_str(), "acme");
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "one fetch, not cancelled and not repeated"
+    );
+}
+
 /// Starts with key `rsa-a`, makes the endpoint answer `failure`, and asks for `rsa-b`:
 /// the refetch fails, and `rsa-a` tokens keep working.
 async fn failed_refetch_keeps_the_last_good_keys(failure: Answer) {
