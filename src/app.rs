@@ -79,7 +79,20 @@ impl App {
             None => database_url.to_owned(),
         };
         let listen = db::pg_config(&session_url, "changecast:listener")?;
-        db::check_notifications(&listen, &db::pg_config(database_url, "changecast:pool")?).await?;
+        let pool_config = db::pg_config(database_url, "changecast:pool")?;
+        tokio::time::timeout(
+            db::START_CHECK_TIMEOUT,
+            db::check_notifications(&listen, &pool_config),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "checking that the LISTEN connection receives notifications took over {}s: \
+                 a pooler with no server connection free, or a database that does not respond \
+                 (CHANGECAST_LISTEN_DATABASE_URL, DATABASE_URL)",
+                db::START_CHECK_TIMEOUT.as_secs()
+            )
+        })??;
         db::migrate(&session_url).await?;
         let pool =
             db::connect_pool(database_url, config.pool_size, config.statement_timeout).await?;

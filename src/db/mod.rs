@@ -59,7 +59,11 @@ pub async fn connect_pool(
     let wanted = with_statement_timeout(plain.clone(), statement_timeout);
     let (in_force, config) = match session_statement_timeout(&wanted).await {
         Ok(in_force) => (in_force, wanted),
-        Err(error) if refuses_startup_options(&error) => {
+        Err(error)
+            if error
+                .downcast_ref::<tokio_postgres::Error>()
+                .is_some_and(refuses_startup_options) =>
+        {
             let in_force = session_statement_timeout(&plain)
                 .await
                 .context("connecting the pool to PostgreSQL")?;
@@ -115,20 +119,31 @@ fn refuses_startup_options(error: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// Longest a check at start may take once connected: a pooler queues a query until it
+/// has a server connection free, and a stalled database answers nothing at all.
+pub const START_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The `statement_timeout` a connection made with `config` runs under.
-async fn session_statement_timeout(
-    config: &tokio_postgres::Config,
-) -> Result<Duration, tokio_postgres::Error> {
+async fn session_statement_timeout(config: &tokio_postgres::Config) -> anyhow::Result<Duration> {
     let mut config = config.clone();
     config.application_name("changecast:pool-check");
     let (client, connection) = config.connect(NoTls).await?;
     let driver = tokio::spawn(connection);
     // The simple protocol: no prepared statement for a pooler to lose.
-    let rows = client
-        .simple_query("select setting from pg_settings where name = 'statement_timeout'")
-        .await;
+    let rows = tokio::time::timeout(
+        START_CHECK_TIMEOUT,
+        client.simple_query("select setting from pg_settings where name = 'statement_timeout'"),
+    )
+    .await;
     drop(client);
     let _ = driver.await;
+    let Ok(rows) = rows else {
+        anyhow::bail!(
+            "PostgreSQL (DATABASE_URL) did not answer a query within {}s: a pooler with no \
+             server connection free, or a database that does not respond",
+            START_CHECK_TIMEOUT.as_secs()
+        );
+    };
     let millis = first_value(rows?).and_then(|millis| millis.parse().ok());
     Ok(Duration::from_millis(millis.unwrap_or(0)))
 }

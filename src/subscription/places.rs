@@ -147,11 +147,12 @@ impl Place {
         if counts.total >= limits.max_subscribers {
             return Err(Refused::ServiceFull(limits.max_subscribers));
         }
-        let of_tenant = counts.per_tenant.entry(tenant.clone()).or_default();
-        if of_tenant.total() >= limits.max_subscribers_per_tenant {
+        // Checked before an entry is made: a refused tenant leaves nothing behind.
+        let held = counts.per_tenant.get(tenant).map_or(0, |of| of.total());
+        if held >= limits.max_subscribers_per_tenant {
             return Err(Refused::TenantFull(limits.max_subscribers_per_tenant));
         }
-        of_tenant[transport] += 1;
+        counts.per_tenant.entry(tenant.clone()).or_default()[transport] += 1;
         counts.total += 1;
         Ok(Place {
             places: places.clone(),
