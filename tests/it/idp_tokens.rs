@@ -303,18 +303,23 @@ async fn a_rotated_key_is_fetched_and_refetches_are_rate_limited() {
     assert_eq!(jwks.fetches(), 2);
 }
 
-#[tokio::test]
-async fn verify_fresh_accepts_a_rotated_key_on_the_first_try_with_one_fetch() {
-    let mut jwks = JwksServer::start(jwks_document(&[RSA_A_JWK])).await;
+/// An authenticator of the test's JWKS alone (no secret), the tenant at `org.id`.
+async fn jwks_authenticator(jwks: &JwksServer) -> Arc<Authenticator> {
     let rules = TokenRules {
         tenant_claim: "org.id".parse().unwrap(),
         ..TokenRules::default()
     };
-    let auth = Arc::new(
+    Arc::new(
         Authenticator::with_public_keys(None, rules, &KeySource::Jwks(jwks.url()))
             .await
             .unwrap(),
-    );
+    )
+}
+
+#[tokio::test]
+async fn verify_fresh_accepts_a_rotated_key_on_the_first_try_with_one_fetch() {
+    let mut jwks = JwksServer::start(jwks_document(&[RSA_A_JWK])).await;
+    let auth = jwks_authenticator(&jwks).await;
     jwks.answer(Answer::Document(jwks_document(&[RSA_A_JWK, RSA_B_JWK])));
     let new = idp_token(
         Algorithm::RS256,
@@ -353,15 +358,7 @@ async fn verify_fresh_accepts_a_rotated_key_on_the_first_try_with_one_fetch() {
 #[tokio::test]
 async fn a_waiter_that_gives_up_does_not_cancel_the_refetch_and_long_kids_are_found() {
     let mut jwks = JwksServer::start(jwks_document(&[RSA_A_JWK])).await;
-    let rules = TokenRules {
-        tenant_claim: "org.id".parse().unwrap(),
-        ..TokenRules::default()
-    };
-    let auth = Arc::new(
-        Authenticator::with_public_keys(None, rules, &KeySource::Jwks(jwks.url()))
-            .await
-            .unwrap(),
-    );
+    let auth = jwks_authenticator(&jwks).await;
     // The rotated key's kid is longer than error messages show.
     let long_kid = format!("rotated-{}", "k".repeat(100));
     let rotated_jwk = RSA_B_JWK.replace("\"rsa-b\"", &format!("{long_kid:?}"));
