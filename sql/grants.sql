@@ -1,26 +1,32 @@
--- The grants an operator gives the roles around changecast (PostgreSQL 13+).
--- Run as the role that owns the database and ran changecast's migrations:
+-- The grants an operator gives the roles around changecast (PostgreSQL 13+). Run as the
+-- role that runs changecast (it owns schema changecast), after `changecast migrate`:
 --
---   psql "$DATABASE_URL" -v app_role=app -v watcher_role=app_migrator -f sql/grants.sql
+--   psql "$CHANGECAST_DATABASE_URL" -v watcher_role=app_owner -v app_role=app_writer -f sql/grants.sql
 --
--- Three kinds of role meet changecast:
+-- The roles themselves, on a managed database without a superuser: sql/roles.sql and
+-- docs/roles.md. Four kinds of role meet changecast:
 --
--- 1. The changecast role: runs `changecast migrate`/`serve` and owns schema changecast,
---    its journal and its functions. It needs no superuser. To attach triggers,
---    `watch()` runs as this role, so it must own every table it watches, or be a member
---    of the owning role:
+-- 1. The changecast role runs `changecast migrate`/`serve` and owns schema changecast,
+--    its journal and its functions. It needs no superuser, owns no application table and
+--    is a member of no other role: `watch()` gives it SELECT on each watched table (for
+--    snapshots) and nothing more. (Before changecast's migration V13 it had to own
+--    watched tables or be a member of their owners' roles; `select * from
+--    changecast.role_findings()` names such memberships, which can now be revoked.)
 --
---        grant <table owner role> to <changecast role>;
+-- 2. The application's migration role (watcher_role), which owns its tables: USAGE on
+--    the schema and EXECUTE on watch()/unwatch(). It watches tables it owns (a member of
+--    the owning role with its privileges, or a superuser, may too). Grant it only to
+--    roles trusted to write events for every tenant: whoever may watch a table may fill
+--    its tenant column with any tenant.
 --
--- 2. Application roles that only read and write their tables: they need NOTHING in
---    changecast. The change triggers run as the changecast role (security definer);
---    writers never touch the journal themselves.
+-- 3. Application roles that read and write watched tables (app_role) need NOTHING in
+--    changecast for their changes to be captured: the triggers write the journal as the
+--    changecast role. To send application events with `changecast.publish()` they need
+--    EXECUTE on it; like watch(), it may address any tenant.
 --
--- 3. A role that decides which tables are watched (typically the application's own
---    migration role): EXECUTE on watch()/unwatch(). Grant it only to roles trusted to
---    write events for every tenant: whoever may watch a table may fill its tenant column
---    with any tenant. watch() also checks that the calling session's role
---    (session_user) holds TRIGGER and SELECT on the table; unwatch() checks TRIGGER.
+-- 4. The admin role that made the others (sql/roles.sql) needs nothing here.
+
+\set ON_ERROR_STOP on
 
 \if :{?watcher_role}
 grant usage on schema changecast to :"watcher_role";
@@ -28,22 +34,29 @@ grant execute on function changecast.watch(regclass, text, text, text, text[]),
                           changecast.unwatch(regclass)
    to :"watcher_role";
 \else
-\echo 'watcher_role not set (-v watcher_role=...): no role may call watch()/unwatch() but the owner'
+\echo 'watcher_role not set (-v watcher_role=...): no role may call watch()/unwatch() but the changecast role'
 \endif
 
 \if :{?app_role}
--- Writers need nothing in changecast to have their row changes captured. To send
--- application events with `changecast.publish()` they need EXECUTE on it; like watch(),
--- it may address any tenant, so grant it to roles trusted with every tenant's stream.
 grant usage on schema changecast to :"app_role";
 grant execute on function changecast.publish(text, text, jsonb) to :"app_role";
 \endif
 
--- Never grant to application roles: INSERT/UPDATE/DELETE on any changecast table
--- (change_log, watched, journal_meta, journal_ticks), EXECUTE on changecast.capture(),
--- changecast.capture_truncate() or changecast.attach(). Check with:
+-- Never grant to application roles: INSERT/UPDATE/DELETE on changecast's tables
+-- (change_log, watched, journal_meta, journal_ticks, cursor_key), EXECUTE on its other
+-- functions (capture(), capture_truncate(), attach(), register(), ...), membership in the
+-- changecast role. (`changecast.watch_requests` takes INSERTs from anyone: its trigger
+-- carries out only what the table's owner, granted watch(), asked for.) Check with:
 --
 --   select p.oid::regprocedure, r.rolname
 --   from pg_proc p, pg_roles r
 --   where p.pronamespace = 'changecast'::regnamespace
 --     and has_function_privilege(r.oid, p.oid, 'execute') and not r.rolsuper;
+--
+-- What the changecast role may do with application tables (expect SELECT on watched
+-- ones only):
+--
+--   select c.oid::regclass, a.privilege_type
+--   from pg_class c, aclexplode(c.relacl) a
+--   where a.grantee = (select nspowner from pg_namespace where nspname = 'changecast')
+--     and c.relnamespace <> 'changecast'::regnamespace;

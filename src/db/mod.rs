@@ -295,6 +295,21 @@ async fn adopt_moved_journal(client: &tokio_postgres::Client) -> Result<(), toki
     client.batch_execute(ADOPT_MOVED_JOURNAL).await
 }
 
+/// Logs what `changecast.role_findings()` says an operator should know about roles: a
+/// membership in a table owner's role that `watch()` no longer needs, a watched table this
+/// role may not read. Warnings only: such a membership may be there for other reasons.
+async fn report_role_findings(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    for row in client
+        .query("select changecast.role_findings()", &[])
+        .await?
+    {
+        tracing::warn!("{}", row.get::<_, &str>(0));
+    }
+    Ok(())
+}
+
 /// Applies the embedded migrations. Safe when several instances start at once: an
 /// advisory lock serialises them (refinery has none of its own).
 pub async fn migrate(url: &str) -> anyhow::Result<usize> {
@@ -318,6 +333,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<usize> {
             .await
             .context("applying migrations")?;
         adopt_moved_journal(&client).await?;
+        report_role_findings(&client).await?;
         anyhow::Ok(report.applied_migrations().len())
     }
     .await;

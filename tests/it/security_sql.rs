@@ -174,6 +174,10 @@ async fn an_application_role_cannot_forge_events_into_another_tenants_stream() {
         "update changecast.watched set tenant_column = 'id'",
         "select changecast.watch('public.own_forged', 'forged')",
         "select changecast.attach('public.own_forged', 'ticket', 'tenant_id', 'id')",
+        "select changecast.register('public.own_forged', 'ticket', 'tenant_id', 'id', '{}')",
+        "insert into changecast.watch_requests (table_name, resource_type, tenant_column, id_column, exclude_columns)
+             values ('public.own_forged', 'forged', 'tenant_id', 'id', '{}')",
+        "insert into changecast.watch_requests (table_name, unwatch) values ('public.tickets', true)",
     ] {
         assert_eq!(
             refused(&forger, attempt).await,
@@ -215,10 +219,11 @@ async fn an_application_role_cannot_forge_events_into_another_tenants_stream() {
     role.drop(&app).await;
 }
 
-/// `watch()` runs as the schema owner, so it checks that the calling session's
-/// role could have attached a trigger reading the table itself.
+/// `watch()` and `unwatch()` act as the calling role, which must hold the privileges of
+/// the table's owner: TRIGGER and SELECT on it are not enough (a role granted those
+/// could otherwise publish the table's rows to subscribers).
 #[tokio::test]
-async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
+async fn watch_requires_the_privileges_of_the_tables_owner() {
     let app = spawn_app().await;
     let role = Role::create(&app, "watcher").await;
     app.db
@@ -228,7 +233,7 @@ async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
                                        changecast.unwatch(regclass) to {0};
              create table public.secrets (id text primary key, tenant_id text not null);
              insert into public.secrets values ('s1', 'acme');
-             grant trigger on public.secrets to {0};",
+             grant trigger, select on public.secrets to {0};",
             role.name
         ))
         .await
@@ -236,7 +241,6 @@ async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
     let watcher = role.connect(&app).await;
     let watch = "select changecast.watch('public.secrets', 'secret')";
 
-    // TRIGGER alone is not enough: watching would expose rows the role cannot read.
     assert_eq!(
         refused(&watcher, watch).await,
         SqlState::INSUFFICIENT_PRIVILEGE
@@ -246,7 +250,10 @@ async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
         SqlState::INSUFFICIENT_PRIVILEGE
     );
     app.db
-        .batch_execute(&format!("grant select on public.secrets to {}", role.name))
+        .batch_execute(&format!(
+            "alter table public.secrets owner to {}",
+            role.name
+        ))
         .await
         .unwrap();
     watcher.batch_execute(watch).await.unwrap();
@@ -257,6 +264,12 @@ async fn watch_requires_trigger_and_select_on_the_table_for_the_calling_role() {
         .await
         .unwrap();
     assert_next_change(&mut stream, "s2").await;
+    let unwatched: bool = watcher
+        .query_one("select changecast.unwatch('public.secrets')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(unwatched);
     role.drop(&app).await;
 }
 

@@ -1,0 +1,436 @@
+-- changecast: watch() with least privilege (API.md §2).
+--
+-- The table's owner (or a superuser), granted EXECUTE on watch(), watches its table
+-- whatever role runs the service. The service's role (the owner of this schema) needs no
+-- ownership of application tables and no membership in their owners' roles: watch()
+-- gives it SELECT on the table, for snapshots, and nothing more.
+--
+-- * watch() and unwatch() run with the caller's rights (SECURITY INVOKER). What only a
+--   table's owner may do, they do as the caller: drop and re-enable the triggers (ALWAYS,
+--   also in replica mode), grant and revoke the service's SELECT.
+-- * What only the service's role may do — write `changecast.watched`, attach the trigger
+--   functions, which nobody else may execute — runs as that role, and only on a request
+--   the caller vouched for: watch() inserts a row into `changecast.watch_requests`, whose
+--   BEFORE trigger runs as the inserting role (it is not security definer) and refuses
+--   unless `current_user` holds the privileges of the table's owner and EXECUTE on
+--   watch() (unwatch()); only then does its AFTER trigger, security definer, carry the
+--   request out and remove it. `current_user` is the role whose rights the statement
+--   runs with: after SET ROLE the role set, inside a security-definer function that
+--   function's owner — never a more privileged session user behind them, as
+--   `session_user` would be (a security-definer function of an attacker's, called by a
+--   table's owner or a superuser, could otherwise act in their name). Row security
+--   would not do: a role with BYPASSRLS skips policies, nobody but this schema's owner
+--   or a superuser can disable its triggers, and both fire ALWAYS.
+-- * To attach its triggers, the service's role holds TRIGGER on the table (and its
+--   partitions) for the length of the call: watch() grants it before its request and
+--   revokes it after, in the caller's transaction, so no other session ever sees it.
+-- * The capture trigger functions stay security definer (application roles need no
+--   rights on the journal) with every check of V3 and V9: the exact registration, and no
+--   cast or output function of a type a non-superuser owns run with the service's
+--   rights. Nothing else of a table owner's runs as the service: attaching a trigger,
+--   granting, reading catalogs run none of its code, and snapshots read with row
+--   security off (a table whose policies apply to the service's role fails its
+--   snapshot rather than run them).
+-- * Tables watched before this migration keep their triggers and registrations. Where
+--   the service's role reached a table through membership in its owner's role, it is
+--   granted SELECT on it here, so that the membership can be revoked without breaking
+--   snapshots; changecast.role_findings() (reported by the service at start) names such
+--   memberships.
+
+/*
+ * Table: changecast.watch_requests
+ * A request of watch() or unwatch(), vouched for by the role that made it. Empty between
+ * statements: each row is removed by the trigger that carries it out.
+ */
+create table changecast.watch_requests (
+    table_name      regclass not null,
+    unwatch         boolean not null default false,
+    resource_type   text,
+    tenant_column   text,
+    id_column       text,
+    exclude_columns text[],
+    -- Set by the BEFORE trigger, whatever the inserting statement says.
+    requested_by    name,
+    xact            xid8
+);
+revoke all on changecast.watch_requests from public;
+-- Anyone may ask; the BEFORE trigger decides (and watch() callers need no other grant).
+grant insert on changecast.watch_requests to public;
+
+/*
+ * Function: changecast.vouch_for_request()  (BEFORE INSERT row trigger of watch_requests)
+ * Returns: the request, stamped with the role that made it and its transaction.
+ * Algorithm: refuses (insufficient_privilege) unless the inserting role — current_user:
+ *   this function is not security definer, so it runs with that role's rights — holds
+ *   the privileges of the table's owner (what ALTER TABLE asks; a superuser does) and
+ *   EXECUTE on watch() or unwatch(), whichever is asked for.
+ */
+create function changecast.vouch_for_request() returns trigger
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+    owner_oid oid := (select c.relowner from pg_class c where c.oid = new.table_name);
+    asked     regprocedure := case when new.unwatch
+                                   then 'changecast.unwatch(regclass)'::regprocedure
+                                   else 'changecast.watch(regclass, text, text, text, text[])'::regprocedure
+                              end;
+begin
+    if owner_oid is null then
+        raise exception 'changecast: no table given' using errcode = 'null_value_not_allowed';
+    end if;
+    if not has_function_privilege(current_user, asked, 'EXECUTE') then
+        raise exception 'changecast: role "%" may not call %', current_user, asked
+            using errcode = 'insufficient_privilege';
+    end if;
+    if not pg_has_role(current_user, owner_oid, 'USAGE') then
+        raise exception 'changecast: role "%" may not watch or unwatch % (only its owner "%", a role with that role''s privileges, or a superuser may)',
+                current_user, new.table_name, owner_oid::regrole
+            using errcode = 'insufficient_privilege';
+    end if;
+    new.requested_by := current_user;
+    new.xact := pg_current_xact_id();
+    return new;
+end
+$$;
+
+/*
+ * Function: changecast.register(table, resource_type, tenant_column, id_column, exclude_columns)
+ * Returns: void. Checks the arguments as watch() did in V9, records the table in
+ *   `changecast.watched` (replacing an earlier registration) and attaches the triggers.
+ * Internal: runs as the schema owner, on a request vouched for by the table's owner
+ *   (changecast.carry_out_request). The table's old triggers are gone and the service
+ *   holds TRIGGER on it (watch() saw to both).
+ */
+create function changecast.register(
+    target regclass,
+    resource_type text,
+    tenant_column text,
+    id_column text,
+    exclude_columns text[]
+) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+    excluded text;
+begin
+    if (select c.relkind not in ('r', 'p') or c.relpersistence = 't' from pg_class c where c.oid = target) then
+        raise exception 'changecast.watch: % is not a permanent table', target
+            using errcode = 'wrong_object_type';
+    end if;
+    if resource_type is null or resource_type !~ '^[a-z][a-z0-9_]{0,62}$' then
+        raise exception 'changecast.watch: resource type % must match [a-z][a-z0-9_]* (at most 63 characters)',
+                coalesce(quote_literal(resource_type), 'NULL')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if not exists (select 1 from pg_attribute
+                   where attrelid = target and attname = tenant_column
+                     and attnum > 0 and not attisdropped) then
+        raise exception 'changecast.watch: table % has no tenant column "%"', target, tenant_column
+            using errcode = 'undefined_column';
+    end if;
+    if not exists (select 1 from pg_attribute
+                   where attrelid = target and attname = id_column
+                     and attnum > 0 and not attisdropped) then
+        raise exception 'changecast.watch: table % has no id column "%"', target, id_column
+            using errcode = 'undefined_column';
+    end if;
+    if exists (select 1 from changecast.owned_columns(target) o where o.column_name = tenant_column) then
+        raise exception 'changecast.watch: the tenant column "%" of % has a type owned by a role that is not a superuser', tenant_column, target
+            using errcode = 'feature_not_supported',
+                  hint = 'use a column of a built-in type (or a domain over one) as the tenant column: tenants are compared as text, and a cast to text of such a type is its owner''s code';
+    end if;
+    if exclude_columns is null or array_position(exclude_columns, null) is not null then
+        raise exception 'changecast.watch: exclude_columns must be an array of column names without nulls'
+            using errcode = 'null_value_not_allowed';
+    end if;
+    foreach excluded in array exclude_columns loop
+        if excluded in (tenant_column, id_column) then
+            raise exception 'changecast.watch: column "%" of % names the tenant or the id and cannot be excluded',
+                    excluded, target
+                using errcode = 'invalid_parameter_value';
+        end if;
+        if not exists (select 1 from pg_attribute
+                       where attrelid = target and attname = excluded
+                         and attnum > 0 and not attisdropped) then
+            raise exception 'changecast.watch: table % has no column "%" to exclude', target, excluded
+                using errcode = 'undefined_column';
+        end if;
+    end loop;
+
+    -- Entries of dropped tables name nothing any more: their resource types are free.
+    -- (The target's own entry counts as one too: its triggers were just dropped. It is
+    -- written again below.)
+    delete from changecast.watched w where not changecast.is_attached(w.table_name);
+    if exists (select 1 from changecast.watched w
+               where w.resource_type = register.resource_type and w.table_name <> target) then
+        raise exception 'changecast.watch: resource type "%" already names another table', resource_type
+            using errcode = 'unique_violation';
+    end if;
+
+    insert into changecast.watched (table_name, resource_type, tenant_column, id_column,
+                                    exclude_columns, exclude_attnums)
+    values (target, register.resource_type, register.tenant_column, register.id_column,
+            array(select distinct unnest(register.exclude_columns) order by 1),
+            array(select a.attnum from pg_attribute a
+                  where a.attrelid = target and a.attname = any(register.exclude_columns)
+                    and a.attnum > 0 and not a.attisdropped
+                  order by 1))
+    on conflict (table_name) do update
+        set resource_type = excluded.resource_type,
+            tenant_column = excluded.tenant_column,
+            id_column = excluded.id_column,
+            exclude_columns = excluded.exclude_columns,
+            exclude_attnums = excluded.exclude_attnums,
+            plain_natts = null,
+            plain_filenode = null;
+    perform changecast.check_definition_current(target);
+    if not exists (select 1 from changecast.owned_columns(target)) then
+        perform changecast.remember_plain(target);
+    end if;
+    perform changecast.attach(target, resource_type, tenant_column, id_column);
+end
+$$;
+
+/*
+ * Function: changecast.attach(table, resource_type, tenant_column, id_column)
+ * Returns: void. Creates the capture and truncate triggers of `table` with these
+ *   arguments. Internal: runs as the schema owner, which needs TRIGGER on the table (and
+ *   its partitions); the caller has dropped earlier triggers of these names, and
+ *   watch() makes the new ones fire ALWAYS (only the table's owner may).
+ */
+create or replace function changecast.attach(target regclass, resource_type text, tenant_column text, id_column text)
+returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+    qualified text := (select format('%I.%I', n.nspname, c.relname)
+                       from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                       where c.oid = target);
+begin
+    if not has_table_privilege(current_user, target, 'TRIGGER') then
+        raise exception 'changecast: role "%" (owner of schema changecast) may not attach triggers to %', current_user, qualified
+            using errcode = 'insufficient_privilege',
+                  hint = 'call changecast.watch() as the table''s owner: it lends this role TRIGGER for the call';
+    end if;
+    execute format('create trigger changecast_capture after insert or update or delete on %s '
+                   'for each row execute function changecast.capture(%L, %L, %L)',
+                   qualified, resource_type, tenant_column, id_column);
+    execute format('create trigger changecast_truncate before truncate on %s '
+                   'for each statement execute function changecast.capture_truncate(%L, %L, %L)',
+                   qualified, resource_type, tenant_column, id_column);
+end
+$$;
+
+/*
+ * Function: changecast.carry_out_request()  (AFTER INSERT row trigger of watch_requests)
+ * Returns: null. Registers (changecast.register) or forgets the table of a request the
+ *   BEFORE trigger vouched for, then removes the request.
+ * Security definer: `changecast.watched` and the trigger functions are this role's.
+ */
+create function changecast.carry_out_request() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+    if new.requested_by is null or new.xact is distinct from pg_current_xact_id() then
+        raise exception 'changecast: a request nobody vouched for' using errcode = 'insufficient_privilege';
+    end if;
+    if new.unwatch then
+        delete from changecast.watched w where w.table_name = new.table_name;
+    else
+        perform changecast.register(new.table_name, new.resource_type, new.tenant_column,
+                                    new.id_column, new.exclude_columns);
+    end if;
+    delete from changecast.watch_requests r where r.xact = new.xact;
+    return null;
+end
+$$;
+
+create trigger vouch before insert on changecast.watch_requests
+    for each row execute function changecast.vouch_for_request();
+create trigger carry_out after insert on changecast.watch_requests
+    for each row execute function changecast.carry_out_request();
+alter table changecast.watch_requests enable always trigger vouch, enable always trigger carry_out;
+
+/*
+ * Function: changecast.watch(table, resource_type, tenant_column, id_column, exclude_columns)
+ * Parameters: as in V9.
+ * Returns: void. Idempotent: watching a table again replaces its settings.
+ * Algorithm: as the caller, who must hold the privileges of the table's owner (its
+ *   owner, a member of that role, or a superuser): drop the table's triggers of ours;
+ *   grant the service's role SELECT (for snapshots) and, for this call, TRIGGER on the
+ *   table and its partitions; request the registration (checked and carried out as the
+ *   service's role, see the header); make the triggers fire ALWAYS; take the TRIGGER
+ *   back.
+ * Security invoker, executable only where granted (sql/grants.sql): whoever may watch a
+ *   table may put events into any tenant's stream (the tenant column is theirs to fill).
+ */
+create or replace function changecast.watch(
+    target regclass,
+    resource_type text,
+    tenant_column text default 'tenant_id',
+    id_column text default 'id',
+    exclude_columns text[] default '{}'
+) returns void
+language plpgsql security invoker set search_path = pg_catalog, pg_temp as $$
+declare
+    service   oid := (select n.nspowner from pg_namespace n where n.nspname = 'changecast');
+    grantee   text := (select quote_ident(r.rolname) from pg_roles r where r.oid = service);
+    owner_oid oid;
+    qualified text;
+    lent      regclass[] := '{}';
+    part      regclass;
+begin
+    if target is null then
+        raise exception 'changecast.watch: no table given' using errcode = 'null_value_not_allowed';
+    end if;
+    select c.relowner, format('%I.%I', n.nspname, c.relname) into owner_oid, qualified
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = target;
+    if not pg_has_role(current_user, owner_oid, 'USAGE') then
+        raise exception 'changecast.watch: role "%" may not watch % (only its owner "%", a role with that role''s privileges, or a superuser may)',
+                current_user, target, owner_oid::regrole
+            using errcode = 'insufficient_privilege',
+                  hint = 'call watch() as the table''s owner; the role running changecast needs neither ownership nor membership';
+    end if;
+    if (select c.relkind not in ('r', 'p') or c.relpersistence = 't' from pg_class c where c.oid = target) then
+        raise exception 'changecast.watch: % is not a permanent table', target
+            using errcode = 'wrong_object_type';
+    end if;
+
+    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture') then
+        execute format('drop trigger changecast_capture on %s', qualified);
+    end if;
+    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_truncate') then
+        execute format('drop trigger changecast_truncate on %s', qualified);
+    end if;
+    -- An explicit grant even where the service reaches the table through its owner's
+    -- role, so that such a membership can be revoked without breaking snapshots.
+    if owner_oid <> service and not (select r.rolsuper from pg_roles r where r.oid = service) then
+        execute format('grant select on %s to %s', qualified, grantee);
+    end if;
+    -- (pg_partition_tree() lists a partitioned table and its partitions, nothing else.)
+    for part in select target union select p.relid from pg_partition_tree(target) p loop
+        if not has_table_privilege(service, part, 'TRIGGER') then
+            execute format('grant trigger on %s to %s', part, grantee);
+            lent := lent || part;
+        end if;
+    end loop;
+
+    insert into changecast.watch_requests (table_name, resource_type, tenant_column, id_column, exclude_columns)
+    values (target, watch.resource_type, watch.tenant_column, watch.id_column, watch.exclude_columns);
+
+    execute format('alter table %s enable always trigger changecast_capture, '
+                   'enable always trigger changecast_truncate', qualified);
+    foreach part in array lent loop
+        execute format('revoke trigger on %s from %s', part, grantee);
+    end loop;
+end
+$$;
+
+/*
+ * Function: changecast.unwatch(table)
+ * Returns: true when the table was watched. Its journal rows stay until pruned.
+ * Algorithm: as the caller, who must hold the privileges of the table's owner: request
+ *   that the registration be forgotten (see the header), drop the triggers, and take
+ *   back the SELECT that watch() gave the service's role (unless that role owns the
+ *   table or holds its owner's privileges).
+ * Security invoker, executable only where granted.
+ */
+create or replace function changecast.unwatch(target regclass) returns boolean
+language plpgsql security invoker set search_path = pg_catalog, pg_temp as $$
+declare
+    service   oid := (select n.nspowner from pg_namespace n where n.nspname = 'changecast');
+    grantee   text := (select quote_ident(r.rolname) from pg_roles r where r.oid = service);
+    owner_oid oid;
+    qualified text;
+    attached  boolean;
+begin
+    if target is null then
+        raise exception 'changecast.unwatch: no table given' using errcode = 'null_value_not_allowed';
+    end if;
+    select c.relowner, format('%I.%I', n.nspname, c.relname) into owner_oid, qualified
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = target;
+    if not pg_has_role(current_user, owner_oid, 'USAGE') then
+        raise exception 'changecast.unwatch: role "%" may not unwatch % (only its owner "%", a role with that role''s privileges, or a superuser may)',
+                current_user, target, owner_oid::regrole
+            using errcode = 'insufficient_privilege';
+    end if;
+    attached := exists (select 1 from pg_trigger t
+                        where t.tgrelid = target and t.tgname = 'changecast_capture'
+                          and t.tgfoid = 'changecast.capture()'::regprocedure);
+
+    insert into changecast.watch_requests (table_name, unwatch) values (target, true);
+
+    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture') then
+        execute format('drop trigger changecast_capture on %s', qualified);
+    end if;
+    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_truncate') then
+        execute format('drop trigger changecast_truncate on %s', qualified);
+    end if;
+    if not pg_has_role(service, owner_oid, 'USAGE') then
+        execute format('revoke select on %s from %s', qualified, grantee);
+    end if;
+    return attached;
+end
+$$;
+
+/*
+ * Function: changecast.role_findings()
+ * Returns: one line per thing about roles an operator should know, for the service to
+ *   report at start (and anyone who may call it to read):
+ *   - memberships of the service's role in roles owning watched tables it does not own:
+ *     watch() needs none of them since this migration (the service may have other
+ *     reasons for one: it is named, not revoked);
+ *   - watched tables the service's role may not read: their snapshots fail.
+ */
+create function changecast.role_findings() returns setof text
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    with service as (
+        select r.oid, r.rolname, r.rolsuper
+        from pg_namespace n join pg_roles r on r.oid = n.nspowner
+        where n.nspname = 'changecast'
+    ),
+    watched as (
+        select w.table_name, w.resource_type, c.relowner
+        from changecast.watched w join pg_class c on c.oid = w.table_name
+    )
+    select format('role %I, which runs changecast, is a member of role %I, owner of watched %s %s: '
+                  'watch() no longer needs that (the table''s owner calls it); once nothing else does, '
+                  'run: revoke %I from %I',
+                  s.rolname, o.rolname,
+                  case when count(*) = 1 then 'table' else 'tables' end,
+                  string_agg(w.table_name::text, ', ' order by w.table_name::text),
+                  o.rolname, s.rolname)
+    from service s, watched w, pg_roles o
+    where o.oid = w.relowner and w.relowner <> s.oid and not s.rolsuper
+      and pg_has_role(s.oid, w.relowner, 'MEMBER')
+    group by s.rolname, o.rolname
+    union all
+    select format('role %I, which runs changecast, may not read watched table %s (resource type "%s"): '
+                  'its snapshots fail; its owner grants that by calling changecast.watch() again '
+                  '(or: grant select on %s to %I)',
+                  s.rolname, w.table_name::text, w.resource_type, w.table_name::text, s.rolname)
+    from service s, watched w
+    where not has_table_privilege(s.oid, w.table_name, 'SELECT')
+$$;
+
+revoke all on function changecast.vouch_for_request() from public;
+revoke all on function changecast.register(regclass, text, text, text, text[]) from public;
+revoke all on function changecast.attach(regclass, text, text, text) from public;
+revoke all on function changecast.carry_out_request() from public;
+revoke all on function changecast.role_findings() from public;
+
+-- Tables watched before: where this role reaches a table through its owner's role, an
+-- explicit SELECT lets that membership go without breaking snapshots.
+do $$
+declare
+    w record;
+begin
+    if (select rolsuper from pg_roles where rolname = current_user) then
+        return;
+    end if;
+    for w in select c.oid::regclass as table_name
+               from changecast.watched x join pg_class c on c.oid = x.table_name
+              where c.relowner <> (select oid from pg_roles where rolname = current_user)
+                and pg_has_role(current_user, c.relowner, 'USAGE') loop
+        execute format('grant select on %s to %I', w.table_name, current_user);
+    end loop;
+end
+$$;
