@@ -92,18 +92,16 @@ fn psql(url: &str, script: &str, vars: &[(&str, &str)]) -> bool {
     }
 }
 
-/// `changecast migrate` as `user`.
-fn migrate_as(url: &str) {
+/// `changecast migrate` with the role of `url`; what it logged.
+fn migrate_as(url: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_changecast"))
         .arg("migrate")
         .env("DATABASE_URL", url)
         .output()
         .expect("running changecast migrate");
-    assert!(
-        output.status.success(),
-        "changecast migrate: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let logged = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "changecast migrate: {logged}");
+    logged
 }
 
 impl Managed {
@@ -275,10 +273,11 @@ impl Managed {
             .collect()
     }
 
-    /// Drops the database and the roles, as the admin (best effort).
+    /// Drops the database and the roles (best effort). As the tests' superuser: ending
+    /// the other roles' sessions with the database is beyond the admin.
     async fn drop(self) {
-        let admin = connect(&url_as(&self.admin, "postgres")).await;
-        let _ = admin
+        let superuser = connect(&server().url("postgres")).await;
+        let _ = superuser
             .batch_execute(&format!(
                 "drop database if exists {} with (force)",
                 self.database
@@ -287,16 +286,12 @@ impl Managed {
         for role in [&self.service, &self.owner, &self.writer]
             .into_iter()
             .chain(&self.extra)
+            .chain([&self.admin])
         {
-            let _ = admin
+            let _ = superuser
                 .batch_execute(&format!("drop role if exists {role}"))
                 .await;
         }
-        drop(admin);
-        let superuser = connect(&server().url("postgres")).await;
-        let _ = superuser
-            .batch_execute(&format!("drop role if exists {}", self.admin))
-            .await;
     }
 }
 
@@ -789,11 +784,16 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
         .await
         .unwrap();
 
-    migrate_as(&managed.url(&managed.service));
+    let logged = migrate_as(&managed.url(&managed.service));
     assert_eq!(
         managed.service_privileges("public.orders").await,
         HashSet::from(["SELECT".to_owned()]),
         "the migration gives the changecast role its own SELECT"
+    );
+    let advice = format!("revoke {} from {}", managed.owner, managed.service);
+    assert!(
+        logged.contains("WARN") && logged.contains(&advice),
+        "no warning about the membership: {logged}"
     );
     let service_db = managed.connect(&managed.service).await;
     let findings = || async {
