@@ -858,3 +858,75 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
     drop((admin, owner, writer, service_db));
     managed.drop().await;
 }
+
+/// A partitioned table of the owner's: the changecast role attaches the triggers to it
+/// and its partitions with TRIGGER lent for the call only, and holds SELECT on the
+/// partitioned table alone afterwards; writes through either partition are delivered,
+/// and a snapshot reads them through the partitioned table.
+#[tokio::test]
+async fn an_owners_partitioned_table_is_watched_with_trigger_lent_for_the_call_only() {
+    let managed = Managed::migrated().await;
+    let owner = managed.connect(&managed.owner).await;
+    owner
+        .batch_execute(&format!(
+            "create table public.readings (id text, tenant_id text not null, value int,
+                                           primary key (tenant_id, id)) partition by list (tenant_id);
+             create table public.readings_acme partition of public.readings for values in ('acme');
+             create table public.readings_rest partition of public.readings default;
+             grant select, insert, update, delete on public.readings to {};
+             select changecast.watch('public.readings', 'reading');",
+            managed.writer
+        ))
+        .await
+        .unwrap();
+    for (table, expected) in [
+        ("public.readings", HashSet::from(["SELECT".to_owned()])),
+        ("public.readings_acme", HashSet::new()),
+        ("public.readings_rest", HashSet::new()),
+    ] {
+        assert_eq!(managed.service_privileges(table).await, expected, "{table}");
+    }
+    let attached: i64 = owner
+        .query_one(
+            "select count(*) from pg_trigger
+             where tgname = 'changecast_capture'
+               and tgrelid in ('public.readings_acme'::regclass, 'public.readings_rest'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attached, 2, "each partition carries the capture trigger");
+
+    let service = serve(&managed).await;
+    let mut acme = sse_of(&service, "types=reading", "acme").await;
+    let mut globex = sse_of(&service, "types=reading", "globex").await;
+    let writer = managed.connect(&managed.writer).await;
+    writer
+        .batch_execute(
+            "insert into public.readings values ('r1', 'acme', 1), ('r2', 'globex', 2);
+             update public.readings set value = 3 where id = 'r1';",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&next_events(&mut acme, 2).await),
+        [
+            ("created".into(), "r1".into()),
+            ("updated".into(), "r1".into())
+        ]
+    );
+    assert_eq!(
+        kinds(&next_events(&mut globex, 1).await),
+        [("created".into(), "r2".into())]
+    );
+    let snapshot = snapshot_of(&service, "types=reading", "acme").await;
+    assert_eq!(
+        snapshot["resources"]["reading"],
+        json!([{"id": "r1", "tenant_id": "acme", "value": 3}])
+    );
+
+    drop(service);
+    drop((owner, writer));
+    managed.drop().await;
+}
