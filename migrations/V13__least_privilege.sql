@@ -26,8 +26,9 @@
 --   revokes it after, in the caller's transaction, so no other session ever sees it.
 -- * The capture trigger functions stay security definer (application roles need no
 --   rights on the journal) with every check of V3 and V9: the exact registration, and no
---   cast or output function of a type a non-superuser owns run with the service's
---   rights. Nothing else of a table owner's runs as the service: attaching a trigger,
+--   cast of a type a non-superuser owns runs with the service's rights (such values are
+--   written through their types' output functions, which only a superuser can have
+--   written). Nothing else of a table owner's runs as the service: attaching a trigger,
 --   granting, reading catalogs run none of its code, and snapshots read with row
 --   security off (a table whose policies apply to the service's role fails its
 --   snapshot rather than run them).

@@ -42,8 +42,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct DatabaseArgs {
-    /// PostgreSQL connection string (URL or key=value form). The role needs to own
-    /// its database; no superuser is required.
+    /// PostgreSQL connection string (URL or key=value form). The role needs CREATE on
+    /// its database (owning it is enough; docs/roles.md); no superuser is required.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Secret,
 }
