@@ -24,6 +24,7 @@ mod reliability;
 mod ops;
 mod poolers;
 mod resume;
+mod scopes;
 mod security;
 mod security_sql;
 mod sse;
