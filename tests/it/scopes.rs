@@ -840,6 +840,11 @@ async fn scoped_copies_stay_exact_through_random_reassignments() {
             }
         }
         let (_, now) = holder.snapshot(&app).await;
+        println!(
+            "holder {who}: {} events applied, {} rows in its view",
+            holder.applied.len(),
+            now.len()
+        );
         assert_eq!(
             holder.copy, now,
             "holder {who} ({}, filters {:?}; seed {seed}): its copy is not its view",
