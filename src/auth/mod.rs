@@ -612,6 +612,40 @@ mod tests {
     }
 
     #[test]
+    fn the_scope_comes_from_its_claim_and_a_malformed_one_refuses_the_token() {
+        let exp = now() + 60;
+        let auth = authenticator(TokenRules::default());
+        let plain = sign(SECRET, serde_json::json!({"tenant_id": "acme", "exp": exp}));
+        assert!(auth.verify(&plain).unwrap().scope.is_unrestricted());
+        let scoped = sign(
+            SECRET,
+            serde_json::json!({"tenant_id": "acme", "exp": exp, "changecast": {"stats": false}}),
+        );
+        assert!(!auth.verify(&scoped).unwrap().scope.allows_stats());
+        let malformed = sign(
+            SECRET,
+            serde_json::json!({"tenant_id": "acme", "exp": exp, "changecast": {"types": "t"}}),
+        );
+        let refused = auth.verify(&malformed).unwrap_err();
+        assert_eq!(refused.code(), "invalid_scope");
+        assert!(refused.to_string().contains("`changecast`"), "{refused}");
+
+        let nested = authenticator(TokenRules {
+            scope_claim: ClaimPath::parse("app.scope").unwrap(),
+            ..TokenRules::default()
+        });
+        let token = sign(
+            SECRET,
+            serde_json::json!({"tenant_id": "acme", "exp": exp,
+                               "app": {"scope": {"stats": false}}, "changecast": "ignored"}),
+        );
+        assert!(!nested.verify(&token).unwrap().scope.allows_stats());
+        // Minted tokens carry no scope.
+        let minted = nested.mint(&TenantId::new("acme").unwrap(), Duration::from_secs(60));
+        assert!(nested.verify(&minted).unwrap().scope.is_unrestricted());
+    }
+
+    #[test]
     fn refuses_every_bad_token() {
         let auth = authenticator(TokenRules::default());
         let exp = now() + 60;
