@@ -210,7 +210,7 @@ pub struct ServeConfig {
 }
 
 /// Optional claims every token must carry.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct TokenRuleArgs {
     /// When set, tokens must carry this `aud` claim (minted ones do).
     #[arg(long, env = "CHANGECAST_JWT_AUDIENCE")]
@@ -226,6 +226,26 @@ pub struct TokenRuleArgs {
     /// be a non-empty string. Minted tokens put the tenant there too.
     #[arg(long, env = "CHANGECAST_TENANT_CLAIM", default_value = "tenant_id")]
     pub tenant_claim: ClaimPath,
+
+    /// Where in a token's claims its scope is (what its holder may see beneath its
+    /// tenant: `types`, `topics`, per-type `filter` and `omit`, `stats`; API.md §3c): a
+    /// claim name or a dotted path, like --tenant-claim. A token without it sees its
+    /// whole tenant; one whose scope is malformed is refused (401).
+    #[arg(long, env = "CHANGECAST_SCOPE_CLAIM", default_value = "changecast")]
+    pub scope_claim: ClaimPath,
+}
+
+/// As the flags' defaults are: each claim path where `TokenRules` has it by default.
+impl Default for TokenRuleArgs {
+    fn default() -> Self {
+        let rules = TokenRules::default();
+        TokenRuleArgs {
+            jwt_audience: rules.audience,
+            jwt_issuer: rules.issuer,
+            tenant_claim: rules.tenant_claim,
+            scope_claim: rules.scope_claim,
+        }
+    }
 }
 
 impl TokenRuleArgs {
@@ -234,6 +254,7 @@ impl TokenRuleArgs {
             audience: self.jwt_audience.clone(),
             issuer: self.jwt_issuer.clone(),
             tenant_claim: self.tenant_claim.clone(),
+            scope_claim: self.scope_claim.clone(),
         }
     }
 }

@@ -58,7 +58,7 @@ fn check_selection(selection: request::RawSelection<'_>) {
         serde_json::json!({"n": -1.5e300, "state": "", "x": [1, {"a": "b"}], "b": true}),
     ] {
         let row = crate::selection::Row::parse(&row.to_string()).expect("an object");
-        selection.includes_row(&row, "42");
+        selection.includes_row("ticket", &row, "42");
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Transaction};
 
 use crate::journal::{snapshot_cursor, DbResult, Journal, PgSnapshot};
-use crate::selection::{Row, Selection};
+use crate::selection::Selection;
 use crate::sync::lock;
 use crate::tenant::TenantId;
 
@@ -244,7 +244,8 @@ fn snapshot_rows_sql(table: &WatchedTable) -> String {
 
 impl SnapshotRead<'_> {
     /// Hands the rows in `selection`'s view (at most `limit` per type and
-    /// [`MAX_SNAPSHOT_BYTES`] in all), without excluded columns, to `out` one at a time,
+    /// [`MAX_SNAPSHOT_BYTES`] in all), without excluded columns (nor those the token's
+    /// scope omits: [`Selection::snapshot_row`]), to `out` one at a time,
     /// waiting while it is full, then `End`. Rows are read page by page through a portal
     /// and each page as it arrives, so memory holds a few rows, not the answer. Row
     /// filters are the subscription's own ([`Selection::includes_row`]), so views agree
@@ -261,7 +262,7 @@ impl SnapshotRead<'_> {
         let mut bytes = 0;
         for (resource_type, portal) in tables {
             if out
-                .send(SnapshotPart::ResourceType(resource_type))
+                .send(SnapshotPart::ResourceType(resource_type.clone()))
                 .await
                 .is_err()
             {
@@ -280,14 +281,12 @@ impl SnapshotRead<'_> {
                     let Some(row) = row else { break };
                     let row = row?;
                     in_page += 1;
-                    let json: String = row.get(0);
-                    if !selection.rows.is_empty() {
-                        let resource_id: Option<&str> = row.get(1);
-                        let values = Row::parse(&json).unwrap_or_default();
-                        if !selection.includes_row(&values, resource_id.unwrap_or_default()) {
-                            continue;
-                        }
-                    }
+                    let resource_id: Option<&str> = row.get(1);
+                    let Some(json) =
+                        selection.snapshot_row(&resource_type, row.get(0), resource_id)
+                    else {
+                        continue;
+                    };
                     if sent == limit || bytes + json.len() > MAX_SNAPSHOT_BYTES {
                         truncated = true;
                         break 'pages;

@@ -39,6 +39,11 @@ impl Row {
             .collect()))
     }
 
+    /// The row's column names, in no particular order.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// `column`'s value as filters compare it; `None` when the row has no such column.
     pub fn get(&self, column: &str) -> Option<&Comparable> {
         self.0.get(column).map(|column| {

@@ -2,10 +2,19 @@
 //! topics, row filters and ids — and the view transitions row filters imply. The one
 //! implementation, used live, on replay and for snapshots alike, so a client's copy of
 //! its view stays exact whichever way a row reached it.
+//!
+//! A token's scope (API.md §3c) reaches a subscriber here too, as [`Bounds`]: the
+//! effective selection is the request within them ([`Selection::within`]), and the
+//! scope's per-type row filters and omitted columns ([`TypeRules`]) take part in every
+//! decision exactly as the request's own filters do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::journal::{Change, Entry, EventKind};
 pub use crate::row::{Comparable, Row};
-use crate::wire::Delivery;
+pub use crate::wire::OmitSet;
+use crate::wire::{without_columns, Delivery};
 
 /// Most `filter` conditions in one subscription.
 pub const MAX_ROW_FILTERS: usize = 16;
@@ -25,6 +34,135 @@ pub struct Selection {
     pub rows: Vec<RowFilter>,
     /// Only these resources, by `resource_id` (row changes only).
     pub ids: Option<Vec<String>>,
+    /// What the token's scope adds per resource type: filters that hold beside `rows`,
+    /// columns left out (empty without a scope).
+    pub per_type: BTreeMap<String, TypeRules>,
+}
+
+/// What a token's scope adds for one resource type (API.md §3c).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TypeRules {
+    /// Row filters that must hold beside the request's own: rows enter and leave the
+    /// holder's view by them exactly as by the request's.
+    pub filters: Vec<RowFilter>,
+    /// Columns the holder never receives.
+    pub omit: Option<Arc<OmitSet>>,
+}
+
+impl TypeRules {
+    /// Both must hold: filters of each, columns left out by either.
+    fn and(&self, other: &TypeRules) -> TypeRules {
+        let mut filters = self.filters.clone();
+        for filter in &other.filters {
+            if !filters.contains(filter) {
+                filters.push(filter.clone());
+            }
+        }
+        let omit = match (&self.omit, &other.omit) {
+            (Some(a), Some(b)) => {
+                OmitSet::interned(a.columns().chain(b.columns()).map(String::from))
+            }
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        TypeRules { filters, omit }
+    }
+}
+
+/// What a token lets its holder receive (API.md §3c), in a selection's terms; `None`
+/// means all. As in a request, a scope naming only types allows no topic and one naming
+/// only topics no type: `types` and `topics` are both `None` or both `Some`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Bounds {
+    types: Option<BTreeSet<String>>,
+    topics: Option<Vec<TopicPattern>>,
+    per_type: BTreeMap<String, TypeRules>,
+}
+
+/// Why a request does not fit its token's scope.
+#[derive(Debug, PartialEq)]
+pub enum OutOfScope {
+    /// It names a resource type or topic the scope does not allow.
+    Forbidden(String),
+    /// A request filter names a column the scope omits: what matches would tell its
+    /// values.
+    OmittedColumn(String),
+}
+
+impl Bounds {
+    /// Bounds allowing `types` and `topics` (`None`: all — unless the other is named),
+    /// with `per_type`'s filters and omitted columns.
+    pub fn new(
+        types: Option<Vec<String>>,
+        topics: Option<Vec<TopicPattern>>,
+        per_type: BTreeMap<String, TypeRules>,
+    ) -> Bounds {
+        let (types, topics) = match (types, topics) {
+            (None, None) => (None, None),
+            (types, topics) => (
+                Some(types.unwrap_or_default().into_iter().collect()),
+                Some(dedup(topics.unwrap_or_default())),
+            ),
+        };
+        Bounds {
+            types,
+            topics,
+            per_type,
+        }
+    }
+
+    pub fn types(&self) -> Option<&BTreeSet<String>> {
+        self.types.as_ref()
+    }
+
+    pub fn topics(&self) -> Option<&[TopicPattern]> {
+        self.topics.as_deref()
+    }
+
+    pub fn per_type(&self) -> &BTreeMap<String, TypeRules> {
+        &self.per_type
+    }
+
+    /// What both allow: the types both name, the topics both match (exactly: each pair
+    /// of patterns meets in a pattern, or not at all), every filter of either, the
+    /// columns either omits.
+    pub fn narrowed_by(&self, other: &Bounds) -> Bounds {
+        let types = match (&self.types, &other.types) {
+            (Some(a), Some(b)) => Some(a.intersection(b).cloned().collect()),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        let topics = match (&self.topics, &other.topics) {
+            (Some(a), Some(b)) => Some(dedup(
+                a.iter()
+                    .flat_map(|p| b.iter().filter_map(|q| p.meet(q)))
+                    .collect(),
+            )),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        let mut per_type = self.per_type.clone();
+        for (resource_type, rules) in &other.per_type {
+            let both = match per_type.get(resource_type) {
+                Some(mine) => mine.and(rules),
+                None => rules.clone(),
+            };
+            per_type.insert(resource_type.clone(), both);
+        }
+        Bounds {
+            types,
+            topics,
+            per_type,
+        }
+    }
+}
+
+/// `patterns` without repeats, in order.
+fn dedup(patterns: Vec<TopicPattern>) -> Vec<TopicPattern> {
+    let mut kept: Vec<TopicPattern> = Vec::with_capacity(patterns.len());
+    for pattern in patterns {
+        if !kept.contains(&pattern) {
+            kept.push(pattern);
+        }
+    }
+    kept
 }
 
 /// What becomes of one journal entry for one subscriber.
@@ -39,6 +177,63 @@ pub enum Decision {
 }
 
 impl Selection {
+    /// This request as its token's scope lets it be: naming nothing, it gets the whole
+    /// scope; naming a type or a topic the scope does not allow, it is refused; a topic
+    /// pattern that the scope allows in part is narrowed to that part. The scope's
+    /// per-type filters and omitted columns come along.
+    pub fn within(mut self, bounds: &Bounds) -> Result<Selection, OutOfScope> {
+        if let (Some(allowed_types), Some(allowed_topics)) = (&bounds.types, &bounds.topics) {
+            let (types, topics) = match (self.types.take(), self.topics.take()) {
+                (None, None) => (
+                    allowed_types.iter().cloned().collect(),
+                    allowed_topics.clone(),
+                ),
+                (types, topics) => {
+                    let types = types.unwrap_or_default();
+                    if let Some(refused) = types.iter().find(|t| !allowed_types.contains(*t)) {
+                        return Err(OutOfScope::Forbidden(format!(
+                            "the token's scope does not allow resource type {refused:?}"
+                        )));
+                    }
+                    let mut within = Vec::new();
+                    for pattern in topics.unwrap_or_default() {
+                        let met: Vec<TopicPattern> = allowed_topics
+                            .iter()
+                            .filter_map(|allowed| pattern.meet(allowed))
+                            .collect();
+                        if met.is_empty() {
+                            return Err(OutOfScope::Forbidden(format!(
+                                "the token's scope does not allow topic {:?}",
+                                pattern.to_string()
+                            )));
+                        }
+                        within.extend(met);
+                    }
+                    (types, dedup(within))
+                }
+            };
+            self.types = Some(types);
+            self.topics = Some(topics);
+        }
+        for filter in &self.rows {
+            let omitted = bounds.per_type.iter().find(|(resource_type, rules)| {
+                rules
+                    .omit
+                    .as_ref()
+                    .is_some_and(|o| o.contains(&filter.column))
+                    && self.follows_type(resource_type)
+            });
+            if let Some((resource_type, _)) = omitted {
+                return Err(OutOfScope::OmittedColumn(format!(
+                    "invalid filter {:?}: the token's scope omits column {:?} of {resource_type:?}",
+                    filter.text, filter.column
+                )));
+            }
+        }
+        self.per_type = bounds.per_type.clone();
+        Ok(self)
+    }
+
     /// Whether row changes of `resource_type` (and its truncations) concern this
     /// subscriber at all.
     pub fn follows_type(&self, resource_type: &str) -> bool {
@@ -67,15 +262,19 @@ impl Selection {
     }
 
     pub fn wants_app_events(&self) -> bool {
-        self.types.is_none() || self.topics.is_some()
+        match &self.topics {
+            Some(patterns) => !patterns.is_empty(),
+            None => self.types.is_none(),
+        }
     }
 
     pub fn decide(&self, entry: &Entry) -> Decision {
         match entry {
             Entry::Change(change) => match self.change_as(change) {
-                Some(as_event) => Decision::Send(Delivery::Change {
+                Some((as_event, omit)) => Decision::Send(Delivery::Change {
                     change: change.clone(),
                     as_event,
+                    omit: omit.cloned(),
                 }),
                 None => Decision::Skip,
             },
@@ -93,9 +292,10 @@ impl Selection {
         }
     }
 
-    /// The kind `change` reaches this subscriber as, if at all: an `updated` row that
-    /// enters the view is `created`, one that leaves it `deleted`.
-    fn change_as(&self, change: &Change) -> Option<EventKind> {
+    /// The kind `change` reaches this subscriber as, if at all, and the columns left out
+    /// of it: an `updated` row that enters the view is `created`, one that leaves it
+    /// `deleted`; an `updated` of only columns left out is not sent.
+    fn change_as(&self, change: &Change) -> Option<(EventKind, Option<&Arc<OmitSet>>)> {
         if !self.follows_type(&change.resource_type) {
             return None;
         }
@@ -104,15 +304,17 @@ impl Selection {
                 return None;
             }
         }
-        let as_event = if self.rows.is_empty() {
+        let rules = self.per_type.get(&change.resource_type);
+        let scope_filters = rules.map_or(&[][..], |rules| &rules.filters);
+        let as_event = if self.rows.is_empty() && scope_filters.is_empty() {
             change.event
         } else {
             let values = change.values();
-            let now = self.rows_match(|column| values.new.get(column));
+            let now = self.view_holds(scope_filters, |column| values.new.get(column));
             match change.event {
                 EventKind::Updated => {
                     // Before the change: the old value where it changed, else the new one.
-                    let before = self.rows_match(|column| {
+                    let before = self.view_holds(scope_filters, |column| {
                         values.old.get(column).or_else(|| values.new.get(column))
                     });
                     match (before, now) {
@@ -130,15 +332,30 @@ impl Selection {
                 }
             }
         };
+        let omit = rules.and_then(|rules| rules.omit.as_ref());
+        if let (EventKind::Updated, Some(omit)) = (as_event, omit) {
+            // Nothing this subscriber may see has moved (a row without known changed
+            // columns is sent, as it would be without a scope).
+            let mut changed = change.values().old.columns().peekable();
+            if changed.peek().is_some() && changed.all(|column| omit.contains(column)) {
+                return None;
+            }
+        }
         self.events
             .as_ref()
             .is_none_or(|events| events.contains(&as_event))
-            .then_some(as_event)
+            .then_some((as_event, omit))
     }
 
-    fn rows_match<'a>(&self, value_of: impl Fn(&str) -> Option<&'a Comparable>) -> bool {
+    /// Whether the request's row filters and `scope_filters` all hold.
+    fn view_holds<'a>(
+        &self,
+        scope_filters: &[RowFilter],
+        value_of: impl Fn(&str) -> Option<&'a Comparable>,
+    ) -> bool {
         self.rows
             .iter()
+            .chain(scope_filters)
             .all(|filter| filter.op.holds(value_of(&filter.column)))
     }
 
@@ -151,12 +368,40 @@ impl Selection {
         }
     }
 
-    /// Whether a snapshot row is in this subscriber's view.
-    pub fn includes_row(&self, row: &Row, resource_id: &str) -> bool {
+    /// Whether a snapshot row of `resource_type` is in this subscriber's view.
+    pub fn includes_row(&self, resource_type: &str, row: &Row, resource_id: &str) -> bool {
+        let scope_filters = self
+            .per_type
+            .get(resource_type)
+            .map_or(&[][..], |rules| &rules.filters);
         self.ids
             .as_ref()
             .is_none_or(|ids| ids.iter().any(|id| id == resource_id))
-            && self.rows_match(|column| row.get(column))
+            && self.view_holds(scope_filters, |column| row.get(column))
+    }
+
+    /// A snapshot row (its JSON) as this subscriber sees it: `None` outside its view,
+    /// else without the columns its scope omits.
+    pub fn snapshot_row(
+        &self,
+        resource_type: &str,
+        json: String,
+        resource_id: Option<&str>,
+    ) -> Option<String> {
+        let rules = self.per_type.get(resource_type);
+        if !self.rows.is_empty() || rules.is_some_and(|rules| !rules.filters.is_empty()) {
+            let values = Row::parse(&json).unwrap_or_default();
+            if !self.includes_row(resource_type, &values, resource_id.unwrap_or_default()) {
+                return None;
+            }
+        }
+        match rules
+            .and_then(|rules| rules.omit.as_ref())
+            .and_then(|omit| without_columns(&json, omit))
+        {
+            Some(without) => Some(String::from(Box::<str>::from(without))),
+            None => Some(json),
+        }
     }
 }
 
@@ -198,6 +443,17 @@ impl TopicPattern {
         match self {
             TopicPattern::Exact(name) => name == topic,
             TopicPattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// The pattern matching exactly the topics both match, if any does.
+    pub fn meet(&self, other: &TopicPattern) -> Option<TopicPattern> {
+        use TopicPattern::*;
+        match (self, other) {
+            (Exact(a), b) | (b, Exact(a)) => b.matches(a).then(|| Exact(a.clone())),
+            (Prefix(a), Prefix(b)) if a.starts_with(b.as_str()) => Some(Prefix(a.clone())),
+            (Prefix(a), Prefix(b)) if b.starts_with(a.as_str()) => Some(Prefix(b.clone())),
+            (Prefix(_), Prefix(_)) => None,
         }
     }
 }
@@ -622,8 +878,9 @@ mod tests {
                     }
                 };
                 let entry = Entry::Change(Arc::new(change));
-                if let Decision::Send(Delivery::Change { change, as_event }) =
-                    selection.decide(&entry)
+                if let Decision::Send(Delivery::Change {
+                    change, as_event, ..
+                }) = selection.decide(&entry)
                 {
                     let resource: Value = serde_json::from_str(change.resource.get()).unwrap();
                     let had = match as_event {
@@ -638,7 +895,7 @@ mod tests {
                 }
                 let view: BTreeMap<String, Value> = table
                     .iter()
-                    .filter(|(id, row)| selection.includes_row(&row_of(row), id))
+                    .filter(|(id, row)| selection.includes_row("ticket", &row_of(row), id))
                     .map(|(id, row)| (id.clone(), Value::Object(row.clone())))
                     .collect();
                 assert_eq!(copy, view, "{filter:?} after step {step}");
@@ -690,6 +947,8 @@ mod tests {
             "n=eq.2",
         ];
         const STATES: [&str; 4] = ["open", "review", "closed", ""];
+        /// Columns a scope may omit (of tickets only, so agents show the unscoped case).
+        const COLUMNS: [&str; 2] = ["state", "n"];
 
         fn some_of<T: Clone + std::fmt::Debug>(
             items: &'static [T],
@@ -704,22 +963,45 @@ mod tests {
                 some_of(&PATTERNS),
                 some_of(&IDS),
                 prop::sample::subsequence(FILTERS.to_vec(), 0..=2),
+                prop::sample::subsequence(FILTERS.to_vec(), 0..=2),
+                prop::sample::subsequence(COLUMNS.to_vec(), 0..=2),
             )
-                .prop_map(|(types, events, topics, ids, rows)| Selection {
-                    types: types.map(|t| t.into_iter().map(String::from).collect()),
-                    events,
-                    topics: topics.map(|patterns| {
-                        patterns
+                .prop_map(|(types, events, topics, ids, rows, scope_rows, omit)| {
+                    Selection {
+                        types: types.map(|t| t.into_iter().map(String::from).collect()),
+                        events,
+                        topics: topics.map(|patterns| {
+                            patterns
+                                .into_iter()
+                                .map(|p| TopicPattern::parse(p).unwrap())
+                                .collect()
+                        }),
+                        rows: rows
                             .into_iter()
-                            .map(|p| TopicPattern::parse(p).unwrap())
-                            .collect()
-                    }),
-                    rows: rows
-                        .into_iter()
-                        .map(|f| RowFilter::parse(f).unwrap())
-                        .collect(),
-                    ids: ids.map(|ids| ids.into_iter().map(String::from).collect()),
+                            .map(|f| RowFilter::parse(f).unwrap())
+                            .collect(),
+                        ids: ids.map(|ids| ids.into_iter().map(String::from).collect()),
+                        per_type: [(
+                            "ticket".to_owned(),
+                            TypeRules {
+                                filters: scope_rows
+                                    .into_iter()
+                                    .map(|f| RowFilter::parse(f).unwrap())
+                                    .collect(),
+                                omit: OmitSet::interned(omit.into_iter().map(String::from)),
+                            },
+                        )]
+                        .into(),
+                    }
                 })
+        }
+
+        /// The columns left out of `change` for `selection`.
+        fn omitted<'a>(selection: &'a Selection, change: &Change) -> Option<&'a Arc<OmitSet>> {
+            selection
+                .per_type
+                .get(&change.resource_type)
+                .and_then(|rules| rules.omit.as_ref())
         }
 
         /// A row of `id` (state "" stands for SQL NULL).
@@ -822,7 +1104,11 @@ mod tests {
             /// kind after a view transition.
             #[test]
             fn types_ids_and_events_only_restrict(selection in selection(), c in row_change()) {
-                let rows_only = Selection { rows: selection.rows.clone(), ..Selection::default() };
+                let rows_only = Selection {
+                    rows: selection.rows.clone(),
+                    per_type: selection.per_type.clone(),
+                    ..Selection::default()
+                };
                 let change = &c.change;
                 let expected = sent_as(&rows_only, change).filter(|kind| {
                     selection.follows_type(&change.resource_type)
@@ -832,24 +1118,64 @@ mod tests {
                 prop_assert_eq!(sent_as(&selection, change), expected);
             }
 
-            /// Row filters follow the view a snapshot shows (`includes_row`): a change
-            /// that puts a row into the view is `created`, one that takes it out
-            /// `deleted`, one within it `updated`, and one outside it is not sent.
+            /// Row filters — the request's and the scope's alike — follow the view a
+            /// snapshot shows (`includes_row`): a change that puts a row into the view is
+            /// `created`, one that takes it out `deleted`, one within it `updated` (unless
+            /// only columns the scope omits changed), and one outside it is not sent.
             #[test]
             fn row_filters_send_exactly_the_views_transitions(
                 selection in selection(), c in row_change()
             ) {
-                let selection = Selection { rows: selection.rows, ..Selection::default() };
+                let selection = Selection {
+                    rows: selection.rows,
+                    per_type: selection.per_type,
+                    ..Selection::default()
+                };
                 let id = &c.change.resource_id;
-                let before = c.before.as_ref().is_some_and(|row| selection.includes_row(&row_of(row), id));
-                let after = c.after.as_ref().is_some_and(|row| selection.includes_row(&row_of(row), id));
+                let before = c.before.as_ref().is_some_and(|row| selection.includes_row(&c.change.resource_type, &row_of(row), id));
+                let after = c.after.as_ref().is_some_and(|row| selection.includes_row(&c.change.resource_type, &row_of(row), id));
                 let expected = match (before, after) {
                     (false, true) => Some(EventKind::Created),
                     (true, false) => Some(EventKind::Deleted),
                     (true, true) => Some(EventKind::Updated),
                     (false, false) => None,
                 };
+                let expected = expected.filter(|kind| {
+                    let (Some(before), Some(after), Some(omit)) =
+                        (&c.before, &c.after, omitted(&selection, &c.change))
+                    else {
+                        return true;
+                    };
+                    *kind != EventKind::Updated
+                        || before
+                            .iter()
+                            .any(|(column, value)| after.get(column) != Some(value) && !omit.contains(column))
+                });
                 prop_assert_eq!(sent_as(&selection, &c.change), expected);
+            }
+
+            /// A column the scope omits is in no form a subscriber gets: not in
+            /// `resource`, `changed` or `old`, nor in a snapshot row.
+            #[test]
+            fn omitted_columns_are_in_nothing_sent(selection in selection(), c in row_change()) {
+                let Some(omit) = omitted(&selection, &c.change) else { return Ok(()) };
+                if let Decision::Send(delivery) = selection.decide(&Entry::Change(c.change.clone())) {
+                    let event: Value = serde_json::from_str(delivery.frame().json.as_str()).unwrap();
+                    let resource = event["resource"].as_object().unwrap();
+                    prop_assert!(resource.keys().all(|column| !omit.contains(column)));
+                    prop_assert!(resource.contains_key("id"));
+                    if let Some(old) = event.get("old") {
+                        prop_assert!(old.as_object().unwrap().keys().all(|column| !omit.contains(column)));
+                        prop_assert!(!event["changed"].as_array().unwrap().is_empty());
+                    }
+                }
+                if let Some(row) = &c.after {
+                    let json = Value::Object(row.clone()).to_string();
+                    if let Some(seen) = selection.snapshot_row(&c.change.resource_type, json, Some(&c.change.resource_id)) {
+                        let seen: Map<String, Value> = serde_json::from_str(&seen).unwrap();
+                        prop_assert!(seen.keys().all(|column| !omit.contains(column)));
+                    }
+                }
             }
 
             /// What would be sent is never cut before the decision: not by a replay's

@@ -6,25 +6,34 @@
 //! view, as the `created` of a row entering it or the `deleted` of one leaving it. Each
 //! form is rendered at most once, on first use, and then shared by every subscriber:
 //! a WebSocket frame is the JSON buffer itself, never a copy per subscriber.
+//!
+//! A subscriber whose token scope leaves columns out (API.md §3c `omit`) gets forms
+//! without them, rendered once per change for each distinct set of columns left out and
+//! shared by every subscriber with that set; subscribers without one share the full forms.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub use crate::journal::Frame;
 use crate::journal::{AppEvent, Change, EventKind, SharedAppEvent, SharedChange};
+pub use crate::journal::{Frame, OmitSet};
 
 /// A journal entry as one subscriber receives it.
 #[derive(Clone, Debug)]
 pub enum Delivery {
-    /// A row change, as `as_event` (its own kind, or the view transition it makes).
+    /// A row change, as `as_event` (its own kind, or the view transition it makes),
+    /// without the columns of `omit`.
     Change {
         change: SharedChange,
         as_event: EventKind,
+        omit: Option<Arc<OmitSet>>,
     },
     AppEvent(SharedAppEvent),
 }
@@ -32,7 +41,16 @@ pub enum Delivery {
 impl Delivery {
     pub fn frame(&self) -> &Frame {
         match self {
-            Delivery::Change { change, as_event } => change_frame(change, *as_event),
+            Delivery::Change {
+                change,
+                as_event,
+                omit: None,
+            } => change_frame(change, *as_event),
+            Delivery::Change {
+                change,
+                as_event,
+                omit: Some(omit),
+            } => change_frame_omitting(change, *as_event, omit),
             Delivery::AppEvent(event) => app_event_frame(event),
         }
     }
@@ -58,33 +76,110 @@ impl Delivery {
 /// `changed` and `old`: a row entering or leaving a view is `created` / `deleted` with
 /// its new row.
 pub fn change_frame(change: &Change, as_event: EventKind) -> &Frame {
-    let slot = match as_event {
+    change
+        .frames
+        .slot(slot_of(as_event))
+        .get_or_init(|| render_change(change, as_event, None))
+}
+
+/// As [`change_frame`], without the columns of `omit` in `resource`, `changed` and
+/// `old`; shared by every subscriber with the same (interned) set.
+pub fn change_frame_omitting<'a>(
+    change: &'a Change,
+    as_event: EventKind,
+    omit: &Arc<OmitSet>,
+) -> &'a Frame {
+    change
+        .frames
+        .slot_omitting(omit, slot_of(as_event))
+        .get_or_init(|| render_change(change, as_event, Some(omit)))
+}
+
+fn slot_of(as_event: EventKind) -> usize {
+    match as_event {
         EventKind::Created => 0,
         EventKind::Updated => 1,
         EventKind::Deleted => 2,
-    };
-    change.frames.slot(slot).get_or_init(|| {
-        // Sorted by column name, so `changed` reads the same whatever jsonb's key order.
-        let old: Option<BTreeMap<String, &RawValue>> = match (as_event, &change.old) {
-            (EventKind::Updated, Some(old)) => {
-                Some(serde_json::from_str(old.get()).expect("BUG: jsonb prints an object"))
+    }
+}
+
+fn render_change(change: &Change, as_event: EventKind, omit: Option<&OmitSet>) -> Frame {
+    // Sorted by column name, so `changed` reads the same whatever jsonb's key order.
+    let old: Option<BTreeMap<String, &RawValue>> = match (as_event, &change.old) {
+        (EventKind::Updated, Some(old)) => {
+            let mut old: BTreeMap<String, &RawValue> =
+                serde_json::from_str(old.get()).expect("BUG: jsonb prints an object");
+            if let Some(omit) = omit {
+                old.retain(|column, _| !omit.contains(column));
             }
-            _ => None,
-        };
-        let json = to_json(&ResourceChange {
-            kind: "resource_change",
-            id: &change.cursor_text,
-            event: as_event,
-            resource_type: &change.resource_type,
-            tenant_id: change.tenant.as_str(),
-            resource_id: &change.resource_id,
-            resource: &change.resource,
-            changed: old.as_ref().map(|old| old.keys().collect()),
-            old: old.as_ref(),
-            occurred_at: &change.occurred_at,
-        });
-        frame(&change.cursor_text, "resource_change", json)
-    })
+            Some(old)
+        }
+        _ => None,
+    };
+    let without = omit.and_then(|omit| without_columns(change.resource.get(), omit));
+    let resource = match &without {
+        Some(json) => json.as_ref(),
+        None => &change.resource,
+    };
+    let json = to_json(&ResourceChange {
+        kind: "resource_change",
+        id: &change.cursor_text,
+        event: as_event,
+        resource_type: &change.resource_type,
+        tenant_id: change.tenant.as_str(),
+        resource_id: &change.resource_id,
+        resource,
+        changed: old.as_ref().map(|old| old.keys().collect()),
+        old: old.as_ref(),
+        occurred_at: &change.occurred_at,
+    });
+    frame(&change.cursor_text, "resource_change", json)
+}
+
+/// A row's JSON object without the columns of `omit`, the others in their order;
+/// `None` when it has none of them (or is no object: only objects have columns).
+pub fn without_columns(json: &str, omit: &OmitSet) -> Option<Box<RawValue>> {
+    let Ok(Columns(columns)) = serde_json::from_str::<Columns<'_>>(json) else {
+        return None;
+    };
+    if !columns.iter().any(|(name, _)| omit.contains(name)) {
+        return None;
+    }
+    let mut out = String::with_capacity(json.len());
+    out.push('{');
+    for (name, value) in columns.iter().filter(|(name, _)| !omit.contains(name)) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&to_json(name));
+        out.push(':');
+        out.push_str(value.get());
+    }
+    out.push('}');
+    Some(RawValue::from_string(out).expect("BUG: an object of valid JSON values"))
+}
+
+/// A JSON object's members in their order, values unparsed.
+struct Columns<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Columns<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ColumnsVisitor;
+        impl<'de> Visitor<'de> for ColumnsVisitor {
+            type Value = Columns<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Columns<'de>, A::Error> {
+                let mut columns = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    columns.push(entry);
+                }
+                Ok(Columns(columns))
+            }
+        }
+        deserializer.deserialize_map(ColumnsVisitor)
+    }
 }
 
 /// `event` as an `app_event`; its SSE event name is its topic, so an EventSource
@@ -140,4 +235,63 @@ struct WireAppEvent<'a> {
     tenant_id: &'a str,
     payload: &'a RawValue,
     occurred_at: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Change;
+    use serde_json::{json, Value};
+
+    fn omit(columns: &[&str]) -> Arc<OmitSet> {
+        OmitSet::interned(columns.iter().map(|c| c.to_string())).unwrap()
+    }
+
+    #[test]
+    fn omitted_columns_leave_resource_changed_and_old_and_the_rest_keeps_its_order() {
+        let change = Change::for_test(
+            EventKind::Updated,
+            "r1",
+            r#"{"id": "r1", "note": "secret \"x\"", "state": "done", "a": [1, {"b": 2}]}"#,
+            Some(r#"{"note": "old secret", "state": "open"}"#),
+        );
+        let secret = omit(&["note", "absent"]);
+        let frame = change_frame_omitting(&change, EventKind::Updated, &secret);
+        let text = frame.json.as_str();
+        assert!(!text.contains("secret") && !text.contains("note"), "{text}");
+        let event: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            event["resource"],
+            json!({"id": "r1", "state": "done", "a": [1, {"b": 2}]})
+        );
+        assert_eq!(event["changed"], json!(["state"]));
+        assert_eq!(event["old"], json!({"state": "open"}));
+        // The other columns as the journal wrote them, in its order.
+        assert!(
+            text.contains(r#""resource":{"id":"r1","state":"done","a":[1, {"b": 2}]}"#),
+            "{text}"
+        );
+        assert!(frame.sse.starts_with(b"id: "));
+        // Shared: the same set finds the same rendering, the full form stays full.
+        let again = change_frame_omitting(&change, EventKind::Updated, &omit(&["absent", "note"]));
+        assert!(std::ptr::eq(frame, again));
+        assert!(change_frame(&change, EventKind::Updated)
+            .json
+            .as_str()
+            .contains("secret"));
+    }
+
+    #[test]
+    fn rows_without_the_columns_are_left_as_they_are() {
+        let set = omit(&["x"]);
+        assert!(without_columns(r#"{"a": 1}"#, &set).is_none());
+        assert!(without_columns("[1]", &set).is_none());
+        assert_eq!(
+            without_columns(r#"{"x": 1, "a\"b": 2}"#, &set)
+                .unwrap()
+                .get(),
+            r#"{"a\"b":2}"#
+        );
+        assert_eq!(without_columns(r#"{"x": 1}"#, &set).unwrap().get(), "{}");
+    }
 }

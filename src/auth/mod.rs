@@ -1,10 +1,12 @@
 //! Tenancy from signed tokens: JWTs carrying a tenant claim and `exp`, signed either with
 //! the service's HS256 secret or by an identity provider (RS256, ES256, EdDSA) whose
 //! public keys come from a PEM file or a JWKS URL.
-//! A subscriber's tenant comes from here and nowhere else (never from a query parameter).
+//! A subscriber's tenant comes from here and nowhere else (never from a query parameter),
+//! and so does its scope beneath the tenant (`scope.rs`, API.md §3c).
 
 mod jwks;
 mod keys;
+mod scope;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::secret::Secret;
 use crate::tenant::TenantId;
 pub use jwks::{FETCH_TIMEOUT, MAX_DOCUMENT_BYTES, REFETCH_INTERVAL, START_WINDOW};
 pub use keys::{KeySet, MAX_KEYS, PUBLIC_KEY_ALGORITHMS};
+pub use scope::Scope;
 
 /// Shortest signing secret accepted: an HS256 key shorter than its hash output (32 bytes)
 /// can be guessed offline from any one token.
@@ -50,6 +53,8 @@ pub enum AuthError {
     NoTenant(String),
     #[error("the token is not valid yet (its `nbf` lies in the future)")]
     NotYetValid,
+    #[error("the token's `{claim}` claim is not a valid scope: {why}")]
+    InvalidScope { claim: String, why: String },
     #[error(
         "the token's signing key (`kid` {:?}) is not among the identity provider's keys; \
          if the provider has just rotated its keys, retry in a moment",
@@ -67,6 +72,7 @@ impl AuthError {
             AuthError::Expired => "token_expired",
             AuthError::NoTenant(_) => "missing_tenant",
             AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::InvalidScope { .. } => "invalid_scope",
             AuthError::UnknownKey(_) | AuthError::Invalid(_) => "invalid_token",
         }
     }
@@ -174,13 +180,28 @@ fn find_in<'a>(object: &'a Map<String, Value>, parts: &[&str]) -> Option<&'a Val
 }
 
 /// What a token must carry, when the operator asks for it (`CHANGECAST_JWT_AUDIENCE`,
-/// `CHANGECAST_JWT_ISSUER`), and where its tenant is (`CHANGECAST_TENANT_CLAIM`).
-/// Minted tokens follow the same rules.
-#[derive(Clone, Debug, Default)]
+/// `CHANGECAST_JWT_ISSUER`), where its tenant is (`CHANGECAST_TENANT_CLAIM`) and where its
+/// scope is, if it has one (`CHANGECAST_SCOPE_CLAIM`). Minted tokens follow the same rules.
+#[derive(Clone, Debug)]
 pub struct TokenRules {
     pub audience: Option<String>,
     pub issuer: Option<String>,
     pub tenant_claim: ClaimPath,
+    pub scope_claim: ClaimPath,
+}
+
+/// Where a token's scope is by default.
+pub const DEFAULT_SCOPE_CLAIM: &str = "changecast";
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        TokenRules {
+            audience: None,
+            issuer: None,
+            tenant_claim: ClaimPath::default(),
+            scope_claim: ClaimPath::parse(DEFAULT_SCOPE_CLAIM).expect("BUG: a valid claim path"),
+        }
+    }
 }
 
 /// Where an identity provider's public keys come from.
@@ -201,11 +222,13 @@ pub enum KeySource {
 )]
 pub struct WeakSecret(pub usize);
 
-/// Who a valid token speaks for, and until when.
+/// Who a valid token speaks for, what it may see of its tenant, and until when.
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub tenant: TenantId,
     pub expires_at: SystemTime,
+    /// Unrestricted for a token without a scope claim.
+    pub scope: Scope,
 }
 
 impl Identity {
@@ -464,9 +487,20 @@ impl Authenticator {
         if exp > MAX_EXP {
             return Err(AuthError::invalid("`exp` lies beyond the year 9999"));
         }
+        // A scope that cannot be read is refused, never taken for "no scope": that
+        // would hand its holder everything the scope was meant to keep from it.
+        let scope_claim = &self.rules.scope_claim;
+        let scope = match scope_claim.find(&claims) {
+            None => Scope::unrestricted(),
+            Some(claim) => Scope::from_claim(claim).map_err(|why| AuthError::InvalidScope {
+                claim: scope_claim.as_str().to_owned(),
+                why,
+            })?,
+        };
         Ok(Identity {
             tenant,
             expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            scope,
         })
     }
 
@@ -575,6 +609,40 @@ mod tests {
         let auth = authenticator(TokenRules::default());
         let token = auth.mint(&TenantId::new("acme").unwrap(), Duration::from_secs(60));
         assert_eq!(auth.verify(&token).unwrap().tenant.as_str(), "acme");
+    }
+
+    #[test]
+    fn the_scope_comes_from_its_claim_and_a_malformed_one_refuses_the_token() {
+        let exp = now() + 60;
+        let auth = authenticator(TokenRules::default());
+        let plain = sign(SECRET, serde_json::json!({"tenant_id": "acme", "exp": exp}));
+        assert!(auth.verify(&plain).unwrap().scope.is_unrestricted());
+        let scoped = sign(
+            SECRET,
+            serde_json::json!({"tenant_id": "acme", "exp": exp, "changecast": {"stats": false}}),
+        );
+        assert!(!auth.verify(&scoped).unwrap().scope.allows_stats());
+        let malformed = sign(
+            SECRET,
+            serde_json::json!({"tenant_id": "acme", "exp": exp, "changecast": {"types": "t"}}),
+        );
+        let refused = auth.verify(&malformed).unwrap_err();
+        assert_eq!(refused.code(), "invalid_scope");
+        assert!(refused.to_string().contains("`changecast`"), "{refused}");
+
+        let nested = authenticator(TokenRules {
+            scope_claim: ClaimPath::parse("app.scope").unwrap(),
+            ..TokenRules::default()
+        });
+        let token = sign(
+            SECRET,
+            serde_json::json!({"tenant_id": "acme", "exp": exp,
+                               "app": {"scope": {"stats": false}}, "changecast": "ignored"}),
+        );
+        assert!(!nested.verify(&token).unwrap().scope.allows_stats());
+        // Minted tokens carry no scope.
+        let minted = nested.mint(&TenantId::new("acme").unwrap(), Duration::from_secs(60));
+        assert!(nested.verify(&minted).unwrap().scope.is_unrestricted());
     }
 
     #[test]

@@ -35,6 +35,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// The token's scope does not allow what was asked (API.md §3c).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// The database could not answer; details go to the log, not to the client.
     pub fn unavailable(error: impl std::fmt::Debug) -> Self {
         tracing::warn!(?error, "database unavailable while serving a request");

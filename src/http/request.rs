@@ -4,10 +4,10 @@
 use warp::http::HeaderMap;
 
 use super::error::ApiError;
-use crate::auth::{Authenticator, Identity};
+use crate::auth::{Authenticator, Identity, Scope};
 use crate::journal::EventKind;
 use crate::resources::Catalog;
-use crate::selection::{RowFilter, Selection, TopicPattern, MAX_ROW_FILTERS};
+use crate::selection::{OutOfScope, RowFilter, Selection, TopicPattern, MAX_ROW_FILTERS};
 
 /// Longest query string accepted; a URL past this is abuse or a mistake.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
@@ -251,8 +251,13 @@ pub fn event_kinds<'a>(
 
 /// The subscriber's selection, whichever transport it came in: the one validation
 /// SSE's query, the snapshot's and WebSocket's `subscribe` share. Resource types are
-/// checked against the watched types, after everything that needs no round trip.
-pub async fn selection(catalog: &Catalog, raw: RawSelection<'_>) -> Result<Selection, ApiError> {
+/// checked against the watched types, after everything that needs no round trip; then
+/// the request is taken within its token's `scope` (403 outside it).
+pub async fn selection(
+    catalog: &Catalog,
+    raw: RawSelection<'_>,
+    scope: &Scope,
+) -> Result<Selection, ApiError> {
     let events = event_kinds(raw.events)?;
     let topics = list(raw.topics, "topics")?
         .map(|topics| {
@@ -271,13 +276,20 @@ pub async fn selection(catalog: &Catalog, raw: RawSelection<'_>) -> Result<Selec
     } else {
         None
     };
-    Ok(Selection {
+    let requested = Selection {
         types,
         events,
         topics,
         rows,
         ids,
-    })
+        ..Selection::default()
+    };
+    requested
+        .within(scope.bounds())
+        .map_err(|refused| match refused {
+            OutOfScope::Forbidden(message) => ApiError::forbidden(message),
+            OutOfScope::OmittedColumn(message) => ApiError::bad_request("invalid_filter", message),
+        })
 }
 
 pub fn row_filters(raw: Vec<&str>) -> Result<Vec<crate::selection::RowFilter>, ApiError> {

@@ -82,7 +82,7 @@ async fn start(
             }
         },
     };
-    let mut selection = request::selection(catalog, params.selection()).await?;
+    let mut selection = request::selection(catalog, params.selection(), &identity.scope).await?;
     let types = match selection.types.take() {
         Some(types) => types,
         None => catalog.types().await,

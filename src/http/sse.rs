@@ -44,7 +44,7 @@ async fn open(
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query.as_deref(), request::EVENTS_PARAMS)?;
     let identity = request::authenticate(auth, &headers, &params).await?;
-    let selection = request::selection(catalog, params.selection()).await?;
+    let selection = request::selection(catalog, params.selection(), &identity.scope).await?;
     // The header wins over the query parameter, as in API.md §5.
     let resume = headers
         .get("last-event-id")

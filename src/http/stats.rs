@@ -52,6 +52,11 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let params = Params::parse_for(query, request::STATS_PARAMS)?;
     let identity = request::authenticate(auth, headers, &params).await?;
+    if !identity.scope.allows_stats() {
+        return Err(ApiError::forbidden(
+            "the token's scope does not allow statistics (`stats: false`)",
+        ));
+    }
     let interval = match params.interval.as_deref() {
         None => DEFAULT_INTERVAL,
         Some(text) => text

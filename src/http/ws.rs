@@ -591,6 +591,10 @@ impl Session {
                 self.subscription = None;
                 self.position = None;
             }
+            Ok(ClientMessage::GetStats) if !self.identity.scope.allows_stats() => self.error(
+                "forbidden",
+                "the token's scope does not allow statistics (`stats: false`)",
+            ),
             Ok(ClientMessage::GetStats) => {
                 let context = &self.context;
                 let report = super::stats::report(
@@ -606,7 +610,12 @@ impl Session {
     /// Opens a subscription, replacing any current one; on a bad selection the current
     /// one stays as it was.
     async fn subscribe(&mut self, subscribe: Subscribe) {
-        let selection = match request::selection(&self.context.catalog, subscribe.selection()).await
+        let selection = match request::selection(
+            &self.context.catalog,
+            subscribe.selection(),
+            &self.identity.scope,
+        )
+        .await
         {
             Ok(selection) => selection,
             Err(error) => return self.error(error.code, &error.message),

@@ -25,6 +25,7 @@ mod ops;
 mod poolers;
 mod resume;
 mod roles;
+mod scopes;
 mod security;
 mod security_sql;
 mod sse;
