@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::ClaimPath;
-use crate::selection::{Op, RowFilter, TopicPattern};
+use crate::selection::{Op, RowFilter, TopicPattern, MAX_ROW_FILTERS};
 
 /// Largest policy file read: a policy is a few rules, not a user database.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
@@ -485,6 +485,12 @@ impl ScopeTemplate {
                 "filter" => {
                     let mut filters = Vec::new();
                     for (resource_type, texts) in per_type(&value, "scope.filter", templates)? {
+                        if texts.len() > MAX_ROW_FILTERS {
+                            return Err(format!(
+                                "`scope.filter.{resource_type}` has more than \
+                                 {MAX_ROW_FILTERS} conditions"
+                            ));
+                        }
                         let parsed = texts
                             .iter()
                             .map(|text| FilterTemplate::parse(text, templates))
@@ -898,6 +904,10 @@ mod tests {
             (
                 json!({"rules": [{"scope": {"filter": {"ticket": ["a=eq.{b"]}}}]}),
                 "unclosed",
+            ),
+            (
+                json!({"rules": [{"scope": {"filter": {"ticket": vec!["a=eq.1"; 17]}}}]}),
+                "more than 16",
             ),
         ] {
             let error = refused(value.clone());
