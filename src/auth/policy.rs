@@ -970,6 +970,65 @@ mod tests {
         }
     }
 
+    /// The policies in the docs, each ```json block holding `"rules"`.
+    fn documented_policies(markdown: &str) -> Vec<Policy> {
+        markdown
+            .split("```json")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter_map(|text| serde_json::from_str::<Value>(text).ok())
+            .filter(|value| value.get("rules").is_some())
+            .map(|value| Policy::parse(&value.to_string()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_policies_load_and_do_what_the_docs_say() {
+        let guide = documented_policies(include_str!("../../docs/authorization.md"));
+        assert_eq!(
+            guide.len(),
+            3,
+            "docs/authorization.md: helpdesk, Supabase, Auth0"
+        );
+        assert_eq!(
+            documented_policies(include_str!("../../README.md")).len(),
+            1
+        );
+        let agent = claims(json!({"sub": "f3a1c2d4", "preferred_username": "dara",
+                                  "tenant": {"id": "acme"},
+                                  "realm_access": {"roles": ["offline_access", "support-agent"]}}));
+        assert_eq!(
+            guide[0].scope_for(&agent).unwrap(),
+            json!({"types": ["ticket", "agent"], "filter": {"ticket": ["assignee=eq.dara"]}})
+        );
+        let customer = claims(json!({"sub": "c-1187", "realm_access": {"roles": ["customer"]}}));
+        assert_eq!(
+            guide[0].scope_for(&customer).unwrap()["filter"]["ticket"],
+            json!(["requester=eq.c-1187"])
+        );
+        let nobody = claims(json!({"sub": "x", "realm_access": {"roles": ["viewer"]}}));
+        assert_eq!(
+            guide[0].scope_for(&nobody),
+            Err(PolicyRefusal::NoRuleMatched)
+        );
+        let supabase = claims(json!({"sub": "5b0c9e1a-7f2d-4c43-9a77-3e1f0b6d2a10",
+                                     "role": "authenticated",
+                                     "app_metadata": {"tenant_id": "acme"}}));
+        assert_eq!(
+            guide[1].scope_for(&supabase).unwrap()["topics"],
+            json!(["portal.5b0c9e1a-7f2d-4c43-9a77-3e1f0b6d2a10.*"])
+        );
+        let staff = claims(json!({"sub": "s1", "role": "authenticated",
+                                  "app_metadata": {"role": "support"}}));
+        assert_eq!(guide[1].scope_for(&staff).unwrap(), json!({}));
+        // Auth0's `sub` holds a `|`: fine in a filter value.
+        let auth0 = claims(json!({"sub": "auth0|64f1", "https://example.com/roles": ["customer"]}));
+        assert_eq!(
+            guide[2].scope_for(&auth0).unwrap()["filter"]["ticket"],
+            json!(["requester=eq.auth0|64f1"])
+        );
+    }
+
     #[test]
     fn refusals_name_claims_not_values() {
         let policy = policy_for(json!({}), json!({"filter": {"ticket": ["a=eq.{secret}"]}}));
