@@ -353,14 +353,15 @@ pub struct TokenArgs {
 /// whole scope as JSON, or its parts as flags.
 #[derive(Args, Debug, Default)]
 pub struct TokenScopeArgs {
-    /// The token's scope as JSON, e.g. `{"types":["ticket"],"filter":{"ticket":
-    /// ["assignee=eq.dara"]},"omit":{"ticket":["body"]},"stats":false}`; put in the
-    /// claim named by --scope-claim. Without it (and the flags below) the token sees its
-    /// whole tenant.
+    /// The token's scope as JSON (API.md §3c), e.g.
+    /// `{"types":["ticket"],"filter":{"ticket":["assignee=eq.dara"]}}`, put in the claim
+    /// named by --scope-claim. Without it or the flags below, the token sees its whole
+    /// tenant.
     #[arg(long, conflicts_with_all = ["types", "topics", "filter", "omit", "no_stats"])]
     pub scope: Option<String>,
 
-    /// Scope: only these resource types (comma-separated).
+    /// Scope: only these resource types (comma-separated). Naming types but no topics
+    /// allows no application events, as in a request.
     #[arg(long, value_delimiter = ',')]
     pub types: Vec<String>,
 
