@@ -399,9 +399,9 @@ impl TokenScopeArgs {
                 if !self.topics.is_empty() {
                     scope.insert("topics".into(), self.topics.clone().into());
                 }
-                for (flag, field, entries) in [
-                    ("--filter", "filter", &self.filter),
-                    ("--omit", "omit", &self.omit),
+                for (flag, field, example, entries) in [
+                    ("--filter", "filter", "ticket:state=eq.open", &self.filter),
+                    ("--omit", "omit", "ticket:internal_note", &self.omit),
                 ] {
                     let mut by_type = Map::new();
                     for entry in entries {
@@ -409,7 +409,9 @@ impl TokenScopeArgs {
                             .split_once(':')
                             .filter(|(t, rest)| !t.is_empty() && !rest.is_empty())
                             .ok_or_else(|| {
-                                format!("{flag} {entry:?}: expected <type>:<{field}>, e.g. ticket:state=eq.open")
+                                format!(
+                                    "{flag} {entry:?}: expected <type>:<{field}>, e.g. {example}"
+                                )
                             })?;
                         let list = by_type
                             .entry(resource_type)
@@ -435,7 +437,8 @@ impl TokenScopeArgs {
                 Value::Object(scope)
             }
         };
-        crate::auth::policy::check_scope(&scope).map_err(|why| format!("--scope: {why}"))?;
+        crate::auth::policy::check_scope(&scope)
+            .map_err(|why| format!("not a valid scope: {why}"))?;
         Ok(Some(scope))
     }
 }

@@ -257,6 +257,7 @@ fn token_refuses_a_bad_scope_with_a_message() {
             "unknown operator",
         ),
         (vec!["--filter", "state=eq.open"], "<type>:"),
+        (vec!["--omit", "internal_note"], "e.g. ticket:internal_note"),
         (
             vec!["--filter", "ticket:state=like.open"],
             "unknown operator",
