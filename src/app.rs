@@ -60,7 +60,11 @@ impl App {
         // Refused before anything else happens: a weak secret or an unreadable key must
         // not serve one request. With an identity provider's keys, HS256 is accepted only
         // with a configured secret, never with one made up for this run.
-        let rules = config.token_rules.rules();
+        let mut rules = config.token_rules.rules();
+        if let Some(path) = &config.policy {
+            let policy = crate::auth::policy::Policy::load(path).map_err(anyhow::Error::msg)?;
+            rules.policy = Some(Arc::new(policy));
+        }
         let auth = Arc::new(match config.identity_provider.key_source() {
             None => Authenticator::new(secret, rules)?,
             Some(keys) => {

@@ -100,6 +100,15 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub identity_provider: IdentityProviderArgs,
 
+    /// Access policy: a JSON file of ordered rules deriving a token's scope (the
+    /// `changecast` claim's shape: types, topics, filter, omit, stats) from its other
+    /// claims, for tokens the application does not mint, e.g. role `customer` →
+    /// `{"filter": {"ticket": ["requester=eq.{sub}"]}}`. The first rule whose `when`
+    /// holds applies; a token no rule matches is refused. `serve` does not start with a
+    /// policy it cannot read or check. See docs/authorization.md.
+    #[arg(long, env = "CHANGECAST_POLICY")]
+    pub policy: Option<PathBuf>,
+
     /// How long journal rows are kept (and so how long a disconnected subscriber can
     /// resume), e.g. `24h`, `90m`, `3600s`, `7d`, counted from the commit of the row's
     /// transaction. A row is gone by the retention plus 1/8 of it (or plus 250 ms, if
@@ -255,6 +264,7 @@ impl TokenRuleArgs {
             issuer: self.jwt_issuer.clone(),
             tenant_claim: self.tenant_claim.clone(),
             scope_claim: self.scope_claim.clone(),
+            policy: None,
         }
     }
 }
@@ -349,6 +359,103 @@ pub struct TokenArgs {
 
     #[command(flatten)]
     pub token_rules: TokenRuleArgs,
+
+    #[command(flatten)]
+    pub scope: TokenScopeArgs,
+}
+
+/// What a minted token's holder may see beneath its tenant (API.md §3c): either the
+/// whole scope as JSON, or its parts as flags.
+#[derive(Args, Debug, Default)]
+pub struct TokenScopeArgs {
+    /// The token's scope as JSON (API.md §3c), e.g.
+    /// `{"types":["ticket"],"filter":{"ticket":["assignee=eq.dara"]}}`, put in the claim
+    /// named by --scope-claim. Without it or the flags below, the token sees its whole
+    /// tenant.
+    #[arg(long, conflicts_with_all = ["types", "topics", "filter", "omit", "no_stats"])]
+    pub scope: Option<String>,
+
+    /// Scope: only these resource types (comma-separated). Naming types but no topics
+    /// allows no application events, as in a request.
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
+
+    /// Scope: only these topics (comma-separated; a prefix ends in `*`).
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+
+    /// Scope: a row filter for one resource type, `<type>:<column>=<op>.<value>`, e.g.
+    /// `ticket:assignee=eq.dara`; repeatable (all must hold).
+    #[arg(long)]
+    pub filter: Vec<String>,
+
+    /// Scope: columns of one resource type left out of every event and snapshot,
+    /// `<type>:<column>[,<column>...]`, e.g. `ticket:body`; repeatable.
+    #[arg(long)]
+    pub omit: Vec<String>,
+
+    /// Scope: refuse the holder `/v1/stats` and WebSocket `get_stats`.
+    #[arg(long)]
+    pub no_stats: bool,
+}
+
+impl TokenScopeArgs {
+    /// The scope claim these arguments ask for (`None`: the whole tenant), checked.
+    pub fn claim(&self) -> Result<Option<serde_json::Value>, String> {
+        use serde_json::{Map, Value};
+        let scope = match &self.scope {
+            Some(text) => serde_json::from_str::<Value>(text)
+                .map_err(|error| format!("--scope is not JSON: {error}"))?,
+            None => {
+                let mut scope = Map::new();
+                if !self.types.is_empty() {
+                    scope.insert("types".into(), self.types.clone().into());
+                }
+                if !self.topics.is_empty() {
+                    scope.insert("topics".into(), self.topics.clone().into());
+                }
+                for (flag, field, example, entries) in [
+                    ("--filter", "filter", "ticket:state=eq.open", &self.filter),
+                    ("--omit", "omit", "ticket:internal_note", &self.omit),
+                ] {
+                    let mut by_type = Map::new();
+                    for entry in entries {
+                        let (resource_type, rest) = entry
+                            .split_once(':')
+                            .filter(|(t, rest)| !t.is_empty() && !rest.is_empty())
+                            .ok_or_else(|| {
+                                format!(
+                                    "{flag} {entry:?}: expected <type>:<{field}>, e.g. {example}"
+                                )
+                            })?;
+                        let list = by_type
+                            .entry(resource_type)
+                            .or_insert_with(|| Value::Array(Vec::new()))
+                            .as_array_mut()
+                            .expect("BUG: made as an array");
+                        if field == "omit" {
+                            list.extend(rest.split(',').map(|c| Value::from(c.trim())));
+                        } else {
+                            list.push(rest.into());
+                        }
+                    }
+                    if !by_type.is_empty() {
+                        scope.insert(field.into(), Value::Object(by_type));
+                    }
+                }
+                if self.no_stats {
+                    scope.insert("stats".into(), false.into());
+                }
+                if scope.is_empty() {
+                    return Ok(None);
+                }
+                Value::Object(scope)
+            }
+        };
+        crate::auth::policy::check_scope(&scope)
+            .map_err(|why| format!("not a valid scope: {why}"))?;
+        Ok(Some(scope))
+    }
 }
 
 /// `90s`, `15m`, `24h`, `7d`, `250ms`, or a bare number of seconds.

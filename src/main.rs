@@ -165,8 +165,28 @@ async fn serve_on(
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let tenant = TenantId::new(&args.tenant)
         .map_err(|_| anyhow::anyhow!("--tenant must be a non-empty tenant id"))?;
+    let scope = args.scope.claim().map_err(anyhow::Error::msg)?;
+    let (scope_path, tenant_path) = (
+        args.token_rules.scope_claim.as_str(),
+        args.token_rules.tenant_claim.as_str(),
+    );
+    let nested = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}."));
+    if scope.is_some()
+        && (scope_path == tenant_path
+            || nested(scope_path, tenant_path)
+            || nested(tenant_path, scope_path))
+    {
+        anyhow::bail!("--scope-claim {scope_path:?} and --tenant-claim {tenant_path:?} overlap");
+    }
     let authenticator = Authenticator::new(&args.jwt_secret, args.token_rules.rules())?;
-    println!("{}", authenticator.mint(&tenant, args.ttl));
+    let extra: Vec<_> = scope
+        .map(|scope| (args.token_rules.scope_claim.clone(), scope))
+        .into_iter()
+        .collect();
+    println!(
+        "{}",
+        authenticator.mint_with_claims(&tenant, args.ttl, &extra)
+    );
     Ok(())
 }
 

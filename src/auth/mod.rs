@@ -7,6 +7,7 @@
 mod jwks;
 mod keys;
 mod scope;
+pub mod policy;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub enum AuthError {
     UnknownKey(String),
     #[error("the token is not valid: {0}")]
     Invalid(Cow<'static, str>),
+    /// A valid token the access policy (`CHANGECAST_POLICY`) grants nothing: 403, so
+    /// that a client does not fetch a fresh token and try again.
+    #[error("{0}")]
+    Forbidden(policy::PolicyRefusal),
 }
 
 impl AuthError {
@@ -74,6 +79,7 @@ impl AuthError {
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::InvalidScope { .. } => "invalid_scope",
             AuthError::UnknownKey(_) | AuthError::Invalid(_) => "invalid_token",
+            AuthError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -188,6 +194,9 @@ pub struct TokenRules {
     pub issuer: Option<String>,
     pub tenant_claim: ClaimPath,
     pub scope_claim: ClaimPath,
+    /// `CHANGECAST_POLICY`: when set, every token's scope is what the policy derives
+    /// from its claims, narrowed by the token's own scope claim where it has one.
+    pub policy: Option<Arc<policy::Policy>>,
 }
 
 /// Where a token's scope is by default.
@@ -200,6 +209,7 @@ impl Default for TokenRules {
             issuer: None,
             tenant_claim: ClaimPath::default(),
             scope_claim: ClaimPath::parse(DEFAULT_SCOPE_CLAIM).expect("BUG: a valid claim path"),
+            policy: None,
         }
     }
 }
@@ -490,12 +500,30 @@ impl Authenticator {
         // A scope that cannot be read is refused, never taken for "no scope": that
         // would hand its holder everything the scope was meant to keep from it.
         let scope_claim = &self.rules.scope_claim;
-        let scope = match scope_claim.find(&claims) {
-            None => Scope::unrestricted(),
-            Some(claim) => Scope::from_claim(claim).map_err(|why| AuthError::InvalidScope {
-                claim: scope_claim.as_str().to_owned(),
-                why,
-            })?,
+        let own_scope = match scope_claim.find(&claims) {
+            None => None,
+            Some(claim) => {
+                Some(
+                    Scope::from_claim(claim).map_err(|why| AuthError::InvalidScope {
+                        claim: scope_claim.as_str().to_owned(),
+                        why,
+                    })?,
+                )
+            }
+        };
+        let scope = match &self.rules.policy {
+            None => own_scope.unwrap_or_else(Scope::unrestricted),
+            Some(policy) => {
+                let granted = policy.scope_for(&claims).map_err(AuthError::Forbidden)?;
+                // The policy's rules were checked at load with sample values; a claim's
+                // value can still make a filter that the scope parser refuses.
+                let granted = Scope::from_claim(&granted)
+                    .map_err(|why| AuthError::Forbidden(policy::PolicyRefusal::Unusable(why)))?;
+                match own_scope {
+                    Some(own) => granted.narrowed_by(&own),
+                    None => granted,
+                }
+            }
         };
         Ok(Identity {
             tenant,
@@ -511,6 +539,20 @@ impl Authenticator {
     /// When no secret is configured (an authenticator made by [`Self::new`] always has
     /// one).
     pub fn mint(&self, tenant: &TenantId, ttl: Duration) -> String {
+        self.mint_with_claims(tenant, ttl, &[])
+    }
+
+    /// As [`Self::mint`], with `extra` claims (such as a scope) at their paths; the
+    /// tenant, `exp`, `iat`, `aud` and `iss` are placed after them and so win.
+    ///
+    /// # Panics
+    /// When no secret is configured.
+    pub fn mint_with_claims(
+        &self,
+        tenant: &TenantId,
+        ttl: Duration,
+        extra: &[(ClaimPath, Value)],
+    ) -> String {
         let secret = self
             .secret
             .as_ref()
@@ -520,6 +562,9 @@ impl Authenticator {
             .expect("BUG: clock before 1970")
             .as_secs();
         let mut claims = Map::new();
+        for (path, value) in extra {
+            path.place(&mut claims, value.clone());
+        }
         self.rules
             .tenant_claim
             .place(&mut claims, Value::String(tenant.as_str().to_owned()));

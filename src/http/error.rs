@@ -53,7 +53,11 @@ impl ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
+        let status = match error {
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError::new(status, error.code(), error.to_string())
     }
 }
 

@@ -118,6 +118,8 @@ fn help_documents_every_option_and_never_prints_secrets() {
         "CHANGECAST_HEADER_TIMEOUT",
         "CHANGECAST_MAX_REPLAYS",
         "CHANGECAST_STATEMENT_TIMEOUT",
+        "CHANGECAST_POLICY",
+        "CHANGECAST_SCOPE_CLAIM",
     ] {
         assert!(help.contains(option), "--help does not mention {option}");
     }
@@ -157,4 +159,122 @@ fn serve_with_an_unreachable_database_exits_with_a_message() {
         stderr.contains("changecast:") && stderr.contains("PostgreSQL"),
         "{stderr}"
     );
+}
+
+/// The claims of a token, read without checking its signature.
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.trim().split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn mint(args: &[&str], env: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+    let mut all = vec!["token", "--tenant", "acme"];
+    all.extend_from_slice(args);
+    let mut env = env.to_vec();
+    env.push(("CHANGECAST_JWT_SECRET", SECRET));
+    let out = changecast(&all, &env);
+    if out.status.success() {
+        let token = String::from_utf8(out.stdout).unwrap();
+        // Still a token the service accepts, for the same tenant.
+        assert_eq!(
+            authenticator()
+                .verify(token.trim())
+                .unwrap()
+                .tenant
+                .as_str(),
+            "acme"
+        );
+        Ok(payload(&token))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn token_mints_scoped_tokens() {
+    let scope = serde_json::json!({
+        "types": ["ticket"], "topics": ["user.42.*"],
+        "filter": {"ticket": ["assignee=eq.dara", "state=in.(open,pending)"]},
+        "omit": {"ticket": ["body"]}, "stats": false
+    });
+    let claims = mint(&["--scope", &scope.to_string()], &[]).unwrap();
+    assert_eq!(claims["changecast"], scope);
+    assert_eq!(claims["tenant_id"], "acme");
+
+    // The same scope from flags.
+    let flags = mint(
+        &[
+            "--types",
+            "ticket",
+            "--topics",
+            "user.42.*",
+            "--filter",
+            "ticket:assignee=eq.dara",
+            "--filter",
+            "ticket:state=in.(open,pending)",
+            "--omit",
+            "ticket:body",
+            "--no-stats",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(flags["changecast"], scope);
+
+    // Where CHANGECAST_SCOPE_CLAIM says, nested as a dotted path.
+    let nested = mint(
+        &["--types", "ticket,agent"],
+        &[("CHANGECAST_SCOPE_CLAIM", "app.scope")],
+    )
+    .unwrap();
+    assert_eq!(
+        nested["app"]["scope"],
+        serde_json::json!({"types": ["ticket", "agent"]})
+    );
+    assert!(nested.get("changecast").is_none());
+
+    // No scope asked for: no claim, the whole tenant.
+    let plain = mint(&[], &[]).unwrap();
+    assert!(plain.get("changecast").is_none(), "{plain}");
+}
+
+#[test]
+fn token_refuses_a_bad_scope_with_a_message() {
+    for (args, says) in [
+        (vec!["--scope", "{\"types\": [\"ticket\""], "not JSON"),
+        (vec!["--scope", "[\"ticket\"]"], "must be an object"),
+        (vec!["--scope", "{\"type\": [\"ticket\"]}"], "unknown field"),
+        (vec!["--scope", "{\"stats\": \"no\"}"], "scope.stats"),
+        (
+            vec![
+                "--scope",
+                "{\"filter\": {\"ticket\": [\"state=like.open\"]}}",
+            ],
+            "unknown operator",
+        ),
+        (vec!["--filter", "state=eq.open"], "<type>:"),
+        (vec!["--omit", "internal_note"], "e.g. ticket:internal_note"),
+        (
+            vec!["--filter", "ticket:state=like.open"],
+            "unknown operator",
+        ),
+        (vec!["--topics", "User.*"], "invalid topic"),
+        (
+            vec!["--scope", "{}", "--types", "ticket"],
+            "cannot be used with",
+        ),
+    ] {
+        let refused = mint(&args, &[]).expect_err(&format!("{args:?} was accepted"));
+        assert!(refused.contains(says), "{args:?}: {refused}");
+    }
+    let refused = mint(
+        &["--types", "ticket"],
+        &[("CHANGECAST_SCOPE_CLAIM", "tenant_id")],
+    )
+    .unwrap_err();
+    assert!(refused.contains("overlap"), "{refused}");
 }

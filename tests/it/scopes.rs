@@ -7,8 +7,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use changecast::secret::Secret;
+use changecast::{App, ServeConfig};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::rng::Rng;
 use crate::helpers::*;
@@ -849,6 +852,126 @@ async fn scoped_copies_stay_exact_through_random_reassignments() {
             holder.copy, now,
             "holder {who} ({}, filters {:?}; seed {seed}): its copy is not its view",
             holder.scope, holder.filters
+        );
+    }
+}
+
+/// A policy file of the customer-portal kind: customers see the tickets assigned to
+/// them, without `body` and without statistics; agents see the whole tenant; every
+/// other token is refused.
+const PORTAL_POLICY: &str = r#"{ "rules": [
+    { "name": "customers", "when": { "role": "customer" },
+      "scope": { "types": ["ticket"], "filter": { "ticket": ["assignee=eq.{sub}"] },
+                 "omit": { "ticket": ["body"] }, "stats": false } },
+    { "name": "agents", "when": { "roles": "agent" }, "scope": {} }
+] }"#;
+
+fn policy_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+/// A token of tenant `acme` with these further claims, as an identity provider's would
+/// carry them (no `changecast` claim unless given).
+fn with_claims(extra: Value) -> String {
+    let mut claims = json!({"tenant_id": "acme", "exp": in_an_hour()});
+    claims
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    signed(claims)
+}
+
+#[tokio::test]
+async fn a_policy_derives_each_tokens_scope_from_its_claims() {
+    let policy = policy_file(PORTAL_POLICY);
+    let path = policy.path().to_owned();
+    let app = spawn_app_with(|config| config.policy = Some(path)).await;
+    let customer = with_claims(json!({"sub": "dara", "role": "customer"}));
+    let agent = with_claims(json!({"sub": "kim", "roles": ["viewer", "agent"]}));
+    let nobody = with_claims(json!({"sub": "lee", "role": "guest"}));
+
+    let mine = insert(&app, "mine", Some("dara"), "open", "secret body").await;
+    let theirs = insert(&app, "theirs", Some("kim"), "open", "").await;
+    let (status, snapshot) = app.get("/v1/snapshot", Some(&customer)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    let rows = snapshot["resources"]["ticket"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{snapshot}");
+    assert_eq!(rows[0]["id"], mine.as_str());
+    assert!(
+        rows[0].get("body").is_none(),
+        "omitted column in {snapshot}"
+    );
+    let (status, snapshot) = app.get("/v1/snapshot", Some(&agent)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    assert_eq!(snapshot["resources"]["ticket"].as_array().unwrap().len(), 2);
+
+    let mut customer_stream = app.sse(&customer, "").await;
+    let mut agent_stream = app.sse(&agent, "types=ticket").await;
+    on_ticket(
+        &app,
+        "update tickets set assignee = 'dara' where id = $1::text::uuid",
+        &theirs,
+    )
+    .await;
+    let entered = customer_stream.next_within(WAIT).await.expect("an event");
+    assert_eq!(entered.data["event"], "created", "{:?}", entered.data);
+    assert_eq!(entered.data["resource_id"], theirs.as_str());
+    let seen = agent_stream.next_within(WAIT).await.expect("an event");
+    assert_eq!(seen.data["event"], "updated", "{:?}", seen.data);
+
+    assert_refused(&app, "/v1/stats", &customer, 403, "forbidden").await;
+    assert_refused(&app, "/v1/events?types=agent", &customer, 403, "forbidden").await;
+    let body = assert_refused(&app, "/v1/events", &nobody, 403, "forbidden").await;
+    assert!(
+        !body["message"].as_str().unwrap().contains("lee"),
+        "claim values stay out of refusals: {body}"
+    );
+    assert_refused(&app, "/v1/snapshot", &nobody, 403, "forbidden").await;
+    assert_sse_quiet(&mut customer_stream).await;
+}
+
+#[tokio::test]
+async fn a_tokens_own_scope_narrows_what_the_policy_grants() {
+    let policy = policy_file(PORTAL_POLICY);
+    let path = policy.path().to_owned();
+    let app = spawn_app_with(|config| config.policy = Some(path)).await;
+    let narrowed = with_claims(json!({
+        "roles": ["agent"], "changecast": {"types": ["agent"]}
+    }));
+    assert_refused(&app, "/v1/events?types=ticket", &narrowed, 403, "forbidden").await;
+    let mut stream = app.sse(&narrowed, "").await;
+    insert(&app, "not followed", None, "open", "").await;
+    let agent = app.insert_agent("acme", "a1").await;
+    let event = stream.next_within(WAIT).await.expect("an event");
+    assert_eq!(event.data["resource_type"], "agent", "{:?}", event.data);
+    assert_eq!(event.data["resource_id"], agent.as_str());
+}
+
+#[tokio::test]
+async fn a_policy_that_does_not_check_out_stops_the_start() {
+    let db_url = server().fresh_database().await;
+    for (text, expected) in [
+        (r#"{"rules": []}"#, "empty"),
+        (
+            r#"{"rules": [{"when": {"role": "x"}, "scope": {"filter": {"ticket": ["{sub}=eq.1"]}}}]}"#,
+            "rules[0]",
+        ),
+        ("not json", "not a policy"),
+    ] {
+        let policy = policy_file(text);
+        let mut config = ServeConfig::new(&db_url);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.policy = Some(policy.path().to_owned());
+        let refused = App::build(config, &Secret::new(SECRET), CancellationToken::new())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("started with the policy {text}"));
+        let message = format!("{refused:#}");
+        assert!(
+            message.contains(expected) && message.contains("access policy"),
+            "{text}: {message}"
         );
     }
 }

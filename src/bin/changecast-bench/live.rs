@@ -39,13 +39,23 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
         let subscriber = Subscriber {
             addr: service.addr,
             transport,
-            token: service.token(&format!("t{tenant}")),
+            token: match args.scoped {
+                true => service.scoped_token(&format!("t{tenant}"), scope_of(i)),
+                false => service.token(&format!("t{tenant}")),
+            },
             tenant,
             tenants: args.tenants,
             resume: None,
             until: None,
         };
         subscribers.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
+    }
+    if args.scoped {
+        report.note(format!(
+            "scoped: {} subscribers, each with a scope filter of its own (e.g. {})",
+            args.subscribers,
+            scope_of(0)
+        ));
     }
     let connected = wait_ready(&shared, args.subscribers, &subscribers).await;
     if connected < args.subscribers {
@@ -143,6 +153,12 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
     writes_note(&mut report, &written, args.rate);
     usage.judge(&mut report);
     Ok(report)
+}
+
+/// Subscriber `i`'s scope: its own filter, which every row the writers commit passes
+/// (their titles are sequence numbers), so it changes the work, not the deliveries.
+fn scope_of(i: usize) -> serde_json::Value {
+    serde_json::json!({ "filter": { "ticket": [format!("title=neq.scope-{i}")] } })
 }
 
 /// The bridge window: rows into `bench.bridge` (NOTIFY with the row), one LISTEN client.

@@ -151,6 +151,13 @@ pub struct LiveArgs {
     /// Skip the bridge window (no PostgreSQL-CPU-per-change comparison).
     #[arg(long)]
     pub no_bridge: bool,
+    /// Give every subscriber a scope of its own (API.md §3c, in its token's `changecast`
+    /// claim): a row filter on tickets, distinct per subscriber, that every written row
+    /// passes, so deliveries stay those of an unscoped run and the difference is the
+    /// cost of scopes. Compare with the same command without it. Only meaningful against
+    /// a service that enforces scopes.
+    #[arg(long)]
+    pub scoped: bool,
 }
 
 #[derive(Args, Debug)]

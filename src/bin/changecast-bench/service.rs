@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio_postgres::{Client, NoTls};
 
-use changecast::auth::{random_secret, Authenticator, TokenRules};
+use changecast::auth::{random_secret, Authenticator, ClaimPath, TokenRules};
 use changecast::secret::Secret;
 use changecast::tenant::TenantId;
 
@@ -207,6 +207,14 @@ impl Service {
     pub fn token(&self, tenant: &str) -> String {
         let tenant = TenantId::new(tenant).expect("BUG: bench tenant ids are valid");
         self.auth.mint(&tenant, TOKEN_TTL)
+    }
+
+    /// A token whose `changecast` claim (the default scope claim) is `scope`.
+    pub fn scoped_token(&self, tenant: &str, scope: serde_json::Value) -> String {
+        let tenant = TenantId::new(tenant).expect("BUG: bench tenant ids are valid");
+        let claim = ClaimPath::parse("changecast").expect("BUG: a valid claim path");
+        self.auth
+            .mint_with_claims(&tenant, TOKEN_TTL, &[(claim, scope)])
     }
 
     /// SIGTERM, then SIGKILL after a grace period. A targeted service is left running.

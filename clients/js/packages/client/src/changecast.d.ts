@@ -103,7 +103,11 @@ export type ClientMessage =
 export type Status = 'idle' | 'connecting' | 'live' | 'reconnecting' | 'closed';
 export type Transport = 'sse' | 'ws' | 'auto';
 
-/** Why the client is reconnecting or stopped, e.g. `token_expired`, `invalid_filter`. */
+/**
+ * Why the client is reconnecting or stopped, e.g. `token_expired`, `invalid_filter`, or
+ * `forbidden` (the request lies outside the token's scope; the client stops, it does not
+ * retry).
+ */
 export interface ClientError {
   code: string;
   message: string;

@@ -34,6 +34,11 @@
  * and `error.code === 'token_expired'`), retries with backoff (the first snapshot too),
  * and after a `resync` in snapshot mode reloads the snapshot before streaming on.
  *
+ * A request the token's scope does not allow (API.md §3c: a type or topic outside it,
+ * stats refused) is not retried: the client stops with status 'closed' and
+ * `error.code === 'forbidden'` (HTTP 403 on SSE and snapshots, an `error` frame on
+ * WebSocket), since asking again would be refused again. `stats()` rejects with it.
+ *
  * Outside a browser (Node 18+, Deno, Bun) give `baseUrl`; WebSocket is used where the
  * runtime has a global `WebSocket`, SSE otherwise.
  */
@@ -411,7 +416,8 @@ Changecast.prototype._ended = async function (generation, how, error, wasLive) {
     }
     return this._connect(generation);
   }
-  if (error && error.status === 400) return this._fail(error);
+  // Asking again cannot help: a refused filter, or a request outside the token's scope.
+  if (error && (error.status === 400 || error.status === 403)) return this._fail(error);
   this._setStatus('reconnecting', error ? { code: error.code || 'network', message: error.message } : null);
   if (how === 'resync' && this._fromSnapshot) {
     // The stream's state is stale: reload the snapshot (retrying) before streaming on.
@@ -680,6 +686,12 @@ WsConnection.prototype.run = async function () {
         cc._emit('stats', message);
         break;
       case 'error':
+        if (message.code === 'forbidden') {
+          // Outside the token's scope (even a live re-subscribe): the connection's
+          // selection is not what the page asked for, and asking again is refused again.
+          self.finish('retry', failure('forbidden', 'changecast: ' + message.message, 403));
+          break;
+        }
         cc._emit('error', { code: message.code, message: message.message });
         if (!self.live) self.finish('retry', failure(message.code, 'changecast: ' + message.message, 400));
         break;

@@ -223,6 +223,100 @@ test('a refused filter stops with the server error instead of retrying', async (
   }
 });
 
+test('a request outside the token scope (403 forbidden) stops the client plainly, without retrying', async () => {
+  const service = await fakeService();
+  try {
+    const cc = open({ baseUrl: service.baseUrl, token: 'tok', types: ['ticket', 'agent'] });
+    const errors = [];
+    cc.on('error', (error) => errors.push(error));
+    const closed = next('closed', (resolve) => cc.on('status', (s, detail) => s === 'closed' && resolve(detail)));
+    const request = service.request('/v1/events');
+    cc.start();
+    service.json((await request).response, 403, { error: 'forbidden', message: 'type `agent` is outside this token\'s scope' });
+    const detail = await closed;
+    assert.equal(detail.code, 'forbidden');
+    assert.match(detail.message, /outside this token's scope/);
+    assert.deepEqual(errors.map((e) => e.code), ['forbidden']);
+    assert.equal(cc.error.code, 'forbidden');
+    // No second request: a retry would be refused again. (Waits past the first backoff.)
+    const again = service.request('/v1/events').then(() => 'retried', () => 'none');
+    const outcome = await Promise.race([again, new Promise((resolve) => setTimeout(() => resolve('none'), 1500))]);
+    assert.equal(outcome, 'none');
+    assert.equal(cc.status, 'closed');
+  } finally {
+    await service.close();
+  }
+});
+
+test('a forbidden snapshot rejects startFromSnapshot with the code; a forbidden stats() leaves the stream alone', async () => {
+  const service = await fakeService();
+  try {
+    const cc = open({ baseUrl: service.baseUrl, token: 'tok', types: ['profile'] });
+    const closed = next('closed', (resolve) => cc.on('status', (s, detail) => s === 'closed' && resolve(detail)));
+    const request = service.request('/v1/snapshot');
+    const started = cc.startFromSnapshot();
+    service.json((await request).response, 403, { error: 'forbidden', message: 'type `profile` is outside this token\'s scope' });
+    await assert.rejects(started, (error) => error.code === 'forbidden' && error.status === 403);
+    assert.equal((await closed).code, 'forbidden');
+  } finally {
+    await service.close();
+  }
+  // stats() on a token with `stats: false`: the promise rejects, the client is untouched.
+  const stats = http.createServer((request, response) => {
+    response.writeHead(403, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ error: 'forbidden', message: 'statistics are outside this token\'s scope' }));
+  });
+  stats.listen(0, '127.0.0.1');
+  await once(stats, 'listening');
+  try {
+    const cc = open({ baseUrl: `http://127.0.0.1:${stats.address().port}`, token: 'tok' });
+    await assert.rejects(cc.stats(), (error) => error.code === 'forbidden');
+    assert.equal(cc.error, null);
+  } finally {
+    stats.close();
+  }
+});
+
+test('WebSocket: a forbidden error frame stops the client instead of reconnecting; other errors only report', async () => {
+  const sockets = [];
+  class FakeSocket {
+    constructor(url) { this.url = url; this.readyState = 0; this.sent = []; sockets.push(this); }
+    send(text) { this.sent.push(JSON.parse(text)); }
+    close() { this.readyState = 3; }
+    open() { this.readyState = 1; this.onopen(); }
+    receive(message) { this.onmessage({ data: JSON.stringify(message) }); }
+  }
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = FakeSocket;
+  try {
+    const cc = open({ baseUrl: 'http://127.0.0.1:9', token: 'tok', transport: 'ws', types: ['ticket'] });
+    const errors = [];
+    cc.on('error', (error) => errors.push(error.code));
+    const live = next('live', (resolve) => cc.on('status', (s) => s === 'live' && resolve()));
+    cc.start();
+    const socket = await next('a socket', (resolve) => { const poll = () => (sockets[0] ? resolve(sockets[0]) : setTimeout(poll, 5)); poll(); });
+    socket.open();
+    assert.deepEqual(socket.sent[0].resource_types, ['ticket']);
+    socket.receive({ type: 'subscription_confirmed', resource_types: ['ticket'] });
+    await live;
+    // A bad filter on a live re-subscribe is reported; the connection goes on.
+    socket.receive({ type: 'error', code: 'invalid_filter', message: 'bad filter' });
+    assert.equal(cc.status, 'live');
+    const closed = next('closed', (resolve) => cc.on('status', (s, detail) => s === 'closed' && resolve(detail)));
+    cc.subscribe({ types: ['agent'] });
+    assert.deepEqual(socket.sent[1].resource_types, ['agent']);
+    socket.receive({ type: 'error', code: 'forbidden', message: 'type `agent` is outside this token\'s scope' });
+    const detail = await closed;
+    assert.equal(detail.code, 'forbidden');
+    assert.deepEqual(errors, ['invalid_filter', 'forbidden']);
+    assert.equal(socket.readyState, 3, 'the socket is closed');
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.equal(sockets.length, 1, 'no reconnect after forbidden');
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+});
+
 test("the service's /changecast.js, made from the same source, runs as a classic script and sets the global", async () => {
   const asset = await readFile(new URL('../../../../../src/http/assets/changecast.js', import.meta.url), 'utf8');
   assert.doesNotMatch(asset, /\nexport /, 'a classic script cannot hold export');
