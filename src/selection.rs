@@ -25,6 +25,9 @@ pub struct Selection {
     pub rows: Vec<RowFilter>,
     /// Only these resources, by `resource_id` (row changes only).
     pub ids: Option<Vec<String>>,
+    /// A transaction bringing more events than this (of this selection) is replaced by
+    /// one `resync` (`bulk_change`); `None`: every event is delivered (API.md §5).
+    pub max_txn_events: Option<usize>,
 }
 
 /// What becomes of one journal entry for one subscriber.
@@ -719,6 +722,7 @@ mod tests {
                         .map(|f| RowFilter::parse(f).unwrap())
                         .collect(),
                     ids: ids.map(|ids| ids.into_iter().map(String::from).collect()),
+                    max_txn_events: None,
                 })
         }
 
