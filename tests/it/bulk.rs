@@ -73,7 +73,7 @@ async fn insert_mixed(app: &TestApp, tenant: &str, hits: i64, misses: i64) -> Ve
         .await
         .unwrap()
         .iter()
-        .filter_map(|r| Some(r.get::<_, String>(0)))
+        .map(|r| r.get::<_, String>(0))
         .collect()
 }
 
