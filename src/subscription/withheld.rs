@@ -224,3 +224,76 @@ pub(super) fn takes_all_it_reads(selection: &Selection) -> bool {
         && selection.ids.is_none()
         && selection.topics.is_none()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::journal::{Change, EventKind, PgSnapshot};
+
+    fn entry(xid: u64, id: i64) -> Entry {
+        let mut change = Change::for_test(EventKind::Created, "r", r#"{"id":"r"}"#, None);
+        change.xid = xid;
+        change.id = id;
+        Entry::Change(Arc::new(change))
+    }
+
+    fn offer(withheld: &mut Withheld, xid: u64, id: i64) -> Offer {
+        let entry = entry(xid, id);
+        let decision = Selection::default().decide(&entry);
+        withheld.offer(entry, decision)
+    }
+
+    /// Everything below `xmax` was published in full.
+    fn boundary(xmax: u64) -> Published {
+        Published::complete(Position::of_snapshot(PgSnapshot {
+            xmin: xmax,
+            xmax,
+            xip: Vec::new(),
+        }))
+    }
+
+    #[test]
+    fn whole_transactions_are_released_in_order_and_one_over_the_bound_becomes_a_resync() {
+        let mut withheld = Withheld::new(2);
+        assert!(!withheld.needs_reading(true), "nothing waits");
+        for (xid, id) in [(10, 1), (11, 2), (11, 3), (12, 4), (11, 5)] {
+            assert!(matches!(offer(&mut withheld, xid, id), Offer::Taken));
+        }
+        assert!(withheld.is_bulk(11), "three events of 11 over a bound of 2");
+        assert!(withheld.needs_reading(false), "something began to wait");
+        // The boundary includes 10 and 11, not 12; two items sent before it are still to come.
+        withheld.read(&boundary(12), 2);
+        assert!(withheld.settle().is_none());
+        withheld.received();
+        assert!(matches!(offer(&mut withheld, 11, 6), Offer::Taken));
+        withheld.received();
+        let settled = withheld
+            .settle()
+            .expect("every item before the boundary arrived");
+        let ids: Vec<i64> = settled.events.iter().map(|(e, _)| e.id()).collect();
+        assert_eq!(ids, [1], "11 is over the bound, 12 not whole yet");
+        assert_eq!(settled.resync_at, Some(boundary(12).settled().clone()));
+        assert!(!withheld.is_bulk(11), "its resync is sent");
+        // 12 waits for the next batch.
+        assert!(withheld.awaits_batch());
+        assert!(!withheld.needs_reading(false));
+        assert!(withheld.needs_reading(true));
+        withheld.read(&boundary(13), 0);
+        let settled = withheld.settle().unwrap();
+        assert_eq!(settled.events.len(), 1);
+        assert!(settled.resync_at.is_none());
+        assert!(!withheld.awaits_batch());
+    }
+
+    #[test]
+    fn many_small_transactions_overflow_the_room() {
+        let mut withheld = Withheld::new(1);
+        let mut overflowed = false;
+        for xid in 0..=(ROOM_FLOOR as u64) {
+            overflowed = matches!(offer(&mut withheld, 100 + xid, xid as i64), Offer::Overflow);
+        }
+        assert!(overflowed, "each within the bound, together over the room");
+    }
+}
