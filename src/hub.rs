@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::journal::{Entry, Published};
 use crate::sync::lock;
@@ -73,6 +73,10 @@ pub struct Hub {
     capacity: usize,
     /// How many tenants have a channel (`changecast_tenant_channels`).
     channels: IntGauge,
+    /// Counts the batches published in full: a subscriber that waits for a transaction
+    /// to be complete (`max_txn_events`) wakes on it, whether or not the batch's last
+    /// pages held anything of its tenant.
+    batches: watch::Sender<u64>,
 }
 
 struct State {
@@ -91,6 +95,18 @@ pub struct Live {
 impl Live {
     pub async fn recv(&mut self) -> Result<Fanned, broadcast::error::RecvError> {
         self.receiver.recv().await
+    }
+
+    /// The hub's boundary, and how many items sent before it this receiver has yet to
+    /// receive: once it has, it holds every entry the boundary includes.
+    pub fn boundary(&self) -> (Published, usize) {
+        let state = lock(&self._member.hub.state);
+        (state.published.clone(), self.receiver.len())
+    }
+
+    /// Changes whenever a batch has been published in full.
+    pub fn batches(&self) -> watch::Receiver<u64> {
+        self._member.hub.batches.subscribe()
     }
 }
 
@@ -126,6 +142,7 @@ impl Hub {
             }),
             capacity,
             channels,
+            batches: watch::Sender::new(0),
         }
     }
 
@@ -173,7 +190,11 @@ impl Hub {
                 }
             }
         }
+        let complete = published.is_complete();
         state.published = published;
+        if complete {
+            self.batches.send_modify(|n| *n = n.wrapping_add(1));
+        }
         queued
     }
 

@@ -37,6 +37,9 @@ pub struct Selection {
     /// What the token's scope adds per resource type: filters that hold beside `rows`,
     /// columns left out (empty without a scope).
     pub per_type: BTreeMap<String, TypeRules>,
+    /// A transaction bringing more events than this (of this selection) is replaced by
+    /// one `resync` (`bulk_change`); `None`: every event is delivered (API.md §5).
+    pub max_txn_events: Option<usize>,
 }
 
 /// What a token's scope adds for one resource type (API.md §3c).
@@ -992,6 +995,7 @@ mod tests {
                             },
                         )]
                         .into(),
+                        max_txn_events: None,
                     }
                 })
         }

@@ -13,6 +13,9 @@ use crate::selection::{OutOfScope, RowFilter, Selection, TopicPattern, MAX_ROW_F
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// Most entries in one `types`, `events`, `topics` or `ids` list.
 pub const MAX_FILTER_ENTRIES: usize = 64;
+/// Largest `max_txn_events`: a subscriber withholds up to this many events while it
+/// waits to learn whether their transaction exceeds its bound, so this bounds its memory.
+pub const MAX_TXN_EVENTS: usize = 10_000;
 
 /// The query parameters each endpoint understands; any other is refused (a client
 /// written for another API must not silently get everything).
@@ -23,6 +26,7 @@ pub const EVENTS_PARAMS: &[&str] = &[
     "filter",
     "ids",
     "last_event_id",
+    "max_txn_events",
     "access_token",
 ];
 pub const SNAPSHOT_PARAMS: &[&str] = &["types", "filter", "ids", "limit", "access_token"];
@@ -42,6 +46,7 @@ pub struct Params {
     pub access_token: Option<String>,
     pub limit: Option<String>,
     pub interval: Option<String>,
+    pub max_txn_events: Option<String>,
 }
 
 impl Params {
@@ -93,6 +98,7 @@ impl Params {
                 "access_token" => &mut params.access_token,
                 "limit" => &mut params.limit,
                 "interval" => &mut params.interval,
+                "max_txn_events" => &mut params.max_txn_events,
                 _ => unreachable!("every allowed parameter has a slot"),
             };
             // Repeated list parameters add up: `types=a&types=b` is `types=a,b`.
@@ -117,6 +123,7 @@ impl Params {
             filter: (!self.filter.is_empty())
                 .then(|| self.filter.iter().map(String::as_str).collect()),
             ids: split(&self.ids),
+            max_txn_events: self.max_txn_events.clone(),
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct RawSelection<'a> {
     pub topics: Option<Vec<&'a str>>,
     pub filter: Option<Vec<&'a str>>,
     pub ids: Option<Vec<&'a str>>,
+    /// As the query spells it, or a WebSocket message's JSON value as text.
+    pub max_txn_events: Option<String>,
 }
 
 /// The identity of the request's bearer token. A token signed by an identity provider's
@@ -270,6 +279,7 @@ pub async fn selection(
         .map_err(|message| ApiError::bad_request("invalid_topic", message))?;
     let rows = row_filters(raw.filter.unwrap_or_default())?;
     let ids = list(raw.ids, "ids")?;
+    let max_txn_events = max_txn_events(raw.max_txn_events.as_deref())?;
     let types = list(raw.types, "types")?;
     let types = if types.is_some() {
         known_only(types, &catalog.types().await)?
@@ -282,6 +292,7 @@ pub async fn selection(
         topics,
         rows,
         ids,
+        max_txn_events,
         ..Selection::default()
     };
     requested
@@ -289,6 +300,21 @@ pub async fn selection(
         .map_err(|refused| match refused {
             OutOfScope::Forbidden(message) => ApiError::forbidden(message),
             OutOfScope::OmittedColumn(message) => ApiError::bad_request("invalid_filter", message),
+        })
+}
+
+/// `max_txn_events`: a whole number from 1 to [`MAX_TXN_EVENTS`], digits only.
+pub fn max_txn_events(raw: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| raw.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_TXN_EVENTS).contains(n))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_max_txn_events",
+                format!("`max_txn_events` must be a whole number from 1 to {MAX_TXN_EVENTS}"),
+            )
         })
 }
 
@@ -368,6 +394,31 @@ mod tests {
             event_kinds(Some(["updated", "exploded"])).unwrap_err().code,
             "unknown_event"
         );
+    }
+
+    #[test]
+    fn max_txn_events_is_a_bounded_whole_number() {
+        assert_eq!(max_txn_events(None).unwrap(), None);
+        assert_eq!(max_txn_events(Some("1")).unwrap(), Some(1));
+        assert_eq!(max_txn_events(Some("10000")).unwrap(), Some(MAX_TXN_EVENTS));
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+5",
+            "1.0",
+            "1e3",
+            " 5",
+            "10001",
+            "abc",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                max_txn_events(Some(bad)).unwrap_err().code,
+                "invalid_max_txn_events",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

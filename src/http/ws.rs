@@ -232,6 +232,8 @@ enum ServerMessage<'a> {
         topics: Option<Vec<String>>,
         filter: Vec<&'a str>,
         ids: Option<&'a [String]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_txn_events: Option<usize>,
     },
     Stats(Report),
     Pong,
@@ -272,6 +274,9 @@ pub struct Subscribe {
     ids: Option<Vec<String>>,
     #[serde(default)]
     last_event_id: Option<String>,
+    /// Any JSON value: `request::max_txn_events` checks it as the query's text.
+    #[serde(default)]
+    max_txn_events: Option<Value>,
 }
 
 /// What a client may send (API.md §6).
@@ -329,6 +334,10 @@ impl Subscribe {
             topics: as_strs(&self.topics),
             filter: as_strs(&self.filter),
             ids: as_strs(&self.ids),
+            max_txn_events: self.max_txn_events.as_ref().map(|value| match value {
+                Value::String(text) => format!("{text:?}"),
+                other => other.to_string(),
+            }),
         }
     }
 }
@@ -652,6 +661,7 @@ fn confirmation<'a>(id: &'a str, selection: &'a Selection) -> ServerMessage<'a> 
             .map(|topics| topics.iter().map(ToString::to_string).collect()),
         filter: selection.rows.iter().map(|row| row.text.as_str()).collect(),
         ids: selection.ids.as_deref(),
+        max_txn_events: selection.max_txn_events,
     }
 }
 

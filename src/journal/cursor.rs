@@ -81,13 +81,17 @@ pub enum ResyncReason {
     CursorInvalid,
     /// A table of a type the subscriber follows was truncated.
     Truncated,
+    /// One transaction brought the subscriber more events than its `max_txn_events`:
+    /// it gets this instead of them.
+    BulkChange,
 }
 
 impl ResyncReason {
-    pub const ALL: [ResyncReason; 3] = [
+    pub const ALL: [ResyncReason; 4] = [
         ResyncReason::CursorExpired,
         ResyncReason::CursorInvalid,
         ResyncReason::Truncated,
+        ResyncReason::BulkChange,
     ];
 
     /// As the wire and the metrics spell it.
@@ -96,6 +100,7 @@ impl ResyncReason {
             ResyncReason::CursorExpired => "cursor_expired",
             ResyncReason::CursorInvalid => "cursor_invalid",
             ResyncReason::Truncated => "truncated",
+            ResyncReason::BulkChange => "bulk_change",
         }
     }
 }

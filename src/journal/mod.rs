@@ -20,6 +20,7 @@ mod replay;
 mod rows;
 mod snapshot;
 mod sql;
+mod transactions;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -220,6 +221,31 @@ impl Journal {
         limits: (usize, usize),
     ) -> DbResult<ReplayPage> {
         replay::read_page(&self.scope(), client, from, upto, after, filter, limits).await
+    }
+
+    /// How many rows each transaction of `xids` wrote that a replay with `filter` reads
+    /// (truncation markers aside), each counted up to `cap`.
+    pub async fn transaction_sizes(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        filter: ReplayFilter<'_>,
+        xids: &[u64],
+        cap: usize,
+    ) -> DbResult<Vec<(u64, usize)>> {
+        transactions::sizes(client, filter, xids, cap).await
+    }
+
+    /// How many of transaction `xid`'s rows under `filter` `counts` takes, up to
+    /// `stop_at`; reads them a page at a time.
+    pub async fn count_transaction(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        filter: ReplayFilter<'_>,
+        xid: u64,
+        counts: impl Fn(&Entry) -> bool,
+        stop_at: usize,
+    ) -> DbResult<usize> {
+        transactions::count(&self.scope(), client, filter, xid, counts, stop_at).await
     }
 
     /// The cursor text of a subscriber of `tenant` that has received everything before

@@ -18,6 +18,7 @@ pub mod replay_gate;
 mod replay_pages;
 mod shared_reads;
 mod subscriber;
+mod withheld;
 
 pub use outbound::{Outbound, Resync};
 pub use places::{Limits, PerTransport, Place, Places, Refused, Transport};
@@ -34,6 +35,7 @@ use crate::selection::Selection;
 use live::LiveEnded;
 use replay::Replayed;
 use subscriber::Subscription;
+use withheld::Withheld;
 
 /// Items queued between the subscription task and its transport.
 const OUTBOUND_QUEUE: usize = 64;
@@ -130,6 +132,8 @@ impl Subscription {
             }
             // The last entry sent, where a catch-up resumes from.
             let mut last: Option<Entry> = None;
+            // With `max_txn_events`: what waits for its transaction to be known whole.
+            let mut withheld = self.selection.max_txn_events.map(Withheld::new);
             // The journal this subscription's cursors belong to.
             let mut journal = journal;
             loop {
@@ -137,7 +141,9 @@ impl Subscription {
                     // Boxed: a replay's state (queries, pool checkout) is large, and an idle
                     // subscriber's task should not carry room for it (memory per subscriber).
                     State::Replaying { from } => {
-                        match Box::pin(self.replay(&from, &upto, &mut last)).await {
+                        let replay =
+                            self.replay(&from, &upto, &mut last, &mut received, withheld.as_mut());
+                        match Box::pin(replay).await {
                             Replayed::Done => State::Live {
                                 already_seen: Some(from.position()),
                             },
@@ -150,13 +156,25 @@ impl Subscription {
                         // From here on the client starts over at the live boundary.
                         received = upto.settled().cursor();
                         last = None;
+                        if let Some(withheld) = &mut withheld {
+                            withheld.reset();
+                        }
                         if !Box::pin(self.resync(reason, &upto)).await {
                             return;
                         }
                         State::Live { already_seen: None }
                     }
                     State::Live { already_seen } => {
-                        match self.live(&mut live, already_seen.as_ref(), &mut last).await {
+                        let ended = self
+                            .live(
+                                &mut live,
+                                already_seen.as_ref(),
+                                &mut last,
+                                &mut received,
+                                withheld.as_mut(),
+                            )
+                            .await;
+                        match ended {
                             LiveEnded::CatchUp => State::CatchingUp,
                             LiveEnded::TokenExpired => return Box::pin(self.auth_expired()).await,
                             LiveEnded::Stopped => return,
@@ -168,6 +186,10 @@ impl Subscription {
                         (live, upto) = self.services.hub.subscribe(&self.tenant);
                         if let Some(entry) = &last {
                             received = entry.cursor().clone();
+                        }
+                        // What waited is read again from the journal.
+                        if let Some(withheld) = &mut withheld {
+                            withheld.reset();
                         }
                         // The journal started over: its cursors, and the client's state,
                         // belong to a database that is gone.

@@ -15,9 +15,11 @@ use super::outbound::Delivered;
 use super::replay_gate::Turn;
 use super::replay_pages::SharedPage;
 use super::subscriber::Subscription;
+use super::withheld::{takes_all_it_reads, Withheld};
 use crate::journal::{
     Cursor, Entry, Published, ReplayFilter, ReplayPage, ResyncReason, SentThrough,
 };
+use crate::selection::Decision;
 
 /// Journal rows per replay query.
 const REPLAY_PAGE_ROWS: usize = 500;
@@ -116,11 +118,18 @@ impl Subscription {
     /// the delivery and the delivery for PostgreSQL, page after page, neither ever busy
     /// while the other works. The truncation the client already got as a resync (the
     /// one `from` names) is not sent again, so resuming from it does not loop.
+    ///
+    /// With `max_txn_events` (`withheld`), the events of a transaction over the bound are
+    /// skipped, and one `bulk_change` resync follows the replay for those the boundary
+    /// includes (the others are left to live delivery, see `withheld`); `received`
+    /// follows its cursor.
     pub(super) async fn replay(
         &self,
         from: &Cursor,
         upto: &Published,
         last: &mut Option<Entry>,
+        received: &mut Cursor,
+        mut withheld: Option<&mut Withheld>,
     ) -> Replayed {
         self.services.metrics.replays.inc();
         // A catch-up from the last entry this connection sent must not send it again.
@@ -154,13 +163,24 @@ impl Subscription {
                 }
             };
             if page.last {
-                let stopped = self.deliver_page(&page, from, sent_through, last).await;
-                return stopped.unwrap_or(Replayed::Done);
+                let stopped = self
+                    .deliver_page(&page, from, sent_through, last, withheld.as_deref_mut())
+                    .await;
+                if let Some(stopped) = stopped {
+                    return stopped;
+                }
+                let at = upto.settled();
+                if withheld.is_some_and(|w| w.take_bulk_within(at))
+                    && !self.bulk_resync(at, last, received).await
+                {
+                    return Replayed::Stopped;
+                }
+                return Replayed::Done;
             }
             let mut next_after_id = page.entries.last().map(Entry::id).or(after_id);
             let read = self
                 .deliver_while_reading(
-                    self.deliver_page(&page, from, sent_through, last),
+                    self.deliver_page(&page, from, sent_through, last, withheld.as_deref_mut()),
                     self.read_page(from, upto, &mut next_after_id),
                 )
                 .await;
@@ -208,12 +228,21 @@ impl Subscription {
         from: &Cursor,
         sent_through: Option<SentThrough>,
         last: &mut Option<Entry>,
+        mut withheld: Option<&mut Withheld>,
     ) -> Option<Replayed> {
+        if let Some(withheld) = withheld.as_deref_mut() {
+            if let Err(stopped) = self.size_transactions(&page.entries, withheld).await {
+                return Some(stopped);
+            }
+        }
         for entry in page.entries.iter().cloned() {
             if from.names_truncation(&entry) {
                 continue;
             }
             if sent_through.is_some_and(|sent| sent.covers(&entry)) {
+                continue;
+            }
+            if withheld.as_deref().is_some_and(|w| w.is_bulk(entry.xid())) {
                 continue;
             }
             match self.deliver(&entry).await {
@@ -223,6 +252,93 @@ impl Subscription {
             }
         }
         None
+    }
+
+    /// Finds out, from the journal, which transactions of `entries` not sized yet bring
+    /// this subscriber more events than its bound. Retries while the database fails.
+    async fn size_transactions(
+        &self,
+        entries: &[Entry],
+        withheld: &mut Withheld,
+    ) -> Result<(), Replayed> {
+        // Only transactions with an event for this subscriber matter.
+        let mut unknown: Vec<u64> = Vec::new();
+        for entry in entries {
+            let xid = entry.xid();
+            if withheld.is_unknown(xid)
+                && !unknown.contains(&xid)
+                && matches!(self.selection.decide(entry), Decision::Send(_))
+            {
+                unknown.push(xid);
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let sized = tokio::select! {
+                _ = self.services.shutdown.cancelled() => return Err(Replayed::Stopped),
+                _ = self.tx.closed() => return Err(Replayed::Stopped),
+                sized = self.read_sizes(&unknown, withheld.max()) => sized,
+            };
+            match sized {
+                Ok(sizes) => {
+                    for (xid, over) in sizes {
+                        if over {
+                            withheld.found_bulk(xid);
+                        } else {
+                            withheld.found_small(xid);
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        ?error,
+                        "sizing transactions for max_txn_events failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = self.services.shutdown.cancelled() => return Err(Replayed::Stopped),
+                        _ = self.tx.closed() => return Err(Replayed::Stopped),
+                        _ = tokio::time::sleep(RETRY_AFTER_DB_ERROR) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether each transaction of `xids` brings this subscriber more than `max` events.
+    async fn read_sizes(&self, xids: &[u64], max: usize) -> anyhow::Result<Vec<(u64, bool)>> {
+        let mut client = self.services.pool.get().await?;
+        let types = self.selection.journal_types();
+        let filter = ReplayFilter {
+            tenant: &self.tenant,
+            types: types.as_deref(),
+            app_events: self.selection.wants_app_events(),
+        };
+        let journal = &self.services.journal;
+        let sizes = journal
+            .transaction_sizes(&mut client, filter, xids, max + 1)
+            .await?;
+        let mut over = Vec::with_capacity(sizes.len());
+        for (xid, size) in sizes {
+            // More rows than the bound in the journal: more events, unless the selection
+            // takes fewer than the journal read returns; then count what it takes.
+            let bulk = size > max
+                && (takes_all_it_reads(&self.selection)
+                    || journal
+                        .count_transaction(
+                            &mut client,
+                            filter,
+                            xid,
+                            |entry| matches!(self.selection.decide(entry), Decision::Send(_)),
+                            max + 1,
+                        )
+                        .await?
+                        > max);
+            over.push((xid, bulk));
+        }
+        Ok(over)
     }
 
     /// One replay page after `after_id` (found first, when still unknown), or the

@@ -11,8 +11,15 @@ use crate::journal::{Entry, ReplayPage};
 /// How long a replay page read for one subscriber is kept for others replaying the same
 /// range.
 const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
-/// Most bytes of row JSON kept in shared replay pages.
-const MAX_KEPT_REPLAY_BYTES: usize = 32 * 1024 * 1024;
+/// Most bytes kept in shared replay pages, as [`entry_weight`] counts them.
+const MAX_KEPT_REPLAY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a replayed entry holds once delivered: its JSON (`Entry::size_hint`) and about
+/// twice that again in the wire frames rendered from it and its cursor text. Weighing the
+/// JSON alone let a 1,000,000-row replay keep several times the budget.
+fn entry_weight(entry: &Entry) -> usize {
+    3 * entry.size_hint()
+}
 
 /// Replay pages read once for every subscriber replaying the same range.
 pub(super) type SharedPages = SharedReads<SharedPage>;
@@ -30,7 +37,7 @@ pub(super) struct SharedPage {
 
 impl SharedPage {
     pub(super) fn new(page: ReplayPage) -> Self {
-        let bytes = page.entries.iter().map(Entry::size_hint).sum();
+        let bytes = page.entries.iter().map(entry_weight).sum();
         SharedPage {
             page: Arc::new(page),
             bytes,

@@ -80,7 +80,12 @@ impl Subscription {
     /// Sends one journal entry as the selection decides: a row change or application
     /// event as the subscriber receives it, a truncation as a `resync`.
     pub(super) async fn deliver(&self, entry: &Entry) -> Delivered {
-        let sent = match self.selection.decide(entry) {
+        self.send_decided(self.selection.decide(entry)).await
+    }
+
+    /// Sends what the selection decided of an entry.
+    pub(super) async fn send_decided(&self, decision: Decision) -> Delivered {
+        let sent = match decision {
             Decision::Skip => return Delivered::Filtered,
             Decision::Send(delivery) => self.send(Outbound::Event(delivery)).await,
             Decision::Resync { cursor } => self.send_resync(ResyncReason::Truncated, cursor).await,
@@ -103,7 +108,7 @@ impl Subscription {
         self.send_resync(reason, cursor).await
     }
 
-    async fn send_resync(&self, reason: ResyncReason, cursor: String) -> bool {
+    pub(super) async fn send_resync(&self, reason: ResyncReason, cursor: String) -> bool {
         self.services
             .metrics
             .resyncs

@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod browser;
+mod bulk;
 mod cli;
 mod clients;
 mod containers;

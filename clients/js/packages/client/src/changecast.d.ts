@@ -42,7 +42,7 @@ export interface AppEvent<P = unknown, T extends string = string> {
 /** Refetch your state: the stream could not continue exactly (API.md §4). */
 export interface Resync {
   type: 'resync';
-  reason: 'cursor_expired' | 'cursor_invalid' | 'truncated' | (string & {});
+  reason: 'cursor_expired' | 'cursor_invalid' | 'truncated' | 'bulk_change' | (string & {});
   /** Where the stream continues from. */
   id?: string;
 }
@@ -152,6 +152,14 @@ export interface ChangecastOptions extends Selection {
   silenceTimeoutMs?: number;
   /** Rows per type in snapshots (server default 1000, at most 10000). */
   limit?: number;
+  /**
+   * A transaction bringing more events than this (of the selection) arrives as one
+   * `resync` with reason `'bulk_change'` instead (API.md §5, at most 10000). In snapshot
+   * mode (`startFromSnapshot`) the default is 1000, and such a resync reloads the
+   * snapshot rather than applying the events one by one; `false` asks for every event.
+   * With `start()`, sent only when set.
+   */
+  maxTxnEvents?: number | false;
 
   /** @deprecated use `on('change', fn)`. */
   onChange?: (change: ResourceChange) => void;

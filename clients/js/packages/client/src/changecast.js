@@ -14,6 +14,8 @@
  *     topics: ['config_update', 'agent:*'], // application events (§8)
  *     filter: ['state=eq.open'],            // row filters (§9); or { state: 'eq.open' }
  *     ids: ['42'],                          // only these resources
+ *     maxTxnEvents: 1000,                   // snapshot mode's default: a bigger transaction
+ *                                           // reloads the snapshot (false: every event)
  *   });
  *   const off = cc.on('ticket', change => …);  // a resource type, a topic (or 'prefix:*'), or
  *                                              // 'change', 'event', 'resync', 'status',
@@ -32,7 +34,8 @@
  * delivered (a resume may repeat a few, always with the same id), asks `getToken` for a
  * fresh token when the old one expires (without `getToken` it stops with status 'closed'
  * and `error.code === 'token_expired'`), retries with backoff (the first snapshot too),
- * and after a `resync` in snapshot mode reloads the snapshot before streaming on.
+ * and after a `resync` in snapshot mode reloads the snapshot before streaming on — as it
+ * does when one transaction brings more than `maxTxnEvents` changes (`bulk_change`).
  *
  * A request the token's scope does not allow (API.md §3c: a type or topic outside it,
  * stats refused) is not retried: the client stops with status 'closed' and
@@ -50,6 +53,8 @@ var MAX_BACKOFF_MS = 30000;
  *  taken as dead and reopened; option `silenceTimeoutMs` (0: never). */
 var SILENCE_MS = 45000;
 /** Event names that are not resource types or topics. */
+/** Snapshot mode's `max_txn_events` unless `maxTxnEvents` says otherwise. */
+var DEFAULT_MAX_TXN_EVENTS = 1000;
 var BUILTIN = ['change', 'event', 'resync', 'status', 'snapshot', 'error', 'stats'];
 /** Old constructor options and the event each now stands for. */
 var LEGACY = { onChange: 'change', onEvent: 'event', onResync: 'resync', onStatus: 'status', onError: 'error' };
@@ -246,7 +251,22 @@ Changecast.prototype._params = function (forSnapshot) {
   if (!forSnapshot && f.topics) params.set('topics', f.topics.join(','));
   if (f.filter) f.filter.forEach(function (item) { params.append('filter', item); });
   if (f.ids) params.set('ids', f.ids.join(','));
+  var bound = this._maxTxnEvents();
+  if (!forSnapshot && bound) params.set('max_txn_events', String(bound));
   return params;
+};
+
+/**
+ * The `max_txn_events` to ask for: in snapshot mode `maxTxnEvents` (default
+ * DEFAULT_MAX_TXN_EVENTS; `false` for none), so that one transaction of a million rows
+ * arrives as a `bulk_change` resync, and the snapshot is reloaded, instead of a million
+ * changes; otherwise only when set.
+ */
+Changecast.prototype._maxTxnEvents = function () {
+  var bound = this.options.maxTxnEvents;
+  if (bound === false || bound === 0) return null;
+  if (typeof bound === 'number') return bound;
+  return this._fromSnapshot ? DEFAULT_MAX_TXN_EVENTS : null;
 };
 
 Changecast.prototype._url = function (path, params) {
@@ -611,6 +631,8 @@ WsConnection.prototype.subscribeMessage = function (resume) {
   if (f.topics) message.topics = f.topics;
   if (f.filter) message.filter = f.filter;
   if (f.ids) message.ids = f.ids;
+  var bound = this.cc._maxTxnEvents();
+  if (bound) message.max_txn_events = bound;
   if (resume && this.cc.lastEventId) message.last_event_id = this.cc.lastEventId;
   return message;
 };

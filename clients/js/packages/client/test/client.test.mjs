@@ -178,6 +178,53 @@ test('a resync in snapshot mode reloads the snapshot before streaming on', async
   }
 });
 
+test('snapshot mode asks for max_txn_events and reloads the snapshot on a bulk_change', async () => {
+  const service = await fakeService();
+  try {
+    const cc = open({ baseUrl: service.baseUrl, token: 'tok', types: ['ticket'] });
+    const snapshots = [];
+    cc.on('snapshot', (s) => snapshots.push(s.cursor));
+    const resynced = next('a resync', (resolve) => cc.on('resync', resolve));
+    const firstSnapshot = service.request('/v1/snapshot');
+    const firstStream = service.request('/v1/events');
+    const started = cc.startFromSnapshot();
+    const snapshot = await firstSnapshot;
+    assert.equal(snapshot.url.searchParams.get('max_txn_events'), null, 'a snapshot takes no max_txn_events');
+    service.json(snapshot.response, 200, { cursor: 'before', resources: { ticket: [] }, truncated: false });
+    await started;
+    const stream = await firstStream;
+    assert.equal(stream.url.searchParams.get('max_txn_events'), '1000');
+    const secondSnapshot = service.request('/v1/snapshot');
+    const secondStream = service.request('/v1/events');
+    service.sse(stream.response)(`event: resync\ndata: ${JSON.stringify({ type: 'resync', reason: 'bulk_change', id: 'past-bulk' })}\n\n`);
+    assert.equal((await resynced).reason, 'bulk_change');
+    service.json((await secondSnapshot).response, 200, { cursor: 'after-bulk', resources: { ticket: [{ id: '1' }] }, truncated: false });
+    const again = await secondStream;
+    assert.equal(again.headers['last-event-id'], 'after-bulk', 'streamed on from the reloaded snapshot');
+    assert.equal(again.url.searchParams.get('max_txn_events'), '1000');
+    assert.deepEqual(snapshots, ['before', 'after-bulk']);
+    again.response.end();
+
+    // start() sends it only when set; false turns it off in snapshot mode.
+    const plain = open({ baseUrl: service.baseUrl, token: 'tok' });
+    const plainRequest = service.request('/v1/events');
+    plain.start();
+    const plainStream = await plainRequest;
+    assert.equal(plainStream.url.searchParams.get('max_txn_events'), null);
+    plainStream.response.end();
+    plain.close();
+    const set = open({ baseUrl: service.baseUrl, token: 'tok', maxTxnEvents: 50 });
+    const setRequest = service.request('/v1/events');
+    set.start();
+    const setStream = await setRequest;
+    assert.equal(setStream.url.searchParams.get('max_txn_events'), '50');
+    setStream.response.end();
+    set.close();
+  } finally {
+    await service.close();
+  }
+});
+
 test('an expired token without getToken stops with token_expired; with getToken it is refreshed', async () => {
   const service = await fakeService();
   try {
