@@ -41,7 +41,10 @@ pub use sql::{
 
 use crate::tenant::TenantId;
 use rows::running;
-use sql::{more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, TAIL, TAIL_NEW};
+use sql::{
+    more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_NEW,
+    TAIL_NEW_STANDBY,
+};
 
 /// What [`Journal::read_new`] found.
 pub struct NewRows {
@@ -60,7 +63,18 @@ pub struct NewRows {
 /// The tailer's statements, prepared on its connection (see [`Journal::prepare_tail`]).
 pub struct TailStatements {
     new: Statement,
+    /// `new` as a hot standby can run it (see [`Journal::read_new`]).
+    new_standby: Statement,
     batch: Statement,
+}
+
+/// The primary's WAL insert position and journal identity at one moment (see
+/// [`Journal::primary_mark`]).
+#[derive(Clone, Debug)]
+pub struct PrimaryMark {
+    /// `pg_lsn` text, as PostgreSQL prints it.
+    pub lsn: String,
+    pub journal_id: String,
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -70,6 +84,9 @@ pub struct Journal {
     scope: AtomicU32,
     /// Authenticates the cursors it mints; the same for every instance on the database.
     cursor_key: CursorKey,
+    /// The primary, when the journal is read from a hot standby: the authority on which
+    /// transaction ids exist (see [`Journal::checked_against`]).
+    authority: Option<deadpool_postgres::Pool>,
 }
 
 impl Journal {
@@ -82,6 +99,28 @@ impl Journal {
         Ok(Journal {
             scope: AtomicU32::new(journal_tag(row.get(0))),
             cursor_key: CursorKey::new(key.get(0))?,
+            authority: None,
+        })
+    }
+
+    /// This journal, read from a hot standby of `primary`: a cursor that saw
+    /// transactions the standby has not replayed yet (minted by an instance reading the
+    /// primary, or a standby further ahead) is checked against the primary's present
+    /// rather than the standby's, so a lagging standby never makes it `resync`; its
+    /// changes arrive live once the standby has replayed them.
+    pub fn checked_against(mut self, primary: deadpool_postgres::Pool) -> Self {
+        self.authority = Some(primary);
+        self
+    }
+
+    /// The primary's WAL insert position and journal identity, read on `client` (a
+    /// connection to the primary): what a standby must have replayed before a batch
+    /// read there misses nothing the primary had committed.
+    pub async fn primary_mark(client: &Client) -> DbResult<PrimaryMark> {
+        let row = client.query_one(PRIMARY_MARK_SQL.as_str(), &[]).await?;
+        Ok(PrimaryMark {
+            lsn: row.get(0),
+            journal_id: row.get(1),
         })
     }
 
@@ -91,6 +130,7 @@ impl Journal {
         client.batch_execute(INDEX_PLANNER_SETTINGS).await?;
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
+            new_standby: client.prepare(TAIL_NEW_STANDBY.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
         })
     }
@@ -155,6 +195,10 @@ impl Journal {
     /// The database's present, the journal's pruning as of then, and the first page of
     /// entries committed since `published` (which has no batch in progress) up to that
     /// present, in journal-id order, at most `limit` and `max_bytes`.
+    ///
+    /// `primary`: when `client` is a hot standby, the primary's mark the standby has
+    /// replayed; its journal identity is the one returned (a standby cannot name its
+    /// timeline).
     pub async fn read_new(
         &self,
         client: &Client,
@@ -162,11 +206,16 @@ impl Journal {
         published: &Published,
         (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
+        primary: Option<&PrimaryMark>,
     ) -> DbResult<NewRows> {
         let unseen = &published.prev.0;
+        let statement = match primary {
+            Some(_) => &statements.new_standby,
+            None => &statements.new,
+        };
         let rows = client
             .query(
-                &statements.new,
+                statement,
                 &[
                     &unseen.xmax.to_string(),
                     &running(unseen),
@@ -188,7 +237,10 @@ impl Journal {
                 .parse()
                 .expect("BUG: xid8 is a number"),
         );
-        let journal_id = first.get::<_, String>(2);
+        let journal_id = match primary {
+            Some(mark) => mark.journal_id.clone(),
+            None => first.get::<_, String>(2),
+        };
         let known_since = known_since.unwrap_or_else(Instant::now);
         let scope = self.scope();
         let entries = rows
@@ -219,7 +271,18 @@ impl Journal {
         filter: ReplayFilter<'_>,
         limits: (usize, usize),
     ) -> DbResult<ReplayPage> {
-        replay::read_page(&self.scope(), client, from, upto, after, filter, limits).await
+        let authority = self.authority.as_ref();
+        replay::read_page(
+            &self.scope(),
+            client,
+            authority,
+            from,
+            upto,
+            after,
+            filter,
+            limits,
+        )
+        .await
     }
 
     /// The cursor text of a subscriber of `tenant` that has received everything before

@@ -107,9 +107,11 @@ impl Cursor {
 /// `after` (found first when `None`) whose transaction `from` does not see but
 /// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
 /// at most `max_bytes`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_page(
     scope: &CursorScope,
     client: &mut deadpool_postgres::Client,
+    authority: Option<&deadpool_postgres::Pool>,
     from: &Cursor,
     upto: &Published,
     after: Option<i64>,
@@ -119,7 +121,15 @@ pub(super) async fn read_page(
     let (after, now) = match after {
         Some(id) => (id, None),
         None => {
-            let (start, now) = replay_start(client, from, filter.tenant).await?;
+            let (start, mut now) = replay_start(client, from, filter.tenant).await?;
+            if let Some(primary) = authority.filter(|_| from.seen.xmax > now.0.xmax) {
+                // Read from a standby that has not replayed everything the cursor saw:
+                // the primary says whether those transactions exist. The replay reads
+                // what the standby has (up to the hub's boundary, itself read there);
+                // the rest arrives live as it is replayed, skipped where the cursor saw
+                // it.
+                now = primary_present(primary).await?.unwrap_or(now);
+            }
             (start, Some(now))
         }
     };
@@ -212,6 +222,28 @@ async fn read_replay(
     transaction.commit().await?;
     let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
     Ok((entries(scope, &rows, None), last))
+}
+
+/// The primary's present, on a connection of its pool; `None` when no connection can
+/// be had (the pool's bounded wait): the standby's answer then stands, and the cursor
+/// resyncs as §4 says of one that cannot be honoured, rather than waiting without bound
+/// for a primary that is gone (a failover moves cursors to a new timeline anyway).
+async fn primary_present(primary: &deadpool_postgres::Pool) -> DbResult<Option<Position>> {
+    let client = match primary.get().await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(?error, "cannot reach the primary to check a cursor");
+            return Ok(None);
+        }
+    };
+    let row = client
+        .query_one("select pg_current_snapshot()::text", &[])
+        .await?;
+    Ok(Some(Position(
+        row.get::<_, &str>(0)
+            .parse()
+            .expect("BUG: PostgreSQL printed an invalid pg_snapshot"),
+    )))
 }
 
 /// How far the journal has been pruned (nothing yet: 0).

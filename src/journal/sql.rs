@@ -171,6 +171,29 @@ pub(super) static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
             .replace("{JOURNAL_IDENTITY}", JOURNAL_IDENTITY),
     )
 });
+/// [`TAIL_NEW`] for a hot standby, where the WAL position functions of
+/// [`JOURNAL_IDENTITY`] are refused during recovery: it returns the journal id alone, and
+/// the tailer takes the identity (with the timeline) from the primary, in the same
+/// statement as the WAL position it waits for the standby to replay ([`PRIMARY_MARK_SQL`]).
+pub(super) static TAIL_NEW_STANDBY: LazyLock<String> = LazyLock::new(|| {
+    with_columns(
+        &TAIL_NEW_SQL
+            .replace("{PAGE}", &byte_bounded(TAIL_NEW_PAGE_SQL, "$4"))
+            .replace(
+                "{JOURNAL_IDENTITY}",
+                "(select journal_id::text from changecast.journal_meta)",
+            ),
+    )
+});
+
+/// On the primary: how far it has written WAL (the insert position, not the write
+/// position: with asynchronous commit a commit's record may be inserted, and its
+/// notification sent, before it is written out), and the journal's identity there. A
+/// standby that has replayed up to that position sees every transaction the primary
+/// had committed before, and is on the primary's timeline.
+pub(super) static PRIMARY_MARK_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("select pg_current_wal_insert_lsn()::text, {JOURNAL_IDENTITY}"));
+
 pub(super) static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
 
 /// The statements that run for every batch or replay page, by name, as sent: for plan
