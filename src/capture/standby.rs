@@ -3,7 +3,7 @@
 //! Wake-ups still come from the primary (NOTIFY does not reach a standby), and a
 //! notification may arrive before the standby has replayed the commit it announces: a
 //! batch read there at once would miss it, and nothing would wake the tailer for it
-//! again. So before every batch the tailer reads the primary's WAL insert position (one
+//! again. So before every batch the tailer reads the primary's WAL flush position (one
 //! trivial statement on its LISTEN connection) and waits until the standby has replayed
 //! at least that far ([`Standby::caught_up`]). Every transaction the primary had
 //! committed by then is visible in the standby's snapshots: a standby replays commit

@@ -84,7 +84,7 @@ async fn compare(primary: &Client, read: &Client) -> anyhow::Result<()> {
         ),
         _ => {}
     }
-    let position = one(primary, "select pg_current_wal_insert_lsn()::text").await?;
+    let position = one(primary, "select pg_current_wal_flush_lsn()::text").await?;
     let in_recovery = one(read, "select pg_is_in_recovery()::text").await? == "true";
     if in_recovery {
         wait_for_replay(read, &position).await?;

@@ -68,7 +68,7 @@ pub struct TailStatements {
     batch: Statement,
 }
 
-/// The primary's WAL insert position and journal identity at one moment (see
+/// The primary's WAL flush position and journal identity at one moment (see
 /// [`Journal::primary_mark`]).
 #[derive(Clone, Debug)]
 pub struct PrimaryMark {
@@ -113,7 +113,7 @@ impl Journal {
         self
     }
 
-    /// The primary's WAL insert position and journal identity, read on `client` (a
+    /// The primary's WAL flush position and journal identity, read on `client` (a
     /// connection to the primary): what a standby must have replayed before a batch
     /// read there misses nothing the primary had committed.
     pub async fn primary_mark(client: &Client) -> DbResult<PrimaryMark> {

@@ -186,13 +186,17 @@ pub(super) static TAIL_NEW_STANDBY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// On the primary: how far it has written WAL (the insert position, not the write
-/// position: with asynchronous commit a commit's record may be inserted, and its
-/// notification sent, before it is written out), and the journal's identity there. A
-/// standby that has replayed up to that position sees every transaction the primary
-/// had committed before, and is on the primary's timeline.
+/// On the primary: how far it has flushed WAL, and the journal's identity there. A
+/// standby that has replayed up to that position sees every transaction the primary had
+/// committed durably before, and is on the primary's timeline. A synchronous commit
+/// (the default) is flushed before its notification is sent, so a wake-up's commit is
+/// always within it. (The insert position is no target: WAL inserted but not flushed —
+/// a page's pruning record, say — may stay unsent for as long as the primary is idle.
+/// An asynchronous commit, `synchronous_commit = off`, may be announced before it is
+/// flushed; a batch may then miss it, and the next one, at the latest the tailer's
+/// safety-net poll, reads it.)
 pub(super) static PRIMARY_MARK_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("select pg_current_wal_insert_lsn()::text, {JOURNAL_IDENTITY}"));
+    LazyLock::new(|| format!("select pg_current_wal_flush_lsn()::text, {JOURNAL_IDENTITY}"));
 
 pub(super) static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
 

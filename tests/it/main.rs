@@ -27,5 +27,6 @@ mod resume;
 mod security;
 mod security_sql;
 mod sse;
+mod standby;
 mod wakeups;
 mod ws;
