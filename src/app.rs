@@ -125,12 +125,10 @@ impl App {
                 crate::resources::resource_types(&**client).await?,
             )
         };
-        // Where the tailer's first batch starts: the present of the database it reads.
+        // Where the tailer's first batch starts: the primary's present (positions are
+        // the primary's snapshots, also when batches are read on a standby).
         let start = {
-            let client = read_pool.get().await.with_context(|| match &read {
-                Some(_) => "connecting to the standby (CHANGECAST_READ_DATABASE_URL)",
-                None => "connecting to PostgreSQL",
-            })?;
+            let client = pool.get().await.context("connecting to PostgreSQL")?;
             Journal::current_position(&client).await?
         };
         // Live delivery starts now; anything older is for cursors to replay.

@@ -3,12 +3,15 @@
 //! Wake-ups still come from the primary (NOTIFY does not reach a standby), and a
 //! notification may arrive before the standby has replayed the commit it announces: a
 //! batch read there at once would miss it, and nothing would wake the tailer for it
-//! again. So before every batch the tailer reads the primary's WAL flush position (one
-//! trivial statement on its LISTEN connection) and waits until the standby has replayed
-//! at least that far ([`Standby::caught_up`]). Every transaction the primary had
-//! committed by then is visible in the standby's snapshots: a standby replays commit
-//! records in WAL order, and its snapshots see exactly the transactions whose commits it
-//! has replayed — the same `pg_snapshot` semantics the journal's continuity rests on.
+//! again. So before every batch the tailer takes the primary's snapshot and WAL insert
+//! position (one trivial statement on its LISTEN connection) and waits until the
+//! standby has replayed at least that far ([`Standby::caught_up`]): every transaction
+//! that snapshot sees has its commit replayed there, and the batch reads their rows on
+//! the standby by the primary's snapshot. Positions (and so cursors) stay the primary's
+//! snapshots: a standby's own `pg_current_snapshot()` lists no running transaction.
+//! WAL inserted but not yet flushed (say, a pruning record after the last commit) is not
+//! sent while the primary is idle: when the standby has replayed everything flushed and
+//! still waits, one empty transaction with a synchronous commit flushes it.
 //!
 //! The wait has no end of its own (the batch has nothing else to read); past
 //! `CHANGECAST_READ_MAX_LAG` the instance reports itself not ready until the standby
@@ -37,7 +40,19 @@ const REPLAYED: &str = "select pg_is_in_recovery(),
         case when pg_is_in_recovery()
              then coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()),
                            9223372036854775807)::bigint
+             else 0::bigint end,
+        case when pg_is_in_recovery()
+             then coalesce(pg_wal_lsn_diff($2::text::pg_lsn, pg_last_wal_replay_lsn()),
+                           9223372036854775807)::bigint
              else 0::bigint end";
+
+/// How long the standby may sit at the primary's flush position before the tailer
+/// flushes the rest.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// A transaction that writes a commit record and flushes WAL up to it (whatever the
+/// server's `synchronous_commit`); it takes a transaction id and writes nothing else.
+const FLUSH: &str = "begin; set local synchronous_commit = on; \
+     select pg_current_xact_id(); commit";
 
 /// The tailer's connection to the standby, where it reads the journal.
 pub struct Standby {
@@ -93,12 +108,24 @@ impl Standby {
         let began = Instant::now();
         let mut pause = FIRST_PAUSE;
         let mut reported = false;
+        let mut flushed = false;
         loop {
-            let row = bounded(self.client.query_one(&self.replayed, &[&mark.lsn])).await?;
-            let (in_recovery, behind): (bool, i64) = (row.get(0), row.get(1));
+            let row = bounded(
+                self.client
+                    .query_one(&self.replayed, &[&mark.lsn, &mark.flushed]),
+            )
+            .await?;
+            let (in_recovery, behind, behind_flushed): (bool, i64, i64) =
+                (row.get(0), row.get(1), row.get(2));
             limits.metrics.standby_lag_bytes.set(behind.max(0));
             if !in_recovery {
                 return Ok(None);
+            }
+            if behind > 0 && behind_flushed <= 0 && !flushed && began.elapsed() >= FLUSH_AFTER {
+                // Everything flushed is replayed; the rest may never be sent unless
+                // something flushes it.
+                flushed = true;
+                bounded(primary.batch_execute(FLUSH)).await?;
             }
             if behind <= 0 {
                 limits

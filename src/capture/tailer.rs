@@ -150,9 +150,13 @@ impl Tailer {
             // so the batch holds every commit a wake-up (or a poll) stands for.
             let mark = match standby {
                 Some(standby) => {
-                    standby
+                    let mark = standby
                         .caught_up(client, &connection.lost, &waiting, shutdown)
-                        .await?
+                        .await?;
+                    if let Some(mark) = &mark {
+                        self.publisher.journal.standby_reached(&mark.lsn);
+                    }
+                    mark
                 }
                 None => None,
             };

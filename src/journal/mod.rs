@@ -41,10 +41,7 @@ pub use sql::{
 
 use crate::tenant::TenantId;
 use rows::running;
-use sql::{
-    more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_NEW,
-    TAIL_NEW_STANDBY,
-};
+use sql::{more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_NEW};
 
 /// What [`Journal::read_new`] found.
 pub struct NewRows {
@@ -63,18 +60,22 @@ pub struct NewRows {
 /// The tailer's statements, prepared on its connection (see [`Journal::prepare_tail`]).
 pub struct TailStatements {
     new: Statement,
-    /// `new` as a hot standby can run it (see [`Journal::read_new`]).
-    new_standby: Statement,
     batch: Statement,
 }
 
-/// The primary's WAL flush position and journal identity at one moment (see
-/// [`Journal::primary_mark`]).
+/// The primary at one moment, for a batch read on a hot standby (see
+/// [`Journal::primary_mark`]): the position the batch reads up to, and the WAL the
+/// standby must have replayed first.
 #[derive(Clone, Debug)]
 pub struct PrimaryMark {
-    /// `pg_lsn` text, as PostgreSQL prints it.
+    /// The WAL insert position after the snapshot was taken (`pg_lsn` text): the standby
+    /// has every transaction `position` sees once it has replayed this far.
     pub lsn: String,
+    /// The flush position then: WAL up to it is on its way to the standby.
+    pub flushed: String,
     pub journal_id: String,
+    position: Position,
+    pruned_below: PrunedBelow,
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -87,6 +88,9 @@ pub struct Journal {
     /// The primary, when the journal is read from a hot standby: the authority on which
     /// transaction ids exist (see [`Journal::checked_against`]).
     authority: Option<deadpool_postgres::Pool>,
+    /// With a standby: the newest primary WAL position the tailer waited for it to
+    /// replay before a batch (`pg_lsn` text); replays wait for theirs to get there.
+    standby_reached: std::sync::Mutex<Option<String>>,
 }
 
 impl Journal {
@@ -100,6 +104,7 @@ impl Journal {
             scope: AtomicU32::new(journal_tag(row.get(0))),
             cursor_key: CursorKey::new(key.get(0))?,
             authority: None,
+            standby_reached: std::sync::Mutex::new(None),
         })
     }
 
@@ -113,14 +118,31 @@ impl Journal {
         self
     }
 
+    /// The tailer's standby has replayed the primary's WAL up to `lsn`: boundaries
+    /// published from now on may count on it (replays read elsewhere wait for it).
+    pub fn standby_reached(&self, lsn: &str) {
+        *crate::sync::lock(&self.standby_reached) = Some(lsn.to_owned());
+    }
+
     /// The primary's WAL flush position and journal identity, read on `client` (a
     /// connection to the primary): what a standby must have replayed before a batch
     /// read there misses nothing the primary had committed.
     pub async fn primary_mark(client: &Client) -> DbResult<PrimaryMark> {
         let row = client.query_one(PRIMARY_MARK_SQL.as_str(), &[]).await?;
         Ok(PrimaryMark {
-            lsn: row.get(0),
+            flushed: row.get(0),
             journal_id: row.get(1),
+            position: Position(
+                row.get::<_, &str>(2)
+                    .parse()
+                    .expect("BUG: PostgreSQL printed an invalid pg_snapshot"),
+            ),
+            pruned_below: PrunedBelow(
+                row.get::<_, &str>(3)
+                    .parse()
+                    .expect("BUG: xid8 is a number"),
+            ),
+            lsn: row.get(4),
         })
     }
 
@@ -130,7 +152,6 @@ impl Journal {
         client.batch_execute(INDEX_PLANNER_SETTINGS).await?;
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
-            new_standby: client.prepare(TAIL_NEW_STANDBY.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
         })
     }
@@ -208,14 +229,22 @@ impl Journal {
         known_since: Option<Instant>,
         primary: Option<&PrimaryMark>,
     ) -> DbResult<NewRows> {
+        if let Some(mark) = primary {
+            return self
+                .read_new_on_standby(
+                    client,
+                    statements,
+                    published,
+                    mark,
+                    (limit, max_bytes),
+                    known_since,
+                )
+                .await;
+        }
         let unseen = &published.prev.0;
-        let statement = match primary {
-            Some(_) => &statements.new_standby,
-            None => &statements.new,
-        };
         let rows = client
             .query(
-                statement,
+                &statements.new,
                 &[
                     &unseen.xmax.to_string(),
                     &running(unseen),
@@ -237,10 +266,7 @@ impl Journal {
                 .parse()
                 .expect("BUG: xid8 is a number"),
         );
-        let journal_id = match primary {
-            Some(mark) => mark.journal_id.clone(),
-            None => first.get::<_, String>(2),
-        };
+        let journal_id = first.get::<_, String>(2);
         let known_since = known_since.unwrap_or_else(Instant::now);
         let scope = self.scope();
         let entries = rows
@@ -253,6 +279,41 @@ impl Journal {
             position,
             pruned_below,
             journal_id,
+            entries,
+            more,
+        })
+    }
+
+    /// [`Journal::read_new`] on a hot standby that has replayed `mark`: the rows the
+    /// primary's snapshot in `mark` sees and `published` does not, read there by that
+    /// snapshot (the batch statement, as one whole batch from `published` to it).
+    async fn read_new_on_standby(
+        &self,
+        client: &Client,
+        statements: &TailStatements,
+        published: &Published,
+        mark: &PrimaryMark,
+        limits: (usize, usize),
+        known_since: Option<Instant>,
+    ) -> DbResult<NewRows> {
+        let batch = Published {
+            prev: published.prev.clone(),
+            next: mark.position.clone(),
+            through_id: 0,
+        };
+        let (entries, more) = self
+            .read_batch(
+                client,
+                statements,
+                &batch,
+                limits,
+                Some(known_since.unwrap_or_else(Instant::now)),
+            )
+            .await?;
+        Ok(NewRows {
+            position: mark.position.clone(),
+            pruned_below: mark.pruned_below,
+            journal_id: mark.journal_id.clone(),
             entries,
             more,
         })
@@ -272,10 +333,12 @@ impl Journal {
         limits: (usize, usize),
     ) -> DbResult<ReplayPage> {
         let authority = self.authority.as_ref();
+        let reached = crate::sync::lock(&self.standby_reached).clone();
         replay::read_page(
             &self.scope(),
             client,
             authority,
+            reached,
             from,
             upto,
             after,

@@ -112,6 +112,7 @@ pub(super) async fn read_page(
     scope: &CursorScope,
     client: &mut deadpool_postgres::Client,
     authority: Option<&deadpool_postgres::Pool>,
+    reached: Option<String>,
     from: &Cursor,
     upto: &Published,
     after: Option<i64>,
@@ -133,6 +134,9 @@ pub(super) async fn read_page(
             (start, Some(now))
         }
     };
+    if let Some(lsn) = reached {
+        standby_replayed(client, &lsn).await?;
+    }
     let (entries, last) =
         read_replay(scope, client, from, upto, after, filter, limit, max_bytes).await?;
     let pruned_below = pruned_below(client).await?;
@@ -222,6 +226,43 @@ async fn read_replay(
     transaction.commit().await?;
     let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
     Ok((entries(scope, &rows, None), last))
+}
+
+/// Longest a replay page waits for its standby to replay what the hub has published.
+const STANDBY_REPLAYED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the standby behind `client` has replayed WAL up to `lsn` (the newest
+/// position the tailer waited for, so past every boundary the hub has published): the
+/// page read next on it then holds every row that boundary covers. The tailer's
+/// standby has; this connection may reach another standby of a multi-host URL, or one
+/// restarted (a standby that starts again accepts connections once consistent, which
+/// may be behind what it had replayed). Past the bound the page is read anyway, and a
+/// warning says so.
+async fn standby_replayed(client: &tokio_postgres::Client, lsn: &str) -> DbResult<()> {
+    let began = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let row = client
+            .query_one(
+                "select case when pg_is_in_recovery()
+                             then coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)
+                             else true end",
+                &[&lsn],
+            )
+            .await?;
+        if row.get(0) {
+            return Ok(());
+        }
+        if began.elapsed() > STANDBY_REPLAYED_WITHIN {
+            tracing::warn!(
+                "a replay's standby has not replayed what the hub published within {:?}",
+                STANDBY_REPLAYED_WITHIN
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The primary's present, on a connection of its pool; `None` when no connection can

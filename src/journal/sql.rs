@@ -171,32 +171,25 @@ pub(super) static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
             .replace("{JOURNAL_IDENTITY}", JOURNAL_IDENTITY),
     )
 });
-/// [`TAIL_NEW`] for a hot standby, where the WAL position functions of
-/// [`JOURNAL_IDENTITY`] are refused during recovery: it returns the journal id alone, and
-/// the tailer takes the identity (with the timeline) from the primary, in the same
-/// statement as the WAL position it waits for the standby to replay ([`PRIMARY_MARK_SQL`]).
-pub(super) static TAIL_NEW_STANDBY: LazyLock<String> = LazyLock::new(|| {
-    with_columns(
-        &TAIL_NEW_SQL
-            .replace("{PAGE}", &byte_bounded(TAIL_NEW_PAGE_SQL, "$4"))
-            .replace(
-                "{JOURNAL_IDENTITY}",
-                "(select journal_id::text from changecast.journal_meta)",
-            ),
+/// On the primary, for a batch read on a hot standby: the position the batch reads up
+/// to (the primary's snapshot), how far the primary has flushed WAL (taken after the
+/// snapshot), the journal's identity and its pruning. The position is the primary's,
+/// not the standby's: a standby's `pg_current_snapshot()` lists no running transaction
+/// (in recovery PostgreSQL keeps them apart from the `xip` it prints), so it would count
+/// transactions still running as seen. A standby that has replayed up to the flush
+/// position has every transaction the snapshot sees (a synchronous commit is flushed
+/// before it becomes visible), and the batch reads its rows there by that snapshot.
+/// The insert position (also taken after the snapshot) covers asynchronous commits
+/// (`synchronous_commit = off`) too, which become visible before they are flushed; WAL
+/// inserted but not flushed may stay unsent while the primary is idle, which
+/// `capture::standby` deals with.
+pub(super) static PRIMARY_MARK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select pg_current_wal_flush_lsn()::text, {JOURNAL_IDENTITY}, pg_current_snapshot()::text,
+                (select pruned_below::text from changecast.journal_meta),
+                pg_current_wal_insert_lsn()::text"
     )
 });
-
-/// On the primary: how far it has flushed WAL, and the journal's identity there. A
-/// standby that has replayed up to that position sees every transaction the primary had
-/// committed durably before, and is on the primary's timeline. A synchronous commit
-/// (the default) is flushed before its notification is sent, so a wake-up's commit is
-/// always within it. (The insert position is no target: WAL inserted but not flushed —
-/// a page's pruning record, say — may stay unsent for as long as the primary is idle.
-/// An asynchronous commit, `synchronous_commit = off`, may be announced before it is
-/// flushed; a batch may then miss it, and the next one, at the latest the tailer's
-/// safety-net poll, reads it.)
-pub(super) static PRIMARY_MARK_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("select pg_current_wal_flush_lsn()::text, {JOURNAL_IDENTITY}"));
 
 pub(super) static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
 

@@ -90,6 +90,22 @@ async fn a_paused_standby_holds_delivery_back_and_loses_nothing() {
     app.wait_ready().await;
     writing.until_more(100).await;
     let (written, _) = writing.finish().await;
+    for series in [
+        "changecast_replays_total",
+        "changecast_xid_rewinds_total",
+        "changecast_subscribers_lagged_total",
+        "changecast_db_reconnects_total",
+        "changecast_events_received_total",
+    ] {
+        eprintln!("{series} {:?}", app.metric(series).await);
+    }
+    for follower in &followers {
+        let missing: Vec<_> = written["acme"]
+            .difference(&follower.ids())
+            .cloned()
+            .collect();
+        eprintln!("{:?} misses {missing:?}", follower.interest.via);
+    }
 
     let (n_written, n_received) = assert_all_followers_got(&followers, &written["acme"]).await;
     eprintln!("standby paused: {n_written} changes of acme written, {n_received} received");
@@ -266,4 +282,88 @@ async fn a_promoted_standby_takes_over_and_nothing_is_lost() {
         }
     }
     app.stop().await;
+}
+
+/// Measurement (run with `--ignored`): delivery latency of an instance reading the
+/// standby against one reading the primary, in the same run, over the same commits —
+/// from a writer's commit returning to the change arriving at an SSE subscriber of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+async fn latency_reading_the_standby_against_the_primary() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let on_primary = start_on(db_url.clone(), |_| {}).await;
+    let on_standby = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let n: usize = std::env::var("CHANGECAST_STANDBY_BENCH_CHANGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let rate: u64 = 200;
+    let mut arrivals = Vec::new();
+    for app in [&on_primary, &on_standby] {
+        let mut stream = app.sse(&t, "").await;
+        arrivals.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            while seen.len() < n {
+                let Some(event) = stream.next_within(WAIT).await else {
+                    break;
+                };
+                if event.event == "resource_change" {
+                    let id = event.data["resource_id"].as_str().unwrap().to_owned();
+                    seen.entry(id).or_insert_with(tokio::time::Instant::now);
+                }
+            }
+            seen
+        }));
+    }
+    let writer = on_primary.connect_db().await;
+    let mut committed = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for _ in 0..n {
+        tick.tick().await;
+        let id: String = writer
+            .query_one(
+                "insert into tickets (tenant_id, title) values ('acme', 'lat') returning id::text",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        committed.insert(id, tokio::time::Instant::now());
+    }
+    for (label, arrived) in ["primary", "standby"].into_iter().zip(arrivals) {
+        let arrived = arrived.await.unwrap();
+        let mut latencies: Vec<Duration> = committed
+            .iter()
+            .map(|(id, at)| {
+                let got = arrived
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{label}: {id} lost"));
+                got.saturating_duration_since(*at)
+            })
+            .collect();
+        latencies.sort();
+        let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "reading the {label}: {n} changes at {rate}/s, commit-to-SSE latency p50 {:?} \
+             p90 {:?} p99 {:?} max {:?}",
+            pick(0.5),
+            pick(0.9),
+            pick(0.99),
+            latencies.last().unwrap()
+        );
+    }
+    eprintln!(
+        "standby waits: {:?} batches, {:?} s in all",
+        on_standby
+            .metric("changecast_standby_wait_seconds_count")
+            .await,
+        on_standby
+            .metric("changecast_standby_wait_seconds_sum")
+            .await
+    );
+    on_primary.stop().await;
+    on_standby.stop().await;
 }
