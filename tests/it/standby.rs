@@ -367,3 +367,28 @@ async fn latency_reading_the_standby_against_the_primary() {
     on_primary.stop().await;
     on_standby.stop().await;
 }
+
+/// A read URL that reaches another cluster is refused at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_url_of_another_cluster_is_refused_at_start() {
+    let cluster = OwnCluster::start().await;
+    let db_url = cluster.create_database("elsewhere_check").await;
+    let elsewhere = server().fresh_database().await;
+    let mut config = changecast::ServeConfig::new(&db_url);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.read_database_url = Some(Secret::new(elsewhere));
+    let error = changecast::App::build(
+        config,
+        &Secret::new(SECRET),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("another cluster is refused");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("CHANGECAST_READ_DATABASE_URL")
+            && message.contains("another PostgreSQL cluster"),
+        "{message}"
+    );
+}
