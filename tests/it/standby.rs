@@ -231,7 +231,8 @@ async fn a_cursor_ahead_of_the_standby_is_waited_for_not_resynced() {
 /// given both hosts for its primary connections (`target_session_attrs=read-write`)
 /// and the standby to read, follows: everything committed before the failover arrived
 /// before it, subscribers learn of the new timeline with a `resync` (`cursor_invalid`,
-/// as for any timeline change), and everything committed on the new primary arrives.
+/// as for any timeline change: they refetch their state there), and everything
+/// committed on the new primary after that arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_standby_takes_over_and_nothing_is_lost() {
     let Some((mut cluster, standby, db_url)) = primary_and_standby().await else {
@@ -267,6 +268,14 @@ async fn a_promoted_standby_takes_over_and_nothing_is_lost() {
         .unwrap()
         .get(0);
     assert!(promoted);
+    // The new timeline reaches every subscriber as a resync (the client refetches its
+    // state there); every change committed from then on must arrive.
+    for follower in &followers {
+        eventually("a resync for the new timeline", || async {
+            !follower.received.lock().unwrap().resyncs.is_empty()
+        })
+        .await;
+    }
     let writing = spawn_writers(&both, &[("acme", 1), ("acme", 3)]);
     writing.until_more(100).await;
     let (after, _) = writing.finish().await;
