@@ -100,13 +100,40 @@ impl App {
         db::migrate(&session_url).await?;
         let pool =
             db::connect_pool(database_url, config.pool_size, config.statement_timeout).await?;
-        let (journal, start, resource_types) = {
+        // Journal reads (live batches, replays, snapshots) go to the standby when one is
+        // named; everything else stays on the primary.
+        let read = match &config.read_database_url {
+            Some(url) => {
+                let url = url.expose();
+                let read = db::standby::read_config(url, "changecast:standby-reader")?;
+                db::standby::check_read_database(&listen, &read).await?;
+                let read_pool =
+                    db::standby::read_pool(url, config.pool_size, config.statement_timeout)?;
+                Some((read, read_pool))
+            }
+            None => None,
+        };
+        let read_pool = read
+            .as_ref()
+            .map_or(&pool, |(_, read_pool)| read_pool)
+            .clone();
+        let (journal, resource_types) = {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
+            let journal = Journal::open(&client).await?;
+            let journal = match &read {
+                Some(_) => journal.checked_against(pool.clone()),
+                None => journal,
+            };
             (
-                Arc::new(Journal::open(&client).await?),
-                Journal::current_position(&client).await?,
+                Arc::new(journal),
                 crate::resources::resource_types(&**client).await?,
             )
+        };
+        // Where the tailer's first batch starts: the primary's present (positions are
+        // the primary's snapshots, also when batches are read on a standby).
+        let start = {
+            let client = pool.get().await.context("connecting to PostgreSQL")?;
+            Journal::current_position(&client).await?
         };
         // Live delivery starts now; anything older is for cursors to replay.
         let metrics = Arc::new(Metrics::new());
@@ -135,6 +162,8 @@ impl App {
         };
         let tailer = Arc::new(Tailer {
             pg: listen,
+            read: read.map(|(read, _)| read),
+            read_max_lag: config.read_max_lag,
             publisher: Publisher {
                 journal: journal.clone(),
                 hub: hub.clone(),
@@ -157,10 +186,11 @@ impl App {
             metrics.replay_waits.clone(),
         );
         let tracker = TaskTracker::new();
+        // Replays and snapshots read where live batches do.
         let subscriptions = Arc::new(Subscriptions::new(
             hub.clone(),
             journal.clone(),
-            pool.clone(),
+            read_pool,
             metrics.clone(),
             replay_gate,
             Limits {

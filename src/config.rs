@@ -67,6 +67,27 @@ pub struct ServeConfig {
     #[arg(long, env = "CHANGECAST_LISTEN_DATABASE_URL", hide_env_values = true)]
     pub listen_database_url: Option<Secret>,
 
+    /// PostgreSQL connection string of a hot standby (streaming replica) of
+    /// DATABASE_URL to read the journal from: live batches, replays and snapshots, so
+    /// that instances added for subscribers load the standby, not the primary. LISTEN,
+    /// the doorbell, migrations and pruning stay on DATABASE_URL. A multi-host URL
+    /// (`postgres://u@standby1,standby2/db`, or `host=a,b` with `target_session_attrs`:
+    /// `read-only` for standbys only, `any` to fall back to the primary) tries its hosts
+    /// in order (`load_balance_hosts=random` spreads instances over them). At start the
+    /// service checks that it reaches the same database cluster (system identifier) and
+    /// database; before each batch it waits until the standby has replayed what the
+    /// primary had written when the batch began, so nothing announced is missed. Unset:
+    /// everything reads DATABASE_URL.
+    #[arg(long, env = "CHANGECAST_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<Secret>,
+
+    /// With CHANGECAST_READ_DATABASE_URL: how long a batch may wait for the standby to
+    /// replay what the primary had written before `/readyz` answers 503 (the standby
+    /// lags; the batch keeps waiting, and nothing is lost). See also the
+    /// `changecast_standby_lag_bytes` series.
+    #[arg(long, env = "CHANGECAST_READ_MAX_LAG", default_value = "10s", value_parser = parse_positive_duration)]
+    pub read_max_lag: Duration,
+
     /// Data folder of the embedded PostgreSQL (used only without DATABASE_URL); created
     /// and initialised on first run, kept between runs. The server binaries are found via
     /// CHANGECAST_PG_BINDIR, `pg_config --bindir`, PATH or /usr/lib/postgresql/*/bin.

@@ -52,6 +52,12 @@ pub struct Metrics {
     /// Times draining ended because writers kept queueing on the NOTIFY lock without our
     /// wake-ups (their own NOTIFYs hold it), so skipping ours only delayed delivery.
     pub drains_without_effect: IntCounter,
+    /// With a read standby: bytes of WAL it had yet to replay to reach the primary's
+    /// position at the tailer's last look (0 when caught up).
+    pub standby_lag_bytes: IntGauge,
+    /// With a read standby: how long each batch waited for it to replay what the
+    /// primary had written when the batch began.
+    pub standby_waits: Histogram,
 }
 
 impl Metrics {
@@ -167,9 +173,25 @@ impl Metrics {
                 "Times draining was given up because writers kept queueing on the NOTIFY lock without changecast's wake-ups (other NOTIFYs in their transactions)",
             )
             .expect("BUG: metric definition"),
+            standby_lag_bytes: IntGauge::new(
+                "changecast_standby_lag_bytes",
+                "With CHANGECAST_READ_DATABASE_URL: bytes of WAL the standby had yet to replay to reach the primary's position when the tailer last looked",
+            )
+            .expect("BUG: metric definition"),
+            standby_waits: Histogram::with_opts(
+                HistogramOpts::new(
+                    "changecast_standby_wait_seconds",
+                    "With CHANGECAST_READ_DATABASE_URL: time a batch waited for the standby to replay what the primary had written when it began",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 10.0,
+                ]),
+            )
+            .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -189,6 +211,8 @@ impl Metrics {
             Box::new(metrics.embedded_restarts.clone()),
             Box::new(metrics.draining.clone()),
             Box::new(metrics.drains_without_effect.clone()),
+            Box::new(metrics.standby_lag_bytes.clone()),
+            Box::new(metrics.standby_waits.clone()),
         ];
         for collector in collectors {
             metrics

@@ -168,12 +168,25 @@ pub async fn begin_snapshot<'a>(
         .await?;
     // The first query fixes the transaction's snapshot; every read below uses it.
     let row = tx
-        .query_one("select pg_current_snapshot()::text", &[])
+        .query_one(
+            "select pg_current_snapshot()::text, pg_is_in_recovery()",
+            &[],
+        )
         .await?;
-    let seen: PgSnapshot = row
+    let mut seen: PgSnapshot = row
         .get::<_, &str>(0)
         .parse()
         .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
+    if row.get::<_, bool>(1) {
+        // On a hot standby `pg_current_snapshot()` lists no running transaction, so
+        // only what is below its `xmin` is known to be seen: the cursor claims no more
+        // (a stream from it may repeat rows the snapshot has, never skip one).
+        seen = PgSnapshot {
+            xmin: seen.xmin,
+            xmax: seen.xmin,
+            xip: Vec::new(),
+        };
+    }
     let mut tables: Vec<WatchedTable> = watched_tables(&tx)
         .await?
         .into_iter()

@@ -11,6 +11,8 @@
 //!   continuous (ids going backwards, the journal's identity, pruning).
 //! - `pace`: when to drain, when to wait, how soon to poll (pure, tested on a clock).
 //! - [`doorbell`]: whether writers NOTIFY at all, and the queue on the NOTIFY lock.
+//! - [`standby`]: reading the journal from a hot standby, once it has replayed what the
+//!   primary had written when the batch began.
 //!
 //! Another source (logical decoding, a hot standby's journal) is another file here
 //! that feeds a [`publish::Publisher`]; the hub and everything after it stay as they are.
@@ -20,6 +22,7 @@ pub mod doorbell;
 pub mod listener;
 mod pace;
 pub mod publish;
+pub mod standby;
 pub mod tailer;
 
 pub use publish::Publisher;

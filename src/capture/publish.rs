@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{bounded, Lost};
 use crate::hub::Hub;
-use crate::journal::{Entry, Journal, NewRows, Published, TailStatements};
+use crate::journal::{Entry, Journal, NewRows, PrimaryMark, Published, TailStatements};
 use crate::metrics::Metrics;
 use crate::stats::Activity;
 
@@ -48,12 +48,14 @@ pub(super) enum Batch {
 impl Publisher {
     /// Publishes one batch, page by page: the one a lost connection interrupted, or else
     /// every change committed up to a fresh snapshot (taken by the first page's read).
+    /// `primary`: when `client` is a hot standby, the primary's mark it has replayed.
     pub(super) async fn publish_batch(
         &self,
         client: &Client,
         statements: &TailStatements,
         shutdown: &CancellationToken,
         woke_at: Option<Instant>,
+        primary: Option<&PrimaryMark>,
     ) -> Result<Batch, Lost> {
         let mut published = self.hub.published();
         let mut rows = 0;
@@ -71,6 +73,7 @@ impl Publisher {
                 &published,
                 PAGE_LIMITS,
                 woke_at,
+                primary,
             ))
             .await?;
             if next.is_behind(published.settled()) {

@@ -19,6 +19,7 @@ use super::doorbell::{self, Doorbell, QueueProbe};
 use super::listener::{self, ListenConnection};
 use super::pace::{Pace, Step, HOLD_OFF_AFTER_NO_EFFECT};
 use super::publish::{Batch, Publisher};
+use super::standby::{self, Standby};
 use crate::backoff::Backoff;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -28,6 +29,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct Tailer {
     pub pg: tokio_postgres::Config,
+    /// A hot standby to read the journal from (`CHANGECAST_READ_DATABASE_URL`); LISTEN,
+    /// the doorbell and the WAL position batches wait for stay on `pg`.
+    pub read: Option<tokio_postgres::Config>,
+    /// How long a batch may wait for the standby before the instance is not ready.
+    pub read_max_lag: Duration,
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
     /// True while connected and caught up: what `/readyz` reports.
@@ -43,7 +49,7 @@ impl Tailer {
                 _ = shutdown.cancelled() => return,
                 attempt = timeout(QUERY_TIMEOUT, self.connect()) => attempt,
             };
-            let (connection, mut doorbell) = match attempt {
+            let (connection, mut doorbell, standby) = match attempt {
                 Ok(Ok(connected)) => connected,
                 failed => {
                     match failed {
@@ -66,8 +72,12 @@ impl Tailer {
             connected_before = true;
             backoff.reset();
             tracing::info!("listener connected; catching up from the journal");
-            match self.follow(&connection, &mut doorbell, &shutdown).await {
+            match self
+                .follow(&connection, &mut doorbell, standby.as_ref(), &shutdown)
+                .await
+            {
                 Ok(()) => return,
+                Err(_) if shutdown.is_cancelled() => return,
                 Err(error) => {
                     self.ready.send_replace(false);
                     tracing::warn!(%error, "listener lost; reconnecting");
@@ -76,11 +86,19 @@ impl Tailer {
         }
     }
 
-    /// The LISTEN connection, and the doorbell's (a connection of its own).
-    async fn connect(&self) -> Result<(ListenConnection, Doorbell), tokio_postgres::Error> {
+    /// The LISTEN connection, the doorbell's (a connection of its own), and the
+    /// standby's when the journal is read there.
+    async fn connect(
+        &self,
+    ) -> Result<(ListenConnection, Doorbell, Option<Standby>), tokio_postgres::Error> {
+        let standby = match &self.read {
+            Some(read) => Some(Standby::connect(read).await?),
+            None => None,
+        };
         Ok((
             listener::connect(&self.pg).await?,
             Doorbell::connect(&self.pg).await?,
+            standby,
         ))
     }
 
@@ -90,9 +108,18 @@ impl Tailer {
         &self,
         connection: &ListenConnection,
         doorbell: &mut Doorbell,
+        standby: Option<&Standby>,
         shutdown: &CancellationToken,
     ) -> Result<(), Lost> {
         let client = &connection.client;
+        // Where the journal is read: the standby, else the LISTEN connection itself.
+        let reader = standby.map_or(client, |standby| &standby.client);
+        let standby_lost = standby.map_or_else(CancellationToken::new, |s| s.lost.clone());
+        let waiting = standby::Limits {
+            max_lag: self.read_max_lag,
+            metrics: &self.metrics,
+            ready: &self.ready,
+        };
         // Writers ring from now on, but those that skipped it while the previous
         // connection drained may still be committing: the first batch reads what they
         // committed so far, the short polls and the grant the rest.
@@ -100,7 +127,7 @@ impl Tailer {
         self.metrics.draining.set(0);
         // Parsed and planned once per connection, not for every batch: at a batch per
         // commit, planning would be most of what a batch costs PostgreSQL.
-        let statements = bounded(Journal::prepare_tail(client)).await?;
+        let statements = bounded(Journal::prepare_tail(reader)).await?;
         let probe = bounded(QueueProbe::prepare(client)).await?;
         let mut pace = Pace::new(Instant::now());
         // When the notification that woke us arrived: where delivery latency starts.
@@ -113,12 +140,29 @@ impl Tailer {
                 // Dropping the doorbell's connection releases its lock.
                 return Ok(());
             }
-            if connection.lost.is_cancelled() || doorbell_lost.is_cancelled() {
+            if connection.lost.is_cancelled()
+                || doorbell_lost.is_cancelled()
+                || standby_lost.is_cancelled()
+            {
                 return Err(Lost::Closed);
             }
+            // On a standby: once it has replayed what the primary had written by now,
+            // so the batch holds every commit a wake-up (or a poll) stands for.
+            let mark = match standby {
+                Some(standby) => {
+                    let mark = standby
+                        .caught_up(client, &connection.lost, &waiting, shutdown)
+                        .await?;
+                    if let Some(mark) = &mark {
+                        self.publisher.journal.standby_reached(&mark.lsn);
+                    }
+                    mark
+                }
+                None => None,
+            };
             let rows = match self
                 .publisher
-                .publish_batch(client, &statements, shutdown, woke_at.take())
+                .publish_batch(reader, &statements, shutdown, woke_at.take(), mark.as_ref())
                 .await?
             {
                 // Not caught up yet: a batch from before the connection was lost.
@@ -169,6 +213,7 @@ impl Tailer {
                 _ = shutdown.cancelled() => {}
                 _ = connection.lost.cancelled() => return Err(Lost::Closed),
                 _ = doorbell_lost.cancelled() => return Err(Lost::Closed),
+                _ = standby_lost.cancelled() => return Err(Lost::Closed),
                 _ = connection.wake.notified() => woke_at = Some(Instant::now()),
                 // Every writer that did not ring has ended: read what they wrote.
                 granted = doorbell.granted() => granted?,

@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod keeper;
+pub mod standby;
 
 use std::time::Duration;
 

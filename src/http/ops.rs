@@ -14,14 +14,15 @@ pub fn healthz() -> Response {
 }
 
 /// 200 only while the listener is connected and caught up (so not while the tailer is
-/// being restarted after a failure).
+/// being restarted after a failure, nor while the standby the journal is read from lags
+/// more than CHANGECAST_READ_MAX_LAG).
 pub fn readyz(ready: &watch::Receiver<bool>) -> Response {
     if *ready.borrow() {
         warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
     } else {
         let body = warp::reply::json(&serde_json::json!({
             "status": "not_ready",
-            "message": "the database listener is disconnected, catching up, or restarting"
+            "message": "the database listener is disconnected, catching up or restarting, or the standby it reads lags behind the primary"
         }));
         warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
     }

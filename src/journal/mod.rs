@@ -42,7 +42,7 @@ pub use sql::{
 
 use crate::tenant::TenantId;
 use rows::running;
-use sql::{more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, TAIL, TAIL_NEW};
+use sql::{more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_NEW};
 
 /// What [`Journal::read_new`] found.
 pub struct NewRows {
@@ -64,6 +64,21 @@ pub struct TailStatements {
     batch: Statement,
 }
 
+/// The primary at one moment, for a batch read on a hot standby (see
+/// [`Journal::primary_mark`]): the position the batch reads up to, and the WAL the
+/// standby must have replayed first.
+#[derive(Clone, Debug)]
+pub struct PrimaryMark {
+    /// The WAL insert position after the snapshot was taken (`pg_lsn` text): the standby
+    /// has every transaction `position` sees once it has replayed this far.
+    pub lsn: String,
+    /// The flush position then: WAL up to it is on its way to the standby.
+    pub flushed: String,
+    pub journal_id: String,
+    position: Position,
+    pruned_below: PrunedBelow,
+}
+
 /// Reads the journal and mints cursors bound to it.
 pub struct Journal {
     /// The journal's identity ([`CursorScope::tag`]); it changes when the journal starts
@@ -71,6 +86,12 @@ pub struct Journal {
     scope: AtomicU32,
     /// Authenticates the cursors it mints; the same for every instance on the database.
     cursor_key: CursorKey,
+    /// The primary, when the journal is read from a hot standby: the authority on which
+    /// transaction ids exist (see [`Journal::checked_against`]).
+    authority: Option<deadpool_postgres::Pool>,
+    /// With a standby: the newest primary WAL position the tailer waited for it to
+    /// replay before a batch (`pg_lsn` text); replays wait for theirs to get there.
+    standby_reached: std::sync::Mutex<Option<String>>,
 }
 
 impl Journal {
@@ -83,6 +104,46 @@ impl Journal {
         Ok(Journal {
             scope: AtomicU32::new(journal_tag(row.get(0))),
             cursor_key: CursorKey::new(key.get(0))?,
+            authority: None,
+            standby_reached: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// This journal, read from a hot standby of `primary`: a cursor that saw
+    /// transactions the standby has not replayed yet (minted by an instance reading the
+    /// primary, or a standby further ahead) is checked against the primary's present
+    /// rather than the standby's, so a lagging standby never makes it `resync`; its
+    /// changes arrive live once the standby has replayed them.
+    pub fn checked_against(mut self, primary: deadpool_postgres::Pool) -> Self {
+        self.authority = Some(primary);
+        self
+    }
+
+    /// The tailer's standby has replayed the primary's WAL up to `lsn`: boundaries
+    /// published from now on may count on it (replays read elsewhere wait for it).
+    pub fn standby_reached(&self, lsn: &str) {
+        *crate::sync::lock(&self.standby_reached) = Some(lsn.to_owned());
+    }
+
+    /// The primary's WAL flush position and journal identity, read on `client` (a
+    /// connection to the primary): what a standby must have replayed before a batch
+    /// read there misses nothing the primary had committed.
+    pub async fn primary_mark(client: &Client) -> DbResult<PrimaryMark> {
+        let row = client.query_one(PRIMARY_MARK_SQL.as_str(), &[]).await?;
+        Ok(PrimaryMark {
+            flushed: row.get(0),
+            journal_id: row.get(1),
+            position: Position(
+                row.get::<_, &str>(2)
+                    .parse()
+                    .expect("BUG: PostgreSQL printed an invalid pg_snapshot"),
+            ),
+            pruned_below: PrunedBelow(
+                row.get::<_, &str>(3)
+                    .parse()
+                    .expect("BUG: xid8 is a number"),
+            ),
+            lsn: row.get(4),
         })
     }
 
@@ -156,6 +217,10 @@ impl Journal {
     /// The database's present, the journal's pruning as of then, and the first page of
     /// entries committed since `published` (which has no batch in progress) up to that
     /// present, in journal-id order, at most `limit` and `max_bytes`.
+    ///
+    /// `primary`: when `client` is a hot standby, the primary's mark the standby has
+    /// replayed; its journal identity is the one returned (a standby cannot name its
+    /// timeline).
     pub async fn read_new(
         &self,
         client: &Client,
@@ -163,7 +228,20 @@ impl Journal {
         published: &Published,
         (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
+        primary: Option<&PrimaryMark>,
     ) -> DbResult<NewRows> {
+        if let Some(mark) = primary {
+            return self
+                .read_new_on_standby(
+                    client,
+                    statements,
+                    published,
+                    mark,
+                    (limit, max_bytes),
+                    known_since,
+                )
+                .await;
+        }
         let unseen = &published.prev.0;
         let rows = client
             .query(
@@ -207,6 +285,41 @@ impl Journal {
         })
     }
 
+    /// [`Journal::read_new`] on a hot standby that has replayed `mark`: the rows the
+    /// primary's snapshot in `mark` sees and `published` does not, read there by that
+    /// snapshot (the batch statement, as one whole batch from `published` to it).
+    async fn read_new_on_standby(
+        &self,
+        client: &Client,
+        statements: &TailStatements,
+        published: &Published,
+        mark: &PrimaryMark,
+        limits: (usize, usize),
+        known_since: Option<Instant>,
+    ) -> DbResult<NewRows> {
+        let batch = Published {
+            prev: published.prev.clone(),
+            next: mark.position.clone(),
+            through_id: 0,
+        };
+        let (entries, more) = self
+            .read_batch(
+                client,
+                statements,
+                &batch,
+                limits,
+                Some(known_since.unwrap_or_else(Instant::now)),
+            )
+            .await?;
+        Ok(NewRows {
+            position: mark.position.clone(),
+            pruned_below: mark.pruned_below,
+            journal_id: mark.journal_id.clone(),
+            entries,
+            more,
+        })
+    }
+
     /// One page of the replay of `from` up to `upto`: `filter`'s entries after journal id
     /// `after` (found first when `None`) whose transaction `from` does not see but
     /// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
@@ -220,7 +333,20 @@ impl Journal {
         filter: ReplayFilter<'_>,
         limits: (usize, usize),
     ) -> DbResult<ReplayPage> {
-        replay::read_page(&self.scope(), client, from, upto, after, filter, limits).await
+        let authority = self.authority.as_ref();
+        let reached = crate::sync::lock(&self.standby_reached).clone();
+        replay::read_page(
+            &self.scope(),
+            client,
+            authority,
+            reached,
+            from,
+            upto,
+            after,
+            filter,
+            limits,
+        )
+        .await
     }
 
     /// How many rows each transaction of `xids` wrote that a replay with `filter` reads

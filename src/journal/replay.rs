@@ -107,9 +107,12 @@ impl Cursor {
 /// `after` (found first when `None`) whose transaction `from` does not see but
 /// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
 /// at most `max_bytes`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_page(
     scope: &CursorScope,
     client: &mut deadpool_postgres::Client,
+    authority: Option<&deadpool_postgres::Pool>,
+    reached: Option<String>,
     from: &Cursor,
     upto: &Published,
     after: Option<i64>,
@@ -119,10 +122,21 @@ pub(super) async fn read_page(
     let (after, now) = match after {
         Some(id) => (id, None),
         None => {
-            let (start, now) = replay_start(client, from, filter.tenant).await?;
+            let (start, mut now) = replay_start(client, from, filter.tenant).await?;
+            if let Some(primary) = authority.filter(|_| from.seen.xmax > now.0.xmax) {
+                // Read from a standby that has not replayed everything the cursor saw:
+                // the primary says whether those transactions exist. The replay reads
+                // what the standby has (up to the hub's boundary, itself read there);
+                // the rest arrives live as it is replayed, skipped where the cursor saw
+                // it.
+                now = primary_present(primary).await?.unwrap_or(now);
+            }
             (start, Some(now))
         }
     };
+    if let Some(lsn) = reached {
+        standby_replayed(client, &lsn).await?;
+    }
     let (entries, last) =
         read_replay(scope, client, from, upto, after, filter, limit, max_bytes).await?;
     let pruned_below = pruned_below(client).await?;
@@ -212,6 +226,65 @@ async fn read_replay(
     transaction.commit().await?;
     let last = !more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
     Ok((entries(scope, &rows, None), last))
+}
+
+/// Longest a replay page waits for its standby to replay what the hub has published.
+const STANDBY_REPLAYED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the standby behind `client` has replayed WAL up to `lsn` (the newest
+/// position the tailer waited for, so past every boundary the hub has published): the
+/// page read next on it then holds every row that boundary covers. The tailer's
+/// standby has; this connection may reach another standby of a multi-host URL, or one
+/// restarted (a standby that starts again accepts connections once consistent, which
+/// may be behind what it had replayed). Past the bound the page is read anyway, and a
+/// warning says so.
+async fn standby_replayed(client: &tokio_postgres::Client, lsn: &str) -> DbResult<()> {
+    let began = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let row = client
+            .query_one(
+                "select case when pg_is_in_recovery()
+                             then coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)
+                             else true end",
+                &[&lsn],
+            )
+            .await?;
+        if row.get(0) {
+            return Ok(());
+        }
+        if began.elapsed() > STANDBY_REPLAYED_WITHIN {
+            tracing::warn!(
+                "a replay's standby has not replayed what the hub published within {:?}",
+                STANDBY_REPLAYED_WITHIN
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The primary's present, on a connection of its pool; `None` when no connection can
+/// be had (the pool's bounded wait): the standby's answer then stands, and the cursor
+/// resyncs as §4 says of one that cannot be honoured, rather than waiting without bound
+/// for a primary that is gone (a failover moves cursors to a new timeline anyway).
+async fn primary_present(primary: &deadpool_postgres::Pool) -> DbResult<Option<Position>> {
+    let client = match primary.get().await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(?error, "cannot reach the primary to check a cursor");
+            return Ok(None);
+        }
+    };
+    let row = client
+        .query_one("select pg_current_snapshot()::text", &[])
+        .await?;
+    Ok(Some(Position(
+        row.get::<_, &str>(0)
+            .parse()
+            .expect("BUG: PostgreSQL printed an invalid pg_snapshot"),
+    )))
 }
 
 /// How far the journal has been pruned (nothing yet: 0).

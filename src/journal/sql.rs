@@ -171,6 +171,26 @@ pub(super) static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
             .replace("{JOURNAL_IDENTITY}", JOURNAL_IDENTITY),
     )
 });
+/// On the primary, for a batch read on a hot standby: the position the batch reads up
+/// to (the primary's snapshot), how far the primary has flushed WAL (taken after the
+/// snapshot), the journal's identity and its pruning. The position is the primary's,
+/// not the standby's: a standby's `pg_current_snapshot()` lists no running transaction
+/// (in recovery PostgreSQL keeps them apart from the `xip` it prints), so it would count
+/// transactions still running as seen. A standby that has replayed up to the flush
+/// position has every transaction the snapshot sees (a synchronous commit is flushed
+/// before it becomes visible), and the batch reads its rows there by that snapshot.
+/// The insert position (also taken after the snapshot) covers asynchronous commits
+/// (`synchronous_commit = off`) too, which become visible before they are flushed; WAL
+/// inserted but not flushed may stay unsent while the primary is idle, which
+/// `capture::standby` deals with.
+pub(super) static PRIMARY_MARK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select pg_current_wal_flush_lsn()::text, {JOURNAL_IDENTITY}, pg_current_snapshot()::text,
+                (select pruned_below::text from changecast.journal_meta),
+                pg_current_wal_insert_lsn()::text"
+    )
+});
+
 pub(super) static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
 
 /// The statements that run for every batch or replay page, by name, as sent: for plan

@@ -30,5 +30,6 @@ mod scopes;
 mod security;
 mod security_sql;
 mod sse;
+mod standby;
 mod wakeups;
 mod ws;

@@ -1,0 +1,159 @@
+//! Reading the journal from a hot standby (`CHANGECAST_READ_DATABASE_URL`).
+//!
+//! Wake-ups still come from the primary (NOTIFY does not reach a standby), and a
+//! notification may arrive before the standby has replayed the commit it announces: a
+//! batch read there at once would miss it, and nothing would wake the tailer for it
+//! again. So before every batch the tailer takes the primary's snapshot and WAL insert
+//! position (one trivial statement on its LISTEN connection) and waits until the
+//! standby has replayed at least that far ([`Standby::caught_up`]): every transaction
+//! that snapshot sees has its commit replayed there, and the batch reads their rows on
+//! the standby by the primary's snapshot. Positions (and so cursors) stay the primary's
+//! snapshots: a standby's own `pg_current_snapshot()` lists no running transaction.
+//! WAL inserted but not yet flushed (say, a pruning record after the last commit) is not
+//! sent while the primary is idle: when the standby has replayed everything flushed and
+//! still waits, one empty transaction with a synchronous commit flushes it.
+//!
+//! The wait has no end of its own (the batch has nothing else to read); past
+//! `CHANGECAST_READ_MAX_LAG` the instance reports itself not ready until the standby
+//! catches up. A read server that has left recovery (promoted) is a primary of its own:
+//! nothing to wait for, and its own journal identity (with its new timeline) counts.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls, Statement};
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{bounded, Lost};
+use crate::journal::{Journal, PrimaryMark};
+use crate::metrics::Metrics;
+
+/// The first pause while the standby is behind, doubled up to [`MAX_PAUSE`]: replay
+/// usually trails by well under a millisecond.
+const FIRST_PAUSE: Duration = Duration::from_micros(200);
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// On the standby: whether it is still one, and how many bytes of WAL it has yet to
+/// replay to reach `$1` (0 or less: it is there). A standby that has replayed nothing
+/// yet counts as infinitely behind.
+const REPLAYED: &str = "select pg_is_in_recovery(),
+        case when pg_is_in_recovery()
+             then coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()),
+                           9223372036854775807)::bigint
+             else 0::bigint end,
+        case when pg_is_in_recovery()
+             then coalesce(pg_wal_lsn_diff($2::text::pg_lsn, pg_last_wal_replay_lsn()),
+                           9223372036854775807)::bigint
+             else 0::bigint end";
+
+/// How long the standby may sit at the primary's flush position before the tailer
+/// flushes the rest.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// A transaction that writes a commit record and flushes WAL up to it (whatever the
+/// server's `synchronous_commit`); it takes a transaction id and writes nothing else.
+const FLUSH: &str = "begin; set local synchronous_commit = on; \
+     select pg_current_xact_id(); commit";
+
+/// The tailer's connection to the standby, where it reads the journal.
+pub struct Standby {
+    pub client: Client,
+    /// Cancelled when the connection is gone.
+    pub lost: CancellationToken,
+    replayed: Statement,
+}
+
+/// How long the wait may last before the instance reports itself not ready, and where
+/// it reports.
+pub(super) struct Limits<'a> {
+    pub max_lag: Duration,
+    pub metrics: &'a Metrics,
+    pub ready: &'a watch::Sender<bool>,
+}
+
+impl Standby {
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+    ) -> Result<Standby, tokio_postgres::Error> {
+        let mut config = config.clone();
+        config.application_name("changecast:standby-reader");
+        let (client, connection) = config.connect(NoTls).await?;
+        let lost = CancellationToken::new();
+        let guard = lost.clone().drop_guard();
+        tokio::spawn(async move {
+            let _lost = guard;
+            if let Err(error) = connection.await {
+                tracing::warn!(?error, "standby connection failed");
+            }
+        });
+        let replayed = client.prepare(REPLAYED).await?;
+        Ok(Standby {
+            client,
+            lost,
+            replayed,
+        })
+    }
+
+    /// Waits until the standby has replayed everything the primary (`primary`, the
+    /// LISTEN connection) had written when this was called. `Some(mark)`: read the
+    /// standby with the primary's journal identity of that moment; `None`: the read
+    /// server is in recovery no more (promoted), read it as a primary.
+    pub(super) async fn caught_up(
+        &self,
+        primary: &Client,
+        primary_lost: &CancellationToken,
+        limits: &Limits<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<PrimaryMark>, Lost> {
+        let mark = bounded(Journal::primary_mark(primary)).await?;
+        let began = Instant::now();
+        let mut pause = FIRST_PAUSE;
+        let mut reported = false;
+        let mut flushed = false;
+        loop {
+            let row = bounded(
+                self.client
+                    .query_one(&self.replayed, &[&mark.lsn, &mark.flushed]),
+            )
+            .await?;
+            let (in_recovery, behind, behind_flushed): (bool, i64, i64) =
+                (row.get(0), row.get(1), row.get(2));
+            limits.metrics.standby_lag_bytes.set(behind.max(0));
+            if !in_recovery {
+                return Ok(None);
+            }
+            if behind > 0 && behind_flushed <= 0 && !flushed && began.elapsed() >= FLUSH_AFTER {
+                // Everything flushed is replayed; the rest may never be sent unless
+                // something flushes it.
+                flushed = true;
+                bounded(primary.batch_execute(FLUSH)).await?;
+            }
+            if behind <= 0 {
+                limits
+                    .metrics
+                    .standby_waits
+                    .observe(began.elapsed().as_secs_f64());
+                if reported {
+                    tracing::info!("the standby caught up with the primary");
+                }
+                return Ok(Some(mark));
+            }
+            if !reported && began.elapsed() >= limits.max_lag {
+                reported = true;
+                limits.ready.send_replace(false);
+                tracing::warn!(
+                    behind_bytes = behind,
+                    waited = ?began.elapsed(),
+                    "the standby (CHANGECAST_READ_DATABASE_URL) lags the primary by more \
+                     than CHANGECAST_READ_MAX_LAG: not ready until it catches up"
+                );
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Lost::Closed),
+                _ = primary_lost.cancelled() => return Err(Lost::Closed),
+                _ = self.lost.cancelled() => return Err(Lost::Closed),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}

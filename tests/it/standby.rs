@@ -1,0 +1,403 @@
+//! Reading the journal from a hot standby (`CHANGECAST_READ_DATABASE_URL`): a real
+//! primary and a `pg_basebackup -R` standby of clusters of the test's own, faults on
+//! either side while writers write, and the ids every subscriber received compared, as
+//! sets, with the ids written. Skipped (saying so) where the machine's PostgreSQL has
+//! no `pg_basebackup`, unless `CHANGECAST_REQUIRE_STANDBY=1`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use changecast::db::embedded::StopMode;
+use changecast::secret::Secret;
+use tokio::sync::watch;
+
+use crate::helpers::cluster::{OwnCluster, StandbyCluster};
+use crate::helpers::followers::{assert_all_followers_got, Follower, Interest, Via};
+use crate::helpers::writers::spawn_writers;
+use crate::helpers::*;
+
+/// A primary with a database `standby` and a hot standby of it; `None` when the
+/// standby cannot be made here (skipped).
+async fn primary_and_standby() -> Option<(OwnCluster, StandbyCluster, String)> {
+    let cluster = OwnCluster::start().await;
+    let db_url = cluster.create_database("standby").await;
+    let standby = cluster.standby().await?;
+    Some((cluster, standby, db_url))
+}
+
+/// The service on the primary at `db_url`, reading the journal from `standby`.
+async fn reading(standby: &StandbyCluster, db_url: &str, max_lag: Duration) -> TestApp {
+    let read_url = standby.url("standby");
+    start_on(db_url.to_owned(), |config| {
+        config.read_database_url = Some(Secret::new(read_url));
+        config.read_max_lag = max_lag;
+    })
+    .await
+}
+
+async fn followers(addr: &watch::Receiver<String>) -> Vec<Follower> {
+    vec![
+        Follower::start(addr.clone(), Interest::new(Via::Sse, "acme", None), None).await,
+        Follower::start(
+            addr.clone(),
+            Interest::new(Via::Ws, "acme", Some(vec!["ticket"])),
+            None,
+        )
+        .await,
+    ]
+}
+
+/// Sessions of the service on `db`, by application name.
+async fn sessions(db: &tokio_postgres::Client, name: &str) -> i64 {
+    db.query_one(
+        "select count(*) from pg_stat_activity where application_name = $1",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Replay paused on the standby while writers go on: delivery waits (and `/readyz`
+/// says 503 past the configured lag), then everything arrives once replay resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_standby_holds_delivery_back_and_loses_nothing() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_millis(300)).await;
+    let admin = standby.admin().await;
+    assert!(
+        sessions(&admin, "changecast:standby-reader").await >= 1,
+        "the tailer reads the standby"
+    );
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3), ("globex", 1)]);
+    writing.until_more(100).await;
+
+    admin
+        .execute("select pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    writing.until_more(200).await;
+    wait_for_status(&app.http, &app.url("/readyz"), 503).await;
+    assert!(app.metric("changecast_standby_lag_bytes").await > Some(0.0));
+    admin
+        .execute("select pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    app.wait_ready().await;
+    writing.until_more(100).await;
+    let (written, _) = writing.finish().await;
+    for series in [
+        "changecast_replays_total",
+        "changecast_xid_rewinds_total",
+        "changecast_subscribers_lagged_total",
+        "changecast_db_reconnects_total",
+        "changecast_events_received_total",
+    ] {
+        eprintln!("{series} {:?}", app.metric(series).await);
+    }
+    for follower in &followers {
+        let missing: Vec<_> = written["acme"]
+            .difference(&follower.ids())
+            .cloned()
+            .collect();
+        eprintln!("{:?} misses {missing:?}", follower.interest.via);
+    }
+
+    let (n_written, n_received) = assert_all_followers_got(&followers, &written["acme"]).await;
+    eprintln!("standby paused: {n_written} changes of acme written, {n_received} received");
+    for follower in followers {
+        follower.stop().await;
+    }
+    app.stop().await;
+}
+
+/// The standby restarted under the service: its reader reconnects, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standby_loses_nothing() {
+    let Some((_cluster, mut standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3)]);
+    writing.until_more(100).await;
+    standby.stop(StopMode::Fast).await;
+    writing.until_more(100).await;
+    standby.start_again().await;
+    writing.until_more(100).await;
+    let (written, _) = writing.finish().await;
+    for series in [
+        "changecast_replays_total",
+        "changecast_xid_rewinds_total",
+        "changecast_subscribers_lagged_total",
+        "changecast_db_reconnects_total",
+    ] {
+        eprintln!("{series} {:?}", app.metric(series).await);
+    }
+    assert_all_followers_got(&followers, &written["acme"]).await;
+    for follower in followers {
+        follower.stop().await;
+    }
+    app.stop().await;
+}
+
+/// The primary restarted: LISTEN reconnects, the standby resumes streaming, writers
+/// retry; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_loses_nothing() {
+    let Some((mut cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3)]);
+    writing.until_more(100).await;
+    cluster.stop(StopMode::Fast).await;
+    writing.until_failures(20).await;
+    cluster.start_again().await;
+    writing.until_more(100).await;
+    let (written, _) = writing.finish().await;
+    assert_all_followers_got(&followers, &written["acme"]).await;
+    assert!(app.metric("changecast_db_reconnects_total").await >= Some(1.0));
+    for follower in followers {
+        follower.stop().await;
+    }
+    app.stop().await;
+}
+
+/// A cursor minted by an instance reading the primary, ahead of what a paused standby
+/// has replayed: an instance reading that standby waits for it — no `resync` — and
+/// delivers exactly what came after the cursor once the standby catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_ahead_of_the_standby_is_waited_for_not_resynced() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let on_primary = start_on(db_url.clone(), |_| {}).await;
+    let on_standby = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let admin = standby.admin().await;
+    admin
+        .execute("select pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+
+    let mut first = on_primary.sse(&t, "").await;
+    let before: HashSet<String> = on_primary
+        .insert_tickets("acme", 5)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(first.receive_ids(&before).await, before);
+    let cursor = first.last_event_id.clone().expect("a cursor");
+    let after: HashSet<String> = on_primary
+        .insert_tickets("acme", 5)
+        .await
+        .into_iter()
+        .collect();
+
+    let mut resumed = on_standby.sse_with(&t, "", Some(&cursor)).await;
+    // Nothing can arrive while the standby has not replayed the changes.
+    resumed
+        .assert_no_change_within(Duration::from_millis(500))
+        .await;
+    admin
+        .execute("select pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    let event = resumed.next_within(WAIT).await.expect("an event");
+    assert_eq!(event.event, "resource_change", "{:?}", event.data);
+    let mut received = HashSet::from([event.data["resource_id"].as_str().unwrap().to_owned()]);
+    received.extend(resumed.receive_ids(&after).await);
+    // The cursor's own change may come again (a cursor does not see its transaction).
+    assert_nothing_lost(&after, &received, &before);
+    assert_eq!(
+        on_standby
+            .metric("changecast_resyncs_total{reason=\"cursor_invalid\"}")
+            .await,
+        Some(0.0)
+    );
+    on_primary.stop().await;
+    on_standby.stop().await;
+}
+
+/// Failover: the primary stops, the standby is promoted (a new timeline). The service,
+/// given both hosts for its primary connections (`target_session_attrs=read-write`)
+/// and the standby to read, follows: everything committed before the failover arrived
+/// before it, subscribers learn of the new timeline with a `resync` (`cursor_invalid`,
+/// as for any timeline change: they refetch their state there), and everything
+/// committed on the new primary after that arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_takes_over_and_nothing_is_lost() {
+    let Some((mut cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let primary_port = cluster.options().port.expect("the cluster keeps its port");
+    let both = format!(
+        "{}?target_session_attrs=read-write",
+        db_url.replace(
+            &format!("127.0.0.1:{primary_port}"),
+            &format!("127.0.0.1:{primary_port},127.0.0.1:{}", standby.port())
+        )
+    );
+    let app = reading(&standby, &both, Duration::from_secs(10)).await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let writing = spawn_writers(&both, &[("acme", 1), ("acme", 3)]);
+    writing.until_more(100).await;
+    let (before, _) = writing.finish().await;
+    for follower in &followers {
+        let want = &before["acme"];
+        eventually("every change before the failover arrives", || async {
+            want.is_subset(&follower.ids())
+        })
+        .await;
+    }
+
+    cluster.stop(StopMode::Fast).await;
+    let admin = standby.admin().await;
+    let promoted: bool = admin
+        .query_one("select pg_promote()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(promoted);
+    // The new timeline reaches every subscriber as a resync (the client refetches its
+    // state there); every change committed from then on must arrive.
+    for follower in &followers {
+        eventually("a resync for the new timeline", || async {
+            !follower.received.lock().unwrap().resyncs.is_empty()
+        })
+        .await;
+    }
+    let writing = spawn_writers(&both, &[("acme", 1), ("acme", 3)]);
+    writing.until_more(100).await;
+    let (after, _) = writing.finish().await;
+    for follower in followers {
+        let want = &after["acme"];
+        eventually("every change on the new primary arrives", || async {
+            want.is_subset(&follower.ids())
+        })
+        .await;
+        let received = follower.stop().await;
+        for resync in &received.resyncs {
+            assert_eq!(resync["reason"], "cursor_invalid", "{resync:?}");
+        }
+    }
+    app.stop().await;
+}
+
+/// Measurement (run with `--ignored`): delivery latency of an instance reading the
+/// standby against one reading the primary, in the same run, over the same commits —
+/// from a writer's commit returning to the change arriving at an SSE subscriber of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+async fn latency_reading_the_standby_against_the_primary() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let on_primary = start_on(db_url.clone(), |_| {}).await;
+    let on_standby = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let n: usize = std::env::var("CHANGECAST_STANDBY_BENCH_CHANGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let rate: u64 = 200;
+    let mut arrivals = Vec::new();
+    for app in [&on_primary, &on_standby] {
+        let mut stream = app.sse(&t, "").await;
+        arrivals.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            while seen.len() < n {
+                let Some(event) = stream.next_within(WAIT).await else {
+                    break;
+                };
+                if event.event == "resource_change" {
+                    let id = event.data["resource_id"].as_str().unwrap().to_owned();
+                    seen.entry(id).or_insert_with(tokio::time::Instant::now);
+                }
+            }
+            seen
+        }));
+    }
+    let writer = on_primary.connect_db().await;
+    let mut committed = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for _ in 0..n {
+        tick.tick().await;
+        let id: String = writer
+            .query_one(
+                "insert into tickets (tenant_id, title) values ('acme', 'lat') returning id::text",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        committed.insert(id, tokio::time::Instant::now());
+    }
+    for (label, arrived) in ["primary", "standby"].into_iter().zip(arrivals) {
+        let arrived = arrived.await.unwrap();
+        let mut latencies: Vec<Duration> = committed
+            .iter()
+            .map(|(id, at)| {
+                let got = arrived
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{label}: {id} lost"));
+                got.saturating_duration_since(*at)
+            })
+            .collect();
+        latencies.sort();
+        let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "reading the {label}: {n} changes at {rate}/s, commit-to-SSE latency p50 {:?} \
+             p90 {:?} p99 {:?} max {:?}",
+            pick(0.5),
+            pick(0.9),
+            pick(0.99),
+            latencies.last().unwrap()
+        );
+    }
+    eprintln!(
+        "standby waits: {:?} batches, {:?} s in all",
+        on_standby
+            .metric("changecast_standby_wait_seconds_count")
+            .await,
+        on_standby
+            .metric("changecast_standby_wait_seconds_sum")
+            .await
+    );
+    on_primary.stop().await;
+    on_standby.stop().await;
+}
+
+/// A read URL that reaches another cluster is refused at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_url_of_another_cluster_is_refused_at_start() {
+    let cluster = OwnCluster::start().await;
+    let db_url = cluster.create_database("elsewhere_check").await;
+    let elsewhere = server().fresh_database().await;
+    let mut config = changecast::ServeConfig::new(&db_url);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.read_database_url = Some(Secret::new(elsewhere));
+    let error = changecast::App::build(
+        config,
+        &Secret::new(SECRET),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("another cluster is refused");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("CHANGECAST_READ_DATABASE_URL")
+            && message.contains("another PostgreSQL cluster"),
+        "{message}"
+    );
+}
