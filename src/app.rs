@@ -20,6 +20,7 @@ use crate::hub::Hub;
 use crate::journal::pruner::Pruner;
 use crate::journal::{Journal, Published, ResyncReason};
 use crate::metrics::Metrics;
+use crate::otel::{Exporter, Traces};
 use crate::resources::Catalog;
 use crate::secret::Secret;
 pub use crate::services::Services;
@@ -45,6 +46,8 @@ pub struct App {
     shutdown: CancellationToken,
     /// Every task the service spawns, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Sends traces, when an OTLP endpoint is configured.
+    exporter: Option<Exporter>,
 }
 
 impl App {
@@ -104,6 +107,7 @@ impl App {
                 crate::resources::resource_types(&**client).await?,
             )
         };
+        let (traces, exporter) = Traces::from_config(&config.traces)?;
         // Live delivery starts now; anything older is for cursors to replay.
         let metrics = Arc::new(Metrics::new());
         // Every reason's series from the start, at 0: a rate over the first resync of a
@@ -136,6 +140,7 @@ impl App {
                 hub: hub.clone(),
                 activity: activity.clone(),
                 metrics: metrics.clone(),
+                traces: traces.clone(),
             },
             metrics: metrics.clone(),
             ready: ready_tx,
@@ -153,19 +158,22 @@ impl App {
             metrics.replay_waits.clone(),
         );
         let tracker = TaskTracker::new();
-        let subscriptions = Arc::new(Subscriptions::new(
-            hub.clone(),
-            journal.clone(),
-            pool.clone(),
-            metrics.clone(),
-            replay_gate,
-            Limits {
-                max_subscribers: config.max_subscribers,
-                max_subscribers_per_tenant: config.max_subscribers_per_tenant,
-            },
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        let subscriptions = Arc::new(
+            Subscriptions::new(
+                hub.clone(),
+                journal.clone(),
+                pool.clone(),
+                metrics.clone(),
+                replay_gate,
+                Limits {
+                    max_subscribers: config.max_subscribers,
+                    max_subscribers_per_tenant: config.max_subscribers_per_tenant,
+                },
+                shutdown.clone(),
+                tracker.clone(),
+            )
+            .traced(traces),
+        );
         let (max_snapshots, max_tenant_snapshots) = config.snapshot_limits();
         let snapshots = Arc::new(SnapshotLimits::new(max_snapshots, max_tenant_snapshots));
         let services = Arc::new(Services {
@@ -186,6 +194,7 @@ impl App {
             pruner,
             shutdown,
             tracker,
+            exporter,
         })
     }
 
@@ -218,7 +227,13 @@ impl App {
             pruner,
             shutdown,
             tracker,
+            exporter,
         } = self;
+        // Stopped after the servers, so the spans of the last requests go out too.
+        let exported = CancellationToken::new();
+        if let Some(exporter) = exporter {
+            tracker.spawn(exporter.run(exported.clone()));
+        }
         let supervised = Supervised {
             tracker: &tracker,
             shutdown: &shutdown,
@@ -273,6 +288,7 @@ impl App {
                 tracing::warn!("connections still open after the grace period; closing them");
             }
         }
+        exported.cancel();
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await

@@ -123,6 +123,7 @@ impl Subscription {
         last: &mut Option<Entry>,
     ) -> Replayed {
         self.services.metrics.replays.inc();
+        let mut trace = self.services.traces.replay(&self.tenant);
         // A catch-up from the last entry this connection sent must not send it again.
         let sent_through = last.as_ref().map(SentThrough::of);
         let mut after_id = None;
@@ -141,7 +142,10 @@ impl Subscription {
                 },
             };
             let page = match read {
-                PageRead::Page(page) => page.page,
+                PageRead::Page(page) => {
+                    trace.page(page.page.entries.len());
+                    page.page
+                }
                 PageRead::Resync(reason) => return Replayed::Unusable(reason),
                 PageRead::Failed(error) => {
                     tracing::warn!(?error, "journal replay failed; retrying");
