@@ -128,8 +128,9 @@ impl Exporter {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut report = Report::default();
-        loop {
-            let last = tokio::select! {
+        let mut last = false;
+        while !last {
+            last = tokio::select! {
                 _ = tick.tick() => false,
                 _ = stop.cancelled() => true,
             };
@@ -141,8 +142,18 @@ impl Exporter {
                 } else {
                     EXPORT_TIMEOUT
                 };
-            for batch in spans.chunks(BATCH_SPANS) {
-                let sent = tokio::time::timeout_at(deadline, self.send(batch)).await;
+            let mut batches = spans.chunks(BATCH_SPANS);
+            while let Some(batch) = batches.next() {
+                let sent = tokio::select! {
+                    sent = tokio::time::timeout_at(deadline, self.send(batch)) => sent,
+                    // Shutdown does not wait for a slow collector: what is left of this
+                    // flush is given up, and the last one gets its own short deadline.
+                    _ = stop.cancelled(), if !last => {
+                        let left = batch.len() + batches.map(<[Span]>::len).sum::<usize>();
+                        self.tracer.dropped.fetch_add(left as u64, Ordering::Relaxed);
+                        break;
+                    }
+                };
                 let error = match sent {
                     Ok(Ok(())) => None,
                     Ok(Err(error)) => Some(error),
@@ -153,14 +164,8 @@ impl Exporter {
                         .dropped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
-                report.after_export(
-                    error,
-                    &self.endpoint,
-                    self.tracer.dropped.load(Ordering::Relaxed),
-                );
-            }
-            if last {
-                return;
+                let dropped = self.tracer.dropped.load(Ordering::Relaxed);
+                report.after_export(error, &self.endpoint, dropped);
             }
         }
     }

@@ -27,5 +27,6 @@ mod resume;
 mod security;
 mod security_sql;
 mod sse;
+mod traces;
 mod wakeups;
 mod ws;
