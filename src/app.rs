@@ -70,6 +70,7 @@ impl App {
                 Authenticator::with_public_keys(config.jwt_secret.as_ref(), rules, &keys).await?
             }
         });
+        let (traces, exporter) = Traces::from_config(&config.traces)?;
         let database_url = config
             .database_url
             .clone()
@@ -107,7 +108,6 @@ impl App {
                 crate::resources::resource_types(&**client).await?,
             )
         };
-        let (traces, exporter) = Traces::from_config(&config.traces)?;
         // Live delivery starts now; anything older is for cursors to replay.
         let metrics = Arc::new(Metrics::new());
         // Every reason's series from the start, at 0: a rate over the first resync of a

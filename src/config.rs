@@ -218,11 +218,15 @@ pub struct TraceArgs {
     /// Base URL of an OpenTelemetry Collector's (or Jaeger's, Tempo's) OTLP/HTTP
     /// receiver, e.g. `http://localhost:4318`: traces of changes, snapshots and replays
     /// are posted to `<it>/v1/traces` as OTLP JSON. Unset, nothing is traced or sent.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", hide_env_values = true)]
     pub otlp_endpoint: Option<String>,
 
     /// The full URL traces are posted to, as is; wins over OTEL_EXPORTER_OTLP_ENDPOINT.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        hide_env_values = true
+    )]
     pub otlp_traces_endpoint: Option<String>,
 
     /// Headers sent with every export, `name=value,name2=value2` (values
