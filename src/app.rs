@@ -158,22 +158,20 @@ impl App {
             metrics.replay_waits.clone(),
         );
         let tracker = TaskTracker::new();
-        let subscriptions = Arc::new(
-            Subscriptions::new(
-                hub.clone(),
-                journal.clone(),
-                pool.clone(),
-                metrics.clone(),
-                replay_gate,
-                Limits {
-                    max_subscribers: config.max_subscribers,
-                    max_subscribers_per_tenant: config.max_subscribers_per_tenant,
-                },
-                shutdown.clone(),
-                tracker.clone(),
-            )
-            .traced(traces),
+        let subscriptions = Subscriptions::new(
+            hub.clone(),
+            journal.clone(),
+            pool.clone(),
+            metrics.clone(),
+            replay_gate,
+            Limits {
+                max_subscribers: config.max_subscribers,
+                max_subscribers_per_tenant: config.max_subscribers_per_tenant,
+            },
+            shutdown.clone(),
+            tracker.clone(),
         );
+        let subscriptions = Arc::new(subscriptions.traced(traces));
         let (max_snapshots, max_tenant_snapshots) = config.snapshot_limits();
         let snapshots = Arc::new(SnapshotLimits::new(max_snapshots, max_tenant_snapshots));
         let services = Arc::new(Services {

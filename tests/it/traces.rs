@@ -1,7 +1,7 @@
 //! OpenTelemetry traces: a collector of the test's own (a tiny OTLP/HTTP server)
 //! receives well-formed OTLP JSON for a change's way to a subscriber, a snapshot and a
-//! replay; nothing without an endpoint; and a collector that never answers does not
-//! hold up delivery.
+//! replay; the standard variables configure it (empty ones leave it off); a collector
+//! that never answers holds up neither delivery nor shutdown.
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -436,7 +436,7 @@ async fn exercise(addr: &str, db: &tokio_postgres::Client) {
 }
 
 #[tokio::test]
-async fn the_standard_variables_configure_it_and_an_empty_endpoint_sends_nothing() {
+async fn the_standard_variables_configure_it_and_empty_ones_leave_it_off() {
     let mut collector = Collector::start().await;
     let db_url = crate::helpers::server().fresh_database().await;
     let (db, connection) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
