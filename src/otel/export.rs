@@ -142,14 +142,25 @@ impl Exporter {
                 } else {
                     EXPORT_TIMEOUT
                 };
-            let mut batches = spans.chunks(BATCH_SPANS);
-            while let Some(batch) = batches.next() {
+            // Encoding thousands of spans takes milliseconds: not on a thread that
+            // delivers.
+            let resource = self.resource.clone();
+            let encoded = tokio::task::spawn_blocking(move || {
+                spans
+                    .chunks(BATCH_SPANS)
+                    .map(|batch| (batch.len(), encode(&resource, batch)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let mut batches = encoded.into_iter();
+            while let Some((count, body)) = batches.next() {
                 let sent = tokio::select! {
-                    sent = tokio::time::timeout_at(deadline, self.send(batch)) => sent,
+                    sent = tokio::time::timeout_at(deadline, self.send(body)) => sent,
                     // Shutdown does not wait for a slow collector: what is left of this
                     // flush is given up, and the last one gets its own short deadline.
                     _ = stop.cancelled(), if !last => {
-                        let left = batch.len() + batches.map(<[Span]>::len).sum::<usize>();
+                        let left = count + batches.map(|(count, _)| count).sum::<usize>();
                         self.tracer.dropped.fetch_add(left as u64, Ordering::Relaxed);
                         break;
                     }
@@ -162,7 +173,7 @@ impl Exporter {
                 if error.is_some() {
                     self.tracer
                         .dropped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        .fetch_add(count as u64, Ordering::Relaxed);
                 }
                 let dropped = self.tracer.dropped.load(Ordering::Relaxed);
                 report.after_export(error, &self.endpoint, dropped);
@@ -170,8 +181,7 @@ impl Exporter {
         }
     }
 
-    async fn send(&self, spans: &[Span]) -> anyhow::Result<()> {
-        let body = encode(&self.resource, spans);
+    async fn send(&self, body: Vec<u8>) -> anyhow::Result<()> {
         let mut request = hyper::Request::post(self.endpoint.0.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(
