@@ -20,6 +20,7 @@ use crate::hub::Hub;
 use crate::journal::pruner::Pruner;
 use crate::journal::{Journal, Published, ResyncReason};
 use crate::metrics::Metrics;
+use crate::otel::{Exporter, Traces};
 use crate::resources::Catalog;
 use crate::secret::Secret;
 pub use crate::services::Services;
@@ -45,6 +46,8 @@ pub struct App {
     shutdown: CancellationToken,
     /// Every task the service spawns, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Sends traces, when an OTLP endpoint is configured.
+    exporter: Option<Exporter>,
 }
 
 impl App {
@@ -71,6 +74,7 @@ impl App {
                 Authenticator::with_public_keys(config.jwt_secret.as_ref(), rules, &keys).await?
             }
         });
+        let (traces, exporter) = Traces::from_config(&config.traces)?;
         let database_url = config
             .database_url
             .clone()
@@ -169,6 +173,7 @@ impl App {
                 hub: hub.clone(),
                 activity: activity.clone(),
                 metrics: metrics.clone(),
+                traces: traces.clone(),
             },
             metrics: metrics.clone(),
             ready: ready_tx,
@@ -187,7 +192,7 @@ impl App {
         );
         let tracker = TaskTracker::new();
         // Replays and snapshots read where live batches do.
-        let subscriptions = Arc::new(Subscriptions::new(
+        let subscriptions = Subscriptions::new(
             hub.clone(),
             journal.clone(),
             read_pool,
@@ -199,7 +204,8 @@ impl App {
             },
             shutdown.clone(),
             tracker.clone(),
-        ));
+        );
+        let subscriptions = Arc::new(subscriptions.traced(traces));
         let (max_snapshots, max_tenant_snapshots) = config.snapshot_limits();
         let snapshots = Arc::new(SnapshotLimits::new(max_snapshots, max_tenant_snapshots));
         let services = Arc::new(Services {
@@ -220,6 +226,7 @@ impl App {
             pruner,
             shutdown,
             tracker,
+            exporter,
         })
     }
 
@@ -252,7 +259,13 @@ impl App {
             pruner,
             shutdown,
             tracker,
+            exporter,
         } = self;
+        // Stopped after the servers, so the spans of the last requests go out too.
+        let exported = CancellationToken::new();
+        if let Some(exporter) = exporter {
+            tracker.spawn(exporter.run(exported.clone()));
+        }
         let supervised = Supervised {
             tracker: &tracker,
             shutdown: &shutdown,
@@ -307,6 +320,7 @@ impl App {
                 tracing::warn!("connections still open after the grace period; closing them");
             }
         }
+        exported.cancel();
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await

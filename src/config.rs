@@ -237,6 +237,47 @@ pub struct ServeConfig {
     /// for a database with real data.
     #[arg(long, env = "CHANGECAST_DEMO")]
     pub demo: bool,
+
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// OpenTelemetry traces, sent over OTLP/HTTP as JSON; off unless an endpoint is set.
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Base URL of an OpenTelemetry Collector's (or Jaeger's, Tempo's) OTLP/HTTP
+    /// receiver, e.g. `http://localhost:4318`: traces of changes, snapshots and replays
+    /// are posted to `<it>/v1/traces` as OTLP JSON. Unset, nothing is traced or sent.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", hide_env_values = true)]
+    pub otlp_endpoint: Option<String>,
+
+    /// The full URL traces are posted to, as is; wins over OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        hide_env_values = true
+    )]
+    pub otlp_traces_endpoint: Option<String>,
+
+    /// Headers sent with every export, `name=value,name2=value2` (values
+    /// percent-encoded), e.g. a hosted collector's API key.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true)]
+    pub otlp_headers: Option<Secret>,
+
+    /// `http/json` (what is sent) or `http/protobuf` (a collector's OTLP/HTTP receiver
+    /// takes JSON as well); `grpc` is refused.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// The traces' `service.name`.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "changecast")]
+    pub service_name: String,
+
+    /// Fraction of changes traced from journal read to socket write, 0 to 1. Chosen by
+    /// the change's journal id, so every instance samples the same ones. Snapshots and
+    /// replays are always traced.
+    #[arg(long, env = "CHANGECAST_TRACE_SAMPLE", default_value = "0.01", value_parser = parse_ratio)]
+    pub trace_sample: f64,
 }
 
 /// Optional claims every token must carry.
@@ -519,6 +560,13 @@ fn parse_positive_count(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a fraction from 0 to 1, like 0.01")),
+    }
+}
+
 fn parse_origin(text: &str) -> Result<String, String> {
     let origin = text.trim().trim_end_matches('/');
     let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
@@ -553,6 +601,15 @@ mod tests {
         assert!(parse_positive_count("0").is_err());
         assert_eq!(parse_positive_count("8"), Ok(8));
         assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sample_ratios() {
+        assert_eq!(parse_ratio("0.25"), Ok(0.25));
+        assert_eq!(parse_ratio("1"), Ok(1.0));
+        assert!(parse_ratio("1.5").is_err());
+        assert!(parse_ratio("-0.1").is_err());
+        assert!(parse_ratio("NaN").is_err());
     }
 
     #[test]

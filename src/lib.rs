@@ -50,6 +50,8 @@ pub mod supervise;
 pub mod secret;
 /// Logging setup.
 pub mod telemetry;
+/// OpenTelemetry traces of changes, snapshots and replays, exported over OTLP/HTTP.
+pub mod otel;
 /// The open-file limit (a socket per subscriber).
 pub mod open_files;
 /// `changecast healthcheck`: a tiny HTTP client for container healthchecks.

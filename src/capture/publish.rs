@@ -19,6 +19,7 @@ use super::connection::{bounded, Lost};
 use crate::hub::Hub;
 use crate::journal::{Entry, Journal, NewRows, PrimaryMark, Published, TailStatements};
 use crate::metrics::Metrics;
+use crate::otel::Traces;
 use crate::stats::Activity;
 
 /// Rows read and published at a time.
@@ -35,6 +36,8 @@ pub struct Publisher {
     /// Every published entry is counted here, subscribers or not (`/v1/stats`).
     pub activity: Arc<Activity>,
     pub metrics: Arc<Metrics>,
+    /// Traces of the reads that find sampled changes.
+    pub traces: Traces,
 }
 
 /// What one call of `publish_batch` did.
@@ -61,6 +64,7 @@ impl Publisher {
         let mut rows = 0;
         let resumed = !published.is_complete();
         if !resumed {
+            let read_at = self.traces.clock();
             let NewRows {
                 position: next,
                 pruned_below,
@@ -121,12 +125,14 @@ impl Publisher {
                 self.metrics.journal_gaps.inc();
                 self.hub.cut_off_everyone();
             }
+            self.traces.journal_read(read_at, woke_at, &page);
             published = published.begin_batch(next, &page, more);
             rows = page.len();
             self.metrics.events_received.inc_by(rows as u64);
             self.publish(page, published.clone());
         }
         while !published.is_complete() && !shutdown.is_cancelled() {
+            let read_at = self.traces.clock();
             let (page, more) = bounded(self.journal.read_batch(
                 client,
                 statements,
@@ -135,6 +141,7 @@ impl Publisher {
                 woke_at,
             ))
             .await?;
+            self.traces.journal_read(read_at, woke_at, &page);
             published = published.continue_batch(&page, more);
             rows += page.len();
             self.metrics.events_received.inc_by(page.len() as u64);

@@ -46,6 +46,7 @@ pub fn routes(services: &Services) -> BoxedFilter<(Response,)> {
         pool: subscriptions.pool.clone(),
         timeout: services.config.snapshot_timeout,
         shutdown: subscriptions.shutdown.clone(),
+        traces: subscriptions.traces.clone(),
     });
     let routes = events(auth, catalog, &streams)
         .or(ws(auth, catalog, &streams, activity))

@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::request::{self, Params};
 use crate::auth::Authenticator;
 use crate::journal::{DbResult, Journal};
+use crate::otel::{SnapshotTrace, Traces};
 use crate::resources::{self, Catalog, SnapshotPart};
 use crate::selection::Selection;
 use crate::snapshot_limits::SnapshotLimits;
@@ -49,6 +50,7 @@ pub struct Snapshots {
     pub timeout: std::time::Duration,
     /// Cancelled when the service shuts down: reads in progress stop.
     pub shutdown: CancellationToken,
+    pub traces: Traces,
 }
 
 pub async fn handle(
@@ -87,6 +89,7 @@ async fn start(
         Some(types) => types,
         None => catalog.types().await,
     };
+    let trace = snapshots.traces.snapshot(&identity.tenant, &types, limit);
     let permit = snapshots
         .limits
         .admit_within(&identity.tenant, WAIT_FOR_A_PLACE)
@@ -142,6 +145,7 @@ async fn start(
         types_written: 0,
         rows_in_type: 0,
         finished: false,
+        trace: trace.answering(),
     };
     let mut response = warp::reply::stream(body).into_response();
     response.headers_mut().insert(
@@ -221,6 +225,7 @@ struct SnapshotBody {
     types_written: usize,
     rows_in_type: usize,
     finished: bool,
+    trace: SnapshotTrace,
 }
 
 /// The reader stopped before the answer was complete: the body ends abruptly.
@@ -245,6 +250,7 @@ impl SnapshotBody {
                     out.push(b',');
                 }
                 self.rows_in_type += 1;
+                self.trace.row();
                 out.extend_from_slice(json.as_bytes());
             }
             SnapshotPart::End { truncated } => {
@@ -253,6 +259,7 @@ impl SnapshotBody {
                 }
                 out.extend_from_slice(format!("}},\"truncated\":{truncated}}}").as_bytes());
                 self.finished = true;
+                self.trace.end(truncated);
             }
         }
     }

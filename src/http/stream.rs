@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Identity;
 use crate::metrics::{Metrics, TransportSeries};
+use crate::otel::Traces;
 use crate::selection::Selection;
 use crate::subscription::{self, Opened, PerTransport, Place, Refused, Subscriptions, Transport};
 use crate::tenant::TenantId;
@@ -52,6 +53,7 @@ impl Streams {
         }
         Ok(Connection {
             series,
+            traces: self.subscriptions.traces.clone(),
             span: tracing::info_span!("subscriber", transport = transport.label(), tenant = %tenant),
             _place: place,
         })
@@ -96,6 +98,7 @@ impl Streams {
 /// counted as connected in its transport's series.
 pub struct Connection {
     series: Option<TransportSeries>,
+    traces: Traces,
     /// Its logs' span: transport and tenant.
     span: tracing::Span,
     _place: Place,
@@ -109,6 +112,13 @@ impl Connection {
             series
                 .delivery_latency
                 .observe(delivery.known_since().elapsed().as_secs_f64());
+        }
+        if self.traces.is_on() {
+            let id = match delivery {
+                Delivery::Change { change, .. } => change.id,
+                Delivery::AppEvent(event) => event.id,
+            };
+            self.traces.delivered(id, delivery.known_since());
         }
     }
 

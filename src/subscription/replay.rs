@@ -132,6 +132,7 @@ impl Subscription {
         mut withheld: Option<&mut Withheld>,
     ) -> Replayed {
         self.services.metrics.replays.inc();
+        let mut trace = self.services.traces.replay(&self.tenant);
         // A catch-up from the last entry this connection sent must not send it again.
         let sent_through = last.as_ref().map(SentThrough::of);
         let mut after_id = None;
@@ -150,7 +151,10 @@ impl Subscription {
                 },
             };
             let page = match read {
-                PageRead::Page(page) => page.page,
+                PageRead::Page(page) => {
+                    trace.page(page.page.entries.len());
+                    page.page
+                }
                 PageRead::Resync(reason) => return Replayed::Unusable(reason),
                 PageRead::Failed(error) => {
                     tracing::warn!(?error, "journal replay failed; retrying");

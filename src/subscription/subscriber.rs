@@ -18,6 +18,7 @@ use super::replay_pages::{self, SharedPages};
 use crate::hub::Hub;
 use crate::journal::{Entry, Journal, Published, ResyncReason};
 use crate::metrics::Metrics;
+use crate::otel::Traces;
 use crate::selection::{Decision, Selection};
 use crate::tenant::TenantId;
 
@@ -39,6 +40,8 @@ pub struct Subscriptions {
     pub shutdown: CancellationToken,
     /// Every subscription task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Traces of replays, and of sampled changes' socket writes.
+    pub traces: Traces,
 }
 
 impl Subscriptions {
@@ -63,7 +66,13 @@ impl Subscriptions {
             places: Arc::new(Places::new(limits)),
             shutdown,
             tracker,
+            traces: Traces::off(),
         }
+    }
+
+    /// The same, with their replays and deliveries traced into `traces`.
+    pub fn traced(self, traces: Traces) -> Self {
+        Subscriptions { traces, ..self }
     }
 }
 

@@ -31,5 +31,6 @@ mod security;
 mod security_sql;
 mod sse;
 mod standby;
+mod traces;
 mod wakeups;
 mod ws;
