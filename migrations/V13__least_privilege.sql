@@ -5,22 +5,24 @@
 -- ownership of application tables and no membership in their owners' roles: watch()
 -- gives it SELECT on the table, for snapshots, and nothing more.
 --
--- * watch() and unwatch() run with the caller's rights (SECURITY INVOKER). What only a
---   table's owner may do, they do as the caller: drop and re-enable the triggers (ALWAYS,
---   also in replica mode), grant and revoke the service's SELECT.
+-- * watch() and unwatch() run with the caller's rights (SECURITY INVOKER): granting the
+--   service SELECT on a table is for its owner alone. That is code owned by the service's
+--   role running with the caller's rights, so whoever controls that role controls what
+--   the next caller does (CREATE OR REPLACE): call them as the table's owner (a superuser
+--   SETs ROLE to it first), never as a superuser (docs/roles.md). They do no more as the
+--   caller than only a table's owner may: drop and re-enable the triggers (ALWAYS, also
+--   in replica mode), grant and revoke the service's SELECT, lend it TRIGGER.
 -- * What only the service's role may do — write `changecast.watched`, attach the trigger
---   functions, which nobody else may execute — runs as that role, and only on a request
---   the caller vouched for: watch() inserts a row into `changecast.watch_requests`, whose
---   BEFORE trigger runs as the inserting role (it is not security definer) and refuses
---   unless `current_user` holds the privileges of the table's owner and EXECUTE on
---   watch() (unwatch()); only then does its AFTER trigger, security definer, carry the
---   request out and remove it. `current_user` is the role whose rights the statement
---   runs with: after SET ROLE the role set, inside a security-definer function that
---   function's owner — never a more privileged session user behind them, as
---   `session_user` would be (a security-definer function of an attacker's, called by a
---   table's owner or a superuser, could otherwise act in their name). Row security
---   would not do: a role with BYPASSRLS skips policies, nobody but this schema's owner
---   or a superuser can disable its triggers, and both fire ALWAYS.
+--   functions — runs as that role, and only on a request the caller made: watch()
+--   inserts a row into `changecast.watch_requests`, whose `requested_by` nobody may
+--   write: its default, `current_user`, names the role whose rights the inserting
+--   statement runs with. After SET ROLE that is the role set; inside a security-definer
+--   function that function's owner — never a more privileged session user behind them,
+--   as `session_user` would be (a security-definer function of an attacker's, called by
+--   a table's owner or a superuser, could otherwise act in their name). The AFTER
+--   trigger, security definer, carries the request out only if that role holds the
+--   privileges of the table's owner and EXECUTE on watch() (unwatch()), and removes it.
+--   Row security would not do: a role with BYPASSRLS skips policies.
 -- * To attach its triggers, the service's role holds TRIGGER on the table (and its
 --   partitions) for the length of the call: watch() grants it before its request and
 --   revokes it after, in the caller's transaction, so no other session ever sees it.
@@ -40,8 +42,12 @@
 
 /*
  * Table: changecast.watch_requests
- * A request of watch() or unwatch(), vouched for by the role that made it. Empty between
- * statements: each row is removed by the trigger that carries it out.
+ * A request of watch() or unwatch(). Empty between statements: each row is removed by
+ * the trigger that carries it out. Who made it is not the inserter's to say: anyone may
+ * insert the request's columns, none may name `requested_by` or `xact`, whose defaults —
+ * built-in expressions, evaluated as the inserting role — fill them in. So no code of
+ * this schema runs with the inserter's rights here: the trigger that checks and carries
+ * out the request runs as this schema's owner.
  */
 create table changecast.watch_requests (
     table_name      regclass not null,
@@ -50,54 +56,20 @@ create table changecast.watch_requests (
     tenant_column   text,
     id_column       text,
     exclude_columns text[],
-    -- Set by the BEFORE trigger, whatever the inserting statement says.
-    requested_by    name,
-    xact            xid8
+    -- The role in effect for the inserting statement (see the header).
+    requested_by    name not null default current_user,
+    xact            xid8 not null default pg_current_xact_id()
 );
 revoke all on changecast.watch_requests from public;
--- Anyone may ask; the BEFORE trigger decides (and watch() callers need no other grant).
-grant insert on changecast.watch_requests to public;
-
-/*
- * Function: changecast.vouch_for_request()  (BEFORE INSERT row trigger of watch_requests)
- * Returns: the request, stamped with the role that made it and its transaction.
- * Algorithm: refuses (insufficient_privilege) unless the inserting role — current_user:
- *   this function is not security definer, so it runs with that role's rights — holds
- *   the privileges of the table's owner (what ALTER TABLE asks; a superuser does) and
- *   EXECUTE on watch() or unwatch(), whichever is asked for.
- */
-create function changecast.vouch_for_request() returns trigger
-language plpgsql set search_path = pg_catalog, pg_temp as $$
-declare
-    owner_oid oid := (select c.relowner from pg_class c where c.oid = new.table_name);
-    asked     regprocedure := case when new.unwatch
-                                   then 'changecast.unwatch(regclass)'::regprocedure
-                                   else 'changecast.watch(regclass, text, text, text, text[])'::regprocedure
-                              end;
-begin
-    if owner_oid is null then
-        raise exception 'changecast: no table given' using errcode = 'null_value_not_allowed';
-    end if;
-    if not has_function_privilege(current_user, asked, 'EXECUTE') then
-        raise exception 'changecast: role "%" may not call %', current_user, asked
-            using errcode = 'insufficient_privilege';
-    end if;
-    if not pg_has_role(current_user, owner_oid, 'USAGE') then
-        raise exception 'changecast: role "%" may not watch or unwatch % (only its owner "%", a role with that role''s privileges, or a superuser may)',
-                current_user, new.table_name, owner_oid::regrole
-            using errcode = 'insufficient_privilege';
-    end if;
-    new.requested_by := current_user;
-    new.xact := pg_current_xact_id();
-    return new;
-end
-$$;
+-- Anyone may ask; the trigger decides (and watch() callers need no other grant).
+grant insert (table_name, unwatch, resource_type, tenant_column, id_column, exclude_columns)
+    on changecast.watch_requests to public;
 
 /*
  * Function: changecast.register(table, resource_type, tenant_column, id_column, exclude_columns)
  * Returns: void. Checks the arguments as watch() did in V9, records the table in
  *   `changecast.watched` (replacing an earlier registration) and attaches the triggers.
- * Internal: runs as the schema owner, on a request vouched for by the table's owner
+ * Internal: runs as the schema owner, on a request made by the table's owner
  *   (changecast.carry_out_request). The table's old triggers are gone and the service
  *   holds TRIGGER on it (watch() saw to both).
  */
@@ -221,15 +193,32 @@ $$;
 
 /*
  * Function: changecast.carry_out_request()  (AFTER INSERT row trigger of watch_requests)
- * Returns: null. Registers (changecast.register) or forgets the table of a request the
- *   BEFORE trigger vouched for, then removes the request.
+ * Returns: null. Refuses (insufficient_privilege) unless the role that made the request
+ *   holds the privileges of the table's owner (what ALTER TABLE asks; a superuser does)
+ *   and EXECUTE on watch() or unwatch(), whichever is asked for; then registers
+ *   (changecast.register) or forgets the table and removes the request.
  * Security definer: `changecast.watched` and the trigger functions are this role's.
  */
 create function changecast.carry_out_request() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    owner_oid oid := (select c.relowner from pg_class c where c.oid = new.table_name);
+    asked     regprocedure := case when new.unwatch
+                                   then 'changecast.unwatch(regclass)'::regprocedure
+                                   else 'changecast.watch(regclass, text, text, text, text[])'::regprocedure
+                              end;
 begin
-    if new.requested_by is null or new.xact is distinct from pg_current_xact_id() then
-        raise exception 'changecast: a request nobody vouched for' using errcode = 'insufficient_privilege';
+    if owner_oid is null then
+        raise exception 'changecast: no table given' using errcode = 'null_value_not_allowed';
+    end if;
+    if not has_function_privilege(new.requested_by, asked, 'EXECUTE') then
+        raise exception 'changecast: role "%" may not call %', new.requested_by, asked
+            using errcode = 'insufficient_privilege';
+    end if;
+    if not pg_has_role(new.requested_by, owner_oid, 'USAGE') then
+        raise exception 'changecast: role "%" may not watch or unwatch % (only its owner "%", a role with that role''s privileges, or a superuser may)',
+                new.requested_by, new.table_name, owner_oid::regrole
+            using errcode = 'insufficient_privilege';
     end if;
     if new.unwatch then
         delete from changecast.watched w where w.table_name = new.table_name;
@@ -242,11 +231,9 @@ begin
 end
 $$;
 
-create trigger vouch before insert on changecast.watch_requests
-    for each row execute function changecast.vouch_for_request();
 create trigger carry_out after insert on changecast.watch_requests
     for each row execute function changecast.carry_out_request();
-alter table changecast.watch_requests enable always trigger vouch, enable always trigger carry_out;
+alter table changecast.watch_requests enable always trigger carry_out;
 
 /*
  * Function: changecast.watch(table, resource_type, tenant_column, id_column, exclude_columns)
@@ -412,7 +399,6 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
     where not has_table_privilege(s.oid, w.table_name, 'SELECT')
 $$;
 
-revoke all on function changecast.vouch_for_request() from public;
 revoke all on function changecast.register(regclass, text, text, text, text[]) from public;
 revoke all on function changecast.attach(regclass, text, text, text) from public;
 revoke all on function changecast.carry_out_request() from public;

@@ -188,10 +188,24 @@ impl Managed {
 
     /// [`Managed::roles`], then `changecast migrate` as the changecast role and
     /// sql/grants.sql as it.
+    /// Then, as docs/roles.md says, the admin takes back the changecast role's CREATE on
+    /// public (PostgreSQL 15+): everything after runs without it.
     async fn migrated() -> Managed {
         let managed = Managed::roles().await;
         migrate_as(&managed.url(&managed.service));
         managed.grants().await;
+        connect(&url_as(&managed.admin, &managed.database))
+            .await
+            .batch_execute(&format!(
+                "do $$ begin
+                     if current_setting('server_version_num')::int >= 150000 then
+                         revoke create on schema public from {};
+                     end if;
+                 end $$",
+                managed.service
+            ))
+            .await
+            .unwrap();
         managed
     }
 
@@ -206,7 +220,8 @@ impl Managed {
                 .batch_execute(&format!(
                     "grant usage on schema changecast to {owner}, {writer};
                      grant execute on function changecast.watch(regclass, text, text, text, text[]),
-                                               changecast.unwatch(regclass) to {owner};
+                                               changecast.unwatch(regclass), changecast.capture(),
+                                               changecast.capture_truncate() to {owner};
                      grant execute on function changecast.publish(text, text, jsonb) to {writer};",
                     owner = self.owner,
                     writer = self.writer
@@ -377,6 +392,18 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
     );
     assert_eq!(managed.service_memberships().await, Vec::<String>::new());
     let owner = managed.connect(&managed.owner).await;
+    // From PostgreSQL 15 on the admin could take back its CREATE on public, and did; the
+    // service is served below without it.
+    let creates_in_public: bool = owner
+        .query_one(
+            "select has_schema_privilege($1, 'public', 'CREATE')
+                    and current_setting('server_version_num')::int >= 150000",
+            &[&managed.service],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!creates_in_public);
     let (table_owner, service_super): (String, bool) = owner
         .query_one(
             "select c.relowner::regrole::text, (select rolsuper from pg_roles where rolname = $1)
