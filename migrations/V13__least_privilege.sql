@@ -263,6 +263,7 @@ declare
     qualified text;
     lent      regclass[] := '{}';
     part      regclass;
+    lacking   name;
 begin
     if target is null then
         raise exception 'changecast.watch: no table given' using errcode = 'null_value_not_allowed';
@@ -279,6 +280,21 @@ begin
     if (select c.relkind not in ('r', 'p') or c.relpersistence = 't' from pg_class c where c.oid = target) then
         raise exception 'changecast.watch: % is not a permanent table', target
             using errcode = 'wrong_object_type';
+    end if;
+    -- The service attaches the triggers and reads the table (snapshots, TRUNCATE) by
+    -- name: it needs USAGE on the schema of the table and of each of its partitions.
+    -- Only the schema's owner may decide that, so watch() asks rather than grants.
+    select n.nspname into lacking
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid in (select target union select p.relid from pg_partition_tree(target) p)
+       and not has_schema_privilege(service, n.oid, 'USAGE')
+     order by 1 limit 1;
+    if found then
+        raise exception 'changecast.watch: role % (which runs changecast) has no USAGE on schema %, so it cannot attach triggers to % or read it',
+                grantee, quote_ident(lacking), target
+            using errcode = 'insufficient_privilege',
+                  hint = format('as the owner of schema %s, run: grant usage on schema %s to %s',
+                                quote_ident(lacking), quote_ident(lacking), grantee);
     end if;
 
     if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture') then
@@ -360,52 +376,119 @@ end
 $$;
 
 /*
+ * Function: changecast.service_holds(acl, object_owner, privilege)
+ * Returns: whether the service's role holds `privilege` on an object with this ACL and
+ *   owner without a membership in the owner of a watched table (which role_findings()
+ *   recommends revoking): as a superuser, as the object's owner, or through a grant to
+ *   PUBLIC, to itself or to another role it belongs to. has_*_privilege() would count
+ *   such memberships, and has_table_privilege() ignores schema USAGE altogether.
+ */
+create function changecast.service_holds(acl aclitem[], object_owner oid, privilege text)
+returns boolean
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select s.rolsuper or s.oid = object_owner or exists (
+        select 1 from aclexplode(acl) a
+        where a.privilege_type = privilege
+          and (a.grantee in (0, s.oid)
+               or (pg_has_role(s.oid, a.grantee, 'USAGE')
+                   and a.grantee <> object_owner
+                   and a.grantee not in (select c.relowner
+                                         from changecast.watched w join pg_class c on c.oid = w.table_name))))
+    from pg_namespace n join pg_roles s on s.oid = n.nspowner
+    where n.nspname = 'changecast'
+$$;
+
+/*
  * Function: changecast.role_findings()
  * Returns: one line per thing about roles an operator should know, for the service to
- *   report at start (and anyone who may call it to read):
+ *   report at start (and anyone who may call it to read), those that break something
+ *   first:
+ *   - watched tables (or their partitions) whose schema the service's role may not use,
+ *     or that it may not read, but through a membership: attaching triggers, snapshots
+ *     and TRUNCATE fail (or will, once the membership goes);
+ *   - watched tables with row security on whose policies would apply to the service's
+ *     role (no BYPASSRLS, not their owner): their snapshots and TRUNCATE fail;
  *   - memberships of the service's role in roles owning watched tables it does not own:
  *     watch() needs none of them since this migration (the service may have other
- *     reasons for one: it is named, not revoked);
- *   - watched tables the service's role may not read: their snapshots fail.
+ *     reasons for one: it is named, not revoked).
  */
 create function changecast.role_findings() returns setof text
 language sql stable set search_path = pg_catalog, pg_temp as $$
     with service as (
-        select r.oid, r.rolname, r.rolsuper
+        select r.oid, r.rolname, r.rolsuper, r.rolbypassrls
         from pg_namespace n join pg_roles r on r.oid = n.nspowner
         where n.nspname = 'changecast'
     ),
     watched as (
         select w.table_name, w.resource_type, c.relowner
         from changecast.watched w join pg_class c on c.oid = w.table_name
+    ),
+    member as (
+        select w.table_name, w.resource_type, c.oid as relid, c.relowner, c.relacl,
+               c.relrowsecurity, c.relforcerowsecurity, n.nspname, n.nspowner, n.nspacl
+        from watched w,
+             lateral (select w.table_name::oid as relid union select p.relid from pg_partition_tree(w.table_name) p) t,
+             pg_class c, pg_namespace n
+        where c.oid = t.relid and n.oid = c.relnamespace
+    ),
+    finding as (
+        select 1 as rank,
+               format('role %I, which runs changecast, has no USAGE on schema %I (of watched table %s, resource type "%s")%s: '
+                      'attaching its triggers, its snapshots and TRUNCATE fail; as the schema''s owner run: grant usage on schema %I to %I',
+                      s.rolname, m.nspname, m.table_name::text, m.resource_type,
+                      case when has_schema_privilege(s.oid, m.nspname, 'USAGE') then ' but through a membership' else '' end,
+                      m.nspname, s.rolname) as line
+        from service s, member m
+        where not changecast.service_holds(m.nspacl, m.nspowner, 'USAGE')
+        group by s.oid, s.rolname, m.nspname, m.table_name, m.resource_type
+        union all
+        select 2,
+               format('role %I, which runs changecast, may not read watched table %s (resource type "%s")%s: '
+                      'its snapshots fail; its owner grants that by calling changecast.watch() again '
+                      '(or: grant select on %s to %I)',
+                      s.rolname, m.table_name::text, m.resource_type,
+                      case when has_table_privilege(s.oid, m.relid, 'SELECT') then ' but through a membership' else '' end,
+                      m.table_name::text, s.rolname)
+        from service s, member m
+        where m.relid = m.table_name and not changecast.service_holds(m.relacl, m.relowner, 'SELECT')
+        union all
+        select 3,
+               format('watched table %s (resource type "%s") has row security on%s and role %I, which runs changecast, '
+                      'is subject to its policies: its snapshots and TRUNCATE fail; turn row security off on it, '
+                      'or (as a superuser) alter role %I bypassrls',
+                      m.table_name::text, m.resource_type,
+                      case when m.relid <> m.table_name then format(' (partition %s)', m.relid::regclass) else '' end,
+                      s.rolname, s.rolname)
+        from service s, member m
+        where m.relrowsecurity and not (s.rolsuper or s.rolbypassrls)
+          and (m.relowner <> s.oid or m.relforcerowsecurity)
+        union all
+        select 4,
+               format('role %I, which runs changecast, is a member of role %I, owner of watched %s %s: '
+                      'watch() no longer needs that (the table''s owner calls it); once nothing else does, '
+                      'and no line above names these tables, run: revoke %I from %I',
+                      s.rolname, o.rolname,
+                      case when count(*) = 1 then 'table' else 'tables' end,
+                      string_agg(w.table_name::text, ', ' order by w.table_name::text),
+                      o.rolname, s.rolname)
+        from service s, watched w, pg_roles o
+        where o.oid = w.relowner and w.relowner <> s.oid and not s.rolsuper
+          and pg_has_role(s.oid, w.relowner, 'MEMBER')
+        group by s.rolname, o.rolname
     )
-    select format('role %I, which runs changecast, is a member of role %I, owner of watched %s %s: '
-                  'watch() no longer needs that (the table''s owner calls it); once nothing else does, '
-                  'run: revoke %I from %I',
-                  s.rolname, o.rolname,
-                  case when count(*) = 1 then 'table' else 'tables' end,
-                  string_agg(w.table_name::text, ', ' order by w.table_name::text),
-                  o.rolname, s.rolname)
-    from service s, watched w, pg_roles o
-    where o.oid = w.relowner and w.relowner <> s.oid and not s.rolsuper
-      and pg_has_role(s.oid, w.relowner, 'MEMBER')
-    group by s.rolname, o.rolname
-    union all
-    select format('role %I, which runs changecast, may not read watched table %s (resource type "%s"): '
-                  'its snapshots fail; its owner grants that by calling changecast.watch() again '
-                  '(or: grant select on %s to %I)',
-                  s.rolname, w.table_name::text, w.resource_type, w.table_name::text, s.rolname)
-    from service s, watched w
-    where not has_table_privilege(s.oid, w.table_name, 'SELECT')
+    select line from finding order by rank, line
 $$;
 
 revoke all on function changecast.register(regclass, text, text, text, text[]) from public;
 revoke all on function changecast.attach(regclass, text, text, text) from public;
 revoke all on function changecast.carry_out_request() from public;
 revoke all on function changecast.role_findings() from public;
+revoke all on function changecast.service_holds(aclitem[], oid, text) from public;
 
--- Tables watched before: where this role reaches a table through its owner's role, an
--- explicit SELECT lets that membership go without breaking snapshots.
+-- Tables watched before: where this role reaches a table, or the USAGE on its schema (or
+-- a partition's), through its owner's role, an explicit grant lets that membership go
+-- without breaking snapshots and TRUNCATE. (Where it cannot grant, role_findings() says
+-- what is missing.)
 do $$
 declare
     w record;
@@ -413,6 +496,15 @@ begin
     if (select rolsuper from pg_roles where rolname = current_user) then
         return;
     end if;
+    for w in select distinct n.nspname
+               from changecast.watched x,
+                    lateral (select x.table_name::oid as relid union select p.relid from pg_partition_tree(x.table_name) p) t,
+                    pg_class c, pg_namespace n
+              where c.oid = t.relid and n.oid = c.relnamespace
+                and not changecast.service_holds(n.nspacl, n.nspowner, 'USAGE')
+                and pg_has_role(current_user, n.nspowner, 'USAGE') loop
+        execute format('grant usage on schema %I to %I', w.nspname, current_user);
+    end loop;
     for w in select c.oid::regclass as table_name
                from changecast.watched x join pg_class c on c.oid = x.table_name
               where c.relowner <> (select oid from pg_roles where rolname = current_user)

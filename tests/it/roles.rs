@@ -805,9 +805,25 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
     managed.grants().await;
     let owner = managed.connect(&managed.owner).await;
     owner_watches_orders(&managed).await;
+    // A table in a schema of the owner's, which the changecast role reached through the
+    // membership too.
+    owner
+        .batch_execute(&format!(
+            "create schema app;
+             grant usage on schema app to {writer};
+             create table app.things (id text primary key, tenant_id text not null);
+             grant select, insert, update, delete, truncate on app.things to {writer};
+             select changecast.watch('app.things', 'thing');",
+            writer = managed.writer
+        ))
+        .await
+        .unwrap();
     let writer = managed.connect(&managed.writer).await;
     writer
-        .batch_execute("insert into public.orders values ('o1', 'acme', 1, 'SECRET')")
+        .batch_execute(
+            "insert into public.orders values ('o1', 'acme', 1, 'SECRET');
+             insert into app.things values ('t1', 'acme');",
+        )
         .await
         .unwrap();
 
@@ -869,6 +885,17 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
         .collect();
     assert_eq!(ids, HashSet::from(["o1", "o2"]));
     assert!(!snapshot.to_string().contains("SECRET"));
+    // The migration granted USAGE on schema app too: snapshots and TRUNCATE of its table
+    // work without the membership.
+    let snapshot = snapshot_of(&service, "types=thing", "acme").await;
+    assert_eq!(
+        snapshot["resources"]["thing"],
+        json!([{"id": "t1", "tenant_id": "acme"}])
+    );
+    let mut things = sse_of(&service, "types=thing", "acme").await;
+    writer.batch_execute("truncate app.things").await.unwrap();
+    let resync = next_events(&mut things, 1).await;
+    assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
 
     let unwatched: bool = owner
         .query_one("select changecast.unwatch('public.orders')", &[])
@@ -951,6 +978,110 @@ async fn an_owners_partitioned_table_is_watched_with_trigger_lent_for_the_call_o
     assert_eq!(
         snapshot["resources"]["reading"],
         json!([{"id": "r1", "tenant_id": "acme", "value": 3}])
+    );
+
+    drop(service);
+    drop((owner, writer));
+    managed.drop().await;
+}
+
+/// The changecast role's findings, as it reads them.
+async fn findings_of(managed: &Managed) -> Vec<String> {
+    managed
+        .connect(&managed.service)
+        .await
+        .query("select changecast.role_findings()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A table in a schema of the owner's: watch() first asks for USAGE on the schema for the
+/// changecast role (naming the grant), then works once its owner grants it; writes,
+/// snapshots and TRUNCATE work through it. Row security turned on for a watched table is
+/// named by role_findings().
+#[tokio::test]
+async fn a_table_outside_public_needs_usage_on_its_schema_for_the_changecast_role() {
+    let managed = Managed::migrated().await;
+    let owner = managed.connect(&managed.owner).await;
+    owner
+        .batch_execute(&format!(
+            "create schema app;
+             grant usage on schema app to {writer};
+             create table app.things (id text primary key, tenant_id text not null, name text);
+             grant select, insert, update, delete, truncate on app.things to {writer};",
+            writer = managed.writer
+        ))
+        .await
+        .unwrap();
+    let (code, message) = match owner
+        .query_one("select changecast.watch('app.things', 'thing')", &[])
+        .await
+    {
+        Ok(_) => panic!("watched without USAGE on its schema"),
+        Err(error) => {
+            let db_error = error.as_db_error().expect("a database error");
+            (
+                db_error.code().clone(),
+                format!(
+                    "{} {}",
+                    db_error.message(),
+                    db_error.hint().unwrap_or_default()
+                ),
+            )
+        }
+    };
+    assert_eq!(code, SqlState::INSUFFICIENT_PRIVILEGE, "{message}");
+    assert!(
+        message.contains("USAGE on schema app")
+            && message.contains(&format!("grant usage on schema app to {}", managed.service)),
+        "{message}"
+    );
+    owner
+        .batch_execute(&format!(
+            "grant usage on schema app to {};
+             select changecast.watch('app.things', 'thing');",
+            managed.service
+        ))
+        .await
+        .unwrap();
+    assert_eq!(findings_of(&managed).await, Vec::<String>::new());
+
+    let service = serve(&managed).await;
+    let mut acme = sse_of(&service, "types=thing", "acme").await;
+    let writer = managed.connect(&managed.writer).await;
+    writer
+        .batch_execute(
+            "insert into app.things values ('t1', 'acme', 'one'), ('t2', 'globex', 'two');",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&next_events(&mut acme, 1).await),
+        [("created".into(), "t1".into())]
+    );
+    let snapshot = snapshot_of(&service, "types=thing", "acme").await;
+    assert_eq!(
+        snapshot["resources"]["thing"],
+        json!([{"id": "t1", "tenant_id": "acme", "name": "one"}])
+    );
+    writer.batch_execute("truncate app.things").await.unwrap();
+    let resync = next_events(&mut acme, 1).await;
+    assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
+
+    // Row security on a watched table applies to the changecast role (no BYPASSRLS, not
+    // the owner): named, with what to do.
+    owner
+        .batch_execute("alter table app.things enable row level security")
+        .await
+        .unwrap();
+    let named = findings_of(&managed).await;
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(
+        named[0].contains("app.things") && named[0].contains("row security"),
+        "{named:?}"
     );
 
     drop(service);
