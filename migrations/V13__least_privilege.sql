@@ -176,6 +176,7 @@ declare
     qualified text := (select format('%I.%I', n.nspname, c.relname)
                        from pg_class c join pg_namespace n on n.oid = c.relnamespace
                        where c.oid = target);
+    part      regclass;
 begin
     if not has_table_privilege(current_user, target, 'TRIGGER') then
         raise exception 'changecast: role "%" (owner of schema changecast) may not attach triggers to %', current_user, qualified
@@ -185,9 +186,71 @@ begin
     execute format('create trigger changecast_capture after insert or update or delete on %s '
                    'for each row execute function changecast.capture(%L, %L, %L)',
                    qualified, resource_type, tenant_column, id_column);
-    execute format('create trigger changecast_truncate before truncate on %s '
-                   'for each statement execute function changecast.capture_truncate(%L, %L, %L)',
-                   qualified, resource_type, tenant_column, id_column);
+    -- On the table and on each of its partitions: TRUNCATE triggers are not cloned.
+    for part in select target union select p.relid from pg_partition_tree(target) p loop
+        execute format('create trigger changecast_truncate before truncate on %s '
+                       'for each statement execute function changecast.capture_truncate(%L, %L, %L)',
+                       part, resource_type, tenant_column, id_column);
+    end loop;
+end
+$$;
+
+/*
+ * Function: changecast.capture_truncate()  (BEFORE TRUNCATE statement trigger)
+ * As in V9, with two changes for partitions, which carry a trigger of their own:
+ *   - the registration may be an ancestor's (as in capture());
+ *   - one `truncated` entry per tenant and resource type and transaction: truncating a
+ *     partitioned table fires its trigger and each partition's.
+ *   A partition is read by itself where this role may (watch() grants it SELECT), else
+ *   through the registered table, as rows of that partition.
+ */
+create or replace function changecast.capture_truncate() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp set row_security = off as $$
+declare
+    registered  regclass;
+    tenant_text text;
+    source      text;
+begin
+    select w.table_name into registered from changecast.watched w
+     where w.table_name = tg_relid
+       and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
+    if not found then
+        select w.table_name into registered from changecast.watched w
+         where w.table_name in (select a.relid from pg_partition_ancestors(tg_relid) a)
+           and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
+        if not found then
+            raise exception 'changecast: %.% is not watched as "%" (tenant column "%", id column "%")',
+                    tg_table_schema, tg_table_name, tg_argv[0], tg_argv[1], tg_argv[2]
+                using errcode = 'insufficient_privilege',
+                      hint = 'attach the trigger with changecast.watch()';
+        end if;
+    end if;
+    perform changecast.check_definition_current(tg_relid);
+    if exists (select 1 from changecast.owned_columns(tg_relid) o where o.column_name = tg_argv[1]) then
+        tenant_text := format('pg_catalog.format(''%%s'', t.%I)', tg_argv[1]);
+    else
+        tenant_text := format('t.%I::pg_catalog.text', tg_argv[1]);
+    end if;
+    if registered = tg_relid or has_table_privilege(tg_relid, 'SELECT') then
+        source := format('%I.%I t where true', tg_table_schema, tg_table_name);
+    else
+        source := format('%s t where t.tableoid in (select p.relid from pg_catalog.pg_partition_tree(%s) p)',
+                         registered, tg_relid::oid);
+    end if;
+    -- (The journal's tenant column has the database's collation, which is deterministic:
+    -- comparing under it compares bytes, and uses the (tenant_id, xid) index.)
+    execute format('insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+                    select d.tenant, $1, ''truncated'', '''', ''{}''::jsonb
+                    from (select distinct %1$s collate "C" as tenant
+                          from %2$s and t.%3$I is not null) d
+                    where not exists (select 1 from changecast.change_log l
+                                      where l.tenant_id = d.tenant collate "default"
+                                        and l.xid = pg_catalog.pg_current_xact_id()
+                                        and l.resource_type = $1 and l.event = ''truncated'')',
+                   tenant_text, source, tg_argv[1])
+        using tg_argv[0];
+    perform changecast.ring();
+    return null;
 end
 $$;
 
@@ -300,16 +363,22 @@ begin
     if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture') then
         execute format('drop trigger changecast_capture on %s', qualified);
     end if;
-    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_truncate') then
-        execute format('drop trigger changecast_truncate on %s', qualified);
-    end if;
-    -- An explicit grant even where the service reaches the table through its owner's
-    -- role, so that such a membership can be revoked without breaking snapshots.
-    if owner_oid <> service and not (select r.rolsuper from pg_roles r where r.oid = service) then
-        execute format('grant select on %s to %s', qualified, grantee);
-    end if;
     -- (pg_partition_tree() lists a partitioned table and its partitions, nothing else.)
+    -- Each partition carries a TRUNCATE trigger of its own: TRUNCATE triggers are not
+    -- cloned, and a partition can be truncated alone.
     for part in select target union select p.relid from pg_partition_tree(target) p loop
+        if exists (select 1 from pg_trigger t where t.tgrelid = part and t.tgname = 'changecast_truncate') then
+            execute format('drop trigger changecast_truncate on %s', part);
+        end if;
+    end loop;
+    -- An explicit grant even where the service reaches the table through its owner's
+    -- role, so that such a membership can be revoked without breaking snapshots; on
+    -- partitions too, which the TRUNCATE trigger of one reads.
+    for part in select target union select p.relid from pg_partition_tree(target) p loop
+        if (select c.relowner from pg_class c where c.oid = part) <> service
+           and not (select r.rolsuper from pg_roles r where r.oid = service) then
+            execute format('grant select on %s to %s', part, grantee);
+        end if;
         if not has_table_privilege(service, part, 'TRIGGER') then
             execute format('grant trigger on %s to %s', part, grantee);
             lent := lent || part;
@@ -319,8 +388,10 @@ begin
     insert into changecast.watch_requests (table_name, resource_type, tenant_column, id_column, exclude_columns)
     values (target, watch.resource_type, watch.tenant_column, watch.id_column, watch.exclude_columns);
 
-    execute format('alter table %s enable always trigger changecast_capture, '
-                   'enable always trigger changecast_truncate', qualified);
+    execute format('alter table %s enable always trigger changecast_capture', qualified);
+    for part in select target union select p.relid from pg_partition_tree(target) p loop
+        execute format('alter table %s enable always trigger changecast_truncate', part);
+    end loop;
     foreach part in array lent loop
         execute format('revoke trigger on %s from %s', part, grantee);
     end loop;
@@ -344,6 +415,7 @@ declare
     owner_oid oid;
     qualified text;
     attached  boolean;
+    part      regclass;
 begin
     if target is null then
         raise exception 'changecast.unwatch: no table given' using errcode = 'null_value_not_allowed';
@@ -365,12 +437,14 @@ begin
     if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture') then
         execute format('drop trigger changecast_capture on %s', qualified);
     end if;
-    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_truncate') then
-        execute format('drop trigger changecast_truncate on %s', qualified);
-    end if;
-    if not pg_has_role(service, owner_oid, 'USAGE') then
-        execute format('revoke select on %s from %s', qualified, grantee);
-    end if;
+    for part in select target union select p.relid from pg_partition_tree(target) p loop
+        if exists (select 1 from pg_trigger t where t.tgrelid = part and t.tgname = 'changecast_truncate') then
+            execute format('drop trigger changecast_truncate on %s', part);
+        end if;
+        if not pg_has_role(service, (select c.relowner from pg_class c where c.oid = part), 'USAGE') then
+            execute format('revoke select on %s from %s', part, grantee);
+        end if;
+    end loop;
     return attached;
 end
 $$;
