@@ -402,9 +402,12 @@ $$;
  * Function: changecast.unwatch(table)
  * Returns: true when the table was watched. Its journal rows stay until pruned.
  * Algorithm: as the caller, who must hold the privileges of the table's owner: request
- *   that the registration be forgotten (see the header), drop the triggers, and take
- *   back the SELECT that watch() gave the service's role (unless that role owns the
- *   table or holds its owner's privileges).
+ *   that the registration be forgotten (see the header), drop the triggers (on the
+ *   table and its partitions), and take back the service's SELECT on them (unless that
+ *   role owns one or holds its owner's privileges). A SELECT granted to the service's
+ *   role by other means goes too: the caller could not tell it from watch()'s without
+ *   reading the registration, which is not the caller's to read (docs/roles.md says to
+ *   grant it again after unwatch() where needed).
  * Security invoker, executable only where granted.
  */
 create or replace function changecast.unwatch(target regclass) returns boolean
