@@ -340,6 +340,14 @@ begin
             using errcode = 'insufficient_privilege',
                   hint = 'call watch() as the table''s owner; the role running changecast needs neither ownership nor membership';
     end if;
+    -- Nothing stops a superuser, but this is code of the service's role running with the
+    -- caller's rights: a superuser's should not be those (see the header).
+    if (select r.rolsuper from pg_roles r where r.rolname = current_user)
+       and owner_oid <> (select r.oid from pg_roles r where r.rolname = current_user) then
+        raise warning 'changecast.watch: called as superuser "%"', current_user
+            using detail = format('changecast.watch() runs with its caller''s rights and belongs to role %s, which could have replaced it', grantee),
+                  hint = format('call it as the table''s owner: set role %s; (docs/roles.md)', owner_oid::regrole);
+    end if;
     if (select c.relkind not in ('r', 'p') or c.relpersistence = 't' from pg_class c where c.oid = target) then
         raise exception 'changecast.watch: % is not a permanent table', target
             using errcode = 'wrong_object_type';
@@ -430,6 +438,14 @@ begin
         raise exception 'changecast.unwatch: role "%" may not unwatch % (only its owner "%", a role with that role''s privileges, or a superuser may)',
                 current_user, target, owner_oid::regrole
             using errcode = 'insufficient_privilege';
+    end if;
+    -- Nothing stops a superuser, but this is code of the service's role running with the
+    -- caller's rights: a superuser's should not be those (see the header).
+    if (select r.rolsuper from pg_roles r where r.rolname = current_user)
+       and owner_oid <> (select r.oid from pg_roles r where r.rolname = current_user) then
+        raise warning 'changecast.unwatch: called as superuser "%"', current_user
+            using detail = format('changecast.unwatch() runs with its caller''s rights and belongs to role %s, which could have replaced it', grantee),
+                  hint = format('call it as the table''s owner: set role %s; (docs/roles.md)', owner_oid::regrole);
     end if;
     attached := exists (select 1 from pg_trigger t
                         where t.tgrelid = target and t.tgname = 'changecast_capture'
