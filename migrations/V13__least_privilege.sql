@@ -56,14 +56,41 @@ create table changecast.watch_requests (
     tenant_column   text,
     id_column       text,
     exclude_columns text[],
+    -- watch(): the tables (the watched one, its partitions) on which it granted the
+    -- service SELECT, which unwatch() is to take back.
+    granted_select  regclass[] not null default '{}',
     -- The role in effect for the inserting statement (see the header).
     requested_by    name not null default current_user,
-    xact            xid8 not null default pg_current_xact_id()
+    xact            xid8 not null default pg_current_xact_id(),
+    -- unwatch(): what watch() granted, for it to take back (RETURNING); filled in by
+    -- the BEFORE trigger, and returned only if the request is carried out.
+    to_revoke       regclass[]
 );
 revoke all on changecast.watch_requests from public;
 -- Anyone may ask; the trigger decides (and watch() callers need no other grant).
-grant insert (table_name, unwatch, resource_type, tenant_column, id_column, exclude_columns)
+grant insert (table_name, unwatch, resource_type, tenant_column, id_column, exclude_columns, granted_select)
     on changecast.watch_requests to public;
+grant select (to_revoke) on changecast.watch_requests to public;
+
+alter table changecast.watched add column select_granted regclass[] not null default '{}';
+
+/*
+ * Function: changecast.look_up_request()  (BEFORE INSERT row trigger of watch_requests)
+ * Returns: the request; for unwatch(), with what watch() granted on the table (none for
+ *   any other request). Security definer: only this role reads `changecast.watched`.
+ *   The AFTER trigger decides whether the request is carried out; if not, the statement
+ *   fails and returns nothing.
+ */
+create function changecast.look_up_request() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+    new.to_revoke := case when new.unwatch
+                          then coalesce((select w.select_granted from changecast.watched w
+                                         where w.table_name = new.table_name), '{}')
+                     end;
+    return new;
+end
+$$;
 
 /*
  * Function: changecast.register(table, resource_type, tenant_column, id_column, exclude_columns)
@@ -270,6 +297,7 @@ declare
                                    then 'changecast.unwatch(regclass)'::regprocedure
                                    else 'changecast.watch(regclass, text, text, text, text[])'::regprocedure
                               end;
+    granted   regclass[];
 begin
     if owner_oid is null then
         raise exception 'changecast: no table given' using errcode = 'null_value_not_allowed';
@@ -286,17 +314,27 @@ begin
     if new.unwatch then
         delete from changecast.watched w where w.table_name = new.table_name;
     else
+        -- (Watching again finds the SELECT it granted before: it stays watch()'s. Read
+        -- first: register() writes the registration anew.)
+        granted := coalesce((select w.select_granted from changecast.watched w
+                             where w.table_name = new.table_name), '{}') || new.granted_select;
         perform changecast.register(new.table_name, new.resource_type, new.tenant_column,
                                     new.id_column, new.exclude_columns);
+        update changecast.watched w
+           set select_granted = array(select distinct g from unnest(granted) g
+                                      where g::oid in (select c.oid from pg_class c))
+         where w.table_name = new.table_name;
     end if;
     delete from changecast.watch_requests r where r.xact = new.xact;
     return null;
 end
 $$;
 
+create trigger look_up before insert on changecast.watch_requests
+    for each row execute function changecast.look_up_request();
 create trigger carry_out after insert on changecast.watch_requests
     for each row execute function changecast.carry_out_request();
-alter table changecast.watch_requests enable always trigger carry_out;
+alter table changecast.watch_requests enable always trigger look_up, enable always trigger carry_out;
 
 /*
  * Function: changecast.watch(table, resource_type, tenant_column, id_column, exclude_columns)
@@ -325,6 +363,7 @@ declare
     owner_oid oid;
     qualified text;
     lent      regclass[] := '{}';
+    granted   regclass[] := '{}';
     part      regclass;
     lacking   name;
 begin
@@ -384,8 +423,11 @@ begin
     -- partitions too, which the TRUNCATE trigger of one reads.
     for part in select target union select p.relid from pg_partition_tree(target) p loop
         if (select c.relowner from pg_class c where c.oid = part) <> service
-           and not (select r.rolsuper from pg_roles r where r.oid = service) then
+           and not (select r.rolsuper from pg_roles r where r.oid = service)
+           and not exists (select 1 from pg_class c, aclexplode(c.relacl) a
+                           where c.oid = part and a.grantee = service and a.privilege_type = 'SELECT') then
             execute format('grant select on %s to %s', part, grantee);
+            granted := granted || part;
         end if;
         if not has_table_privilege(service, part, 'TRIGGER') then
             execute format('grant trigger on %s to %s', part, grantee);
@@ -393,8 +435,8 @@ begin
         end if;
     end loop;
 
-    insert into changecast.watch_requests (table_name, resource_type, tenant_column, id_column, exclude_columns)
-    values (target, watch.resource_type, watch.tenant_column, watch.id_column, watch.exclude_columns);
+    insert into changecast.watch_requests (table_name, resource_type, tenant_column, id_column, exclude_columns, granted_select)
+    values (target, watch.resource_type, watch.tenant_column, watch.id_column, watch.exclude_columns, granted);
 
     execute format('alter table %s enable always trigger changecast_capture', qualified);
     for part in select target union select p.relid from pg_partition_tree(target) p loop
@@ -411,11 +453,9 @@ $$;
  * Returns: true when the table was watched. Its journal rows stay until pruned.
  * Algorithm: as the caller, who must hold the privileges of the table's owner: request
  *   that the registration be forgotten (see the header), drop the triggers (on the
- *   table and its partitions), and take back the service's SELECT on them (unless that
- *   role owns one or holds its owner's privileges). A SELECT granted to the service's
- *   role by other means goes too: the caller could not tell it from watch()'s without
- *   reading the registration, which is not the caller's to read (docs/roles.md says to
- *   grant it again after unwatch() where needed).
+ *   table and its partitions), and take back the SELECT on them that watch() granted
+ *   the service's role (recorded on the registration, returned by the request): a
+ *   SELECT it held before watch() stays.
  * Security invoker, executable only where granted.
  */
 create or replace function changecast.unwatch(target regclass) returns boolean
@@ -427,6 +467,7 @@ declare
     qualified text;
     attached  boolean;
     part      regclass;
+    revoking  regclass[];
 begin
     if target is null then
         raise exception 'changecast.unwatch: no table given' using errcode = 'null_value_not_allowed';
@@ -451,7 +492,8 @@ begin
                         where t.tgrelid = target and t.tgname = 'changecast_capture'
                           and t.tgfoid = 'changecast.capture()'::regprocedure);
 
-    insert into changecast.watch_requests (table_name, unwatch) values (target, true);
+    insert into changecast.watch_requests (table_name, unwatch) values (target, true)
+    returning to_revoke into revoking;
 
     if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture') then
         execute format('drop trigger changecast_capture on %s', qualified);
@@ -460,9 +502,10 @@ begin
         if exists (select 1 from pg_trigger t where t.tgrelid = part and t.tgname = 'changecast_truncate') then
             execute format('drop trigger changecast_truncate on %s', part);
         end if;
-        if not pg_has_role(service, (select c.relowner from pg_class c where c.oid = part), 'USAGE') then
-            execute format('revoke select on %s from %s', part, grantee);
-        end if;
+    end loop;
+    -- Only the SELECT that watch() granted: one granted otherwise is not ours to take.
+    for part in select r from unnest(revoking) r where r::oid in (select c.oid from pg_class c) loop
+        execute format('revoke select on %s from %s', part, grantee);
     end loop;
     return attached;
 end
@@ -575,6 +618,7 @@ $$;
 revoke all on function changecast.register(regclass, text, text, text, text[]) from public;
 revoke all on function changecast.attach(regclass, text, text, text) from public;
 revoke all on function changecast.carry_out_request() from public;
+revoke all on function changecast.look_up_request() from public;
 revoke all on function changecast.role_findings() from public;
 revoke all on function changecast.service_holds(aclitem[], oid, text) from public;
 
@@ -603,6 +647,8 @@ begin
               where c.relowner <> (select oid from pg_roles where rolname = current_user)
                 and pg_has_role(current_user, c.relowner, 'USAGE') loop
         execute format('grant select on %s to %I', w.table_name, current_user);
+        update changecast.watched x set select_granted = array[w.table_name]
+         where x.table_name = w.table_name;
     end loop;
 end
 $$;

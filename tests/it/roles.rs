@@ -472,7 +472,14 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
     let resync = next_events(&mut acme, 1).await;
     assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
 
-    // The owner unwatches: triggers gone, the SELECT taken back, writes not journalled.
+    // The owner watches it again (the SELECT stays watch()'s to take back), then
+    // unwatches: triggers gone, the SELECT taken back, writes not journalled.
+    owner
+        .batch_execute(
+            "select changecast.watch('public.orders', 'order', exclude_columns => array['card'])",
+        )
+        .await
+        .unwrap();
     let unwatched: bool = owner
         .query_one("select changecast.unwatch('public.orders')", &[])
         .await
@@ -515,6 +522,23 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
         .unwrap()
         .get(0);
     assert_eq!(findings, 0);
+
+    // A SELECT the owner granted the changecast role for a reason of its own, before
+    // watch(), is not unwatch()'s to take back.
+    owner
+        .batch_execute(&format!(
+            "create table public.notes (id text primary key, tenant_id text not null);
+             grant select on public.notes to {};
+             select changecast.watch('public.notes', 'note');
+             select changecast.unwatch('public.notes');",
+            managed.service
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        managed.service_privileges("public.notes").await,
+        HashSet::from(["SELECT".to_owned()])
+    );
 
     drop(service);
     drop((owner, writer, journal));
