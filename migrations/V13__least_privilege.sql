@@ -36,9 +36,19 @@
 --   snapshot rather than run them).
 -- * Tables watched before this migration keep their triggers and registrations. Where
 --   the service's role reached a table through membership in its owner's role, it is
---   granted SELECT on it here, so that the membership can be revoked without breaking
---   snapshots; changecast.role_findings() (reported by the service at start) names such
---   memberships.
+--   granted SELECT on it (and USAGE on its schema) here, so that the membership can be
+--   revoked without breaking snapshots and TRUNCATE; changecast.role_findings()
+--   (reported by the service at start) names such memberships, and first what would
+--   break without them. (Partitions of a partitioned table watched before get their own
+--   TRUNCATE triggers when it is watched again.)
+-- * The service's role needs USAGE on the schema of a watched table, which only the
+--   schema's owner may grant: watch() asks for it rather than grants it.
+-- * Partitions: each carries a TRUNCATE trigger of its own (they are not cloned), and the
+--   service SELECT on it (the trigger reads it). The watcher role may execute capture()
+--   and capture_truncate() (sql/grants.sql), so that adding a partition can clone the
+--   capture trigger: both still refuse any table and arguments not registered.
+-- * unwatch() takes back only the SELECT that watch() granted (recorded on the
+--   registration).
 
 /*
  * Table: changecast.watch_requests
@@ -46,8 +56,8 @@
  * the trigger that carries it out. Who made it is not the inserter's to say: anyone may
  * insert the request's columns, none may name `requested_by` or `xact`, whose defaults —
  * built-in expressions, evaluated as the inserting role — fill them in. So no code of
- * this schema runs with the inserter's rights here: the trigger that checks and carries
- * out the request runs as this schema's owner.
+ * this schema runs with the inserter's rights here: the triggers that look up, check and
+ * carry out the request run as this schema's owner.
  */
 create table changecast.watch_requests (
     table_name      regclass not null,
