@@ -594,13 +594,26 @@ async fn only_the_owner_in_effect_may_watch_or_unwatch_a_table() {
             "{message}"
         );
     }
-    // Straight to the request table: its trigger asks the same of the role in effect.
-    let (code, _) = refused(
-        &stranger_db,
-        "insert into changecast.watch_requests (table_name, unwatch) values ('public.orders', true)",
-    )
-    .await;
-    assert_eq!(code, SqlState::INSUFFICIENT_PRIVILEGE);
+    // Straight to the request table: its trigger asks the same of the role in effect,
+    // which the request cannot name (nor read back what watch() granted).
+    for attempt in [
+        "insert into changecast.watch_requests (table_name, unwatch) values ('public.orders', true)".to_owned(),
+        "insert into changecast.watch_requests (table_name, unwatch) values ('public.orders', true)
+         returning to_revoke"
+            .to_owned(),
+        format!(
+            "insert into changecast.watch_requests (table_name, unwatch, requested_by)
+             values ('public.orders', true, '{}')",
+            managed.owner
+        ),
+    ] {
+        let (code, message) = refused(&stranger_db, &attempt).await;
+        assert_eq!(
+            code,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "{attempt}: {message}"
+        );
+    }
     // The writer was granted nothing in changecast but publish().
     let writer = managed.connect(&managed.writer).await;
     for attempt in [
