@@ -15,9 +15,20 @@
 --
 -- 2. The application's migration role (watcher_role), which owns its tables: USAGE on
 --    the schema and EXECUTE on watch()/unwatch(). It watches tables it owns (a member of
---    the owning role with its privileges, or a superuser, may too). Grant it only to
---    roles trusted to write events for every tenant: whoever may watch a table may fill
---    its tenant column with any tenant.
+--    the owning role with its privileges may too). Grant it only to roles trusted to
+--    write events for every tenant: whoever may watch a table may fill its tenant column
+--    with any tenant.
+--    watch() and unwatch() run with the CALLER's rights (only a table's owner may grant
+--    the changecast role SELECT on it) and are code owned by the changecast role, which
+--    could replace them: call them as the table's owner, never as a superuser (a
+--    superuser runs `set role <owner>` first). The changecast role must keep no CREATE
+--    on schema public (docs/roles.md, step 3).
+--    It also gets EXECUTE on the trigger functions capture() and capture_truncate():
+--    adding a partition to a watched partitioned table clones the capture trigger, which
+--    needs it. Safe: both refuse any table and arguments not registered by watch().
+--    For a table outside schema public, the schema's owner grants the changecast role
+--    USAGE on it before watch() (which says so otherwise):
+--      grant usage on schema <app_schema> to <changecast_role>;
 --
 -- 3. Application roles that read and write watched tables (app_role) need NOTHING in
 --    changecast for their changes to be captured: the triggers write the journal as the
@@ -31,7 +42,9 @@
 \if :{?watcher_role}
 grant usage on schema changecast to :"watcher_role";
 grant execute on function changecast.watch(regclass, text, text, text, text[]),
-                          changecast.unwatch(regclass)
+                          changecast.unwatch(regclass),
+                          changecast.capture(),
+                          changecast.capture_truncate()
    to :"watcher_role";
 \else
 \echo 'watcher_role not set (-v watcher_role=...): no role may call watch()/unwatch() but the changecast role'
@@ -44,9 +57,10 @@ grant execute on function changecast.publish(text, text, jsonb) to :"app_role";
 
 -- Never grant to application roles: INSERT/UPDATE/DELETE on changecast's tables
 -- (change_log, watched, journal_meta, journal_ticks, cursor_key), EXECUTE on its other
--- functions (capture(), capture_truncate(), attach(), register(), ...), membership in the
--- changecast role. (`changecast.watch_requests` takes INSERTs from anyone: its trigger
--- carries out only what the table's owner, granted watch(), asked for.) Check with:
+-- functions (attach(), register(), ...; capture() and capture_truncate() only to the
+-- watcher role, above), membership in the changecast role. (`changecast.watch_requests`
+-- takes INSERTs of its request columns from anyone: its trigger carries out only what
+-- the table's owner, granted watch(), asked for.) Check with:
 --
 --   select p.oid::regprocedure, r.rolname
 --   from pg_proc p, pg_roles r

@@ -7,7 +7,14 @@
 --        -v owner_role=app_owner -v writer_role=app_writer -f sql/roles.sql
 --
 -- then give the roles passwords (`\password changecast`, ...), run `changecast migrate`
--- as the changecast role, and sql/grants.sql as the changecast role. See docs/roles.md.
+-- as the changecast role, and sql/grants.sql as the changecast role. Then, as this admin
+-- role (PostgreSQL 15+), take back what the first migration needed:
+--
+--   psql "$ADMIN_URL" -d app -c 'revoke create on schema public from changecast'
+--
+-- The changecast role owns watch(), which table owners run with their own rights: it must
+-- have no way to plant objects where other roles' queries look (CVE-2018-1058). The
+-- service migrates and serves without it. See docs/roles.md.
 --
 -- Four roles, and what each may do:
 --   admin            (you) creates the roles and the database, which it owns. With
@@ -35,8 +42,9 @@ grant create on database :"database" to :"changecast_role", :"owner_role";
 \connect :"database"
 -- From PostgreSQL 15 on, schema public belongs to the database's owner (the admin here)
 -- and nobody else may create in it. The application's tables go there, and so do the
--- example tables `changecast migrate` makes (profiles, tickets, agents). Before 15,
--- everyone may create in public and its owner is the cluster's bootstrap superuser.
+-- example tables `changecast migrate` makes (profiles, tickets, agents): revoke the
+-- changecast role's CREATE once they exist (see the top). Before 15, everyone may create
+-- in public and its owner is the cluster's bootstrap superuser.
 select current_setting('server_version_num')::int >= 150000 as public_is_ours \gset
 \if :public_is_ours
 grant create on schema public to :"changecast_role", :"owner_role";

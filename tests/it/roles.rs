@@ -188,10 +188,24 @@ impl Managed {
 
     /// [`Managed::roles`], then `changecast migrate` as the changecast role and
     /// sql/grants.sql as it.
+    /// Then, as docs/roles.md says, the admin takes back the changecast role's CREATE on
+    /// public (PostgreSQL 15+): everything after runs without it.
     async fn migrated() -> Managed {
         let managed = Managed::roles().await;
         migrate_as(&managed.url(&managed.service));
         managed.grants().await;
+        connect(&url_as(&managed.admin, &managed.database))
+            .await
+            .batch_execute(&format!(
+                "do $$ begin
+                     if current_setting('server_version_num')::int >= 150000 then
+                         revoke create on schema public from {};
+                     end if;
+                 end $$",
+                managed.service
+            ))
+            .await
+            .unwrap();
         managed
     }
 
@@ -206,7 +220,8 @@ impl Managed {
                 .batch_execute(&format!(
                     "grant usage on schema changecast to {owner}, {writer};
                      grant execute on function changecast.watch(regclass, text, text, text, text[]),
-                                               changecast.unwatch(regclass) to {owner};
+                                               changecast.unwatch(regclass), changecast.capture(),
+                                               changecast.capture_truncate() to {owner};
                      grant execute on function changecast.publish(text, text, jsonb) to {writer};",
                     owner = self.owner,
                     writer = self.writer
@@ -377,6 +392,18 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
     );
     assert_eq!(managed.service_memberships().await, Vec::<String>::new());
     let owner = managed.connect(&managed.owner).await;
+    // From PostgreSQL 15 on the admin could take back its CREATE on public, and did; the
+    // service is served below without it.
+    let creates_in_public: bool = owner
+        .query_one(
+            "select has_schema_privilege($1, 'public', 'CREATE')
+                    and current_setting('server_version_num')::int >= 150000",
+            &[&managed.service],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!creates_in_public);
     let (table_owner, service_super): (String, bool) = owner
         .query_one(
             "select c.relowner::regrole::text, (select rolsuper from pg_roles where rolname = $1)
@@ -445,7 +472,14 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
     let resync = next_events(&mut acme, 1).await;
     assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
 
-    // The owner unwatches: triggers gone, the SELECT taken back, writes not journalled.
+    // The owner watches it again (the SELECT stays watch()'s to take back), then
+    // unwatches: triggers gone, the SELECT taken back, writes not journalled.
+    owner
+        .batch_execute(
+            "select changecast.watch('public.orders', 'order', exclude_columns => array['card'])",
+        )
+        .await
+        .unwrap();
     let unwatched: bool = owner
         .query_one("select changecast.unwatch('public.orders')", &[])
         .await
@@ -488,6 +522,23 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
         .unwrap()
         .get(0);
     assert_eq!(findings, 0);
+
+    // A SELECT the owner granted the changecast role for a reason of its own, before
+    // watch(), is not unwatch()'s to take back.
+    owner
+        .batch_execute(&format!(
+            "create table public.notes (id text primary key, tenant_id text not null);
+             grant select on public.notes to {};
+             select changecast.watch('public.notes', 'note');
+             select changecast.unwatch('public.notes');",
+            managed.service
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        managed.service_privileges("public.notes").await,
+        HashSet::from(["SELECT".to_owned()])
+    );
 
     drop(service);
     drop((owner, writer, journal));
@@ -543,13 +594,26 @@ async fn only_the_owner_in_effect_may_watch_or_unwatch_a_table() {
             "{message}"
         );
     }
-    // Straight to the request table: its trigger asks the same of the role in effect.
-    let (code, _) = refused(
-        &stranger_db,
-        "insert into changecast.watch_requests (table_name, unwatch) values ('public.orders', true)",
-    )
-    .await;
-    assert_eq!(code, SqlState::INSUFFICIENT_PRIVILEGE);
+    // Straight to the request table: its trigger asks the same of the role in effect,
+    // which the request cannot name (nor read back what watch() granted).
+    for attempt in [
+        "insert into changecast.watch_requests (table_name, unwatch) values ('public.orders', true)".to_owned(),
+        "insert into changecast.watch_requests (table_name, unwatch) values ('public.orders', true)
+         returning to_revoke"
+            .to_owned(),
+        format!(
+            "insert into changecast.watch_requests (table_name, unwatch, requested_by)
+             values ('public.orders', true, '{}')",
+            managed.owner
+        ),
+    ] {
+        let (code, message) = refused(&stranger_db, &attempt).await;
+        assert_eq!(
+            code,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "{attempt}: {message}"
+        );
+    }
     // The writer was granted nothing in changecast but publish().
     let writer = managed.connect(&managed.writer).await;
     for attempt in [
@@ -778,9 +842,25 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
     managed.grants().await;
     let owner = managed.connect(&managed.owner).await;
     owner_watches_orders(&managed).await;
+    // A table in a schema of the owner's, which the changecast role reached through the
+    // membership too.
+    owner
+        .batch_execute(&format!(
+            "create schema app;
+             grant usage on schema app to {writer};
+             create table app.things (id text primary key, tenant_id text not null);
+             grant select, insert, update, delete, truncate on app.things to {writer};
+             select changecast.watch('app.things', 'thing');",
+            writer = managed.writer
+        ))
+        .await
+        .unwrap();
     let writer = managed.connect(&managed.writer).await;
     writer
-        .batch_execute("insert into public.orders values ('o1', 'acme', 1, 'SECRET')")
+        .batch_execute(
+            "insert into public.orders values ('o1', 'acme', 1, 'SECRET');
+             insert into app.things values ('t1', 'acme');",
+        )
         .await
         .unwrap();
 
@@ -842,6 +922,17 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
         .collect();
     assert_eq!(ids, HashSet::from(["o1", "o2"]));
     assert!(!snapshot.to_string().contains("SECRET"));
+    // The migration granted USAGE on schema app too: snapshots and TRUNCATE of its table
+    // work without the membership.
+    let snapshot = snapshot_of(&service, "types=thing", "acme").await;
+    assert_eq!(
+        snapshot["resources"]["thing"],
+        json!([{"id": "t1", "tenant_id": "acme"}])
+    );
+    let mut things = sse_of(&service, "types=thing", "acme").await;
+    writer.batch_execute("truncate app.things").await.unwrap();
+    let resync = next_events(&mut things, 1).await;
+    assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
 
     let unwatched: bool = owner
         .query_one("select changecast.unwatch('public.orders')", &[])
@@ -860,9 +951,10 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
 }
 
 /// A partitioned table of the owner's: the changecast role attaches the triggers to it
-/// and its partitions with TRIGGER lent for the call only, and holds SELECT on the
-/// partitioned table alone afterwards; writes through either partition are delivered,
-/// and a snapshot reads them through the partitioned table.
+/// and its partitions with TRIGGER lent for the call only, and holds SELECT on them
+/// afterwards; writes through either partition are delivered, and a snapshot reads them
+/// through the partitioned table. The owner can add a partition, whose writes are
+/// delivered too; a TRUNCATE of one partition resyncs its tenants.
 #[tokio::test]
 async fn an_owners_partitioned_table_is_watched_with_trigger_lent_for_the_call_only() {
     let managed = Managed::migrated().await;
@@ -881,8 +973,8 @@ async fn an_owners_partitioned_table_is_watched_with_trigger_lent_for_the_call_o
         .unwrap();
     for (table, expected) in [
         ("public.readings", HashSet::from(["SELECT".to_owned()])),
-        ("public.readings_acme", HashSet::new()),
-        ("public.readings_rest", HashSet::new()),
+        ("public.readings_acme", HashSet::from(["SELECT".to_owned()])),
+        ("public.readings_rest", HashSet::from(["SELECT".to_owned()])),
     ] {
         assert_eq!(managed.service_privileges(table).await, expected, "{table}");
     }
@@ -924,6 +1016,201 @@ async fn an_owners_partitioned_table_is_watched_with_trigger_lent_for_the_call_o
     assert_eq!(
         snapshot["resources"]["reading"],
         json!([{"id": "r1", "tenant_id": "acme", "value": 3}])
+    );
+
+    // The owner adds a partition (cloning the capture trigger needs EXECUTE on capture(),
+    // which sql/grants.sql gives it); writes into it are delivered.
+    owner
+        .batch_execute(
+            "create table public.readings_initech partition of public.readings for values in ('initech')",
+        )
+        .await
+        .unwrap();
+    let mut initech = sse_of(&service, "types=reading", "initech").await;
+    writer
+        .batch_execute("insert into public.readings values ('r3', 'initech', 4)")
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&next_events(&mut initech, 1).await),
+        [("created".into(), "r3".into())]
+    );
+    // EXECUTE on capture() lets the owner attach it by hand, but a trigger with other
+    // arguments, or on a table never watched, is refused on every row.
+    owner
+        .batch_execute(
+            "create table public.fake (id text, tenant_id text, value int);
+             create trigger fake after insert on public.fake
+                 for each row execute function changecast.capture('reading', 'tenant_id', 'id');
+             create trigger other after insert on public.readings_acme
+                 for each row execute function changecast.capture('reading', 'id', 'tenant_id');",
+        )
+        .await
+        .unwrap();
+    for attempt in [
+        "insert into public.fake values ('f1', 'acme', 1)",
+        "insert into public.readings values ('f2', 'acme', 1)",
+    ] {
+        let (code, message) = refused(&owner, attempt).await;
+        assert_eq!(
+            code,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "{attempt}: {message}"
+        );
+    }
+    owner
+        .batch_execute("drop trigger other on public.readings_acme")
+        .await
+        .unwrap();
+
+    // TRUNCATE of one partition: its subscribers' tenants resync. Of the partitioned
+    // table: one entry per tenant, though its trigger and each partition's fire.
+    let journal = managed.connect(&managed.service).await;
+    let truncations = || async {
+        journal
+            .query(
+                "select tenant_id, count(*) from changecast.change_log
+                 where resource_type = 'reading' and event = 'truncated' group by 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+            .collect::<HashSet<_>>()
+    };
+    // (Without its own SELECT on the partition, the changecast role reads it through the
+    // partitioned table.)
+    owner
+        .batch_execute(&format!(
+            "revoke select on public.readings_acme from {};
+             truncate public.readings_acme;",
+            managed.service
+        ))
+        .await
+        .unwrap();
+    let resync = next_events(&mut acme, 1).await;
+    assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
+    assert_eq!(truncations().await, HashSet::from([("acme".into(), 1)]));
+    writer
+        .batch_execute("insert into public.readings values ('r4', 'acme', 5)")
+        .await
+        .unwrap();
+    owner
+        .batch_execute("truncate public.readings")
+        .await
+        .unwrap();
+    assert_eq!(
+        truncations().await,
+        HashSet::from([
+            ("acme".into(), 2),
+            ("globex".into(), 1),
+            ("initech".into(), 1)
+        ])
+    );
+
+    drop(service);
+    drop((owner, writer, journal));
+    managed.drop().await;
+}
+
+/// The changecast role's findings, as it reads them.
+async fn findings_of(managed: &Managed) -> Vec<String> {
+    managed
+        .connect(&managed.service)
+        .await
+        .query("select changecast.role_findings()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A table in a schema of the owner's: watch() first asks for USAGE on the schema for the
+/// changecast role (naming the grant), then works once its owner grants it; writes,
+/// snapshots and TRUNCATE work through it. Row security turned on for a watched table is
+/// named by role_findings().
+#[tokio::test]
+async fn a_table_outside_public_needs_usage_on_its_schema_for_the_changecast_role() {
+    let managed = Managed::migrated().await;
+    let owner = managed.connect(&managed.owner).await;
+    owner
+        .batch_execute(&format!(
+            "create schema app;
+             grant usage on schema app to {writer};
+             create table app.things (id text primary key, tenant_id text not null, name text);
+             grant select, insert, update, delete, truncate on app.things to {writer};",
+            writer = managed.writer
+        ))
+        .await
+        .unwrap();
+    let (code, message) = match owner
+        .query_one("select changecast.watch('app.things', 'thing')", &[])
+        .await
+    {
+        Ok(_) => panic!("watched without USAGE on its schema"),
+        Err(error) => {
+            let db_error = error.as_db_error().expect("a database error");
+            (
+                db_error.code().clone(),
+                format!(
+                    "{} {}",
+                    db_error.message(),
+                    db_error.hint().unwrap_or_default()
+                ),
+            )
+        }
+    };
+    assert_eq!(code, SqlState::INSUFFICIENT_PRIVILEGE, "{message}");
+    assert!(
+        message.contains("USAGE on schema app")
+            && message.contains(&format!("grant usage on schema app to {}", managed.service)),
+        "{message}"
+    );
+    owner
+        .batch_execute(&format!(
+            "grant usage on schema app to {};
+             select changecast.watch('app.things', 'thing');",
+            managed.service
+        ))
+        .await
+        .unwrap();
+    assert_eq!(findings_of(&managed).await, Vec::<String>::new());
+
+    let service = serve(&managed).await;
+    let mut acme = sse_of(&service, "types=thing", "acme").await;
+    let writer = managed.connect(&managed.writer).await;
+    writer
+        .batch_execute(
+            "insert into app.things values ('t1', 'acme', 'one'), ('t2', 'globex', 'two');",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&next_events(&mut acme, 1).await),
+        [("created".into(), "t1".into())]
+    );
+    let snapshot = snapshot_of(&service, "types=thing", "acme").await;
+    assert_eq!(
+        snapshot["resources"]["thing"],
+        json!([{"id": "t1", "tenant_id": "acme", "name": "one"}])
+    );
+    writer.batch_execute("truncate app.things").await.unwrap();
+    let resync = next_events(&mut acme, 1).await;
+    assert_eq!(resync[0].data["reason"], "truncated", "{resync:?}");
+
+    // Row security on a watched table applies to the changecast role (no BYPASSRLS, not
+    // the owner): named, with what to do.
+    owner
+        .batch_execute("alter table app.things enable row level security")
+        .await
+        .unwrap();
+    let named = findings_of(&managed).await;
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(
+        named[0].contains("app.things") && named[0].contains("row security"),
+        "{named:?}"
     );
 
     drop(service);
