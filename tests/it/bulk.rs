@@ -268,7 +268,9 @@ async fn ws_refuses_bad_bounds_with_an_error_frame_and_stays_open() {
         json!(0),
         json!(-1),
         json!(1.5),
+        json!(1.0),
         json!("5"),
+        json!(true),
         json!(10_001),
         json!([5]),
     ] {
