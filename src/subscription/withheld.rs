@@ -217,12 +217,15 @@ impl Withheld {
 }
 
 /// Whether `selection` takes every event a journal read with its coarse filter returns
-/// (so a transaction's size in the journal is its size for the subscriber).
+/// (so a transaction's size in the journal is its size for the subscriber). A token's
+/// scope (`per_type`) may filter rows out, or leave out columns so that an update
+/// touching only those brings nothing.
 pub(super) fn takes_all_it_reads(selection: &Selection) -> bool {
     selection.events.is_none()
         && selection.rows.is_empty()
         && selection.ids.is_none()
         && selection.topics.is_none()
+        && selection.per_type.is_empty()
 }
 
 #[cfg(test)]

@@ -312,3 +312,41 @@ async fn on_replay_only_events_of_the_subscribers_view_count() {
     assert_eq!(seen.resyncs[0].0, "bulk_change");
     replayed.assert_no_change_within(QUIET).await;
 }
+
+#[tokio::test]
+async fn on_replay_only_events_of_a_scoped_tokens_view_count() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let claims = json!({
+        "tenant_id": "acme",
+        "exp": jsonwebtoken::get_current_timestamp() + 3600,
+        "changecast": {"filter": {"ticket": ["title=eq.hit"]}},
+    });
+    let scoped = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    let from = snapshot["cursor"].as_str().unwrap().to_owned();
+    // 13 rows, 3 in the scope's view: within a bound of 5 (the journal counts 13).
+    let within = insert_mixed(&app, "acme", 3, 10).await;
+    // 6 in the view: over it.
+    let over = insert_mixed(&app, "acme", 6, 0).await;
+    app.until_counted(&t, "ticket", 19).await;
+
+    let mut replayed = app
+        .sse_with(&scoped, "types=ticket&max_txn_events=5", Some(&from))
+        .await;
+    let hits = set(&within[..3]);
+    let seen = read_sse(&mut replayed, |s| {
+        !s.resyncs.is_empty() && hits.is_subset(&set(&s.changes))
+    })
+    .await;
+    assert_eq!(set(&seen.changes), hits, "{seen:?}");
+    assert!(set(&seen.changes).is_disjoint(&set(&over)));
+    assert_eq!(seen.resyncs.len(), 1, "{seen:?}");
+    assert_eq!(seen.resyncs[0].0, "bulk_change");
+    replayed.assert_no_change_within(QUIET).await;
+}
