@@ -326,7 +326,10 @@ impl Subscription {
     }
 
     /// Whether each transaction of `xids` brings this subscriber more than `max` events.
+    /// Waits for a turn at the replay gate like a page read: a storm of resuming bounded
+    /// subscribers queues its sizing queries too.
     async fn read_sizes(&self, xids: &[u64], max: usize) -> anyhow::Result<Vec<(u64, bool)>> {
+        let _turn = self.services.replay_gate.turn(&self.tenant).await;
         let mut client = self.services.pool.get().await?;
         let types = self.selection.journal_types();
         let filter = ReplayFilter {
