@@ -274,7 +274,7 @@ pub struct Subscribe {
     ids: Option<Vec<String>>,
     #[serde(default)]
     last_event_id: Option<String>,
-    /// Any JSON value: `request::max_txn_events` checks it as the query's text.
+    /// Any JSON value: a whole number is checked as the query's text, anything else refused.
     #[serde(default)]
     max_txn_events: Option<Value>,
 }
@@ -335,8 +335,10 @@ impl Subscribe {
             filter: as_strs(&self.filter),
             ids: as_strs(&self.ids),
             max_txn_events: self.max_txn_events.as_ref().map(|value| match value {
-                Value::String(text) => format!("{text:?}"),
-                other => other.to_string(),
+                Value::Number(number) if number.as_u64().is_some() => number.to_string(),
+                // Only a JSON whole number is a count (not "5", 1.5, -1 or [5]); empty
+                // text is what `request::max_txn_events` refuses for all of them.
+                _ => String::new(),
             }),
         }
     }

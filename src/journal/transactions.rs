@@ -11,6 +11,10 @@ use super::CursorScope;
 
 /// Rows fetched from the portal at a time while counting one transaction.
 const COUNT_PAGE_ROWS: i32 = 1000;
+/// Most rows read while counting one transaction for one subscriber: each scoped or
+/// filtered subscriber replaying it counts on its own, so a transaction not settled by
+/// then is taken as over the bound (one `bulk_change` resync; the client refetches).
+const MAX_COUNTED_ROWS: usize = 100_000;
 
 /// How many rows of each transaction of `xids` a replay with `filter` reads, each
 /// counted up to `cap` (a transaction with more counts `cap`).
@@ -53,7 +57,8 @@ pub(super) async fn sizes(
 
 /// How many of transaction `xid`'s rows (under `filter`) `counts` takes, reading them
 /// a page at a time and stopping once `stop_at` were taken: memory stays one page
-/// however large the transaction.
+/// however large the transaction. Past [`MAX_COUNTED_ROWS`] rows read it answers
+/// `stop_at`.
 pub(super) async fn count(
     scope: &CursorScope,
     client: &mut deadpool_postgres::Client,
@@ -83,8 +88,13 @@ pub(super) async fn count(
         .await?;
     let known_since = std::time::Instant::now();
     let mut taken = 0;
+    let mut read = 0;
     loop {
+        if read >= MAX_COUNTED_ROWS {
+            return Ok(stop_at);
+        }
         let rows = transaction.query_portal(&portal, COUNT_PAGE_ROWS).await?;
+        read += rows.len();
         for row in &rows {
             if counts(&entry_at(scope, row, 0, known_since)) {
                 taken += 1;

@@ -125,23 +125,28 @@ impl Subscription {
     }
 
     /// Sends what a settled boundary released: the events of whole transactions within
-    /// the bound, then one `bulk_change` resync for those over it.
+    /// the bound or, when some are over it, one `bulk_change` resync instead of all of
+    /// them. The resync's cursor includes every released transaction, and the client
+    /// refetches its state on it; were the later transactions' events sent first, their
+    /// cursors would already pass the bulk one, and a disconnect before the resync would
+    /// lose it.
     async fn release(
         &self,
         settled: Settled,
         last: &mut Option<Entry>,
         received: &mut Cursor,
     ) -> Result<(), LiveEnded> {
+        if let Some(at) = settled.resync_at {
+            if !self.bulk_resync(&at, last, received).await {
+                return Err(LiveEnded::Stopped);
+            }
+            return Ok(());
+        }
         for (entry, decision) in settled.events {
             match self.send_decided(decision).await {
                 Delivered::Sent => *last = Some(entry),
                 Delivered::Filtered => {}
                 Delivered::Gone => return Err(LiveEnded::Stopped),
-            }
-        }
-        if let Some(at) = settled.resync_at {
-            if !self.bulk_resync(&at, last, received).await {
-                return Err(LiveEnded::Stopped);
             }
         }
         Ok(())

@@ -119,9 +119,9 @@ impl Subscription {
     /// while the other works. The truncation the client already got as a resync (the
     /// one `from` names) is not sent again, so resuming from it does not loop.
     ///
-    /// With `max_txn_events` (`withheld`), the events of a transaction over the bound are
-    /// skipped, and one `bulk_change` resync follows the replay for those the boundary
-    /// includes (the others are left to live delivery, see `withheld`); `received`
+    /// With `max_txn_events` (`withheld`), the replay ends at the first transaction over
+    /// the bound with one `bulk_change` resync at `upto`'s settled position: no event of
+    /// a later transaction may reach the client before it (see `withheld`). `received`
     /// follows its cursor.
     pub(super) async fn replay(
         &self,
@@ -167,19 +167,13 @@ impl Subscription {
                 }
             };
             if page.last {
-                let stopped = self
+                let delivered = self
                     .deliver_page(&page, from, sent_through, last, withheld.as_deref_mut())
                     .await;
-                if let Some(stopped) = stopped {
-                    return stopped;
-                }
-                let at = upto.settled();
-                if withheld.is_some_and(|w| w.take_bulk_within(at))
-                    && !self.bulk_resync(at, last, received).await
-                {
-                    return Replayed::Stopped;
-                }
-                return Replayed::Done;
+                return match delivered {
+                    Ok(met_bulk) => self.end(upto, met_bulk, last, received, withheld).await,
+                    Err(stopped) => stopped,
+                };
             }
             let mut next_after_id = page.entries.last().map(Entry::id).or(after_id);
             let read = self
@@ -189,7 +183,8 @@ impl Subscription {
                 )
                 .await;
             prefetched = match read {
-                Ok(read) => Some(read),
+                Ok(Some(read)) => Some(read),
+                Ok(None) => return self.end(upto, true, last, received, withheld).await,
                 Err(stopped) => return stopped,
             };
             // Where a failed read of the next page is retried from.
@@ -197,35 +192,56 @@ impl Subscription {
         }
     }
 
+    /// The replay is over: `met_bulk` when it stopped at a transaction over the bound.
+    /// One `bulk_change` resync at the settled boundary then covers it and the rest of
+    /// the replay; without one, it covers those over the bound the boundary includes.
+    async fn end(
+        &self,
+        upto: &Published,
+        met_bulk: bool,
+        last: &mut Option<Entry>,
+        received: &mut Cursor,
+        withheld: Option<&mut Withheld>,
+    ) -> Replayed {
+        let at = upto.settled();
+        let covered = withheld.is_some_and(|w| w.take_bulk_within(at));
+        if (covered || met_bulk) && !self.bulk_resync(at, last, received).await {
+            return Replayed::Stopped;
+        }
+        Replayed::Done
+    }
+
     /// Runs `delivery` (of one page) and `next` (the read of the following one) together;
-    /// the read once both are done, or why the replay stops.
+    /// the read once both are done (`None` when the delivery met a transaction over the
+    /// bound, which ends the replay), or why the replay stops.
     async fn deliver_while_reading(
         &self,
-        delivery: impl Future<Output = Option<Replayed>>,
+        delivery: impl Future<Output = Result<bool, Replayed>>,
         next: impl Future<Output = PageRead>,
-    ) -> Result<PageRead, Replayed> {
+    ) -> Result<Option<PageRead>, Replayed> {
         tokio::pin!(delivery, next);
         let mut next_read = None;
-        let stopped = loop {
+        let delivered = loop {
             tokio::select! {
-                stopped = &mut delivery => break stopped,
+                delivered = &mut delivery => break delivered,
                 read = &mut next, if next_read.is_none() => next_read = Some(read),
             }
         };
-        if let Some(stopped) = stopped {
-            return Err(stopped);
+        if delivered? {
+            return Ok(None);
         }
         match next_read {
-            Some(read) => Ok(read),
+            Some(read) => Ok(Some(read)),
             None => tokio::select! {
                 _ = self.services.shutdown.cancelled() => Err(Replayed::Stopped),
                 _ = self.tx.closed() => Err(Replayed::Stopped),
-                read = &mut next => Ok(read),
+                read = &mut next => Ok(Some(read)),
             },
         }
     }
 
-    /// Sends one replay page's entries; `Some` when the subscriber stops meanwhile.
+    /// Sends one replay page's entries up to the first of a transaction over the bound;
+    /// whether it met one, or why the replay stops.
     async fn deliver_page(
         &self,
         page: &ReplayPage,
@@ -233,11 +249,9 @@ impl Subscription {
         sent_through: Option<SentThrough>,
         last: &mut Option<Entry>,
         mut withheld: Option<&mut Withheld>,
-    ) -> Option<Replayed> {
+    ) -> Result<bool, Replayed> {
         if let Some(withheld) = withheld.as_deref_mut() {
-            if let Err(stopped) = self.size_transactions(&page.entries, withheld).await {
-                return Some(stopped);
-            }
+            self.size_transactions(&page.entries, withheld).await?;
         }
         for entry in page.entries.iter().cloned() {
             if from.names_truncation(&entry) {
@@ -247,15 +261,15 @@ impl Subscription {
                 continue;
             }
             if withheld.as_deref().is_some_and(|w| w.is_bulk(entry.xid())) {
-                continue;
+                return Ok(true);
             }
             match self.deliver(&entry).await {
                 Delivered::Sent => *last = Some(entry),
                 Delivered::Filtered => {}
-                Delivered::Gone => return Some(Replayed::Stopped),
+                Delivered::Gone => return Err(Replayed::Stopped),
             }
         }
-        None
+        Ok(false)
     }
 
     /// Finds out, from the journal, which transactions of `entries` not sized yet bring
@@ -312,7 +326,10 @@ impl Subscription {
     }
 
     /// Whether each transaction of `xids` brings this subscriber more than `max` events.
+    /// Waits for a turn at the replay gate like a page read: a storm of resuming bounded
+    /// subscribers queues its sizing queries too.
     async fn read_sizes(&self, xids: &[u64], max: usize) -> anyhow::Result<Vec<(u64, bool)>> {
+        let _turn = self.services.replay_gate.turn(&self.tenant).await;
         let mut client = self.services.pool.get().await?;
         let types = self.selection.journal_types();
         let filter = ReplayFilter {

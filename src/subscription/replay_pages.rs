@@ -15,8 +15,8 @@ const KEEP_REPLAY_PAGES: Duration = Duration::from_secs(2);
 const MAX_KEPT_REPLAY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a replayed entry holds once delivered: its JSON (`Entry::size_hint`) and about
-/// twice that again in the wire frames rendered from it and its cursor text. Weighing the
-/// JSON alone let a 1,000,000-row replay keep several times the budget.
+/// twice that again in the wire frames rendered from it and its cursor text, all kept as
+/// long as the page is.
 fn entry_weight(entry: &Entry) -> usize {
     3 * entry.size_hint()
 }

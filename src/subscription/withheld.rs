@@ -9,16 +9,20 @@
 //! first would reorder them). One transaction over the bound: its waiting events are
 //! dropped and the rest of it skipped; its resync goes out once it is whole, with a
 //! cursor at the boundary that includes it, so a reconnect with that cursor neither
-//! receives it nor misses what follows. The waiting room holds at most the bound's
+//! receives it nor misses what follows. The resync replaces the events that boundary
+//! releases too: no event of a later transaction may reach the client before it (its
+//! cursor would pass the bulk transaction, which a disconnect then loses). The waiting room holds at most the bound's
 //! worth of events (and of bytes): past that (many small transactions in one batch) the
 //! subscriber catches up from the journal, as after a lag.
 //!
 //! On a replay every transaction met has committed, so the journal says at once how
 //! large it is for this subscriber (`Journal::transaction_sizes`, then
 //! `Journal::count_transaction` when the selection is narrower than the journal read):
-//! events are sent or skipped as they come, and the resync goes out at the end of the
-//! replay with the replay's boundary as cursor — or, for a transaction of the batch the
-//! tailer was still publishing, once live delivery has it whole.
+//! events are sent as they come until the first transaction over the bound; there the
+//! replay ends with a resync whose cursor is the replay's settled boundary (the rest of
+//! the replay up to it is refetched by the client, not sent). A transaction over the
+//! bound of the batch the tailer was still publishing gets its own resync once live
+//! delivery has it whole.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -64,7 +68,8 @@ pub(super) enum Offer {
 
 /// What a settled boundary releases.
 pub(super) struct Settled {
-    /// Events of transactions now known whole and within the bound, in order.
+    /// Events of transactions now known whole and within the bound, in order (not sent
+    /// when a resync is due: it covers them).
     pub(super) events: Vec<(Entry, Decision)>,
     /// Where to resume after the transactions over the bound, if any became whole.
     pub(super) resync_at: Option<Position>,
@@ -217,12 +222,15 @@ impl Withheld {
 }
 
 /// Whether `selection` takes every event a journal read with its coarse filter returns
-/// (so a transaction's size in the journal is its size for the subscriber).
+/// (so a transaction's size in the journal is its size for the subscriber). A token's
+/// scope (`per_type`) may filter rows out, or leave out columns so that an update
+/// touching only those brings nothing.
 pub(super) fn takes_all_it_reads(selection: &Selection) -> bool {
     selection.events.is_none()
         && selection.rows.is_empty()
         && selection.ids.is_none()
         && selection.topics.is_none()
+        && selection.per_type.is_empty()
 }
 
 #[cfg(test)]

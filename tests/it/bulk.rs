@@ -17,6 +17,8 @@ const QUIET: Duration = Duration::from_millis(700);
 struct Seen {
     changes: Vec<String>,
     resyncs: Vec<(String, String)>,
+    /// Changes (their ids) and resyncs (`resync`), as they arrived.
+    order: Vec<String>,
 }
 
 /// Reads SSE events until `done` holds of what was read (bounded by [`WAIT`]).
@@ -48,11 +50,17 @@ async fn read_ws(ws: &mut WsClient, done: impl Fn(&Seen) -> bool) -> Seen {
 
 fn note(seen: &mut Seen, data: &Value) {
     match data["type"].as_str() {
-        Some("resource_change") => seen.changes.push(change_id(data)),
-        Some("resync") => seen.resyncs.push((
-            data["reason"].as_str().unwrap().to_owned(),
-            data["id"].as_str().unwrap().to_owned(),
-        )),
+        Some("resource_change") => {
+            seen.changes.push(change_id(data));
+            seen.order.push(change_id(data));
+        }
+        Some("resync") => {
+            seen.resyncs.push((
+                data["reason"].as_str().unwrap().to_owned(),
+                data["id"].as_str().unwrap().to_owned(),
+            ));
+            seen.order.push("resync".to_owned());
+        }
         _ => {}
     }
 }
@@ -162,12 +170,11 @@ async fn sse_a_bulk_transaction_met_on_replay_is_one_resync_too() {
     let mut replayed = app
         .sse_with(&t, "types=ticket&max_txn_events=5", Some(&from))
         .await;
-    let small: HashSet<String> = set(&before).union(&set(&after)).cloned().collect();
-    let seen = read_sse(&mut replayed, |s| {
-        !s.resyncs.is_empty() && small.is_subset(&set(&s.changes))
-    })
-    .await;
-    assert_eq!(set(&seen.changes), small, "{seen:?}");
+    // What comes before the bulk transaction, then its resync, which stands in for what
+    // follows it too (the client refetches; an event after it first would pass it).
+    let seen = read_sse(&mut replayed, |s| !s.resyncs.is_empty()).await;
+    assert_eq!(set(&seen.changes), set(&before), "{seen:?}");
+    assert!(set(&seen.changes).is_disjoint(&set(&after)), "{seen:?}");
     assert_eq!(seen.resyncs.len(), 1);
     assert_eq!(seen.resyncs[0].0, "bulk_change");
     for id in &bulk {
@@ -175,7 +182,8 @@ async fn sse_a_bulk_transaction_met_on_replay_is_one_resync_too() {
     }
     replayed.assert_no_change_within(QUIET).await;
 
-    // From the resync's id: nothing of the bulk transaction, then what comes next.
+    // From the resync's id: nothing of the bulk transaction or the one after it, then
+    // what comes next.
     let mut resumed = app
         .sse_with(
             &t,
@@ -242,21 +250,21 @@ async fn ws_a_bulk_transaction_met_on_replay_is_one_resync_too() {
     let t = token("acme");
     let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
     let from = snapshot["cursor"].as_str().unwrap().to_owned();
-    let bulk = app.insert_tickets("acme", 9).await;
-    let after = app.insert_tickets("acme", 2).await;
+    app.insert_tickets("acme", 9).await;
+    app.insert_tickets("acme", 2).await;
     app.until_counted(&t, "ticket", 11).await;
 
     let mut ws = app.ws(&t).await;
     ws.subscribe(json!({"resource_types": ["ticket"], "max_txn_events": 8, "last_event_id": from}))
         .await;
-    let seen = read_ws(&mut ws, |s| {
-        !s.resyncs.is_empty() && set(&after).is_subset(&set(&s.changes))
-    })
-    .await;
-    assert_eq!(set(&seen.changes), set(&after), "{seen:?}");
-    assert!(set(&seen.changes).is_disjoint(&set(&bulk)));
-    assert_eq!(seen.resyncs.len(), 1);
+    // The resync comes first and stands in for the transaction after the bulk one too.
+    let seen = read_ws(&mut ws, |s| !s.resyncs.is_empty()).await;
+    assert!(seen.changes.is_empty(), "{seen:?}");
     assert_eq!(seen.resyncs[0].0, "bulk_change");
+    let next = app.insert_tickets("acme", 1).await;
+    let seen = read_ws(&mut ws, |s| set(&next).is_subset(&set(&s.changes))).await;
+    assert_eq!(set(&seen.changes), set(&next), "{seen:?}");
+    assert!(seen.resyncs.is_empty(), "{seen:?}");
 }
 
 #[tokio::test]
@@ -268,7 +276,9 @@ async fn ws_refuses_bad_bounds_with_an_error_frame_and_stays_open() {
         json!(0),
         json!(-1),
         json!(1.5),
+        json!(1.0),
         json!("5"),
+        json!(true),
         json!(10_001),
         json!([5]),
     ] {
@@ -309,4 +319,119 @@ async fn on_replay_only_events_of_the_subscribers_view_count() {
     assert_eq!(seen.resyncs.len(), 1);
     assert_eq!(seen.resyncs[0].0, "bulk_change");
     replayed.assert_no_change_within(QUIET).await;
+}
+
+#[tokio::test]
+async fn on_replay_only_events_of_a_scoped_tokens_view_count() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let claims = json!({
+        "tenant_id": "acme",
+        "exp": jsonwebtoken::get_current_timestamp() + 3600,
+        "changecast": {"filter": {"ticket": ["title=eq.hit"]}},
+    });
+    let scoped = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    let from = snapshot["cursor"].as_str().unwrap().to_owned();
+    // 13 rows, 3 in the scope's view: within a bound of 5 (the journal counts 13).
+    let within = insert_mixed(&app, "acme", 3, 10).await;
+    // 6 in the view: over it.
+    let over = insert_mixed(&app, "acme", 6, 0).await;
+    app.until_counted(&t, "ticket", 19).await;
+
+    let mut replayed = app
+        .sse_with(&scoped, "types=ticket&max_txn_events=5", Some(&from))
+        .await;
+    let hits = set(&within[..3]);
+    let seen = read_sse(&mut replayed, |s| {
+        !s.resyncs.is_empty() && hits.is_subset(&set(&s.changes))
+    })
+    .await;
+    assert_eq!(set(&seen.changes), hits, "{seen:?}");
+    assert!(set(&seen.changes).is_disjoint(&set(&over)));
+    assert_eq!(seen.resyncs.len(), 1, "{seen:?}");
+    assert_eq!(seen.resyncs[0].0, "bulk_change");
+    replayed.assert_no_change_within(QUIET).await;
+}
+
+/// Commits a transaction of `bulk` tickets, then one of a single ticket, back to back;
+/// the bulk tickets' ids and the single ticket's.
+async fn bulk_then_small(app: &TestApp, bulk: i64) -> (Vec<String>, String) {
+    let ids = app.insert_tickets("acme", bulk).await;
+    (ids, app.insert_tickets("acme", 1).await.remove(0))
+}
+
+/// The resync of a bulk transaction arrived before any event of the transaction after it,
+/// and resuming from the resync's cursor brings that transaction's changes no more.
+async fn assert_resync_first(app: &TestApp, t: &str, seen: &Seen, bulk: &[String], small: &str) {
+    let resync_at = seen.order.iter().position(|item| item == "resync");
+    let small_at = seen.order.iter().position(|item| item == small);
+    assert!(resync_at.is_some(), "{seen:?}");
+    assert!(
+        small_at.is_none_or(|small_at| resync_at < Some(small_at)),
+        "the later transaction's event came before the bulk one's resync: {seen:?}"
+    );
+    assert_eq!(seen.resyncs[0].0, "bulk_change");
+    assert!(set(&seen.changes).is_disjoint(&set(bulk)), "{seen:?}");
+    assert!(
+        seen.changes.iter().all(|id| id == small),
+        "only the later transaction's event may follow: {seen:?}"
+    );
+    // Resuming from the resync's cursor brings nothing of the bulk transaction.
+    let mut resumed = app
+        .sse_with(t, "types=ticket&max_txn_events=5", Some(&seen.resyncs[0].1))
+        .await;
+    let mut after = Seen::default();
+    while let Some(event) = resumed.next_within(QUIET).await {
+        note(&mut after, &event.data);
+    }
+    assert!(after.resyncs.is_empty(), "{after:?}");
+    assert!(set(&after.changes).is_disjoint(&set(bulk)), "{after:?}");
+}
+
+#[tokio::test]
+async fn sse_live_a_bulk_transactions_resync_comes_before_the_next_transactions_events() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let mut bounded = app.sse(&t, "types=ticket&max_txn_events=5").await;
+    // Both written first and committed back to back, so the tailer likely publishes the
+    // two in one batch: one boundary makes both whole at once.
+    let (first, second) = (app.connect_db().await, app.connect_db().await);
+    first.batch_execute("begin").await.unwrap();
+    second.batch_execute("begin").await.unwrap();
+    let bulk = insert_tickets(&first, "acme", 6).await;
+    let small = insert_tickets(&second, "acme", 1).await.remove(0);
+    first.batch_execute("commit").await.unwrap();
+    second.batch_execute("commit").await.unwrap();
+    let mut seen = read_sse(&mut bounded, |s| !s.resyncs.is_empty()).await;
+    while let Some(event) = bounded.next_within(QUIET).await {
+        note(&mut seen, &event.data);
+    }
+    assert_eq!(seen.resyncs.len(), 1, "{seen:?}");
+    assert_resync_first(&app, &t, &seen, &bulk, &small).await;
+}
+
+#[tokio::test]
+async fn sse_replay_a_bulk_transactions_resync_comes_before_the_next_transactions_events() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let (_, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    let from = snapshot["cursor"].as_str().unwrap().to_owned();
+    let (bulk, small) = bulk_then_small(&app, 6).await;
+    app.until_counted(&t, "ticket", 7).await;
+
+    let mut replayed = app
+        .sse_with(&t, "types=ticket&max_txn_events=5", Some(&from))
+        .await;
+    let mut seen = read_sse(&mut replayed, |s| !s.resyncs.is_empty()).await;
+    while let Some(event) = replayed.next_within(QUIET).await {
+        note(&mut seen, &event.data);
+    }
+    assert_eq!(seen.resyncs.len(), 1, "{seen:?}");
+    assert_resync_first(&app, &t, &seen, &bulk, &small).await;
 }
