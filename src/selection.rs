@@ -125,6 +125,21 @@ impl Bounds {
         &self.per_type
     }
 
+    /// Whether row changes of `resource_type` are within these bounds (its row filters
+    /// aside).
+    pub fn allows_type(&self, resource_type: &str) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.contains(resource_type))
+    }
+
+    /// Whether app events of `topic` are within these bounds.
+    pub fn allows_topic(&self, topic: &str) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(topic)))
+    }
+
     /// What both allow: the types both name, the topics both match (exactly: each pair
     /// of patterns meets in a pattern, or not at all), every filter of either, the
     /// columns either omits.
