@@ -26,7 +26,8 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::journal::{AppEvent, Change, EventKind, SharedAppEvent, SharedChange};
-pub use crate::journal::{Frame, OmitSet, MAX_CACHED_OMIT_SETS};
+pub use crate::journal::{Frame, MAX_CACHED_OMIT_SETS};
+pub use crate::selection::OmitSet;
 
 /// A journal entry as one subscriber receives it.
 #[derive(Clone, Debug)]

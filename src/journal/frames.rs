@@ -5,14 +5,13 @@
 //! [`MAX_CACHED_OMIT_SETS`] sets; others render their own).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::sync::lock;
+use crate::selection::OmitSet;
 
 /// Most distinct sets of omitted columns whose forms one entry keeps. Each kept set
 /// costs memory for the entry's life and a step of every omitting delivery's walk;
@@ -104,71 +103,12 @@ impl Frames {
     }
 }
 
-/// Columns of one resource type a subscriber never receives (a token scope's `omit`,
-/// API.md §3c). Interned: equal sets are one `Arc`, so renderings are keyed by pointer
-/// and shared by every subscriber with the same set.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct OmitSet(BTreeSet<String>);
-
-/// Interned sets, by their columns; entries of sets nobody holds any more are swept as
-/// the table grows.
-static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
-
-#[derive(Default)]
-struct Interned {
-    sets: HashMap<BTreeSet<String>, Weak<OmitSet>>,
-    /// Size at which dead entries are swept next.
-    sweep_at: usize,
-}
-
-/// Smallest table size at which dead entries are swept.
-const SWEEP_FROM: usize = 64;
-
-impl OmitSet {
-    /// The one shared set of `columns`; `None` when there are none.
-    pub fn interned(columns: impl IntoIterator<Item = String>) -> Option<Arc<OmitSet>> {
-        let columns: BTreeSet<String> = columns.into_iter().collect();
-        if columns.is_empty() {
-            return None;
-        }
-        let mut interned = lock(INTERNED.get_or_init(Default::default));
-        if let Some(set) = interned.sets.get(&columns).and_then(Weak::upgrade) {
-            return Some(set);
-        }
-        let set = Arc::new(OmitSet(columns.clone()));
-        interned.sets.insert(columns, Arc::downgrade(&set));
-        if interned.sets.len() >= interned.sweep_at.max(SWEEP_FROM) {
-            interned.sets.retain(|_, set| set.strong_count() > 0);
-            interned.sweep_at = interned.sets.len() * 2;
-        }
-        Some(set)
-    }
-
-    pub fn contains(&self, column: &str) -> bool {
-        self.0.contains(column)
-    }
-
-    pub fn columns(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(String::as_str)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn set(columns: &[&str]) -> Option<Arc<OmitSet>> {
         OmitSet::interned(columns.iter().map(|c| c.to_string()))
-    }
-
-    #[test]
-    fn equal_sets_are_one_value_and_empty_is_none() {
-        let a = set(&["b", "a"]).unwrap();
-        let b = set(&["a", "b", "a"]).unwrap();
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &set(&["a"]).unwrap()));
-        assert!(set(&[]).is_none());
-        assert!(a.contains("a") && !a.contains("c"));
     }
 
     fn frame(text: String) -> Frame {
