@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::journal::Entry;
+use crate::selection::Bounds;
 use crate::sync::lock;
 use crate::tenant::TenantId;
 
@@ -31,7 +32,10 @@ struct State {
 }
 
 struct TenantActivity {
-    by_name: HashMap<String, Buckets>,
+    /// Apart, since a scope allows each by its own rules (and a topic may share a
+    /// type's name).
+    by_type: HashMap<String, Buckets>,
+    by_topic: HashMap<String, Buckets>,
     last_event_at: String,
     last_seen: Instant,
 }
@@ -82,15 +86,16 @@ impl Activity {
         let now = Instant::now();
         let mut state = lock(&self.state);
         for entry in entries {
-            let (name, occurred_at) = match entry {
-                Entry::Change(change) => (&change.resource_type, &change.occurred_at),
-                Entry::AppEvent(event) => (&event.topic, &event.occurred_at),
+            let (is_type, name, occurred_at) = match entry {
+                Entry::Change(change) => (true, &change.resource_type, &change.occurred_at),
+                Entry::AppEvent(event) => (false, &event.topic, &event.occurred_at),
                 Entry::Truncated(_) => continue,
             };
             // Keys are cloned only the first time a tenant or name is seen.
             if !state.tenants.contains_key(entry.tenant()) {
                 let fresh = TenantActivity {
-                    by_name: HashMap::new(),
+                    by_type: HashMap::new(),
+                    by_topic: HashMap::new(),
                     last_event_at: String::new(),
                     last_seen: now,
                 };
@@ -100,15 +105,19 @@ impl Activity {
                 .tenants
                 .get_mut(entry.tenant())
                 .expect("BUG: inserted above");
-            if !tenant.by_name.contains_key(name) {
+            let by_name = if is_type {
+                &mut tenant.by_type
+            } else {
+                &mut tenant.by_topic
+            };
+            if !by_name.contains_key(name) {
                 let fresh = Buckets {
                     stamps: [0; WINDOW_SECONDS],
                     counts: [0; WINDOW_SECONDS],
                 };
-                tenant.by_name.insert(name.clone(), fresh);
+                by_name.insert(name.clone(), fresh);
             }
-            tenant
-                .by_name
+            by_name
                 .get_mut(name)
                 .expect("BUG: inserted above")
                 .add(second);
@@ -125,28 +134,42 @@ impl Activity {
                 .retain(|_, t| now.duration_since(t.last_seen) < FORGET_AFTER);
             let minute_ago = second.saturating_sub(WINDOW_SECONDS as u64);
             for tenant in state.tenants.values_mut() {
-                tenant
-                    .by_name
-                    .retain(|_, buckets| buckets.stamps.iter().any(|s| *s > minute_ago));
+                for by_name in [&mut tenant.by_type, &mut tenant.by_topic] {
+                    by_name.retain(|_, buckets| buckets.stamps.iter().any(|s| *s > minute_ago));
+                }
             }
         }
     }
 
-    /// `tenant`'s report, with its connected subscribers as counted by the caller.
-    pub fn report(&self, tenant: &TenantId, subscribers: Subscribers) -> Report {
+    /// `tenant`'s report, with its connected subscribers as counted by the caller, as a
+    /// holder of `scope` may see it: `events_per_minute` lists only the resource types
+    /// and topics the scope allows (a scope's row filters do not narrow the counts).
+    pub fn report(&self, tenant: &TenantId, subscribers: Subscribers, scope: &Bounds) -> Report {
         let now = SystemTime::now();
         let second = unix_seconds(now);
         let state = lock(&self.state);
         let activity = state.tenants.get(tenant);
+        let mut events_per_minute: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(activity) = activity {
+            let types = activity
+                .by_type
+                .iter()
+                .filter(|(name, _)| scope.allows_type(name));
+            let topics = activity
+                .by_topic
+                .iter()
+                .filter(|(name, _)| scope.allows_topic(name));
+            for (name, buckets) in types.chain(topics) {
+                let count = buckets.last_minute(second);
+                if count > 0 {
+                    *events_per_minute.entry(name.clone()).or_default() += count;
+                }
+            }
+        }
         Report {
             tenant_id: tenant.as_str().to_owned(),
             subscribers,
-            events_per_minute: activity
-                .into_iter()
-                .flat_map(|a| &a.by_name)
-                .map(|(name, buckets)| (name.clone(), buckets.last_minute(second)))
-                .filter(|(_, count)| *count > 0)
-                .collect(),
+            events_per_minute,
             last_event_at: activity.map(|a| a.last_event_at.clone()),
             server_time: rfc3339_seconds(now),
         }

@@ -9,8 +9,11 @@
 //!
 //! A subscriber whose token scope leaves columns out (API.md §3c `omit`) gets forms
 //! without them, rendered once per change for each distinct set of columns left out and
-//! shared by every subscriber with that set; subscribers without one share the full forms.
+//! shared by every subscriber with that set (for a change's first
+//! [`MAX_CACHED_OMIT_SETS`] sets; past them each delivery renders its own); subscribers
+//! without one share the full forms.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +26,8 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::journal::{AppEvent, Change, EventKind, SharedAppEvent, SharedChange};
-pub use crate::journal::{Frame, OmitSet};
+pub use crate::journal::{Frame, MAX_CACHED_OMIT_SETS};
+pub use crate::selection::OmitSet;
 
 /// A journal entry as one subscriber receives it.
 #[derive(Clone, Debug)]
@@ -39,19 +43,21 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    pub fn frame(&self) -> &Frame {
+    /// Its frame: shared with every subscriber receiving the same form, or (past an
+    /// entry's [`MAX_CACHED_OMIT_SETS`] sets of omitted columns) rendered for this one.
+    pub fn frame(&self) -> Cow<'_, Frame> {
         match self {
             Delivery::Change {
                 change,
                 as_event,
                 omit: None,
-            } => change_frame(change, *as_event),
+            } => Cow::Borrowed(change_frame(change, *as_event)),
             Delivery::Change {
                 change,
                 as_event,
                 omit: Some(omit),
             } => change_frame_omitting(change, *as_event, omit),
-            Delivery::AppEvent(event) => app_event_frame(event),
+            Delivery::AppEvent(event) => Cow::Borrowed(app_event_frame(event)),
         }
     }
 
@@ -83,16 +89,16 @@ pub fn change_frame(change: &Change, as_event: EventKind) -> &Frame {
 }
 
 /// As [`change_frame`], without the columns of `omit` in `resource`, `changed` and
-/// `old`; shared by every subscriber with the same (interned) set.
+/// `old`; shared by every subscriber with the same (interned) set, for an entry's first
+/// [`MAX_CACHED_OMIT_SETS`] sets.
 pub fn change_frame_omitting<'a>(
     change: &'a Change,
     as_event: EventKind,
     omit: &Arc<OmitSet>,
-) -> &'a Frame {
-    change
-        .frames
-        .slot_omitting(omit, slot_of(as_event))
-        .get_or_init(|| render_change(change, as_event, Some(omit)))
+) -> Cow<'a, Frame> {
+    change.frames.omitting(omit, slot_of(as_event), || {
+        render_change(change, as_event, Some(omit))
+    })
 }
 
 fn slot_of(as_event: EventKind) -> usize {
@@ -274,11 +280,37 @@ mod tests {
         assert!(frame.sse.starts_with(b"id: "));
         // Shared: the same set finds the same rendering, the full form stays full.
         let again = change_frame_omitting(&change, EventKind::Updated, &omit(&["absent", "note"]));
-        assert!(std::ptr::eq(frame, again));
+        assert!(std::ptr::eq(&*frame, &*again));
         assert!(change_frame(&change, EventKind::Updated)
             .json
             .as_str()
             .contains("secret"));
+    }
+
+    #[test]
+    fn past_the_kept_sets_each_delivery_still_gets_its_columns_left_out() {
+        let change = Change::for_test(
+            EventKind::Created,
+            "r1",
+            r#"{"id": "r1", "c0": 0, "c1": 1, "c2": 2, "c3": 3, "c4": 4, "c5": 5, "c6": 6,
+                "c7": 7, "c8": 8, "c9": 9, "c10": 10, "c11": 11}"#,
+            None,
+        );
+        for _ in 0..2 {
+            for i in 0..MAX_CACHED_OMIT_SETS + 4 {
+                let column = format!("c{i}");
+                let frame = change_frame_omitting(&change, EventKind::Created, &omit(&[&column]));
+                let event: Value = serde_json::from_str(frame.json.as_str()).unwrap();
+                let resource = event["resource"].as_object().unwrap();
+                assert!(!resource.contains_key(&column), "{event}");
+                assert_eq!(resource.len(), 12, "{event}");
+                assert_eq!(
+                    matches!(frame, Cow::Borrowed(_)),
+                    i < MAX_CACHED_OMIT_SETS,
+                    "set {i}"
+                );
+            }
+        }
     }
 
     #[test]

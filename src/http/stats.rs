@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::request::{self, Params};
 use super::sse::{control_frame, event_stream, RETRY_MS};
 use super::stream::Streams;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Scope};
 use crate::stats::{Activity, Report};
 use crate::subscription::Transport;
 use crate::tenant::TenantId;
@@ -24,13 +24,14 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
-/// `tenant`'s report: its recent activity and its connected subscribers per transport.
-pub fn report(activity: &Activity, streams: &Streams, tenant: &TenantId) -> Report {
+/// `tenant`'s report: its recent activity (of what `scope` allows) and its connected
+/// subscribers per transport.
+pub fn report(activity: &Activity, streams: &Streams, tenant: &TenantId, scope: &Scope) -> Report {
     let connected = streams.connected(tenant);
     let subscribers = Transport::delivering()
         .map(|transport| (transport.label(), connected[transport]))
         .collect();
-    activity.report(tenant, subscribers)
+    activity.report(tenant, subscribers, scope.bounds())
 }
 
 pub async fn handle(
@@ -77,17 +78,18 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
     if !wants_stream {
-        let report = report(&activity, &streams, &identity.tenant);
+        let report = report(&activity, &streams, &identity.tenant, &identity.scope);
         return Ok(warp::reply::json(&report).into_response());
     }
     let connection = streams.connect(&identity.tenant, Transport::Stats)?;
     let expires = identity.expiry();
-    let tenant = identity.tenant;
+    let (tenant, scope) = (identity.tenant, identity.scope);
     let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
     // One frame per tick (`next`: when the next is due); the stream ends after
     // `auth_expired` or at shutdown.
     let frames = stream::unfold(Some(Instant::now()), move |next| {
-        let (activity, streams, tenant) = (activity.clone(), streams.clone(), tenant.clone());
+        let (activity, streams) = (activity.clone(), streams.clone());
+        let (tenant, scope) = (tenant.clone(), scope.clone());
         async move {
             let next = next?;
             tokio::select! {
@@ -98,7 +100,7 @@ async fn answer(
                 _ = tokio::time::sleep_until(next) => {
                     let json = serde_json::to_string(&StatsEvent {
                         kind: "stats",
-                        report: report(&activity, &streams, &tenant),
+                        report: report(&activity, &streams, &tenant, &scope),
                     })
                     .expect("BUG: serialising stats");
                     let frame = Bytes::from(format!("event: stats\ndata: {json}\n\n"));

@@ -612,6 +612,7 @@ impl Session {
                     &context.activity,
                     &context.streams,
                     &self.identity.tenant,
+                    &self.identity.scope,
                 );
                 self.push(&ServerMessage::Stats(report));
             }

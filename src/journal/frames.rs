@@ -1,18 +1,26 @@
 //! Slots for an entry's wire forms. `crate::wire` renders them; the entry only keeps
 //! them, so each form is rendered once and shared by every subscriber — and, for
 //! subscribers whose scope leaves columns out ([`OmitSet`]), once per distinct set of
-//! columns left out, shared by every subscriber with that set.
+//! columns left out, shared by every subscriber with that set (for the first
+//! [`MAX_CACHED_OMIT_SETS`] sets; others render their own).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::sync::lock;
+use crate::selection::OmitSet;
+
+/// Most distinct sets of omitted columns whose forms one entry keeps. Each kept set
+/// costs memory for the entry's life and a step of every omitting delivery's walk;
+/// sets come from token scopes, so a few cover nearly every subscriber, and past these
+/// a delivery renders its own form.
+pub const MAX_CACHED_OMIT_SETS: usize = 8;
 
 /// An entry as both transports write it (rendered by `crate::wire`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Frame {
     /// The JSON object: a WebSocket text frame as is.
     pub json: Utf8Bytes,
@@ -25,8 +33,11 @@ pub struct Frame {
 #[derive(Debug, Default)]
 pub struct Frames {
     full: [OnceLock<Frame>; 3],
-    /// The forms without some columns: one node per distinct set met so far.
+    /// The forms without some columns: one node per distinct set met so far, at most
+    /// [`MAX_CACHED_OMIT_SETS`].
     omitting: OnceLock<Box<OmittedFrames>>,
+    /// Bytes of the omitting forms kept (JSON and SSE), for memory budgets.
+    omitting_bytes: AtomicUsize,
 }
 
 /// The forms of an entry without the columns of `omit`; `next` holds another set's.
@@ -44,12 +55,37 @@ impl Frames {
         &self.full[index]
     }
 
-    /// The slot of form `index` without `omit`'s columns. Walks one node per distinct
-    /// set already rendered for this entry: few in practice, since sets come from
-    /// token scopes, and equal sets are one interned value.
-    pub fn slot_omitting(&self, omit: &Arc<OmitSet>, index: usize) -> &OnceLock<Frame> {
+    /// Form `index` without `omit`'s columns, rendered by `render` on first use and
+    /// then shared for the entry's life — unless the entry already keeps the forms of
+    /// [`MAX_CACHED_OMIT_SETS`] other sets: then rendered anew for this caller alone.
+    pub fn omitting(
+        &self,
+        omit: &Arc<OmitSet>,
+        index: usize,
+        render: impl FnOnce() -> Frame,
+    ) -> Cow<'_, Frame> {
+        match self.slot_omitting(omit, index) {
+            Some(slot) => Cow::Borrowed(slot.get_or_init(|| {
+                let frame = render();
+                self.omitting_bytes
+                    .fetch_add(frame.json.len() + frame.sse.len(), Ordering::Relaxed);
+                frame
+            })),
+            None => Cow::Owned(render()),
+        }
+    }
+
+    /// Bytes of the omitting forms this entry keeps.
+    pub fn omitting_bytes(&self) -> usize {
+        self.omitting_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The slot of form `index` without `omit`'s columns; `None` when the entry keeps
+    /// [`MAX_CACHED_OMIT_SETS`] other sets already. Walks at most that many nodes
+    /// (equal sets are one interned value, compared by pointer).
+    fn slot_omitting(&self, omit: &Arc<OmitSet>, index: usize) -> Option<&OnceLock<Frame>> {
         let mut link = &self.omitting;
-        loop {
+        for _ in 0..MAX_CACHED_OMIT_SETS {
             // Whoever sets a link first puts its set there; another set moves on.
             let node = link.get_or_init(|| {
                 Box::new(OmittedFrames {
@@ -59,59 +95,11 @@ impl Frames {
                 })
             });
             if Arc::ptr_eq(&node.omit, omit) {
-                return &node.frames[index];
+                return Some(&node.frames[index]);
             }
             link = &node.next;
         }
-    }
-}
-
-/// Columns of one resource type a subscriber never receives (a token scope's `omit`,
-/// API.md §3c). Interned: equal sets are one `Arc`, so renderings are keyed by pointer
-/// and shared by every subscriber with the same set.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct OmitSet(BTreeSet<String>);
-
-/// Interned sets, by their columns; entries of sets nobody holds any more are swept as
-/// the table grows.
-static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
-
-#[derive(Default)]
-struct Interned {
-    sets: HashMap<BTreeSet<String>, Weak<OmitSet>>,
-    /// Size at which dead entries are swept next.
-    sweep_at: usize,
-}
-
-/// Smallest table size at which dead entries are swept.
-const SWEEP_FROM: usize = 64;
-
-impl OmitSet {
-    /// The one shared set of `columns`; `None` when there are none.
-    pub fn interned(columns: impl IntoIterator<Item = String>) -> Option<Arc<OmitSet>> {
-        let columns: BTreeSet<String> = columns.into_iter().collect();
-        if columns.is_empty() {
-            return None;
-        }
-        let mut interned = lock(INTERNED.get_or_init(Default::default));
-        if let Some(set) = interned.sets.get(&columns).and_then(Weak::upgrade) {
-            return Some(set);
-        }
-        let set = Arc::new(OmitSet(columns.clone()));
-        interned.sets.insert(columns, Arc::downgrade(&set));
-        if interned.sets.len() >= interned.sweep_at.max(SWEEP_FROM) {
-            interned.sets.retain(|_, set| set.strong_count() > 0);
-            interned.sweep_at = interned.sets.len() * 2;
-        }
-        Some(set)
-    }
-
-    pub fn contains(&self, column: &str) -> bool {
-        self.0.contains(column)
-    }
-
-    pub fn columns(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(String::as_str)
+        None
     }
 }
 
@@ -123,14 +111,11 @@ mod tests {
         OmitSet::interned(columns.iter().map(|c| c.to_string()))
     }
 
-    #[test]
-    fn equal_sets_are_one_value_and_empty_is_none() {
-        let a = set(&["b", "a"]).unwrap();
-        let b = set(&["a", "b", "a"]).unwrap();
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &set(&["a"]).unwrap()));
-        assert!(set(&[]).is_none());
-        assert!(a.contains("a") && !a.contains("c"));
+    fn frame(text: String) -> Frame {
+        Frame {
+            json: Utf8Bytes::from(text),
+            sse: Bytes::from_static(b"sse"),
+        }
     }
 
     #[test]
@@ -140,16 +125,44 @@ mod tests {
             .map(|i| set(&[&format!("slot-test-{i}")]).unwrap())
             .collect();
         for (i, omit) in sets.iter().enumerate() {
-            let _ = frames.slot_omitting(omit, 1).set(Frame {
-                json: Utf8Bytes::from(format!("{i}")),
-                sse: Bytes::new(),
-            });
+            let _ = frames
+                .slot_omitting(omit, 1)
+                .unwrap()
+                .set(frame(i.to_string()));
         }
         for (i, omit) in sets.iter().enumerate() {
-            let frame = frames.slot_omitting(omit, 1).get().unwrap();
+            let frame = frames.slot_omitting(omit, 1).unwrap().get().unwrap();
             assert_eq!(frame.json.as_str(), i.to_string());
-            assert!(frames.slot_omitting(omit, 0).get().is_none());
+            assert!(frames.slot_omitting(omit, 0).unwrap().get().is_none());
         }
         assert!(frames.slot(1).get().is_none());
+    }
+
+    #[test]
+    fn only_the_first_sets_are_kept_and_weighed_the_others_render_their_own() {
+        let frames = Frames::default();
+        let sets: Vec<_> = (0..MAX_CACHED_OMIT_SETS + 4)
+            .map(|i| set(&[&format!("cap-test-{i}")]).unwrap())
+            .collect();
+        let mut renders = 0;
+        for _ in 0..2 {
+            for (i, omit) in sets.iter().enumerate() {
+                let form = frames.omitting(omit, 1, || {
+                    renders += 1;
+                    frame(format!("form-{i}"))
+                });
+                assert_eq!(form.json.as_str(), format!("form-{i}"));
+                assert_eq!(matches!(form, Cow::Borrowed(_)), i < MAX_CACHED_OMIT_SETS);
+            }
+        }
+        // The kept sets rendered once, the others on every call.
+        assert_eq!(renders, MAX_CACHED_OMIT_SETS + 2 * 4);
+        let kept: usize = (0..MAX_CACHED_OMIT_SETS)
+            .map(|i| format!("form-{i}").len() + 3)
+            .sum();
+        assert_eq!(frames.omitting_bytes(), kept);
+        // A kept set's other forms still have room.
+        let other = frames.omitting(&sets[0], 2, || frame("deleted".into()));
+        assert!(matches!(other, Cow::Borrowed(_)));
     }
 }

@@ -31,7 +31,7 @@ pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope, Resyn
 pub use entry::{
     AppEvent, Change, Entry, EventKind, RowValues, SharedAppEvent, SharedChange, Truncation,
 };
-pub use frames::{Frame, Frames, OmitSet};
+pub use frames::{Frame, Frames, MAX_CACHED_OMIT_SETS};
 pub use position::{Position, PrunedBelow, Published};
 pub use replay::{ReplayFilter, ReplayPage, SentThrough};
 pub use snapshot::PgSnapshot;

@@ -16,9 +16,14 @@ const MAX_KEPT_REPLAY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a replayed entry holds once delivered: its JSON (`Entry::size_hint`) and about
 /// twice that again in the wire frames rendered from it and its cursor text, all kept as
-/// long as the page is.
+/// long as the page is, plus the forms without some columns kept for scoped subscribers
+/// so far.
 fn entry_weight(entry: &Entry) -> usize {
-    3 * entry.size_hint()
+    let omitting = match entry {
+        Entry::Change(change) => change.frames.omitting_bytes(),
+        Entry::AppEvent(_) | Entry::Truncated(_) => 0,
+    };
+    3 * entry.size_hint() + omitting
 }
 
 /// Replay pages read once for every subscriber replaying the same range.
@@ -32,21 +37,43 @@ pub(super) fn shared_pages() -> SharedPages {
 #[derive(Clone)]
 pub(super) struct SharedPage {
     pub(super) page: Arc<ReplayPage>,
-    bytes: usize,
 }
 
 impl SharedPage {
     pub(super) fn new(page: ReplayPage) -> Self {
-        let bytes = page.entries.iter().map(entry_weight).sum();
         SharedPage {
             page: Arc::new(page),
-            bytes,
         }
     }
 }
 
 impl Weighed for SharedPage {
+    /// Weighed anew at each sweep: the forms kept for scoped subscribers grow as the
+    /// page is delivered.
     fn bytes(&self) -> usize {
-        self.bytes
+        self.page.entries.iter().map(entry_weight).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Change, EventKind};
+    use crate::wire::{change_frame_omitting, OmitSet};
+
+    #[test]
+    fn kept_forms_without_columns_add_to_an_entrys_weight() {
+        let change = Arc::new(Change::for_test(
+            EventKind::Created,
+            "r1",
+            r#"{"id": "r1", "secret": "s", "note": "n"}"#,
+            None,
+        ));
+        let entry = Entry::Change(change.clone());
+        let before = entry_weight(&entry);
+        let omit = OmitSet::interned(["secret".to_owned()]).unwrap();
+        let frame = change_frame_omitting(&change, EventKind::Created, &omit);
+        let rendered = frame.json.len() + frame.sse.len();
+        assert_eq!(entry_weight(&entry), before + rendered);
     }
 }

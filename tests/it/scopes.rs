@@ -2,7 +2,8 @@
 //! carrying a scope claim; real PostgreSQL, real SSE and WebSocket clients. Requests
 //! outside the scope are refused, scope filters hold live, on replay and in snapshots
 //! (rows entering and leaving the holder's view), omitted columns never leave, `stats:
-//! false` refuses statistics, and a malformed scope refuses the token.
+//! false` refuses statistics (and statistics list only what the scope allows), and a
+//! malformed scope refuses the token.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -447,6 +448,75 @@ async fn stats_false_refuses_statistics_and_nothing_else() {
     for allowed in [scoped("acme", json!({"stats": true})), token("acme")] {
         let (status, body) = app.get("/v1/stats", Some(&allowed)).await;
         assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn stats_list_only_the_types_and_topics_the_scope_allows() {
+    let app = spawn_app().await;
+    app.insert_ticket("acme", "t").await;
+    app.insert_agent("acme", "a").await;
+    publish(&app, "user.42.inbox", 1).await;
+    publish(&app, "user.43.inbox", 2).await;
+    publish(&app, "config_update", 3).await;
+    let everything = token("acme");
+    for name in [
+        "ticket",
+        "agent",
+        "user.42.inbox",
+        "user.43.inbox",
+        "config_update",
+    ] {
+        app.until_counted(&everything, name, 1).await;
+    }
+    let names = |report: &Value| -> Vec<String> {
+        let counts = report["events_per_minute"].as_object().unwrap();
+        counts.keys().cloned().collect()
+    };
+    let (_, report) = app.get("/v1/stats", Some(&everything)).await;
+    assert_eq!(names(&report).len(), 5, "unrestricted: every name {report}");
+
+    // Named types and topic patterns; only types (no topic); only topics (no type).
+    for (scope, allowed) in [
+        (
+            json!({"types": ["ticket"], "topics": ["user.42.*"]}),
+            vec!["ticket", "user.42.inbox"],
+        ),
+        (json!({"types": ["agent"]}), vec!["agent"]),
+        (json!({"topics": ["config_update"]}), vec!["config_update"]),
+        (
+            json!({"stats": true}),
+            vec![
+                "agent",
+                "config_update",
+                "ticket",
+                "user.42.inbox",
+                "user.43.inbox",
+            ],
+        ),
+    ] {
+        let t = scoped("acme", scope.clone());
+        let (status, report) = app.get("/v1/stats", Some(&t)).await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(names(&report), allowed, "HTTP, scope {scope}");
+
+        let mut ws = ws_subscribed(&app, &t).await;
+        ws.send_json(json!({"type": "get_stats"})).await;
+        let over_ws = ws.expect("stats").await;
+        assert_eq!(names(&over_ws), allowed, "WebSocket, scope {scope}");
+
+        let response = app
+            .http
+            .get(app.url("/v1/stats"))
+            .bearer_auth(&t)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        let mut stream = SseStream::new(response);
+        let event = stream.next_within(WAIT).await.unwrap();
+        assert_eq!(event.event, "stats");
+        assert_eq!(names(&event.data), allowed, "streamed, scope {scope}");
     }
 }
 

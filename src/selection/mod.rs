@@ -8,13 +8,15 @@
 //! scope's per-type row filters and omitted columns ([`TypeRules`]) take part in every
 //! decision exactly as the request's own filters do.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::journal::{Change, Entry, EventKind};
 pub use crate::row::{Comparable, Row};
-pub use crate::wire::OmitSet;
 use crate::wire::{without_columns, Delivery};
+
+mod scope;
+pub use scope::{Bounds, OmitSet, OutOfScope, TypeRules};
 
 /// Most `filter` conditions in one subscription.
 pub const MAX_ROW_FILTERS: usize = 16;
@@ -42,132 +44,6 @@ pub struct Selection {
     pub max_txn_events: Option<usize>,
 }
 
-/// What a token's scope adds for one resource type (API.md §3c).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TypeRules {
-    /// Row filters that must hold beside the request's own: rows enter and leave the
-    /// holder's view by them exactly as by the request's.
-    pub filters: Vec<RowFilter>,
-    /// Columns the holder never receives.
-    pub omit: Option<Arc<OmitSet>>,
-}
-
-impl TypeRules {
-    /// Both must hold: filters of each, columns left out by either.
-    fn and(&self, other: &TypeRules) -> TypeRules {
-        let mut filters = self.filters.clone();
-        for filter in &other.filters {
-            if !filters.contains(filter) {
-                filters.push(filter.clone());
-            }
-        }
-        let omit = match (&self.omit, &other.omit) {
-            (Some(a), Some(b)) => {
-                OmitSet::interned(a.columns().chain(b.columns()).map(String::from))
-            }
-            (a, b) => a.clone().or_else(|| b.clone()),
-        };
-        TypeRules { filters, omit }
-    }
-}
-
-/// What a token lets its holder receive (API.md §3c), in a selection's terms; `None`
-/// means all. As in a request, a scope naming only types allows no topic and one naming
-/// only topics no type: `types` and `topics` are both `None` or both `Some`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Bounds {
-    types: Option<BTreeSet<String>>,
-    topics: Option<Vec<TopicPattern>>,
-    per_type: BTreeMap<String, TypeRules>,
-}
-
-/// Why a request does not fit its token's scope.
-#[derive(Debug, PartialEq)]
-pub enum OutOfScope {
-    /// It names a resource type or topic the scope does not allow.
-    Forbidden(String),
-    /// A request filter names a column the scope omits: what matches would tell its
-    /// values.
-    OmittedColumn(String),
-}
-
-impl Bounds {
-    /// Bounds allowing `types` and `topics` (`None`: all — unless the other is named),
-    /// with `per_type`'s filters and omitted columns.
-    pub fn new(
-        types: Option<Vec<String>>,
-        topics: Option<Vec<TopicPattern>>,
-        per_type: BTreeMap<String, TypeRules>,
-    ) -> Bounds {
-        let (types, topics) = match (types, topics) {
-            (None, None) => (None, None),
-            (types, topics) => (
-                Some(types.unwrap_or_default().into_iter().collect()),
-                Some(dedup(topics.unwrap_or_default())),
-            ),
-        };
-        Bounds {
-            types,
-            topics,
-            per_type,
-        }
-    }
-
-    pub fn types(&self) -> Option<&BTreeSet<String>> {
-        self.types.as_ref()
-    }
-
-    pub fn topics(&self) -> Option<&[TopicPattern]> {
-        self.topics.as_deref()
-    }
-
-    pub fn per_type(&self) -> &BTreeMap<String, TypeRules> {
-        &self.per_type
-    }
-
-    /// What both allow: the types both name, the topics both match (exactly: each pair
-    /// of patterns meets in a pattern, or not at all), every filter of either, the
-    /// columns either omits.
-    pub fn narrowed_by(&self, other: &Bounds) -> Bounds {
-        let types = match (&self.types, &other.types) {
-            (Some(a), Some(b)) => Some(a.intersection(b).cloned().collect()),
-            (a, b) => a.clone().or_else(|| b.clone()),
-        };
-        let topics = match (&self.topics, &other.topics) {
-            (Some(a), Some(b)) => Some(dedup(
-                a.iter()
-                    .flat_map(|p| b.iter().filter_map(|q| p.meet(q)))
-                    .collect(),
-            )),
-            (a, b) => a.clone().or_else(|| b.clone()),
-        };
-        let mut per_type = self.per_type.clone();
-        for (resource_type, rules) in &other.per_type {
-            let both = match per_type.get(resource_type) {
-                Some(mine) => mine.and(rules),
-                None => rules.clone(),
-            };
-            per_type.insert(resource_type.clone(), both);
-        }
-        Bounds {
-            types,
-            topics,
-            per_type,
-        }
-    }
-}
-
-/// `patterns` without repeats, in order.
-fn dedup(patterns: Vec<TopicPattern>) -> Vec<TopicPattern> {
-    let mut kept: Vec<TopicPattern> = Vec::with_capacity(patterns.len());
-    for pattern in patterns {
-        if !kept.contains(&pattern) {
-            kept.push(pattern);
-        }
-    }
-    kept
-}
-
 /// What becomes of one journal entry for one subscriber.
 pub enum Decision {
     Skip,
@@ -180,63 +56,6 @@ pub enum Decision {
 }
 
 impl Selection {
-    /// This request as its token's scope lets it be: naming nothing, it gets the whole
-    /// scope; naming a type or a topic the scope does not allow, it is refused; a topic
-    /// pattern that the scope allows in part is narrowed to that part. The scope's
-    /// per-type filters and omitted columns come along.
-    pub fn within(mut self, bounds: &Bounds) -> Result<Selection, OutOfScope> {
-        if let (Some(allowed_types), Some(allowed_topics)) = (&bounds.types, &bounds.topics) {
-            let (types, topics) = match (self.types.take(), self.topics.take()) {
-                (None, None) => (
-                    allowed_types.iter().cloned().collect(),
-                    allowed_topics.clone(),
-                ),
-                (types, topics) => {
-                    let types = types.unwrap_or_default();
-                    if let Some(refused) = types.iter().find(|t| !allowed_types.contains(*t)) {
-                        return Err(OutOfScope::Forbidden(format!(
-                            "the token's scope does not allow resource type {refused:?}"
-                        )));
-                    }
-                    let mut within = Vec::new();
-                    for pattern in topics.unwrap_or_default() {
-                        let met: Vec<TopicPattern> = allowed_topics
-                            .iter()
-                            .filter_map(|allowed| pattern.meet(allowed))
-                            .collect();
-                        if met.is_empty() {
-                            return Err(OutOfScope::Forbidden(format!(
-                                "the token's scope does not allow topic {:?}",
-                                pattern.to_string()
-                            )));
-                        }
-                        within.extend(met);
-                    }
-                    (types, dedup(within))
-                }
-            };
-            self.types = Some(types);
-            self.topics = Some(topics);
-        }
-        for filter in &self.rows {
-            let omitted = bounds.per_type.iter().find(|(resource_type, rules)| {
-                rules
-                    .omit
-                    .as_ref()
-                    .is_some_and(|o| o.contains(&filter.column))
-                    && self.follows_type(resource_type)
-            });
-            if let Some((resource_type, _)) = omitted {
-                return Err(OutOfScope::OmittedColumn(format!(
-                    "invalid filter {:?}: the token's scope omits column {:?} of {resource_type:?}",
-                    filter.text, filter.column
-                )));
-            }
-        }
-        self.per_type = bounds.per_type.clone();
-        Ok(self)
-    }
-
     /// Whether row changes of `resource_type` (and its truncations) concern this
     /// subscriber at all.
     pub fn follows_type(&self, resource_type: &str) -> bool {
