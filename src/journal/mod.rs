@@ -92,7 +92,13 @@ pub struct Journal {
     /// With a standby: the newest primary WAL position the tailer waited for it to
     /// replay before a batch (`pg_lsn` text); replays wait for theirs to get there.
     standby_reached: std::sync::Mutex<Option<String>>,
+    /// Longest a replay page waits for its standby to get to `standby_reached`.
+    standby_wait: std::time::Duration,
 }
+
+/// Longest a replay page waits, by default, for its standby to replay what the hub has
+/// published before it is read on the primary instead.
+const STANDBY_REPLAYED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Journal {
     /// Reads the journal's identity and the cursor key; the migrations must have run.
@@ -106,6 +112,7 @@ impl Journal {
             cursor_key: CursorKey::new(key.get(0))?,
             authority: None,
             standby_reached: std::sync::Mutex::new(None),
+            standby_wait: STANDBY_REPLAYED_WITHIN,
         })
     }
 
@@ -116,6 +123,13 @@ impl Journal {
     /// changes arrive live once the standby has replayed them.
     pub fn checked_against(mut self, primary: deadpool_postgres::Pool) -> Self {
         self.authority = Some(primary);
+        self
+    }
+
+    /// Replay pages wait at most `within` for their standby to replay what the hub has
+    /// published, then are read on the primary.
+    pub fn standby_wait_within(mut self, within: std::time::Duration) -> Self {
+        self.standby_wait = within;
         self
     }
 
@@ -332,9 +346,11 @@ impl Journal {
         after: Option<i64>,
         filter: ReplayFilter<'_>,
         limits: (usize, usize),
-    ) -> DbResult<ReplayPage> {
+    ) -> anyhow::Result<ReplayPage> {
         let authority = self.authority.as_ref();
-        let reached = crate::sync::lock(&self.standby_reached).clone();
+        let reached = crate::sync::lock(&self.standby_reached)
+            .clone()
+            .map(|lsn| (lsn, self.standby_wait));
         replay::read_page(
             &self.scope(),
             client,

@@ -401,3 +401,101 @@ async fn a_read_url_of_another_cluster_is_refused_at_start() {
         "{message}"
     );
 }
+
+/// The primary's present and its WAL insert position, read together.
+async fn primary_now(db: &tokio_postgres::Client) -> (changecast::journal::Position, String) {
+    let row = db
+        .query_one(
+            "select pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: changecast::journal::PgSnapshot = row.get::<_, &str>(0).parse().unwrap();
+    (changecast::journal::Position::of_snapshot(seen), row.get(1))
+}
+
+/// Waits until `standby` has replayed the primary's WAL up to `lsn`.
+async fn replayed(standby: &tokio_postgres::Client, lsn: &str) {
+    eventually(&format!("the standby replays {lsn}"), || async {
+        standby
+            .query_one(
+                "select pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
+}
+
+/// A replay page whose connection reaches a standby that has not replayed what the
+/// hub published (another standby of a multi-host URL, further behind) is read on the
+/// primary once the wait is over: every row inside the boundary is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_page_on_a_standby_behind_the_boundary_misses_nothing() {
+    use changecast::journal::{Journal, Published, ReplayFilter};
+    use changecast::tenant::TenantId;
+
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = start_on(db_url.clone(), |_| {}).await;
+    let admin = standby.admin().await;
+    let (from, lsn) = primary_now(&app.db).await;
+    replayed(&admin, &lsn).await;
+    admin
+        .execute("select pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    let written: HashSet<String> = app.insert_tickets("acme", 5).await.into_iter().collect();
+    let (upto, lsn) = primary_now(&app.db).await;
+
+    let primary = changecast::db::pool(&db_url, 2, Duration::from_secs(10)).unwrap();
+    let journal = Journal::open(&app.db)
+        .await
+        .unwrap()
+        .checked_against(primary)
+        .standby_wait_within(Duration::from_millis(500));
+    journal.standby_reached(&lsn);
+    let reader =
+        changecast::db::standby::read_pool(&standby.url("standby"), 2, Duration::from_secs(10))
+            .unwrap();
+    let mut client = reader.get().await.unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    let cursor = from.cursor();
+    let page = journal
+        .replay_page(
+            &mut client,
+            &cursor,
+            &Published::complete(upto),
+            None,
+            ReplayFilter {
+                tenant: &tenant,
+                types: None,
+                app_events: true,
+            },
+            (1000, 1 << 20),
+        )
+        .await
+        .unwrap();
+    assert!(page.honours(&cursor).is_ok());
+    let read: HashSet<String> = page
+        .entries
+        .iter()
+        .filter_map(|entry| match entry {
+            changecast::journal::Entry::Change(change) => Some(change.resource_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        read, written,
+        "the page holds every row inside the boundary"
+    );
+    admin
+        .execute("select pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    app.stop().await;
+}
