@@ -79,6 +79,13 @@ pub struct PrimaryMark {
     pruned_below: PrunedBelow,
 }
 
+impl PrimaryMark {
+    /// The primary's position the batch reads up to.
+    pub fn position(&self) -> &Position {
+        &self.position
+    }
+}
+
 /// Reads the journal and mints cursors bound to it.
 pub struct Journal {
     /// The journal's identity ([`CursorScope::tag`]); it changes when the journal starts
@@ -90,8 +97,10 @@ pub struct Journal {
     /// transaction ids exist (see [`Journal::checked_against`]).
     authority: Option<deadpool_postgres::Pool>,
     /// With a standby: the newest primary WAL position the tailer waited for it to
-    /// replay before a batch (`pg_lsn` text); replays wait for theirs to get there.
-    standby_reached: std::sync::Mutex<Option<String>>,
+    /// replay before a batch (`pg_lsn` text), and the primary's position then (every
+    /// transaction it sees is in that WAL); replays and snapshots wait for their
+    /// standby to get there.
+    standby_reached: std::sync::Mutex<Option<(String, Position)>>,
     /// Longest a replay page waits for its standby to get to `standby_reached`.
     standby_wait: std::time::Duration,
 }
@@ -135,8 +144,21 @@ impl Journal {
 
     /// The tailer's standby has replayed the primary's WAL up to `lsn`: boundaries
     /// published from now on may count on it (replays read elsewhere wait for it).
-    pub fn standby_reached(&self, lsn: &str) {
-        *crate::sync::lock(&self.standby_reached) = Some(lsn.to_owned());
+    pub fn standby_reached(&self, lsn: &str, position: &Position) {
+        *crate::sync::lock(&self.standby_reached) = Some((lsn.to_owned(), position.clone()));
+    }
+
+    /// With a standby behind `client`: a primary position it has replayed (the
+    /// tailer's newest, waited for within the replay bound), which a snapshot
+    /// transaction begun on `client` after it sees all of; `None` without one (no
+    /// standby, no batch read yet, or the standby still behind).
+    pub async fn standby_settled(&self, client: &Client) -> DbResult<Option<Position>> {
+        let Some((lsn, position)) = crate::sync::lock(&self.standby_reached).clone() else {
+            return Ok(None);
+        };
+        Ok(replay::standby_replayed(client, &lsn, self.standby_wait)
+            .await?
+            .then_some(position))
     }
 
     /// The primary's WAL flush position and journal identity, read on `client` (a
@@ -350,7 +372,7 @@ impl Journal {
         let authority = self.authority.as_ref();
         let reached = crate::sync::lock(&self.standby_reached)
             .clone()
-            .map(|lsn| (lsn, self.standby_wait));
+            .map(|(lsn, _)| (lsn, self.standby_wait));
         replay::read_page(
             &self.scope(),
             client,

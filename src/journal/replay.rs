@@ -255,7 +255,7 @@ async fn read_replay(
 /// tailer's standby has; this connection may reach another standby of a multi-host
 /// URL, or one restarted (a standby that starts again accepts connections once
 /// consistent, which may be behind what it had replayed). A primary has everything.
-async fn standby_replayed(
+pub(super) async fn standby_replayed(
     client: &tokio_postgres::Client,
     lsn: &str,
     within: std::time::Duration,

@@ -458,7 +458,7 @@ async fn a_replay_page_on_a_standby_behind_the_boundary_misses_nothing() {
         .unwrap()
         .checked_against(primary)
         .standby_wait_within(Duration::from_millis(500));
-    journal.standby_reached(&lsn);
+    journal.standby_reached(&lsn, &upto);
     let reader =
         changecast::db::standby::read_pool(&standby.url("standby"), 2, Duration::from_secs(10))
             .unwrap();
@@ -497,5 +497,49 @@ async fn a_replay_page_on_a_standby_behind_the_boundary_misses_nothing() {
         .execute("select pg_wal_replay_resume()", &[])
         .await
         .unwrap();
+    app.stop().await;
+}
+
+/// A snapshot read on the standby while a transaction stays open on the primary: a
+/// stream from its cursor sends the rows committed after it, and of the rows the
+/// snapshot already had at most a few again (not everything since the open
+/// transaction began).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_the_standby_gets_a_cursor_past_its_rows() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let (long, _) = app.begin_long_transaction("acme", "open").await;
+    let mut had = HashSet::new();
+    for _ in 0..4 {
+        had.extend(app.insert_tickets("acme", 5).await);
+    }
+    app.until_counted(&t, "ticket", 20).await;
+    let (status, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    let in_snapshot: HashSet<String> = snapshot["resources"]["ticket"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(in_snapshot, had);
+    let from = snapshot["cursor"].as_str().unwrap().to_owned();
+    let after: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
+    let mut stream = app.sse_with(&t, "types=ticket", Some(&from)).await;
+    let received = stream.receive_ids(&after).await;
+    long.batch_execute("rollback").await.unwrap();
+    assert!(
+        after.is_subset(&received),
+        "{received:?} lacks some of {after:?}"
+    );
+    let again = received.intersection(&had).count();
+    assert!(
+        again <= 3,
+        "{again} of the snapshot's {} rows sent again",
+        had.len()
+    );
     app.stop().await;
 }
