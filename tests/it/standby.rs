@@ -543,3 +543,47 @@ async fn a_snapshot_on_the_standby_gets_a_cursor_past_its_rows() {
     );
     app.stop().await;
 }
+
+/// Writers committing asynchronously: the WAL writer flushes their commits, and the
+/// tailer forces a flush of its own (a transaction id and an fsync on the primary) at
+/// most about once a second, not for every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_commits_are_not_flushed_for_every_batch() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let writer = app.connect_db().await;
+    writer
+        .batch_execute("set synchronous_commit = off")
+        .await
+        .unwrap();
+    let first = next_xid(&app.db).await;
+    let began = std::time::Instant::now();
+    let mut written = 0;
+    while began.elapsed() < Duration::from_secs(3) {
+        writer
+            .execute(
+                "insert into tickets (tenant_id, title) values ('acme', 'async')",
+                &[],
+            )
+            .await
+            .unwrap();
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.until_counted(&t, "ticket", written).await;
+    let others = (next_xid(&app.db).await - first - 1) as u64 - written;
+    eprintln!("{written} asynchronous commits, {others} other transaction ids");
+    assert!(others <= 5, "{others} transaction ids besides the writer's");
+    app.stop().await;
+}
+
+/// A new transaction id on the primary (so it takes one).
+async fn next_xid(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("select pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
