@@ -154,7 +154,7 @@ impl Standby {
         loop {
             let row = bounded(
                 self.client
-                    .query_one(&self.replayed, &[&mark.lsn, &mark.flushed]),
+                    .query_one(&self.replayed, &[&mark.insert_lsn, &mark.flushed]),
             )
             .await?;
             let (in_recovery, behind, behind_flushed): (bool, i64, i64) =

@@ -156,7 +156,7 @@ impl Tailer {
                     if let Some(mark) = &mark {
                         self.publisher
                             .journal
-                            .standby_reached(&mark.lsn, mark.position());
+                            .standby_reached(&mark.insert_lsn, mark.position());
                     }
                     mark
                 }

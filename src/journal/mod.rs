@@ -71,7 +71,7 @@ pub struct TailStatements {
 pub struct PrimaryMark {
     /// The WAL insert position after the snapshot was taken (`pg_lsn` text): the standby
     /// has every transaction `position` sees once it has replayed this far.
-    pub lsn: String,
+    pub insert_lsn: String,
     /// The flush position then: WAL up to it is on its way to the standby.
     pub flushed: String,
     pub journal_id: String,
@@ -179,7 +179,7 @@ impl Journal {
                     .parse()
                     .expect("BUG: xid8 is a number"),
             ),
-            lsn: row.get(4),
+            insert_lsn: row.get(4),
         })
     }
 
