@@ -154,6 +154,10 @@ pub async fn begin_snapshot<'a>(
     types: &[String],
     ids: &Option<Vec<String>>,
 ) -> DbResult<SnapshotRead<'a>> {
+    // On a standby, the transaction's snapshot lists no running transaction: its
+    // cursor is instead a primary position the standby has replayed before the
+    // transaction began, so the rows read include everything the cursor claims.
+    let settled = journal.standby_settled(client).await?;
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -178,13 +182,18 @@ pub async fn begin_snapshot<'a>(
         .parse()
         .expect("BUG: PostgreSQL printed an invalid pg_snapshot");
     if row.get::<_, bool>(1) {
-        // On a hot standby `pg_current_snapshot()` lists no running transaction, so
-        // only what is below its `xmin` is known to be seen: the cursor claims no more
-        // (a stream from it may repeat rows the snapshot has, never skip one).
-        seen = PgSnapshot {
-            xmin: seen.xmin,
-            xmax: seen.xmin,
-            xip: Vec::new(),
+        seen = match settled {
+            // Rows committed between that position and the transaction's snapshot come
+            // again from the cursor: a few.
+            Some(position) => position.cursor().seen,
+            // On a hot standby `pg_current_snapshot()` lists no running transaction, so
+            // only what is below its `xmin` is known to be seen: the cursor claims no
+            // more (a stream from it repeats rows the snapshot has, never skips one).
+            None => PgSnapshot {
+                xmin: seen.xmin,
+                xmax: seen.xmin,
+                xip: Vec::new(),
+            },
         };
     }
     let mut tables: Vec<WatchedTable> = watched_tables(&tx)

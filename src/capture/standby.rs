@@ -9,9 +9,14 @@
 //! that snapshot sees has its commit replayed there, and the batch reads their rows on
 //! the standby by the primary's snapshot. Positions (and so cursors) stay the primary's
 //! snapshots: a standby's own `pg_current_snapshot()` lists no running transaction.
-//! WAL inserted but not yet flushed (say, a pruning record after the last commit) is not
-//! sent while the primary is idle: when the standby has replayed everything flushed and
-//! still waits, one empty transaction with a synchronous commit flushes it.
+//! WAL inserted but not yet flushed is not sent until something flushes it. The WAL
+//! writer flushes asynchronous commits within three `wal_writer_delay`s; records after
+//! the last commit (say, a pruning record on an idle primary) it leaves in a partial
+//! page. So when the standby has replayed everything flushed and still waits that long,
+//! one transaction with a synchronous commit flushes the rest, at most once a second.
+//! It takes a transaction id: in PostgreSQL before 17 nothing cheaper callable from SQL
+//! flushes WAL (`pg_logical_emit_message` flushes only from 17 on, `pg_switch_wal`
+//! starts a new segment file, a checkpoint writes every dirty page).
 //!
 //! The wait has no end of its own (the batch has nothing else to read); past
 //! `CHANGECAST_READ_MAX_LAG` the instance reports itself not ready until the standby
@@ -46,9 +51,15 @@ const REPLAYED: &str = "select pg_is_in_recovery(),
                            9223372036854775807)::bigint
              else 0::bigint end";
 
-/// How long the standby may sit at the primary's flush position before the tailer
-/// flushes the rest.
-const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// How many `wal_writer_delay`s the standby may sit at the primary's flush position
+/// before the tailer flushes the rest: the WAL writer's own bound for asynchronous
+/// commits.
+const FLUSH_AFTER_WAL_WRITER_DELAYS: u32 = 3;
+/// Fewest seconds between two flushes the tailer forces.
+const FORCED_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// The primary's `wal_writer_delay`, in milliseconds.
+const WAL_WRITER_DELAY: &str =
+    "select setting::bigint from pg_settings where name = 'wal_writer_delay'";
 /// A transaction that writes a commit record and flushes WAL up to it (whatever the
 /// server's `synchronous_commit`); it takes a transaction id and writes nothing else.
 const FLUSH: &str = "begin; set local synchronous_commit = on; \
@@ -60,6 +71,11 @@ pub struct Standby {
     /// Cancelled when the connection is gone.
     pub lost: CancellationToken,
     replayed: Statement,
+    /// How long the standby may wait at the primary's flush position (read from the
+    /// primary when first needed).
+    flush_after: std::sync::OnceLock<Duration>,
+    /// When the tailer last forced a flush.
+    forced_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// How long the wait may last before the instance reports itself not ready, and where
@@ -90,7 +106,33 @@ impl Standby {
             client,
             lost,
             replayed,
+            flush_after: std::sync::OnceLock::new(),
+            forced_at: std::sync::Mutex::new(None),
         })
+    }
+
+    /// How long the standby may sit at the primary's flush position before a flush is
+    /// forced: three `wal_writer_delay`s of `primary`.
+    async fn flush_after(&self, primary: &Client) -> Result<Duration, Lost> {
+        if let Some(after) = self.flush_after.get() {
+            return Ok(*after);
+        }
+        let row = bounded(primary.query_one(WAL_WRITER_DELAY, &[])).await?;
+        let delay = Duration::from_millis(row.get::<_, i64>(0).max(1) as u64);
+        Ok(*self
+            .flush_after
+            .get_or_init(|| delay * FLUSH_AFTER_WAL_WRITER_DELAYS))
+    }
+
+    /// Whether a forced flush may run now (none within [`FORCED_FLUSH_EVERY`]); if so,
+    /// it counts as run.
+    fn may_force_flush(&self) -> bool {
+        let mut forced_at = crate::sync::lock(&self.forced_at);
+        if forced_at.is_some_and(|at| at.elapsed() < FORCED_FLUSH_EVERY) {
+            return false;
+        }
+        *forced_at = Some(Instant::now());
+        true
     }
 
     /// Waits until the standby has replayed everything the primary (`primary`, the
@@ -112,7 +154,7 @@ impl Standby {
         loop {
             let row = bounded(
                 self.client
-                    .query_one(&self.replayed, &[&mark.lsn, &mark.flushed]),
+                    .query_one(&self.replayed, &[&mark.insert_lsn, &mark.flushed]),
             )
             .await?;
             let (in_recovery, behind, behind_flushed): (bool, i64, i64) =
@@ -121,9 +163,14 @@ impl Standby {
             if !in_recovery {
                 return Ok(None);
             }
-            if behind > 0 && behind_flushed <= 0 && !flushed && began.elapsed() >= FLUSH_AFTER {
-                // Everything flushed is replayed; the rest may never be sent unless
-                // something flushes it.
+            if behind > 0
+                && behind_flushed <= 0
+                && !flushed
+                && began.elapsed() >= self.flush_after(primary).await?
+                && self.may_force_flush()
+            {
+                // Everything flushed is replayed and the WAL writer has not flushed
+                // the rest: it may never be sent unless something flushes it.
                 flushed = true;
                 bounded(primary.batch_execute(FLUSH)).await?;
             }

@@ -154,7 +154,9 @@ impl Tailer {
                         .caught_up(client, &connection.lost, &waiting, shutdown)
                         .await?;
                     if let Some(mark) = &mark {
-                        self.publisher.journal.standby_reached(&mark.lsn);
+                        self.publisher
+                            .journal
+                            .standby_reached(&mark.insert_lsn, mark.position());
                     }
                     mark
                 }

@@ -71,12 +71,19 @@ pub struct TailStatements {
 pub struct PrimaryMark {
     /// The WAL insert position after the snapshot was taken (`pg_lsn` text): the standby
     /// has every transaction `position` sees once it has replayed this far.
-    pub lsn: String,
+    pub insert_lsn: String,
     /// The flush position then: WAL up to it is on its way to the standby.
     pub flushed: String,
     pub journal_id: String,
     position: Position,
     pruned_below: PrunedBelow,
+}
+
+impl PrimaryMark {
+    /// The primary's position the batch reads up to.
+    pub fn position(&self) -> &Position {
+        &self.position
+    }
 }
 
 /// Reads the journal and mints cursors bound to it.
@@ -90,9 +97,17 @@ pub struct Journal {
     /// transaction ids exist (see [`Journal::checked_against`]).
     authority: Option<deadpool_postgres::Pool>,
     /// With a standby: the newest primary WAL position the tailer waited for it to
-    /// replay before a batch (`pg_lsn` text); replays wait for theirs to get there.
-    standby_reached: std::sync::Mutex<Option<String>>,
+    /// replay before a batch (`pg_lsn` text), and the primary's position then (every
+    /// transaction it sees is in that WAL); replays and snapshots wait for their
+    /// standby to get there.
+    standby_reached: std::sync::Mutex<Option<(String, Position)>>,
+    /// Longest a replay page waits for its standby to get to `standby_reached`.
+    standby_wait: std::time::Duration,
 }
+
+/// Longest a replay page waits, by default, for its standby to replay what the hub has
+/// published before it is read on the primary instead.
+const STANDBY_REPLAYED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Journal {
     /// Reads the journal's identity and the cursor key; the migrations must have run.
@@ -106,6 +121,7 @@ impl Journal {
             cursor_key: CursorKey::new(key.get(0))?,
             authority: None,
             standby_reached: std::sync::Mutex::new(None),
+            standby_wait: STANDBY_REPLAYED_WITHIN,
         })
     }
 
@@ -119,10 +135,30 @@ impl Journal {
         self
     }
 
+    /// Replay pages wait at most `within` for their standby to replay what the hub has
+    /// published, then are read on the primary.
+    pub fn standby_wait_within(mut self, within: std::time::Duration) -> Self {
+        self.standby_wait = within;
+        self
+    }
+
     /// The tailer's standby has replayed the primary's WAL up to `lsn`: boundaries
     /// published from now on may count on it (replays read elsewhere wait for it).
-    pub fn standby_reached(&self, lsn: &str) {
-        *crate::sync::lock(&self.standby_reached) = Some(lsn.to_owned());
+    pub fn standby_reached(&self, lsn: &str, position: &Position) {
+        *crate::sync::lock(&self.standby_reached) = Some((lsn.to_owned(), position.clone()));
+    }
+
+    /// With a standby behind `client`: a primary position it has replayed (the
+    /// tailer's newest, waited for within the replay bound), which a snapshot
+    /// transaction begun on `client` after it sees all of; `None` without one (no
+    /// standby, no batch read yet, or the standby still behind).
+    pub async fn standby_settled(&self, client: &Client) -> DbResult<Option<Position>> {
+        let Some((lsn, position)) = crate::sync::lock(&self.standby_reached).clone() else {
+            return Ok(None);
+        };
+        Ok(replay::standby_replayed(client, &lsn, self.standby_wait)
+            .await?
+            .then_some(position))
     }
 
     /// The primary's WAL flush position and journal identity, read on `client` (a
@@ -143,7 +179,7 @@ impl Journal {
                     .parse()
                     .expect("BUG: xid8 is a number"),
             ),
-            lsn: row.get(4),
+            insert_lsn: row.get(4),
         })
     }
 
@@ -332,9 +368,11 @@ impl Journal {
         after: Option<i64>,
         filter: ReplayFilter<'_>,
         limits: (usize, usize),
-    ) -> DbResult<ReplayPage> {
+    ) -> anyhow::Result<ReplayPage> {
         let authority = self.authority.as_ref();
-        let reached = crate::sync::lock(&self.standby_reached).clone();
+        let reached = crate::sync::lock(&self.standby_reached)
+            .clone()
+            .map(|(lsn, _)| (lsn, self.standby_wait));
         replay::read_page(
             &self.scope(),
             client,

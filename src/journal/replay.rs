@@ -107,18 +107,42 @@ impl Cursor {
 /// `after` (found first when `None`) whose transaction `from` does not see but
 /// `upto` covers, in journal-id order, at most `limit` of them and, past the first,
 /// at most `max_bytes`.
+///
+/// With a standby, the page is read there once it has replayed `reached.0` (where the
+/// hub's boundaries are known to be); one that has not within `reached.1` (another
+/// standby of a multi-host URL further behind, one just restarted) has the page read
+/// on the primary instead: a page read on it could miss rows inside the boundary, and
+/// waiting on without bound could hold the replay forever. Without a primary to be
+/// had, the read fails and its caller retries.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_page(
     scope: &CursorScope,
     client: &mut deadpool_postgres::Client,
     authority: Option<&deadpool_postgres::Pool>,
-    reached: Option<String>,
+    reached: Option<(String, std::time::Duration)>,
     from: &Cursor,
     upto: &Published,
     after: Option<i64>,
     filter: ReplayFilter<'_>,
     (limit, max_bytes): (usize, usize),
-) -> DbResult<ReplayPage> {
+) -> anyhow::Result<ReplayPage> {
+    let mut on_primary;
+    let client = match reached {
+        Some((lsn, within)) if !standby_replayed(client, &lsn, within).await? => {
+            let Some(primary) = authority else {
+                anyhow::bail!(
+                    "the standby has not replayed what the hub published ({lsn}) within {within:?}"
+                );
+            };
+            tracing::warn!(
+                "a replay's standby has not replayed what the hub published within {within:?}: \
+                 reading the page from the primary"
+            );
+            on_primary = primary.get().await?;
+            &mut on_primary
+        }
+        _ => client,
+    };
     let (after, now) = match after {
         Some(id) => (id, None),
         None => {
@@ -134,9 +158,6 @@ pub(super) async fn read_page(
             (start, Some(now))
         }
     };
-    if let Some(lsn) = reached {
-        standby_replayed(client, &lsn).await?;
-    }
     let (entries, last) =
         read_replay(scope, client, from, upto, after, filter, limit, max_bytes).await?;
     let pruned_below = pruned_below(client).await?;
@@ -228,17 +249,17 @@ async fn read_replay(
     Ok((entries(scope, &rows, None), last))
 }
 
-/// Longest a replay page waits for its standby to replay what the hub has published.
-const STANDBY_REPLAYED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Waits until the standby behind `client` has replayed WAL up to `lsn` (the newest
-/// position the tailer waited for, so past every boundary the hub has published): the
-/// page read next on it then holds every row that boundary covers. The tailer's
-/// standby has; this connection may reach another standby of a multi-host URL, or one
-/// restarted (a standby that starts again accepts connections once consistent, which
-/// may be behind what it had replayed). Past the bound the page is read anyway, and a
-/// warning says so.
-async fn standby_replayed(client: &tokio_postgres::Client, lsn: &str) -> DbResult<()> {
+/// Whether the standby behind `client` replays WAL up to `lsn` within `within` (the
+/// newest position the tailer waited for, so past every boundary the hub has
+/// published): the page read next on it then holds every row that boundary covers. The
+/// tailer's standby has; this connection may reach another standby of a multi-host
+/// URL, or one restarted (a standby that starts again accepts connections once
+/// consistent, which may be behind what it had replayed). A primary has everything.
+pub(super) async fn standby_replayed(
+    client: &tokio_postgres::Client,
+    lsn: &str,
+    within: std::time::Duration,
+) -> DbResult<bool> {
     let began = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(1);
     loop {
@@ -251,14 +272,10 @@ async fn standby_replayed(client: &tokio_postgres::Client, lsn: &str) -> DbResul
             )
             .await?;
         if row.get(0) {
-            return Ok(());
+            return Ok(true);
         }
-        if began.elapsed() > STANDBY_REPLAYED_WITHIN {
-            tracing::warn!(
-                "a replay's standby has not replayed what the hub published within {:?}",
-                STANDBY_REPLAYED_WITHIN
-            );
-            return Ok(());
+        if began.elapsed() > within {
+            return Ok(false);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(50));

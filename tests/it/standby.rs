@@ -401,3 +401,189 @@ async fn a_read_url_of_another_cluster_is_refused_at_start() {
         "{message}"
     );
 }
+
+/// The primary's present and its WAL insert position, read together.
+async fn primary_now(db: &tokio_postgres::Client) -> (changecast::journal::Position, String) {
+    let row = db
+        .query_one(
+            "select pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: changecast::journal::PgSnapshot = row.get::<_, &str>(0).parse().unwrap();
+    (changecast::journal::Position::of_snapshot(seen), row.get(1))
+}
+
+/// Waits until `standby` has replayed the primary's WAL up to `lsn`.
+async fn replayed(standby: &tokio_postgres::Client, lsn: &str) {
+    eventually(&format!("the standby replays {lsn}"), || async {
+        standby
+            .query_one(
+                "select pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
+}
+
+/// A replay page whose connection reaches a standby that has not replayed what the
+/// hub published (another standby of a multi-host URL, further behind) is read on the
+/// primary once the wait is over: every row inside the boundary is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_page_on_a_standby_behind_the_boundary_misses_nothing() {
+    use changecast::journal::{Journal, Published, ReplayFilter};
+    use changecast::tenant::TenantId;
+
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = start_on(db_url.clone(), |_| {}).await;
+    let admin = standby.admin().await;
+    let (from, lsn) = primary_now(&app.db).await;
+    replayed(&admin, &lsn).await;
+    admin
+        .execute("select pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    let written: HashSet<String> = app.insert_tickets("acme", 5).await.into_iter().collect();
+    let (upto, lsn) = primary_now(&app.db).await;
+
+    let primary = changecast::db::pool(&db_url, 2, Duration::from_secs(10)).unwrap();
+    let journal = Journal::open(&app.db)
+        .await
+        .unwrap()
+        .checked_against(primary)
+        .standby_wait_within(Duration::from_millis(500));
+    journal.standby_reached(&lsn, &upto);
+    let reader =
+        changecast::db::standby::read_pool(&standby.url("standby"), 2, Duration::from_secs(10))
+            .unwrap();
+    let mut client = reader.get().await.unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    let cursor = from.cursor();
+    let page = journal
+        .replay_page(
+            &mut client,
+            &cursor,
+            &Published::complete(upto),
+            None,
+            ReplayFilter {
+                tenant: &tenant,
+                types: None,
+                app_events: true,
+            },
+            (1000, 1 << 20),
+        )
+        .await
+        .unwrap();
+    assert!(page.honours(&cursor).is_ok());
+    let read: HashSet<String> = page
+        .entries
+        .iter()
+        .filter_map(|entry| match entry {
+            changecast::journal::Entry::Change(change) => Some(change.resource_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        read, written,
+        "the page holds every row inside the boundary"
+    );
+    admin
+        .execute("select pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+/// A snapshot read on the standby while a transaction stays open on the primary: a
+/// stream from its cursor sends the rows committed after it, and of the rows the
+/// snapshot already had at most a few again (not everything since the open
+/// transaction began).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_the_standby_gets_a_cursor_past_its_rows() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let (long, _) = app.begin_long_transaction("acme", "open").await;
+    let mut had = HashSet::new();
+    for _ in 0..4 {
+        had.extend(app.insert_tickets("acme", 5).await);
+    }
+    app.until_counted(&t, "ticket", 20).await;
+    let (status, snapshot) = app.get("/v1/snapshot?types=ticket", Some(&t)).await;
+    assert_eq!(status, 200, "{snapshot}");
+    let in_snapshot: HashSet<String> = snapshot["resources"]["ticket"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(in_snapshot, had);
+    let from = snapshot["cursor"].as_str().unwrap().to_owned();
+    let after: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
+    let mut stream = app.sse_with(&t, "types=ticket", Some(&from)).await;
+    let received = stream.receive_ids(&after).await;
+    long.batch_execute("rollback").await.unwrap();
+    assert!(
+        after.is_subset(&received),
+        "{received:?} lacks some of {after:?}"
+    );
+    let again = received.intersection(&had).count();
+    assert!(
+        again <= 3,
+        "{again} of the snapshot's {} rows sent again",
+        had.len()
+    );
+    app.stop().await;
+}
+
+/// Writers committing asynchronously: the WAL writer flushes their commits, and the
+/// tailer forces a flush of its own (a transaction id and an fsync on the primary) at
+/// most about once a second, not for every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_commits_are_not_flushed_for_every_batch() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let t = token("acme");
+    let writer = app.connect_db().await;
+    writer
+        .batch_execute("set synchronous_commit = off")
+        .await
+        .unwrap();
+    let first = next_xid(&app.db).await;
+    let began = std::time::Instant::now();
+    let mut written = 0;
+    while began.elapsed() < Duration::from_secs(3) {
+        writer
+            .execute(
+                "insert into tickets (tenant_id, title) values ('acme', 'async')",
+                &[],
+            )
+            .await
+            .unwrap();
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.until_counted(&t, "ticket", written).await;
+    let others = (next_xid(&app.db).await - first - 1) as u64 - written;
+    eprintln!("{written} asynchronous commits, {others} other transaction ids");
+    assert!(others <= 5, "{others} transaction ids besides the writer's");
+    app.stop().await;
+}
+
+/// A new transaction id on the primary (so it takes one).
+async fn next_xid(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("select pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
