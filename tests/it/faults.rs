@@ -14,7 +14,6 @@
 //! flood and wake-up tests.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
-use crate::helpers::cluster::{start_server, OwnCluster};
+use crate::helpers::cluster::{pg_basebackup, postgres_user, start_server, Copy, OwnCluster};
 use crate::helpers::followers::{assert_all_followers_got, received_key, Follower, Interest, Via};
 use crate::helpers::process::{peak_rss_kib, status_kib, ServiceProcess};
 use crate::helpers::rng::Rng;
@@ -259,7 +258,8 @@ async fn a_timeline_change_with_ids_overtaken_resyncs_and_loses_no_new_change() 
     let port = cluster.options().port.expect("the cluster keeps its port");
     // The standby's copy, taken before the commits it will never receive.
     let standby = cluster.dir.path().join("standby");
-    pg_basebackup(&admin_url, &standby);
+    let bindir = changecast::db::embedded::find_bindir().unwrap();
+    pg_basebackup(&bindir, &admin_url, &standby, Copy::Restore);
 
     let app = start_on(db_url.clone(), |_| {}).await;
     let t = token("acme");
@@ -359,43 +359,6 @@ async fn next_xid(db: &tokio_postgres::Client) -> u64 {
     .await
     .unwrap()
     .get::<_, i64>(0) as u64
-}
-
-/// `pg_basebackup` of the server at `url` into `dir` (WAL streamed along), as the
-/// `postgres` user when we are root, as the server itself runs.
-fn pg_basebackup(url: &str, dir: &std::path::Path) {
-    use std::os::unix::process::CommandExt as _;
-    std::fs::create_dir(dir).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    chown_to_postgres(dir);
-    let bindir = changecast::db::embedded::find_bindir().unwrap();
-    let mut command = Command::new(bindir.join("pg_basebackup"));
-    command
-        .arg(format!("--dbname={url}"))
-        .arg("-D")
-        .arg(dir)
-        .args(["-X", "stream", "-c", "fast"]);
-    if let Some((uid, gid)) = postgres_user() {
-        command.uid(uid).gid(gid);
-    }
-    let out = command.output().expect("running pg_basebackup");
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The `postgres` user's (uid, gid) when we are root (the servers then run as it).
-fn postgres_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid cannot fail; getpwnam's result is read at once.
-    unsafe {
-        if libc::geteuid() != 0 {
-            return None;
-        }
-        let user = libc::getpwnam(c"postgres".as_ptr());
-        (!user.is_null()).then(|| ((*user).pw_uid, (*user).pw_gid))
-    }
 }
 
 fn chown_to_postgres(path: &std::path::Path) {

@@ -15,6 +15,7 @@ use changecast::config::ServeConfig;
 use changecast::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
+use crate::helpers::cluster::postgres_user;
 use crate::helpers::*;
 
 /// A PgBouncer of the test's own, in transaction mode, in front of the test server.
@@ -155,18 +156,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The `postgres` user's (uid, gid) when we are root.
-fn postgres_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid cannot fail; getpwnam's result is read at once.
-    unsafe {
-        if libc::geteuid() != 0 {
-            return None;
-        }
-        let user = libc::getpwnam(c"postgres".as_ptr());
-        (!user.is_null()).then(|| ((*user).pw_uid, (*user).pw_gid))
-    }
 }
 
 #[tokio::test]

@@ -125,7 +125,7 @@ impl OwnCluster {
         let dir = self.dir.path().join(format!("standby-{n}"));
         let url = self.url("postgres");
         let copy = dir.clone();
-        tokio::task::spawn_blocking(move || pg_basebackup(&bindir, &url, &copy))
+        tokio::task::spawn_blocking(move || pg_basebackup(&bindir, &url, &copy, Copy::Standby))
             .await
             .unwrap();
         let mut options = self.options.clone();
@@ -181,10 +181,18 @@ impl StandbyCluster {
     }
 }
 
-/// `pg_basebackup -R` of the server at `url` into `dir` (WAL streamed along; the copy is
-/// set up as a standby of it), as the `postgres` user when we are root, as the server
-/// itself runs.
-fn pg_basebackup(bindir: &std::path::Path, url: &str, dir: &std::path::Path) {
+/// How a `pg_basebackup` copy starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    /// As a standby of the server it was taken from (`-R`).
+    Standby,
+    /// As a server of its own once recovered (a restore).
+    Restore,
+}
+
+/// `pg_basebackup` of the server at `url` into `dir` (WAL streamed along), as the
+/// `postgres` user when we are root, as the server itself runs.
+pub fn pg_basebackup(bindir: &std::path::Path, url: &str, dir: &std::path::Path, copy: Copy) {
     use std::os::unix::process::CommandExt as _;
     std::fs::create_dir(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -197,7 +205,10 @@ fn pg_basebackup(bindir: &std::path::Path, url: &str, dir: &std::path::Path) {
         .arg(format!("--dbname={url}"))
         .arg("-D")
         .arg(dir)
-        .args(["-X", "stream", "-c", "fast", "-R"]);
+        .args(["-X", "stream", "-c", "fast"]);
+    if copy == Copy::Standby {
+        command.arg("-R");
+    }
     if let Some((uid, gid)) = user {
         command.uid(uid).gid(gid);
     }
@@ -210,7 +221,7 @@ fn pg_basebackup(bindir: &std::path::Path, url: &str, dir: &std::path::Path) {
 }
 
 /// The `postgres` user's (uid, gid) when we are root (the servers then run as it).
-fn postgres_user() -> Option<(u32, u32)> {
+pub fn postgres_user() -> Option<(u32, u32)> {
     // SAFETY: geteuid cannot fail; getpwnam's result is read at once.
     unsafe {
         if libc::geteuid() != 0 {
