@@ -33,22 +33,6 @@ async fn assert_quiet(stream: &mut SseStream) {
     }
 }
 
-/// `event:resource_id` of a `resource_change` or `topic:payload.n` of an `app_event`.
-fn key(data: &Value) -> String {
-    match data["type"].as_str() {
-        Some("app_event") => format!(
-            "{}:{}",
-            data["topic"].as_str().unwrap(),
-            data["payload"]["n"]
-        ),
-        _ => format!(
-            "{}:{}",
-            data["event"].as_str().unwrap(),
-            data["resource_id"].as_str().unwrap()
-        ),
-    }
-}
-
 #[tokio::test]
 async fn publish_is_delivered_at_commit_and_never_on_rollback() {
     let app = spawn_app().await;
@@ -96,12 +80,12 @@ async fn publish_is_delivered_at_commit_and_never_on_rollback() {
         HashSet::from(["type", "id", "topic", "tenant_id", "payload", "occurred_at"])
     );
     // The rolled-back event and globex's never came: the next is acme's n=4.
-    assert_eq!(key(&events[1].data), "ticket:progress:4");
+    assert_eq!(event_key(&events[1].data), "ticket:progress:4");
 
     let first = ws.next_of_type("app_event").await;
     assert_eq!(&first, data, "one JSON shape on both transports");
     assert_eq!(
-        key(&ws.next_of_type("app_event").await),
+        event_key(&ws.next_of_type("app_event").await),
         "ticket:progress:4"
     );
 }
@@ -125,7 +109,12 @@ async fn topics_and_types_select_only_what_they_name() {
     let ticket = app.insert_ticket("acme", "row").await;
     publish(&app.db, "acme", "agent:heartbeat", json!({"n": 5})).await;
 
-    let keys = |events: Vec<SseEvent>| events.iter().map(|e| key(&e.data)).collect::<Vec<_>>();
+    let keys = |events: Vec<SseEvent>| {
+        events
+            .iter()
+            .map(|e| event_key(&e.data))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         keys(next_events(&mut topics, 3).await),
         ["config_update:1", "agent:stats:3", "agent:heartbeat:5"]
@@ -138,10 +127,13 @@ async fn topics_and_types_select_only_what_they_name() {
     for stream in [&mut topics, &mut types_only, &mut everything] {
         assert_quiet(stream).await;
     }
-    assert_eq!(key(&ws.next_of_type("app_event").await), "agent:stats:3");
+    assert_eq!(
+        event_key(&ws.next_of_type("app_event").await),
+        "agent:stats:3"
+    );
     let next = ws.next_json_within(WAIT).await.unwrap();
     assert_eq!(
-        key(&next),
+        event_key(&next),
         "agent:heartbeat:5",
         "no row change for a topics-only subscriber"
     );
@@ -164,7 +156,7 @@ async fn resume_across_interleaved_publishes_and_row_writes_loses_nothing() {
     let seen = next_events(&mut first, 15).await;
     let cursor = seen.last().unwrap().id.clone().unwrap();
     drop(first);
-    let earlier: HashSet<String> = seen.iter().map(|e| key(&e.data)).collect();
+    let earlier: HashSet<String> = seen.iter().map(|e| event_key(&e.data)).collect();
     for n in 40..60 {
         if n % 3 == 0 {
             publish(&app.db, "acme", "job:progress", json!({"n": n})).await;
@@ -182,7 +174,7 @@ async fn resume_across_interleaved_publishes_and_row_writes_loses_nothing() {
         let Some(event) = resumed.next_within(left).await else {
             break;
         };
-        let key = key(&event.data);
+        let key = event_key(&event.data);
         if !received.insert(key.clone()) {
             repeated.push(key);
         }
@@ -283,7 +275,7 @@ async fn resource_id_is_text_whatever_the_id_column_is_called() {
     let got: Vec<String> = next_events(&mut one, 2)
         .await
         .iter()
-        .map(|e| key(&e.data))
+        .map(|e| event_key(&e.data))
         .collect();
     assert_eq!(got, ["created:8", "updated:8"]);
     assert_quiet(&mut one).await;
@@ -458,7 +450,7 @@ async fn rows_entering_and_leaving_a_view_arrive_as_created_and_deleted_live_and
     let got: Vec<String> = next_events(&mut live, 5)
         .await
         .iter()
-        .map(|e| key(&e.data))
+        .map(|e| event_key(&e.data))
         .collect();
     assert_eq!(got, expected, "live");
     assert_quiet(&mut live).await;
@@ -466,7 +458,7 @@ async fn rows_entering_and_leaving_a_view_arrive_as_created_and_deleted_live_and
     for _ in 0..5 {
         over_ws.push(ws.next_of_type("resource_change").await);
     }
-    let over_ws: Vec<String> = over_ws.iter().map(key).collect();
+    let over_ws: Vec<String> = over_ws.iter().map(event_key).collect();
     assert_eq!(over_ws, expected, "WebSocket");
 
     // The same from the journal: a replay from the snapshot's cursor.
@@ -474,7 +466,7 @@ async fn rows_entering_and_leaving_a_view_arrive_as_created_and_deleted_live_and
         .sse_with(&t, "types=ticket&filter=state=eq.open", Some(&start))
         .await;
     let events = next_events(&mut replayed, 5).await;
-    let got: Vec<String> = events.iter().map(|e| key(&e.data)).collect();
+    let got: Vec<String> = events.iter().map(|e| event_key(&e.data)).collect();
     assert_eq!(got, expected, "replayed");
     assert_eq!(
         events[2].data["resource"]["state"], "closed",

@@ -75,22 +75,6 @@ async fn publish(app: &TestApp, topic: &str, n: i64) {
         .unwrap();
 }
 
-/// `event:resource_id` of a change, `topic:n` of an app event.
-fn key(data: &Value) -> String {
-    match data["type"].as_str() {
-        Some("app_event") => format!(
-            "{}:{}",
-            data["topic"].as_str().unwrap(),
-            data["payload"]["n"]
-        ),
-        _ => format!(
-            "{}:{}",
-            data["event"].as_str().unwrap(),
-            data["resource_id"].as_str().unwrap()
-        ),
-    }
-}
-
 /// The next `n` events of a WebSocket (changes, app events, resyncs), bounded.
 async fn ws_events(ws: &mut WsClient, n: usize) -> Vec<Value> {
     let mut events = Vec::new();
@@ -188,13 +172,17 @@ async fn types_and_topics_outside_the_scope_are_forbidden_on_every_transport() {
     let got: Vec<String> = next_events(&mut whole, 2)
         .await
         .iter()
-        .map(|e| key(&e.data))
+        .map(|e| event_key(&e.data))
         .collect();
     assert_eq!(got, expected, "SSE naming nothing");
-    let got: Vec<String> = ws_events(&mut ws, 2).await.iter().map(key).collect();
+    let got: Vec<String> = ws_events(&mut ws, 2).await.iter().map(event_key).collect();
     assert_eq!(got, expected, "WebSocket naming nothing");
     let first = next_events(&mut users, 1).await;
-    assert_eq!(key(&first[0].data), "user.42.note:3", "narrowed topics");
+    assert_eq!(
+        event_key(&first[0].data),
+        "user.42.note:3",
+        "narrowed topics"
+    );
     assert_sse_quiet(&mut users).await;
 
     // After the refusals, a subscription in scope on the same socket works.
@@ -204,7 +192,7 @@ async fn types_and_topics_outside_the_scope_are_forbidden_on_every_transport() {
     assert_eq!(ws.expect("error").await["code"], "forbidden");
     ws.subscribe(json!({"resource_types": ["ticket"]})).await;
     let later = app.insert_ticket("acme", "later").await;
-    let got: Vec<String> = ws_events(&mut ws, 1).await.iter().map(key).collect();
+    let got: Vec<String> = ws_events(&mut ws, 1).await.iter().map(event_key).collect();
     assert_eq!(got, [format!("created:{later}")]);
 }
 
@@ -277,7 +265,7 @@ async fn scope_filters_hold_live_on_replay_and_in_snapshots_through_reassignment
     ];
 
     let events = next_events(&mut live, expected.len()).await;
-    let got: Vec<String> = events.iter().map(|e| key(&e.data)).collect();
+    let got: Vec<String> = events.iter().map(|e| event_key(&e.data)).collect();
     assert_eq!(got, expected, "live");
     assert_eq!(
         events[1].data["resource"]["assignee"], "kim",
@@ -287,7 +275,7 @@ async fn scope_filters_hold_live_on_replay_and_in_snapshots_through_reassignment
     let got: Vec<String> = ws_events(&mut ws, expected.len())
         .await
         .iter()
-        .map(key)
+        .map(event_key)
         .collect();
     assert_eq!(got, expected, "WebSocket");
 
@@ -296,7 +284,7 @@ async fn scope_filters_hold_live_on_replay_and_in_snapshots_through_reassignment
     let got: Vec<String> = next_events(&mut replayed, expected.len())
         .await
         .iter()
-        .map(|e| key(&e.data))
+        .map(|e| event_key(&e.data))
         .collect();
     assert_eq!(got, expected, "replayed");
     let mut ws = ws_subscribed(&app, &t).await;
@@ -304,7 +292,7 @@ async fn scope_filters_hold_live_on_replay_and_in_snapshots_through_reassignment
     let got: Vec<String> = ws_events(&mut ws, expected.len())
         .await
         .iter()
-        .map(key)
+        .map(event_key)
         .collect();
     assert_eq!(got, expected, "replayed over WebSocket");
 
@@ -375,7 +363,7 @@ async fn omitted_columns_reach_the_holder_in_nothing_it_receives() {
         .collect();
     let ws_events = ws_events(&mut ws, 3).await;
     for (transport, events) in [("SSE", &scoped_events), ("WebSocket", &ws_events)] {
-        let got: Vec<String> = events.iter().map(key).collect();
+        let got: Vec<String> = events.iter().map(event_key).collect();
         assert_eq!(
             got, expected,
             "{transport}: an update of omitted columns only is not sent"

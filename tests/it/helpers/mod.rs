@@ -458,3 +458,20 @@ impl Role {
             .await;
     }
 }
+
+/// `event:resource_id` of a `resource_change`, `topic:payload.n` of an `app_event`: what
+/// tests compare received events by.
+pub fn event_key(data: &Value) -> String {
+    match data["type"].as_str() {
+        Some("app_event") => format!(
+            "{}:{}",
+            data["topic"].as_str().unwrap(),
+            data["payload"]["n"]
+        ),
+        _ => format!(
+            "{}:{}",
+            data["event"].as_str().unwrap(),
+            data["resource_id"].as_str().unwrap()
+        ),
+    }
+}
