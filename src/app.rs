@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::capture::{Publisher, Tailer};
-use crate::config::ServeConfig;
+use crate::config::{ReadFallback, ServeConfig};
 use crate::db;
 use crate::http::server::{self, ConnectionLimits};
 use crate::hub::Hub;
@@ -125,6 +125,11 @@ impl App {
             let client = pool.get().await.context("connecting to PostgreSQL")?;
             let journal = Journal::open(&client).await?;
             let journal = match &read {
+                // Falling back to the primary, replay pages wait for a lagging
+                // standby no longer than live batches do.
+                Some(_) if config.read_fallback == ReadFallback::Primary => journal
+                    .checked_against(pool.clone())
+                    .standby_wait_within(config.read_max_lag),
                 Some(_) => journal.checked_against(pool.clone()),
                 None => journal,
             };
@@ -168,6 +173,7 @@ impl App {
             pg: listen,
             read: read.map(|(read, _)| read),
             read_max_lag: config.read_max_lag,
+            read_fall_back: config.read_fallback == ReadFallback::Primary,
             publisher: Publisher {
                 journal: journal.clone(),
                 hub: hub.clone(),

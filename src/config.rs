@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{ClaimPath, KeySource, TokenRules};
 use crate::secret::Secret;
@@ -27,6 +27,15 @@ pub struct Cli {
 
 // Parsed once at start: the size of the `serve` variant costs nothing.
 #[allow(clippy::large_enum_variant)]
+/// What an instance does while the standby it reads lags past CHANGECAST_READ_MAX_LAG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadFallback {
+    /// Read the journal on the primary until the standby catches up.
+    Primary,
+    /// Wait for the standby, reporting the instance not ready meanwhile.
+    Wait,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply the migrations, follow the journal and serve subscribers.
@@ -82,11 +91,20 @@ pub struct ServeConfig {
     pub read_database_url: Option<Secret>,
 
     /// With CHANGECAST_READ_DATABASE_URL: how long a batch may wait for the standby to
-    /// replay what the primary had written before `/readyz` answers 503 (the standby
-    /// lags; the batch keeps waiting, and nothing is lost). See also the
-    /// `changecast_standby_lag_bytes` series.
+    /// replay what the primary had written. Past it, the instance reads the journal on
+    /// the primary until the standby catches up (CHANGECAST_READ_FALLBACK=primary), or
+    /// keeps waiting and `/readyz` answers 503 (`wait`). Nothing is lost either way. See
+    /// also the `changecast_standby_lag_bytes` and `changecast_standby_fallback` series.
     #[arg(long, env = "CHANGECAST_READ_MAX_LAG", default_value = "10s", value_parser = parse_positive_duration)]
     pub read_max_lag: Duration,
+
+    /// With CHANGECAST_READ_DATABASE_URL: what an instance does while its standby lags
+    /// more than CHANGECAST_READ_MAX_LAG. `primary`: live batches, replays and snapshots
+    /// read the primary until the standby has caught up (delivery goes on; the primary
+    /// carries this instance's reads meanwhile). `wait`: delivery waits for the standby
+    /// and `/readyz` answers 503, so a load balancer moves subscribers elsewhere.
+    #[arg(long, env = "CHANGECAST_READ_FALLBACK", value_enum, default_value_t = ReadFallback::Primary)]
+    pub read_fallback: ReadFallback,
 
     /// Data folder of the embedded PostgreSQL (used only without DATABASE_URL); created
     /// and initialised on first run, kept between runs. The server binaries are found via

@@ -55,6 +55,7 @@ pub struct Metrics {
     /// With a read standby: bytes of WAL it had yet to replay to reach the primary's
     /// position at the tailer's last look (0 when caught up).
     pub standby_lag_bytes: IntGauge,
+    pub standby_fallback: IntGauge,
     /// With a read standby: how long each batch waited for it to replay what the
     /// primary had written when the batch began.
     pub standby_waits: Histogram,
@@ -178,6 +179,11 @@ impl Metrics {
                 "With CHANGECAST_READ_DATABASE_URL: bytes of WAL the standby had yet to replay to reach the primary's position when the tailer last looked",
             )
             .expect("BUG: metric definition"),
+            standby_fallback: IntGauge::new(
+                "changecast_standby_fallback",
+                "With CHANGECAST_READ_DATABASE_URL: 1 while the tailer reads the journal on the primary because the standby lags past CHANGECAST_READ_MAX_LAG (CHANGECAST_READ_FALLBACK=primary), else 0",
+            )
+            .expect("BUG: metric definition"),
             standby_waits: Histogram::with_opts(
                 HistogramOpts::new(
                     "changecast_standby_wait_seconds",
@@ -191,7 +197,7 @@ impl Metrics {
             .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -212,6 +218,7 @@ impl Metrics {
             Box::new(metrics.draining.clone()),
             Box::new(metrics.drains_without_effect.clone()),
             Box::new(metrics.standby_lag_bytes.clone()),
+            Box::new(metrics.standby_fallback.clone()),
             Box::new(metrics.standby_waits.clone()),
         ];
         for collector in collectors {

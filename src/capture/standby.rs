@@ -18,11 +18,15 @@
 //! flushes WAL (`pg_logical_emit_message` flushes only from 17 on, `pg_switch_wal`
 //! starts a new segment file, a checkpoint writes every dirty page).
 //!
-//! The wait has no end of its own (the batch has nothing else to read); past
-//! `CHANGECAST_READ_MAX_LAG` the instance reports itself not ready until the standby
-//! catches up. A read server that has left recovery (promoted) is a primary of its own:
-//! nothing to wait for, and its own journal identity (with its new timeline) counts.
+//! Past `CHANGECAST_READ_MAX_LAG` the instance stops waiting: it reads each batch on
+//! the primary instead, by the same primary snapshot, until a look at the standby finds
+//! it caught up (`CHANGECAST_READ_FALLBACK=primary`, the default); or it keeps waiting
+//! and reports itself not ready until the standby catches up (`wait`). Either way the
+//! batch holds every commit. A read server that has left recovery (promoted) is a
+//! primary of its own: nothing to wait for, and its own journal identity (with its new
+//! timeline) counts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -76,12 +80,27 @@ pub struct Standby {
     flush_after: std::sync::OnceLock<Duration>,
     /// When the tailer last forced a flush.
     forced_at: std::sync::Mutex<Option<Instant>>,
+    /// Batches are read on the primary: the standby lagged past the bound and has not
+    /// caught up since.
+    falling_back: AtomicBool,
+}
+
+/// Where the tailer reads a batch.
+pub(super) enum ReadAt {
+    /// On the standby, which has replayed the primary's mark.
+    Standby(PrimaryMark),
+    /// On the primary, by the mark's snapshot: the standby lags past the bound.
+    Primary(PrimaryMark),
+    /// On the read server as a primary of its own: it has left recovery (promoted).
+    Promoted,
 }
 
 /// How long the wait may last before the instance reports itself not ready, and where
 /// it reports.
 pub(super) struct Limits<'a> {
     pub max_lag: Duration,
+    /// Past `max_lag`, read the primary instead of waiting.
+    pub fall_back: bool,
     pub metrics: &'a Metrics,
     pub ready: &'a watch::Sender<bool>,
 }
@@ -108,6 +127,7 @@ impl Standby {
             replayed,
             flush_after: std::sync::OnceLock::new(),
             forced_at: std::sync::Mutex::new(None),
+            falling_back: AtomicBool::new(false),
         })
     }
 
@@ -135,17 +155,18 @@ impl Standby {
         true
     }
 
-    /// Waits until the standby has replayed everything the primary (`primary`, the
-    /// LISTEN connection) had written when this was called. `Some(mark)`: read the
-    /// standby with the primary's journal identity of that moment; `None`: the read
-    /// server is in recovery no more (promoted), read it as a primary.
-    pub(super) async fn caught_up(
+    /// Where to read the next batch so that it holds everything the primary
+    /// (`primary`, the LISTEN connection) had written when this was called: waits until
+    /// the standby has replayed that far, at most `limits.max_lag` when falling back is
+    /// allowed. While batches are read on the primary, the standby is looked at once
+    /// per batch, without waiting.
+    pub(super) async fn read_at(
         &self,
         primary: &Client,
         primary_lost: &CancellationToken,
         limits: &Limits<'_>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<PrimaryMark>, Lost> {
+    ) -> Result<ReadAt, Lost> {
         let mark = bounded(Journal::primary_mark(primary)).await?;
         let began = Instant::now();
         let mut pause = FIRST_PAUSE;
@@ -161,7 +182,8 @@ impl Standby {
                 (row.get(0), row.get(1), row.get(2));
             limits.metrics.standby_lag_bytes.set(behind.max(0));
             if !in_recovery {
-                return Ok(None);
+                self.stop_falling_back(limits);
+                return Ok(ReadAt::Promoted);
             }
             if behind > 0
                 && behind_flushed <= 0
@@ -182,7 +204,23 @@ impl Standby {
                 if reported {
                     tracing::info!("the standby caught up with the primary");
                 }
-                return Ok(Some(mark));
+                self.stop_falling_back(limits);
+                return Ok(ReadAt::Standby(mark));
+            }
+            if self.falling_back.load(Ordering::Relaxed) {
+                return Ok(ReadAt::Primary(mark));
+            }
+            if limits.fall_back && began.elapsed() >= limits.max_lag {
+                self.falling_back.store(true, Ordering::Relaxed);
+                limits.metrics.standby_fallback.set(1);
+                tracing::warn!(
+                    behind_bytes = behind,
+                    waited = ?began.elapsed(),
+                    "the standby (CHANGECAST_READ_DATABASE_URL) lags the primary by more \
+                     than CHANGECAST_READ_MAX_LAG: reading the journal on the primary until \
+                     it catches up"
+                );
+                return Ok(ReadAt::Primary(mark));
             }
             if !reported && began.elapsed() >= limits.max_lag {
                 reported = true;
@@ -201,6 +239,15 @@ impl Standby {
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    fn stop_falling_back(&self, limits: &Limits<'_>) {
+        if self.falling_back.swap(false, Ordering::Relaxed) {
+            limits.metrics.standby_fallback.set(0);
+            tracing::info!(
+                "the standby caught up with the primary: reading the journal there again"
+            );
         }
     }
 }

@@ -19,9 +19,9 @@ use super::doorbell::{self, Doorbell, QueueProbe};
 use super::listener::{self, ListenConnection};
 use super::pace::{Pace, Step, HOLD_OFF_AFTER_NO_EFFECT};
 use super::publish::{Batch, Publisher};
-use super::standby::{self, Standby};
+use super::standby::{self, ReadAt, Standby};
 use crate::backoff::Backoff;
-use crate::journal::Journal;
+use crate::journal::{Journal, TailStatements};
 use crate::metrics::Metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -32,8 +32,10 @@ pub struct Tailer {
     /// A hot standby to read the journal from (`CHANGECAST_READ_DATABASE_URL`); LISTEN,
     /// the doorbell and the WAL position batches wait for stay on `pg`.
     pub read: Option<tokio_postgres::Config>,
-    /// How long a batch may wait for the standby before the instance is not ready.
+    /// How long a batch may wait for the standby before it is read on the primary
+    /// (`read_fall_back`) or the instance is not ready.
     pub read_max_lag: Duration,
+    pub read_fall_back: bool,
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
     /// True while connected and caught up: what `/readyz` reports.
@@ -117,6 +119,7 @@ impl Tailer {
         let standby_lost = standby.map_or_else(CancellationToken::new, |s| s.lost.clone());
         let waiting = standby::Limits {
             max_lag: self.read_max_lag,
+            fall_back: self.read_fall_back,
             metrics: &self.metrics,
             ready: &self.ready,
         };
@@ -128,6 +131,9 @@ impl Tailer {
         // Parsed and planned once per connection, not for every batch: at a batch per
         // commit, planning would be most of what a batch costs PostgreSQL.
         let statements = bounded(Journal::prepare_tail(reader)).await?;
+        // The same statements on the primary, for batches read there while the standby
+        // lags (prepared when first needed).
+        let mut on_primary: Option<TailStatements> = None;
         let probe = bounded(QueueProbe::prepare(client)).await?;
         let mut pace = Pace::new(Instant::now());
         // When the notification that woke us arrived: where delivery latency starts.
@@ -148,23 +154,42 @@ impl Tailer {
             }
             // On a standby: once it has replayed what the primary had written by now,
             // so the batch holds every commit a wake-up (or a poll) stands for.
-            let mark = match standby {
+            let (batch_reader, batch_statements, mark) = match standby {
                 Some(standby) => {
-                    let mark = standby
-                        .caught_up(client, &connection.lost, &waiting, shutdown)
-                        .await?;
-                    if let Some(mark) = &mark {
-                        self.publisher
-                            .journal
-                            .standby_reached(&mark.insert_lsn, mark.position());
+                    match standby
+                        .read_at(client, &connection.lost, &waiting, shutdown)
+                        .await?
+                    {
+                        ReadAt::Standby(mark) => (reader, &statements, Some(mark)),
+                        ReadAt::Primary(mark) => {
+                            if on_primary.is_none() {
+                                on_primary = Some(bounded(Journal::prepare_tail(client)).await?);
+                            }
+                            let primary_statements =
+                                on_primary.as_ref().expect("BUG: prepared just now");
+                            (client, primary_statements, Some(mark))
+                        }
+                        ReadAt::Promoted => (reader, &statements, None),
                     }
-                    mark
                 }
-                None => None,
+                None => (reader, &statements, None),
             };
+            if let Some(mark) = &mark {
+                // Replays and snapshots on the standby wait for it to get this far (a
+                // batch read on the primary publishes what the standby may lack yet).
+                self.publisher
+                    .journal
+                    .standby_reached(&mark.insert_lsn, mark.position());
+            }
             let rows = match self
                 .publisher
-                .publish_batch(reader, &statements, shutdown, woke_at.take(), mark.as_ref())
+                .publish_batch(
+                    batch_reader,
+                    batch_statements,
+                    shutdown,
+                    woke_at.take(),
+                    mark.as_ref(),
+                )
                 .await?
             {
                 // Not caught up yet: a batch from before the connection was lost.

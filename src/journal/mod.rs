@@ -96,10 +96,9 @@ pub struct Journal {
     /// The primary, when the journal is read from a hot standby: the authority on which
     /// transaction ids exist (see [`Journal::checked_against`]).
     authority: Option<deadpool_postgres::Pool>,
-    /// With a standby: the newest primary WAL position the tailer waited for it to
-    /// replay before a batch (`pg_lsn` text), and the primary's position then (every
-    /// transaction it sees is in that WAL); replays and snapshots wait for their
-    /// standby to get there.
+    /// With a standby: the primary's WAL position (`pg_lsn` text) as of the tailer's
+    /// newest batch, and the primary's position then (every transaction it sees is in
+    /// that WAL); replays and snapshots wait for their standby to get there.
     standby_reached: std::sync::Mutex<Option<(String, Position)>>,
     /// Longest a replay page waits for its standby to get to `standby_reached`.
     standby_wait: std::time::Duration,
@@ -142,8 +141,9 @@ impl Journal {
         self
     }
 
-    /// The tailer's standby has replayed the primary's WAL up to `lsn`: boundaries
-    /// published from now on may count on it (replays read elsewhere wait for it).
+    /// The tailer publishes what the primary had written up to `lsn` (its standby has
+    /// replayed that far, or the batch is read on the primary while the standby lags):
+    /// replays and snapshots read on a standby wait for it to get there.
     pub fn standby_reached(&self, lsn: &str, position: &Position) {
         *crate::sync::lock(&self.standby_reached) = Some((lsn.to_owned(), position.clone()));
     }

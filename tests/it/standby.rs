@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use changecast::config::ReadFallback;
 use changecast::db::embedded::StopMode;
 use changecast::secret::Secret;
 use tokio::sync::watch;
@@ -25,12 +26,23 @@ async fn primary_and_standby() -> Option<(OwnCluster, StandbyCluster, String)> {
     Some((cluster, standby, db_url))
 }
 
-/// The service on the primary at `db_url`, reading the journal from `standby`.
+/// The service on the primary at `db_url`, reading the journal from `standby`, and
+/// waiting for it however long it lags (`CHANGECAST_READ_FALLBACK=wait`).
 async fn reading(standby: &StandbyCluster, db_url: &str, max_lag: Duration) -> TestApp {
+    reading_with(standby, db_url, max_lag, ReadFallback::Wait).await
+}
+
+async fn reading_with(
+    standby: &StandbyCluster,
+    db_url: &str,
+    max_lag: Duration,
+    fallback: ReadFallback,
+) -> TestApp {
     let read_url = standby.url("standby");
     start_on(db_url.to_owned(), |config| {
         config.read_database_url = Some(Secret::new(read_url));
         config.read_max_lag = max_lag;
+        config.read_fallback = fallback;
     })
     .await
 }
@@ -109,6 +121,76 @@ async fn a_paused_standby_holds_delivery_back_and_loses_nothing() {
 
     let (n_written, n_received) = assert_all_followers_got(&followers, &written["acme"]).await;
     eprintln!("standby paused: {n_written} changes of acme written, {n_received} received");
+    for follower in followers {
+        follower.stop().await;
+    }
+    app.stop().await;
+}
+
+/// Replay paused on the standby, falling back to the primary: past the lag bound the
+/// batches are read on the primary, so every change written while the standby stands
+/// still arrives meanwhile, the instance stays ready, and once replay resumes the
+/// batches are read on the standby again — with nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_standby_is_read_around_on_the_primary() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading_with(
+        &standby,
+        &db_url,
+        Duration::from_millis(300),
+        ReadFallback::Primary,
+    )
+    .await;
+    let admin = standby.admin().await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3), ("globex", 1)]);
+    writing.until_more(100).await;
+
+    admin
+        .execute("select pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    writing.until_more(200).await;
+    let (paused_written, _) = writing.finish().await;
+    // Replay is still paused: these can only have been read on the primary.
+    let (n_written, _) = assert_all_followers_got(&followers, &paused_written["acme"]).await;
+    assert_eq!(app.metric("changecast_standby_fallback").await, Some(1.0));
+    assert!(app.metric("changecast_standby_lag_bytes").await > Some(0.0));
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "falling back, the instance stays ready"
+    );
+    eprintln!("standby paused, read on the primary: {n_written} changes of acme delivered");
+
+    admin
+        .execute("select pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3)]);
+    writing.until_more(100).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.metric("changecast_standby_fallback").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still reading the primary after the standby resumed replay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writing.until_more(100).await;
+    let (resumed_written, _) = writing.finish().await;
+    let all: HashSet<String> = paused_written["acme"]
+        .union(&resumed_written["acme"])
+        .cloned()
+        .collect();
+    let (n_written, n_received) = assert_all_followers_got(&followers, &all).await;
+    eprintln!(
+        "standby paused then resumed: {n_written} changes of acme written, {n_received} received"
+    );
     for follower in followers {
         follower.stop().await;
     }
