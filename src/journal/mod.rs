@@ -42,7 +42,9 @@ pub use sql::{
 
 use crate::tenant::TenantId;
 use rows::running;
-use sql::{more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_NEW};
+use sql::{
+    more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_MARK, TAIL_NEW,
+};
 
 /// What [`Journal::read_new`] found.
 pub struct NewRows {
@@ -62,6 +64,8 @@ pub struct NewRows {
 pub struct TailStatements {
     new: Statement,
     batch: Statement,
+    /// A batch's first page on a hot standby.
+    mark: Statement,
 }
 
 /// The primary at one moment, for a batch read on a hot standby (see
@@ -190,6 +194,7 @@ impl Journal {
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
+            mark: client.prepare(TAIL_MARK.as_str()).await?,
         })
     }
 
@@ -321,9 +326,9 @@ impl Journal {
         })
     }
 
-    /// [`Journal::read_new`] on a hot standby that has replayed `mark`: the rows the
-    /// primary's snapshot in `mark` sees and `published` does not, read there by that
-    /// snapshot (the batch statement, as one whole batch from `published` to it).
+    /// [`Journal::read_new`] on a hot standby that has replayed `mark` (or on the primary
+    /// while the standby lags): the first page of the rows the primary's snapshot in
+    /// `mark` sees and `published` does not, read by that snapshot.
     async fn read_new_on_standby(
         &self,
         client: &Client,
@@ -333,20 +338,26 @@ impl Journal {
         limits: (usize, usize),
         known_since: Option<Instant>,
     ) -> DbResult<NewRows> {
-        let batch = Published {
-            prev: published.prev.clone(),
-            next: mark.position.clone(),
-            through_id: 0,
-        };
-        let (entries, more) = self
-            .read_batch(
-                client,
-                statements,
-                &batch,
-                limits,
-                Some(known_since.unwrap_or_else(Instant::now)),
+        let unseen = &published.prev.0;
+        let (limit, max_bytes) = limits;
+        let rows = client
+            .query(
+                &statements.mark,
+                &[
+                    &unseen.xmax.to_string(),
+                    &running(unseen),
+                    &mark.position.0.to_string(),
+                    &(limit as i64),
+                    &(max_bytes as i64),
+                ],
             )
             .await?;
+        let more = more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
+        let entries = rows::entries(
+            &self.scope(),
+            &rows,
+            Some(known_since.unwrap_or_else(Instant::now)),
+        );
         Ok(NewRows {
             position: mark.position.clone(),
             pruned_below: mark.pruned_below,

@@ -64,6 +64,24 @@ left join (
 order by j.id
 "#;
 
+/// The first page of a batch read on a hot standby up to the primary's snapshot `$3`
+/// (which the standby has replayed): the rows not seen by `unseen` ($1, $2 as in
+/// [`TAIL_SQL`]) that `$3` sees, at most `$4` rows and `$5` bytes. Fenced like
+/// [`TAIL_NEW_SQL`]: with no id to start from, [`TAIL_SQL`]'s generic plan would walk
+/// the primary key from the journal's first row for every batch.
+pub(super) const TAIL_MARK_SQL: &str = r#"
+with new as materialized (
+    select id, xid from changecast.change_log
+    where (xid >= $1::text::xid8 and xid < pg_snapshot_xmax($3::text::pg_snapshot))
+       or xid = any($2::text[]::xid8[])
+)
+select * from changecast.change_log
+where id in (select id from new
+             where pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
+             order by id
+             limit $4)
+"#;
+
 /// The rows of [`TAIL_NEW_SQL`]'s page, at most `$3` rows and `$4` bytes.
 pub(super) const TAIL_NEW_PAGE_SQL: &str = r#"
 select * from changecast.change_log where id in (select id from new order by id limit $3)
@@ -164,6 +182,7 @@ pub(super) fn more_after(returned: usize, candidates: Option<i64>, limit: usize)
 }
 
 pub(super) static TAIL: LazyLock<String> = LazyLock::new(|| byte_bounded(TAIL_SQL, "$8"));
+pub(super) static TAIL_MARK: LazyLock<String> = LazyLock::new(|| byte_bounded(TAIL_MARK_SQL, "$5"));
 pub(super) static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
     with_columns(
         &TAIL_NEW_SQL
@@ -195,10 +214,11 @@ pub(super) static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLA
 
 /// The statements that run for every batch or replay page, by name, as sent: for plan
 /// checks (`EXPLAIN`) against a journal of realistic size.
-pub fn hot_statements() -> [(&'static str, String); 4] {
+pub fn hot_statements() -> [(&'static str, String); 5] {
     [
         ("tail_new", TAIL_NEW.clone()),
         ("tail_page", TAIL.clone()),
+        ("tail_mark", TAIL_MARK.clone()),
         ("replay_start", REPLAY_START_SQL.to_owned()),
         ("replay_page", REPLAY.clone()),
     ]

@@ -442,6 +442,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                 "'{newest_xid}', '{{}}', '{now}', '{now}', 0, {tail_after}, 1000, {}",
                 16i64 << 20
             ),
+            "tail_mark" => format!("'{newest_xid}', '{{}}', '{now}', 1000, {}", 16i64 << 20),
             "replay_start" => format!("'t7', '{newest_xid}', '{{{newest_xid}}}'"),
             "replay_page" => format!(
                 "'t7', {replay_after}, '{before_all}', '{now}', '{now}', {}, null, true, 500, {}",
@@ -493,6 +494,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &1000i64,
                     &(16i64 << 20),
                 ],
+                "tail_mark" => vec![&newest_xid, &running, &now, &1000i64, &(16i64 << 20)],
                 "replay_start" => vec![&"t7", &newest_xid, &one_running],
                 "replay_page" => vec![
                     &"t7",
@@ -551,6 +553,7 @@ fn check_plan(name: &str, how: &str, plan: &Value) {
     let expected: &[&str] = match name {
         "tail_new" => &["change_log_xid"],
         "tail_page" => &["change_log_xid", "change_log_pkey"],
+        "tail_mark" => &["change_log_xid"],
         "replay_start" => &["change_log_pkey", "change_log_xid"],
         _ => &["change_log_tenant_id"],
     };
@@ -599,6 +602,7 @@ impl YoungPlans {
                 "tail_page",
                 "'0', '{}', '1:1:', '1:1:', 0, 0, 1000, 16777216",
             ),
+            ("tail_mark", "'0', '{}', '1:1:', 1000, 16777216"),
             ("replay_start", "'t7', '0', '{}'"),
             (
                 "replay_page",
