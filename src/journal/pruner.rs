@@ -1,7 +1,7 @@
-//! Retention: deletes journal rows whose transactions committed more than the retention
-//! period ago, in small batches, with at most one instance pruning at a time, and records
-//! the horizon below which rows may be gone, so cursors that may have needed them get
-//! `cursor_expired`.
+//! Retention: removes journal rows whose transactions committed more than the retention
+//! period ago — whole partitions where it can, else in small batches of rows — with at
+//! most one instance pruning at a time, and records the horizon below which rows may be
+//! gone, so cursors that may have needed them get `cursor_expired`.
 //!
 //! Commit time is what counts, not insert time: a transaction that wrote for an hour is
 //! kept as long as one that wrote for a millisecond. PostgreSQL has no commit time per row
@@ -14,6 +14,66 @@
 //! ([`interval`]); a row is gone within about 1/8 of the retention after it
 //! expired. Any transaction of the cluster still running holds the horizon back (it may
 //! yet write rows that commit later), and so pruning.
+//!
+//! # Partitions
+//!
+//! The journal is partitioned by range of id (migration V15), so that what the retention
+//! removes mostly goes a partition at a time: a TRUNCATE writes a few WAL records where a
+//! DELETE writes one per row, and leaves no dead rows to vacuum and no index bloat. Each
+//! run, under the pruning lock:
+//!
+//! 1. records its tick and raises `pruned_below` to the horizon, in a transaction of its
+//!    own, committed before any row goes;
+//! 2. TRUNCATEs each range partition whose rows all belong to transactions below the
+//!    horizon, and DROPs the empty ones wholly below the ids handed out (a partition
+//!    still receiving rows is only emptied);
+//! 3. DELETEs, in batches as before, the rows below the horizon of the DEFAULT partition
+//!    and of partitions that also hold newer rows (a long transaction's, say);
+//! 4. creates partitions until they reach [`AHEAD`] spans past the ids handed out. A span
+//!    is the ids written in 1/[`PARTITIONS_PER_RETENTION`] of the retention at the rate
+//!    observed since the oldest tick kept (the ticks record the sequence's position), and
+//!    at least [`MIN_SPAN`]: about ten partitions live, each removed about 1/8 of the
+//!    retention after its last row expired (rows of the DEFAULT partition and of
+//!    partitions held back go by DELETE, on time).
+//!
+//! The DEFAULT partition takes ids beyond the partitions created (the service was down
+//! for days, or a burst outran them): writers never fail for want of a partition. New
+//! partitions start above whatever it holds (ATTACH checks that it holds no row of the
+//! new range, and fails otherwise: retried next run), and, when the writers have
+//! overtaken the partitions, a minute of writing above the ids being handed out, so
+//! that rows do not race into the DEFAULT partition's share of the new range.
+//!
+//! ## Locks
+//!
+//! Writers take ROW EXCLUSIVE on the journal and on the partition a row goes to, readers
+//! ACCESS SHARE on it and its partitions, until their transactions end. On PostgreSQL 13
+//! to 18:
+//!
+//! * `CREATE TABLE ... PARTITION OF` takes ACCESS EXCLUSIVE on the parent (and on the
+//!   DEFAULT partition): never used. A partition is created standalone (`LIKE ...
+//!   INCLUDING ALL`: columns, defaults, constraints, the same indexes) and attached.
+//! * `ATTACH PARTITION` takes SHARE UPDATE EXCLUSIVE on the parent, which neither
+//!   writers nor readers conflict with, and ACCESS EXCLUSIVE on the table attached (new
+//!   and empty: nothing to scan) and on the DEFAULT partition, which it scans for rows of
+//!   the new range — empty or small as a rule; after a long outage, once, the time of
+//!   reading what the outage wrote.
+//! * `TRUNCATE` of a partition takes ACCESS EXCLUSIVE on that partition only.
+//! * `DETACH PARTITION` and `DROP TABLE` of a partition take ACCESS EXCLUSIVE on the
+//!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
+//!   not, but it is refused while a DEFAULT partition exists, and inside a transaction.
+//!   So partitions are emptied with TRUNCATE as soon as they may be, and dropped
+//!   (empty: holding the lock for a catalog change only) when the lock comes.
+//!
+//! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT_MS`]: a lock that
+//! conflicts with a long transaction is given up, and the step retried next run, so
+//! writers and readers queue behind the pruner's request for at most that long — never
+//! behind a long transaction's. Whether a partition may be emptied is decided again once
+//! its lock is held: a writer that has not committed (its rows are invisible to the
+//! first look) holds ROW EXCLUSIVE on it until it ends, so the lock is refused while it
+//! runs and its partition is held back; a DELETE of a partition's older rows never
+//! touches its newer ones. Readers are single statements (or take every partition's
+//! lock with their first one), so a TRUNCATE cannot empty a partition under a snapshot
+//! that is reading it; and what it removes is below `pruned_below`, committed before.
 
 use std::sync::Arc;
 use std::time::Duration;
