@@ -9,9 +9,11 @@
 #
 # ROWS (default 5000) single-row inserts per measurement; BODY_BYTES (default 0) of
 # ticket body per row (a typical row is a few hundred bytes of JSON; TOAST compresses
-# only values over ~2 kB). Uses the server at $BENCH_PG (default
-# postgresql://postgres@127.0.0.1:5432) and scratch databases bench_journal_wal_*, which
-# it drops at the end. Applies migrations/ with psql (no service needed): V1..V13 for
+# only values over ~2 kB). WAL positions are the cluster's, so by default the script
+# starts a cluster of its own (binaries from $CHANGECAST_PG_BINDIR, else the machine's
+# newest /usr/lib/postgresql/*/bin) and removes it at the end; $BENCH_PG (e.g.
+# postgresql://postgres@127.0.0.1:5432) uses a server nobody else writes to instead,
+# with scratch databases bench_journal_wal_*, dropped at the end. Applies migrations/ with psql (no service needed): V1..V13 for
 # the unpartitioned journal, and every migration for the partitioned one. The pruning
 # statements are the pruner's (src/journal/pruner.rs), run by hand.
 set -euo pipefail
@@ -19,8 +21,22 @@ cd "$(dirname "$0")/.."
 
 rows=${1:-5000}
 body=${2:-0}
-base=${BENCH_PG:-postgresql://postgres@127.0.0.1:5432}
 prefix=bench_journal_wal
+
+if [ -n "${BENCH_PG:-}" ]; then
+  base=$BENCH_PG
+else
+  bindir=${CHANGECAST_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
+  scratch=$(mktemp -d /tmp/bench-journal-wal.XXXXXX)
+  as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  [ "$(id -u)" = 0 ] && chown postgres "$scratch"
+  port=$(( 56000 + RANDOM % 1000 ))
+  as_owner "$bindir/initdb" -D "$scratch/data" -U postgres -A trust >/dev/null
+  as_owner "$bindir/pg_ctl" -D "$scratch/data" -l "$scratch/log" -w \
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $scratch" start >/dev/null
+  trap 'as_owner "$bindir/pg_ctl" -D "$scratch/data" -m fast -w stop >/dev/null; rm -rf "$scratch"' EXIT
+  base=postgresql://postgres@127.0.0.1:$port
+fi
 
 admin() { psql "$base/postgres" -X -q -v ON_ERROR_STOP=1 "$@"; }
 sql() { local db=$1; shift; psql "$base/$db" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
@@ -138,9 +154,11 @@ watched=$(wal_of "$after" write_rows "$after" tickets)
 pglz_size=$(sql "$after" -c "select avg(pg_column_size(resource))::int from changecast.change_log")
 echo "partitioned: WAL per write, unwatched table: $(per_row "$plain") B; watched: $(per_row "$watched") B; journal row: $(per_row $(( watched - plain ))) B"
 age "$after"
+partitions=$(sql "$after" -c "select count(*) from changecast.journal_partitions")
 truncated=$(wal_of "$after" partition_pruning "$after")
 left=$(sql "$after" -c "select count(*) from changecast.change_log")
-echo "partitioned: WAL per pruned row, TRUNCATE + DROP (+ DELETE of the DEFAULT partition's rows): $(per_row "$truncated") B ($left rows left)"
+removed=$(( partitions - $(sql "$after" -c "select count(*) from changecast.journal_partitions") ))
+echo "partitioned: WAL per pruned row, TRUNCATE + DROP (+ DELETE of the DEFAULT partition's rows): $(per_row "$truncated") B; $removed partitions removed, $(( truncated / (removed > 0 ? removed : 1) )) B each ($left rows left)"
 
 if [ "$(sql postgres -c 'show server_version_num')" -ge 140000 ]; then
   db=${prefix}_lz4
