@@ -143,8 +143,30 @@ impl Pruner {
                 }
                 Err(error) => tracing::warn!(?error, "pruning the journal failed; will retry"),
             }
+            match storage(&self.pool).await {
+                Ok((bytes, partitions)) => {
+                    self.metrics.journal_bytes.set(bytes);
+                    self.metrics.journal_partitions.set(partitions);
+                }
+                Err(error) => tracing::debug!(?error, "measuring the journal failed"),
+            }
         }
     }
+}
+
+/// Bytes the journal takes (every partition, with its indexes and TOAST: the
+/// partitioned parent stores nothing itself) and how many partitions it has.
+pub async fn storage(pool: &Pool) -> anyhow::Result<(i64, i64)> {
+    let row = pool
+        .get()
+        .await?
+        .query_one(
+            "select coalesce(sum(pg_total_relation_size(relid)), 0)::int8, count(*) filter (where isleaf)
+             from pg_partition_tree('changecast.change_log')",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Time between runs: the `configured` interval, but at most 1/[`RUNS_PER_RETENTION`] of

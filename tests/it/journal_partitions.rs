@@ -385,6 +385,39 @@ async fn rows_in_the_default_partition_are_delivered_and_pruned() {
     assert_nothing_lost(&fresh, &received, &marker);
 }
 
+#[tokio::test]
+async fn the_pruner_creates_partitions_ahead_and_reports_the_journal_size() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app_with(|config| config.prune_interval = Duration::from_millis(100)).await;
+    // Fresh: the converted (empty) first partition and the DEFAULT one. The first run
+    // drops the former and creates partitions ahead.
+    eventually("a partition created ahead", || async {
+        partitions(&app.db)
+            .await
+            .iter()
+            .any(|p| p.lower.is_some_and(|lower| lower >= 1))
+    })
+    .await;
+    let (bytes, count) = {
+        let row = app
+            .db
+            .query_one(
+                "select sum(pg_total_relation_size(relid))::int8, count(*) filter (where isleaf)
+                 from pg_partition_tree('changecast.change_log')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    assert!(bytes > 0);
+    eventually("the journal's size reported", || async {
+        app.metric("changecast_journal_partitions").await == Some(count as f64)
+            && app.metric("changecast_journal_bytes").await > Some(0.0)
+    })
+    .await;
+}
+
 mod before_partitions {
     refinery::embed_migrations!("migrations");
 }
