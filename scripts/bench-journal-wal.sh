@@ -33,7 +33,7 @@ else
   port=$(( 56000 + RANDOM % 1000 ))
   as_owner "$bindir/initdb" -D "$scratch/data" -U postgres -A trust >/dev/null
   as_owner "$bindir/pg_ctl" -D "$scratch/data" -l "$scratch/log" -w \
-    -o "-p $port -c listen_addresses=127.0.0.1 -k $scratch" start >/dev/null
+    -o "-p $port -c listen_addresses=127.0.0.1 -c autovacuum=off -k $scratch" start >/dev/null
   trap 'as_owner "$bindir/pg_ctl" -D "$scratch/data" -m fast -w stop >/dev/null; rm -rf "$scratch"' EXIT
   base=postgresql://postgres@127.0.0.1:$port
 fi
