@@ -593,4 +593,13 @@ mod tests {
         assert_eq!(interval("0s", "60s"), MIN_INTERVAL);
         assert_eq!(interval("24h", "0s"), MIN_INTERVAL);
     }
+
+    #[test]
+    fn a_partition_spans_an_eighth_of_the_retention_at_the_observed_rate() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(span(100.0, hours(8), 10), 360_000);
+        assert_eq!(span(0.0, hours(24), MIN_SPAN), MIN_SPAN);
+        assert_eq!(span(0.001, hours(24), MIN_SPAN), MIN_SPAN);
+        assert_eq!(span(f64::INFINITY, hours(24), 10), 1 << 61);
+    }
 }
