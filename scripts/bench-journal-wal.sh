@@ -10,7 +10,7 @@
 # ROWS (default 5000) single-row inserts per measurement; BODY_BYTES (default 0) of
 # ticket body per row (a typical row is a few hundred bytes of JSON; TOAST compresses
 # only values over ~2 kB). WAL positions are the cluster's, so by default the script
-# starts a cluster of its own (binaries from $CHANGECAST_PG_BINDIR, else the machine's
+# starts a cluster of its own (autovacuum off: only the measured statements write) (binaries from $CHANGECAST_PG_BINDIR, else the machine's
 # newest /usr/lib/postgresql/*/bin) and removes it at the end; $BENCH_PG (e.g.
 # postgresql://postgres@127.0.0.1:5432) uses a server nobody else writes to instead,
 # with scratch databases bench_journal_wal_*, dropped at the end. Applies migrations/ with psql (no service needed): V1..V13 for
@@ -160,17 +160,19 @@ left=$(sql "$after" -c "select count(*) from changecast.change_log")
 removed=$(( partitions - $(sql "$after" -c "select count(*) from changecast.journal_partitions") ))
 echo "partitioned: WAL per pruned row, TRUNCATE + DROP (+ DELETE of the DEFAULT partition's rows): $(per_row "$truncated") B; $removed partitions removed, $(( truncated / (removed > 0 ? removed : 1) )) B each ($left rows left)"
 
-if [ "$(sql postgres -c 'show server_version_num')" -ge 140000 ]; then
-  db=${prefix}_lz4
-  migrated "$db" all
+db=${prefix}_lz4
+migrated "$db" all
+if [ "$(sql postgres -c 'show server_version_num')" -lt 140000 ] \
+   || ! sql "$db" -c "alter table changecast.change_log alter column resource set compression lz4" 2>/dev/null; then
+  echo "lz4: not available on this server (PostgreSQL 14+ built with lz4)"
+else
   partitions_ahead "$db"
   for p in $(sql "$db" -c "select partition from changecast.journal_partitions"); do
     sql "$db" -c "alter table $p alter column resource set compression lz4"
   done
-  sql "$db" -c "alter table changecast.change_log alter column resource set compression lz4"
   lz4=$(wal_of "$db" write_rows "$db" tickets)
   echo "lz4: WAL per write, watched: $(per_row "$lz4") B (pglz: $(per_row "$watched") B); resource bytes per row: lz4 $(sql "$db" -c "select avg(pg_column_size(resource))::int from changecast.change_log"), pglz $pglz_size, raw $(sql "$db" -c "select avg(octet_length(resource::text))::int from changecast.change_log")"
-  admin -c "drop database $db"
 fi
+admin -c "drop database $db"
 
 admin -c "drop database $before" -c "drop database $after"
