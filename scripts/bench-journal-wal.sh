@@ -10,12 +10,16 @@
 # ROWS (default 5000) single-row inserts per measurement; BODY_BYTES (default 0) of
 # ticket body per row (a typical row is a few hundred bytes of JSON; TOAST compresses
 # only values over ~2 kB). WAL positions are the cluster's, so by default the script
-# starts a cluster of its own (autovacuum off: only the measured statements write) (binaries from $CHANGECAST_PG_BINDIR, else the machine's
-# newest /usr/lib/postgresql/*/bin) and removes it at the end; $BENCH_PG (e.g.
+# starts a cluster of its own, autovacuum off so that only the measured statements
+# write (binaries from $CHANGECAST_PG_BINDIR, else the machine's newest
+# /usr/lib/postgresql/*/bin), and removes it at the end; $BENCH_PG (e.g.
 # postgresql://postgres@127.0.0.1:5432) uses a server nobody else writes to instead,
-# with scratch databases bench_journal_wal_*, dropped at the end. Applies migrations/ with psql (no service needed): V1..V13 for
-# the unpartitioned journal, and every migration for the partitioned one. The pruning
-# statements are the pruner's (src/journal/pruner.rs), run by hand.
+# with scratch databases bench_journal_wal_*, dropped at the end. Applies migrations/
+# with psql (no service needed): V1..V13 for the unpartitioned journal, every migration
+# for the partitioned one. The pruning statements are the pruner's
+# (src/journal/pruner.rs), run by hand. Each measurement starts after a CHECKPOINT, so
+# full-page images of the pages it touches first count: the fixed cost per partition
+# removed (catalog pages) is an upper bound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
