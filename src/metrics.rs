@@ -36,6 +36,11 @@ pub struct Metrics {
     pub db_reconnects: IntCounter,
     /// Journal rows removed by retention.
     pub journal_rows_pruned: IntCounter,
+    /// Bytes the journal takes (every partition, with its indexes and TOAST), as of the
+    /// last pruning run.
+    pub journal_bytes: IntGauge,
+    /// Partitions of the journal (the DEFAULT one included), as of the last pruning run.
+    pub journal_partitions: IntGauge,
     /// Background tasks restarted after they panicked or ended unexpectedly, by `task`
     /// (`tailer`, `pruner`).
     pub task_restarts: IntCounterVec,
@@ -141,6 +146,16 @@ impl Metrics {
                 "Journal rows removed after the retention period",
             )
             .expect("BUG: metric definition"),
+            journal_bytes: IntGauge::new(
+                "changecast_journal_bytes",
+                "Bytes the journal takes: every partition, with its indexes and TOAST (as of the last pruning run)",
+            )
+            .expect("BUG: metric definition"),
+            journal_partitions: IntGauge::new(
+                "changecast_journal_partitions",
+                "Partitions of the journal, the DEFAULT one included (as of the last pruning run)",
+            )
+            .expect("BUG: metric definition"),
             task_restarts: IntCounterVec::new(
                 Opts::new(
                     "changecast_task_restarts_total",
@@ -197,7 +212,7 @@ impl Metrics {
             .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -211,6 +226,8 @@ impl Metrics {
             Box::new(metrics.delivery_latency.clone()),
             Box::new(metrics.db_reconnects.clone()),
             Box::new(metrics.journal_rows_pruned.clone()),
+            Box::new(metrics.journal_bytes.clone()),
+            Box::new(metrics.journal_partitions.clone()),
             Box::new(metrics.task_restarts.clone()),
             Box::new(metrics.tenant_channels.clone()),
             Box::new(metrics.xid_rewinds.clone()),

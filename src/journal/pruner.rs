@@ -1,7 +1,7 @@
-//! Retention: deletes journal rows whose transactions committed more than the retention
-//! period ago, in small batches, with at most one instance pruning at a time, and records
-//! the horizon below which rows may be gone, so cursors that may have needed them get
-//! `cursor_expired`.
+//! Retention: removes journal rows whose transactions committed more than the retention
+//! period ago — whole partitions where it can, else in small batches of rows — with at
+//! most one instance pruning at a time, and records the horizon below which rows may be
+//! gone, so cursors that may have needed them get `cursor_expired`.
 //!
 //! Commit time is what counts, not insert time: a transaction that wrote for an hour is
 //! kept as long as one that wrote for a millisecond. PostgreSQL has no commit time per row
@@ -14,11 +14,72 @@
 //! ([`interval`]); a row is gone within about 1/8 of the retention after it
 //! expired. Any transaction of the cluster still running holds the horizon back (it may
 //! yet write rows that commit later), and so pruning.
+//!
+//! # Partitions
+//!
+//! The journal is partitioned by range of id (migration V15), so that what the retention
+//! removes mostly goes a partition at a time: a TRUNCATE writes a few WAL records where a
+//! DELETE writes one per row, and leaves no dead rows to vacuum and no index bloat. Each
+//! run, under the pruning lock:
+//!
+//! 1. records its tick and raises `pruned_below` to the horizon, in a transaction of its
+//!    own, committed before any row goes;
+//! 2. TRUNCATEs each range partition whose rows all belong to transactions below the
+//!    horizon, and DROPs the empty ones wholly below the ids handed out (a partition
+//!    still receiving rows is only emptied);
+//! 3. DELETEs, in batches as before, the rows below the horizon of the DEFAULT partition
+//!    and of partitions that also hold newer rows (a long transaction's, say);
+//! 4. creates partitions until they reach [`AHEAD`] spans past the ids handed out. A span
+//!    is the ids written in 1/[`PARTITIONS_PER_RETENTION`] of the retention at the rate
+//!    observed since the oldest tick kept (the ticks record the sequence's position), and
+//!    at least [`MIN_SPAN`]: about ten partitions live, each removed about 1/8 of the
+//!    retention after its last row expired (rows of the DEFAULT partition and of
+//!    partitions held back go by DELETE, on time).
+//!
+//! The DEFAULT partition takes ids beyond the partitions created (the service was down
+//! for days, or a burst outran them): writers never fail for want of a partition. New
+//! partitions start above whatever it holds (ATTACH checks that it holds no row of the
+//! new range, and fails otherwise: retried next run), and, when the writers have
+//! overtaken the partitions, a minute of writing above the ids being handed out, so
+//! that rows do not race into the DEFAULT partition's share of the new range.
+//!
+//! ## Locks
+//!
+//! Writers take ROW EXCLUSIVE on the journal and on the partition a row goes to, readers
+//! ACCESS SHARE on it and its partitions, until their transactions end. On PostgreSQL 13
+//! to 18:
+//!
+//! * `CREATE TABLE ... PARTITION OF` takes ACCESS EXCLUSIVE on the parent (and on the
+//!   DEFAULT partition): never used. A partition is created standalone (`LIKE ...
+//!   INCLUDING ALL`: columns, defaults, constraints, the same indexes) and attached.
+//! * `ATTACH PARTITION` takes SHARE UPDATE EXCLUSIVE on the parent, which neither
+//!   writers nor readers conflict with, and ACCESS EXCLUSIVE on the table attached (new
+//!   and empty: nothing to scan) and on the DEFAULT partition, which it scans for rows of
+//!   the new range — empty or small as a rule; after a long outage, once, the time of
+//!   reading what the outage wrote.
+//! * `TRUNCATE` of a partition takes ACCESS EXCLUSIVE on that partition only.
+//! * `DETACH PARTITION` and `DROP TABLE` of a partition take ACCESS EXCLUSIVE on the
+//!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
+//!   not, but it is refused while a DEFAULT partition exists, and inside a transaction.
+//!   So partitions are emptied with TRUNCATE as soon as they may be, and dropped
+//!   (empty: holding the lock for a catalog change only) when the lock comes.
+//!
+//! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT_MS`]: a lock that
+//! conflicts with a long transaction is given up, and the step retried next run, so
+//! writers and readers queue behind the pruner's request for at most that long — never
+//! behind a long transaction's. Whether a partition may be emptied is decided again once
+//! its lock is held: a writer that has not committed (its rows are invisible to the
+//! first look) holds ROW EXCLUSIVE on it until it ends, so the lock is refused while it
+//! runs and its partition is held back; a DELETE of a partition's older rows never
+//! touches its newer ones. Readers are single statements (or take every partition's
+//! lock with their first one), so a TRUNCATE cannot empty a partition under a snapshot
+//! that is reading it; and what it removes is below `pruned_below`, committed before.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::sleep_or_shutdown;
@@ -28,6 +89,23 @@ use crate::metrics::Metrics;
 pub const PRUNE_LOCK: i64 = 0x6368_616e_6765_6302;
 /// Rows deleted per transaction: keeps each delete short.
 const BATCH_ROWS: i64 = 5000;
+/// How long each statement of partition maintenance waits for a lock before it gives up
+/// until the next run.
+const LOCK_TIMEOUT_MS: u32 = 100;
+/// Partitions a retention period's rows spread over (so a row outlives the retention by
+/// about this fraction of it more before its partition goes, as a whole).
+pub const PARTITIONS_PER_RETENTION: u32 = 8;
+/// Partitions created ahead of the ids handed out, in spans.
+const AHEAD: i64 = 2;
+/// However slowly the journal grows, a partition spans at least this many ids.
+pub const MIN_SPAN: i64 = 10_000;
+/// Partitions created per run at most (ahead of a burst, the DEFAULT partition catches
+/// the rest).
+const MAX_CREATED_PER_RUN: usize = 4;
+/// When the writers have overtaken the partitions, the first new one starts this many
+/// seconds of writing above them (and at least [`MIN_MARGIN`] ids).
+const CATCH_UP_SECS: f64 = 60.0;
+const MIN_MARGIN: i64 = 100;
 /// Pruning runs at least this often per retention period (see the module doc: a row
 /// outlives the retention by at most two intervals and their jitter).
 pub const RUNS_PER_RETENTION: u32 = 20;
@@ -65,8 +143,30 @@ impl Pruner {
                 }
                 Err(error) => tracing::warn!(?error, "pruning the journal failed; will retry"),
             }
+            match storage(&self.pool).await {
+                Ok((bytes, partitions)) => {
+                    self.metrics.journal_bytes.set(bytes);
+                    self.metrics.journal_partitions.set(partitions);
+                }
+                Err(error) => tracing::debug!(?error, "measuring the journal failed"),
+            }
         }
     }
+}
+
+/// Bytes the journal takes (every partition, with its indexes and TOAST: the
+/// partitioned parent stores nothing itself) and how many partitions it has.
+pub async fn storage(pool: &Pool) -> anyhow::Result<(i64, i64)> {
+    let row = pool
+        .get()
+        .await?
+        .query_one(
+            "select coalesce(sum(pg_total_relation_size(relid)), 0)::int8, count(*) filter (where isleaf)
+             from pg_partition_tree('changecast.change_log')",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Time between runs: the `configured` interval, but at most 1/[`RUNS_PER_RETENTION`] of
@@ -77,68 +177,397 @@ pub fn interval(configured: Duration, retention: Duration) -> Duration {
         .max(MIN_INTERVAL)
 }
 
-/// Records a tick, then deletes every journal row whose transaction had committed before
-/// the newest tick older than `retention`; returns how many rows. Skips (returning 0)
-/// while another instance holds the pruning lock.
+/// Records a tick, removes every journal partition whose rows all belong to transactions
+/// that had committed before the newest tick older than `retention`, deletes such rows
+/// from the other partitions, and creates partitions ahead of the writers (see the module
+/// doc); returns how many rows went. Skips (returning 0) while another instance holds
+/// the pruning lock.
 pub async fn prune(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
+    prune_with(pool, retention, Partitioning::default()).await
+}
+
+/// How the pruner lays out the journal's partitions.
+#[derive(Clone, Copy, Debug)]
+pub struct Partitioning {
+    /// A new partition spans at least this many ids, however slowly the journal grows.
+    pub min_span: i64,
+}
+
+impl Default for Partitioning {
+    fn default() -> Self {
+        Partitioning { min_span: MIN_SPAN }
+    }
+}
+
+/// [`prune`], with partitions laid out by `partitioning`.
+pub async fn prune_with(
+    pool: &Pool,
+    retention: Duration,
+    partitioning: Partitioning,
+) -> anyhow::Result<u64> {
     let mut client = pool.get().await?;
-    let retention_secs = retention.as_secs_f64();
+    let Some(horizon) = tick(&mut client, retention).await? else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    if let Some(horizon) = horizon {
+        let Some(removed) = remove_partitions(&mut client, &horizon).await? else {
+            return Ok(total);
+        };
+        total += removed.rows;
+        for partition in removed.to_delete_from {
+            let Some(deleted) = delete_rows(&mut client, &partition, &horizon).await? else {
+                return Ok(total);
+            };
+            total += deleted;
+        }
+    }
+    create_ahead(&mut client, retention, partitioning).await?;
+    Ok(total)
+}
+
+/// Takes the pruning lock for the rest of `tx`: false when another instance holds it.
+async fn lock(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .query_one("select pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+        .await?
+        .get(0))
+}
+
+/// Records a tick and raises `pruned_below` to the horizon of the newest tick older than
+/// `retention` (committed before any row goes, so a replay can never see rows missing
+/// without also seeing why); returns that horizon (`Some(None)`: no tick is old enough
+/// yet), or None when another instance holds the pruning lock.
+async fn tick(
+    client: &mut deadpool_postgres::Client,
+    retention: Duration,
+) -> anyhow::Result<Option<Option<String>>> {
+    let tx = client.transaction().await?;
+    if !lock(&tx).await? {
+        return Ok(None);
+    }
+    tx.execute(
+        "insert into changecast.journal_ticks (taken_at, horizon, next_id)
+         values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()),
+                 coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1)
+         on conflict do nothing",
+        &[],
+    )
+    .await?;
+    // Ticks older than the one in use are dropped.
+    let horizon: Option<String> = tx
+        .query_one(
+            "with horizon as (
+                 select taken_at, horizon from changecast.journal_ticks
+                 where taken_at < now() - make_interval(secs => $1)
+                 order by taken_at desc limit 1
+             ),
+             older_ticks as (
+                 delete from changecast.journal_ticks
+                 where taken_at < (select taken_at from horizon)
+             ),
+             recorded as (
+                 update changecast.journal_meta
+                    set pruned_below = greatest(pruned_below, (select horizon from horizon))
+                  where exists (select 1 from horizon)
+             )
+             select (select horizon::text from horizon)",
+            &[&retention.as_secs_f64()],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(Some(horizon))
+}
+
+/// One range partition of the journal, as `changecast.journal_partitions` lists it.
+struct RangePartition {
+    name: String,
+    upper: Option<i64>,
+}
+
+/// What [`remove_partitions`] did: rows removed, and the partitions that still hold rows
+/// to delete one by one.
+struct Removed {
+    rows: u64,
+    to_delete_from: Vec<String>,
+}
+
+/// The id the journal's sequence hands out next.
+async fn next_id(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Whether `error` is a lock not granted within `lock_timeout` (or a DDL's check that
+/// lost a race with a writer): the step is retried next run.
+fn lost_race(error: &tokio_postgres::Error) -> bool {
+    [SqlState::LOCK_NOT_AVAILABLE, SqlState::CHECK_VIOLATION]
+        .iter()
+        .any(|code| error.code() == Some(code))
+}
+
+/// Empties (TRUNCATE) every range partition holding rows whose transactions are all below
+/// `horizon`, and drops the empty ones wholly below the ids handed out. Returns None
+/// when another instance took the pruning lock.
+async fn remove_partitions(
+    client: &mut deadpool_postgres::Client,
+    horizon: &str,
+) -> anyhow::Result<Option<Removed>> {
+    let next = next_id(client).await?;
+    let partitions: Vec<RangePartition> = client
+        .query(
+            "select partition::text, upper from changecast.journal_partitions
+             where not is_default and coalesce(lower < $1, true)
+             order by lower nulls first",
+            &[&next],
+        )
+        .await?
+        .iter()
+        .map(|row| RangePartition {
+            name: row.get(0),
+            upper: row.get(1),
+        })
+        .collect();
+    let mut removed = Removed {
+        rows: 0,
+        to_delete_from: vec!["changecast.change_log_default".to_owned()],
+    };
+    for partition in partitions {
+        let name = &partition.name;
+        // The xid index answers both; rows of transactions still running are invisible
+        // here, which is why the check is made again under the partition's lock below.
+        let row = client
+            .query_one(
+                &format!(
+                    "select exists (select 1 from {name} where xid >= $1::text::xid8),
+                            exists (select 1 from {name} where xid < $1::text::xid8)"
+                ),
+                &[&horizon],
+            )
+            .await?;
+        let (kept, prunable): (bool, bool) = (row.get(0), row.get(1));
+        if kept {
+            if prunable {
+                removed.to_delete_from.push(name.clone());
+            }
+            continue;
+        }
+        if prunable {
+            let rows: i64 = client
+                .query_one(&format!("select count(*) from {name}"), &[])
+                .await?
+                .get(0);
+            let tx = client.transaction().await?;
+            if !lock(&tx).await? {
+                return Ok(None);
+            }
+            // TRUNCATE locks only this partition (ACCESS EXCLUSIVE), never the parent:
+            // writers of other partitions go on. A writer that wrote here and has not
+            // committed holds ROW EXCLUSIVE on it until it ends, so the lock is not
+            // granted: give up within `lock_timeout` rather than queue every later
+            // reader of this partition behind a long transaction.
+            let truncated = async {
+                tx.batch_execute(&format!(
+                    "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
+                     lock table {name} in access exclusive mode"
+                ))
+                .await?;
+                let kept: bool = tx
+                    .query_one(
+                        &format!(
+                            "select exists (select 1 from {name} where xid >= $1::text::xid8)"
+                        ),
+                        &[&horizon],
+                    )
+                    .await?
+                    .get(0);
+                if kept {
+                    return Ok(false);
+                }
+                tx.batch_execute(&format!("truncate {name}")).await?;
+                Ok(true)
+            }
+            .await;
+            match truncated {
+                Ok(true) => {
+                    tx.commit().await?;
+                    removed.rows += rows as u64;
+                }
+                Ok(false) => {
+                    // A transaction that had not committed at the first look wrote here.
+                    drop(tx);
+                    removed.to_delete_from.push(name.clone());
+                    continue;
+                }
+                Err(error) if lost_race(&error) => {
+                    tracing::debug!(partition = name, ?error, "not truncated this time");
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if partition.upper.is_some_and(|upper| upper <= next)
+            && drop_partition(client, name).await?
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(removed))
+}
+
+/// Drops the empty partition `name`: true when another instance took the pruning lock.
+/// DROP locks the parent (and the DEFAULT partition) ACCESS EXCLUSIVE, on every
+/// PostgreSQL version, so it waits at most `lock_timeout` for them: behind a long writer
+/// it gives up, and the empty partition stays until a later run.
+async fn drop_partition(
+    client: &mut deadpool_postgres::Client,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let tx = client.transaction().await?;
+    if !lock(&tx).await? {
+        return Ok(true);
+    }
+    let dropped = tx
+        .batch_execute(&format!(
+            "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
+             lock table changecast.change_log in access exclusive mode;
+             drop table {name}"
+        ))
+        .await;
+    match dropped {
+        Ok(()) => tx.commit().await?,
+        Err(error) if lost_race(&error) => {
+            tracing::debug!(partition = name, ?error, "not dropped this time");
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok(false)
+}
+
+/// Deletes the rows of `partition` whose transactions are below `horizon`, in batches;
+/// returns how many, or None when another instance took the pruning lock.
+async fn delete_rows(
+    client: &mut deadpool_postgres::Client,
+    partition: &str,
+    horizon: &str,
+) -> anyhow::Result<Option<u64>> {
     let mut total = 0u64;
     loop {
         let tx = client.transaction().await?;
-        let locked: bool = tx
-            .query_one("select pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
-            .await?
-            .get(0);
-        if !locked {
-            return Ok(total);
+        if !lock(&tx).await? {
+            return Ok(None);
         }
-        if total == 0 {
-            // One tick per pruning run; ticks older than the one in use are dropped.
-            tx.execute(
-                "insert into changecast.journal_ticks (taken_at, horizon)
-                 values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()))
-                 on conflict do nothing",
+        let deleted = tx
+            .execute(
+                &format!(
+                    "delete from {partition}
+                     where id in (select id from {partition}
+                                  where xid < $1::text::xid8 limit $2)"
+                ),
+                &[&horizon, &BATCH_ROWS],
+            )
+            .await?;
+        tx.commit().await?;
+        total += deleted;
+        if deleted < BATCH_ROWS as u64 {
+            return Ok(Some(total));
+        }
+    }
+}
+
+/// Creates partitions until those created reach [`AHEAD`] spans past the ids handed out.
+/// A span is the ids written in 1/[`PARTITIONS_PER_RETENTION`] of the retention, at the
+/// rate observed since the oldest tick kept, and at least `min_span`.
+async fn create_ahead(
+    client: &mut deadpool_postgres::Client,
+    retention: Duration,
+    partitioning: Partitioning,
+) -> anyhow::Result<()> {
+    for _ in 0..MAX_CREATED_PER_RUN {
+        let row = client
+            .query_one(
+                "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1,
+                        (select max(upper) from changecast.journal_partitions),
+                        (select max(id) from changecast.change_log_default),
+                        (select (coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1
+                                 - next_id)::float8
+                                / extract(epoch from clock_timestamp() - taken_at)::float8
+                         from changecast.journal_ticks
+                         where next_id is not null
+                           and taken_at < clock_timestamp() - interval '1 second'
+                         order by taken_at limit 1)",
                 &[],
             )
             .await?;
+        let next: i64 = row.get(0);
+        let highest: Option<i64> = row.get(1);
+        let in_default: Option<i64> = row.get(2);
+        let rate = row.get::<_, Option<f64>>(3).unwrap_or(0.0).max(0.0);
+        let span = span(rate, retention, partitioning.min_span);
+        let covered = highest.unwrap_or(i64::MIN);
+        if covered >= next.saturating_add(AHEAD * span) {
+            return Ok(());
         }
-        // Raise the recorded horizon first, in the same transaction as the deletion, so a
-        // replay can never see rows missing without also seeing why.
-        let deleted: i64 = tx
-            .query_one(
-                "with horizon as (
-                     select taken_at, horizon from changecast.journal_ticks
-                     where taken_at < now() - make_interval(secs => $1)
-                     order by taken_at desc limit 1
-                 ),
-                 older_ticks as (
-                     delete from changecast.journal_ticks
-                     where taken_at < (select taken_at from horizon)
-                 ),
-                 recorded as (
-                     update changecast.journal_meta
-                        set pruned_below = greatest(pruned_below, (select horizon from horizon))
-                      where exists (select 1 from horizon)
-                 ),
-                 doomed as (
-                     delete from changecast.change_log
-                     where id in (select id from changecast.change_log
-                                  where xid < (select horizon from horizon)
-                                  limit $2)
-                     returning 1
-                 )
-                 select count(*) from doomed",
-                &[&retention_secs, &BATCH_ROWS],
-            )
-            .await?
-            .get(0);
-        tx.commit().await?;
-        total += deleted as u64;
-        if deleted < BATCH_ROWS {
-            return Ok(total);
+        // Contiguous with the partitions created, unless the writers are (nearly) past
+        // them: then a little above the ids being handed out, so that no row of the new
+        // range reaches the DEFAULT partition before the new one is attached (the gap
+        // goes to the DEFAULT partition). And above whatever the DEFAULT partition holds:
+        // ATTACH checks that it holds no row of the new range.
+        let margin = ((rate * CATCH_UP_SECS) as i64).max(MIN_MARGIN).min(span);
+        let lower = covered
+            .max(next + margin)
+            .max(in_default.map_or(i64::MIN, |id| id + 1));
+        let upper = lower + span;
+        let name = format!("changecast.change_log_p{lower}");
+        let tx = client.transaction().await?;
+        if !lock(&tx).await? {
+            return Ok(());
+        }
+        // Created standalone, then attached: CREATE TABLE ... PARTITION OF would lock the
+        // parent ACCESS EXCLUSIVE; ATTACH takes SHARE UPDATE EXCLUSIVE on it, which
+        // readers and writers do not conflict with, and ACCESS EXCLUSIVE on the new
+        // (empty) table and the DEFAULT partition, within `lock_timeout`.
+        let created = tx
+            .batch_execute(&format!(
+                "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
+                 create table {name} (like changecast.change_log including all);
+                 alter table changecast.change_log attach partition {name}
+                     for values from ({lower}) to ({upper})"
+            ))
+            .await;
+        match created {
+            Ok(()) => {
+                tx.commit().await?;
+                tracing::debug!(
+                    partition = name,
+                    lower,
+                    upper,
+                    "created a journal partition"
+                );
+            }
+            Err(error) if lost_race(&error) => {
+                tracing::debug!(partition = name, ?error, "not created this time");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
         }
     }
+    Ok(())
+}
+
+/// Ids per partition: those written at `rate` (per second) in 1/[`PARTITIONS_PER_RETENTION`]
+/// of `retention`, at least `min_span`.
+fn span(rate: f64, retention: Duration, min_span: i64) -> i64 {
+    let span = rate * retention.as_secs_f64() / f64::from(PARTITIONS_PER_RETENTION);
+    (span.min(i64::MAX as f64 / 4.0) as i64)
+        .max(min_span)
+        .max(1)
 }
 
 fn rand_u16() -> u16 {
@@ -163,5 +592,14 @@ mod tests {
         assert_eq!(interval("2s", "60s"), Duration::from_millis(100));
         assert_eq!(interval("0s", "60s"), MIN_INTERVAL);
         assert_eq!(interval("24h", "0s"), MIN_INTERVAL);
+    }
+
+    #[test]
+    fn a_partition_spans_an_eighth_of_the_retention_at_the_observed_rate() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(span(100.0, hours(8), 10), 360_000);
+        assert_eq!(span(0.0, hours(24), MIN_SPAN), MIN_SPAN);
+        assert_eq!(span(0.001, hours(24), MIN_SPAN), MIN_SPAN);
+        assert_eq!(span(f64::INFINITY, hours(24), 10), 1 << 61);
     }
 }

@@ -19,6 +19,7 @@ mod hardening_cursor;
 mod hardening_sql;
 mod hardening_values;
 mod idp_tokens;
+mod journal_partitions;
 mod migrate;
 mod openapi;
 mod reliability;

@@ -1,0 +1,509 @@
+//! The journal partitioned by id: partitions created ahead of the writers and removed
+//! whole once past the retention, the DEFAULT partition for ids beyond them, long
+//! transactions holding their partition back, and the conversion of a journal that
+//! already holds rows — with the received resource ids compared as sets.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use changecast::journal::pruner::{prune_with, Partitioning};
+use changecast::journal::{Cursor, CursorKey, CursorScope, PgSnapshot};
+use changecast::tenant::TenantId;
+use tokio_postgres::NoTls;
+
+use crate::helpers::*;
+
+/// Transaction ids are the cluster's: one test's long transaction holds every other's
+/// horizon back. The tests of this module run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Small partitions, so that a test's few rows span several.
+const SMALL: Partitioning = Partitioning { min_span: 10 };
+const RETENTION: Duration = Duration::from_secs(3600);
+
+/// A partition of the journal: name, bounds, default or not.
+#[derive(Debug, Clone, PartialEq)]
+struct Partition {
+    name: String,
+    lower: Option<i64>,
+    upper: Option<i64>,
+    is_default: bool,
+}
+
+async fn partitions(db: &tokio_postgres::Client) -> Vec<Partition> {
+    db.query(
+        "select partition::text, lower, upper, is_default from changecast.journal_partitions
+         order by is_default, lower nulls first",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| Partition {
+        name: row.get(0),
+        lower: row.get(1),
+        upper: row.get(2),
+        is_default: row.get(3),
+    })
+    .collect()
+}
+
+async fn next_id(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Rows of the journal per partition that holds any.
+async fn rows_in(db: &tokio_postgres::Client, partition: &str) -> i64 {
+    db.query_one(&format!("select count(*) from {partition}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A tick taken now, dated `hours_ago`: its horizon is what the pruner's own would be
+/// (every transaction still running holds it back).
+async fn tick_dated(db: &tokio_postgres::Client, hours_ago: i32) {
+    db.execute(
+        "insert into changecast.journal_ticks (taken_at, horizon)
+         values (now() - make_interval(hours => $1), pg_snapshot_xmin(pg_current_snapshot()))",
+        &[&hours_ago],
+    )
+    .await
+    .unwrap();
+}
+
+/// Reads changes until every id of `expected` arrived (bounded by [`WAIT`]); returns
+/// the ids received and the cursor of the last change. Panics on a `resync`.
+async fn receive_with_cursor(
+    stream: &mut SseStream,
+    expected: &HashSet<String>,
+) -> (HashSet<String>, Option<String>) {
+    let mut received = HashSet::new();
+    let mut cursor = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !expected.is_subset(&received) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(event) = stream.next_within(left).await else {
+            break;
+        };
+        assert_ne!(event.event, "resync", "{:?}", event.data);
+        if event.event == "resource_change" {
+            received.insert(event.data["resource"]["id"].as_str().unwrap().to_owned());
+            cursor = event.id.clone();
+        }
+    }
+    (received, cursor)
+}
+
+async fn pool(app: &TestApp) -> deadpool_postgres::Pool {
+    changecast::db::pool(&app.db_url, 2, Duration::from_secs(30)).unwrap()
+}
+
+#[tokio::test]
+async fn partitions_are_created_ahead_and_removed_whole_after_the_retention_losing_nothing() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let t = token("acme");
+    let mut live = app.sse(&t, "").await;
+
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    let next = next_id(&app.db).await;
+    let ahead: Vec<Partition> = partitions(&app.db)
+        .await
+        .into_iter()
+        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
+        .collect();
+    let covered = ahead.iter().filter_map(|p| p.upper).max().unwrap();
+    assert!(
+        covered >= next + 2 * SMALL.min_span,
+        "partitions created two spans ahead of {next}: {ahead:?}"
+    );
+
+    // Old changes, enough to fill the partitions created (and some in the DEFAULT one
+    // below and above them).
+    let mut old = HashSet::new();
+    let mut covered = covered;
+    for _ in 0..2 {
+        while next_id(&app.db).await < covered {
+            old.extend(app.insert_tickets("acme", 7).await);
+        }
+        // Nothing is past the retention yet: the run only creates partitions.
+        assert_eq!(prune_with(&pool, RETENTION, SMALL).await.unwrap(), 0);
+        covered = partitions(&app.db)
+            .await
+            .iter()
+            .filter_map(|p| p.upper)
+            .max()
+            .unwrap();
+    }
+    let (received, _) = receive_with_cursor(&mut live, &old).await;
+    assert_nothing_lost(&old, &received, &HashSet::new());
+    let holding: Vec<String> = {
+        let mut holding = Vec::new();
+        for partition in partitions(&app.db).await {
+            if !partition.is_default && rows_in(&app.db, &partition.name).await > 0 {
+                holding.push(partition.name);
+            }
+        }
+        holding
+    };
+    assert!(
+        holding.len() >= 2,
+        "old changes in range partitions: {holding:?}"
+    );
+
+    // Everything so far committed "two hours ago"; then newer changes, a cursor after
+    // the first of them (its snapshot sees every old one), and more.
+    app.age_committed_changes(2).await;
+    let first_new: HashSet<String> = app.insert_tickets("acme", 4).await.into_iter().collect();
+    let (_, cursor) = receive_with_cursor(&mut live, &first_new).await;
+    let cursor = cursor.unwrap();
+    let mut new = HashSet::new();
+    for _ in 0..2 {
+        new.extend(app.insert_tickets("acme", 4).await);
+    }
+    let (received, _) = receive_with_cursor(&mut live, &new).await;
+    assert_nothing_lost(&new, &received, &HashSet::new());
+
+    let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(pruned, old.len() as u64, "every old change, no new one");
+    let left = partitions(&app.db).await;
+    for name in &holding {
+        assert!(
+            left.iter().all(|p| &p.name != name),
+            "{name} held only old changes: it is gone ({left:?})"
+        );
+    }
+    let journal: i64 = app
+        .db
+        .query_one("select count(*) from changecast.change_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(journal, (first_new.len() + new.len()) as i64);
+    assert!(
+        left.iter()
+            .filter(|p| !p.is_default)
+            .filter_map(|p| p.upper)
+            .max()
+            .unwrap()
+            >= next_id(&app.db).await + 2 * SMALL.min_span,
+        "partitions are kept ahead: {left:?}"
+    );
+
+    // A cursor minted after the old changes resumes with exactly the newer ones.
+    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+    let (received, _) = receive_with_cursor(&mut resumed, &new).await;
+    assert_nothing_lost(&new, &received, &first_new);
+    // The live subscriber goes on, in the partitions created meanwhile.
+    let later: HashSet<String> = app.insert_tickets("acme", 25).await.into_iter().collect();
+    let (received, _) = receive_with_cursor(&mut live, &later).await;
+    assert_nothing_lost(&later, &received, &HashSet::new());
+    let (received, _) = receive_with_cursor(&mut resumed, &later).await;
+    assert_nothing_lost(&later, &received, &HashSet::new());
+}
+
+#[tokio::test]
+async fn a_long_writer_holds_its_partition_back_and_pruning_blocks_no_writer() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let t = token("acme");
+    let mut live = app.sse(&t, "").await;
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    let next = next_id(&app.db).await;
+    let ranges: Vec<Partition> = partitions(&app.db)
+        .await
+        .into_iter()
+        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
+        .collect();
+    let first = ranges.first().unwrap().clone();
+    let lower = first.lower.unwrap();
+    // The next partition, as the pruner makes them (it would, a span later).
+    let second = Partition {
+        name: format!("changecast.change_log_p{}", first.upper.unwrap()),
+        lower: first.upper,
+        upper: Some(first.upper.unwrap() + SMALL.min_span),
+        is_default: false,
+    };
+    app.db
+        .batch_execute(&format!(
+            "create table {name} (like changecast.change_log including all);
+             alter table changecast.change_log attach partition {name}
+                 for values from ({}) to ({})",
+            second.lower.unwrap(),
+            second.upper.unwrap(),
+            name = second.name
+        ))
+        .await
+        .unwrap();
+    app.db
+        .execute(
+            "select setval('changecast.change_log_id_seq', $1, false)",
+            &[&lower],
+        )
+        .await
+        .unwrap();
+
+    // The first partition: committed changes, and one of a transaction kept open, which
+    // the pruner cannot see.
+    let mut written: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
+    let (long, long_id) = app.begin_long_transaction("acme", "long").await;
+    assert_eq!(rows_in(&app.db, &first.name).await, 3);
+    // The second partition left empty behind the writers: one to drop.
+    app.db
+        .execute(
+            "select setval('changecast.change_log_id_seq', $1, false)",
+            &[&second.upper.unwrap()],
+        )
+        .await
+        .unwrap();
+    // Past the retention, by the pruner's rule: the open transaction holds the horizon.
+    tick_dated(&app.db, 2).await;
+
+    // A writer commits, again and again, while the pruner tries its DDL.
+    let writer_db = app.connect_db().await;
+    let writer = tokio::spawn(async move {
+        let mut slowest = Duration::ZERO;
+        let mut ids = HashSet::new();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let started = Instant::now();
+            ids.extend(insert_tickets(&writer_db, "acme", 1).await);
+            slowest = slowest.max(started.elapsed());
+        }
+        (ids, slowest)
+    });
+    let started = Instant::now();
+    let pruned = tokio::time::timeout(WAIT, prune_with(&pool, RETENTION, SMALL))
+        .await
+        .expect("pruning waited on the open transaction")
+        .unwrap();
+    let pruning_took = started.elapsed();
+    let (more, slowest) = writer.await.unwrap();
+    written.extend(more);
+    assert_eq!(pruned, 0, "the open transaction's partition is held back");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a writer waited {slowest:?} for partition maintenance (pruning took {pruning_took:?})"
+    );
+    let left = partitions(&app.db).await;
+    assert!(left.contains(&first), "held back: {left:?}");
+    assert!(
+        left.contains(&second),
+        "dropping locks the parent: not while a writer is open ({left:?})"
+    );
+
+    long.batch_execute("commit").await.unwrap();
+    written.insert(long_id);
+    let (received, _) = receive_with_cursor(&mut live, &written).await;
+    assert_nothing_lost(&written, &received, &HashSet::new());
+
+    // Once it ended, the partition goes whole, and the empty one too.
+    tick_dated(&app.db, 2).await;
+    let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(pruned, written.len() as u64);
+    let left = partitions(&app.db).await;
+    assert!(
+        left.iter()
+            .all(|p| p.name != first.name && p.name != second.name),
+        "{left:?}"
+    );
+}
+
+#[tokio::test]
+async fn rows_in_the_default_partition_are_delivered_and_pruned() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let t = token("acme");
+    let mut live = app.sse(&t, "").await;
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    // The writers overtake the partitions created (the service was down, say).
+    let covered = partitions(&app.db)
+        .await
+        .iter()
+        .filter_map(|p| p.upper)
+        .max()
+        .unwrap();
+    app.db
+        .execute(
+            "select setval('changecast.change_log_id_seq', $1, false)",
+            &[&(covered + 5)],
+        )
+        .await
+        .unwrap();
+    let early: HashSet<String> = app.insert_tickets("acme", 30).await.into_iter().collect();
+    assert_eq!(rows_in(&app.db, "changecast.change_log_default").await, 30);
+    let (received, _) = receive_with_cursor(&mut live, &early).await;
+    assert_nothing_lost(&early, &received, &HashSet::new());
+
+    // New partitions start above what the DEFAULT partition holds.
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    let in_default: i64 = app
+        .db
+        .query_one("select max(id) from changecast.change_log_default", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let created: Vec<Partition> = partitions(&app.db)
+        .await
+        .into_iter()
+        .filter(|p| p.lower.is_some_and(|lower| lower > covered))
+        .collect();
+    assert!(!created.is_empty());
+    assert!(
+        created.iter().all(|p| p.lower.unwrap() > in_default),
+        "{created:?}"
+    );
+
+    app.age_committed_changes(2).await;
+    let marker = HashSet::from([app.insert_ticket("acme", "marker").await]);
+    let (_, cursor) = receive_with_cursor(&mut live, &marker).await;
+    let fresh: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
+    let (received, _) = receive_with_cursor(&mut live, &fresh).await;
+    assert_nothing_lost(&fresh, &received, &HashSet::new());
+    let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(pruned, 30);
+    let journal: i64 = app
+        .db
+        .query_one("select count(*) from changecast.change_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(journal, 4);
+    // A cursor that had seen every pruned change resumes.
+    let mut resumed = app.sse_with(&t, "", cursor.as_deref()).await;
+    let (received, _) = receive_with_cursor(&mut resumed, &fresh).await;
+    assert_nothing_lost(&fresh, &received, &marker);
+}
+
+#[tokio::test]
+async fn the_pruner_creates_partitions_ahead_and_reports_the_journal_size() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app_with(|config| config.prune_interval = Duration::from_millis(100)).await;
+    // Fresh: the converted (empty) first partition and the DEFAULT one. The first run
+    // drops the former and creates partitions ahead.
+    eventually("a partition created ahead", || async {
+        partitions(&app.db)
+            .await
+            .iter()
+            .any(|p| p.lower.is_some_and(|lower| lower >= 1))
+    })
+    .await;
+    // The gauges follow the catalog (the run may still be creating partitions).
+    let db = &app.db;
+    let app = &app;
+    eventually("the journal's size reported", || async move {
+        let row = db
+            .query_one(
+                "select sum(pg_total_relation_size(relid))::int8, count(*) filter (where isleaf)
+                 from pg_partition_tree('changecast.change_log')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (bytes, count) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        bytes > 0
+            && app.metric("changecast_journal_partitions").await == Some(count as f64)
+            && app.metric("changecast_journal_bytes").await > Some(0.0)
+    })
+    .await;
+}
+
+mod before_partitions {
+    refinery::embed_migrations!("migrations");
+}
+
+#[tokio::test]
+async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
+    let _serial = SERIAL.lock().await;
+    let url = server().empty_database().await;
+    let (mut db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.batch_execute("create schema if not exists changecast")
+        .await
+        .unwrap();
+    let mut runner =
+        before_partitions::migrations::runner().set_target(refinery::Target::Version(13));
+    runner
+        .set_migration_table_name("changecast.refinery_schema_history")
+        .run_async(&mut db)
+        .await
+        .unwrap();
+    // The journal's home, as the service records it on its first start.
+    db.batch_execute(
+        "update changecast.journal_meta
+            set home = (select system_identifier::text from pg_control_system())
+                       || '/' || (select oid::text from pg_database where datname = current_database())",
+    )
+    .await
+    .unwrap();
+
+    let seen: HashSet<String> = insert_tickets(&db, "acme", 20).await.into_iter().collect();
+    // A cursor minted now, as the service would: everything written so far seen.
+    let snapshot: PgSnapshot = db
+        .query_one("select pg_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    let row = db
+        .query_one(
+            "select journal_id::text, key from changecast.journal_meta, changecast.cursor_key",
+            &[],
+        )
+        .await
+        .unwrap();
+    let scope = CursorScope::new(
+        row.get::<_, &str>(0),
+        CursorKey::new(row.get::<_, &[u8]>(1)).unwrap(),
+    );
+    let cursor = scope.encode(
+        &TenantId::new("acme").unwrap(),
+        &Cursor::of_snapshot(snapshot),
+    );
+    let unseen: HashSet<String> = insert_tickets(&db, "acme", 15).await.into_iter().collect();
+    let before: i64 = db
+        .query_one("select max(id) from changecast.change_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let app = start_on(url, |_| {}).await;
+    let kind: String = app
+        .db
+        .query_one(
+            "select relkind::text from pg_class where oid = 'changecast.change_log'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "p", "the journal is partitioned");
+    assert_eq!(rows_in(&app.db, "changecast.change_log_first").await, 35);
+    let t = token("acme");
+    let mut resumed = app.sse_with(&t, "", Some(&cursor)).await;
+    let (received, _) = receive_with_cursor(&mut resumed, &unseen).await;
+    assert_nothing_lost(&unseen, &received, &seen);
+    assert!(received.is_disjoint(&seen), "the cursor had seen those");
+    // Ids continue where the identity stopped.
+    let later = app.insert_ticket("acme", "after").await;
+    let (received, _) = receive_with_cursor(&mut resumed, &HashSet::from([later.clone()])).await;
+    assert!(received.contains(&later));
+    let after: i64 = app
+        .db
+        .query_one("select max(id) from changecast.change_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, before + 1);
+}
