@@ -658,23 +658,42 @@ fn print_summary(phases: &[(String, usize, RunReport)]) {
             .find(|f| f.name == "primary CPU (all its processes)")
             .map(|f| f.value)
     };
-    let Some(baseline) = phases
+    if let Some(baseline) = phases
         .iter()
         .find(|(_, n, _)| *n == 0)
         .and_then(|(_, _, r)| primary(r))
-    else {
-        return;
-    };
-    println!(
-        "\nPrimary CPU above the writers-only baseline ({baseline:.3} cores), per instance:\n"
-    );
-    for (label, n, report) in phases.iter().filter(|(_, n, _)| *n > 0) {
-        if let Some(cores) = primary(report) {
-            println!(
-                "  {label:<28} {:.3} cores in all, {:.3} per instance",
-                cores - baseline,
-                (cores - baseline) / *n as f64
-            );
+    {
+        println!(
+            "\nPrimary CPU above the writers-only baseline ({baseline:.3} cores), per instance:\n"
+        );
+        for (label, n, report) in phases.iter().filter(|(_, n, _)| *n > 0) {
+            if let Some(cores) = primary(report) {
+                println!(
+                    "  {label:<28} {:.3} cores in all, {:.3} per instance",
+                    cores - baseline,
+                    (cores - baseline) / *n as f64
+                );
+            }
+        }
+    }
+    // What one more instance costs, without what any number of them costs once (the
+    // doorbell's NOTIFY, for one): from the fewest instances to the most, per reading.
+    for reads in ["reading the primary", "reading the standby"] {
+        let mut points: Vec<(usize, f64)> = phases
+            .iter()
+            .filter(|(label, n, _)| *n > 0 && label.ends_with(reads))
+            .filter_map(|(_, n, report)| Some((*n, primary(report)?)))
+            .collect();
+        points.sort_by_key(|(n, _)| *n);
+        if let (Some(first), Some(last)) = (points.first(), points.last()) {
+            if last.0 > first.0 {
+                println!(
+                    "\nPrimary CPU per added instance {reads}, {} to {} instances: {:.3} cores",
+                    first.0,
+                    last.0,
+                    (last.1 - first.1) / (last.0 - first.0) as f64
+                );
+            }
         }
     }
 }
