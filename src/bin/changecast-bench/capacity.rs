@@ -697,3 +697,23 @@ fn print_summary(phases: &[(String, usize, RunReport)]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_is_its_postmaster_and_its_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("starting sleep");
+        let me = std::process::id();
+        let pids = cluster_pids(me, &children_by_parent());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(pids[0], me);
+        assert!(pids.contains(&child.id()), "{pids:?} lacks {}", child.id());
+        assert!(!pids.contains(&procfs::parent_pid(me).unwrap()));
+    }
+}
