@@ -198,9 +198,9 @@ async fn measure_bridge(
 /// Writers committing at the set rate into one table, and a bare LISTEN client hearing
 /// the same commits on a channel, together on a thread of their own (so the subscribers'
 /// work does not delay them).
-struct Writing {
+pub struct Writing {
     /// What the writers did, once they are done.
-    written: tokio::sync::oneshot::Receiver<Written>,
+    pub written: tokio::sync::oneshot::Receiver<Written>,
     next_seq: Arc<AtomicU64>,
     /// The first row written after the warm-up: the measured rows start here.
     from: u64,
@@ -210,7 +210,7 @@ struct Writing {
 
 impl Writing {
     /// Starts both, and returns once the listener listens and the warm-up is over.
-    async fn start(
+    pub async fn start(
         ctx: &Ctx,
         args: &LiveArgs,
         shared: &Arc<Shared>,
@@ -257,20 +257,20 @@ impl Writing {
     }
 
     /// Rows written since the warm-up.
-    fn measured_rows(&self) -> u64 {
+    pub fn measured_rows(&self) -> u64 {
         self.next_seq
             .load(Ordering::Relaxed)
             .saturating_sub(self.from)
     }
 
     /// Stops the listener; what it heard.
-    async fn heard(self) -> anyhow::Result<writer::Heard> {
+    pub async fn heard(self) -> anyhow::Result<writer::Heard> {
         self.stop.cancel();
         self.thread.await??
     }
 }
 
-async fn wait_ready(
+pub async fn wait_ready(
     shared: &Shared,
     want: usize,
     tasks: &[tokio::task::JoinHandle<Tracker>],
@@ -294,7 +294,7 @@ fn committed_count(shared: &Shared) -> u64 {
         .count() as u64
 }
 
-fn expected_deliveries(shared: &Shared, tenants: u64, subscribers: usize) -> u64 {
+pub fn expected_deliveries(shared: &Shared, tenants: u64, subscribers: usize) -> u64 {
     let mut per_tenant = vec![0u64; tenants as usize];
     for (seq, stamp) in shared.committed.iter().enumerate() {
         if stamp.load(Ordering::Acquire) != 0 {
@@ -328,7 +328,7 @@ pub async fn drain(shared: &Shared, expected: u64, limit: Duration) {
 }
 
 /// Missing and duplicate events per subscriber, resyncs, failed subscribers.
-fn completeness(report: &mut RunReport, shared: &Shared, trackers: &[Tracker], tenants: u64) {
+pub fn completeness(report: &mut RunReport, shared: &Shared, trackers: &[Tracker], tenants: u64) {
     let committed: Vec<u64> = shared
         .committed
         .iter()
@@ -368,11 +368,11 @@ fn completeness(report: &mut RunReport, shared: &Shared, trackers: &[Tracker], t
     }
 }
 
-fn q(histogram: &Histogram, at: f64) -> f64 {
+pub fn q(histogram: &Histogram, at: f64) -> f64 {
     histogram.quantile_ms(at).unwrap_or(f64::NAN)
 }
 
-fn writes_note(report: &mut RunReport, written: &Written, rate: f64) {
+pub fn writes_note(report: &mut RunReport, written: &Written, rate: f64) {
     // Rows committed over the time writing took (writers behind schedule stop at the end).
     let achieved = written.committed as f64 / written.elapsed.as_secs_f64().max(1e-9);
     if achieved < 0.95 * rate {

@@ -5,6 +5,7 @@
 //!
 //! Never part of `cargo test`: only the pure helpers have unit tests.
 
+mod capacity;
 mod catchup;
 mod client;
 mod live;
@@ -112,6 +113,12 @@ enum Mode {
     /// Memory: the service's RSS growth per idle subscriber, per transport (a fresh
     /// service for each).
     IdleMemory(MemoryArgs),
+    /// Reading from a hot standby: makes a primary and a `pg_basebackup -R` standby of
+    /// its own (--database-url is not used) and, in one run, measures N instances reading
+    /// the primary, then N reading the standby (for each N of --instances), each with its
+    /// SSE subscribers, under the same writers: the CPU of each cluster's processes and of
+    /// each instance, commit-to-receipt latency, missing events. --runs is not used.
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -261,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Mode::Reconnect(args) => args.subscribers,
         Mode::IdleMemory(args) => args.subscribers,
         Mode::Replay(_) => 1,
+        Mode::Capacity(args) => args.max_subscribers(),
     } as u64
         + 200;
     if fd_limit < needed {
@@ -292,6 +300,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(dir) = common.service_log.parent() {
         std::fs::create_dir_all(dir).ok();
     }
+    if let Mode::Capacity(args) = &cli.mode {
+        if target.is_some() {
+            bail!("capacity starts its own instances: --target does not apply");
+        }
+        return capacity::run(&service_bin, &common.service_log, args).await;
+    }
     let version = service::prepare_database(&common.database_url).await?;
     let ctx = Ctx {
         database_url: common.database_url.clone(),
@@ -309,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Mode::Replay(args) => catchup::replay(&ctx, args).await,
             Mode::Reconnect(args) => catchup::reconnect(&ctx, args).await,
             Mode::IdleMemory(args) => memory::run(&ctx, args).await,
+            Mode::Capacity(_) => unreachable!("capacity runs on its own clusters, above"),
         }
         .with_context(|| format!("run {run}"))?;
         print_run(run, load, &report);
