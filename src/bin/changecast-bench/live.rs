@@ -294,7 +294,7 @@ fn committed_count(shared: &Shared) -> u64 {
         .count() as u64
 }
 
-fn expected_deliveries(shared: &Shared, tenants: u64, subscribers: usize) -> u64 {
+pub fn expected_deliveries(shared: &Shared, tenants: u64, subscribers: usize) -> u64 {
     let mut per_tenant = vec![0u64; tenants as usize];
     for (seq, stamp) in shared.committed.iter().enumerate() {
         if stamp.load(Ordering::Acquire) != 0 {
@@ -328,7 +328,7 @@ pub async fn drain(shared: &Shared, expected: u64, limit: Duration) {
 }
 
 /// Missing and duplicate events per subscriber, resyncs, failed subscribers.
-fn completeness(report: &mut RunReport, shared: &Shared, trackers: &[Tracker], tenants: u64) {
+pub fn completeness(report: &mut RunReport, shared: &Shared, trackers: &[Tracker], tenants: u64) {
     let committed: Vec<u64> = shared
         .committed
         .iter()

@@ -12,6 +12,7 @@ mod memory;
 mod procfs;
 mod service;
 mod stats;
+mod steady;
 mod usage;
 mod writer;
 
@@ -112,6 +113,11 @@ enum Mode {
     /// Memory: the service's RSS growth per idle subscriber, per transport (a fresh
     /// service for each).
     IdleMemory(MemoryArgs),
+    /// Steady state: the same load for a long time on an unwatched table, then on a
+    /// watched one with a service pruning at --retention. Reports the journal's size
+    /// over time (flat past the retention?), WAL per change and what pruning adds,
+    /// autovacuum runs, writer latency watched against unwatched. Use --runs 1.
+    Steady(steady::SteadyArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -236,6 +242,7 @@ impl Ctx {
             bin: &self.service_bin,
             database_url: &self.database_url,
             log: &self.service_log,
+            env: &[],
         })
         .await
     }
@@ -260,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Mode::Live(args) => args.subscribers,
         Mode::Reconnect(args) => args.subscribers,
         Mode::IdleMemory(args) => args.subscribers,
+        Mode::Steady(args) => args.subscribers,
         Mode::Replay(_) => 1,
     } as u64
         + 200;
@@ -309,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Mode::Replay(args) => catchup::replay(&ctx, args).await,
             Mode::Reconnect(args) => catchup::reconnect(&ctx, args).await,
             Mode::IdleMemory(args) => memory::run(&ctx, args).await,
+            Mode::Steady(args) => steady::run(&ctx, args).await,
         }
         .with_context(|| format!("run {run}"))?;
         print_run(run, load, &report);

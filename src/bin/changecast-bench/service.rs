@@ -125,6 +125,8 @@ pub struct Launch<'a> {
     pub bin: &'a Path,
     pub database_url: &'a str,
     pub log: &'a Path,
+    /// More environment for the service (e.g. CHANGECAST_RETENTION), over the defaults.
+    pub env: &'a [(&'a str, String)],
 }
 
 impl Service {
@@ -152,6 +154,7 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("CHANGECAST_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(launch.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
