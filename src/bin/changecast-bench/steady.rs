@@ -468,10 +468,10 @@ async fn run_phase(
     }));
 
     println!(
-        "\n| t s | changes | WAL MB | WAL B/change (interval) | FPI | {} MB | live rows (est.) | dead rows | autovacuum | autoanalyze | pruned | writer p99 ms (interval) |",
+        "\n| t s | changes | WAL MB | WAL B/change (so far) | WAL B/change (interval) | FPI | {} MB | live rows (est.) | dead rows | autovacuum | autoanalyze | pruned | writer p99 ms (interval) |",
         target.measured
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut samples: Vec<Sample> = Vec::new();
     let mut next = started + args.sample;
     loop {
@@ -505,10 +505,11 @@ async fn run_phase(
         };
         let per_change = wal_per_change(samples.last().unwrap_or(&Sample::default()), &sample);
         println!(
-            "| {:.0} | {} | {:.1} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {:.0} | {} | {:.1} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
             sample.t,
             sample.changes,
             sample.wal_bytes as f64 / MIB,
+            wal_per_change(&Sample::default(), &sample).map_or("–".into(), fmt_num),
             per_change.map_or("–".into(), fmt_num),
             sample.wal_fpi,
             sample.size as f64 / MIB,
@@ -591,6 +592,7 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> anyhow::Result<RunReport> {
     let db = service::connect(&ctx.database_url).await?;
     let mut settings = Vec::new();
     for name in [
+        "autovacuum",
         "checkpoint_timeout",
         "max_wal_size",
         "full_page_writes",
@@ -602,6 +604,12 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> anyhow::Result<RunReport> {
     ] {
         let value: String = db.query_one(&format!("show {name}"), &[]).await?.get(0);
         settings.push(format!("{name}={value}"));
+    }
+    if settings.iter().any(|s| s == "autovacuum=off") {
+        report.note(
+            "autovacuum is off on this cluster: dead journal rows stay until something \
+             vacuums them, so the journal cannot stay flat; not a user's database's setting",
+        );
     }
     let prune_every =
         changecast::journal::pruner::interval(Duration::from_secs(60), args.retention);
