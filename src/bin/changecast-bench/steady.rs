@@ -56,7 +56,9 @@ Bytes per journal row: the journal's size (tables, indexes, TOAST, every partiti
 its rows at the last sample before the first prune. The plateau is expected near \
 retention × the rate the writers reached × that; flat means the largest and smallest \
 journal size after the retention plus 1/8 of it (when every row past the retention is \
-pruned) are within --flat-tolerance.
+pruned) are within --flat-tolerance. Growth over the last retention: the journal's size at \
+the end against its size one retention earlier (within that same stretch): near zero when \
+pruning and autovacuum keep up, whatever space the first vacuum cycles settle at.
 
 One run lasts twice --duration plus set-up: pass --runs 1.")]
 pub struct SteadyArgs {
