@@ -6,6 +6,8 @@
 #   scripts/bench.sh replay       one subscriber 100,000 changes behind
 #   scripts/bench.sh reconnect    2,000 subscribers reconnecting with cursors 1,000 changes old
 #   scripts/bench.sh memory       RSS per idle subscriber, 10,000 SSE then 10,000 WS
+#   scripts/bench.sh steady       1,000 changes/s for 30 min unwatched, then watched with a
+#                                 10 min retention: journal size, WAL, autovacuum (one run, ~1 h)
 #   scripts/bench.sh all          all of the above, in that order
 # Extra arguments go to changecast-bench after the mode (e.g. --runs 5, --duration 20s).
 # Output is also kept in target/bench-results/<name>-<time>.md.
@@ -27,12 +29,13 @@ run() {
     replay)     "$bench" replay --behind 100000 "$@" | out replay ;;
     reconnect)  "$bench" reconnect --subscribers 2000 --tenants 100 --behind 1000 "$@" | out reconnect ;;
     memory)     "$bench" idle-memory --subscribers 10000 --transport sse,ws "$@" | out memory ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    steady)     "$bench" --runs 1 steady --rate 1000 --duration 30m --retention 10m "$@" | out steady ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 }
 
 if [ "$what" = all ]; then
-  for name in write latency throughput replay reconnect memory; do run "$name" "$@"; done
+  for name in write latency throughput replay reconnect memory steady; do run "$name" "$@"; done
 else
   run "$what" "$@"
 fi

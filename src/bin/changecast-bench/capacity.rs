@@ -234,9 +234,9 @@ async fn phase(
     let mut report = RunReport::default();
     let load_before = loadavg();
     service::reset(&ctx.database_url).await?;
-    let env: Vec<(&str, &str)> = match reads {
+    let env: Vec<(&str, String)> = match reads {
         Reads::Primary => vec![],
-        Reads::Standby => vec![("CHANGECAST_READ_DATABASE_URL", standby_url)],
+        Reads::Standby => vec![("CHANGECAST_READ_DATABASE_URL", standby_url.to_owned())],
     };
     let mut services = Vec::with_capacity(n);
     for _ in 0..n {
@@ -244,8 +244,9 @@ async fn phase(
             bin: &ctx.service_bin,
             database_url: &ctx.database_url,
             log: &ctx.service_log,
+            env: &env,
         };
-        services.push(Service::start_with_env(&launch, &env).await?);
+        services.push(Service::start(&launch).await?);
     }
 
     let live_args = LiveArgs {

@@ -13,6 +13,7 @@ mod memory;
 mod procfs;
 mod service;
 mod stats;
+mod steady;
 mod usage;
 mod writer;
 
@@ -119,6 +120,11 @@ enum Mode {
     /// SSE subscribers, under the same writers: the CPU of each cluster's processes and of
     /// each instance, commit-to-receipt latency, missing events. --runs is not used.
     Capacity(capacity::CapacityArgs),
+    /// Steady state: the same load for a long time on an unwatched table, then on a
+    /// watched one with a service pruning at --retention. Reports the journal's size
+    /// over time (flat past the retention?), WAL per change and what pruning adds,
+    /// autovacuum runs, writer latency watched against unwatched. Use --runs 1.
+    Steady(steady::SteadyArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -243,6 +249,7 @@ impl Ctx {
             bin: &self.service_bin,
             database_url: &self.database_url,
             log: &self.service_log,
+            env: &[],
         })
         .await
     }
@@ -267,6 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Mode::Live(args) => args.subscribers,
         Mode::Reconnect(args) => args.subscribers,
         Mode::IdleMemory(args) => args.subscribers,
+        Mode::Steady(args) => args.subscribers,
         Mode::Replay(_) => 1,
         Mode::Capacity(args) => args.max_subscribers(),
     } as u64
@@ -324,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Mode::Reconnect(args) => catchup::reconnect(&ctx, args).await,
             Mode::IdleMemory(args) => memory::run(&ctx, args).await,
             Mode::Capacity(_) => unreachable!("capacity runs on its own clusters, above"),
+            Mode::Steady(args) => steady::run(&ctx, args).await,
         }
         .with_context(|| format!("run {run}"))?;
         print_run(run, load, &report);

@@ -125,19 +125,13 @@ pub struct Launch<'a> {
     pub bin: &'a Path,
     pub database_url: &'a str,
     pub log: &'a Path,
+    /// More environment for the service (e.g. CHANGECAST_RETENTION), over the defaults.
+    pub env: &'a [(&'a str, String)],
 }
 
 impl Service {
     /// Starts `changecast serve` on a free port and waits until `/readyz` answers 200.
     pub async fn start(launch: &Launch<'_>) -> anyhow::Result<Service> {
-        Self::start_with_env(launch, &[]).await
-    }
-
-    /// [`Service::start`] with more environment for the service (e.g. its read URL).
-    pub async fn start_with_env(
-        launch: &Launch<'_>,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Service> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -160,7 +154,7 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("CHANGECAST_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
