@@ -221,6 +221,7 @@ impl Managed {
                     "grant usage on schema changecast to {owner}, {writer};
                      grant execute on function changecast.watch(regclass, text, text, text, text[]),
                                                changecast.unwatch(regclass), changecast.capture(),
+                                               changecast.capture_set(),
                                                changecast.capture_truncate() to {owner};
                      grant execute on function changecast.publish(text, text, jsonb) to {writer};",
                     owner = self.owner,
@@ -426,7 +427,7 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(enabled, ["A", "A"], "both triggers fire ALWAYS");
+    assert_eq!(enabled, ["A", "A", "A", "A"], "all triggers fire ALWAYS");
 
     let service = serve(&managed).await;
     let mut acme = sse_of(&service, "types=order", "acme").await;
