@@ -556,5 +556,14 @@ begin
                            w.qualified, verb, verb, verb);
         end if;
     end loop;
+    for w in select x.table_name, x.resource_type, x.tenant_column, x.id_column
+               from changecast.watched x
+               join pg_trigger t on t.tgrelid = x.table_name and t.tgname = 'changecast_capture'
+                               and t.tgfoid = 'changecast.capture()'::regprocedure
+              where changecast.captures_by_statement(x.table_name) loop
+        raise warning 'changecast: % keeps its row capture trigger (this role may not replace it)', w.table_name
+            using hint = format('as its owner, run select changecast.watch(%L, %L, %L, %L, exclude_columns => ...) for the statement triggers',
+                                w.table_name::text, w.resource_type, w.tenant_column, w.id_column);
+    end loop;
 end
 $$;
