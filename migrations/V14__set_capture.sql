@@ -91,6 +91,7 @@ declare
     previous  jsonb;
     old_values jsonb;
     kind      text;
+    row_type  text;
 begin
     select case when w.exclude_columns = '{}' then '{}'
                 else w.exclude_columns || changecast.excluded_names(w.table_name, w.exclude_attnums) end,
@@ -129,7 +130,60 @@ begin
         end if;
     end if;
 
-    if tg_op = 'INSERT' then
+    if typed then
+        -- changecast.row_to_jsonb() needs a row of the table's own type, while the rows
+        -- of transition tables are anonymous records: SQL made for the table casts them.
+        -- Such rows cost an EXECUTE each in row_to_jsonb() anyway, so the UPDATE pairs
+        -- are journalled one by one, as the row trigger journals them.
+        row_type := format('%I.%I', tg_table_schema, tg_table_name);
+        if tg_op <> 'UPDATE' then
+            execute format(
+                'insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+                 select coalesce(r.row ->> $3, changecast.refuse_null_key($6, $7, $3, ''tenant'')),
+                        $2, $8,
+                        coalesce(r.row ->> $4, changecast.refuse_null_key($6, $7, $4, ''id'')),
+                        r.row
+                   from (select changecast.row_to_jsonb($1, t::%s) - $5 as row from %I t) r',
+                row_type, case tg_op when 'INSERT' then 'changecast_new' else 'changecast_old' end)
+                using tg_relid, tg_argv[0], tg_argv[1], tg_argv[2], excluded, tg_table_schema, tg_table_name,
+                      case tg_op when 'INSERT' then 'created' else 'deleted' end;
+            get diagnostics written = row_count;
+        else
+            written := 0;
+            for previous, changed in execute format(
+                    'select o.row, n.row
+                       from (select row_number() over () as k, changecast.row_to_jsonb($1, o::%1$s) - $2 as row
+                               from changecast_old o) o
+                       join (select row_number() over () as k, changecast.row_to_jsonb($1, n::%1$s) - $2 as row
+                               from changecast_new n) n using (k)
+                      order by k',
+                    row_type)
+                    using tg_relid, excluded loop
+                select jsonb_object_agg(p.key, p.value) into old_values
+                  from jsonb_each(previous) p
+                 where changed -> p.key is distinct from p.value;
+                continue when old_values is null;
+                kind := 'updated';
+                if (previous ->> tg_argv[1], previous ->> tg_argv[2])
+                   is distinct from (changed ->> tg_argv[1], changed ->> tg_argv[2]) then
+                    kind := 'created';
+                    old_values := null;
+                    if previous ->> tg_argv[1] is not null and previous ->> tg_argv[2] is not null then
+                        insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+                        values (previous ->> tg_argv[1], tg_argv[0], 'deleted', previous ->> tg_argv[2], previous);
+                    end if;
+                end if;
+                insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource, old)
+                values (coalesce(changed ->> tg_argv[1],
+                                 changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[1], 'tenant')),
+                        tg_argv[0], kind,
+                        coalesce(changed ->> tg_argv[2],
+                                 changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
+                        changed, old_values);
+                written := written + 1;
+            end loop;
+        end if;
+    elsif tg_op = 'INSERT' then
         insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
         select coalesce(r.row ->> tg_argv[1],
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[1], 'tenant')),
@@ -137,9 +191,9 @@ begin
                coalesce(r.row ->> tg_argv[2],
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
                r.row
-          from (select case when typed then changecast.row_to_jsonb(tg_relid, n) else to_jsonb(n) end
-                       - excluded as row
+          from (select to_jsonb(n) - excluded as row
                   from changecast_new n) r;
+        get diagnostics written = row_count;
     elsif tg_op = 'DELETE' then
         insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
         select coalesce(r.row ->> tg_argv[1],
@@ -148,19 +202,18 @@ begin
                coalesce(r.row ->> tg_argv[2],
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
                r.row
-          from (select case when typed then changecast.row_to_jsonb(tg_relid, o) else to_jsonb(o) end
-                       - excluded as row
+          from (select to_jsonb(o) - excluded as row
                   from changecast_old o) r;
+        get diagnostics written = row_count;
     else
         -- One row (the common case) is written as the row trigger writes it: reading the
         -- first pair is cheaper than pairing a statement's rows. (The count stops at 2.)
-        select case when typed then changecast.row_to_jsonb(tg_relid, o) else to_jsonb(o) end,
-               case when typed then changecast.row_to_jsonb(tg_relid, n) else to_jsonb(n) end,
+        select to_jsonb(o), to_jsonb(n),
                (select count(*) from (select from changecast_old l limit 2) c)
           into previous, changed, rows
           from changecast_old o, changecast_new n
          limit 1;
-        if rows = 0 then
+        if rows is null then
             return null;
         elsif rows = 1 then
             if excluded <> '{}' then
@@ -221,13 +274,11 @@ begin
                                        (array_agg(s.r) filter (where s.side = 0))[1] as prev,
                                        (array_agg(s.r) filter (where s.side = 1))[1] as cur
                                   from (select row_number() over () as n, 0 as side,
-                                               case when typed then changecast.row_to_jsonb(tg_relid, o) else to_jsonb(o) end
-                                               - excluded as r
+                                               to_jsonb(o) - excluded as r
                                           from changecast_old o
                                         union all
                                         select row_number() over (), 1,
-                                               case when typed then changecast.row_to_jsonb(tg_relid, n) else to_jsonb(n) end
-                                               - excluded
+                                               to_jsonb(n) - excluded
                                           from changecast_new n) s
                                  group by s.n) m) d
                  where d.old_values is not null) p,
@@ -235,8 +286,8 @@ begin
          where e.seq = 1
             or (p.moved and p.prev ->> tg_argv[1] is not null and p.prev ->> tg_argv[2] is not null)
          order by p.n, e.seq;
+        get diagnostics written = row_count;
     end if;
-    get diagnostics written = row_count;
     if written > 0 and not pg_try_advisory_xact_lock_shared(1667458146, 1) then
         perform pg_notify('changecast', '');
     end if;
