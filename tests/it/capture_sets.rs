@@ -20,7 +20,10 @@ async fn fresh_db() -> tokio_postgres::Client {
 }
 
 /// The capture triggers of `table`: (name, function, enabled), by name.
-async fn capture_triggers(db: &tokio_postgres::Client, table: &str) -> Vec<(String, String, String)> {
+async fn capture_triggers(
+    db: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<(String, String, String)> {
     db.query(
         "select tgname::text, tgfoid::regproc::text, tgenabled::text from pg_trigger
          where tgrelid = $1::text::regclass and tgname like 'changecast_capture%' order by 1",
@@ -120,7 +123,8 @@ fn random_statement(rng: &mut Rng, next_key: &mut i64) -> String {
                     5 => "rid = 7 - rid".to_owned(),
                     6 => format!("tenant = {}", tenant(rng)),
                     7 => "a = a".to_owned(),
-                    8 => "mood = case mood when 'calm' then 'glad'::mood else 'calm'::mood end".to_owned(),
+                    8 => "mood = case mood when 'calm' then 'glad'::mood else 'calm'::mood end"
+                        .to_owned(),
                     9 => format!("b = {}", rng.below(4)),
                     10 => "secret = secret || 's'".to_owned(),
                     _ => "tenant = case tenant when 't0' then 't1' else tenant end".to_owned(),
@@ -137,7 +141,12 @@ fn random_statement(rng: &mut Rng, next_key: &mut i64) -> String {
 
 /// Runs `statements` random statements on `public.p_set` (watched: statement triggers)
 /// and `public.p_row` (the row trigger) and compares their journals after each.
-async fn compare_capture_paths(db: &tokio_postgres::Client, seed: u64, statements: usize, typed: bool) {
+async fn compare_capture_paths(
+    db: &tokio_postgres::Client,
+    seed: u64,
+    statements: usize,
+    typed: bool,
+) {
     // `mood` is an enum; owned by a role that is no superuser (`typed`), it sends every
     // row through changecast.row_to_jsonb.
     db.batch_execute(
@@ -168,7 +177,10 @@ async fn compare_capture_paths(db: &tokio_postgres::Client, seed: u64, statement
         .await
         .unwrap();
     }
-    assert_eq!(capture_triggers(db, "public.p_set").await, statement_triggers());
+    assert_eq!(
+        capture_triggers(db, "public.p_set").await,
+        statement_triggers()
+    );
 
     let mut rng = Rng::new(seed);
     let mut next_key = 0;
@@ -176,8 +188,12 @@ async fn compare_capture_paths(db: &tokio_postgres::Client, seed: u64, statement
     let (mut events, mut refused) = (0, 0);
     for n in 0..statements {
         let statement = random_statement(&mut rng, &mut next_key);
-        let on_set = db.batch_execute(&statement.replace("{t}", "public.p_set")).await;
-        let on_row = db.batch_execute(&statement.replace("{t}", "public.p_row")).await;
+        let on_set = db
+            .batch_execute(&statement.replace("{t}", "public.p_set"))
+            .await;
+        let on_row = db
+            .batch_execute(&statement.replace("{t}", "public.p_row"))
+            .await;
         let context = format!("seed {seed}, statement {n}: {statement}");
         match (&on_set, &on_row) {
             (Ok(()), Ok(())) => {}
@@ -201,7 +217,10 @@ async fn compare_capture_paths(db: &tokio_postgres::Client, seed: u64, statement
         (after_set, after_row) = (last_set, last_row);
     }
     eprintln!("capture paths agree: seed {seed}, {statements} statements, {events} events, {refused} refused (typed: {typed})");
-    assert!(events > statements / 2, "the statements wrote too few events to compare: {events}");
+    assert!(
+        events > statements / 2,
+        "the statements wrote too few events to compare: {events}"
+    );
     assert!(refused > 0, "no statement met a null tenant or id");
 }
 
@@ -313,7 +332,10 @@ async fn watch_again_gives_a_row_trigger_table_the_statement_triggers_and_unwatc
     db.batch_execute("select changecast.watch('public.legacy', 'legacy')")
         .await
         .unwrap();
-    assert_eq!(capture_triggers(&db, "public.legacy").await, statement_triggers());
+    assert_eq!(
+        capture_triggers(&db, "public.legacy").await,
+        statement_triggers()
+    );
     db.batch_execute("insert into public.legacy values ('l1', 'acme', 1), ('l2', 'acme', 2)")
         .await
         .unwrap();
