@@ -71,7 +71,8 @@ $$;
  * Parameters (trigger arguments): resource_type, tenant_column, id_column
  * Transition tables: changecast_new (INSERT, UPDATE), changecast_old (UPDATE, DELETE).
  * Returns: null.
- * Algorithm: see the header; the checks before writing are changecast.capture()'s, once
+ * Algorithm: see the header (a transition table's row is `alias.*`: a column may have the
+ *   alias's name); the checks before writing are changecast.capture()'s, once
  *   per statement. All SQL is static, so its plans are kept per trigger (and planned
  *   with the row counts of a trigger's first statements): the UPDATE pairing is
  *   therefore a grouping by position, which no row-count estimate can turn into a
@@ -143,7 +144,7 @@ begin
                         $2, $8,
                         coalesce(r.row ->> $4, changecast.refuse_null_key($6, $7, $4, ''id'')),
                         r.row
-                   from (select changecast.row_to_jsonb($1, t::%s) - $5 as row from %I t) r',
+                   from (select changecast.row_to_jsonb($1, (t.*)::%s) - $5 as row from %I t) r',
                 row_type, case tg_op when 'INSERT' then 'changecast_new' else 'changecast_old' end)
                 using tg_relid, tg_argv[0], tg_argv[1], tg_argv[2], excluded, tg_table_schema, tg_table_name,
                       case tg_op when 'INSERT' then 'created' else 'deleted' end;
@@ -152,9 +153,9 @@ begin
             written := 0;
             for previous, changed in execute format(
                     'select o.row, n.row
-                       from (select row_number() over () as k, changecast.row_to_jsonb($1, o::%1$s) - $2 as row
+                       from (select row_number() over () as k, changecast.row_to_jsonb($1, (o.*)::%1$s) - $2 as row
                                from changecast_old o) o
-                       join (select row_number() over () as k, changecast.row_to_jsonb($1, n::%1$s) - $2 as row
+                       join (select row_number() over () as k, changecast.row_to_jsonb($1, (n.*)::%1$s) - $2 as row
                                from changecast_new n) n using (k)
                       order by k',
                     row_type)
@@ -191,7 +192,7 @@ begin
                coalesce(r.row ->> tg_argv[2],
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
                r.row
-          from (select to_jsonb(n) - excluded as row
+          from (select to_jsonb(n.*) - excluded as row
                   from changecast_new n) r;
         get diagnostics written = row_count;
     elsif tg_op = 'DELETE' then
@@ -202,13 +203,13 @@ begin
                coalesce(r.row ->> tg_argv[2],
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
                r.row
-          from (select to_jsonb(o) - excluded as row
+          from (select to_jsonb(o.*) - excluded as row
                   from changecast_old o) r;
         get diagnostics written = row_count;
     else
         -- One row (the common case) is written as the row trigger writes it: reading the
         -- first pair is cheaper than pairing a statement's rows. (The count stops at 2.)
-        select to_jsonb(o), to_jsonb(n),
+        select to_jsonb(o.*), to_jsonb(n.*),
                (select count(*) from (select from changecast_old l limit 2) c)
           into previous, changed, rows
           from changecast_old o, changecast_new n
@@ -274,11 +275,11 @@ begin
                                        (array_agg(s.r) filter (where s.side = 0))[1] as prev,
                                        (array_agg(s.r) filter (where s.side = 1))[1] as cur
                                   from (select row_number() over () as n, 0 as side,
-                                               to_jsonb(o) - excluded as r
+                                               to_jsonb(o.*) - excluded as r
                                           from changecast_old o
                                         union all
                                         select row_number() over (), 1,
-                                               to_jsonb(n) - excluded
+                                               to_jsonb(n.*) - excluded
                                           from changecast_new n) s
                                  group by s.n) m) d
                  where d.old_values is not null) p,

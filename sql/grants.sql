@@ -23,10 +23,9 @@
 --    could replace them: call them as the table's owner, never as a superuser (a
 --    superuser runs `set role <owner>` first). The changecast role must keep no CREATE
 --    on schema public (docs/roles.md, step 3).
---    It also gets EXECUTE on the trigger functions capture(), capture_set() and
---    capture_truncate(): adding a partition to a watched partitioned table clones the
---    capture trigger, which needs it. Safe: all refuse any table and arguments not
---    registered by watch().
+--    It also gets EXECUTE on the trigger functions capture() and capture_truncate():
+--    adding a partition to a watched partitioned table clones the capture trigger, which
+--    needs it. Safe: both refuse any table and arguments not registered by watch().
 --    For a table outside schema public, the schema's owner grants the changecast role
 --    USAGE on it before watch() (which says so otherwise):
 --      grant usage on schema <app_schema> to <changecast_role>;
@@ -45,7 +44,6 @@ grant usage on schema changecast to :"watcher_role";
 grant execute on function changecast.watch(regclass, text, text, text, text[]),
                           changecast.unwatch(regclass),
                           changecast.capture(),
-                          changecast.capture_set(),
                           changecast.capture_truncate()
    to :"watcher_role";
 \else
@@ -59,7 +57,7 @@ grant execute on function changecast.publish(text, text, jsonb) to :"app_role";
 
 -- Never grant to application roles: INSERT/UPDATE/DELETE on changecast's tables
 -- (change_log, watched, journal_meta, journal_ticks, cursor_key), EXECUTE on its other
--- functions (attach(), register(), ...; the capture functions only to the
+-- functions (attach(), register(), ...; capture() and capture_truncate() only to the
 -- watcher role, above), membership in the changecast role. (`changecast.watch_requests`
 -- takes INSERTs of its request columns from anyone: its trigger carries out only what
 -- the table's owner, granted watch(), asked for.) Check with:

@@ -152,8 +152,11 @@ async fn compare_capture_paths(
     db.batch_execute(
         "create type public.mood as enum ('calm', 'glad');
          create table public.p_set (k int, tenant text, rid int, a text, b int, secret text,
-                                    mood public.mood) with (autovacuum_enabled = off);
-         create table public.p_row (like public.p_set) with (autovacuum_enabled = off);
+                                    mood public.mood,
+                                    -- (named as the trigger's aliases of transition rows)
+                                    o text default 'o', n text default 'n', t text default 't')
+             with (autovacuum_enabled = off);
+         create table public.p_row (like public.p_set including defaults) with (autovacuum_enabled = off);
          select changecast.watch('public.p_set', 'p_set', 'tenant', 'rid', array['secret']);
          select changecast.watch('public.p_row', 'p_row', 'tenant', 'rid', array['secret']);
          drop trigger changecast_capture_insert on public.p_row;

@@ -221,7 +221,6 @@ impl Managed {
                     "grant usage on schema changecast to {owner}, {writer};
                      grant execute on function changecast.watch(regclass, text, text, text, text[]),
                                                changecast.unwatch(regclass), changecast.capture(),
-                                               changecast.capture_set(),
                                                changecast.capture_truncate() to {owner};
                      grant execute on function changecast.publish(text, text, jsonb) to {writer};",
                     owner = self.owner,
