@@ -73,7 +73,8 @@ $$;
  * Returns: null.
  * Algorithm: see the header (a transition table's row is `alias.*`: a column may have the
  *   alias's name); the checks before writing are changecast.capture()'s, once
- *   per statement. All SQL is static, so its plans are kept per trigger (and planned
+ *   per statement. (`offset 0` keeps a subquery's JSON from being computed once per
+ *   reference.) All SQL is static, so its plans are kept per trigger (and planned
  *   with the row counts of a trigger's first statements): the UPDATE pairing is
  *   therefore a grouping by position, which no row-count estimate can turn into a
  *   nested loop over the transition tables.
@@ -144,7 +145,7 @@ begin
                         $2, $8,
                         coalesce(r.row ->> $4, changecast.refuse_null_key($6, $7, $4, ''id'')),
                         r.row
-                   from (select changecast.row_to_jsonb($1, (t.*)::%s) - $5 as row from %I t) r',
+                   from (select changecast.row_to_jsonb($1, (t.*)::%s) - $5 as row from %I t offset 0) r',
                 row_type, case tg_op when 'INSERT' then 'changecast_new' else 'changecast_old' end)
                 using tg_relid, tg_argv[0], tg_argv[1], tg_argv[2], excluded, tg_table_schema, tg_table_name,
                       case tg_op when 'INSERT' then 'created' else 'deleted' end;
@@ -193,7 +194,7 @@ begin
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
                r.row
           from (select to_jsonb(n.*) - excluded as row
-                  from changecast_new n) r;
+                  from changecast_new n offset 0) r;
         get diagnostics written = row_count;
     elsif tg_op = 'DELETE' then
         insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
@@ -204,26 +205,24 @@ begin
                         changecast.refuse_null_key(tg_table_schema, tg_table_name, tg_argv[2], 'id')),
                r.row
           from (select to_jsonb(o.*) - excluded as row
-                  from changecast_old o) r;
+                  from changecast_old o offset 0) r;
         get diagnostics written = row_count;
     else
-        -- One row (the common case) is written as the row trigger writes it: reading the
-        -- first pair is cheaper than pairing a statement's rows. (The count stops at 2.)
-        select to_jsonb(o.*), to_jsonb(n.*),
-               (select count(*) from (select from changecast_old l limit 2) c)
-          into previous, changed, rows
-          from changecast_old o, changecast_new n
-         limit 1;
+        -- One row (the common case) is written as the row trigger writes it, after one
+        -- query for the first pair, its changed values and whether there are more (the
+        -- count stops at 2): cheaper than pairing a statement's rows.
+        select f.previous, f.changed, f.rows,
+               (select jsonb_object_agg(p.key, p.value)
+                  from jsonb_each(f.previous) p
+                 where f.changed -> p.key is distinct from p.value)
+          into previous, changed, rows, old_values
+          from (select to_jsonb(o.*) - excluded as previous, to_jsonb(n.*) - excluded as changed,
+                       (select count(*) from (select from changecast_old l limit 2) c) as rows
+                  from changecast_old o, changecast_new n
+                 limit 1) f;
         if rows is null then
             return null;
         elsif rows = 1 then
-            if excluded <> '{}' then
-                changed := changed - excluded;
-                previous := previous - excluded;
-            end if;
-            select jsonb_object_agg(p.key, p.value) into old_values
-              from jsonb_each(previous) p
-             where changed -> p.key is distinct from p.value;
             if old_values is null then
                 return null;
             end if;
@@ -281,8 +280,10 @@ begin
                                         select row_number() over (), 1,
                                                to_jsonb(n.*) - excluded
                                           from changecast_new n) s
-                                 group by s.n) m) d
-                 where d.old_values is not null) p,
+                                 group by s.n) m
+                        offset 0) d
+                 where d.old_values is not null
+                offset 0) p,
                (values (0), (1)) e (seq)
          where e.seq = 1
             or (p.moved and p.prev ->> tg_argv[1] is not null and p.prev ->> tg_argv[2] is not null)
