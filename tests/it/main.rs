@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod browser;
 mod bulk;
+mod capture_sets;
 mod cli;
 mod clients;
 mod containers;

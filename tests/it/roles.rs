@@ -426,7 +426,7 @@ async fn a_managed_database_runs_changecast_without_a_superuser_or_memberships()
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(enabled, ["A", "A"], "both triggers fire ALWAYS");
+    assert_eq!(enabled, ["A", "A", "A", "A"], "all triggers fire ALWAYS");
 
     let service = serve(&managed).await;
     let mut acme = sse_of(&service, "types=order", "acme").await;

@@ -305,7 +305,11 @@ async fn writes_in_replica_mode_are_still_delivered() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(enabled.len(), 6, "two triggers per example table");
+    assert_eq!(
+        enabled.len(),
+        12,
+        "three statement capture triggers and the TRUNCATE trigger per example table"
+    );
     assert!(enabled.iter().all(|e| e == "A"), "{enabled:?}");
 }
 

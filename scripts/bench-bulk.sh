@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Bulk statements on a watched table: a ROWS-row INSERT ... SELECT generate_series and an
+# UPDATE of all those rows, in one transaction, on copies of public.tickets:
+#   plain      not watched
+#   watched    changecast.watch()ed (statement triggers, migration V14)
+#   row        watched, with the row trigger changecast.capture() attached instead
+# in the same run, alternating, min of ROUNDS; prints ms per statement and the ratios
+# watched/plain and row/plain.
+#
+#   scripts/bench-bulk.sh            # ROUNDS=1 ROWS=1000000
+#   ROUNDS=3 ROWS=200000 scripts/bench-bulk.sh
+#
+# Needs psql; builds the release binary (its migrations are the ones measured).
+# Environment: CHANGECAST_BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
+# KEEP=1 keeps the database changecast_bench_bulk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${ROUNDS:-1}
+rows=${ROWS:-1000000}
+admin=${CHANGECAST_BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+db=${admin%/*}/changecast_bench_bulk
+cargo build --release --quiet --bin changecast
+bin=target/release/changecast
+psql -qX "$admin" -c "drop database if exists changecast_bench_bulk" -c "create database changecast_bench_bulk"
+"$bin" migrate --database-url "$db" >/dev/null 2>&1
+psql -qX -v ON_ERROR_STOP=1 "$db" >/dev/null <<'SQL'
+create table public.b_plain (like public.tickets including all);
+create table public.b_watched (like public.tickets including all);
+create table public.b_row (like public.tickets including all);
+select changecast.watch('public.b_watched', 'b_watched');
+select changecast.watch('public.b_row', 'b_row');
+drop trigger changecast_capture_insert on public.b_row;
+drop trigger changecast_capture_update on public.b_row;
+drop trigger changecast_capture_delete on public.b_row;
+create trigger changecast_capture after insert or update or delete on public.b_row
+  for each row execute function changecast.capture('b_row', 'tenant_id', 'id');
+SQL
+run() { # table -> "insert_ms update_ms"
+  psql -qtAX "$db" <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | paste -sd' '
+truncate public.$1; delete from changecast.change_log;
+vacuum analyze public.$1; vacuum changecast.change_log;
+checkpoint;
+begin;
+\timing on
+insert into public.$1 (tenant_id, title) select 't' || (g % 10), 'title ' || g from generate_series(1, $rows) g;
+update public.$1 set title = title || '!';
+\timing off
+commit;
+SQL
+}
+declare -A ins upd
+for _ in $(seq "$rounds"); do
+  for table in b_plain b_watched b_row; do
+    read -r i u <<<"$(run $table)"
+    ins[$table]+="$i"$'\n'; upd[$table]+="$u"$'\n'
+  done
+done
+min() { grep . | sort -n | head -1; }
+echo "bulk statements, ms (min of $rounds; $rows rows; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); $(psql -qtAX "$db" -c 'show server_version'))"
+printf '%-10s %12s %12s %14s %14s\n' table insert update insert/plain update/plain
+pi=$(echo "${ins[b_plain]}" | min); pu=$(echo "${upd[b_plain]}" | min)
+for table in b_plain b_watched b_row; do
+  i=$(echo "${ins[$table]}" | min); u=$(echo "${upd[$table]}" | min)
+  printf '%-10s %12.0f %12.0f %14.2f %14.2f\n' "$table" "$i" "$u" "$(echo "$i / $pi" | bc -l)" "$(echo "$u / $pu" | bc -l)"
+done
+[ -n "${KEEP:-}" ] || psql -qX "$admin" -c "drop database changecast_bench_bulk"
