@@ -5,6 +5,7 @@
 //!
 //! Never part of `cargo test`: only the pure helpers have unit tests.
 
+mod bulk;
 mod catchup;
 mod client;
 mod live;
@@ -112,6 +113,11 @@ enum Mode {
     /// Memory: the service's RSS growth per idle subscriber, per transport (a fresh
     /// service for each).
     IdleMemory(MemoryArgs),
+    /// Bulk: one transaction of --rows rows into the watched bench table with
+    /// --subscribers of its tenant connected; reports COMMIT to first and last event and
+    /// events/s per subscriber, missing and duplicate rows, the service's peak RSS and CPU,
+    /// and the statement's cost against an unwatched copy.
+    Bulk(BulkArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -193,6 +199,26 @@ pub struct ReconnectArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BulkArgs {
+    /// Rows of the one transaction.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: u64,
+    /// Subscribers, all of the rows' tenant.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub subscribers: usize,
+    /// Subscriber transport.
+    #[arg(long, value_enum, default_value_t = Transports::Sse)]
+    pub transport: Transports,
+    /// Subscribers ask for a `bulk_change` resync instead of more events than this from
+    /// one transaction (API.md §5); each then waits for the resync, not for the rows.
+    #[arg(long)]
+    pub max_txn_events: Option<u64>,
+    /// Give up waiting for the subscribers after this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
 pub struct MemoryArgs {
     /// Idle subscribers per transport.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
@@ -260,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Mode::Live(args) => args.subscribers,
         Mode::Reconnect(args) => args.subscribers,
         Mode::IdleMemory(args) => args.subscribers,
+        Mode::Bulk(args) => args.subscribers,
         Mode::Replay(_) => 1,
     } as u64
         + 200;
@@ -309,6 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Mode::Replay(args) => catchup::replay(&ctx, args).await,
             Mode::Reconnect(args) => catchup::reconnect(&ctx, args).await,
             Mode::IdleMemory(args) => memory::run(&ctx, args).await,
+            Mode::Bulk(args) => bulk::run(&ctx, args).await,
         }
         .with_context(|| format!("run {run}"))?;
         print_run(run, load, &report);
