@@ -10,14 +10,14 @@
 //! they must resync.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{bounded, Lost};
 use crate::hub::Hub;
-use crate::journal::{Entry, Journal, NewRows, PrimaryMark, Published, TailStatements};
+use crate::journal::{Entry, Journal, NewRows, Position, PrimaryMark, Published, TailStatements};
 use crate::metrics::Metrics;
 use crate::otel::Traces;
 use crate::stats::Activity;
@@ -28,6 +28,37 @@ const PAGE_ROWS: usize = 1000;
 /// a transaction of thousands of multi-MB rows is read a few at a time.
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
 const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
+/// How often a paced batch looks whether its subscribers made room.
+const PACE_POLL: Duration = Duration::from_millis(1);
+
+/// A batch of more than one page (a large transaction) is published no faster than its
+/// tenants' slowest subscribers take it: each page goes out as their channels have room,
+/// so they stay on the fan-out, where the batch is read from the journal once and
+/// rendered once, instead of lagging and each reading it again on a catch-up. The
+/// tailer waits at most as long as it worked on the batch (everyone else's changes in
+/// the batch arrive at worst half as fast), and stops waiting for the rest of the batch
+/// once it would wait longer: a subscriber that slow, or stalled, or replaying, lags
+/// and catches up from the journal as it always could.
+struct Pacing {
+    started: Instant,
+    waited: Duration,
+    /// Given up for this batch.
+    off: bool,
+}
+
+impl Pacing {
+    fn new() -> Self {
+        Pacing {
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            off: false,
+        }
+    }
+
+    fn may_wait(&self) -> bool {
+        !self.off && self.waited < self.started.elapsed().saturating_sub(self.waited)
+    }
+}
 
 /// Hands batches of the journal to the hub.
 pub struct Publisher {
@@ -62,6 +93,7 @@ impl Publisher {
     ) -> Result<Batch, Lost> {
         let mut published = self.hub.published();
         let mut rows = 0;
+        let mut pacing = Pacing::new();
         let resumed = !published.is_complete();
         if !resumed {
             let read_at = self.traces.clock();
@@ -126,10 +158,16 @@ impl Publisher {
                 self.hub.cut_off_everyone();
             }
             self.traces.journal_read(read_at, woke_at, &page);
-            published = published.begin_batch(next, &page, more);
             rows = page.len();
             self.metrics.events_received.inc_by(rows as u64);
-            self.publish(page, published.clone());
+            published = if more {
+                self.publish_paced(page, published, Some(next), more, &mut pacing, shutdown)
+                    .await
+            } else {
+                let published = published.begin_batch(next, &page, more);
+                self.publish(page, published.clone());
+                published
+            };
         }
         while !published.is_complete() && !shutdown.is_cancelled() {
             let read_at = self.traces.clock();
@@ -142,16 +180,63 @@ impl Publisher {
             ))
             .await?;
             self.traces.journal_read(read_at, woke_at, &page);
-            published = published.continue_batch(&page, more);
             rows += page.len();
             self.metrics.events_received.inc_by(page.len() as u64);
-            self.publish(page, published.clone());
+            published = self
+                .publish_paced(page, published, None, more, &mut pacing, shutdown)
+                .await;
         }
         Ok(if resumed {
             Batch::Resumed
         } else {
             Batch::Published { rows }
         })
+    }
+
+    /// Publishes one page of a batch of several as its tenants' channels have room for
+    /// it (see [`Pacing`]): in parts, each with the boundary through its last entry, so
+    /// a subscriber joining in between learns exactly what it will receive live.
+    /// `next`: the batch's end, when `page` is its first. Returns the boundary after it.
+    async fn publish_paced(
+        &self,
+        mut page: Vec<Entry>,
+        mut published: Published,
+        mut next: Option<Position>,
+        more: bool,
+        pacing: &mut Pacing,
+        shutdown: &CancellationToken,
+    ) -> Published {
+        loop {
+            let mut fit = if pacing.off {
+                page.len()
+            } else {
+                self.hub.fits(&page)
+            };
+            if fit == 0 && !page.is_empty() {
+                if pacing.may_wait() && !shutdown.is_cancelled() {
+                    let waiting = Instant::now();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(PACE_POLL) => {}
+                    }
+                    pacing.waited += waiting.elapsed();
+                    continue;
+                }
+                pacing.off = true;
+                fit = page.len();
+            }
+            let rest = page.split_off(fit);
+            let more = more || !rest.is_empty();
+            published = match next.take() {
+                Some(next) => published.begin_batch(next, &page, more),
+                None => published.continue_batch(&page, more),
+            };
+            self.publish(page, published.clone());
+            if rest.is_empty() {
+                return published;
+            }
+            page = rest;
+        }
     }
 
     /// The one output of capture: `page`, in journal order, and the boundary the hub
