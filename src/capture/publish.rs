@@ -94,6 +94,8 @@ impl Publisher {
         let mut published = self.hub.published();
         let mut rows = 0;
         let mut pacing = Pacing::new();
+        // The batch's next page, read while the one before went out.
+        let mut ahead = None;
         let resumed = !published.is_complete();
         if !resumed {
             let read_at = self.traces.clock();
@@ -161,8 +163,16 @@ impl Publisher {
             rows = page.len();
             self.metrics.events_received.inc_by(rows as u64);
             published = if more {
-                self.publish_paced(page, published, Some(next), more, &mut pacing, shutdown)
-                    .await
+                // The next page is read while this one goes out: otherwise the
+                // subscribers wait for PostgreSQL and PostgreSQL for the subscribers,
+                // page after page.
+                let after = published.begin_batch(next.clone(), &page, more);
+                let (done, read) = tokio::join!(
+                    self.publish_paced(page, published, Some(next), more, &mut pacing, shutdown),
+                    self.read_page(client, statements, &after, woke_at),
+                );
+                ahead = Some(read?);
+                done
             } else {
                 let published = published.begin_batch(next, &page, more);
                 self.publish(page, published.clone());
@@ -170,27 +180,53 @@ impl Publisher {
             };
         }
         while !published.is_complete() && !shutdown.is_cancelled() {
-            let read_at = self.traces.clock();
-            let (page, more) = bounded(self.journal.read_batch(
-                client,
-                statements,
-                &published,
-                PAGE_LIMITS,
-                woke_at,
-            ))
-            .await?;
-            self.traces.journal_read(read_at, woke_at, &page);
+            let (page, more) = match ahead.take() {
+                Some(read) => read,
+                None => {
+                    self.read_page(client, statements, &published, woke_at)
+                        .await?
+                }
+            };
             rows += page.len();
             self.metrics.events_received.inc_by(page.len() as u64);
-            published = self
-                .publish_paced(page, published, None, more, &mut pacing, shutdown)
-                .await;
+            let after = published.continue_batch(&page, more);
+            if after.is_complete() {
+                published = self
+                    .publish_paced(page, published, None, more, &mut pacing, shutdown)
+                    .await;
+            } else {
+                let (done, read) = tokio::join!(
+                    self.publish_paced(page, published, None, more, &mut pacing, shutdown),
+                    self.read_page(client, statements, &after, woke_at),
+                );
+                published = done;
+                ahead = Some(read?);
+            }
         }
         Ok(if resumed {
             Batch::Resumed
         } else {
             Batch::Published { rows }
         })
+    }
+
+    /// The page of the batch in progress after `published`, and whether more follow.
+    async fn read_page(
+        &self,
+        client: &Client,
+        statements: &TailStatements,
+        published: &Published,
+        woke_at: Option<Instant>,
+    ) -> Result<(Vec<Entry>, bool), Lost> {
+        let read_at = self.traces.clock();
+        let (page, more) =
+            bounded(
+                self.journal
+                    .read_batch(client, statements, published, PAGE_LIMITS, woke_at),
+            )
+            .await?;
+        self.traces.journal_read(read_at, woke_at, &page);
+        Ok((page, more))
     }
 
     /// Publishes one page of a batch of several as its tenants' channels have room for

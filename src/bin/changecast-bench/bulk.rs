@@ -121,12 +121,13 @@ pub async fn run(ctx: &Ctx, args: &BulkArgs) -> anyhow::Result<RunReport> {
     settle(&service).await;
     let before = counters(&service).await;
 
-    let window = Window::start(&service, &ctx.database_url).await?;
     let mut committed_ns = 0;
     let watched = insert(&db, "bench.watched", args.rows, || {
         committed_ns = shared.now_ns();
     })
     .await?;
+    // CPU and memory while the transaction is delivered, from COMMIT on.
+    let window = Window::start(&service, &ctx.database_url).await?;
     let mut peak_sampled = 0u64;
     let deadline = tokio::time::Instant::now() + args.timeout;
     while !tasks.iter().all(|t| t.is_finished()) && tokio::time::Instant::now() < deadline {
