@@ -30,13 +30,18 @@ const PAGE_BYTES: usize = 16 * 1024 * 1024;
 const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
 /// How often a paced batch looks whether its subscribers made room.
 const PACE_POLL: Duration = Duration::from_millis(1);
+/// How long a paced batch may wait for its subscribers whatever the tailer's own work on
+/// it: on a busy machine a subscriber that keeps up may fall a moment behind a batch
+/// whose pages the database served fast.
+const PACE_GRACE: Duration = Duration::from_millis(250);
 
 /// A batch of more than one page (a large transaction) is published no faster than its
 /// tenants' slowest subscribers take it: each page goes out as their channels have room,
 /// so they stay on the fan-out, where the batch is read from the journal once and
 /// rendered once, instead of lagging and each reading it again on a catch-up. The
 /// tailer waits at most as long as it worked on the batch (everyone else's changes in
-/// the batch arrive at worst half as fast), and stops waiting for the rest of the batch
+/// the batch arrive at worst half as fast) or [`PACE_GRACE`], and stops waiting for the
+/// rest of the batch
 /// once it would wait longer: a subscriber that slow, or stalled, or replaying, lags
 /// and catches up from the journal as it always could.
 struct Pacing {
@@ -56,7 +61,8 @@ impl Pacing {
     }
 
     fn may_wait(&self) -> bool {
-        !self.off && self.waited < self.started.elapsed().saturating_sub(self.waited)
+        let worked = self.started.elapsed().saturating_sub(self.waited);
+        !self.off && self.waited < worked.max(PACE_GRACE)
     }
 }
 

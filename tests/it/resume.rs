@@ -275,6 +275,29 @@ async fn a_subscriber_that_falls_behind_catches_up_from_the_journal() {
 }
 
 #[tokio::test]
+async fn subscribers_keeping_up_get_a_transaction_of_several_pages_live_in_order() {
+    // Far more than the buffer and than one tailer page: the tailer publishes the batch
+    // as the subscribers make room, so neither falls back to the journal.
+    let app = spawn_app_with(|c| c.subscriber_buffer = 64).await;
+    let mut first = app.sse(&token("acme"), "").await;
+    let mut second = app.sse(&token("acme"), "").await;
+    let written = app.insert_tickets("acme", 2500).await;
+    for stream in [&mut first, &mut second] {
+        let events = stream.changes_until(written.len()).await;
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| e.data["resource"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, written, "every row once, in journal order");
+    }
+    assert_eq!(
+        app.metric("changecast_subscribers_lagged_total").await,
+        Some(0.0),
+        "a subscriber lagged and was caught up from the journal instead"
+    );
+}
+
+#[tokio::test]
 async fn pruning_goes_by_commit_time_so_a_long_transaction_is_kept_and_cursors_stay_valid() {
     let app = spawn_app().await;
     let t = token("acme");
