@@ -198,6 +198,28 @@ impl Hub {
         queued
     }
 
+    /// How many of `entries`, from the first, their tenants' channels take before the
+    /// slowest receiver of one of them would lag (all of them when none would).
+    pub fn fits(&self, entries: &[Entry]) -> usize {
+        let state = lock(&self.state);
+        let mut room: HashMap<&TenantId, usize> = HashMap::new();
+        for (n, entry) in entries.iter().enumerate() {
+            let tenant = entry.tenant();
+            let Some(sender) = state.tenants.get(tenant) else {
+                continue;
+            };
+            // `len`: what the receiver furthest behind has yet to receive.
+            let left = room
+                .entry(tenant)
+                .or_insert_with(|| self.capacity.saturating_sub(sender.len()));
+            if *left == 0 {
+                return n;
+            }
+            *left -= 1;
+        }
+        entries.len()
+    }
+
     /// Ends every tenant's channel: each receiver gets `Closed` once it has read what
     /// was sent before, and its subscription catches up from the journal (see
     /// `subscription`). For when live delivery can no longer vouch for completeness.
@@ -251,6 +273,38 @@ mod tests {
         assert_eq!(channels(&hub), 1);
         drop(other);
         assert_eq!(channels(&hub), 0);
+    }
+
+    #[test]
+    fn fits_counts_the_room_left_by_each_tenants_slowest_receiver() {
+        use crate::journal::{Change, EventKind};
+        let hub = hub();
+        let change = |xid: u64, name: &str| {
+            let mut change = Change::for_test(EventKind::Created, "r1", r#"{"id": "r1"}"#, None);
+            change.id = xid as i64;
+            change.xid = xid;
+            change.tenant = tenant(name);
+            Entry::Change(Arc::new(change))
+        };
+        let (mut slow, _) = hub.subscribe(&tenant("acme"));
+        let (mut fast, _) = hub.subscribe(&tenant("acme"));
+        let page: Vec<Entry> = (0..6).map(|n| change(10 + n, "acme")).collect();
+        let published = hub.published();
+        hub.publish(page, published.clone());
+        while fast.receiver.try_recv().is_ok() {}
+        // Capacity 8, six unread by `slow`: two more of acme fit; other tenants' always.
+        let next = vec![
+            change(20, "globex"),
+            change(21, "acme"),
+            change(22, "acme"),
+            change(23, "globex"),
+            change(24, "acme"),
+        ];
+        assert_eq!(hub.fits(&next), 4);
+        for _ in 0..3 {
+            slow.receiver.try_recv().unwrap();
+        }
+        assert_eq!(hub.fits(&next), 5);
     }
 
     #[test]

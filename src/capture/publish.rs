@@ -10,14 +10,14 @@
 //! they must resync.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{bounded, Lost};
 use crate::hub::Hub;
-use crate::journal::{Entry, Journal, NewRows, PrimaryMark, Published, TailStatements};
+use crate::journal::{Entry, Journal, NewRows, Position, PrimaryMark, Published, TailStatements};
 use crate::metrics::Metrics;
 use crate::otel::Traces;
 use crate::stats::Activity;
@@ -28,6 +28,43 @@ const PAGE_ROWS: usize = 1000;
 /// a transaction of thousands of multi-MB rows is read a few at a time.
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
 const PAGE_LIMITS: (usize, usize) = (PAGE_ROWS, PAGE_BYTES);
+/// How often a paced batch looks whether its subscribers made room.
+const PACE_POLL: Duration = Duration::from_millis(1);
+/// How long a paced batch may wait for its subscribers whatever the tailer's own work on
+/// it: on a busy machine a subscriber that keeps up may fall a moment behind a batch
+/// whose pages the database served fast.
+const PACE_GRACE: Duration = Duration::from_millis(250);
+
+/// A batch of more than one page (a large transaction) is published no faster than its
+/// tenants' slowest subscribers take it: each page goes out as their channels have room,
+/// so they stay on the fan-out, where the batch is read from the journal once and
+/// rendered once, instead of lagging and each reading it again on a catch-up. The
+/// tailer waits at most as long as it worked on the batch (everyone else's changes in
+/// the batch arrive at worst half as fast) or [`PACE_GRACE`], and stops waiting for the
+/// rest of the batch
+/// once it would wait longer: a subscriber that slow, or stalled, or replaying, lags
+/// and catches up from the journal as it always could.
+struct Pacing {
+    started: Instant,
+    waited: Duration,
+    /// Given up for this batch.
+    off: bool,
+}
+
+impl Pacing {
+    fn new() -> Self {
+        Pacing {
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            off: false,
+        }
+    }
+
+    fn may_wait(&self) -> bool {
+        let worked = self.started.elapsed().saturating_sub(self.waited);
+        !self.off && self.waited < worked.max(PACE_GRACE)
+    }
+}
 
 /// Hands batches of the journal to the hub.
 pub struct Publisher {
@@ -62,6 +99,9 @@ impl Publisher {
     ) -> Result<Batch, Lost> {
         let mut published = self.hub.published();
         let mut rows = 0;
+        let mut pacing = Pacing::new();
+        // The batch's next page, read while the one before went out.
+        let mut ahead = None;
         let resumed = !published.is_complete();
         if !resumed {
             let read_at = self.traces.clock();
@@ -126,32 +166,119 @@ impl Publisher {
                 self.hub.cut_off_everyone();
             }
             self.traces.journal_read(read_at, woke_at, &page);
-            published = published.begin_batch(next, &page, more);
             rows = page.len();
             self.metrics.events_received.inc_by(rows as u64);
-            self.publish(page, published.clone());
+            published = if more {
+                // The next page is read while this one goes out: otherwise the
+                // subscribers wait for PostgreSQL and PostgreSQL for the subscribers,
+                // page after page.
+                let after = published.begin_batch(next.clone(), &page, more);
+                let (done, read) = tokio::join!(
+                    self.publish_paced(page, published, Some(next), more, &mut pacing, shutdown),
+                    self.read_page(client, statements, &after, woke_at),
+                );
+                ahead = Some(read?);
+                done
+            } else {
+                let published = published.begin_batch(next, &page, more);
+                self.publish(page, published.clone());
+                published
+            };
         }
         while !published.is_complete() && !shutdown.is_cancelled() {
-            let read_at = self.traces.clock();
-            let (page, more) = bounded(self.journal.read_batch(
-                client,
-                statements,
-                &published,
-                PAGE_LIMITS,
-                woke_at,
-            ))
-            .await?;
-            self.traces.journal_read(read_at, woke_at, &page);
-            published = published.continue_batch(&page, more);
+            let (page, more) = match ahead.take() {
+                Some(read) => read,
+                None => {
+                    self.read_page(client, statements, &published, woke_at)
+                        .await?
+                }
+            };
             rows += page.len();
             self.metrics.events_received.inc_by(page.len() as u64);
-            self.publish(page, published.clone());
+            let after = published.continue_batch(&page, more);
+            if after.is_complete() {
+                published = self
+                    .publish_paced(page, published, None, more, &mut pacing, shutdown)
+                    .await;
+            } else {
+                let (done, read) = tokio::join!(
+                    self.publish_paced(page, published, None, more, &mut pacing, shutdown),
+                    self.read_page(client, statements, &after, woke_at),
+                );
+                published = done;
+                ahead = Some(read?);
+            }
         }
         Ok(if resumed {
             Batch::Resumed
         } else {
             Batch::Published { rows }
         })
+    }
+
+    /// The page of the batch in progress after `published`, and whether more follow.
+    async fn read_page(
+        &self,
+        client: &Client,
+        statements: &TailStatements,
+        published: &Published,
+        woke_at: Option<Instant>,
+    ) -> Result<(Vec<Entry>, bool), Lost> {
+        let read_at = self.traces.clock();
+        let (page, more) =
+            bounded(
+                self.journal
+                    .read_batch(client, statements, published, PAGE_LIMITS, woke_at),
+            )
+            .await?;
+        self.traces.journal_read(read_at, woke_at, &page);
+        Ok((page, more))
+    }
+
+    /// Publishes one page of a batch of several as its tenants' channels have room for
+    /// it (see [`Pacing`]): in parts, each with the boundary through its last entry, so
+    /// a subscriber joining in between learns exactly what it will receive live.
+    /// `next`: the batch's end, when `page` is its first. Returns the boundary after it.
+    async fn publish_paced(
+        &self,
+        mut page: Vec<Entry>,
+        mut published: Published,
+        mut next: Option<Position>,
+        more: bool,
+        pacing: &mut Pacing,
+        shutdown: &CancellationToken,
+    ) -> Published {
+        loop {
+            let mut fit = if pacing.off {
+                page.len()
+            } else {
+                self.hub.fits(&page)
+            };
+            if fit == 0 && !page.is_empty() {
+                if pacing.may_wait() && !shutdown.is_cancelled() {
+                    let waiting = Instant::now();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(PACE_POLL) => {}
+                    }
+                    pacing.waited += waiting.elapsed();
+                    continue;
+                }
+                pacing.off = true;
+                fit = page.len();
+            }
+            let rest = page.split_off(fit);
+            let more = more || !rest.is_empty();
+            published = match next.take() {
+                Some(next) => published.begin_batch(next, &page, more),
+                None => published.continue_batch(&page, more),
+            };
+            self.publish(page, published.clone());
+            if rest.is_empty() {
+                return published;
+            }
+            page = rest;
+        }
     }
 
     /// The one output of capture: `page`, in journal order, and the boundary the hub

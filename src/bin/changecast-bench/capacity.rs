@@ -277,6 +277,7 @@ async fn phase(
                 tenants: args.tenants,
                 resume: None,
                 until: None,
+                max_txn_events: None,
             };
             subscribers.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
         }

@@ -34,6 +34,7 @@ async fn cursor_now(service: &Service, tenant: u64, tenants: u64) -> anyhow::Res
         tenants,
         resume: None,
         until: Some(0),
+        max_txn_events: None,
     };
     let tracker = tokio::time::timeout(
         Duration::from_secs(10),
@@ -112,6 +113,7 @@ async fn catch_up(
             tenants,
             resume: Some(cursors[tenant as usize].clone()),
             until: Some(behind),
+            max_txn_events: None,
         };
         tasks.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
     }

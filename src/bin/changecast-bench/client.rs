@@ -100,6 +100,9 @@ pub struct Tracker {
     /// When the subscriber asked, and when it had `until` rows (nanoseconds of `Shared`).
     pub started_ns: u64,
     pub done_ns: Option<u64>,
+    /// When the first and the latest distinct row arrived (nanoseconds of `Shared`).
+    pub first_ns: Option<u64>,
+    pub last_ns: u64,
     /// The first cursor the service gave (SSE preamble `id:`, WS `subscription_confirmed`).
     pub cursor: Option<String>,
     pub error: Option<String>,
@@ -117,6 +120,8 @@ impl Tracker {
             latency: Histogram::default(),
             started_ns: 0,
             done_ns: None,
+            first_ns: None,
+            last_ns: 0,
             cursor: None,
             error: None,
         }
@@ -142,6 +147,8 @@ impl Tracker {
         }
         self.seen[word] |= 1 << (bit % 64);
         self.distinct += 1;
+        self.first_ns.get_or_insert(now);
+        self.last_ns = now;
         shared.received.fetch_add(1, Ordering::Relaxed);
         if let Some(latency) = shared.latency_ns(seq, now) {
             self.latency.record_ns(latency);
@@ -175,6 +182,9 @@ pub struct Subscriber {
     pub resume: Option<String>,
     /// Stop after this many distinct rows (catch-up modes); else run until cancelled.
     pub until: Option<u64>,
+    /// Ask for a `bulk_change` resync instead of a transaction's events beyond this many
+    /// (API.md §5 `max_txn_events`); with `until`, a resync then ends the subscriber too.
+    pub max_txn_events: Option<u64>,
 }
 
 impl Subscriber {
@@ -194,7 +204,10 @@ impl Subscriber {
 
     fn done(&self, tracker: &mut Tracker, shared: &Shared) -> bool {
         match self.until {
-            Some(until) if tracker.distinct >= until => {
+            Some(until)
+                if tracker.distinct >= until
+                    || (self.max_txn_events.is_some() && tracker.resyncs > 0) =>
+            {
                 tracker.done_ns.get_or_insert_with(|| shared.now_ns());
                 true
             }
@@ -210,8 +223,12 @@ impl Subscriber {
     ) -> anyhow::Result<()> {
         let stream = TcpStream::connect(self.addr).await.context("connecting")?;
         stream.set_nodelay(true)?;
+        let query = match self.max_txn_events {
+            Some(n) => format!("?max_txn_events={n}"),
+            None => String::new(),
+        };
         let mut request = format!(
-            "GET /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n",
+            "GET /v1/events{query} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n",
             self.addr, self.token
         );
         if let Some(cursor) = &self.resume {
@@ -299,10 +316,13 @@ impl Subscriber {
         let (mut socket, _) = tokio_tungstenite::client_async(request, stream)
             .await
             .context("WebSocket handshake")?;
-        let subscribe = match &self.resume {
-            Some(cursor) => serde_json::json!({"type": "subscribe", "last_event_id": cursor}),
-            None => serde_json::json!({"type": "subscribe"}),
-        };
+        let mut subscribe = serde_json::json!({"type": "subscribe"});
+        if let Some(cursor) = &self.resume {
+            subscribe["last_event_id"] = cursor.as_str().into();
+        }
+        if let Some(n) = self.max_txn_events {
+            subscribe["max_txn_events"] = n.into();
+        }
         socket.send(Message::text(subscribe.to_string())).await?;
         loop {
             let message = tokio::select! {
@@ -319,6 +339,9 @@ impl Subscriber {
                         }
                     } else {
                         self.control(text, shared, tracker);
+                        if self.done(tracker, shared) {
+                            return Ok(());
+                        }
                     }
                 }
                 Some(Ok(Message::Close(frame))) => bail!("closed by the service: {frame:?}"),

@@ -47,6 +47,7 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
             tenants: args.tenants,
             resume: None,
             until: None,
+            max_txn_events: None,
         };
         subscribers.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
     }

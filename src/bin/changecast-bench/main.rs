@@ -5,6 +5,7 @@
 //!
 //! Never part of `cargo test`: only the pure helpers have unit tests.
 
+mod bulk;
 mod capacity;
 mod catchup;
 mod client;
@@ -125,6 +126,11 @@ enum Mode {
     /// over time (flat past the retention?), WAL per change and what pruning adds,
     /// autovacuum runs, writer latency watched against unwatched. Use --runs 1.
     Steady(steady::SteadyArgs),
+    /// Bulk: one transaction of --rows rows into the watched bench table with
+    /// --subscribers of its tenant connected; reports COMMIT to first and last event and
+    /// events/s per subscriber, missing and duplicate rows, the service's peak RSS and CPU,
+    /// and the statement's cost against an unwatched copy.
+    Bulk(BulkArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,6 +212,26 @@ pub struct ReconnectArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BulkArgs {
+    /// Rows of the one transaction.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: u64,
+    /// Subscribers, all of the rows' tenant.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub subscribers: usize,
+    /// Subscriber transport.
+    #[arg(long, value_enum, default_value_t = Transports::Sse)]
+    pub transport: Transports,
+    /// Subscribers ask for a `bulk_change` resync instead of more events than this from
+    /// one transaction (API.md §5); each then waits for the resync, not for the rows.
+    #[arg(long)]
+    pub max_txn_events: Option<u64>,
+    /// Give up waiting for the subscribers after this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
 pub struct MemoryArgs {
     /// Idle subscribers per transport.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
@@ -275,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Mode::Reconnect(args) => args.subscribers,
         Mode::IdleMemory(args) => args.subscribers,
         Mode::Steady(args) => args.subscribers,
+        Mode::Bulk(args) => args.subscribers,
         Mode::Replay(_) => 1,
         Mode::Capacity(args) => args.max_subscribers(),
     } as u64
@@ -333,6 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Mode::IdleMemory(args) => memory::run(&ctx, args).await,
             Mode::Capacity(_) => unreachable!("capacity runs on its own clusters, above"),
             Mode::Steady(args) => steady::run(&ctx, args).await,
+            Mode::Bulk(args) => bulk::run(&ctx, args).await,
         }
         .with_context(|| format!("run {run}"))?;
         print_run(run, load, &report);

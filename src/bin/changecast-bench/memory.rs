@@ -51,6 +51,7 @@ async fn measure(
             tenants: args.tenants,
             resume: None,
             until: None,
+            max_txn_events: None,
         };
         tasks.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
         if tasks.len() % CONNECT_BATCH == 0 || tasks.len() == args.subscribers {

@@ -51,6 +51,22 @@ pub fn rss(pid: u32) -> Option<u64> {
     kb_field(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
+/// Peak resident set size in bytes since the process started (`VmHWM`).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    kb_field(&format!("/proc/{pid}/status"), "VmHWM:")
+}
+
+/// The three load averages (1, 5, 15 minutes) as `/proc/loadavg` gives them.
+pub fn load_averages() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
 /// Proportional set size in bytes: shared memory (PostgreSQL's shared buffers) counted
 /// once across the processes that share it, so a sum over processes means something.
 pub fn pss(pid: u32) -> Option<u64> {
