@@ -68,7 +68,9 @@ order by j.id
 /// (which the standby has replayed): the rows not seen by `unseen` ($1, $2 as in
 /// [`TAIL_SQL`]) that `$3` sees, at most `$4` rows and `$5` bytes. Fenced like
 /// [`TAIL_NEW_SQL`]: with no id to start from, [`TAIL_SQL`]'s generic plan would walk
-/// the primary key from the journal's first row for every batch.
+/// the primary key from the journal's first row for every batch. The page's ids are
+/// collected first (`= any(array(...))`), so each partition of the journal is searched
+/// for exactly those in its primary key.
 pub(super) const TAIL_MARK_SQL: &str = r#"
 with new as materialized (
     select id, xid from changecast.change_log
@@ -76,10 +78,10 @@ with new as materialized (
        or xid = any($2::text[]::xid8[])
 )
 select * from changecast.change_log
-where id in (select id from new
-             where pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
-             order by id
-             limit $4)
+where id = any(array(select id from new
+                     where pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
+                     order by id
+                     limit $4))
 "#;
 
 /// The rows of [`TAIL_NEW_SQL`]'s page, at most `$3` rows and `$4` bytes.
