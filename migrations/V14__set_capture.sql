@@ -35,14 +35,20 @@
 -- * inheritance parents: their transition tables would hold their children's rows too.
 -- changecast.attach() decides by the table's kind when watch() runs. A table that
 -- becomes an inheritance parent afterwards has its children's rows captured as its own
--- for statements addressed to it (more events, none lost); watch() again gives it the
--- row trigger.
+-- for statements addressed to it (more events, none lost); one that becomes a partition
+-- or an inheritance child afterwards is not captured for statements addressed to its
+-- parent (changecast.role_findings() names it, and `serve` logs it at start): watch()
+-- again gives either the row trigger.
+-- Logical replication's apply fires row triggers only: a table with the statement
+-- triggers keeps the row trigger too, firing in replica mode alone, while the statement
+-- triggers fire in origin and local mode, so every write is captured once whatever the
+-- session_replication_role.
 --
--- Tables watched before this migration are converted where this role may drop and
--- create their triggers (a superuser runs migrations, or this role owns the table or is
--- a member of its owner's role): dropping a trigger and making one fire ALWAYS is for a
--- table's owner, which the lent TRIGGER of V13 does not cover. Others keep their row
--- trigger, which keeps working: watch() run again by the table's owner converts them.
+-- Tables watched before this migration are converted where this role may create their
+-- triggers and change when they fire (a superuser runs migrations, or this role owns the
+-- table or is a member of its owner's role): that is for a table's owner, which the lent
+-- TRIGGER of V13 does not cover. Others keep their row trigger firing ALWAYS, which keeps
+-- working: watch() run again by the table's owner converts them.
 
 /*
  * Function: changecast.refuse_null_key(schema, table, column, what)
@@ -116,6 +122,15 @@ begin
            and c.oid = tg_relid
            and (w.resource_type, w.tenant_column, w.id_column) = (tg_argv[0], tg_argv[1], tg_argv[2]);
         if not found then
+            -- A statement that changed no row is refused nothing (no row trigger fires).
+            if tg_op = 'DELETE' then
+                perform from changecast_old limit 1;
+            else
+                perform from changecast_new limit 1;
+            end if;
+            if not found then
+                return null;
+            end if;
             raise exception 'changecast: %.% is not watched as "%" (tenant column "%", id column "%")',
                     tg_table_schema, tg_table_name, tg_argv[0], tg_argv[1], tg_argv[2]
                 using errcode = 'insufficient_privilege',
@@ -123,6 +138,14 @@ begin
         end if;
     end if;
     if old_snapshot then
+        if tg_op = 'DELETE' then
+            perform from changecast_old limit 1;
+        else
+            perform from changecast_new limit 1;
+        end if;
+        if not found then
+            return null;
+        end if;
         perform changecast.check_definition_current(tg_relid);
     end if;
     if not plain then
@@ -356,6 +379,11 @@ begin
                        'referencing old table as changecast_old '
                        'for each statement execute function changecast.capture_set(%L, %L, %L)',
                        qualified, resource_type, tenant_column, id_column);
+        -- For writes in replica mode (logical replication's apply fires row triggers
+        -- only); watch() makes it fire there alone.
+        execute format('create trigger changecast_capture after insert or update or delete on %s '
+                       'for each row execute function changecast.capture(%L, %L, %L)',
+                       qualified, resource_type, tenant_column, id_column);
     else
         execute format('create trigger changecast_capture after insert or update or delete on %s '
                        'for each row execute function changecast.capture(%L, %L, %L)',
@@ -479,12 +507,16 @@ begin
     insert into changecast.watch_requests (table_name, resource_type, tenant_column, id_column, exclude_columns, granted_select)
     values (target, watch.resource_type, watch.tenant_column, watch.id_column, watch.exclude_columns, granted);
 
-    for capture_trigger in select t.tgname from pg_trigger t
-                            where t.tgrelid = target
-                              and t.tgname in ('changecast_capture', 'changecast_capture_insert',
-                                               'changecast_capture_update', 'changecast_capture_delete') loop
-        execute format('alter table %s enable always trigger %I', qualified, capture_trigger);
-    end loop;
+    -- Every write is captured exactly once, whatever the session_replication_role: the
+    -- statement triggers in `origin` and `local`, the row trigger in `replica` (where
+    -- logical replication's apply fires no statement trigger); a table with the row
+    -- trigger alone fires it always.
+    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'changecast_capture_insert') then
+        execute format('alter table %s enable trigger changecast_capture_insert, enable trigger changecast_capture_update, '
+                       'enable trigger changecast_capture_delete, enable replica trigger changecast_capture', qualified);
+    else
+        execute format('alter table %s enable always trigger changecast_capture', qualified);
+    end if;
     for part in select target union select p.relid from pg_partition_tree(target) p loop
         execute format('alter table %s enable always trigger changecast_truncate', part);
     end loop;
@@ -571,6 +603,32 @@ revoke all on function changecast.refuse_null_key(text, text, text, text) from p
 revoke all on function changecast.capture_set() from public;
 revoke all on function changecast.captures_by_statement(oid) from public;
 
+/*
+ * Function: changecast.role_findings()
+ * Returns: what changecast.privilege_findings() (V13's findings, renamed) says, and each
+ *   watched table captured by statement triggers that has since become a partition or
+ *   an inheritance child: a statement addressed to its parent fires no trigger of its
+ *   own but the row trigger, which fires only in replica mode, so such writes are not
+ *   captured until watch() runs again (it then gives the table the row trigger).
+ *   Logged as warnings by `migrate` and `serve`.
+ */
+alter function changecast.role_findings() rename to privilege_findings;
+create function changecast.role_findings() returns setof text
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select f from changecast.privilege_findings() f
+    union all
+    select format('watched table %s (resource type "%s") is now a partition or an inheritance child, '
+                  'and its capture triggers do not see statements addressed to its parent: '
+                  'as its owner, run select changecast.watch(%L, %L, %L, %L, exclude_columns => ...) again',
+                  w.table_name, w.resource_type, w.table_name::text, w.resource_type, w.tenant_column, w.id_column)
+      from changecast.watched w
+     where exists (select 1 from pg_catalog.pg_trigger t
+                   where t.tgrelid = w.table_name and t.tgname = 'changecast_capture_insert')
+       and ((select c.relispartition from pg_catalog.pg_class c where c.oid = w.table_name)
+            or exists (select 1 from pg_catalog.pg_inherits i where i.inhrelid = w.table_name))
+$$;
+revoke all on function changecast.role_findings() from public;
+
 -- Tables watched before: converted where this role may (see the header), each capture
 -- trigger enabled as its row trigger was.
 do $$
@@ -586,9 +644,10 @@ begin
                join pg_trigger t on t.tgrelid = x.table_name and t.tgname = 'changecast_capture'
                                and t.tgfoid = 'changecast.capture()'::regprocedure
               where changecast.captures_by_statement(x.table_name)
+                and not exists (select 1 from pg_trigger s where s.tgrelid = x.table_name
+                                and s.tgname = 'changecast_capture_insert')
                 and pg_has_role(current_user, c.relowner, 'USAGE')
                 and has_schema_privilege(current_user, n.oid, 'USAGE') loop
-        execute format('drop trigger changecast_capture on %s', w.qualified);
         execute format('create trigger changecast_capture_insert after insert on %s '
                        'referencing new table as changecast_new '
                        'for each statement execute function changecast.capture_set(%L, %L, %L)',
@@ -601,19 +660,21 @@ begin
                        'referencing old table as changecast_old '
                        'for each statement execute function changecast.capture_set(%L, %L, %L)',
                        w.qualified, w.resource_type, w.tenant_column, w.id_column);
-        verb := case w.tgenabled when 'A' then 'enable always' when 'R' then 'enable replica'
-                                 when 'D' then 'disable' end;
-        if verb is not null then
-            execute format('alter table %s %s trigger changecast_capture_insert, %s trigger changecast_capture_update, '
-                           '%s trigger changecast_capture_delete',
-                           w.qualified, verb, verb, verb);
-        end if;
+        -- The statement triggers take over where the row trigger fired outside replica
+        -- mode; it keeps firing in replica mode where it did (see watch()).
+        verb := case when w.tgenabled in ('A', 'O') then 'enable' else 'disable' end;
+        execute format('alter table %s %s trigger changecast_capture_insert, %s trigger changecast_capture_update, '
+                       '%s trigger changecast_capture_delete, %s trigger changecast_capture',
+                       w.qualified, verb, verb, verb,
+                       case w.tgenabled when 'A' then 'enable replica' when 'R' then 'enable replica' else 'disable' end);
     end loop;
     for w in select x.table_name, x.resource_type, x.tenant_column, x.id_column
                from changecast.watched x
                join pg_trigger t on t.tgrelid = x.table_name and t.tgname = 'changecast_capture'
                                and t.tgfoid = 'changecast.capture()'::regprocedure
-              where changecast.captures_by_statement(x.table_name) loop
+              where changecast.captures_by_statement(x.table_name)
+                and not exists (select 1 from pg_trigger s where s.tgrelid = x.table_name
+                                and s.tgname = 'changecast_capture_insert') loop
         raise warning 'changecast: % keeps its row capture trigger (this role may not replace it)', w.table_name
             using hint = format('as its owner, run select changecast.watch(%L, %L, %L, %L, exclude_columns => ...) for the statement triggers',
                                 w.table_name::text, w.resource_type, w.tenant_column, w.id_column);

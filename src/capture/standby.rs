@@ -19,8 +19,8 @@
 //! starts a new segment file, a checkpoint writes every dirty page).
 //!
 //! Past `CHANGECAST_READ_MAX_LAG` the instance stops waiting: it reads each batch on
-//! the primary instead, by the same primary snapshot, until a look at the standby finds
-//! it caught up (`CHANGECAST_READ_FALLBACK=primary`, the default); or it keeps waiting
+//! the primary instead, by the same primary snapshot, until the standby catches up
+//! within a short wait (`CHANGECAST_READ_FALLBACK=primary`, the default); or it keeps waiting
 //! and reports itself not ready until the standby catches up (`wait`). Either way the
 //! batch holds every commit. A read server that has left recovery (promoted) is a
 //! primary of its own: nothing to wait for, and its own journal identity (with its new
@@ -41,6 +41,10 @@ use crate::metrics::Metrics;
 /// usually trails by well under a millisecond.
 const FIRST_PAUSE: Duration = Duration::from_micros(200);
 const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// While batches are read on the primary, how long one waits for the standby before it
+/// is read there too: a standby that has caught up trails the newest WAL by about
+/// this much under steady writes, and gets the batches back.
+const RETURN_WAIT: Duration = Duration::from_millis(20);
 
 /// On the standby: whether it is still one, and how many bytes of WAL it has yet to
 /// replay to reach `$1` (0 or less: it is there). A standby that has replayed nothing
@@ -158,8 +162,8 @@ impl Standby {
     /// Where to read the next batch so that it holds everything the primary
     /// (`primary`, the LISTEN connection) had written when this was called: waits until
     /// the standby has replayed that far, at most `limits.max_lag` when falling back is
-    /// allowed. While batches are read on the primary, the standby is looked at once
-    /// per batch, without waiting.
+    /// allowed. While batches are read on the primary, each waits for the standby for
+    /// [`RETURN_WAIT`] only.
     pub(super) async fn read_at(
         &self,
         primary: &Client,
@@ -207,7 +211,7 @@ impl Standby {
                 self.stop_falling_back(limits);
                 return Ok(ReadAt::Standby(mark));
             }
-            if self.falling_back.load(Ordering::Relaxed) {
+            if self.falling_back.load(Ordering::Relaxed) && began.elapsed() >= RETURN_WAIT {
                 return Ok(ReadAt::Primary(mark));
             }
             if limits.fall_back && began.elapsed() >= limits.max_lag {

@@ -156,10 +156,13 @@ impl Tailer {
             // so the batch holds every commit a wake-up (or a poll) stands for.
             let (batch_reader, batch_statements, mark) = match standby {
                 Some(standby) => {
-                    match standby
+                    let read_at = standby
                         .read_at(client, &connection.lost, &waiting, shutdown)
-                        .await?
-                    {
+                        .await?;
+                    self.publisher
+                        .journal
+                        .standby_lagging(matches!(read_at, ReadAt::Primary(_)));
+                    match read_at {
                         ReadAt::Standby(mark) => (reader, &statements, Some(mark)),
                         ReadAt::Primary(mark) => {
                             if on_primary.is_none() {

@@ -106,6 +106,9 @@ pub struct Journal {
     standby_reached: std::sync::Mutex<Option<(String, Position)>>,
     /// Longest a replay page waits for its standby to get to `standby_reached`.
     standby_wait: std::time::Duration,
+    /// The tailer reads the primary because its standby lags: replays and snapshots do
+    /// not wait for the standby either.
+    standby_lagging: std::sync::atomic::AtomicBool,
 }
 
 /// Longest a replay page waits, by default, for its standby to replay what the hub has
@@ -125,6 +128,7 @@ impl Journal {
             authority: None,
             standby_reached: std::sync::Mutex::new(None),
             standby_wait: STANDBY_REPLAYED_WITHIN,
+            standby_lagging: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -152,6 +156,23 @@ impl Journal {
         *crate::sync::lock(&self.standby_reached) = Some((lsn.to_owned(), position.clone()));
     }
 
+    /// Whether the tailer reads the primary because its standby lags (see
+    /// `CHANGECAST_READ_FALLBACK`): meanwhile replay pages and snapshots look at their
+    /// standby once and, if it has not replayed what the hub published, read the primary
+    /// (replays) or claim no more than the standby's own snapshot (snapshots) at once.
+    pub fn standby_lagging(&self, lagging: bool) {
+        self.standby_lagging.store(lagging, Ordering::Relaxed);
+    }
+
+    /// Longest a replay page or snapshot waits for its standby now.
+    fn standby_wait_now(&self) -> std::time::Duration {
+        if self.standby_lagging.load(Ordering::Relaxed) {
+            std::time::Duration::ZERO
+        } else {
+            self.standby_wait
+        }
+    }
+
     /// With a standby behind `client`: a primary position it has replayed (the
     /// tailer's newest, waited for within the replay bound), which a snapshot
     /// transaction begun on `client` after it sees all of; `None` without one (no
@@ -160,9 +181,11 @@ impl Journal {
         let Some((lsn, position)) = crate::sync::lock(&self.standby_reached).clone() else {
             return Ok(None);
         };
-        Ok(replay::standby_replayed(client, &lsn, self.standby_wait)
-            .await?
-            .then_some(position))
+        Ok(
+            replay::standby_replayed(client, &lsn, self.standby_wait_now())
+                .await?
+                .then_some(position),
+        )
     }
 
     /// The primary's WAL flush position and journal identity, read on `client` (a
@@ -383,7 +406,7 @@ impl Journal {
         let authority = self.authority.as_ref();
         let reached = crate::sync::lock(&self.standby_reached)
             .clone()
-            .map(|(lsn, _)| (lsn, self.standby_wait));
+            .map(|(lsn, _)| (lsn, self.standby_wait_now()));
         replay::read_page(
             &self.scope(),
             client,
