@@ -62,15 +62,17 @@
 //!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
 //!   not, but it is refused while a DEFAULT partition exists, and inside a transaction.
 //!   So partitions are emptied with TRUNCATE as soon as they may be, and dropped
-//!   (empty: holding the lock for a catalog change only) when the lock comes.
+//!   (empty: holding the lock for a catalog change only) when the lock comes, if they
+//!   are still empty under it.
 //!
 //! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT_MS`]: a lock that
 //! conflicts with a long transaction is given up, and the step retried next run, so
 //! writers and readers queue behind the pruner's request for at most that long — never
-//! behind a long transaction's. Whether a partition may be emptied is decided again once
-//! its lock is held: a writer that has not committed (its rows are invisible to the
-//! first look) holds ROW EXCLUSIVE on it until it ends, so the lock is refused while it
-//! runs and its partition is held back; a DELETE of a partition's older rows never
+//! behind a long transaction's. Whether a partition may be emptied, or dropped, is
+//! decided again once its lock (or the parent's) is held: a writer that has not committed
+//! (its rows are invisible to the first look) holds ROW EXCLUSIVE on it and on the parent
+//! until it ends, so the lock is refused while it runs and its partition is held back
+//! (or, if it ended during the wait, its rows are seen and kept); a DELETE of a partition's older rows never
 //! touches its newer ones. Readers are single statements (or take every partition's
 //! lock with their first one), so a TRUNCATE cannot empty a partition under a snapshot
 //! that is reading it; and what it removes is below `pruned_below`, committed before.
@@ -421,10 +423,10 @@ async fn remove_partitions(
     Ok(Some(removed))
 }
 
-/// Drops the empty partition `name`: true when another instance took the pruning lock.
-/// DROP locks the parent (and the DEFAULT partition) ACCESS EXCLUSIVE, on every
-/// PostgreSQL version, so it waits at most `lock_timeout` for them: behind a long writer
-/// it gives up, and the empty partition stays until a later run.
+/// Drops the partition `name` if it is empty: true when another instance took the
+/// pruning lock. DROP locks the parent (and the DEFAULT partition) ACCESS EXCLUSIVE, on
+/// every PostgreSQL version, so it waits at most `lock_timeout` for them: behind a long
+/// writer it gives up, and the empty partition stays until a later run.
 async fn drop_partition(
     client: &mut deadpool_postgres::Client,
     name: &str,
@@ -433,15 +435,32 @@ async fn drop_partition(
     if !lock(&tx).await? {
         return Ok(true);
     }
-    let dropped = tx
-        .batch_execute(&format!(
+    // Emptiness was judged without a lock, where a writer's uncommitted rows are
+    // invisible (and after a TRUNCATE, a writer may have written since). A writer holds
+    // ROW EXCLUSIVE on the parent until it ends, so once the parent's lock is held every
+    // row written here is committed and visible: look again before dropping.
+    let dropped = async {
+        tx.batch_execute(&format!(
             "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
-             lock table changecast.change_log in access exclusive mode;
-             drop table {name}"
+             lock table changecast.change_log in access exclusive mode"
         ))
-        .await;
+        .await?;
+        let empty: bool = tx
+            .query_one(&format!("select not exists (select 1 from {name})"), &[])
+            .await?
+            .get(0);
+        if !empty {
+            return Ok(false);
+        }
+        tx.batch_execute(&format!("drop table {name}")).await?;
+        Ok(true)
+    }
+    .await;
     match dropped {
-        Ok(()) => tx.commit().await?,
+        Ok(true) => tx.commit().await?,
+        Ok(false) => {
+            tracing::debug!(partition = name, "not dropped this time: it holds rows");
+        }
         Err(error) if lost_race(&error) => {
             tracing::debug!(partition = name, ?error, "not dropped this time");
         }
