@@ -55,8 +55,12 @@
 //! * `ATTACH PARTITION` takes SHARE UPDATE EXCLUSIVE on the parent, which neither
 //!   writers nor readers conflict with, and ACCESS EXCLUSIVE on the table attached (new
 //!   and empty: nothing to scan) and on the DEFAULT partition, which it scans for rows of
-//!   the new range — empty or small as a rule; after a long outage, once, the time of
-//!   reading what the outage wrote.
+//!   the new range — empty or small as a rule. After a long outage it may hold millions:
+//!   then no partition is attached (the scan would block its writers and every reader
+//!   for as long, and could hit a `statement_timeout`) while it holds more than
+//!   [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows. Its rows go by DELETE as they expire; but
+//!   writers past the partitions go on into it meanwhile, so a journal that writes more
+//!   than that per retention period stays there, pruned by DELETE only.
 //! * `TRUNCATE` of a partition takes ACCESS EXCLUSIVE on that partition only.
 //! * `DETACH PARTITION` and `DROP TABLE` of a partition take ACCESS EXCLUSIVE on the
 //!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
@@ -108,6 +112,9 @@ const MAX_CREATED_PER_RUN: usize = 4;
 /// seconds of writing above them (and at least [`MIN_MARGIN`] ids).
 const CATCH_UP_SECS: f64 = 60.0;
 const MIN_MARGIN: i64 = 100;
+/// No partition is attached while the DEFAULT partition holds more rows than this: ATTACH
+/// would scan them all under a lock that blocks its writers and the journal's readers.
+const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 10_000;
 /// Pruning runs at least this often per retention period (see the module doc: a row
 /// outlives the retention by at most two intervals and their jitter).
 pub const RUNS_PER_RETENTION: u32 = 20;
@@ -249,10 +256,11 @@ async fn tick(
         return Ok(None);
     }
     tx.execute(
-        "insert into changecast.journal_ticks (taken_at, horizon, next_id)
-         values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()),
-                 coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1)
-         on conflict do nothing",
+        &format!(
+            "insert into changecast.journal_ticks (taken_at, horizon, next_id)
+             values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()), {NEXT_ID})
+             on conflict do nothing"
+        ),
         &[],
     )
     .await?;
@@ -295,13 +303,17 @@ struct Removed {
     to_delete_from: Vec<String>,
 }
 
+/// The id the journal's sequence hands out next, as a scalar subquery. Read from the
+/// sequence itself (the service's role owns it): `pg_sequence_last_value()` is NULL
+/// until the first `nextval` after `setval(..., false)`, as the migration that creates
+/// the sequence leaves it, though the next id is then far above 1.
+const NEXT_ID: &str = "(select case when is_called then last_value + 1 else last_value end
+                        from changecast.change_log_id_seq)";
+
 /// The id the journal's sequence hands out next.
 async fn next_id(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(client
-        .query_one(
-            "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1",
-            &[],
-        )
+        .query_one(&format!("select {NEXT_ID}"), &[])
         .await?
         .get(0))
 }
@@ -508,19 +520,37 @@ async fn create_ahead(
     retention: Duration,
     partitioning: Partitioning,
 ) -> anyhow::Result<()> {
+    // ATTACH scans the DEFAULT partition under ACCESS EXCLUSIVE, blocking the writers it
+    // takes and every reader of the journal: not while it holds more than a few rows
+    // (after an outage). Those go by DELETE as they expire, then partitions come again.
+    let in_default: i64 = client
+        .query_one(
+            "select count(*) from (select 1 from changecast.change_log_default limit $1) s",
+            &[&(MAX_DEFAULT_ROWS_TO_ATTACH + 1)],
+        )
+        .await?
+        .get(0);
+    if in_default > MAX_DEFAULT_ROWS_TO_ATTACH {
+        tracing::debug!(
+            rows_at_least = in_default,
+            "no partition created this time: the DEFAULT partition holds too many rows to scan"
+        );
+        return Ok(());
+    }
     for _ in 0..MAX_CREATED_PER_RUN {
         let row = client
             .query_one(
-                "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1,
-                        (select max(upper) from changecast.journal_partitions),
-                        (select max(id) from changecast.change_log_default),
-                        (select (coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1
-                                 - next_id)::float8
-                                / extract(epoch from clock_timestamp() - taken_at)::float8
-                         from changecast.journal_ticks
-                         where next_id is not null
-                           and taken_at < clock_timestamp() - interval '1 second'
-                         order by taken_at limit 1)",
+                &format!(
+                    "select {NEXT_ID},
+                            (select max(upper) from changecast.journal_partitions),
+                            (select max(id) from changecast.change_log_default),
+                            (select ({NEXT_ID} - next_id)::float8
+                                    / extract(epoch from clock_timestamp() - taken_at)::float8
+                             from changecast.journal_ticks
+                             where next_id is not null
+                               and taken_at < clock_timestamp() - interval '1 second'
+                             order by taken_at limit 1)"
+                ),
                 &[],
             )
             .await?;
@@ -570,7 +600,8 @@ async fn create_ahead(
                     "created a journal partition"
                 );
             }
-            Err(error) if lost_race(&error) => {
+            // A statement_timeout may cancel the DEFAULT partition's scan.
+            Err(error) if lost_race(&error) || error.code() == Some(&SqlState::QUERY_CANCELED) => {
                 tracing::debug!(partition = name, ?error, "not created this time");
                 return Ok(());
             }
