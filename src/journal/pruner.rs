@@ -73,11 +73,11 @@
 //! conflicts with a long transaction is given up, and the step retried next run, so
 //! writers and readers queue behind the pruner's request for at most that long — never
 //! behind a long transaction's. Whether a partition may be emptied, or dropped, is
-//! decided again once its lock (or the parent's) is held: a writer that has not committed
-//! (its rows are invisible to the first look) holds ROW EXCLUSIVE on it and on the parent
-//! until it ends, so the lock is refused while it runs and its partition is held back
-//! (or, if it ended during the wait, its rows are seen and kept); a DELETE of a partition's older rows never
-//! touches its newer ones. Readers are single statements (or take every partition's
+//! decided again once its lock (or the parent's) is held: a writer that has not
+//! committed (its rows are invisible to the first look) holds ROW EXCLUSIVE on it and on
+//! the parent until it ends, so the lock is refused while it runs and its partition is
+//! held back (or, if it ended during the wait, its rows are seen and kept); a DELETE of
+//! a partition's older rows never touches its newer ones. Readers are single statements (or take every partition's
 //! lock with their first one), so a TRUNCATE cannot empty a partition under a snapshot
 //! that is reading it; and what it removes is below `pruned_below`, committed before.
 
@@ -522,7 +522,7 @@ async fn create_ahead(
 ) -> anyhow::Result<()> {
     // ATTACH scans the DEFAULT partition under ACCESS EXCLUSIVE, blocking the writers it
     // takes and every reader of the journal: not while it holds more than a few rows
-    // (after an outage). Those go by DELETE as they expire, then partitions come again.
+    // (after an outage). Its rows go by DELETE as they expire (see the module doc).
     let in_default: i64 = client
         .query_one(
             "select count(*) from (select 1 from changecast.change_log_default limit $1) s",
