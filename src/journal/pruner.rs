@@ -77,9 +77,10 @@
 //! committed (its rows are invisible to the first look) holds ROW EXCLUSIVE on it and on
 //! the parent until it ends, so the lock is refused while it runs and its partition is
 //! held back (or, if it ended during the wait, its rows are seen and kept); a DELETE of
-//! a partition's older rows never touches its newer ones. Readers are single statements (or take every partition's
-//! lock with their first one), so a TRUNCATE cannot empty a partition under a snapshot
-//! that is reading it; and what it removes is below `pruned_below`, committed before.
+//! a partition's older rows never touches its newer ones. Readers are single statements
+//! (or take every partition's lock with their first one), so a TRUNCATE cannot empty a
+//! partition under a snapshot that is reading it; and what it removes is below
+//! `pruned_below`, committed before.
 
 use std::sync::Arc;
 use std::time::Duration;
