@@ -50,7 +50,8 @@ async fn partitions(db: &tokio_postgres::Client) -> Vec<Partition> {
 
 async fn next_id(db: &tokio_postgres::Client) -> i64 {
     db.query_one(
-        "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1",
+        "select case when is_called then last_value + 1 else last_value end
+         from changecast.change_log_id_seq",
         &[],
     )
     .await
@@ -506,4 +507,46 @@ async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
         .unwrap()
         .get(0);
     assert_eq!(after, before + 1);
+}
+
+#[tokio::test]
+async fn the_sequence_position_is_read_right_before_its_first_id_is_handed_out() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    // As the migration leaves it: set, with no id handed out since.
+    let next: i64 = app
+        .db
+        .query_one(
+            "select setval('changecast.change_log_id_seq',
+                           (select last_value from changecast.change_log_id_seq) + 1000, false)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    let recorded: Option<i64> = app
+        .db
+        .query_one(
+            "select next_id from changecast.journal_ticks order by taken_at desc limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        recorded,
+        Some(next),
+        "the tick records the id handed out next"
+    );
+    let ranges: Vec<Partition> = partitions(&app.db)
+        .await
+        .into_iter()
+        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower > 1))
+        .collect();
+    assert!(
+        ranges.iter().any(|p| p.lower.unwrap() >= next),
+        "partitions are created ahead of the id handed out next: {ranges:?}"
+    );
 }
