@@ -550,3 +550,44 @@ async fn the_sequence_position_is_read_right_before_its_first_id_is_handed_out()
         "partitions are created ahead of the id handed out next: {ranges:?}"
     );
 }
+
+#[tokio::test]
+async fn no_partition_is_attached_while_the_default_partition_is_large() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let ranges = |all: Vec<Partition>| all.into_iter().filter(|p| !p.is_default).count();
+    let before = ranges(partitions(&app.db).await);
+    // No partition ahead yet: every row goes to the DEFAULT partition, as after an outage.
+    app.db
+        .execute(
+            "insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+             select 'acme', 'ticket', 'created', 'bulk-' || n, '{}'::jsonb
+             from generate_series(1, 10001) n",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_in(&app.db, "changecast.change_log_default").await,
+        10001
+    );
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(
+        ranges(partitions(&app.db).await),
+        before,
+        "ATTACH would scan the large DEFAULT partition under its lock"
+    );
+
+    // Once it holds few rows again, partitions come.
+    app.db
+        .execute(
+            "delete from changecast.change_log_default
+             where id in (select id from changecast.change_log_default limit 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert!(ranges(partitions(&app.db).await) > before);
+}
