@@ -55,12 +55,14 @@
 //! * `ATTACH PARTITION` takes SHARE UPDATE EXCLUSIVE on the parent, which neither
 //!   writers nor readers conflict with, and ACCESS EXCLUSIVE on the table attached (new
 //!   and empty: nothing to scan) and on the DEFAULT partition, which it scans for rows of
-//!   the new range — empty or small as a rule. After a long outage it may hold millions:
-//!   then no partition is attached (the scan would block its writers and every reader
-//!   for as long, and could hit a `statement_timeout`) while it holds more than
-//!   [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows. Its rows go by DELETE as they expire; but
-//!   writers past the partitions go on into it meanwhile, so a journal that writes more
-//!   than that per retention period stays there, pruned by DELETE only.
+//!   the new range — empty or small as a rule (what is written before the first run
+//!   after the journal was converted; later, only an outage longer than the partitions
+//!   created ahead fills it). It may then hold millions: no partition is attached (the scan would block its writers
+//!   and every reader for as long, about 0.2 s per million rows, and could hit a
+//!   `statement_timeout`) while it holds more than [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows.
+//!   Its rows go by DELETE as they expire; but writers past the partitions go on into it
+//!   meanwhile, so a journal that writes more than that per retention period stays
+//!   there, pruned by DELETE only, with a warning at every run.
 //! * `TRUNCATE` of a partition takes ACCESS EXCLUSIVE on that partition only.
 //! * `DETACH PARTITION` and `DROP TABLE` of a partition take ACCESS EXCLUSIVE on the
 //!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
@@ -115,7 +117,7 @@ const CATCH_UP_SECS: f64 = 60.0;
 const MIN_MARGIN: i64 = 100;
 /// No partition is attached while the DEFAULT partition holds more rows than this: ATTACH
 /// would scan them all under a lock that blocks its writers and the journal's readers.
-const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 10_000;
+const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 1_000_000;
 /// Pruning runs at least this often per retention period (see the module doc: a row
 /// outlives the retention by at most two intervals and their jitter).
 pub const RUNS_PER_RETENTION: u32 = 20;
@@ -201,11 +203,16 @@ pub async fn prune(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
 pub struct Partitioning {
     /// A new partition spans at least this many ids, however slowly the journal grows.
     pub min_span: i64,
+    /// No partition is attached while the DEFAULT partition holds more rows than this.
+    pub max_default_rows: i64,
 }
 
 impl Default for Partitioning {
     fn default() -> Self {
-        Partitioning { min_span: MIN_SPAN }
+        Partitioning {
+            min_span: MIN_SPAN,
+            max_default_rows: MAX_DEFAULT_ROWS_TO_ATTACH,
+        }
     }
 }
 
@@ -527,14 +534,16 @@ async fn create_ahead(
     let in_default: i64 = client
         .query_one(
             "select count(*) from (select 1 from changecast.change_log_default limit $1) s",
-            &[&(MAX_DEFAULT_ROWS_TO_ATTACH + 1)],
+            &[&(partitioning.max_default_rows + 1)],
         )
         .await?
         .get(0);
-    if in_default > MAX_DEFAULT_ROWS_TO_ATTACH {
-        tracing::debug!(
+    if in_default > partitioning.max_default_rows {
+        tracing::warn!(
             rows_at_least = in_default,
-            "no partition created this time: the DEFAULT partition holds too many rows to scan"
+            "no journal partition created: the DEFAULT partition holds too many rows to scan \
+             under its lock (after an outage longer than the partitions created ahead); the \
+             journal is pruned by DELETE until it holds fewer"
         );
         return Ok(());
     }

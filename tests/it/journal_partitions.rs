@@ -18,7 +18,10 @@ use crate::helpers::*;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Small partitions, so that a test's few rows span several.
-const SMALL: Partitioning = Partitioning { min_span: 10 };
+const SMALL: Partitioning = Partitioning {
+    min_span: 10,
+    max_default_rows: 10_000,
+};
 const RETENTION: Duration = Duration::from_secs(3600);
 
 /// A partition of the journal: name, bounds, default or not.
