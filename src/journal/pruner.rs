@@ -55,25 +55,34 @@
 //! * `ATTACH PARTITION` takes SHARE UPDATE EXCLUSIVE on the parent, which neither
 //!   writers nor readers conflict with, and ACCESS EXCLUSIVE on the table attached (new
 //!   and empty: nothing to scan) and on the DEFAULT partition, which it scans for rows of
-//!   the new range — empty or small as a rule; after a long outage, once, the time of
-//!   reading what the outage wrote.
+//!   the new range — empty or small as a rule (what is written before the first run
+//!   after the journal was converted; later, only an outage longer than the partitions
+//!   created ahead fills it). It may then hold millions: no partition is attached (the scan would block its writers
+//!   and every reader for as long, about 0.2 s per million rows, and could hit a
+//!   `statement_timeout`) while it holds more than [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows.
+//!   Its rows go by DELETE as they expire; but writers past the partitions go on into it
+//!   meanwhile, so a journal that writes more than that per retention period stays
+//!   there, pruned by DELETE only, with a warning at every run.
 //! * `TRUNCATE` of a partition takes ACCESS EXCLUSIVE on that partition only.
 //! * `DETACH PARTITION` and `DROP TABLE` of a partition take ACCESS EXCLUSIVE on the
 //!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
 //!   not, but it is refused while a DEFAULT partition exists, and inside a transaction.
 //!   So partitions are emptied with TRUNCATE as soon as they may be, and dropped
-//!   (empty: holding the lock for a catalog change only) when the lock comes.
+//!   (empty: holding the lock for a catalog change only) when the lock comes, if they
+//!   are still empty under it.
 //!
 //! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT_MS`]: a lock that
 //! conflicts with a long transaction is given up, and the step retried next run, so
 //! writers and readers queue behind the pruner's request for at most that long — never
-//! behind a long transaction's. Whether a partition may be emptied is decided again once
-//! its lock is held: a writer that has not committed (its rows are invisible to the
-//! first look) holds ROW EXCLUSIVE on it until it ends, so the lock is refused while it
-//! runs and its partition is held back; a DELETE of a partition's older rows never
-//! touches its newer ones. Readers are single statements (or take every partition's
-//! lock with their first one), so a TRUNCATE cannot empty a partition under a snapshot
-//! that is reading it; and what it removes is below `pruned_below`, committed before.
+//! behind a long transaction's. Whether a partition may be emptied, or dropped, is
+//! decided again once its lock (or the parent's) is held: a writer that has not
+//! committed (its rows are invisible to the first look) holds ROW EXCLUSIVE on it and on
+//! the parent until it ends, so the lock is refused while it runs and its partition is
+//! held back (or, if it ended during the wait, its rows are seen and kept); a DELETE of
+//! a partition's older rows never touches its newer ones. Readers are single statements
+//! (or take every partition's lock with their first one), so a TRUNCATE cannot empty a
+//! partition under a snapshot that is reading it; and what it removes is below
+//! `pruned_below`, committed before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +115,9 @@ const MAX_CREATED_PER_RUN: usize = 4;
 /// seconds of writing above them (and at least [`MIN_MARGIN`] ids).
 const CATCH_UP_SECS: f64 = 60.0;
 const MIN_MARGIN: i64 = 100;
+/// No partition is attached while the DEFAULT partition holds more rows than this: ATTACH
+/// would scan them all under a lock that blocks its writers and the journal's readers.
+const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 1_000_000;
 /// Pruning runs at least this often per retention period (see the module doc: a row
 /// outlives the retention by at most two intervals and their jitter).
 pub const RUNS_PER_RETENTION: u32 = 20;
@@ -191,11 +203,16 @@ pub async fn prune(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
 pub struct Partitioning {
     /// A new partition spans at least this many ids, however slowly the journal grows.
     pub min_span: i64,
+    /// No partition is attached while the DEFAULT partition holds more rows than this.
+    pub max_default_rows: i64,
 }
 
 impl Default for Partitioning {
     fn default() -> Self {
-        Partitioning { min_span: MIN_SPAN }
+        Partitioning {
+            min_span: MIN_SPAN,
+            max_default_rows: MAX_DEFAULT_ROWS_TO_ATTACH,
+        }
     }
 }
 
@@ -247,10 +264,11 @@ async fn tick(
         return Ok(None);
     }
     tx.execute(
-        "insert into changecast.journal_ticks (taken_at, horizon, next_id)
-         values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()),
-                 coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1)
-         on conflict do nothing",
+        &format!(
+            "insert into changecast.journal_ticks (taken_at, horizon, next_id)
+             values (clock_timestamp(), pg_snapshot_xmin(pg_current_snapshot()), {NEXT_ID})
+             on conflict do nothing"
+        ),
         &[],
     )
     .await?;
@@ -293,13 +311,17 @@ struct Removed {
     to_delete_from: Vec<String>,
 }
 
+/// The id the journal's sequence hands out next, as a scalar subquery. Read from the
+/// sequence itself (the service's role owns it): `pg_sequence_last_value()` is NULL
+/// until the first `nextval` after `setval(..., false)`, as the migration that creates
+/// the sequence leaves it, though the next id is then far above 1.
+const NEXT_ID: &str = "(select case when is_called then last_value + 1 else last_value end
+                        from changecast.change_log_id_seq)";
+
 /// The id the journal's sequence hands out next.
 async fn next_id(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(client
-        .query_one(
-            "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1",
-            &[],
-        )
+        .query_one(&format!("select {NEXT_ID}"), &[])
         .await?
         .get(0))
 }
@@ -421,10 +443,10 @@ async fn remove_partitions(
     Ok(Some(removed))
 }
 
-/// Drops the empty partition `name`: true when another instance took the pruning lock.
-/// DROP locks the parent (and the DEFAULT partition) ACCESS EXCLUSIVE, on every
-/// PostgreSQL version, so it waits at most `lock_timeout` for them: behind a long writer
-/// it gives up, and the empty partition stays until a later run.
+/// Drops the partition `name` if it is empty: true when another instance took the
+/// pruning lock. DROP locks the parent (and the DEFAULT partition) ACCESS EXCLUSIVE, on
+/// every PostgreSQL version, so it waits at most `lock_timeout` for them: behind a long
+/// writer it gives up, and the empty partition stays until a later run.
 async fn drop_partition(
     client: &mut deadpool_postgres::Client,
     name: &str,
@@ -433,15 +455,32 @@ async fn drop_partition(
     if !lock(&tx).await? {
         return Ok(true);
     }
-    let dropped = tx
-        .batch_execute(&format!(
+    // Emptiness was judged without a lock, where a writer's uncommitted rows are
+    // invisible (and after a TRUNCATE, a writer may have written since). A writer holds
+    // ROW EXCLUSIVE on the parent until it ends, so once the parent's lock is held every
+    // row written here is committed and visible: look again before dropping.
+    let dropped = async {
+        tx.batch_execute(&format!(
             "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
-             lock table changecast.change_log in access exclusive mode;
-             drop table {name}"
+             lock table changecast.change_log in access exclusive mode"
         ))
-        .await;
+        .await?;
+        let empty: bool = tx
+            .query_one(&format!("select not exists (select 1 from {name})"), &[])
+            .await?
+            .get(0);
+        if !empty {
+            return Ok(false);
+        }
+        tx.batch_execute(&format!("drop table {name}")).await?;
+        Ok(true)
+    }
+    .await;
     match dropped {
-        Ok(()) => tx.commit().await?,
+        Ok(true) => tx.commit().await?,
+        Ok(false) => {
+            tracing::debug!(partition = name, "not dropped this time: it holds rows");
+        }
         Err(error) if lost_race(&error) => {
             tracing::debug!(partition = name, ?error, "not dropped this time");
         }
@@ -489,19 +528,39 @@ async fn create_ahead(
     retention: Duration,
     partitioning: Partitioning,
 ) -> anyhow::Result<()> {
+    // ATTACH scans the DEFAULT partition under ACCESS EXCLUSIVE, blocking the writers it
+    // takes and every reader of the journal: not while it holds more than a few rows
+    // (after an outage). Its rows go by DELETE as they expire (see the module doc).
+    let in_default: i64 = client
+        .query_one(
+            "select count(*) from (select 1 from changecast.change_log_default limit $1) s",
+            &[&(partitioning.max_default_rows + 1)],
+        )
+        .await?
+        .get(0);
+    if in_default > partitioning.max_default_rows {
+        tracing::warn!(
+            rows_at_least = in_default,
+            "no journal partition created: the DEFAULT partition holds too many rows to scan \
+             under its lock (after an outage longer than the partitions created ahead); the \
+             journal is pruned by DELETE until it holds fewer"
+        );
+        return Ok(());
+    }
     for _ in 0..MAX_CREATED_PER_RUN {
         let row = client
             .query_one(
-                "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1,
-                        (select max(upper) from changecast.journal_partitions),
-                        (select max(id) from changecast.change_log_default),
-                        (select (coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1
-                                 - next_id)::float8
-                                / extract(epoch from clock_timestamp() - taken_at)::float8
-                         from changecast.journal_ticks
-                         where next_id is not null
-                           and taken_at < clock_timestamp() - interval '1 second'
-                         order by taken_at limit 1)",
+                &format!(
+                    "select {NEXT_ID},
+                            (select max(upper) from changecast.journal_partitions),
+                            (select max(id) from changecast.change_log_default),
+                            (select ({NEXT_ID} - next_id)::float8
+                                    / extract(epoch from clock_timestamp() - taken_at)::float8
+                             from changecast.journal_ticks
+                             where next_id is not null
+                               and taken_at < clock_timestamp() - interval '1 second'
+                             order by taken_at limit 1)"
+                ),
                 &[],
             )
             .await?;
@@ -551,7 +610,8 @@ async fn create_ahead(
                     "created a journal partition"
                 );
             }
-            Err(error) if lost_race(&error) => {
+            // A statement_timeout may cancel the DEFAULT partition's scan.
+            Err(error) if lost_race(&error) || error.code() == Some(&SqlState::QUERY_CANCELED) => {
                 tracing::debug!(partition = name, ?error, "not created this time");
                 return Ok(());
             }

@@ -18,7 +18,10 @@ use crate::helpers::*;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Small partitions, so that a test's few rows span several.
-const SMALL: Partitioning = Partitioning { min_span: 10 };
+const SMALL: Partitioning = Partitioning {
+    min_span: 10,
+    max_default_rows: 10_000,
+};
 const RETENTION: Duration = Duration::from_secs(3600);
 
 /// A partition of the journal: name, bounds, default or not.
@@ -50,7 +53,8 @@ async fn partitions(db: &tokio_postgres::Client) -> Vec<Partition> {
 
 async fn next_id(db: &tokio_postgres::Client) -> i64 {
     db.query_one(
-        "select coalesce(pg_sequence_last_value('changecast.change_log_id_seq'), 0) + 1",
+        "select case when is_called then last_value + 1 else last_value end
+         from changecast.change_log_id_seq",
         &[],
     )
     .await
@@ -506,4 +510,87 @@ async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
         .unwrap()
         .get(0);
     assert_eq!(after, before + 1);
+}
+
+#[tokio::test]
+async fn the_sequence_position_is_read_right_before_its_first_id_is_handed_out() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    // As the migration leaves it: set, with no id handed out since.
+    let next: i64 = app
+        .db
+        .query_one(
+            "select setval('changecast.change_log_id_seq',
+                           (select last_value from changecast.change_log_id_seq) + 1000, false)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    let recorded: Option<i64> = app
+        .db
+        .query_one(
+            "select next_id from changecast.journal_ticks order by taken_at desc limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        recorded,
+        Some(next),
+        "the tick records the id handed out next"
+    );
+    let ranges: Vec<Partition> = partitions(&app.db)
+        .await
+        .into_iter()
+        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower > 1))
+        .collect();
+    assert!(
+        ranges.iter().any(|p| p.lower.unwrap() >= next),
+        "partitions are created ahead of the id handed out next: {ranges:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_partition_is_attached_while_the_default_partition_is_large() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let ranges = |all: Vec<Partition>| all.into_iter().filter(|p| !p.is_default).count();
+    let before = ranges(partitions(&app.db).await);
+    // No partition ahead yet: every row goes to the DEFAULT partition, as after an outage.
+    app.db
+        .execute(
+            "insert into changecast.change_log (tenant_id, resource_type, event, resource_id, resource)
+             select 'acme', 'ticket', 'created', 'bulk-' || n, '{}'::jsonb
+             from generate_series(1, 10001) n",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_in(&app.db, "changecast.change_log_default").await,
+        10001
+    );
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(
+        ranges(partitions(&app.db).await),
+        before,
+        "ATTACH would scan the large DEFAULT partition under its lock"
+    );
+
+    // Once it holds few rows again, partitions come.
+    app.db
+        .execute(
+            "delete from changecast.change_log_default
+             where id in (select id from changecast.change_log_default limit 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert!(ranges(partitions(&app.db).await) > before);
 }
