@@ -28,13 +28,17 @@
 //!    horizon, and DROPs the empty ones wholly below the ids handed out (a partition
 //!    still receiving rows is only emptied);
 //! 3. DELETEs, in batches as before, the rows below the horizon of the DEFAULT partition
-//!    and of partitions that also hold newer rows (a long transaction's, say);
+//!    and of the partition still receiving rows, where it also holds newer ones (a
+//!    slow journal may take longer than the retention to fill a partition). A partition
+//!    wholly below the ids handed out that still holds newer rows is left whole until
+//!    they expire too, at most a span's writing later: deleting its expired rows one
+//!    by one, run after run, would cost the WAL and the vacuuming partitions avoid;
 //! 4. creates partitions until they reach [`AHEAD`] spans past the ids handed out. A span
 //!    is the ids written in 1/[`PARTITIONS_PER_RETENTION`] of the retention at the rate
 //!    observed since the oldest tick kept (the ticks record the sequence's position), and
 //!    at least [`MIN_SPAN`]: about ten partitions live, each removed about 1/8 of the
-//!    retention after its last row expired (rows of the DEFAULT partition and of
-//!    partitions held back go by DELETE, on time).
+//!    retention after its last row expired (rows of the DEFAULT partition and of the
+//!    partition being written go by DELETE, on time).
 //!
 //! The DEFAULT partition takes ids beyond the partitions created (the service was down
 //! for days, or a burst outran them): writers never fail for want of a partition. New
@@ -375,7 +379,8 @@ async fn remove_partitions(
             .await?;
         let (kept, prunable): (bool, bool) = (row.get(0), row.get(1));
         if kept {
-            if prunable {
+            let still_written = partition.upper.is_none_or(|upper| upper > next);
+            if prunable && still_written {
                 removed.to_delete_from.push(name.clone());
             }
             continue;

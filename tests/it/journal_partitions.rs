@@ -594,3 +594,48 @@ async fn no_partition_is_attached_while_the_default_partition_is_large() {
     prune_with(&pool, RETENTION, SMALL).await.unwrap();
     assert!(ranges(partitions(&app.db).await) > before);
 }
+
+#[tokio::test]
+async fn a_filled_partition_holding_newer_rows_waits_to_go_whole_instead_of_row_by_row() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    let next = next_id(&app.db).await;
+    let first = partitions(&app.db)
+        .await
+        .into_iter()
+        .find(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
+        .unwrap();
+    app.db
+        .execute(
+            "select setval('changecast.change_log_id_seq', $1, false)",
+            &[&first.lower.unwrap()],
+        )
+        .await
+        .unwrap();
+    // Two changes past the retention, then two within it, all in one partition, which
+    // the writers then leave behind.
+    app.insert_tickets("acme", 2).await;
+    tick_dated(&app.db, 2).await;
+    app.insert_tickets("acme", 2).await;
+    assert_eq!(rows_in(&app.db, &first.name).await, 4);
+    app.db
+        .execute(
+            "select setval('changecast.change_log_id_seq', $1, false)",
+            &[&first.upper.unwrap()],
+        )
+        .await
+        .unwrap();
+
+    let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(pruned, 0, "rows deleted one by one from a filled partition");
+    assert_eq!(rows_in(&app.db, &first.name).await, 4);
+
+    // Once its newest rows are past the retention too, it goes whole.
+    tick_dated(&app.db, 2).await;
+    let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(pruned, 4);
+    let left = partitions(&app.db).await;
+    assert!(left.iter().all(|p| p.name != first.name), "{left:?}");
+}
