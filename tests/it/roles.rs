@@ -815,7 +815,7 @@ mod every_migration {
 }
 
 /// Migrates the database of `managed`, as its changecast role, up to `version`.
-async fn migrate_to(managed: &Managed, version: u32) {
+async fn migrate_to(managed: &Managed, version: i32) {
     let (mut client, connection) = tokio_postgres::connect(&managed.url(&managed.service), NoTls)
         .await
         .unwrap();

@@ -78,16 +78,22 @@ async fn the_tailers_reads_leave_their_connections_settings_alone() {
             defaults,
             "the settings end with the read"
         );
-        let own_transaction: bool = client
-            .query_one(
-                "select xact_start = query_start from pg_stat_activity
-                 where pid = pg_backend_pid()",
-                &[],
-            )
+        // In a transaction of its own, a statement starts when its transaction does
+        // (by the simple protocol: the extended one starts it at Parse).
+        let own_transaction = client
+            .simple_query("select now() = statement_timestamp()")
             .await
             .unwrap()
-            .get(0);
-        assert!(own_transaction, "the read's transaction is over");
+            .into_iter()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(|v| v == "t"),
+                _ => None,
+            });
+        assert_eq!(
+            own_transaction,
+            Some(true),
+            "the read's transaction is over"
+        );
     }
     app.stop().await;
 }
