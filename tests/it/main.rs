@@ -33,6 +33,7 @@ mod security;
 mod security_sql;
 mod sse;
 mod standby;
+mod tail_settings;
 mod traces;
 mod wakeups;
 mod ws;

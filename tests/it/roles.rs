@@ -814,6 +814,103 @@ mod every_migration {
     refinery::embed_migrations!("migrations");
 }
 
+/// Migrates the database of `managed`, as its changecast role, up to `version`.
+async fn migrate_to(managed: &Managed, version: i32) {
+    let (mut client, connection) = tokio_postgres::connect(&managed.url(&managed.service), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("create schema if not exists changecast")
+        .await
+        .unwrap();
+    every_migration::migrations::runner()
+        .set_target(refinery::Target::Version(version))
+        .set_migration_table_name("changecast.refinery_schema_history")
+        .run_async(&mut client)
+        .await
+        .unwrap_or_else(|e| panic!("migrating to V{version}: {e:?}"));
+}
+
+/// The privileges granted on the journal (the table's, its columns'), as PostgreSQL
+/// prints them.
+async fn journal_acl(db: &tokio_postgres::Client) -> (Vec<String>, Option<Vec<String>>) {
+    let row = db
+        .query_one(
+            "select relacl::text[],
+                    (select array_agg(attname || ': ' || attacl::text order by attnum)
+                     from pg_attribute where attrelid = c.oid and attacl is not null)
+             from pg_class c where oid = 'changecast.change_log'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Roles granted SELECT on the journal before it was partitioned (one on the whole
+/// table, one on some columns) keep it on the partitioned journal once the migrations
+/// after the conversion have run as the changecast role (no superuser), however often.
+#[tokio::test]
+async fn a_select_granted_on_the_journal_before_it_was_partitioned_is_kept() {
+    let mut managed = Managed::roles().await;
+    let inspector = managed.extra_role("inspector").await;
+    let auditor = managed.extra_role("auditor").await;
+    migrate_to(&managed, 14).await;
+    let service = managed.connect(&managed.service).await;
+    service
+        .batch_execute(&format!(
+            "grant usage on schema changecast to {inspector}, {auditor};
+             grant select on changecast.change_log to {inspector};
+             grant select (id, occurred_at) on changecast.change_log to {auditor};"
+        ))
+        .await
+        .unwrap();
+    migrate_to(&managed, 15).await;
+    // The inspector's SELECT on the table, the auditor's on a granted column, on the
+    // table, on a column not granted.
+    let privileges = || async {
+        let row = service
+            .query_one(
+                "select has_table_privilege($1, 'changecast.change_log', 'select'),
+                        has_column_privilege($2, 'changecast.change_log', 'occurred_at', 'select'),
+                        has_table_privilege($2, 'changecast.change_log', 'select'),
+                        has_column_privilege($2, 'changecast.change_log', 'tenant_id', 'select')",
+                &[&inspector, &auditor],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    let none: (bool, bool, bool, bool) = privileges().await;
+    assert_eq!(
+        none,
+        (false, false, false, false),
+        "the conversion left the grants on the partition"
+    );
+
+    migrate_as(&managed.url(&managed.service));
+    let kept: (bool, bool, bool, bool) = privileges().await;
+    assert_eq!(kept, (true, true, false, false));
+    let inspected: i64 = managed
+        .connect(&inspector)
+        .await
+        .query_one("select count(*) from changecast.change_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inspected, 0);
+    let granted = journal_acl(&service).await;
+    // Again, as the changecast role: nothing fails, nothing more is granted.
+    service
+        .batch_execute(include_str!("../../migrations/V17__journal_grants.sql"))
+        .await
+        .unwrap();
+    assert_eq!(journal_acl(&service).await, granted);
+    drop(service);
+    managed.drop().await;
+}
+
 /// A database set up as the docs said before least privilege: the changecast role a
 /// member of the owner's role, the owner's table watched through it. After the new
 /// migrations the table keeps being captured; the service names the membership it no

@@ -484,6 +484,119 @@ async fn a_read_url_of_another_cluster_is_refused_at_start() {
     );
 }
 
+/// A session of its own on `url`.
+async fn session(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Queries the standby cancelled for a conflict with the replay of a lock: holding a
+/// lock replay needs (`confl_lock`), or also waiting for one replay holds, which the
+/// waiting query's deadlock check reports (`deadlocks`, or `confl_deadlock`).
+async fn lock_conflicts(standby: &tokio_postgres::Client) -> i64 {
+    standby
+        .query_one(
+            "select coalesce(sum(d.deadlocks + c.confl_lock + c.confl_deadlock), 0)::int8
+             from pg_stat_database d join pg_stat_database_conflicts c using (datid)
+             where d.datname = 'standby'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Partition locks replayed on the standby (as the pruner's TRUNCATE and DROP are)
+/// cancel the tailer's read there: the read waits for the DEFAULT partition, whose lock
+/// replay holds, while it holds the journal's first partition, which replay then
+/// needs; the standby cancels it (a deadlock with recovery). The instance reconnects,
+/// is ready again once replay goes on, and every change arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cancelled_by_a_recovery_conflict_loses_nothing() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(30)).await;
+    let admin = standby.admin().await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3)]);
+    writing.until_more(50).await;
+    let conflicts_before = lock_conflicts(&admin).await;
+
+    // Read before the DEFAULT partition is locked: the view opens every partition.
+    let first: String = app
+        .db
+        .query_one(
+            "select partition::text from changecast.journal_partitions
+             where not is_default order by lower nulls first limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Sent to the standby with the next commit, or by this one.
+    let flush = "begin; select pg_current_xact_id(); commit";
+    let default_holder = session(&db_url).await;
+    default_holder
+        .batch_execute(
+            "set lock_timeout = '10s';
+             begin; lock table changecast.change_log_default in access exclusive mode",
+        )
+        .await
+        .unwrap();
+    app.db.batch_execute(flush).await.unwrap();
+    // A batch's read locks the partitions in bound order, the DEFAULT one last.
+    eventually(
+        "the tailer's read waits for a lock replay holds",
+        || async {
+            admin
+                .query_one(
+                    "select count(*) from pg_stat_activity
+                 where application_name = 'changecast:standby-reader'
+                   and wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                >= 1
+        },
+    )
+    .await;
+    let first_holder = session(&db_url).await;
+    first_holder
+        .batch_execute(&format!(
+            "set lock_timeout = '10s'; begin; lock table {first} in access exclusive mode"
+        ))
+        .await
+        .unwrap();
+    app.db.batch_execute(flush).await.unwrap();
+    eventually("the standby cancels the tailer's read", || async {
+        lock_conflicts(&admin).await > conflicts_before
+    })
+    .await;
+    first_holder.batch_execute("rollback").await.unwrap();
+    default_holder.batch_execute("rollback").await.unwrap();
+    app.db.batch_execute(flush).await.unwrap();
+
+    app.wait_ready().await;
+    writing.until_more(100).await;
+    let (written, _) = writing.finish().await;
+    assert!(
+        app.metric("changecast_db_reconnects_total").await >= Some(1.0),
+        "the tailer reconnected after its read was cancelled"
+    );
+    assert_all_followers_got(&followers, &written["acme"]).await;
+    for follower in followers {
+        follower.stop().await;
+    }
+    app.stop().await;
+}
+
 /// The primary's present and its WAL insert position, read together.
 async fn primary_now(db: &tokio_postgres::Client) -> (changecast::journal::Position, String) {
     let row = db

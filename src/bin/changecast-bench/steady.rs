@@ -208,28 +208,77 @@ struct TableStats {
     live: i64,
     dead: i64,
     autovacuums: i64,
-    autoanalyzes: i64,
+    /// Each relation's (auto)vacuum and autoanalyze counts, for [`VacuumRuns`].
+    runs: Vec<RelationRuns>,
 }
 
+/// A relation of a table's tree: its oid, autovacuum and autoanalyze counts.
+pub type RelationRuns = (u32, i64, i64);
+
 const TABLE_STATS: &str = "
-    select coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint,
-           coalesce(sum(s.n_live_tup), 0)::bigint, coalesce(sum(s.n_dead_tup), 0)::bigint,
-           coalesce(sum(s.autovacuum_count), 0)::bigint,
-           coalesce(sum(s.autoanalyze_count), 0)::bigint
+    select t.relid::oid, pg_total_relation_size(t.relid),
+           coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
+           coalesce(s.autovacuum_count, 0), coalesce(s.autoanalyze_count, 0)
       from (select relid from pg_partition_tree($1::text::regclass)
             union all select $1::text::regclass
              where not exists (select from pg_partition_tree($1::text::regclass))) t
       left join pg_stat_user_tables s on s.relid = t.relid";
 
 async fn table_stats(db: &Client, table: &str) -> anyhow::Result<TableStats> {
-    let row = db.query_one(TABLE_STATS, &[&table]).await?;
-    Ok(TableStats {
-        size: row.get::<_, i64>(0) as u64,
-        live: row.get(1),
-        dead: row.get(2),
-        autovacuums: row.get(3),
-        autoanalyzes: row.get(4),
-    })
+    let mut stats = TableStats {
+        size: 0,
+        live: 0,
+        dead: 0,
+        autovacuums: 0,
+        runs: Vec::new(),
+    };
+    for row in db.query(TABLE_STATS, &[&table]).await? {
+        stats.size += row.get::<_, i64>(1) as u64;
+        stats.live += row.get::<_, i64>(2);
+        stats.dead += row.get::<_, i64>(3);
+        stats.autovacuums += row.get::<_, i64>(4);
+        stats.runs.push((row.get(0), row.get(4), row.get(5)));
+    }
+    Ok(stats)
+}
+
+/// Autovacuum and autoanalyze runs on a table's relations since a phase began, counting
+/// those of partitions dropped meanwhile: a partitioned journal drops its oldest
+/// partitions, and their counts leave the statistics views with them.
+#[derive(Debug, Default)]
+pub struct VacuumRuns {
+    at_start: std::collections::HashMap<u32, (i64, i64)>,
+    latest: std::collections::HashMap<u32, (i64, i64)>,
+}
+
+impl VacuumRuns {
+    pub fn new(at_start: &[RelationRuns]) -> VacuumRuns {
+        let at_start: std::collections::HashMap<_, _> = at_start
+            .iter()
+            .map(|&(relid, vacuums, analyzes)| (relid, (vacuums, analyzes)))
+            .collect();
+        VacuumRuns {
+            latest: at_start.clone(),
+            at_start,
+        }
+    }
+
+    /// Records the counts read now; relations gone keep their last counts.
+    pub fn observe(&mut self, now: &[RelationRuns]) {
+        for &(relid, vacuums, analyzes) in now {
+            self.latest.insert(relid, (vacuums, analyzes));
+        }
+    }
+
+    /// Autovacuum and autoanalyze runs since the start, over every relation seen.
+    pub fn since_start(&self) -> (i64, i64) {
+        self.latest
+            .iter()
+            .fold((0, 0), |(vacuums, analyzes), (relid, &(v, a))| {
+                let (v0, a0) = self.at_start.get(relid).copied().unwrap_or((0, 0));
+                (vacuums + v - v0, analyzes + a - a0)
+            })
+    }
 }
 
 /// The cluster's WAL position and, on 14+, its full-page images so far.
@@ -460,7 +509,7 @@ async fn run_phase(
         )
         .await?
         .get::<_, bool>(0);
-    let base_stats = table_stats(&db, target.measured).await?;
+    let mut vacuum_runs = VacuumRuns::new(&table_stats(&db, target.measured).await?.runs);
     let base_wal = wal(&db, has_stat_wal).await?;
     let base_pruned = match target.service {
         Some(service) => pruned_rows(service.addr).await.unwrap_or(0),
@@ -497,6 +546,8 @@ async fn run_phase(
         };
         next += args.sample;
         let stats = table_stats(&db, target.measured).await?;
+        vacuum_runs.observe(&stats.runs);
+        let (autovacuums, autoanalyzes) = vacuum_runs.since_start();
         let (lsn, fpi) = wal(&db, has_stat_wal).await?;
         let pruned = match target.service {
             Some(service) => pruned_rows(service.addr).await.map_or_else(
@@ -514,8 +565,8 @@ async fn run_phase(
             size: stats.size,
             live_rows: stats.live,
             dead_rows: stats.dead,
-            autovacuums: stats.autovacuums - base_stats.autovacuums,
-            autoanalyzes: stats.autoanalyzes - base_stats.autoanalyzes,
+            autovacuums,
+            autoanalyzes,
             pruned,
             writer_p99_ms: interval.quantile_ms(0.99).unwrap_or(f64::NAN),
         };
@@ -1026,6 +1077,16 @@ mod tests {
         // 1000 changes/s kept for 10 minutes at 500 bytes each.
         let expected = expected_plateau(1000.0, Duration::from_secs(600), 500.0);
         assert_eq!(expected, 300_000_000.0);
+    }
+
+    #[test]
+    fn vacuum_runs_of_dropped_partitions_still_count() {
+        let mut runs = VacuumRuns::new(&[(1, 3, 1), (2, 0, 0)]);
+        runs.observe(&[(1, 5, 2), (2, 1, 0), (3, 2, 2)]);
+        assert_eq!(runs.since_start(), (5, 3));
+        // Partition 1 dropped, 4 created: 1's runs since the start stay counted.
+        runs.observe(&[(2, 2, 1), (3, 2, 2), (4, 1, 0)]);
+        assert_eq!(runs.since_start(), (7, 4));
     }
 
     #[test]
