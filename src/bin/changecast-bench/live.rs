@@ -78,7 +78,7 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
             .find(|f| f.name == name)
             .map(|f| f.value)
     };
-    let mut ratios = Vec::new();
+    let mut comparisons = Vec::new();
     for (reference, name) in [
         ("bridge: PostgreSQL CPU per change", "bridge"),
         ("Node bridge: PostgreSQL CPU per change", "Node bridge"),
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
             figure("changecast: PostgreSQL CPU per change"),
             figure(reference),
         ) {
-            ratios.push((
+            comparisons.push((
                 format!("PostgreSQL CPU per change, changecast / {name}"),
                 cc / other,
             ));
@@ -98,10 +98,10 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
             figure(&format!("changecast {name}")),
             figure(&format!("Node bridge {name}")),
         ) {
-            ratios.push((format!("changecast {name} − Node bridge {name}"), cc - node));
+            comparisons.push((format!("changecast {name} − Node bridge {name}"), cc - node));
         }
     }
-    for (name, value) in ratios {
+    for (name, value) in comparisons {
         let unit = if name.contains('/') { "x" } else { "ms" };
         report.add(name, unit, value);
     }
