@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command per table of BENCHMARKS.md. Builds the release binaries, then runs:
 #   scripts/bench.sh write        write-path comparison (pgbench; scripts/bench-write.sh)
-#   scripts/bench.sh latency      live, S=1000 T=100 W=1000/s: added latency over LISTEN, PG CPU/change
-#   scripts/bench.sh throughput   live, S=1000 T=10 W=1000/s: 100k deliveries/s, missing, service CPU
+#   scripts/bench.sh latency      live, S=1000 T=100 W=1000/s: changecast SSE and WS against the Node
+#                                 LISTEN->SSE bridge and bare LISTEN: latency, PG CPU/change
+#   scripts/bench.sh throughput   live, S=1000 T=10 W=1000/s: 100k deliveries/s, missing, service CPU,
+#                                 against the Node bridge (benches/node-bridge: `npm ci` there once)
 #   scripts/bench.sh replay       one subscriber 100,000 changes behind
 #   scripts/bench.sh reconnect    2,000 subscribers reconnecting with cursors 1,000 changes old
 #   scripts/bench.sh memory       RSS per idle subscriber, 10,000 SSE then 10,000 WS
@@ -30,7 +32,7 @@ run() {
     reconnect)  "$bench" reconnect --subscribers 2000 --tenants 100 --behind 1000 "$@" | out reconnect ;;
     memory)     "$bench" idle-memory --subscribers 10000 --transport sse,ws "$@" | out memory ;;
     steady)     "$bench" --runs 1 steady --rate 1000 --duration 30m --retention 10m "$@" | out steady ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 }
 

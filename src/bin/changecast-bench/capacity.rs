@@ -259,6 +259,9 @@ async fn phase(
         warmup: args.warmup,
         drain: args.drain,
         no_bridge: true,
+        no_node_bridge: true,
+        node_bridge_dir: None,
+        no_ws_window: true,
         scoped: false,
     };
     let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;

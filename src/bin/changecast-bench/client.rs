@@ -193,13 +193,52 @@ impl Subscriber {
         let mut tracker = Tracker::new(self.tenant, self.tenants);
         tracker.started_ns = shared.now_ns();
         let outcome = match self.transport {
-            Transport::Sse => self.sse(&shared, &cancel, &mut tracker).await,
+            Transport::Sse => {
+                let request = self.sse_request();
+                self.sse(&request, &shared, &cancel, &mut tracker).await
+            }
             Transport::Ws => self.ws(&shared, &cancel, &mut tracker).await,
         };
         if let Err(error) = outcome {
             tracker.error = Some(format!("{error:#}"));
         }
         tracker
+    }
+
+    /// Subscribes to the Node bridge of benches/node-bridge at `addr` as its clients do
+    /// (`GET /events?tenant=t<n>`, no token), and records until cancelled or the stream ends.
+    pub async fn run_on_node_bridge(
+        self,
+        shared: Arc<Shared>,
+        cancel: CancellationToken,
+    ) -> Tracker {
+        let mut tracker = Tracker::new(self.tenant, self.tenants);
+        tracker.started_ns = shared.now_ns();
+        let request = format!(
+            "GET /events?tenant=t{} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            self.tenant, self.addr
+        );
+        if let Err(error) = self.sse(&request, &shared, &cancel, &mut tracker).await {
+            tracker.error = Some(format!("{error:#}"));
+        }
+        tracker
+    }
+
+    /// The request head of a changecast SSE subscription.
+    fn sse_request(&self) -> String {
+        let query = match self.max_txn_events {
+            Some(n) => format!("?max_txn_events={n}"),
+            None => String::new(),
+        };
+        let mut request = format!(
+            "GET /v1/events{query} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n",
+            self.addr, self.token
+        );
+        if let Some(cursor) = &self.resume {
+            request.push_str(&format!("Last-Event-ID: {cursor}\r\n"));
+        }
+        request.push_str("\r\n");
+        request
     }
 
     fn done(&self, tracker: &mut Tracker, shared: &Shared) -> bool {
@@ -215,26 +254,16 @@ impl Subscriber {
         }
     }
 
+    /// Sends `request` (a complete request head) and reads the SSE stream it opens.
     async fn sse(
         &self,
+        request: &str,
         shared: &Shared,
         cancel: &CancellationToken,
         tracker: &mut Tracker,
     ) -> anyhow::Result<()> {
         let stream = TcpStream::connect(self.addr).await.context("connecting")?;
         stream.set_nodelay(true)?;
-        let query = match self.max_txn_events {
-            Some(n) => format!("?max_txn_events={n}"),
-            None => String::new(),
-        };
-        let mut request = format!(
-            "GET /v1/events{query} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n",
-            self.addr, self.token
-        );
-        if let Some(cursor) = &self.resume {
-            request.push_str(&format!("Last-Event-ID: {cursor}\r\n"));
-        }
-        request.push_str("\r\n");
         write_all(&stream, request.as_bytes()).await?;
         let mut raw = Vec::with_capacity(READ_CHUNK);
         let head_end = loop {

@@ -1,7 +1,12 @@
-//! `live`: S subscribers over T tenants while writers commit W rows/s. Per run, two
-//! windows: a LISTEN/NOTIFY bridge (payload in NOTIFY, one LISTEN client) for
-//! PostgreSQL's CPU per change, then changecast with the bare LISTEN reference on the
-//! very same commits, for latency, completeness and everyone's CPU and memory.
+//! `live`: S subscribers over T tenants while writers commit W rows/s. Per run, up to
+//! four windows under the same load, one after the other:
+//! - the Node LISTEN→SSE bridge of benches/node-bridge (the row as NOTIFY payload, S
+//!   subscribers of its own), with the bare LISTEN reference on the same commits;
+//! - the bare LISTEN bridge alone (the row as NOTIFY payload, one LISTEN client), for
+//!   PostgreSQL's CPU per change;
+//! - changecast with S subscribers of `--transport`, and the bare LISTEN reference on
+//!   the very same commits: latency, completeness and everyone's CPU and memory;
+//! - changecast again with S WebSocket subscribers (when `--transport sse`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,10 +16,13 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Shared, Subscriber, Tracker, Transport};
+use crate::node_bridge::{self, NodeBridge};
+use crate::procfs::{self, CpuWindow};
+use crate::service::Service;
 use crate::stats::{Histogram, RunReport};
 use crate::usage::{settle, Window};
 use crate::writer::{self, Load, Table, Written};
-use crate::{Ctx, LiveArgs};
+use crate::{Ctx, LiveArgs, Transports};
 
 /// Longest wait for subscribers to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,48 +32,20 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
     let mut service = ctx.service().await?;
     let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;
 
-    // Subscribers first: they stay connected (idle) through the bridge window.
-    let shared = Shared::new(rows);
-    let cancel = CancellationToken::new();
-    let mut subscribers = Vec::with_capacity(args.subscribers);
-    for i in 0..args.subscribers {
-        let tenant = i as u64 % args.tenants;
-        let transport = match args.transport {
-            crate::Transports::Sse => Transport::Sse,
-            crate::Transports::Ws => Transport::Ws,
-            crate::Transports::Mixed if i % 2 == 0 => Transport::Sse,
-            crate::Transports::Mixed => Transport::Ws,
-        };
-        let subscriber = Subscriber {
-            addr: service.addr,
-            transport,
-            token: match args.scoped {
-                true => service.scoped_token(&format!("t{tenant}"), scope_of(i)),
-                false => service.token(&format!("t{tenant}")),
-            },
-            tenant,
-            tenants: args.tenants,
-            resume: None,
-            until: None,
-            max_txn_events: None,
-        };
-        subscribers.push(tokio::spawn(subscriber.run(shared.clone(), cancel.clone())));
+    if !args.no_node_bridge {
+        let dir = args
+            .node_bridge_dir
+            .clone()
+            .unwrap_or_else(node_bridge::default_dir);
+        match node_bridge::unavailable(&dir) {
+            Some(why) => {
+                eprintln!("Node bridge window skipped: {why}");
+                report.note(format!("Node bridge window skipped: {why}"));
+            }
+            None => measure_node_bridge(ctx, args, rows, &service, &dir, &mut report).await?,
+        }
+        settle(&service).await;
     }
-    if args.scoped {
-        report.note(format!(
-            "scoped: {} subscribers, each with a scope filter of its own (e.g. {})",
-            args.subscribers,
-            scope_of(0)
-        ));
-    }
-    let connected = wait_ready(&shared, args.subscribers, &subscribers).await;
-    if connected < args.subscribers {
-        report.note(format!(
-            "only {connected} of {} subscribers connected",
-            args.subscribers
-        ));
-    }
-    settle(&service).await;
 
     if !args.no_bridge {
         let bridge = measure_bridge(ctx, args, rows, &service).await?;
@@ -75,7 +55,126 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
         settle(&service).await;
     }
 
-    // The changecast window, with the bare LISTEN reference on the same commits.
+    measure_changecast(ctx, args, rows, &service, args.transport, "", &mut report).await?;
+    if !args.no_ws_window && args.transport == Transports::Sse {
+        settle(&service).await;
+        measure_changecast(
+            ctx,
+            args,
+            rows,
+            &service,
+            Transports::Ws,
+            "WS: ",
+            &mut report,
+        )
+        .await?;
+    }
+    service.stop().await;
+
+    let figure = |name: &str| {
+        report
+            .figures
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    };
+    let mut comparisons = Vec::new();
+    for (reference, name) in [
+        ("bridge: PostgreSQL CPU per change", "bridge"),
+        ("Node bridge: PostgreSQL CPU per change", "Node bridge"),
+    ] {
+        if let (Some(cc), Some(other)) = (
+            figure("changecast: PostgreSQL CPU per change"),
+            figure(reference),
+        ) {
+            comparisons.push((
+                format!("PostgreSQL CPU per change, changecast / {name}"),
+                cc / other,
+            ));
+        }
+    }
+    for name in ["p50", "p99"] {
+        if let (Some(cc), Some(node)) = (
+            figure(&format!("changecast {name}")),
+            figure(&format!("Node bridge {name}")),
+        ) {
+            comparisons.push((format!("changecast {name} − Node bridge {name}"), cc - node));
+        }
+    }
+    for (name, value) in comparisons {
+        let unit = if name.contains('/') { "x" } else { "ms" };
+        report.add(name, unit, value);
+    }
+    Ok(report)
+}
+
+/// Subscribers `0..S` of changecast on `transport`, tenant `i % T` each.
+fn changecast_subscribers(
+    service: &Service,
+    args: &LiveArgs,
+    transport: Transports,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Tracker>> {
+    (0..args.subscribers)
+        .map(|i| {
+            let tenant = i as u64 % args.tenants;
+            let transport = match transport {
+                Transports::Sse => Transport::Sse,
+                Transports::Ws => Transport::Ws,
+                Transports::Mixed if i % 2 == 0 => Transport::Sse,
+                Transports::Mixed => Transport::Ws,
+            };
+            let subscriber = Subscriber {
+                addr: service.addr,
+                transport,
+                token: match args.scoped {
+                    true => service.scoped_token(&format!("t{tenant}"), scope_of(i)),
+                    false => service.token(&format!("t{tenant}")),
+                },
+                tenant,
+                tenants: args.tenants,
+                resume: None,
+                until: None,
+                max_txn_events: None,
+            };
+            tokio::spawn(subscriber.run(shared.clone(), cancel.clone()))
+        })
+        .collect()
+}
+
+/// A changecast window: S subscribers on `transport`, writers into the watched table
+/// with the bare LISTEN reference on the same commits. Its figures are named with
+/// `prefix` first.
+async fn measure_changecast(
+    ctx: &Ctx,
+    args: &LiveArgs,
+    rows: usize,
+    service: &Service,
+    transport: Transports,
+    prefix: &str,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let mut own = RunReport::default();
+    let shared = Shared::new(rows);
+    let cancel = CancellationToken::new();
+    let subscribers = changecast_subscribers(service, args, transport, &shared, &cancel);
+    if args.scoped {
+        own.note(format!(
+            "scoped: {} subscribers, each with a scope filter of its own (e.g. {})",
+            args.subscribers,
+            scope_of(0)
+        ));
+    }
+    let connected = wait_ready(&shared, args.subscribers, &subscribers).await;
+    if connected < args.subscribers {
+        own.note(format!(
+            "only {connected} of {} subscribers connected",
+            args.subscribers
+        ));
+    }
+    settle(service).await;
+
     let mut writing = Writing::start(
         ctx,
         args,
@@ -85,7 +184,7 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
         "bench-writers",
     )
     .await;
-    let window = Window::start(&service, &ctx.database_url).await?;
+    let window = Window::start(service, &ctx.database_url).await?;
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written).await.context("the writers failed")?;
     let elapsed = started.elapsed();
@@ -101,59 +200,163 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
     for subscriber in subscribers {
         trackers.push(subscriber.await?);
     }
-    service.stop().await;
 
     let mut latency = Histogram::default();
     for tracker in &trackers {
         latency.merge(&tracker.latency);
     }
     let window_s = elapsed.as_secs_f64();
-    report.add("rows written", "rows/s", measured_rows as f64 / window_s);
+    own.add("rows written", "rows/s", measured_rows as f64 / window_s);
     for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
-        report.add(format!("changecast {name}"), "ms", q(&latency, at));
+        own.add(format!("changecast {name}"), "ms", q(&latency, at));
     }
     for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
-        report.add(format!("bare LISTEN {name}"), "ms", q(&heard.latency, at));
+        own.add(format!("bare LISTEN {name}"), "ms", q(&heard.latency, at));
     }
     for (name, at) in [("p50", 0.5), ("p99", 0.99)] {
-        report.add(
+        own.add(
             format!("added over LISTEN {name}"),
             "ms",
             q(&latency, at) - q(&heard.latency, at),
         );
     }
-    report.add("deliveries", "/s", latency.len() as f64 / window_s);
-    completeness(&mut report, &shared, &trackers, args.tenants);
-    report.add(
+    own.add("deliveries", "/s", latency.len() as f64 / window_s);
+    completeness(&mut own, &shared, &trackers, args.tenants);
+    own.add(
         "bare LISTEN missing",
         "events",
         committed_count(&shared).saturating_sub(heard.received) as f64,
     );
-    usage.add_to(&mut report);
+    usage.add_to(&mut own);
     if measured_rows > 0 {
-        report.add(
+        own.add(
             "changecast: PostgreSQL CPU per change",
             "µs",
             usage.pg_cores * window_s * 1e6 / measured_rows as f64,
         );
     }
-    if !args.no_bridge {
-        let per_change =
-            |r: &RunReport, name: &str| r.figures.iter().find(|f| f.name == name).map(|f| f.value);
-        if let (Some(cc), Some(bridge)) = (
-            per_change(&report, "changecast: PostgreSQL CPU per change"),
-            per_change(&report, "bridge: PostgreSQL CPU per change"),
-        ) {
-            report.add(
-                "PostgreSQL CPU per change, changecast / bridge",
-                "x",
-                cc / bridge,
-            );
-        }
+    writes_note(&mut own, &written, args.rate);
+    usage.judge(&mut own);
+    merge(report, own, prefix);
+    Ok(())
+}
+
+/// The Node bridge window: benches/node-bridge started, S subscribers of its own over
+/// the same tenants, rows into `bench.bridge` (NOTIFY with the row) at the same rate,
+/// the bare LISTEN reference on the same channel. Figures start with "Node bridge".
+async fn measure_node_bridge(
+    ctx: &Ctx,
+    args: &LiveArgs,
+    rows: usize,
+    service: &Service,
+    dir: &std::path::Path,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let mut own = RunReport::default();
+    let mut bridge = NodeBridge::start(dir, &ctx.database_url, writer::BRIDGE_CHANNEL).await?;
+    let shared = Shared::new(rows);
+    let cancel = CancellationToken::new();
+    let subscribers: Vec<_> = (0..args.subscribers)
+        .map(|i| {
+            let tenant = i as u64 % args.tenants;
+            let subscriber = Subscriber {
+                addr: bridge.addr,
+                transport: Transport::Sse,
+                token: String::new(),
+                tenant,
+                tenants: args.tenants,
+                resume: None,
+                until: None,
+                max_txn_events: None,
+            };
+            tokio::spawn(subscriber.run_on_node_bridge(shared.clone(), cancel.clone()))
+        })
+        .collect();
+    let connected = wait_ready(&shared, args.subscribers, &subscribers).await;
+    if connected < args.subscribers {
+        own.note(format!(
+            "only {connected} of {} subscribers connected to the Node bridge",
+            args.subscribers
+        ));
     }
-    writes_note(&mut report, &written, args.rate);
-    usage.judge(&mut report);
-    Ok(report)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut writing = Writing::start(
+        ctx,
+        args,
+        &shared,
+        Table::Bridge,
+        writer::BRIDGE_CHANNEL,
+        "bench-node-bridge",
+    )
+    .await;
+    let window = Window::start(service, &ctx.database_url).await?;
+    let bridge_cpu = CpuWindow::start(&[bridge.pid]);
+    let started = tokio::time::Instant::now();
+    let written = (&mut writing.written)
+        .await
+        .context("the Node bridge writers failed")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let bridge_cores = bridge_cpu.cores(&[bridge.pid]);
+    let bridge_rss = procfs::rss(bridge.pid);
+    let usage = window.finish().await?;
+    let measured_rows = writing.measured_rows();
+
+    let expected = expected_deliveries(&shared, args.tenants, args.subscribers);
+    drain(&shared, expected, args.drain).await;
+    let heard = writing.heard().await?;
+    cancel.cancel();
+    let mut trackers = Vec::with_capacity(subscribers.len());
+    for subscriber in subscribers {
+        trackers.push(subscriber.await?);
+    }
+    bridge.stop();
+
+    let mut latency = Histogram::default();
+    for tracker in &trackers {
+        latency.merge(&tracker.latency);
+    }
+    own.add("rows written", "rows/s", measured_rows as f64 / elapsed);
+    for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+        report.add(format!("Node bridge {name}"), "ms", q(&latency, at));
+    }
+    for (name, at) in [("p50", 0.5), ("p99", 0.99)] {
+        own.add(format!("bare LISTEN {name}"), "ms", q(&heard.latency, at));
+    }
+    own.add("deliveries", "/s", latency.len() as f64 / elapsed);
+    completeness(&mut own, &shared, &trackers, args.tenants);
+    own.add("CPU", "cores", bridge_cores);
+    if let Some(rss) = bridge_rss {
+        own.add("RSS", "MiB", rss as f64 / (1024.0 * 1024.0));
+    }
+    own.add("PostgreSQL CPU", "cores", usage.pg_cores);
+    if measured_rows > 0 {
+        own.add(
+            "PostgreSQL CPU per change",
+            "µs",
+            usage.pg_cores * elapsed * 1e6 / measured_rows as f64,
+        );
+    }
+    own.add("bench CPU", "cores", usage.bench_cores);
+    own.add("other processes' CPU", "cores", usage.others());
+    writes_note(&mut own, &written, args.rate);
+    usage.judge(&mut own);
+    merge(report, own, "Node bridge: ");
+    Ok(())
+}
+
+/// Appends `from`'s figures and notes to `into`, each name and note after `prefix`.
+fn merge(into: &mut RunReport, from: RunReport, prefix: &str) {
+    for figure in from.figures {
+        into.add(
+            format!("{prefix}{}", figure.name),
+            figure.unit,
+            figure.value,
+        );
+    }
+    for note in from.notes {
+        into.note(format!("{prefix}{note}"));
+    }
 }
 
 /// Subscriber `i`'s scope: its own filter, which every row the writers commit passes

@@ -11,6 +11,7 @@ mod catchup;
 mod client;
 mod live;
 mod memory;
+mod node_bridge;
 mod procfs;
 mod service;
 mod stats;
@@ -100,11 +101,13 @@ struct Common {
 
 #[derive(Subcommand, Debug)]
 enum Mode {
-    /// Live delivery: S subscribers over T tenants, writers at W rows/s. Reports
-    /// commit-to-receipt latency of changecast and of a bare LISTEN client on the same
-    /// commits (and the difference), deliveries/s, missing and duplicate events, CPU and
-    /// memory; and, in a window before, PostgreSQL's CPU per change of a LISTEN/NOTIFY
-    /// bridge (the row as NOTIFY payload) against changecast's.
+    /// Live delivery: S subscribers over T tenants, writers at W rows/s, in windows one
+    /// after the other under the same load: the Node LISTEN→SSE bridge of
+    /// benches/node-bridge (S subscribers of its own; needs `npm ci` there once), the bare
+    /// LISTEN bridge alone (the row as NOTIFY payload), changecast on --transport, and
+    /// changecast on WebSocket. Reports commit-to-receipt latency of each and of a bare
+    /// LISTEN client on the same commits, deliveries/s, missing and duplicate events,
+    /// the bridge's, the service's and PostgreSQL's CPU (per change, too) and memory.
     Live(LiveArgs),
     /// Replay: one subscriber comes back --behind changes behind; reports events/s until
     /// it has them all.
@@ -167,9 +170,21 @@ pub struct LiveArgs {
     /// After writing, the longest wait for the last deliveries before counting missing ones.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain: Duration,
-    /// Skip the bridge window (no PostgreSQL-CPU-per-change comparison).
+    /// Skip the bare LISTEN bridge window (the row as NOTIFY payload, one LISTEN client).
     #[arg(long)]
     pub no_bridge: bool,
+    /// Skip the Node LISTEN→SSE bridge window. Without node on PATH or without
+    /// benches/node-bridge/node_modules (`npm ci` there), the window is skipped anyway,
+    /// with a note saying so.
+    #[arg(long)]
+    pub no_node_bridge: bool,
+    /// Where the Node bridge is (bridge.js and its node_modules). Default: benches/node-bridge
+    /// of the source tree the bench was built from.
+    #[arg(long)]
+    pub node_bridge_dir: Option<PathBuf>,
+    /// Skip the changecast WebSocket window that follows the SSE one (with --transport sse).
+    #[arg(long)]
+    pub no_ws_window: bool,
     /// Give every subscriber a scope of its own (API.md §3c, in its token's `changecast`
     /// claim): a row filter on tickets, distinct per subscriber, that every written row
     /// passes, so deliveries stay those of an unscoped run and the difference is the
