@@ -127,7 +127,7 @@ fn render_change(change: &Change, as_event: EventKind, omit: Option<&OmitSet>) -
         Some(json) => json.as_ref(),
         None => &change.resource,
     };
-    let json = to_json(&ResourceChange {
+    let event = ResourceChange {
         kind: "resource_change",
         id: &change.cursor_text,
         event: as_event,
@@ -138,8 +138,16 @@ fn render_change(change: &Change, as_event: EventKind, omit: Option<&OmitSet>) -
         changed: old.as_ref().map(|old| old.keys().collect()),
         old: old.as_ref(),
         occurred_at: &change.occurred_at,
-    });
-    frame(&change.cursor_text, "resource_change", json)
+    };
+    let values = resource.get().len() + change.old.as_ref().map_or(0, |old| 2 * old.get().len());
+    let fields =
+        change.resource_type.len() + change.resource_id.len() + change.tenant.as_str().len();
+    frame(
+        &change.cursor_text,
+        "resource_change",
+        values + fields,
+        &event,
+    )
 }
 
 /// A row's JSON object without the columns of `omit`, the others in their order;
@@ -192,15 +200,17 @@ impl<'de> Deserialize<'de> for Columns<'de> {
 /// listens with `addEventListener(topic, ...)`.
 pub fn app_event_frame(event: &AppEvent) -> &Frame {
     event.frames.slot(0).get_or_init(|| {
-        let json = to_json(&WireAppEvent {
+        let wire = WireAppEvent {
             kind: "app_event",
             id: &event.cursor_text,
             topic: &event.topic,
             tenant_id: event.tenant.as_str(),
             payload: &event.payload,
             occurred_at: &event.occurred_at,
-        });
-        frame(&event.cursor_text, &event.topic, json)
+        };
+        let values =
+            event.payload.get().len() + 2 * event.topic.len() + event.tenant.as_str().len();
+        frame(&event.cursor_text, &event.topic, values, &wire)
     })
 }
 
@@ -208,11 +218,28 @@ fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("BUG: serialising an event cannot fail")
 }
 
-fn frame(id: &str, sse_event: &str, json: String) -> Frame {
-    Frame {
-        sse: Bytes::from(format!("id: {id}\nevent: {sse_event}\ndata: {json}\n\n")),
-        json: Utf8Bytes::from(json),
+/// Bytes of a frame besides its values and the fields `frame` is told of: the keys,
+/// `occurred_at`, the SSE lines' names, and the cursor twice (SSE `id:` and JSON `id`).
+const FRAME_OVERHEAD_BYTES: usize = 256;
+
+/// `event`'s JSON written once, inside its SSE event: the WebSocket form is a slice of
+/// the same buffer, so a change costs one allocation and one serialisation for both.
+/// `size_hint`: roughly the bytes of its variable-length fields, so the buffer is
+/// allocated once at its final size.
+fn frame(id: &str, sse_event: &str, size_hint: usize, event: &impl Serialize) -> Frame {
+    let capacity = size_hint + sse_event.len() + 2 * id.len() + FRAME_OVERHEAD_BYTES;
+    let mut sse = Vec::with_capacity(capacity);
+    for part in ["id: ", id, "\nevent: ", sse_event, "\ndata: "] {
+        sse.extend_from_slice(part.as_bytes());
     }
+    let json_start = sse.len();
+    serde_json::to_writer(&mut sse, event).expect("BUG: serialising an event cannot fail");
+    let json_end = sse.len();
+    sse.extend_from_slice(b"\n\n");
+    let sse = Bytes::from(sse);
+    let json =
+        Utf8Bytes::try_from(sse.slice(json_start..json_end)).expect("BUG: serde_json writes UTF-8");
+    Frame { json, sse }
 }
 
 #[derive(Serialize)]
@@ -285,6 +312,28 @@ mod tests {
             .json
             .as_str()
             .contains("secret"));
+    }
+
+    #[test]
+    fn the_sse_event_carries_the_websocket_json_and_holds_it_once() {
+        let change = Change::for_test(
+            EventKind::Updated,
+            "r1",
+            r#"{"id": "r1", "title": "ünïcode \"quoted\""}"#,
+            Some(r#"{"title": "before"}"#),
+        );
+        let frame = change_frame(&change, EventKind::Updated);
+        let json = frame.json.as_str();
+        let event: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(event["type"], "resource_change");
+        assert_eq!(event["changed"], json!(["title"]));
+        let sse = std::str::from_utf8(&frame.sse).unwrap();
+        let id = &change.cursor_text;
+        assert_eq!(
+            sse,
+            format!("id: {id}\nevent: resource_change\ndata: {json}\n\n")
+        );
+        assert_eq!(frame.held_bytes(), frame.sse.len());
     }
 
     #[test]

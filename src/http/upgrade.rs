@@ -86,12 +86,15 @@ fn check_key(headers: &HeaderMap) -> Result<(), &'static str> {
 
 impl Upgrade {
     /// Answers `101 Switching Protocols` and runs `session` on the socket once the
-    /// client has it. `max_frame_bytes` bounds what a client may send; every send is
-    /// awaited, so the outgoing buffer holds one frame at a time, capped at
-    /// `max_write_bytes` (beyond, the send fails instead of growing memory).
+    /// client has it. `max_frame_bytes` bounds what a client may send. Frames sent
+    /// gather in the outgoing buffer until it holds more than `batch_write_bytes` (or the
+    /// session flushes), so a burst of small messages costs a socket write per batch,
+    /// not per message; the buffer is capped at `max_write_bytes` (beyond, the send
+    /// fails instead of growing memory).
     pub fn into_response<F, Fut>(
         self,
         max_frame_bytes: usize,
+        batch_write_bytes: usize,
         max_write_bytes: usize,
         session: F,
     ) -> Response
@@ -101,7 +104,7 @@ impl Upgrade {
     {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(0)
+            .write_buffer_size(batch_write_bytes)
             .max_write_buffer_size(max_write_bytes)
             .max_frame_size(Some(max_frame_bytes))
             .max_message_size(Some(max_frame_bytes));

@@ -5,11 +5,14 @@
 //! keeps reading the socket at all times (protocol pings are only answered while it is
 //! read), and a writer that awaits every send, so a slow reader pushes back on its
 //! subscription (which then catches up from the journal) instead of growing memory.
+//! The writer flushes once nothing more is queued: messages that are ready together
+//! (a large transaction's changes) share socket writes of [`WRITE_BATCH_BYTES`], instead
+//! of a system call and a TCP segment each.
 //!
 //! A text message longer than [`FRAGMENT_BYTES`] goes out as fragments of that size
 //! (RFC 6455 §5.4; every client reassembles them), sliced from the bytes every subscriber
 //! shares: tungstenite copies each frame it sends into the socket's own buffer, so a
-//! socket holds one fragment's copy, never a whole large change.
+//! socket holds at most a batch and one fragment, never a whole large change.
 //!
 //! Close codes: 1001 peer silent for two keepalive intervals, 1008 rate limit or unread
 //! replies piling up, 1009 frame over [`MAX_FRAME_BYTES`], 1011 subscription ended
@@ -54,11 +57,14 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Largest frame payload sent: longer text messages go out in fragments of this size.
 pub const FRAGMENT_BYTES: usize = 64 * 1024;
-/// Cap of tungstenite's outgoing buffer. Every send is awaited, so it holds one frame
-/// (at most a fragment) at a time, next to an automatic pong at most.
-const MAX_WRITE_BUFFER_BYTES: usize = 2 * FRAGMENT_BYTES;
-/// Messages between the session loop and the writer.
-const WRITE_QUEUE: usize = 8;
+/// Frames gather in tungstenite's outgoing buffer until it holds more than this, or the
+/// writer flushes. Small, because the buffer keeps its size for the connection's life.
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
+/// Cap of tungstenite's outgoing buffer: a batch, the frame that completes it (at most
+/// a fragment), and an automatic pong.
+const MAX_WRITE_BUFFER_BYTES: usize = WRITE_BATCH_BYTES + 2 * FRAGMENT_BYTES;
+/// Messages between the session loop and the writer: what one flush may cover.
+const WRITE_QUEUE: usize = 32;
 /// Replies (pong, error, heartbeat) a peer may leave unread before that counts as abuse.
 const MAX_UNSENT: usize = 64;
 /// Per-connection rate limit: more than this many frames within [`RATE_WINDOW`] closes
@@ -125,14 +131,17 @@ async fn upgrade(
     };
     // Counted from the upgrade on, subscribed or not: idle sockets cannot bypass limits.
     let connection = context.streams.connect(&identity.tenant, Transport::Ws)?;
-    Ok(
-        ws.into_response(MAX_FRAME_BYTES, MAX_WRITE_BUFFER_BYTES, move |socket| {
+    Ok(ws.into_response(
+        MAX_FRAME_BYTES,
+        WRITE_BATCH_BYTES,
+        MAX_WRITE_BUFFER_BYTES,
+        move |socket| {
             // Spawned with a bare `tokio::spawn`: track it so shutdown waits.
             let tracker = context.streams.tracker().clone();
             let span = connection.span().clone();
             tracker.track_future(session(context, identity, connection, socket).instrument(span))
-        }),
-    )
+        },
+    ))
 }
 
 async fn session(
@@ -157,13 +166,26 @@ async fn session(
     tracing::debug!("disconnected");
 }
 
-/// Forwards queued frames, awaiting each send (backpressure), until a close frame or
-/// the end of the queue; then closes the sink, which also flushes tungstenite's answer
-/// to a peer's close.
+/// Forwards queued frames, awaiting each write (backpressure), until a close frame or
+/// the end of the queue; flushes whenever the queue runs empty. Then closes the sink,
+/// which also flushes tungstenite's answer to a peer's close.
 async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
-    while let Some(message) = rx.recv().await {
-        let closing = message.is_close();
-        if let Err(error) = send(&mut sink, message).await {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut closing = false;
+        let mut written = Ok(());
+        while let Some(message) = next.take() {
+            closing = message.is_close();
+            written = feed(&mut sink, message).await;
+            if closing || written.is_err() {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if written.is_ok() {
+            written = sink.flush().await;
+        }
+        if let Err(error) = written {
             if matches!(error, tungstenite::Error::WriteBufferFull(_)) {
                 tracing::warn!("a message exceeds the WebSocket write buffer; closing");
                 let close = close_with(CLOSE_TOO_BIG, "message exceeds the size limit");
@@ -181,15 +203,16 @@ async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Rec
     let _ = sink.close().await;
 }
 
-/// Sends one message, a long text message as fragments of at most [`FRAGMENT_BYTES`],
-/// each awaited (so the socket's buffer holds one at a time).
-async fn send(
+/// Writes one message into the socket's buffer (which goes out once it holds a batch,
+/// or on a flush), a long text message as fragments of at most [`FRAGMENT_BYTES`], each
+/// awaited (so the buffer holds at most a batch and one fragment).
+async fn feed(
     sink: &mut SplitSink<WebSocket, Message>,
     message: Message,
 ) -> Result<(), tungstenite::Error> {
     let text = match message {
         Message::Text(text) if text.len() > FRAGMENT_BYTES => Bytes::from(text),
-        other => return sink.send(other).await,
+        other => return sink.feed(other).await,
     };
     let mut start = 0;
     while start < text.len() {
@@ -202,7 +225,7 @@ async fn send(
             OpCode::Data(Data::Continue)
         };
         let fragment = Frame::message(text.slice(start..end), opcode, end == text.len());
-        sink.send(Message::Frame(fragment)).await?;
+        sink.feed(Message::Frame(fragment)).await?;
         start = end;
     }
     Ok(())
@@ -457,7 +480,9 @@ impl Session {
         self.unsent.push_back(hello.frame());
         let mut tick = self.context.streams.keepalive();
         let keepalive = tick.period();
-        let expires = self.identity.expiry();
+        // Made once, not once per turn of the loop: a turn per message otherwise
+        // registers and removes a timer each time.
+        let mut expiry = pin!(tokio::time::sleep_until(self.identity.expiry()));
         let shutdown = self.context.streams.shutdown().clone();
         loop {
             let writable = !self.unsent.is_empty();
@@ -465,7 +490,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => Some(End::Close(CLOSE_RESTART, "service restart")),
                 // Also while not subscribed (a subscription reports expiry by itself).
-                _ = tokio::time::sleep_until(expires) => Some(self.auth_expired()),
+                _ = &mut expiry => Some(self.auth_expired()),
                 frame = stream.next() => self.on_frame(frame).await,
                 permit = tx.reserve(), if writable => match permit {
                     Ok(permit) => {
@@ -477,11 +502,34 @@ impl Session {
                 item = next_outbound(&mut self.subscription), if !writable => self.on_outbound(item),
                 _ = tick.tick() => self.on_tick(keepalive),
             };
-            if let Some(end) = end {
+            if let Some(end) = end.or_else(|| self.forward_ready(tx)) {
                 return end;
             }
             if self.unsent.len() > MAX_UNSENT {
                 return End::Close(CLOSE_POLICY, "too many unread messages");
+            }
+        }
+    }
+
+    /// Hands the writer what it has room for without waiting: queued replies, then the
+    /// items the subscription has ready, so a burst of changes takes a turn of the
+    /// session loop per [`WRITE_QUEUE`] messages, not two per message.
+    fn forward_ready(&mut self, tx: &mpsc::Sender<Message>) -> Option<End> {
+        loop {
+            if self.unsent.is_empty() {
+                // An ended subscription is left to the loop, which sees a shutdown first.
+                let Ok(item) = self.subscription.as_mut()?.outbound.try_recv() else {
+                    return None;
+                };
+                if let Some(end) = self.on_outbound(Some(item)) {
+                    return Some(end);
+                }
+                continue;
+            }
+            match tx.try_reserve() {
+                Ok(permit) => permit.send(self.unsent.pop_front().expect("BUG: checked non-empty")),
+                Err(mpsc::error::TrySendError::Full(())) => return None,
+                Err(mpsc::error::TrySendError::Closed(())) => return Some(End::PeerGone),
             }
         }
     }

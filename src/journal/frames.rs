@@ -28,6 +28,17 @@ pub struct Frame {
     pub sse: Bytes,
 }
 
+impl Frame {
+    /// Bytes it holds: the JSON is usually a slice of the SSE event (see `crate::wire`),
+    /// and counts only when it is not.
+    pub fn held_bytes(&self) -> usize {
+        let sse = self.sse.as_ptr_range();
+        let json = self.json.as_bytes().as_ptr_range();
+        let shared = sse.start <= json.start && json.end <= sse.end;
+        self.sse.len() + if shared { 0 } else { self.json.len() }
+    }
+}
+
 /// The wire forms of one entry (up to three: see `crate::wire`), each rendered on
 /// first use and then shared by every subscriber.
 #[derive(Debug, Default)]
@@ -68,7 +79,7 @@ impl Frames {
             Some(slot) => Cow::Borrowed(slot.get_or_init(|| {
                 let frame = render();
                 self.omitting_bytes
-                    .fetch_add(frame.json.len() + frame.sse.len(), Ordering::Relaxed);
+                    .fetch_add(frame.held_bytes(), Ordering::Relaxed);
                 frame
             })),
             None => Cow::Owned(render()),
