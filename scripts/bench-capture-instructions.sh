@@ -27,6 +27,7 @@ bindir=$(pg_config --bindir 2>/dev/null || true)
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
 cargo build --release --quiet --bin changecast
 bin=$PWD/target/release/changecast
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- migrations || echo +changes)
 
 dir=$(mktemp -d /tmp/changecast-instructions.XXXXXX)
 as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$1"; else bash -c "$1"; fi; }
@@ -94,7 +95,7 @@ for t in "${tables[@]}"; do
   per[$t.bulk_insert]=$(( (i - z) / rows )); per[$t.bulk_update]=$(( (u - i) / rows ))
 done
 
-echo "capture instructions (callgrind; PostgreSQL $version; $rows-row bulk statements; commit $(git rev-parse --short HEAD))"
+echo "capture instructions (callgrind; PostgreSQL $version; $rows-row bulk statements; migrations of $commit)"
 printf '%-10s %16s %16s %18s %18s\n' table 'UPDATE (1 row)' 'INSERT (1 row)' 'bulk INSERT /row' 'bulk UPDATE /row'
 for t in "${tables[@]}"; do
   printf '%-10s %16s %16s %18s %18s\n' "$t" "${per[$t.update]}" "${per[$t.insert]}" "${per[$t.bulk_insert]}" "${per[$t.bulk_update]}"
