@@ -73,7 +73,6 @@ mod tests {
         let before = entry_weight(&entry);
         let omit = OmitSet::interned(["secret".to_owned()]).unwrap();
         let frame = change_frame_omitting(&change, EventKind::Created, &omit);
-        let rendered = frame.json.len() + frame.sse.len();
-        assert_eq!(entry_weight(&entry), before + rendered);
+        assert_eq!(entry_weight(&entry), before + frame.held_bytes());
     }
 }
