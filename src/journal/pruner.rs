@@ -28,17 +28,19 @@
 //!    horizon, and DROPs the empty ones wholly below the ids handed out (a partition
 //!    still receiving rows is only emptied);
 //! 3. DELETEs, in batches as before, the rows below the horizon of the DEFAULT partition
-//!    and of the partition still receiving rows, where it also holds newer ones (a
-//!    slow journal may take longer than the retention to fill a partition). A partition
-//!    wholly below the ids handed out that still holds newer rows is left whole until
-//!    they expire too, at most a span's writing later: deleting its expired rows one
-//!    by one, run after run, would cost the WAL and the vacuuming partitions avoid;
+//!    and of partitions that also hold newer rows, unless such a partition filled
+//!    [`FILLED_AGO`] of the retention ago or earlier (the ticks record the sequence's
+//!    position): then its newest rows expire soon, and its expired rows wait to go
+//!    with them, whole. In the steady state the partition at the horizon is always
+//!    such a one, and deleting its rows one by one, run after run, would cost the WAL
+//!    and the vacuuming partitions avoid; a slow journal's partitions, which may take
+//!    longer than the retention to fill, are pruned row by row on time;
 //! 4. creates partitions until they reach [`AHEAD`] spans past the ids handed out. A span
 //!    is the ids written in 1/[`PARTITIONS_PER_RETENTION`] of the retention at the rate
 //!    observed since the oldest tick kept (the ticks record the sequence's position), and
 //!    at least [`MIN_SPAN`]: about ten partitions live, each removed about 1/8 of the
-//!    retention after its last row expired (rows of the DEFAULT partition and of the
-//!    partition being written go by DELETE, on time).
+//!    retention after its last row expired (rows of the DEFAULT partition and of
+//!    partitions filled recently go by DELETE, on time).
 //!
 //! The DEFAULT partition takes ids beyond the partitions created (the service was down
 //! for days, or a burst outran them): writers never fail for want of a partition. New
@@ -110,6 +112,13 @@ const LOCK_TIMEOUT_MS: u32 = 100;
 pub const PARTITIONS_PER_RETENTION: u32 = 8;
 /// Partitions created ahead of the ids handed out, in spans.
 const AHEAD: i64 = 2;
+/// A partition that also holds rows newer than the horizon is left to go whole when it
+/// filled at least this share of the retention ago (its expired rows then wait at most
+/// the rest, a quarter); one filled later is pruned row by row. A partition spans 1/8
+/// of the retention's writing, so in the steady state the one at the horizon filled
+/// 7/8 of it ago: the margin absorbs a rate that varies and the ticks' spacing.
+const FILLED_AGO: f64 = 0.75;
+
 /// However slowly the journal grows, a partition spans at least this many ids.
 pub const MIN_SPAN: i64 = 10_000;
 /// Partitions created per run at most (ahead of a burst, the DEFAULT partition catches
@@ -232,7 +241,7 @@ pub async fn prune_with(
     };
     let mut total = 0;
     if let Some(horizon) = horizon {
-        let Some(removed) = remove_partitions(&mut client, &horizon).await? else {
+        let Some(removed) = remove_partitions(&mut client, &horizon, retention).await? else {
             return Ok(total);
         };
         total += removed.rows;
@@ -330,6 +339,28 @@ async fn next_id(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .get(0))
 }
 
+/// Whether every id below `upper` had been handed out by a tick taken [`FILLED_AGO`] of
+/// the retention ago or earlier: then the partition's newest rows expire within the rest
+/// of it, and its expired rows wait to go with them, whole.
+async fn filled_long_ago(
+    client: &tokio_postgres::Client,
+    upper: Option<i64>,
+    retention: Duration,
+) -> anyhow::Result<bool> {
+    let Some(upper) = upper else {
+        return Ok(false);
+    };
+    Ok(client
+        .query_one(
+            "select exists (select 1 from changecast.journal_ticks
+                            where next_id >= $1
+                              and taken_at <= clock_timestamp() - make_interval(secs => $2))",
+            &[&upper, &(retention.as_secs_f64() * FILLED_AGO)],
+        )
+        .await?
+        .get(0))
+}
+
 /// Whether `error` is a lock not granted within `lock_timeout` (or a DDL's check that
 /// lost a race with a writer): the step is retried next run.
 fn lost_race(error: &tokio_postgres::Error) -> bool {
@@ -344,6 +375,7 @@ fn lost_race(error: &tokio_postgres::Error) -> bool {
 async fn remove_partitions(
     client: &mut deadpool_postgres::Client,
     horizon: &str,
+    retention: Duration,
 ) -> anyhow::Result<Option<Removed>> {
     let next = next_id(client).await?;
     let partitions: Vec<RangePartition> = client
@@ -379,8 +411,7 @@ async fn remove_partitions(
             .await?;
         let (kept, prunable): (bool, bool) = (row.get(0), row.get(1));
         if kept {
-            let still_written = partition.upper.is_none_or(|upper| upper > next);
-            if prunable && still_written {
+            if prunable && !filled_long_ago(client, partition.upper, retention).await? {
                 removed.to_delete_from.push(name.clone());
             }
             continue;

@@ -595,14 +595,15 @@ async fn no_partition_is_attached_while_the_default_partition_is_large() {
     assert!(ranges(partitions(&app.db).await) > before);
 }
 
-#[tokio::test]
-async fn a_filled_partition_holding_newer_rows_waits_to_go_whole_instead_of_row_by_row() {
-    let _serial = SERIAL.lock().await;
-    let app = spawn_app().await;
-    let pool = pool(&app).await;
-    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+/// A partition of `app`'s journal holding two changes past [`RETENTION`] and two within
+/// it, which the writers have left behind (every id of it handed out).
+async fn partition_with_expired_and_newer_rows(
+    app: &TestApp,
+    pool: &deadpool_postgres::Pool,
+) -> Partition {
+    prune_with(pool, RETENTION, SMALL).await.unwrap();
     let next = next_id(&app.db).await;
-    let first = partitions(&app.db)
+    let partition = partitions(&app.db)
         .await
         .into_iter()
         .find(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
@@ -610,32 +611,64 @@ async fn a_filled_partition_holding_newer_rows_waits_to_go_whole_instead_of_row_
     app.db
         .execute(
             "select setval('changecast.change_log_id_seq', $1, false)",
-            &[&first.lower.unwrap()],
+            &[&partition.lower.unwrap()],
         )
         .await
         .unwrap();
-    // Two changes past the retention, then two within it, all in one partition, which
-    // the writers then leave behind.
     app.insert_tickets("acme", 2).await;
     tick_dated(&app.db, 2).await;
     app.insert_tickets("acme", 2).await;
-    assert_eq!(rows_in(&app.db, &first.name).await, 4);
+    assert_eq!(rows_in(&app.db, &partition.name).await, 4);
     app.db
         .execute(
             "select setval('changecast.change_log_id_seq', $1, false)",
-            &[&first.upper.unwrap()],
+            &[&partition.upper.unwrap()],
+        )
+        .await
+        .unwrap();
+    partition
+}
+
+#[tokio::test]
+async fn a_partition_filled_most_of_a_retention_ago_waits_to_go_whole_instead_of_row_by_row() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let partition = partition_with_expired_and_newer_rows(&app, &pool).await;
+    // A tick saw every id of it handed out 50 minutes ago (of a 60-minute retention).
+    app.db
+        .execute(
+            "insert into changecast.journal_ticks (taken_at, horizon, next_id)
+             values (now() - interval '50 minutes', pg_snapshot_xmin(pg_current_snapshot()), $1)",
+            &[&partition.upper.unwrap()],
         )
         .await
         .unwrap();
 
     let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
-    assert_eq!(pruned, 0, "rows deleted one by one from a filled partition");
-    assert_eq!(rows_in(&app.db, &first.name).await, 4);
+    assert_eq!(
+        pruned, 0,
+        "rows deleted one by one from a partition about to go whole"
+    );
+    assert_eq!(rows_in(&app.db, &partition.name).await, 4);
 
     // Once its newest rows are past the retention too, it goes whole.
     tick_dated(&app.db, 2).await;
     let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
     assert_eq!(pruned, 4);
     let left = partitions(&app.db).await;
-    assert!(left.iter().all(|p| p.name != first.name), "{left:?}");
+    assert!(left.iter().all(|p| p.name != partition.name), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_partition_filled_recently_loses_its_expired_rows_on_time() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    // (As a slow journal's: it took longer than the retention to fill.)
+    let partition = partition_with_expired_and_newer_rows(&app, &pool).await;
+
+    let pruned = prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    assert_eq!(pruned, 2);
+    assert_eq!(rows_in(&app.db, &partition.name).await, 2);
 }
