@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Serialize;
 use tokio::time::Interval;
@@ -24,6 +24,11 @@ pub(super) const RETRY_MS: u64 = 2000;
 /// Reconnect delay suggested when the service shuts down (another instance may be up).
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 500;
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
+/// Events that are ready together go out as one chunk of about this many bytes at most:
+/// a subscriber that is behind (a bulk transaction, a replay) then costs one chunk and
+/// one share of a write per many events, not per event. Only what is ready is joined,
+/// so no event waits for another.
+const GATHER_BYTES: usize = 16 * 1024;
 
 pub async fn handle(
     auth: Arc<Authenticator>,
@@ -70,6 +75,7 @@ async fn open(
         preamble: Some(Bytes::from(preamble)),
         subscription: opened,
         keepalive: streams.keepalive(),
+        stashed: None,
         finished: false,
         connection,
         streams,
@@ -99,10 +105,39 @@ struct SseBody {
     /// Held for the life of the stream: dropping it ends the subscription.
     subscription: Opened,
     keepalive: Interval,
+    /// An item met while joining events that is not an event: the next one to send.
+    stashed: Option<Outbound>,
     finished: bool,
     /// Counted against the limits and in the series until the client is gone.
     connection: Connection,
     streams: Arc<Streams>,
+}
+
+impl SseBody {
+    /// `first`, followed by the events that are ready now, up to [`GATHER_BYTES`].
+    fn join_ready_events(&mut self, first: Bytes) -> Bytes {
+        let mut joined: Option<BytesMut> = None;
+        while joined.as_ref().map_or(first.len(), BytesMut::len) < GATHER_BYTES {
+            match self.subscription.outbound.try_recv() {
+                Ok(Outbound::Event(delivery)) => {
+                    self.connection.delivered(&delivery);
+                    let joined = joined.get_or_insert_with(|| {
+                        let mut joined = BytesMut::with_capacity(2 * GATHER_BYTES);
+                        joined.extend_from_slice(&first);
+                        joined
+                    });
+                    joined.extend_from_slice(&delivery.frame().sse);
+                }
+                Ok(other) => {
+                    self.stashed = Some(other);
+                    break;
+                }
+                // Empty, or closed: the next poll tells which.
+                Err(_) => break,
+            }
+        }
+        joined.map_or(first, BytesMut::freeze)
+    }
 }
 
 #[derive(Serialize)]
@@ -138,10 +173,15 @@ impl Stream for SseBody {
         if self.finished {
             return Poll::Ready(None);
         }
-        let frame = match self.subscription.outbound.poll_recv(cx) {
+        let next = match self.stashed.take() {
+            Some(item) => Poll::Ready(Some(item)),
+            None => self.subscription.outbound.poll_recv(cx),
+        };
+        let frame = match next {
             Poll::Ready(Some(Outbound::Event(delivery))) => {
                 self.connection.delivered(&delivery);
-                delivery.frame().sse.clone()
+                let first = delivery.frame().sse.clone();
+                self.join_ready_events(first)
             }
             Poll::Ready(Some(Outbound::Resync(resync))) => {
                 control_frame("resync", Some(resync.reason.as_str()), Some(&resync.cursor))
