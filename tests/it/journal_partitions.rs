@@ -62,6 +62,15 @@ async fn next_id(db: &tokio_postgres::Client) -> i64 {
     .get(0)
 }
 
+/// The range partitions that start at or after `next` (no row yet), in order.
+async fn partitions_ahead(db: &tokio_postgres::Client, next: i64) -> Vec<Partition> {
+    partitions(db)
+        .await
+        .into_iter()
+        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
+        .collect()
+}
+
 /// Rows of the journal per partition that holds any.
 async fn rows_in(db: &tokio_postgres::Client, partition: &str) -> i64 {
     db.query_one(&format!("select count(*) from {partition}"), &[])
@@ -119,11 +128,7 @@ async fn partitions_are_created_ahead_and_removed_whole_after_the_retention_losi
 
     prune_with(&pool, RETENTION, SMALL).await.unwrap();
     let next = next_id(&app.db).await;
-    let ahead: Vec<Partition> = partitions(&app.db)
-        .await
-        .into_iter()
-        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
-        .collect();
+    let ahead = partitions_ahead(&app.db, next).await;
     let covered = ahead.iter().filter_map(|p| p.upper).max().unwrap();
     assert!(
         covered >= next + 2 * SMALL.min_span,
@@ -222,12 +227,7 @@ async fn a_long_writer_holds_its_partition_back_and_pruning_blocks_no_writer() {
     let t = token("acme");
     let mut live = app.sse(&t, "").await;
     prune_with(&pool, RETENTION, SMALL).await.unwrap();
-    let next = next_id(&app.db).await;
-    let ranges: Vec<Partition> = partitions(&app.db)
-        .await
-        .into_iter()
-        .filter(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
-        .collect();
+    let ranges = partitions_ahead(&app.db, next_id(&app.db).await).await;
     let first = ranges.first().unwrap().clone();
     let lower = first.lower.unwrap();
     // The next partition, as the pruner makes them (it would, a span later).
@@ -602,12 +602,9 @@ async fn partition_with_expired_and_newer_rows(
     pool: &deadpool_postgres::Pool,
 ) -> Partition {
     prune_with(pool, RETENTION, SMALL).await.unwrap();
-    let next = next_id(&app.db).await;
-    let partition = partitions(&app.db)
+    let partition = partitions_ahead(&app.db, next_id(&app.db).await)
         .await
-        .into_iter()
-        .find(|p| !p.is_default && p.lower.is_some_and(|lower| lower >= next))
-        .unwrap();
+        .remove(0);
     app.db
         .execute(
             "select setval('changecast.change_log_id_seq', $1, false)",
