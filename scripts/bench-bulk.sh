@@ -2,14 +2,17 @@
 # Bulk statements on a watched table: a ROWS-row INSERT ... SELECT generate_series and an
 # UPDATE of all those rows, in one transaction, on copies of public.tickets:
 #   plain      not watched
-#   watched    changecast.watch()ed (statement triggers, migration V14)
-#   row        watched, with the row trigger changecast.capture() attached instead
+#   watched    changecast.watch()ed (statement triggers)
+#   row        watched through the row trigger changecast.capture() alone (which
+#              watch() leaves for replica mode), as before statement capture
 # in the same run, alternating, min of ROUNDS; prints ms per statement and the ratios
 # watched/plain and row/plain.
 #
 #   scripts/bench-bulk.sh            # ROUNDS=1 ROWS=1000000
 #   ROUNDS=3 ROWS=200000 scripts/bench-bulk.sh
+#   TABLES="b_plain b_watched" ROUNDS=3 scripts/bench-bulk.sh   # without the row trigger
 #
+# Each round's times are printed as they come, then the min of the rounds.
 # Needs psql; builds the release binary (its migrations are the ones measured).
 # Environment: CHANGECAST_BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
 # KEEP=1 keeps the database changecast_bench_bulk.
@@ -17,6 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-1}
 rows=${ROWS:-1000000}
+read -r -a tables <<<"${TABLES:-b_plain b_watched b_row}"
+[ "${tables[0]}" = b_plain ] || { echo "TABLES must start with b_plain (the ratios' base)" >&2; exit 2; }
 admin=${CHANGECAST_BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=${admin%/*}/changecast_bench_bulk
 cargo build --release --quiet --bin changecast
@@ -32,8 +37,7 @@ select changecast.watch('public.b_row', 'b_row');
 drop trigger changecast_capture_insert on public.b_row;
 drop trigger changecast_capture_update on public.b_row;
 drop trigger changecast_capture_delete on public.b_row;
-create trigger changecast_capture after insert or update or delete on public.b_row
-  for each row execute function changecast.capture('b_row', 'tenant_id', 'id');
+alter table public.b_row enable always trigger changecast_capture;
 SQL
 run() { # table -> "insert_ms update_ms"
   psql -qtAX "$db" <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | paste -sd' '
@@ -49,17 +53,18 @@ commit;
 SQL
 }
 declare -A ins upd
-for _ in $(seq "$rounds"); do
-  for table in b_plain b_watched b_row; do
-    read -r i u <<<"$(run $table)"
+for round in $(seq "$rounds"); do
+  for table in "${tables[@]}"; do
+    read -r i u <<<"$(run "$table")"
     ins[$table]+="$i"$'\n'; upd[$table]+="$u"$'\n'
+    printf 'round %d %-10s insert %10.0f ms  update %10.0f ms\n' "$round" "$table" "$i" "$u"
   done
 done
 min() { grep . | sort -n | head -1; }
 echo "bulk statements, ms (min of $rounds; $rows rows; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); $(psql -qtAX "$db" -c 'show server_version'))"
 printf '%-10s %12s %12s %14s %14s\n' table insert update insert/plain update/plain
 pi=$(echo "${ins[b_plain]}" | min); pu=$(echo "${upd[b_plain]}" | min)
-for table in b_plain b_watched b_row; do
+for table in "${tables[@]}"; do
   i=$(echo "${ins[$table]}" | min); u=$(echo "${upd[$table]}" | min)
   printf '%-10s %12.0f %12.0f %14.2f %14.2f\n' "$table" "$i" "$u" "$(echo "$i / $pi" | bc -l)" "$(echo "$u / $pu" | bc -l)"
 done
