@@ -21,7 +21,10 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-1}
 rows=${ROWS:-1000000}
 read -r -a tables <<<"${TABLES:-b_plain b_watched b_row}"
-[ "${tables[0]}" = b_plain ] || { echo "TABLES must start with b_plain (the ratios' base)" >&2; exit 2; }
+for table in "${tables[@]}"; do
+  case $table in b_plain | b_watched | b_row) ;; *) echo "TABLES: unknown table $table (b_plain, b_watched, b_row)" >&2; exit 2 ;; esac
+done
+[ "${tables[0]:-}" = b_plain ] || { echo "TABLES must start with b_plain (the ratios' base)" >&2; exit 2; }
 admin=${CHANGECAST_BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=${admin%/*}/changecast_bench_bulk
 cargo build --release --quiet --bin changecast
@@ -40,7 +43,7 @@ drop trigger changecast_capture_delete on public.b_row;
 alter table public.b_row enable always trigger changecast_capture;
 SQL
 run() { # table -> "insert_ms update_ms"
-  psql -qtAX "$db" <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | paste -sd' '
+  psql -qtAX -v ON_ERROR_STOP=1 "$db" <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | paste -sd' '
 truncate public.$1; delete from changecast.change_log;
 vacuum analyze public.$1; vacuum changecast.change_log;
 checkpoint;
@@ -56,6 +59,7 @@ declare -A ins upd
 for round in $(seq "$rounds"); do
   for table in "${tables[@]}"; do
     read -r i u <<<"$(run "$table")"
+    [ -n "$u" ] || { echo "round $round, $table: the statements failed" >&2; exit 1; }
     ins[$table]+="$i"$'\n'; upd[$table]+="$u"$'\n'
     printf 'round %d %-10s insert %10.0f ms  update %10.0f ms\n' "$round" "$table" "$i" "$u"
   done

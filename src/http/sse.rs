@@ -24,11 +24,13 @@ pub(super) const RETRY_MS: u64 = 2000;
 /// Reconnect delay suggested when the service shuts down (another instance may be up).
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 500;
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
-/// Events that are ready together go out as one chunk of about this many bytes at most:
-/// a subscriber that is behind (a bulk transaction, a replay) then costs one chunk and
-/// one share of a write per many events, not per event. Only what is ready is joined,
-/// so no event waits for another.
-const GATHER_BYTES: usize = 16 * 1024;
+/// Events that are ready together go out as one chunk of at most this many bytes: a
+/// subscriber that is behind (a bulk transaction, a replay) then costs one chunk and one
+/// share of a write per several events, not per event. Only what is ready is joined, so
+/// no event waits for another. A joined chunk is the connection's own copy, where a
+/// single event's frame is shared with every subscriber: hyper queues up to 16 chunks for
+/// a client that stopped reading, so this bounds what such a client holds to 128 KiB.
+const GATHER_BYTES: usize = 8 * 1024;
 
 pub async fn handle(
     auth: Arc<Authenticator>,
@@ -105,7 +107,8 @@ struct SseBody {
     /// Held for the life of the stream: dropping it ends the subscription.
     subscription: Opened,
     keepalive: Interval,
-    /// An item met while joining events that is not an event: the next one to send.
+    /// An item met while joining events that did not join them (a control item, or an
+    /// event past [`GATHER_BYTES`]): the next one to send.
     stashed: Option<Outbound>,
     finished: bool,
     /// Counted against the limits and in the series until the client is gone.
@@ -114,15 +117,19 @@ struct SseBody {
 }
 
 impl SseBody {
-    /// `first`, followed by the events that are ready now, up to [`GATHER_BYTES`].
+    /// `first`, followed by the events that are ready now, up to [`GATHER_BYTES`] in all.
+    /// An event that would go past it is kept for the next chunk.
     fn join_ready_events(&mut self, first: Bytes) -> Bytes {
         let mut joined: Option<BytesMut> = None;
-        while joined.as_ref().map_or(first.len(), BytesMut::len) < GATHER_BYTES {
+        loop {
+            let len = joined.as_ref().map_or(first.len(), BytesMut::len);
             match self.subscription.outbound.try_recv() {
-                Ok(Outbound::Event(delivery)) => {
+                Ok(Outbound::Event(delivery))
+                    if len + delivery.frame().sse.len() <= GATHER_BYTES =>
+                {
                     self.connection.delivered(&delivery);
                     let joined = joined.get_or_insert_with(|| {
-                        let mut joined = BytesMut::with_capacity(2 * GATHER_BYTES);
+                        let mut joined = BytesMut::with_capacity(GATHER_BYTES);
                         joined.extend_from_slice(&first);
                         joined
                     });

@@ -604,7 +604,9 @@ async fn partition_with_expired_and_newer_rows(
     prune_with(pool, RETENTION, SMALL).await.unwrap();
     let partition = partitions_ahead(&app.db, next_id(&app.db).await)
         .await
-        .remove(0);
+        .into_iter()
+        .next()
+        .expect("a partition ahead of the next id");
     app.db
         .execute(
             "select setval('changecast.change_log_id_seq', $1, false)",
