@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use changecast::journal::pruner::{prune_with, Partitioning};
-use changecast::journal::{Cursor, CursorKey, CursorScope, PgSnapshot};
+use changecast::journal::{Cursor, CursorKey, CursorScope};
 use changecast::tenant::TenantId;
 use tokio_postgres::NoTls;
 
@@ -453,13 +453,7 @@ async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
 
     let seen: HashSet<String> = insert_tickets(&db, "acme", 20).await.into_iter().collect();
     // A cursor minted now, as the service would: everything written so far seen.
-    let snapshot: PgSnapshot = db
-        .query_one("select pg_current_snapshot()::text", &[])
-        .await
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap();
+    let snapshot = current_snapshot(&db).await;
     let row = db
         .query_one(
             "select journal_id::text, key from changecast.journal_meta, changecast.cursor_key",

@@ -923,23 +923,8 @@ async fn a_changecast_role_that_was_a_member_of_the_owners_role_can_let_it_go() 
         .batch_execute(&format!("grant {} to {}", managed.owner, managed.service))
         .await
         .unwrap();
-    {
-        let (mut client, connection) =
-            tokio_postgres::connect(&managed.url(&managed.service), NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute("create schema if not exists changecast")
-            .await
-            .unwrap();
-        every_migration::migrations::runner()
-            .set_target(refinery::Target::Version(12))
-            .set_migration_table_name("changecast.refinery_schema_history")
-            .run_async(&mut client)
-            .await
-            .expect("migrating to the version before least privilege");
-    }
+    // The version before least privilege.
+    migrate_to(&managed, 12).await;
     managed.grants().await;
     let owner = managed.connect(&managed.owner).await;
     owner_watches_orders(&managed).await;

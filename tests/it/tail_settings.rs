@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use tokio_postgres::NoTls;
 
-use changecast::journal::{Entry, Journal, PgSnapshot, Position, Published};
+use changecast::journal::{Entry, Journal, Position, Published};
 
 use crate::helpers::*;
 
@@ -40,13 +40,7 @@ async fn the_tailers_reads_leave_their_connections_settings_alone() {
         defaults.contains(&"enable_seqscan=on".to_owned()),
         "{defaults:?}"
     );
-    let before: PgSnapshot = client
-        .query_one("select pg_current_snapshot()::text", &[])
-        .await
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap();
+    let before = current_snapshot(&client).await;
     let written: HashSet<String> = app.insert_tickets("acme", 3).await.into_iter().collect();
 
     let journal = Journal::open(&client).await.unwrap();

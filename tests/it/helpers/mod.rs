@@ -366,6 +366,16 @@ impl TestApp {
     }
 }
 
+/// The snapshot a statement on `db` would take now, as the service reads it.
+pub async fn current_snapshot(db: &tokio_postgres::Client) -> changecast::journal::PgSnapshot {
+    db.query_one("select pg_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap()
+}
+
 /// Inserts `n` tickets in one statement on `db`; returns their ids.
 pub async fn insert_tickets(db: &tokio_postgres::Client, tenant: &str, n: i64) -> Vec<String> {
     db.query(
