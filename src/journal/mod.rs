@@ -43,8 +43,7 @@ pub use sql::{
 use crate::tenant::TenantId;
 use rows::running;
 use sql::{
-    more_after, under_index_settings, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL,
-    TAIL_MARK, TAIL_NEW,
+    more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_MARK, TAIL_NEW,
 };
 
 /// What [`Journal::read_new`] found.
@@ -211,10 +210,19 @@ impl Journal {
         })
     }
 
-    /// The tailer's reads, prepared on `client` (valid on that connection only). Each
-    /// runs under [`INDEX_PLANNER_SETTINGS`] in a transaction of its own: the
-    /// connection's settings stay as they are.
+    /// The tailer's reads, prepared on `client` (valid on that connection only), which
+    /// keeps [`INDEX_PLANNER_SETTINGS`] from now on. They must hold whenever a statement
+    /// is planned — at its first run, and again whenever its plan is invalidated (a
+    /// partition attached or dropped, new statistics) — and `plan_cache_mode` is looked
+    /// at on every run. Set for the connection, they cost nothing per read; set for each
+    /// read (a transaction with SET LOCAL around it), they add a third to half of what
+    /// PostgreSQL spends on a read that finds nothing (`cargo bench --bench tail_read`). The tailer's connections are its own
+    /// sessions (the LISTEN connection, a standby's reader), and what else runs on them
+    /// plans the same under these settings: function calls (WAL positions, the doorbell's
+    /// queue probe over `pg_locks`, whose join starts from the few lock waiters) and
+    /// one-row tables.
     pub async fn prepare_tail(client: &Client) -> DbResult<TailStatements> {
+        client.batch_execute(INDEX_PLANNER_SETTINGS).await?;
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
@@ -260,21 +268,21 @@ impl Journal {
     ) -> DbResult<(Vec<Entry>, bool)> {
         let unseen = &published.prev.0;
         let upto = published.whole_batch();
-        let rows = under_index_settings(
-            client,
-            &statements.batch,
-            &[
-                &unseen.xmax.to_string(),
-                &running(unseen),
-                &upto.prev.0.to_string(),
-                &upto.next.0.to_string(),
-                &upto.through_id,
-                &published.through_id,
-                &(limit as i64),
-                &(max_bytes as i64),
-            ],
-        )
-        .await?;
+        let rows = client
+            .query(
+                &statements.batch,
+                &[
+                    &unseen.xmax.to_string(),
+                    &running(unseen),
+                    &upto.prev.0.to_string(),
+                    &upto.next.0.to_string(),
+                    &upto.through_id,
+                    &published.through_id,
+                    &(limit as i64),
+                    &(max_bytes as i64),
+                ],
+            )
+            .await?;
         let more = more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
         Ok((rows::entries(&self.scope(), &rows, known_since), more))
     }
@@ -308,17 +316,17 @@ impl Journal {
                 .await;
         }
         let unseen = &published.prev.0;
-        let rows = under_index_settings(
-            client,
-            &statements.new,
-            &[
-                &unseen.xmax.to_string(),
-                &running(unseen),
-                &(limit as i64),
-                &(max_bytes as i64),
-            ],
-        )
-        .await?;
+        let rows = client
+            .query(
+                &statements.new,
+                &[
+                    &unseen.xmax.to_string(),
+                    &running(unseen),
+                    &(limit as i64),
+                    &(max_bytes as i64),
+                ],
+            )
+            .await?;
         let first = rows.first().expect("BUG: the snapshot row is always there");
         let position = Position(
             first
@@ -364,18 +372,18 @@ impl Journal {
     ) -> DbResult<NewRows> {
         let unseen = &published.prev.0;
         let (limit, max_bytes) = limits;
-        let rows = under_index_settings(
-            client,
-            &statements.mark,
-            &[
-                &unseen.xmax.to_string(),
-                &running(unseen),
-                &mark.position.0.to_string(),
-                &(limit as i64),
-                &(max_bytes as i64),
-            ],
-        )
-        .await?;
+        let rows = client
+            .query(
+                &statements.mark,
+                &[
+                    &unseen.xmax.to_string(),
+                    &running(unseen),
+                    &mark.position.0.to_string(),
+                    &(limit as i64),
+                    &(max_bytes as i64),
+                ],
+            )
+            .await?;
         let more = more_after(rows.len(), rows.first().map(|r| r.get(10)), limit);
         let entries = rows::entries(
             &self.scope(),

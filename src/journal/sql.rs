@@ -4,9 +4,6 @@
 
 use std::sync::LazyLock;
 
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, Statement};
-
 /// What a statement comes to.
 pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
@@ -149,36 +146,6 @@ pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_h
 /// [`INDEX_PLANNER_SETTINGS`] for one transaction (a pooled connection's replay start).
 pub static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =
     LazyLock::new(|| INDEX_PLANNER_SETTINGS.replace("set ", "set local "));
-
-/// Opens the transaction one of the tailer's statements runs in, under
-/// [`INDEX_PLANNER_SETTINGS`] until it ends.
-static TAIL_TRANSACTION: LazyLock<String> =
-    LazyLock::new(|| format!("begin; {}", *INDEX_PLANNER_SETTINGS_LOCAL));
-
-/// Runs `statement` (one of the tailer's, prepared on `client`) under
-/// [`INDEX_PLANNER_SETTINGS`], which end with it: the tailer may read on a connection
-/// whose other statements (LISTEN, the doorbell, the WAL positions a standby waits for)
-/// are planned as usual. The settings must hold at every execution, not only at
-/// PREPARE: the statement is planned at its first run and again whenever its plan is
-/// invalidated (a partition attached or dropped, new statistics), and `plan_cache_mode`
-/// is looked at on every run. BEGIN with the settings, the statement and COMMIT are
-/// sent together, each queued before any answer is awaited: one round trip, as the
-/// statement alone. A failed statement aborts the transaction, whose COMMIT then rolls
-/// it back, so the connection is never left inside it.
-pub(super) async fn under_index_settings(
-    client: &Client,
-    statement: &Statement,
-    params: &[&(dyn ToSql + Sync)],
-) -> DbResult<Vec<Row>> {
-    // try_join3 polls in order: the three requests leave in this order on its first poll.
-    let (_, rows, _) = futures_util::future::try_join3(
-        client.batch_execute(&TAIL_TRANSACTION),
-        client.query(statement, params),
-        client.batch_execute("commit"),
-    )
-    .await?;
-    Ok(rows)
-}
 
 /// Planner settings of a replay page's transaction (see `replay::read_replay`).
 pub const REPLAY_PLANNER_SETTINGS: &str =
