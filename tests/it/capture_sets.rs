@@ -81,6 +81,21 @@ async fn journal_after(
 /// One random statement on table `{t}`: multi-row INSERTs (ids may repeat: the id
 /// column is no key), UPDATEs of every kind (no-ops, excluded columns only, id and
 /// tenant changes, swaps of ids, nulls), DELETEs.
+/// Rows inserted at once by [`bulk_insert`]: more than changecast.bulk_rows().
+const BULK_INSERT_ROWS: i64 = 70;
+
+/// An INSERT of [`BULK_INSERT_ROWS`] rows with the next keys.
+fn bulk_insert(next_key: &mut i64) -> String {
+    let first = *next_key + 1;
+    *next_key += BULK_INSERT_ROWS;
+    format!(
+        "insert into {{t}} (k, tenant, rid, a, b, secret, mood)
+         select g, 't' || (g % 3), g % 8, 'x', g % 4, 's', 'calm'
+           from generate_series({first}, {}) g",
+        *next_key
+    )
+}
+
 fn random_statement(rng: &mut Rng, next_key: &mut i64) -> String {
     let tenant = |rng: &mut Rng| match rng.below(20) {
         0 => "null".to_owned(),
@@ -102,16 +117,7 @@ fn random_statement(rng: &mut Rng, next_key: &mut i64) -> String {
     match rng.below(10) {
         // Many rows at once: UPDATEs of at least changecast.bulk_rows() rows are
         // journalled by a statement planned for them.
-        0 if rng.below(4) == 0 => {
-            let first = *next_key + 1;
-            *next_key += 70;
-            format!(
-                "insert into {{t}} (k, tenant, rid, a, b, secret, mood)
-                 select g, 't' || (g % 3), g % 8, 'x', g % 4, 's', 'calm'
-                   from generate_series({first}, {}) g",
-                *next_key
-            )
-        }
+        0 if rng.below(4) == 0 => bulk_insert(next_key),
         0..=2 => {
             let rows: Vec<String> = (0..1 + rng.below(5))
                 .map(|_| {
@@ -226,7 +232,17 @@ async fn compare_capture_paths(url: &str, seed: u64, statements: usize, typed: b
     let (mut compared_in_order, mut compared_as_sets) = (0, 0);
     let mut bulk_updates = 0;
     for n in 0..statements {
-        let statement = random_statement(&mut rng, &mut next_key);
+        // Halfway, whatever the seed: rows enough for an UPDATE of the bulk path, and one.
+        let statement = if n == statements / 2 {
+            bulk_insert(&mut next_key)
+        } else if n == statements / 2 + 1 {
+            format!(
+                "update {{t}} set b = b + 1 where k > {}",
+                next_key - BULK_INSERT_ROWS
+            )
+        } else {
+            random_statement(&mut rng, &mut next_key)
+        };
         // The statements read the tables in their physical order, which is the same for
         // both unless something outside the test placed a row elsewhere: then only the
         // statement's rows, not their order, can be compared.
