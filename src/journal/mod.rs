@@ -215,7 +215,7 @@ impl Journal {
     /// is planned — at its first run, and again whenever its plan is invalidated (a
     /// partition attached or dropped, new statistics) — and `plan_cache_mode` is looked
     /// at on every run. Set for the connection, they cost nothing per read; set for each
-    /// read (a transaction with SET LOCAL around it), they add a third to half of what
+    /// read (a transaction with SET LOCAL around it), they add a fifth to a third to what
     /// PostgreSQL spends on a read that finds nothing (`cargo bench --bench tail_read`). The tailer's connections are its own
     /// sessions (the LISTEN connection, a standby's reader), and what else runs on them
     /// plans the same under these settings: function calls (WAL positions, the doorbell's
