@@ -1,26 +1,26 @@
--- changecast: cheaper journalling of bulk UPDATEs (changecast.update_journal_sql()).
+-- changecast: journalling bulk UPDATEs (changecast.update_journal_sql()).
 --
--- What is written stays as in V16 (and V14): the same journal rows in the same order of
--- ids. Three things cost less:
--- * The final `order by pos, seq` no longer sorts every wide journal row. Large
---   statements pair their rows with a merge join, whose output is ordered by position;
---   `distinct on (pos)` (a no-op: positions are row numbers, unique on each side) tells
---   the planner that the pairs are unique by position, so it orders them by (pos, seq)
---   with an incremental sort of the one or two rows of each pair, where it chose a full
---   sort of all of them for large statements when it had to guess how many rows share a
---   position. The ORDER BY stays: the order is the one it asks for, whichever plan the
---   planner picks.
+-- What is written is V16's (and V14's): the same journal rows in the same order of ids.
+-- How the statement is shaped, and why:
+-- * Large statements pair their rows with a merge join on position, whose output is in
+--   position order. `distinct on (pos)` (which removes nothing: positions are row
+--   numbers, unique on each side) tells the planner that the pairs are unique by
+--   position, so it can order the journal rows by (pos, seq) with an incremental sort
+--   of the one or two rows of each pair. Left to guess how many rows share a position,
+--   it sorts all of them, wide as they are (632 MB on disk for a million rows). The
+--   ORDER BY is what fixes the order, whichever plan the planner picks.
 -- * A column whose values to_jsonb() makes JSON strings, booleans or integers (text,
 --   varchar, char, uuid, date, time, timetz, timestamp, timestamptz, interval, bool,
---   int2, int4, int8, or a domain directly over one of them) is compared by the text of
---   its values (`->>`, SQL null for a JSON null, hence `is not distinct from`): for such
---   values that is exactly jsonb equality (one JSON type per column; equal strings,
---   booleans and integers have equal text), and cheaper than `->`, which built a jsonb
---   value of each side to compare. Every other column (numeric and float, where 1.0 and
---   1.00 are equal jsonb of different text; json and jsonb; arrays, composites, enums and
---   other types, which a cast to json may turn into anything) is compared as jsonb.
--- * jsonb - text[] skips null elements, so the keys left unchanged are removed without
---   array_remove() first.
+--   int2, int4, int8, or a domain directly over one of them: to_jsonb() looks through
+--   domains, and looks for a cast to json only for types that are not built in) is
+--   compared by the text of its values (`->>`, SQL null for a JSON null, hence
+--   `is not distinct from`). For such values that is exactly jsonb equality (one JSON
+--   type per column; equal strings, booleans and integers have equal text) and costs
+--   less than `->`, which builds a jsonb value of each side. Every other column
+--   (numeric and float, where 1.0 and 1.00 are equal jsonb of different text; json and
+--   jsonb; arrays, composites, enums and other types) is compared as jsonb.
+-- * jsonb - text[] skips null elements: the array of unchanged keys needs no
+--   array_remove().
 
 /*
  * Function: changecast.update_journal_sql(table, excluded)

@@ -21,7 +21,7 @@ use super::pace::{Pace, Step, HOLD_OFF_AFTER_NO_EFFECT};
 use super::publish::{Batch, Publisher};
 use super::standby::{self, ReadAt, Standby};
 use crate::backoff::Backoff;
-use crate::journal::{Journal, TailStatements};
+use crate::journal::{Journal, TailConnection, TailStatements};
 use crate::metrics::Metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -130,7 +130,12 @@ impl Tailer {
         self.metrics.draining.set(0);
         // Parsed and planned once per connection, not for every batch: at a batch per
         // commit, planning would be most of what a batch costs PostgreSQL.
-        let statements = bounded(Journal::prepare_tail(reader)).await?;
+        let reader_connection = if standby.is_some() {
+            TailConnection::MaybePooled
+        } else {
+            TailConnection::Own
+        };
+        let statements = bounded(Journal::prepare_tail(reader, reader_connection)).await?;
         // The same statements on the primary, for batches read there while the standby
         // lags (prepared when first needed).
         let mut on_primary: Option<TailStatements> = None;
@@ -166,7 +171,10 @@ impl Tailer {
                         ReadAt::Standby(mark) => (reader, &statements, Some(mark)),
                         ReadAt::Primary(mark) => {
                             if on_primary.is_none() {
-                                on_primary = Some(bounded(Journal::prepare_tail(client)).await?);
+                                on_primary = Some(
+                                    bounded(Journal::prepare_tail(client, TailConnection::Own))
+                                        .await?,
+                                );
                             }
                             let primary_statements =
                                 on_primary.as_ref().expect("BUG: prepared just now");

@@ -43,7 +43,8 @@ pub use sql::{
 use crate::tenant::TenantId;
 use rows::running;
 use sql::{
-    more_after, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL, TAIL_MARK, TAIL_NEW,
+    more_after, under_index_settings, CURSOR_KEY_SQL, JOURNAL_IDENTITY, PRIMARY_MARK_SQL, TAIL,
+    TAIL_MARK, TAIL_NEW,
 };
 
 /// What [`Journal::read_new`] found.
@@ -66,6 +67,33 @@ pub struct TailStatements {
     batch: Statement,
     /// A batch's first page on a hot standby.
     mark: Statement,
+    connection: TailConnection,
+}
+
+/// The connection the tailer reads on, as far as its planner settings go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailConnection {
+    /// A session of the tailer's own (the LISTEN connection, which no transaction-mode
+    /// pooler can carry): the settings are made once, for the session.
+    Own,
+    /// A connection that may go through a transaction-mode pooler (a standby's reader,
+    /// from the read URL the pooled replays use too): every read runs in a transaction
+    /// of its own under the settings, which end with it.
+    MaybePooled,
+}
+
+impl TailStatements {
+    async fn query(
+        &self,
+        client: &Client,
+        statement: &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> DbResult<Vec<tokio_postgres::Row>> {
+        match self.connection {
+            TailConnection::Own => client.query(statement, params).await,
+            TailConnection::MaybePooled => under_index_settings(client, statement, params).await,
+        }
+    }
 }
 
 /// The primary at one moment, for a batch read on a hot standby (see
@@ -210,23 +238,29 @@ impl Journal {
         })
     }
 
-    /// The tailer's reads, prepared on `client` (valid on that connection only), which
-    /// keeps [`INDEX_PLANNER_SETTINGS`] from now on. They must hold whenever a statement
-    /// is planned — at its first run, and again whenever its plan is invalidated (a
-    /// partition attached or dropped, new statistics) — and `plan_cache_mode` is looked
-    /// at on every run. Set for the connection, they cost nothing per read; set for each
-    /// read (a transaction with SET LOCAL around it), they add a fifth to a third to what
-    /// PostgreSQL spends on a read that finds nothing (`cargo bench --bench tail_read`). The tailer's connections are its own
-    /// sessions (the LISTEN connection, a standby's reader), and what else runs on them
-    /// plans the same under these settings: function calls (WAL positions, the doorbell's
-    /// queue probe over `pg_locks`, whose join starts from the few lock waiters) and
-    /// one-row tables.
-    pub async fn prepare_tail(client: &Client) -> DbResult<TailStatements> {
-        client.batch_execute(INDEX_PLANNER_SETTINGS).await?;
+    /// The tailer's reads, prepared on `client` (valid on that connection only), under
+    /// [`INDEX_PLANNER_SETTINGS`]. They must hold whenever a statement is planned — at
+    /// its first run, and again whenever its plan is invalidated (a partition attached or
+    /// dropped, new statistics) — and `plan_cache_mode` is looked at on every run. On
+    /// the tailer's own connection they are made once for the session, which costs
+    /// nothing per read; made for each read (a transaction with SET LOCAL around it),
+    /// they add a fifth to a third to what PostgreSQL spends on a read that finds
+    /// nothing (`cargo bench --bench tail_read`), which a connection that may be pooled
+    /// pays. What else runs on the tailer's own connection plans the same under these
+    /// settings: function calls (WAL positions, the doorbell's queue probe over
+    /// `pg_locks`, whose join starts from the few lock waiters) and one-row tables.
+    pub async fn prepare_tail(
+        client: &Client,
+        connection: TailConnection,
+    ) -> DbResult<TailStatements> {
+        if connection == TailConnection::Own {
+            client.batch_execute(INDEX_PLANNER_SETTINGS).await?;
+        }
         Ok(TailStatements {
             new: client.prepare(TAIL_NEW.as_str()).await?,
             batch: client.prepare(TAIL.as_str()).await?,
             mark: client.prepare(TAIL_MARK.as_str()).await?,
+            connection,
         })
     }
 
@@ -268,8 +302,9 @@ impl Journal {
     ) -> DbResult<(Vec<Entry>, bool)> {
         let unseen = &published.prev.0;
         let upto = published.whole_batch();
-        let rows = client
+        let rows = statements
             .query(
+                client,
                 &statements.batch,
                 &[
                     &unseen.xmax.to_string(),
@@ -316,8 +351,9 @@ impl Journal {
                 .await;
         }
         let unseen = &published.prev.0;
-        let rows = client
+        let rows = statements
             .query(
+                client,
                 &statements.new,
                 &[
                     &unseen.xmax.to_string(),
@@ -372,8 +408,9 @@ impl Journal {
     ) -> DbResult<NewRows> {
         let unseen = &published.prev.0;
         let (limit, max_bytes) = limits;
-        let rows = client
+        let rows = statements
             .query(
+                client,
                 &statements.mark,
                 &[
                     &unseen.xmax.to_string(),

@@ -4,6 +4,9 @@
 
 use std::sync::LazyLock;
 
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
 /// What a statement comes to.
 pub type DbResult<T> = Result<T, tokio_postgres::Error>;
 
@@ -146,6 +149,34 @@ pub const INDEX_PLANNER_SETTINGS: &str = "set enable_seqscan = off; set enable_h
 /// [`INDEX_PLANNER_SETTINGS`] for one transaction (a pooled connection's replay start).
 pub static INDEX_PLANNER_SETTINGS_LOCAL: LazyLock<String> =
     LazyLock::new(|| INDEX_PLANNER_SETTINGS.replace("set ", "set local "));
+
+/// Opens the transaction a tail read runs in on a connection that may be pooled, under
+/// [`INDEX_PLANNER_SETTINGS`] until it ends.
+static TAIL_TRANSACTION: LazyLock<String> =
+    LazyLock::new(|| format!("begin; {}", *INDEX_PLANNER_SETTINGS_LOCAL));
+
+/// Runs `statement` (one of the tailer's, prepared on `client`) under
+/// [`INDEX_PLANNER_SETTINGS`], which end with it: for a connection that may go through a
+/// transaction-mode pooler, where settings made for the session would stay on whichever
+/// server connection took them, for the pooler's other clients, and be missing on the
+/// next. BEGIN with the settings, the statement and COMMIT are sent together, each queued
+/// before any answer is awaited: one round trip, as the statement alone. A failed
+/// statement aborts the transaction, whose COMMIT then rolls it back, so the connection
+/// is never left inside it.
+pub(super) async fn under_index_settings(
+    client: &Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> DbResult<Vec<Row>> {
+    // try_join3 polls in order: the three requests leave in this order on its first poll.
+    let (_, rows, _) = futures_util::future::try_join3(
+        client.batch_execute(&TAIL_TRANSACTION),
+        client.query(statement, params),
+        client.batch_execute("commit"),
+    )
+    .await?;
+    Ok(rows)
+}
 
 /// Planner settings of a replay page's transaction (see `replay::read_replay`).
 pub const REPLAY_PLANNER_SETTINGS: &str =
