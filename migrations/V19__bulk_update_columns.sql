@@ -4,9 +4,10 @@
 -- How the statement is shaped, and why:
 -- * Converting a row to jsonb is most of what a large UPDATE costs beyond the journal's
 --   INSERT, and the old row's jsonb is needed whole only for rows whose tenant or id
---   changed (their `deleted` carries it). So the pairs carry the rows themselves, and
---   each column is compared as it is: the new row becomes jsonb once, the old row only
---   where it moved, and `old` is built from the columns that changed.
+--   changed (their `deleted` carries it). So the pairs carry the rows' columns, each
+--   compared as it is: the new row becomes jsonb once (to_jsonb(), before pairing), the
+--   old row only where it moved, and `old` is built from the columns that changed
+--   (jsonb_build_object(), which converts each value as to_jsonb() of a row does).
 -- * A column is compared with an operator that holds exactly when the jsonb values of
 --   the two sides are equal, which is the rule of the row trigger:
 --   - bool, int2, int4, int8, uuid, date, time, timetz, timestamp, timestamptz (and
@@ -19,7 +20,8 @@
 --     char(n), whose equality ignores trailing blanks; json, jsonb, arrays, composites,
 --     enums) as jsonb, a SQL null taken as JSON null as it is in the row's jsonb.
 -- * Whether a row moved is decided by the text of its tenant and id, as the row trigger
---   decides it (`->>`), for pairs that changed.
+--   decides it (`->>`), for pairs that changed: for a column compared by its own
+--   equality or by bytes that is whether it changed; others compare that text.
 -- * Pairs are unique by position (`distinct on`): the planner then orders the journal
 --   rows by (pos, seq) with an incremental sort of each pair's one or two rows (V18).
 
