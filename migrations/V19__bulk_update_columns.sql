@@ -11,19 +11,32 @@
 -- * A column is compared with an operator that holds exactly when the jsonb values of
 --   the two sides are equal, which is the rule of the row trigger:
 --   - bool, int2, int4, int8, uuid, date, time, timetz, timestamp, timestamptz (and
---     domains over them) with their own equality: each value has one text in JSON and
---     equal values have equal text (timetz equality compares the zone too);
---   - text and varchar with the "C" collation, which compares bytes: the column's own
---     collation may call different strings equal;
+--     domains directly over them) with their own equality: each value has one text in
+--     JSON and equal values have equal text (timetz equality compares the zone too);
+--   - text and varchar (and domains directly over them) with the "C" collation, which
+--     compares bytes: the column's own collation may call different strings equal;
 --   - every other type (numeric and float, where 1.0 and 1.00 are equal jsonb of
 --     different text; interval, where '1 day' = '24 hours' in SQL but not in JSON;
 --     char(n), whose equality ignores trailing blanks; json, jsonb, arrays, composites,
---     enums) as jsonb, a SQL null taken as JSON null as it is in the row's jsonb.
+--     enums, domains over domains) as jsonb, a SQL null taken as JSON null as it is
+--     in the row's jsonb, against the value in the new row's jsonb.
 -- * Whether a row moved is decided by the text of its tenant and id, as the row trigger
 --   decides it (`->>`), for pairs that changed: for a column compared by its own
 --   equality or by bytes that is whether it changed; others compare that text.
 -- * Pairs are unique by position (`distinct on`): the planner then orders the journal
 --   rows by (pos, seq) with an incremental sort of each pair's one or two rows (V18).
+-- * A select list holds at most 1664 entries, and the pairs carry about twice as many
+--   as the table has columns: tables of more than changecast.bulk_columns() columns
+--   keep V18's statement, which carries one jsonb per row.
+
+/*
+ * Function: changecast.bulk_columns()
+ * Returns: the most columns (dropped ones aside) of a table whose bulk UPDATEs
+ *   changecast.update_journal_sql() compares column by column; the pairs of a wider
+ *   table's rows would not fit in a select list.
+ */
+create function changecast.bulk_columns() returns bigint
+language sql immutable parallel safe as 'select 800::bigint';
 
 /*
  * Function: changecast.columns_to_jsonb(table, excluded, prefix)
@@ -66,7 +79,8 @@ $$;
 create function changecast.update_journal_sql(target oid, excluded text[], tenant_column text, id_column text)
 returns text
 language sql stable set search_path = pg_catalog, pg_temp as $$
-    select format($sql$
+    select case when count(*) > changecast.bulk_columns() then changecast.update_journal_sql(target, excluded)
+    else format($sql$
         insert into changecast.change_log
                (tenant_id, resource_type, event, resource_id, resource, old, xid, writer_snapshot)
         select case when e.seq = 0 then p.prev ->> $1
@@ -83,7 +97,7 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                        case when m.moved then %s end as prev,
                        case when not m.moved then %s end as old_values
                   from (select c.*, %s or %s as moved
-                          from (select b.*, a.*, %s
+                          from (select b.*, a.cur, %s
                                   from (select row_number() over (), o.* from changecast_old o offset 0)
                                        b (pos, %s)
                                   join (select row_number() over (), to_jsonb(n.*) - $6, n.* from changecast_new n offset 0)
@@ -104,18 +118,19 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                    ' || ' order by c.attnum) filter (where c.compared),
         -- moved: the tenant's or the id's text as `->>` reads it from the row's jsonb
         -- changed, which for JSON strings, booleans and integers is their jsonb changing
-        coalesce(max(c.key_changed) filter (where c.attname = tenant_column), 'false'),
-        coalesce(max(c.key_changed) filter (where c.attname = id_column), 'false'),
+        coalesce(max(c.key_changed) filter (where c.attname = tenant_column and c.compared), 'false'),
+        coalesce(max(c.key_changed) filter (where c.attname = id_column and c.compared), 'false'),
         string_agg(format('%s as changed_%s', c.changed, c.attnum), ', ' order by c.attnum) filter (where c.compared),
         string_agg(format('o_%s', c.attnum), ', ' order by c.attnum),
         string_agg(format('n_%s', c.attnum), ', ' order by c.attnum),
         string_agg(format('c.changed_%s', c.attnum), ' or ' order by c.attnum) filter (where c.compared))
+    end
       from (select a.attnum, a.attname, a.attname <> all (excluded) as compared,
                    case k.kind
                         when 'equal' then format('b.o_%1$s is distinct from a.n_%1$s', a.attnum)
                         when 'bytes' then format('b.o_%1$s collate "C" is distinct from a.n_%1$s collate "C"', a.attnum)
-                        else format('coalesce(to_jsonb(b.o_%1$s), ''null'') is distinct from coalesce(to_jsonb(a.n_%1$s), ''null'')',
-                                    a.attnum) end as changed,
+                        else format('coalesce(to_jsonb(b.o_%s), ''null'') is distinct from a.cur -> %L',
+                                    a.attnum, a.attname) end as changed,
                    case when k.kind in ('equal', 'bytes') then format('c.changed_%s', a.attnum)
                         else format('(to_jsonb(c.o_%s) #>> ''{}'') is distinct from c.cur ->> %L', a.attnum, a.attname)
                    end as key_changed
@@ -131,5 +146,6 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
              where a.attrelid = target and a.attnum > 0 and not a.attisdropped) c
 $$;
 
+revoke all on function changecast.bulk_columns() from public;
 revoke all on function changecast.columns_to_jsonb(oid, text[], text) from public;
 revoke all on function changecast.update_journal_sql(oid, text[], text, text) from public;

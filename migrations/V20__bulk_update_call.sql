@@ -255,4 +255,3 @@ begin
 end
 $$;
 
-drop function changecast.update_journal_sql(oid, text[]);
