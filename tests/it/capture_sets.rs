@@ -774,3 +774,131 @@ async fn compare_bulk_updates(
     }
     written
 }
+
+/// Statements of one row take the statement trigger's single-row path (migration V20):
+/// what it writes, and what it refuses, must be what the row trigger writes and refuses,
+/// for every kind of change of one row: values equal as jsonb but of other text, excluded
+/// columns (also once renamed), moves of tenant or id (also from a null key), null keys.
+#[tokio::test]
+async fn single_row_statements_journal_what_the_row_trigger_journals() {
+    let url = server().fresh_database().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "create table public.one_set (k int, tenant_id text, id int, num numeric, j json, v text,
+                                      secret text)
+             with (autovacuum_enabled = off);
+         create table public.one_row (like public.one_set) with (autovacuum_enabled = off);
+         insert into public.one_set values (1, 'a', 1, 1.0, null, 'v', 's'), (2, 'a', 2, 2, '[1]', 'w', 's'),
+                                           (3, null, 3, 3, null, 'x', 's'), (4, 'a', null, 4, null, 'y', 's');
+         insert into public.one_row select * from public.one_set;",
+    )
+    .await
+    .unwrap();
+    db.batch_execute(&watch_set_and_row("one", "tenant_id", "id", "secret"))
+        .await
+        .unwrap();
+    let statements = [
+        "insert into {t} values (5, 'b', 5, 5, null, 'z', 's')",
+        "insert into {t} values (6, null, 6, 6, null, 'z', 's')",
+        "insert into {t} values (7, 'b', null, 7, null, 'z', 's')",
+        "insert into {t} select * from {t} where false",
+        // No change as jsonb, or of an excluded column only: nothing written.
+        "update {t} set num = 1.00 where k = 1",
+        "update {t} set v = v, j = j where k = 2",
+        "update {t} set secret = 'other' where k = 1",
+        "update {t} set v = 'changed' where k = 1",
+        "update {t} set num = num * 1.000, v = 'again', secret = 't' where k = 1",
+        "update {t} set j = coalesce(j, 'null') where k = 1",
+        "update {t} set j = '[1.0]', num = 2.0 where k = 2",
+        // Moves: deleted then created; from a null key, created alone.
+        "update {t} set id = 10, v = 'moved' where k = 2",
+        "update {t} set tenant_id = 'c' where k = 2",
+        "update {t} set tenant_id = 'a' where k = 3",
+        "update {t} set id = 4 where k = 4",
+        // Null keys refused, tenant first.
+        "update {t} set tenant_id = null where k = 5",
+        "update {t} set id = null, tenant_id = null where k = 5",
+        "update {t} set id = null where k = 5",
+        "update {t} set v = 'none' where k = 99",
+        "alter table {t} rename column secret to hidden",
+        "update {t} set hidden = 'renamed' where k = 1",
+        "update {t} set hidden = 'renamed and', v = 'changed' where k = 1",
+        "delete from {t} where k = 1",
+        "delete from {t} where k = 99",
+        "update {t} set id = null where k = 4",
+        "delete from {t} where k = 4",
+    ];
+    let (mut after_set, mut after_row) = (0, 0);
+    let mut written = Vec::new();
+    for statement in statements {
+        let on_set = db
+            .execute(&statement.replace("{t}", "public.one_set"), &[])
+            .await;
+        let on_row = db
+            .execute(&statement.replace("{t}", "public.one_row"), &[])
+            .await;
+        match (&on_set, &on_row) {
+            (Ok(set), Ok(row)) => assert_eq!(set, row, "{statement}: rows changed"),
+            (Err(set), Err(row)) => {
+                let (set, row) = (set.as_db_error().unwrap(), row.as_db_error().unwrap());
+                assert_eq!(set.code(), row.code(), "{statement}");
+                assert_eq!(
+                    set.message().replace("one_set", "one_row"),
+                    row.message(),
+                    "{statement}"
+                );
+                assert_eq!(set.hint(), row.hint(), "{statement}");
+            }
+            _ => panic!("{statement}: statement trigger {on_set:?}, row trigger {on_row:?}"),
+        }
+        let (set, last_set) = journal_after(&db, "one_set", after_set).await;
+        let (row, last_row) = journal_after(&db, "one_row", after_row).await;
+        assert_eq!(set, row, "{statement}");
+        written.push((statement, on_set.is_ok(), set.len()));
+        (after_set, after_row) = (last_set, last_row);
+    }
+    let written_by = |statement: &str| {
+        let (_, ok, rows) = written.iter().find(|(s, ..)| *s == statement).unwrap();
+        (*ok, *rows)
+    };
+    assert_eq!(
+        written_by("update {t} set num = 1.00 where k = 1"),
+        (true, 0)
+    );
+    assert_eq!(
+        written_by("update {t} set secret = 'other' where k = 1"),
+        (true, 0)
+    );
+    assert_eq!(
+        written_by("update {t} set hidden = 'renamed' where k = 1"),
+        (true, 0)
+    );
+    assert_eq!(
+        written_by("update {t} set id = 10, v = 'moved' where k = 2"),
+        (true, 2)
+    );
+    assert_eq!(
+        written_by("update {t} set tenant_id = 'a' where k = 3"),
+        (true, 1)
+    );
+    assert_eq!(
+        written_by("update {t} set tenant_id = null where k = 5"),
+        (false, 0)
+    );
+    // The single-row path leaves the writer's transaction id (and snapshot) to the
+    // journal's defaults, evaluated by its INSERT: the writing transaction's.
+    db.batch_execute("begin; insert into public.one_set values (8, 'b', 8, 8, null, 'z', 's')")
+        .await
+        .unwrap();
+    let (rows, own): (i64, bool) = db
+        .query_one(
+            "select count(*), coalesce(bool_and(xid = pg_current_xact_id()), false)
+               from changecast.change_log where resource_type = 'one_set' and id > $1",
+            &[&after_set],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    db.batch_execute("commit").await.unwrap();
+    assert_eq!((rows, own), (1, true));
+}
