@@ -33,8 +33,10 @@
 --   aggregate. An object minus some of its keys is the object built from the other
 --   pairs, so the value written is the same.
 -- Statements of two rows or more are journalled as in V16, after the one query above
--- (a small part of their cost); so are tables with a column of a type a non-superuser
--- owns, which never reach that query.
+-- (a small part of their cost), except that a bulk UPDATE hands its tenant and id
+-- columns to changecast.update_journal_sql(), which compares the rows column by column
+-- and must know them (V19); tables with a column of a type a non-superuser owns never
+-- reach that query.
 
 /*
  * Function: changecast.capture_set()  (AFTER statement trigger with transition tables)
@@ -263,7 +265,7 @@ begin
             -- seconds compiling for them.
             jit_setting := current_setting('jit');
             perform set_config('jit', 'off', true);
-            execute changecast.update_journal_sql(tg_relid, excluded)
+            execute changecast.update_journal_sql(tg_relid, excluded, tg_argv[1], tg_argv[2])
                 using tg_argv[1], tg_argv[2], tg_argv[0], tg_table_schema, tg_table_name, excluded;
             get diagnostics written = row_count;
             perform set_config('jit', jit_setting, true);
