@@ -56,7 +56,7 @@ impl Fanned {
                 Some(change.resource_id.clone()),
             ),
             Entry::AppEvent(event) => (event.topic.clone(), true, None),
-            Entry::Truncated(marker) => (marker.resource_type.clone(), false, None),
+            Entry::Resync(marker) => (marker.resource_type.clone(), false, None),
         };
         Fanned::InJournal(InJournal {
             xid: entry.xid(),

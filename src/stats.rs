@@ -89,7 +89,7 @@ impl Activity {
             let (is_type, name, occurred_at) = match entry {
                 Entry::Change(change) => (true, &change.resource_type, &change.occurred_at),
                 Entry::AppEvent(event) => (false, &event.topic, &event.occurred_at),
-                Entry::Truncated(_) => continue,
+                Entry::Resync(_) => continue,
             };
             // Keys are cloned only the first time a tenant or name is seen.
             if !state.tenants.contains_key(entry.tenant()) {

@@ -84,14 +84,18 @@ pub enum ResyncReason {
     /// One transaction brought the subscriber more events than its `max_txn_events`:
     /// it gets this instead of them.
     BulkChange,
+    /// The journal holds a row of an event this build does not know (written by a
+    /// newer one): the subscribers of its type refetch.
+    UnknownChange,
 }
 
 impl ResyncReason {
-    pub const ALL: [ResyncReason; 4] = [
+    pub const ALL: [ResyncReason; 5] = [
         ResyncReason::CursorExpired,
         ResyncReason::CursorInvalid,
         ResyncReason::Truncated,
         ResyncReason::BulkChange,
+        ResyncReason::UnknownChange,
     ];
 
     /// As the wire and the metrics spell it.
@@ -101,6 +105,7 @@ impl ResyncReason {
             ResyncReason::CursorInvalid => "cursor_invalid",
             ResyncReason::Truncated => "truncated",
             ResyncReason::BulkChange => "bulk_change",
+            ResyncReason::UnknownChange => "unknown_change",
         }
     }
 }

@@ -8,13 +8,13 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, ResyncReason};
 use super::frames::Frames;
 use crate::row::Row;
 use crate::tenant::TenantId;
 
 /// `created | updated | deleted`, as the journal and the wire spell them. (The journal's
-/// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Truncated`].)
+/// fourth kind, `truncated`, is not a resource change: it is read as [`Entry::Resync`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -42,14 +42,15 @@ impl EventKind {
 }
 
 /// One journal row as the hub fans it out: a row change, an application event, or a
-/// truncation marker.
+/// marker that makes subscribers resync.
 #[derive(Clone, Debug)]
 pub enum Entry {
     Change(SharedChange),
     AppEvent(SharedAppEvent),
-    /// The table of `resource_type` was truncated: every row of the tenant is gone.
-    /// Subscribers resync; it has no `resource_change` form.
-    Truncated(Truncation),
+    /// The subscribers of `resource_type` in the tenant resync: its table was
+    /// truncated, or the row is of an event this build does not know. It has no
+    /// `resource_change` form.
+    Resync(ResyncMarker),
 }
 
 impl Entry {
@@ -58,7 +59,7 @@ impl Entry {
         match self {
             Entry::Change(change) => change.id,
             Entry::AppEvent(event) => event.id,
-            Entry::Truncated(marker) => marker.id,
+            Entry::Resync(marker) => marker.id,
         }
     }
 
@@ -67,7 +68,7 @@ impl Entry {
         match self {
             Entry::Change(change) => change.xid,
             Entry::AppEvent(event) => event.xid,
-            Entry::Truncated(marker) => marker.xid,
+            Entry::Resync(marker) => marker.xid,
         }
     }
 
@@ -75,7 +76,7 @@ impl Entry {
         match self {
             Entry::Change(change) => &change.tenant,
             Entry::AppEvent(event) => &event.tenant,
-            Entry::Truncated(marker) => &marker.tenant,
+            Entry::Resync(marker) => &marker.tenant,
         }
     }
 
@@ -88,7 +89,7 @@ impl Entry {
                     change.resource.get().len() + change.old.as_ref().map_or(0, |o| o.get().len())
                 }
                 Entry::AppEvent(event) => event.payload.get().len(),
-                Entry::Truncated(_) => 0,
+                Entry::Resync(_) => 0,
             }
     }
 
@@ -96,14 +97,16 @@ impl Entry {
         match self {
             Entry::Change(change) => &change.cursor,
             Entry::AppEvent(event) => &event.cursor,
-            Entry::Truncated(marker) => &marker.cursor,
+            Entry::Resync(marker) => &marker.cursor,
         }
     }
 }
 
-/// A journalled TRUNCATE of one tenant's rows of one resource type.
+/// A journal row that sends the subscribers of one tenant's resource type a `resync`:
+/// a journalled TRUNCATE of its rows, or a row whose event this build cannot read.
 #[derive(Clone, Debug)]
-pub struct Truncation {
+pub struct ResyncMarker {
+    pub reason: ResyncReason,
     pub id: i64,
     pub xid: u64,
     pub tenant: TenantId,

@@ -29,7 +29,7 @@ use tokio_postgres::{Client, Statement};
 
 pub use cursor::{journal_tag, Cursor, CursorError, CursorKey, CursorScope, ResyncReason};
 pub use entry::{
-    AppEvent, Change, Entry, EventKind, RowValues, SharedAppEvent, SharedChange, Truncation,
+    AppEvent, Change, Entry, EventKind, ResyncMarker, RowValues, SharedAppEvent, SharedChange,
 };
 pub use frames::{Frame, Frames, MAX_CACHED_OMIT_SETS};
 pub use position::{Position, PrunedBelow, Published};

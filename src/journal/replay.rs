@@ -96,10 +96,10 @@ impl Cursor {
         Position(self.seen.clone())
     }
 
-    /// Whether `entry` is the truncation this cursor is the `resync` cursor of: the
+    /// Whether `entry` is the resync marker this cursor is the `resync` cursor of: the
     /// client has had it (as that resync), and resuming from it must not loop.
-    pub fn names_truncation(&self, entry: &Entry) -> bool {
-        matches!(entry, Entry::Truncated(marker) if marker.id == self.id)
+    pub fn names_marker(&self, entry: &Entry) -> bool {
+        matches!(entry, Entry::Resync(marker) if marker.id == self.id)
     }
 }
 

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use super::cursor::{Cursor, CursorScope};
-use super::entry::{AppEvent, Change, Entry, EventKind, Truncation};
+use super::cursor::{Cursor, CursorScope, ResyncReason};
+use super::entry::{AppEvent, Change, Entry, EventKind, ResyncMarker};
 use super::frames::Frames;
 use super::snapshot::PgSnapshot;
 use crate::tenant::TenantId;
@@ -58,19 +58,38 @@ pub(super) fn entry_at(
         seen: writer.not_seeing(xid),
     };
     let cursor_text = scope.encode(&tenant, &cursor);
-    if event == TRUNCATED {
-        return Entry::Truncated(Truncation {
-            id,
-            xid,
-            tenant,
-            resource_type,
-            cursor,
-            cursor_text,
-        });
-    }
+    let event = match event {
+        TRUNCATED => Err(ResyncReason::Truncated),
+        PUBLISHED => Ok(None),
+        event => EventKind::parse(event).map(Some).ok_or_else(|| {
+            // Only changecast's own functions write the journal: an event this build
+            // does not know comes from a newer one sharing the database (an upgrade
+            // under way). What it means cannot be told, so its subscribers refetch.
+            tracing::warn!(
+                id,
+                event,
+                "a journal row of an unknown event: subscribers of its type resync"
+            );
+            ResyncReason::UnknownChange
+        }),
+    };
+    let event = match event {
+        Err(reason) => {
+            return Entry::Resync(ResyncMarker {
+                reason,
+                id,
+                xid,
+                tenant,
+                resource_type,
+                cursor,
+                cursor_text,
+            });
+        }
+        Ok(event) => event,
+    };
     let payload = RawValue::from_string(resource.to_owned()).expect("BUG: jsonb prints valid JSON");
     let occurred_at = occurred_at.to_owned();
-    if event == PUBLISHED {
+    let Some(event) = event else {
         return Entry::AppEvent(Arc::new(AppEvent {
             id,
             xid,
@@ -83,9 +102,7 @@ pub(super) fn entry_at(
             known_since,
             frames: Frames::default(),
         }));
-    }
-    let event = EventKind::parse(event)
-        .expect("BUG: the journal's check constraint allows only known events");
+    };
     let old = row
         .get::<_, Option<&str>>(at + 9)
         .map(|old| RawValue::from_string(old.to_owned()).expect("BUG: jsonb prints valid JSON"));

@@ -159,7 +159,7 @@ impl Tracer {
                 event.known_since,
                 vec![("changecast.topic", Value::from(event.topic.as_str()))],
             ),
-            Entry::Truncated(_) => return,
+            Entry::Resync(_) => return,
         };
         let slot = self.changes.slot(id);
         let mut pending = lock(&self.changes.pending);

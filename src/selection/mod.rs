@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::journal::{Change, Entry, EventKind};
+use crate::journal::{Change, Entry, EventKind, ResyncReason};
 pub use crate::row::{Comparable, Row};
 use crate::wire::{without_columns, Delivery};
 
@@ -48,9 +48,10 @@ pub struct Selection {
 pub enum Decision {
     Skip,
     Send(Delivery),
-    /// A table of a followed type was truncated: the subscriber resyncs, resuming
-    /// from the truncation's own `cursor`.
+    /// A marker of a followed type ([`Entry::Resync`]): the subscriber resyncs for
+    /// `reason`, resuming from the marker's own `cursor`.
     Resync {
+        reason: ResyncReason,
         cursor: String,
     },
 }
@@ -105,12 +106,11 @@ impl Selection {
             }
             Entry::AppEvent(_) => Decision::Skip,
             // Every row of the type is concerned: `events`, filters and ids do not apply.
-            Entry::Truncated(marker) if self.follows_type(&marker.resource_type) => {
-                Decision::Resync {
-                    cursor: marker.cursor_text.clone(),
-                }
-            }
-            Entry::Truncated(_) => Decision::Skip,
+            Entry::Resync(marker) if self.follows_type(&marker.resource_type) => Decision::Resync {
+                reason: marker.reason,
+                cursor: marker.cursor_text.clone(),
+            },
+            Entry::Resync(_) => Decision::Skip,
         }
     }
 

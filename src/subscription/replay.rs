@@ -116,7 +116,7 @@ impl Subscription {
     /// storm of resuming subscribers queues instead of scanning the journal all at once.
     /// The next page is read while this one is delivered: otherwise PostgreSQL waits for
     /// the delivery and the delivery for PostgreSQL, page after page, neither ever busy
-    /// while the other works. The truncation the client already got as a resync (the
+    /// while the other works. The resync marker the client already got as a resync (the
     /// one `from` names) is not sent again, so resuming from it does not loop.
     ///
     /// With `max_txn_events` (`withheld`), the replay ends at the first transaction over
@@ -254,7 +254,7 @@ impl Subscription {
             self.size_transactions(&page.entries, withheld).await?;
         }
         for entry in page.entries.iter().cloned() {
-            if from.names_truncation(&entry) {
+            if from.names_marker(&entry) {
                 continue;
             }
             if sent_through.is_some_and(|sent| sent.covers(&entry)) {

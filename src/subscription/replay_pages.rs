@@ -21,7 +21,7 @@ const MAX_KEPT_REPLAY_BYTES: usize = 16 * 1024 * 1024;
 fn entry_weight(entry: &Entry) -> usize {
     let omitting = match entry {
         Entry::Change(change) => change.frames.omitting_bytes(),
-        Entry::AppEvent(_) | Entry::Truncated(_) => 0,
+        Entry::AppEvent(_) | Entry::Resync(_) => 0,
     };
     3 * entry.size_hint() + omitting
 }

@@ -87,7 +87,7 @@ pub(super) struct Subscription {
 
 impl Subscription {
     /// Sends one journal entry as the selection decides: a row change or application
-    /// event as the subscriber receives it, a truncation as a `resync`.
+    /// event as the subscriber receives it, a resync marker as a `resync`.
     pub(super) async fn deliver(&self, entry: &Entry) -> Delivered {
         self.send_decided(self.selection.decide(entry)).await
     }
@@ -97,7 +97,7 @@ impl Subscription {
         let sent = match decision {
             Decision::Skip => return Delivered::Filtered,
             Decision::Send(delivery) => self.send(Outbound::Event(delivery)).await,
-            Decision::Resync { cursor } => self.send_resync(ResyncReason::Truncated, cursor).await,
+            Decision::Resync { reason, cursor } => self.send_resync(reason, cursor).await,
         };
         if sent {
             Delivered::Sent

@@ -506,6 +506,49 @@ async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
     assert_eq!(after, before + 1);
 }
 
+/// Dropping the journal's CHECK on `event` leaves no copy on a partition the pruner
+/// created before (`LIKE ... INCLUDING ALL` copies it), so no write pays for it.
+#[tokio::test]
+async fn no_partition_keeps_a_check_on_the_event() {
+    let _serial = SERIAL.lock().await;
+    let url = server().empty_database().await;
+    let (mut db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.batch_execute("create schema if not exists changecast")
+        .await
+        .unwrap();
+    before_partitions::migrations::runner()
+        .set_target(refinery::Target::Version(20))
+        .set_migration_table_name("changecast.refinery_schema_history")
+        .run_async(&mut db)
+        .await
+        .unwrap();
+    // As the pruner creates a partition.
+    db.batch_execute(
+        "create table changecast.change_log_ahead (like changecast.change_log including all);
+         alter table changecast.change_log attach partition changecast.change_log_ahead
+             for values from (1000000) to (2000000)",
+    )
+    .await
+    .unwrap();
+    let checks = "select count(*) from pg_constraint c
+                    join pg_partition_tree('changecast.change_log') p on p.relid = c.conrelid
+                   where c.contype = 'c' and pg_get_constraintdef(c.oid) like '%event%'";
+    let before: i64 = db.query_one(checks, &[]).await.unwrap().get(0);
+    assert_eq!(
+        before, 4,
+        "the journal, its first, DEFAULT and new partitions"
+    );
+
+    let app = start_on(url, |_| {}).await;
+    let after: i64 = app.db.query_one(checks, &[]).await.unwrap().get(0);
+    assert_eq!(after, 0);
+    let id = app.insert_ticket("acme", "after").await;
+    let mut stream = app.sse(&token("acme"), "").await;
+    let (received, _) = receive_with_cursor(&mut stream, &HashSet::from([id.clone()])).await;
+    assert!(received.contains(&id));
+}
+
 #[tokio::test]
 async fn the_sequence_position_is_read_right_before_its_first_id_is_handed_out() {
     let _serial = SERIAL.lock().await;
