@@ -543,8 +543,8 @@ async fn no_partition_keeps_a_check_on_the_event() {
     let app = start_on(url, |_| {}).await;
     let after: i64 = app.db.query_one(checks, &[]).await.unwrap().get(0);
     assert_eq!(after, 0);
-    let id = app.insert_ticket("acme", "after").await;
     let mut stream = app.sse(&token("acme"), "").await;
+    let id = app.insert_ticket("acme", "after").await;
     let (received, _) = receive_with_cursor(&mut stream, &HashSet::from([id.clone()])).await;
     assert!(received.contains(&id));
 }
