@@ -16,6 +16,13 @@ const TRUNCATED: &str = "truncated";
 /// The journal's `event` of an application event.
 const PUBLISHED: &str = "published";
 
+/// What a journal row's `event` makes of it.
+enum RowKind {
+    Change(EventKind),
+    AppEvent,
+    Resync(ResyncReason),
+}
+
 /// The entries of `rows`, their cursors minted in `scope`; `known_since`: see
 /// [`Change::known_since`], the time of the read when `None`.
 pub(super) fn entries(
@@ -59,37 +66,38 @@ pub(super) fn entry_at(
     };
     let cursor_text = scope.encode(&tenant, &cursor);
     let event = match event {
-        TRUNCATED => Err(ResyncReason::Truncated),
-        PUBLISHED => Ok(None),
-        event => EventKind::parse(event).map(Some).ok_or_else(|| {
-            // Only changecast's own functions write the journal: an event this build
-            // does not know comes from a newer one sharing the database (an upgrade
-            // under way). What it means cannot be told, so its subscribers refetch.
-            tracing::warn!(
-                id,
-                event,
-                "a journal row of an unknown event: subscribers of its type resync"
-            );
-            ResyncReason::UnknownChange
-        }),
+        TRUNCATED => RowKind::Resync(ResyncReason::Truncated),
+        PUBLISHED => RowKind::AppEvent,
+        event => match EventKind::parse(event) {
+            Some(kind) => RowKind::Change(kind),
+            None => {
+                // Only changecast's own functions write the journal: an event this
+                // build does not know comes from a newer one sharing the database (an
+                // upgrade under way). What it means cannot be told, so the subscribers
+                // of its type refetch.
+                tracing::warn!(
+                    id,
+                    event,
+                    "a journal row of an unknown event: its subscribers resync"
+                );
+                RowKind::Resync(ResyncReason::UnknownChange)
+            }
+        },
     };
-    let event = match event {
-        Err(reason) => {
-            return Entry::Resync(ResyncMarker {
-                reason,
-                id,
-                xid,
-                tenant,
-                resource_type,
-                cursor,
-                cursor_text,
-            });
-        }
-        Ok(event) => event,
-    };
+    if let RowKind::Resync(reason) = event {
+        return Entry::Resync(ResyncMarker {
+            reason,
+            id,
+            xid,
+            tenant,
+            resource_type,
+            cursor,
+            cursor_text,
+        });
+    }
     let payload = RawValue::from_string(resource.to_owned()).expect("BUG: jsonb prints valid JSON");
     let occurred_at = occurred_at.to_owned();
-    let Some(event) = event else {
+    let RowKind::Change(event) = event else {
         return Entry::AppEvent(Arc::new(AppEvent {
             id,
             xid,
