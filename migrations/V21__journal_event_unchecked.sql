@@ -8,20 +8,11 @@
 -- own. A row of an event the service does not know (written by a newer version sharing
 -- the database) makes the subscribers of its type resync instead of failing the read.
 --
--- Partitions are created LIKE the journal and attached, so each holds a copy of its
--- own, left behind when the journal's goes.
+-- Every partition holds the constraint as inherited only: ATTACH merges the copy that
+-- a partition created LIKE the journal brings (the first partition, those the pruner
+-- creates) into the journal's, and the DEFAULT partition was created as a partition.
+-- Dropping it from the journal drops it from all of them. ALTER TABLE takes ACCESS
+-- EXCLUSIVE on the journal and its partitions for a catalog change only, but waits for
+-- the transactions that use them, and captures and reads queue behind it meanwhile.
 
 alter table changecast.change_log drop constraint change_log_event_check;
-
-do $$
-declare
-    part regclass;
-begin
-    for part in select c.conrelid::regclass
-                  from pg_constraint c
-                  join pg_partition_tree('changecast.change_log') p on p.relid = c.conrelid
-                 where c.conname = 'change_log_event_check' loop
-        execute format('alter table %s drop constraint change_log_event_check', part);
-    end loop;
-end
-$$;

@@ -37,7 +37,7 @@ pub enum Fanned {
 #[derive(Clone, Debug)]
 pub struct InJournal {
     pub xid: u64,
-    /// The resource type of a row change or truncation, the topic of an application event.
+    /// The resource type of a row change or resync marker, the topic of an application event.
     pub name: String,
     pub app_event: bool,
     /// The row's id, for a row change (subscribers of other `ids` need not catch up).

@@ -84,8 +84,8 @@ pub enum ResyncReason {
     /// One transaction brought the subscriber more events than its `max_txn_events`:
     /// it gets this instead of them.
     BulkChange,
-    /// The journal holds a row of an event this build does not know (written by a
-    /// newer one): the subscribers of its type refetch.
+    /// The journal holds a row of an event this build does not know (written by another
+    /// version sharing the database): the subscribers of its type refetch.
     UnknownChange,
 }
 

@@ -1,5 +1,5 @@
 //! The entry model: one journal row as the service hands it on — a row change, an
-//! application event, or a truncation marker — with the caches its readers fill once
+//! application event, or a resync marker — with the caches its readers fill once
 //! and share (the row's values for filters, its wire forms).
 
 use std::sync::{Arc, OnceLock};

@@ -468,7 +468,7 @@ impl Journal {
     }
 
     /// How many rows each transaction of `xids` wrote that a replay with `filter` reads
-    /// (truncation markers aside), each counted up to `cap`.
+    /// (resync markers aside), each counted up to `cap`.
     pub async fn transaction_sizes(
         &self,
         client: &mut deadpool_postgres::Client,

@@ -17,7 +17,7 @@ use crate::tenant::TenantId;
 #[derive(Clone, Copy)]
 pub struct ReplayFilter<'a> {
     pub tenant: &'a TenantId,
-    /// Row changes and truncations of these types only (`None`: of every type).
+    /// Row changes and resync markers of these types only (`None`: of every type).
     pub types: Option<&'a [String]>,
     /// Whether application events are read at all.
     pub app_events: bool,

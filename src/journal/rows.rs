@@ -1,6 +1,6 @@
 //! Decoding journal rows (their columns in `sql::COLUMNS` order) into entries.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
@@ -65,39 +65,49 @@ pub(super) fn entry_at(
         seen: writer.not_seeing(xid),
     };
     let cursor_text = scope.encode(&tenant, &cursor);
-    let event = match event {
+    let kind = match event {
         TRUNCATED => RowKind::Resync(ResyncReason::Truncated),
         PUBLISHED => RowKind::AppEvent,
         event => match EventKind::parse(event) {
             Some(kind) => RowKind::Change(kind),
             None => {
                 // Only changecast's own functions write the journal: an event this
-                // build does not know comes from a newer one sharing the database (an
-                // upgrade under way). What it means cannot be told, so the subscribers
-                // of its type refetch.
-                tracing::warn!(
-                    id,
-                    event,
-                    "a journal row of an unknown event: its subscribers resync"
-                );
+                // build does not know comes from another version sharing the database
+                // (an upgrade under way, or a rollback). What it means cannot be told,
+                // so the subscribers of its type refetch. Logged once per process:
+                // every reader decodes the row again, at the writers' rate, and
+                // `changecast_resyncs_total` counts what subscribers get.
+                static WARNED: Once = Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        id,
+                        event,
+                        "a journal row of an unknown event: the subscribers of its type \
+                         resync; further ones are not logged"
+                    );
+                });
                 RowKind::Resync(ResyncReason::UnknownChange)
             }
         },
     };
-    if let RowKind::Resync(reason) = event {
-        return Entry::Resync(ResyncMarker {
-            reason,
-            id,
-            xid,
-            tenant,
-            resource_type,
-            cursor,
-            cursor_text,
-        });
-    }
+    let event = match kind {
+        RowKind::Resync(reason) => {
+            return Entry::Resync(ResyncMarker {
+                reason,
+                id,
+                xid,
+                tenant,
+                resource_type,
+                cursor,
+                cursor_text,
+            });
+        }
+        RowKind::AppEvent => None,
+        RowKind::Change(event) => Some(event),
+    };
     let payload = RawValue::from_string(resource.to_owned()).expect("BUG: jsonb prints valid JSON");
     let occurred_at = occurred_at.to_owned();
-    let RowKind::Change(event) = event else {
+    let Some(event) = event else {
         return Entry::AppEvent(Arc::new(AppEvent {
             id,
             xid,

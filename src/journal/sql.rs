@@ -260,13 +260,15 @@ pub fn hot_statements() -> [(&'static str, String); 5] {
 /// How many rows each of the transactions `$5` wrote for tenant `$1` that a replay with
 /// the same coarse filter (`$2` types, `$3` application events) would read, counted up
 /// to `$4` each: whether a transaction may exceed a subscriber's `max_txn_events`.
-/// Truncation markers are not events and are not counted. The (tenant_id, xid) index
-/// answers it, reading at most `$4` entries of it per transaction.
+/// Resync markers (truncations, rows of an unknown event) are not events and are not
+/// counted. The (tenant_id, xid) index answers it, reading at most `$4` entries of it per
+/// transaction.
 pub(super) const TRANSACTION_SIZES_SQL: &str = r#"
 select x::text,
        (select count(*)
         from (select 1 from changecast.change_log c
-              where c.tenant_id = $1 and c.xid = x and c.event <> 'truncated'
+              where c.tenant_id = $1 and c.xid = x
+                and c.event in ('created', 'updated', 'deleted', 'published')
                 and (case when c.event = 'published' then $3
                           else $2::text[] is null or c.resource_type = any($2) end)
               limit $4) s)
@@ -281,7 +283,8 @@ pub(super) static TRANSACTION_ROWS: LazyLock<String> = LazyLock::new(|| {
         r#"
 select {COLUMNS}
 from changecast.change_log
-where tenant_id = $1 and xid = $2::text::xid8 and event <> 'truncated'
+where tenant_id = $1 and xid = $2::text::xid8
+  and event in ('created', 'updated', 'deleted', 'published')
   and (case when event = 'published' then $4
             else $3::text[] is null or resource_type = any($3) end)
 "#,

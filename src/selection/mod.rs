@@ -57,7 +57,7 @@ pub enum Decision {
 }
 
 impl Selection {
-    /// Whether row changes of `resource_type` (and its truncations) concern this
+    /// Whether row changes of `resource_type` (and its resync markers) concern this
     /// subscriber at all.
     pub fn follows_type(&self, resource_type: &str) -> bool {
         match (&self.types, &self.topics) {

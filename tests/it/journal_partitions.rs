@@ -506,8 +506,9 @@ async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
     assert_eq!(after, before + 1);
 }
 
-/// Dropping the journal's CHECK on `event` leaves no copy on a partition the pruner
-/// created before (`LIKE ... INCLUDING ALL` copies it), so no write pays for it.
+/// Dropping the journal's CHECK on `event` leaves no copy on any partition, not even on
+/// one the pruner created (`LIKE ... INCLUDING ALL` copies it before ATTACH merges it),
+/// so no write pays for it.
 #[tokio::test]
 async fn no_partition_keeps_a_check_on_the_event() {
     let _serial = SERIAL.lock().await;

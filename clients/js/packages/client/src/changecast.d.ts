@@ -42,7 +42,7 @@ export interface AppEvent<P = unknown, T extends string = string> {
 /** Refetch your state: the stream could not continue exactly (API.md §4). */
 export interface Resync {
   type: 'resync';
-  reason: 'cursor_expired' | 'cursor_invalid' | 'truncated' | 'bulk_change' | (string & {});
+  reason: 'cursor_expired' | 'cursor_invalid' | 'truncated' | 'bulk_change' | 'unknown_change' | (string & {});
   /** Where the stream continues from. */
   id?: string;
 }
