@@ -6,9 +6,10 @@
 //! boundary (`replay`), and continues with live changes, skipping those the cursor
 //! already saw (`live`). If the subscriber falls behind the fan-out it rejoins and
 //! replays again from the last change it was given: a slow subscriber costs a journal
-//! read, never unbounded memory. A resync marker of a type it follows (a truncation) becomes a `resync`,
-//! and its [`Selection`] decides what of each entry it gets (view transitions included),
-//! so transports only ever write finished [`Outbound`] items (`outbound`).
+//! read, never unbounded memory. A resync marker of a type it follows (a truncation)
+//! becomes a `resync`, and its [`Selection`] decides what of each entry it gets (view
+//! transitions included), so transports only ever write finished [`Outbound`] items
+//! (`outbound`).
 
 mod live;
 mod outbound;
