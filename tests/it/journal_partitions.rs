@@ -426,22 +426,27 @@ mod before_partitions {
     refinery::embed_migrations!("migrations");
 }
 
-#[tokio::test]
-async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
-    let _serial = SERIAL.lock().await;
+/// A new database (its URL, and a connection to it) with the migrations up to `version`.
+async fn database_migrated_to(version: i32) -> (String, tokio_postgres::Client) {
     let url = server().empty_database().await;
     let (mut db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
     db.batch_execute("create schema if not exists changecast")
         .await
         .unwrap();
-    let mut runner =
-        before_partitions::migrations::runner().set_target(refinery::Target::Version(13));
-    runner
+    before_partitions::migrations::runner()
+        .set_target(refinery::Target::Version(version))
         .set_migration_table_name("changecast.refinery_schema_history")
         .run_async(&mut db)
         .await
         .unwrap();
+    (url, db)
+}
+
+#[tokio::test]
+async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
+    let _serial = SERIAL.lock().await;
+    let (url, db) = database_migrated_to(13).await;
     // The journal's home, as the service records it on its first start.
     db.batch_execute(
         "update changecast.journal_meta
@@ -512,18 +517,7 @@ async fn converting_a_journal_that_holds_rows_keeps_earlier_cursors_valid() {
 #[tokio::test]
 async fn no_partition_keeps_a_check_on_the_event() {
     let _serial = SERIAL.lock().await;
-    let url = server().empty_database().await;
-    let (mut db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    db.batch_execute("create schema if not exists changecast")
-        .await
-        .unwrap();
-    before_partitions::migrations::runner()
-        .set_target(refinery::Target::Version(20))
-        .set_migration_table_name("changecast.refinery_schema_history")
-        .run_async(&mut db)
-        .await
-        .unwrap();
+    let (url, db) = database_migrated_to(20).await;
     // As the pruner creates a partition.
     db.batch_execute(
         "create table changecast.change_log_ahead (like changecast.change_log including all);

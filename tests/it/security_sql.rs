@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 
 use crate::helpers::*;
@@ -26,6 +26,18 @@ async fn next(stream: &mut SseStream) -> SseEvent {
 }
 
 /// Asserts that the next event is the `resource_change` of resource `id`.
+/// The events (name and `reason`) that arrive before the row change of `id`.
+async fn events_before_change(stream: &mut SseStream, id: &str) -> Vec<(String, Value)> {
+    let mut seen = Vec::new();
+    loop {
+        let event = next(stream).await;
+        if event.event == "resource_change" && event.data["resource"]["id"] == id {
+            return seen;
+        }
+        seen.push((event.event, event.data["reason"].clone()));
+    }
+}
+
 async fn assert_next_change(stream: &mut SseStream, id: &str) {
     let event = next(stream).await;
     assert_eq!(event.event, "resource_change", "{event:?}");
@@ -378,14 +390,7 @@ async fn truncate_resyncs_the_subscribers_of_every_affected_tenant() {
     let mut replayed = app
         .sse_with(&token("acme"), "types=ticket", Some(&before))
         .await;
-    let mut seen = Vec::new();
-    loop {
-        let event = next(&mut replayed).await;
-        if event.event == "resource_change" && event.data["resource"]["id"] == after.as_str() {
-            break;
-        }
-        seen.push((event.event, event.data["reason"].clone()));
-    }
+    let seen = events_before_change(&mut replayed, &after).await;
     assert!(
         seen.contains(&("resync".into(), json!("truncated"))),
         "no resync on replay: {seen:?}"
@@ -443,14 +448,7 @@ async fn a_journal_row_of_an_unknown_kind_resyncs_the_subscribers_of_its_type() 
         .sse_with(&token("acme"), "types=ticket", Some(&before_id))
         .await;
     // (Resuming from a change may bring that change again, with the same id.)
-    let mut seen = Vec::new();
-    loop {
-        let event = next(&mut replayed).await;
-        if event.event == "resource_change" && event.data["resource"]["id"] == after.as_str() {
-            break;
-        }
-        seen.push((event.event, event.data["reason"].clone()));
-    }
+    let seen = events_before_change(&mut replayed, &after).await;
     assert_eq!(
         seen.last(),
         Some(&("resync".to_owned(), json!("unknown_change"))),
