@@ -272,7 +272,11 @@ async fn a_long_writer_holds_its_partition_back_and_pruning_blocks_no_writer() {
     // Past the retention, by the pruner's rule: the open transaction holds the horizon.
     tick_dated(&app.db, 2).await;
 
-    // A writer commits, again and again, while the pruner tries its DDL.
+    // A writer commits, again and again, while the pruner tries its DDL. Paced: the
+    // pruner places a new partition a margin above the ids being handed out, at most one
+    // span (10 ids here, a minute of writes in production); a writer that used up the
+    // margin while ATTACH ran would have its row, routed before the attach to the
+    // DEFAULT partition, refused by PostgreSQL there.
     let writer_db = app.connect_db().await;
     let writer = tokio::spawn(async move {
         let mut slowest = Duration::ZERO;
@@ -282,6 +286,7 @@ async fn a_long_writer_holds_its_partition_back_and_pruning_blocks_no_writer() {
             let started = Instant::now();
             ids.extend(insert_tickets(&writer_db, "acme", 1).await);
             slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         (ids, slowest)
     });
