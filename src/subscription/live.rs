@@ -143,7 +143,7 @@ impl Subscription {
             return Ok(());
         }
         for (entry, decision) in settled.events {
-            match self.send_decided(decision).await {
+            match self.send_decided(&entry, decision).await {
                 Delivered::Sent => *last = Some(entry),
                 Delivered::Filtered => {}
                 Delivered::Gone => return Err(LiveEnded::Stopped),

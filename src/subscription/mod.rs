@@ -23,6 +23,7 @@ mod withheld;
 
 pub use outbound::{Outbound, Resync};
 pub use places::{Limits, PerTransport, Place, Places, Refused, Transport};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 pub use subscriber::Subscriptions;
 
@@ -74,6 +75,7 @@ pub fn open(
         selection,
         tx,
         expires: identity.expiry(),
+        resynced_xid: AtomicU64::new(0),
     };
     // The transport's span (tenant, transport) follows the task into its logs.
     services.tracker.spawn(

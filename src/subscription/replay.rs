@@ -116,8 +116,8 @@ impl Subscription {
     /// storm of resuming subscribers queues instead of scanning the journal all at once.
     /// The next page is read while this one is delivered: otherwise PostgreSQL waits for
     /// the delivery and the delivery for PostgreSQL, page after page, neither ever busy
-    /// while the other works. The resync marker the client already got as a resync (the
-    /// one `from` names) is not sent again, so resuming from it does not loop.
+    /// while the other works. No resync marker of the transaction whose resync `from`
+    /// names is sent again, so resuming from a resync does not loop.
     ///
     /// With `max_txn_events` (`withheld`), the replay ends at the first transaction over
     /// the bound with one `bulk_change` resync at `upto`'s settled position: no event of
@@ -253,10 +253,13 @@ impl Subscription {
         if let Some(withheld) = withheld.as_deref_mut() {
             self.size_transactions(&page.entries, withheld).await?;
         }
+        // The client had the resync `from` names for its whole transaction. (Should the
+        // transaction's markers span pages, one on an earlier page comes again; its own
+        // cursor then names a marker of the same transaction.)
+        if let Some(named) = page.entries.iter().find(|entry| from.names_marker(entry)) {
+            self.resynced(named.xid());
+        }
         for entry in page.entries.iter().cloned() {
-            if from.names_marker(&entry) {
-                continue;
-            }
             if sent_through.is_some_and(|sent| sent.covers(&entry)) {
                 continue;
             }

@@ -3,6 +3,7 @@
 //! transport is busy, stopping when it is gone, the service shuts down or the token
 //! expires.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,21 +84,32 @@ pub(super) struct Subscription {
     pub(super) selection: Selection,
     pub(super) tx: mpsc::Sender<Outbound>,
     pub(super) expires: Instant,
+    /// The transaction of the last resync marker sent (0, no transaction's id: none).
+    /// Its other markers (`TRUNCATE a, b`, rows of unknown events) are not sent: one
+    /// `resync` has the client refetch all its state, and a resume from its cursor, which
+    /// replays the transaction, must not bring another, whose cursor would bring the
+    /// first back in turn.
+    pub(super) resynced_xid: AtomicU64,
 }
 
 impl Subscription {
     /// Sends one journal entry as the selection decides: a row change or application
     /// event as the subscriber receives it, a resync marker as a `resync`.
     pub(super) async fn deliver(&self, entry: &Entry) -> Delivered {
-        self.send_decided(self.selection.decide(entry)).await
+        self.send_decided(entry, self.selection.decide(entry)).await
     }
 
-    /// Sends what the selection decided of an entry.
-    pub(super) async fn send_decided(&self, decision: Decision) -> Delivered {
+    /// Sends what the selection decided of `entry`: one resync per transaction.
+    pub(super) async fn send_decided(&self, entry: &Entry, decision: Decision) -> Delivered {
         let sent = match decision {
             Decision::Skip => return Delivered::Filtered,
             Decision::Send(delivery) => self.send(Outbound::Event(delivery)).await,
-            Decision::Resync { reason, cursor } => self.send_resync(reason, cursor).await,
+            Decision::Resync { reason, cursor } => {
+                if self.resynced_xid.swap(entry.xid(), Ordering::Relaxed) == entry.xid() {
+                    return Delivered::Filtered;
+                }
+                self.send_resync(reason, cursor).await
+            }
         };
         if sent {
             Delivered::Sent
@@ -115,6 +127,12 @@ impl Subscription {
             .journal
             .cursor_at(&self.tenant, upto.settled());
         self.send_resync(reason, cursor).await
+    }
+
+    /// Counts `xid`'s resync markers as sent: the replay of a cursor that names one of
+    /// them sends none.
+    pub(super) fn resynced(&self, xid: u64) {
+        self.resynced_xid.store(xid, Ordering::Relaxed);
     }
 
     pub(super) async fn send_resync(&self, reason: ResyncReason, cursor: String) -> bool {

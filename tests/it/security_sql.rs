@@ -409,6 +409,66 @@ async fn truncate_resyncs_the_subscribers_of_every_affected_tenant() {
     );
 }
 
+/// A transaction that truncates two watched tables writes two markers, and a
+/// subscriber of both types gets one resync for it, live and on replay. Resuming from
+/// that resync brings no other: resuming from each resync in turn would otherwise
+/// alternate between the two for ever.
+#[tokio::test]
+async fn one_transaction_truncating_two_tables_resyncs_once() {
+    let app = spawn_app().await;
+    let mut acme = app.sse(&token("acme"), "types=ticket,agent").await;
+    app.insert_agent("acme", "agent").await;
+    let before = app.insert_ticket("acme", "before").await;
+    let before_id = loop {
+        let event = next(&mut acme).await;
+        if event.data["resource"]["id"] == before.as_str() {
+            break event.id.expect("changes carry an id");
+        }
+    };
+
+    app.db
+        .batch_execute("truncate tickets, agents")
+        .await
+        .unwrap();
+    let markers: i64 = app
+        .db
+        .query_one(
+            "select count(*) from changecast.change_log where event = 'truncated' and tenant_id = 'acme'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(markers, 2, "one marker per table");
+    let event = next(&mut acme).await;
+    assert_eq!(event.event, "resync", "{event:?}");
+    let live_resync = event.id.expect("a resync carries an id");
+    let after = app.insert_ticket("acme", "after").await;
+    assert_eq!(events_before_change(&mut acme, &after).await, vec![]);
+
+    let mut replayed = app
+        .sse_with(&token("acme"), "types=ticket,agent", Some(&before_id))
+        .await;
+    let mut resyncs = Vec::new();
+    loop {
+        let event = next(&mut replayed).await;
+        if event.data["resource"]["id"] == after.as_str() {
+            break;
+        }
+        if event.event == "resync" {
+            resyncs.push(event.id.expect("a resync carries an id"));
+        }
+    }
+    assert_eq!(resyncs.len(), 1, "{resyncs:?}");
+
+    for resync in [&live_resync, &resyncs[0]] {
+        let mut resumed = app
+            .sse_with(&token("acme"), "types=ticket,agent", Some(resync))
+            .await;
+        assert_eq!(events_before_change(&mut resumed, &after).await, vec![]);
+    }
+}
+
 /// A journal row of an event this build does not know (as a newer version sharing the
 /// database could write) resyncs the subscribers of its type in its tenant, live and on
 /// replay, and nobody else; the stream goes on, and resuming from the resync does not
