@@ -46,8 +46,10 @@
 //! for days, or a burst outran them): writers never fail for want of a partition. New
 //! partitions start above whatever it holds (ATTACH checks that it holds no row of the
 //! new range, and fails otherwise: retried next run), and, when the writers have
-//! overtaken the partitions, a minute of writing above the ids being handed out, so
-//! that rows do not race into the DEFAULT partition's share of the new range.
+//! overtaken the partitions, a minute of writing (and at least one id per backend)
+//! above the ids being handed out, read under the DEFAULT partition's lock, so that no
+//! row routed there before the ATTACH belongs to the new range: PostgreSQL would refuse
+//! it, failing the writer's statement.
 //!
 //! ## Locks
 //!
@@ -589,7 +591,6 @@ async fn create_ahead(
                 &format!(
                     "select {NEXT_ID},
                             (select max(upper) from changecast.journal_partitions),
-                            (select max(id) from changecast.change_log_default),
                             (select ({NEXT_ID} - next_id)::float8
                                     / extract(epoch from clock_timestamp() - taken_at)::float8
                              from changecast.journal_ticks
@@ -602,42 +603,71 @@ async fn create_ahead(
             .await?;
         let next: i64 = row.get(0);
         let highest: Option<i64> = row.get(1);
-        let in_default: Option<i64> = row.get(2);
-        let rate = row.get::<_, Option<f64>>(3).unwrap_or(0.0).max(0.0);
+        let rate = row.get::<_, Option<f64>>(2).unwrap_or(0.0).max(0.0);
         let span = span(rate, retention, partitioning.min_span);
         let covered = highest.unwrap_or(i64::MIN);
         if covered >= next.saturating_add(AHEAD * span) {
             return Ok(());
         }
-        // Contiguous with the partitions created, unless the writers are (nearly) past
-        // them: then a little above the ids being handed out, so that no row of the new
-        // range reaches the DEFAULT partition before the new one is attached (the gap
-        // goes to the DEFAULT partition). And above whatever the DEFAULT partition holds:
-        // ATTACH checks that it holds no row of the new range.
-        let margin = ((rate * CATCH_UP_SECS) as i64).max(MIN_MARGIN).min(span);
-        let lower = covered
-            .max(next + margin)
-            .max(in_default.map_or(i64::MIN, |id| id + 1));
-        let upper = lower + span;
-        let name = format!("changecast.change_log_p{lower}");
         let tx = client.transaction().await?;
         if !lock(&tx).await? {
             return Ok(());
         }
-        // Created standalone, then attached: CREATE TABLE ... PARTITION OF would lock the
-        // parent ACCESS EXCLUSIVE; ATTACH takes SHARE UPDATE EXCLUSIVE on it, which
-        // readers and writers do not conflict with, and ACCESS EXCLUSIVE on the new
-        // (empty) table and the DEFAULT partition, within `lock_timeout`.
-        let created = tx
-            .batch_execute(&format!(
+        let created = async {
+            // Created standalone, then attached: CREATE TABLE ... PARTITION OF would lock
+            // the parent ACCESS EXCLUSIVE; ATTACH takes SHARE UPDATE EXCLUSIVE on it,
+            // which readers and writers do not conflict with, and ACCESS EXCLUSIVE on the
+            // new (empty) table and the DEFAULT partition, within `lock_timeout`. The
+            // DEFAULT partition's lock is taken first, before the range is chosen: a
+            // writer hands out its row's id, routes the row, then locks the partition,
+            // so one that routed to the DEFAULT partition and waits for it would, once
+            // the partition is attached, have its row refused there if the id were in
+            // the new range. Under the lock, each backend can have handed out at most
+            // one such id since the range was chosen.
+            tx.batch_execute(&format!(
                 "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
-                 create table {name} (like changecast.change_log including all);
+                 lock table changecast.change_log_default in access exclusive mode"
+            ))
+            .await?;
+            let row = tx
+                .query_one(
+                    &format!(
+                        "select {NEXT_ID},
+                                (select max(id) from changecast.change_log_default),
+                                current_setting('max_connections')::int8
+                                    + current_setting('max_worker_processes')::int8"
+                    ),
+                    &[],
+                )
+                .await?;
+            let next: i64 = row.get(0);
+            let in_default: Option<i64> = row.get(1);
+            let backends: i64 = row.get(2);
+            // Contiguous with the partitions created, unless the writers are (nearly)
+            // past them: then above the ids being handed out by a minute of writing (the
+            // rate may rise while ATTACH runs) or one id per backend, whichever is more
+            // (the gap goes to the DEFAULT partition). And above whatever the DEFAULT
+            // partition holds: ATTACH checks that it holds no row of the new range.
+            let margin = ((rate * CATCH_UP_SECS) as i64)
+                .max(MIN_MARGIN)
+                .min(span)
+                .max(backends);
+            let lower = covered
+                .max(next + margin)
+                .max(in_default.map_or(i64::MIN, |id| id + 1));
+            let upper = lower + span;
+            let name = format!("changecast.change_log_p{lower}");
+            tx.batch_execute(&format!(
+                "create table {name} (like changecast.change_log including all);
                  alter table changecast.change_log attach partition {name}
                      for values from ({lower}) to ({upper})"
             ))
-            .await;
+            .await?;
+            Ok::<_, tokio_postgres::Error>((name, lower, upper))
+        }
+        .await;
         match created {
-            Ok(()) => {
+            Ok((name, lower, upper)) => {
                 tx.commit().await?;
                 tracing::debug!(
                     partition = name,
@@ -648,7 +678,7 @@ async fn create_ahead(
             }
             // A statement_timeout may cancel the DEFAULT partition's scan.
             Err(error) if lost_race(&error) || error.code() == Some(&SqlState::QUERY_CANCELED) => {
-                tracing::debug!(partition = name, ?error, "not created this time");
+                tracing::debug!(?error, "no journal partition created this time");
                 return Ok(());
             }
             Err(error) => return Err(error.into()),
