@@ -46,10 +46,8 @@
 //! for days, or a burst outran them): writers never fail for want of a partition. New
 //! partitions start above whatever it holds (ATTACH checks that it holds no row of the
 //! new range, and fails otherwise: retried next run), and, when the writers have
-//! overtaken the partitions, a minute of writing (and at least one id per backend)
-//! above the ids being handed out, read under the DEFAULT partition's lock, so that no
-//! row routed there before the ATTACH belongs to the new range: PostgreSQL would refuse
-//! it, failing the writer's statement.
+//! overtaken the partitions, at the ids handed out, read while no writer is at work
+//! (see Locks).
 //!
 //! ## Locks
 //!
@@ -65,9 +63,16 @@
 //!   and empty: nothing to scan) and on the DEFAULT partition, which it scans for rows of
 //!   the new range — empty or small as a rule (what is written before the first run
 //!   after the journal was converted; later, only an outage longer than the partitions
-//!   created ahead fills it). It may then hold millions: no partition is attached (the scan would block its writers
-//!   and every reader for as long, about 0.2 s per million rows, and could hit a
-//!   `statement_timeout`) while it holds more than [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows.
+//!   created ahead fills it). It may then hold millions: no partition is attached (the
+//!   scan would block its writers and every reader for as long, about 0.2 s per million
+//!   rows, and could hit a `statement_timeout`) while it holds more than
+//!   [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows. But a statement routes its rows with the
+//!   partitions there were when it began (a transaction, once it wrote to the journal,
+//!   may keep them too), and PostgreSQL refuses a row it routes to the DEFAULT partition
+//!   if the partition attached meanwhile covers it: a writer's statement, a bulk one
+//!   above all, would fail. So the pruner takes SHARE on the parent first, for the
+//!   attaching transaction (a few milliseconds): it waits for the journal's writers to
+//!   end and holds new ones back, not readers.
 //!   Its rows go by DELETE as they expire; but writers past the partitions go on into it
 //!   meanwhile, so a journal that writes more than that per retention period stays
 //!   there, pruned by DELETE only, with a warning at every run.
@@ -79,7 +84,7 @@
 //!   (empty: holding the lock for a catalog change only) when the lock comes, if they
 //!   are still empty under it.
 //!
-//! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT_MS`]: a lock that
+//! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT`]: a lock that
 //! conflicts with a long transaction is given up, and the step retried next run, so
 //! writers and readers queue behind the pruner's request for at most that long — never
 //! behind a long transaction's. Whether a partition may be emptied, or dropped, is
@@ -108,7 +113,7 @@ pub const PRUNE_LOCK: i64 = 0x6368_616e_6765_6302;
 const BATCH_ROWS: i64 = 5000;
 /// How long each statement of partition maintenance waits for a lock before it gives up
 /// until the next run.
-const LOCK_TIMEOUT_MS: u32 = 100;
+const LOCK_TIMEOUT: Duration = Duration::from_millis(100);
 /// Partitions a retention period's rows spread over (so a row outlives the retention by
 /// about this fraction of it more before its partition goes, as a whole).
 pub const PARTITIONS_PER_RETENTION: u32 = 8;
@@ -126,10 +131,6 @@ pub const MIN_SPAN: i64 = 10_000;
 /// Partitions created per run at most (ahead of a burst, the DEFAULT partition catches
 /// the rest).
 const MAX_CREATED_PER_RUN: usize = 4;
-/// When the writers have overtaken the partitions, the first new one starts this many
-/// seconds of writing above them (and at least [`MIN_MARGIN`] ids).
-const CATCH_UP_SECS: f64 = 60.0;
-const MIN_MARGIN: i64 = 100;
 /// No partition is attached while the DEFAULT partition holds more rows than this: ATTACH
 /// would scan them all under a lock that blocks its writers and the journal's readers.
 const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 1_000_000;
@@ -220,6 +221,9 @@ pub struct Partitioning {
     pub min_span: i64,
     /// No partition is attached while the DEFAULT partition holds more rows than this.
     pub max_default_rows: i64,
+    /// How long each statement of partition maintenance waits for a lock before it gives
+    /// up until the next run.
+    pub lock_timeout: Duration,
 }
 
 impl Default for Partitioning {
@@ -227,6 +231,7 @@ impl Default for Partitioning {
         Partitioning {
             min_span: MIN_SPAN,
             max_default_rows: MAX_DEFAULT_ROWS_TO_ATTACH,
+            lock_timeout: LOCK_TIMEOUT,
         }
     }
 }
@@ -243,7 +248,9 @@ pub async fn prune_with(
     };
     let mut total = 0;
     if let Some(horizon) = horizon {
-        let Some(removed) = remove_partitions(&mut client, &horizon, retention).await? else {
+        let Some(removed) =
+            remove_partitions(&mut client, &horizon, retention, partitioning).await?
+        else {
             return Ok(total);
         };
         total += removed.rows;
@@ -378,7 +385,9 @@ async fn remove_partitions(
     client: &mut deadpool_postgres::Client,
     horizon: &str,
     retention: Duration,
+    partitioning: Partitioning,
 ) -> anyhow::Result<Option<Removed>> {
+    let lock_timeout = partitioning.lock_timeout.as_millis();
     let next = next_id(client).await?;
     let partitions: Vec<RangePartition> = client
         .query(
@@ -434,7 +443,7 @@ async fn remove_partitions(
             // reader of this partition behind a long transaction.
             let truncated = async {
                 tx.batch_execute(&format!(
-                    "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
+                    "set local lock_timeout = '{lock_timeout}ms';
                      lock table {name} in access exclusive mode"
                 ))
                 .await?;
@@ -473,7 +482,7 @@ async fn remove_partitions(
             }
         }
         if partition.upper.is_some_and(|upper| upper <= next)
-            && drop_partition(client, name).await?
+            && drop_partition(client, name, lock_timeout).await?
         {
             return Ok(None);
         }
@@ -488,6 +497,7 @@ async fn remove_partitions(
 async fn drop_partition(
     client: &mut deadpool_postgres::Client,
     name: &str,
+    lock_timeout: u128,
 ) -> anyhow::Result<bool> {
     let tx = client.transaction().await?;
     if !lock(&tx).await? {
@@ -499,7 +509,7 @@ async fn drop_partition(
     // row written here is committed and visible: look again before dropping.
     let dropped = async {
         tx.batch_execute(&format!(
-            "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
+            "set local lock_timeout = '{lock_timeout}ms';
              lock table changecast.change_log in access exclusive mode"
         ))
         .await?;
@@ -585,6 +595,7 @@ async fn create_ahead(
         );
         return Ok(());
     }
+    let lock_timeout = partitioning.lock_timeout.as_millis();
     for _ in 0..MAX_CREATED_PER_RUN {
         let row = client
             .query_one(
@@ -615,45 +626,38 @@ async fn create_ahead(
         }
         let created = async {
             // Created standalone, then attached: CREATE TABLE ... PARTITION OF would lock
-            // the parent ACCESS EXCLUSIVE; ATTACH takes SHARE UPDATE EXCLUSIVE on it,
-            // which readers and writers do not conflict with, and ACCESS EXCLUSIVE on the
-            // new (empty) table and the DEFAULT partition, within `lock_timeout`. The
-            // DEFAULT partition's lock is taken first, before the range is chosen: a
-            // writer hands out its row's id, routes the row, then locks the partition,
-            // so one that routed to the DEFAULT partition and waits for it would, once
-            // the partition is attached, have its row refused there if the id were in
-            // the new range. Under the lock, each backend can have handed out at most
-            // one such id since the range was chosen.
+            // the parent ACCESS EXCLUSIVE, blocking readers too. ATTACH takes SHARE UPDATE
+            // EXCLUSIVE on it and ACCESS EXCLUSIVE on the new (empty) table and the
+            // DEFAULT partition. Writers route their rows with the partitions they knew
+            // when their statement began (their transaction, if it already wrote here),
+            // and PostgreSQL checks a row routed to the DEFAULT partition against its
+            // bounds as they are once its lock is granted: a writer that began before
+            // the ATTACH committed would have its rows in the new range refused there,
+            // failing the user's statement. So the pruner first takes SHARE on the
+            // parent, which waits for every writer of the journal to end and holds new
+            // ones back until the partition is attached (readers go on); with none at
+            // work, the ids handed out stand still, and the new range starts at or
+            // above them.
             tx.batch_execute(&format!(
-                "set local lock_timeout = '{LOCK_TIMEOUT_MS}ms';
-                 lock table changecast.change_log_default in access exclusive mode"
+                "set local lock_timeout = '{lock_timeout}ms';
+                 lock table changecast.change_log in share mode"
             ))
             .await?;
             let row = tx
                 .query_one(
                     &format!(
-                        "select {NEXT_ID},
-                                (select max(id) from changecast.change_log_default),
-                                current_setting('max_connections')::int8
-                                    + current_setting('max_worker_processes')::int8"
+                        "select {NEXT_ID}, (select max(id) from changecast.change_log_default)"
                     ),
                     &[],
                 )
                 .await?;
             let next: i64 = row.get(0);
             let in_default: Option<i64> = row.get(1);
-            let backends: i64 = row.get(2);
-            // Contiguous with the partitions created, unless the writers are (nearly)
-            // past them: then above the ids being handed out by a minute of writing (the
-            // rate may rise while ATTACH runs) or one id per backend, whichever is more
-            // (the gap goes to the DEFAULT partition). And above whatever the DEFAULT
+            // Contiguous with the partitions created, unless the writers are past them
+            // (the gap went to the DEFAULT partition); and above whatever the DEFAULT
             // partition holds: ATTACH checks that it holds no row of the new range.
-            let margin = ((rate * CATCH_UP_SECS) as i64)
-                .max(MIN_MARGIN)
-                .min(span)
-                .max(backends);
             let lower = covered
-                .max(next + margin)
+                .max(next)
                 .max(in_default.map_or(i64::MIN, |id| id + 1));
             let upper = lower + span;
             let name = format!("changecast.change_log_p{lower}");
