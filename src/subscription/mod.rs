@@ -159,6 +159,9 @@ impl Subscription {
                         // From here on the client starts over at the live boundary.
                         received = upto.settled().cursor();
                         last = None;
+                        // Transaction ids may repeat (a database restored to an earlier
+                        // point): no marker is taken for one already resynced.
+                        self.resynced(0);
                         if let Some(withheld) = &mut withheld {
                             withheld.reset();
                         }

@@ -260,6 +260,9 @@ impl Subscription {
             self.resynced(named.xid());
         }
         for entry in page.entries.iter().cloned() {
+            if from.names_marker(&entry) {
+                continue;
+            }
             if sent_through.is_some_and(|sent| sent.covers(&entry)) {
                 continue;
             }

@@ -129,8 +129,8 @@ impl Subscription {
         self.send_resync(reason, cursor).await
     }
 
-    /// Counts `xid`'s resync markers as sent: the replay of a cursor that names one of
-    /// them sends none.
+    /// Counts `xid`'s resync markers as sent (0: none): the replay of a cursor that
+    /// names one of them sends none.
     pub(super) fn resynced(&self, xid: u64) {
         self.resynced_xid.store(xid, Ordering::Relaxed);
     }
