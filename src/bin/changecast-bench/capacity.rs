@@ -263,6 +263,7 @@ async fn phase(
         node_bridge_dir: None,
         no_ws_window: true,
         scoped: false,
+        against: None,
     };
     let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;
     let shared = Shared::new(rows);

@@ -6,7 +6,10 @@
 //!   PostgreSQL's CPU per change;
 //! - changecast with S subscribers of `--transport`, and the bare LISTEN reference on
 //!   the very same commits: latency, completeness and everyone's CPU and memory;
-//! - changecast again with S WebSocket subscribers (when `--transport sse`).
+//! - changecast again with S WebSocket subscribers (when `--transport sse`);
+//! - with `--against`, another changecast binary on `--transport`, alone on the
+//!   database, before the first binary's windows in even runs and after them in odd
+//!   ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +30,10 @@ use crate::{Ctx, LiveArgs, Transports};
 /// Longest wait for subscribers to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
+/// Figures of the `--against` binary's window are named with this first.
+const AGAINST: &str = "against: ";
+
+pub async fn run(ctx: &Ctx, args: &LiveArgs, run: u32) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
     let mut service = ctx.service().await?;
     let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;
@@ -55,6 +61,12 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
         settle(&service).await;
     }
 
+    let against_first = run.is_multiple_of(2);
+    if let Some(bin) = args.against.as_deref().filter(|_| against_first) {
+        service.stop().await;
+        measure_against(ctx, args, rows, bin, &mut report).await?;
+        service = ctx.service().await?;
+    }
     measure_changecast(ctx, args, rows, &service, args.transport, "", &mut report).await?;
     if !args.no_ws_window && args.transport == Transports::Sse {
         settle(&service).await;
@@ -70,6 +82,9 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
         .await?;
     }
     service.stop().await;
+    if let Some(bin) = args.against.as_deref().filter(|_| !against_first) {
+        measure_against(ctx, args, rows, bin, &mut report).await?;
+    }
 
     let figure = |name: &str| {
         report
@@ -93,7 +108,22 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs) -> anyhow::Result<RunReport> {
             ));
         }
     }
+    if let (Some(cc), Some(other)) = (
+        figure("changecast: PostgreSQL CPU per change"),
+        figure(&format!("{AGAINST}changecast: PostgreSQL CPU per change")),
+    ) {
+        comparisons.push((
+            "PostgreSQL CPU per change, changecast / against".to_owned(),
+            cc / other,
+        ));
+    }
     for name in ["p50", "p99"] {
+        if let (Some(cc), Some(other)) = (
+            figure(&format!("changecast {name}")),
+            figure(&format!("{AGAINST}changecast {name}")),
+        ) {
+            comparisons.push((format!("changecast {name} − against {name}"), cc - other));
+        }
         if let (Some(cc), Some(node)) = (
             figure(&format!("changecast {name}")),
             figure(&format!("Node bridge {name}")),
@@ -239,6 +269,26 @@ async fn measure_changecast(
     usage.judge(&mut own);
     merge(report, own, prefix);
     Ok(())
+}
+
+/// The `--against` binary's window: a service of its own, started on an emptied journal
+/// (no other changecast running), measured as the first binary's on `--transport`.
+async fn measure_against(
+    ctx: &Ctx,
+    args: &LiveArgs,
+    rows: usize,
+    bin: &std::path::Path,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let mut service = ctx
+        .service_from(bin)
+        .await
+        .with_context(|| format!("starting {} (--against)", bin.display()))?;
+    settle(&service).await;
+    let measured =
+        measure_changecast(ctx, args, rows, &service, args.transport, AGAINST, report).await;
+    service.stop().await;
+    measured
 }
 
 /// The Node bridge window: benches/node-bridge started, S subscribers of its own over

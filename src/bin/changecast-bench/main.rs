@@ -192,6 +192,14 @@ pub struct LiveArgs {
     /// a service that enforces scopes.
     #[arg(long)]
     pub scoped: bool,
+    /// A second changecast binary (e.g. the build before a change), measured in the same
+    /// run under the same load: a window of its own on --transport, before the first
+    /// binary's windows in even runs and after them in odd ones (the machine's state
+    /// drifts within minutes), each binary alone on the database. Adds its figures as
+    /// `against: …` and the differences. Both binaries must accept the database's
+    /// migrations.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -285,9 +293,14 @@ impl Ctx {
         if let Some((addr, pid, secret)) = &self.target {
             return Service::targeted(*addr, *pid, secret);
         }
+        self.service_from(&self.service_bin).await
+    }
+
+    /// A fresh service of the binary `bin` on an emptied journal.
+    pub async fn service_from(&self, bin: &std::path::Path) -> anyhow::Result<Service> {
         service::reset(&self.database_url).await?;
         Service::start(&Launch {
-            bin: &self.service_bin,
+            bin,
             database_url: &self.database_url,
             log: &self.service_log,
             env: &[],
@@ -350,6 +363,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(dir) = common.service_log.parent() {
         std::fs::create_dir_all(dir).ok();
     }
+    if let Mode::Live(LiveArgs {
+        against: Some(against),
+        ..
+    }) = &cli.mode
+    {
+        if target.is_some() {
+            bail!("--against starts its own service: --target does not apply");
+        }
+        if !against.is_file() {
+            bail!("no service binary at {} (--against)", against.display());
+        }
+    }
     if let Mode::Capacity(args) = &cli.mode {
         if target.is_some() {
             bail!("capacity starts its own instances: --target does not apply");
@@ -369,7 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for run in 1..=common.runs {
         let load = procfs::load_average().unwrap_or(0.0);
         let report = match &cli.mode {
-            Mode::Live(args) => live::run(&ctx, args).await,
+            Mode::Live(args) => live::run(&ctx, args, run).await,
             Mode::Replay(args) => catchup::replay(&ctx, args).await,
             Mode::Reconnect(args) => catchup::reconnect(&ctx, args).await,
             Mode::IdleMemory(args) => memory::run(&ctx, args).await,
