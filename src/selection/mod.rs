@@ -49,7 +49,7 @@ pub enum Decision {
     Skip,
     Send(Delivery),
     /// A marker of a followed type ([`Entry::Resync`]): the subscriber resyncs for
-    /// `reason`, resuming from the marker's own `cursor`.
+    /// `reason`; `cursor` is the marker's own.
     Resync {
         reason: ResyncReason,
         cursor: String,

@@ -108,6 +108,7 @@ impl Subscription {
                 if self.resynced_xid.swap(entry.xid(), Ordering::Relaxed) == entry.xid() {
                     return Delivered::Filtered;
                 }
+                let cursor = self.cursor_past_published(entry.xid()).unwrap_or(cursor);
                 self.send_resync(reason, cursor).await
             }
         };
@@ -127,6 +128,19 @@ impl Subscription {
             .journal
             .cursor_at(&self.tenant, upto.settled());
         self.send_resync(reason, cursor).await
+    }
+
+    /// The cursor of a marker's resync: past everything published, when that includes
+    /// the marker's transaction `xid`. The client refetches all its state on a resync,
+    /// after it, so the refetch holds all that; and a resume from there replays
+    /// neither the marker's transaction nor a concurrent one (unseen by the marker's
+    /// own cursor) whose marker, resumed from in turn, would bring this one back. None
+    /// while the batch holding the marker is being published: the marker's own cursor.
+    fn cursor_past_published(&self, xid: u64) -> Option<String> {
+        let published = self.services.hub.published();
+        let at = published.settled();
+        at.includes_transaction(xid)
+            .then(|| self.services.journal.cursor_at(&self.tenant, at))
     }
 
     /// Counts `xid`'s resync markers as sent (0: none): the replay of a cursor that
