@@ -170,6 +170,11 @@ impl Journal {
         self
     }
 
+    /// Whether the journal is read from a hot standby (see [`Journal::checked_against`]).
+    pub fn reads_standby(&self) -> bool {
+        self.authority.is_some()
+    }
+
     /// Replay pages wait at most `within` for their standby to replay what the hub has
     /// published, then are read on the primary.
     pub fn standby_wait_within(mut self, within: std::time::Duration) -> Self {

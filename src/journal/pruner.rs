@@ -46,8 +46,8 @@
 //! for days, or a burst outran them): writers never fail for want of a partition. New
 //! partitions start above whatever it holds (ATTACH checks that it holds no row of the
 //! new range, and fails otherwise: retried next run), and, when the writers have
-//! overtaken the partitions, at the ids handed out, read while no writer is at work
-//! (see Locks).
+//! overtaken the partitions, a minute of writing above the ids being handed out
+//! (checked again while no writer is at work, see Locks).
 //!
 //! ## Locks
 //!
@@ -64,18 +64,24 @@
 //!   the new range — empty or small as a rule (what is written before the first run
 //!   after the journal was converted; later, only an outage longer than the partitions
 //!   created ahead fills it). It may then hold millions: no partition is attached (the
-//!   scan would block its writers and every reader for as long, about 0.2 s per million
+//!   scan would block every writer and reader for as long, about 0.2 s per million
 //!   rows, and could hit a `statement_timeout`) while it holds more than
-//!   [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows. But a statement routes its rows with the
-//!   partitions there were when it began (a transaction, once it wrote to the journal,
-//!   may keep them too), and PostgreSQL refuses a row it routes to the DEFAULT partition
-//!   if the partition attached meanwhile covers it: a writer's statement, a bulk one
-//!   above all, would fail. So the pruner takes SHARE on the parent first, for the
-//!   attaching transaction (a few milliseconds): it waits for the journal's writers to
-//!   end and holds new ones back, not readers.
-//!   Its rows go by DELETE as they expire; but writers past the partitions go on into it
-//!   meanwhile, so a journal that writes more than that per retention period stays
-//!   there, pruned by DELETE only, with a warning at every run.
+//!   [`MAX_DEFAULT_ROWS_TO_ATTACH`] rows (some 20 ms of scanning). Its rows go by DELETE
+//!   as they expire; but writers past the partitions go on into it meanwhile, so a
+//!   journal that writes more than that per retention period stays there, pruned by
+//!   DELETE only, with a warning at every run.
+//!
+//!   A statement routes its rows with the partitions there were when it began (a
+//!   transaction, once it wrote to the journal, may keep them too), and PostgreSQL
+//!   refuses a row it routes to the DEFAULT partition if a partition attached meanwhile
+//!   covers it: a writer's statement, a bulk one above all, would fail. So the pruner,
+//!   the new table created, takes SHARE ROW EXCLUSIVE on the parent (which includes what
+//!   ATTACH needs there) for the rest of the attaching transaction: it waits for the
+//!   journal's writers to end and holds new ones back, not readers. Writers then wait
+//!   for the lock request (at most `lock_timeout`), then for ATTACH's lock on the DEFAULT
+//!   partition (readers hold it for a statement; at most `lock_timeout` too) and its
+//!   scan. While one writer of the journal stays open, no partition is attached: once
+//!   the writers pass the partitions, the pruner warns at every run.
 //! * `TRUNCATE` of a partition takes ACCESS EXCLUSIVE on that partition only.
 //! * `DETACH PARTITION` and `DROP TABLE` of a partition take ACCESS EXCLUSIVE on the
 //!   parent (and the DEFAULT partition). `DETACH ... CONCURRENTLY` (PostgreSQL 14+) would
@@ -86,8 +92,9 @@
 //!
 //! Every such statement runs with `lock_timeout` = [`LOCK_TIMEOUT`]: a lock that
 //! conflicts with a long transaction is given up, and the step retried next run, so
-//! writers and readers queue behind the pruner's request for at most that long — never
-//! behind a long transaction's. Whether a partition may be emptied, or dropped, is
+//! writers and readers queue behind the pruner's request for at most that long (and
+//! behind an ATTACH for that long twice, plus its scan) — never behind a long
+//! transaction's. Whether a partition may be emptied, or dropped, is
 //! decided again once its lock (or the parent's) is held: a writer that has not
 //! committed (its rows are invisible to the first look) holds ROW EXCLUSIVE on it and on
 //! the parent until it ends, so the lock is refused while it runs and its partition is
@@ -131,9 +138,13 @@ pub const MIN_SPAN: i64 = 10_000;
 /// Partitions created per run at most (ahead of a burst, the DEFAULT partition catches
 /// the rest).
 const MAX_CREATED_PER_RUN: usize = 4;
+/// When the writers have overtaken the partitions, the first new one starts this many
+/// seconds of writing above them (and at least [`MIN_MARGIN`] ids).
+const CATCH_UP_SECS: f64 = 60.0;
+const MIN_MARGIN: i64 = 100;
 /// No partition is attached while the DEFAULT partition holds more rows than this: ATTACH
 /// would scan them all under a lock that blocks its writers and the journal's readers.
-const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 1_000_000;
+const MAX_DEFAULT_ROWS_TO_ATTACH: i64 = 100_000;
 /// Pruning runs at least this often per retention period (see the module doc: a row
 /// outlives the retention by at most two intervals and their jitter).
 pub const RUNS_PER_RETENTION: u32 = 20;
@@ -602,6 +613,7 @@ async fn create_ahead(
                 &format!(
                     "select {NEXT_ID},
                             (select max(upper) from changecast.journal_partitions),
+                            (select max(id) from changecast.change_log_default),
                             (select ({NEXT_ID} - next_id)::float8
                                     / extract(epoch from clock_timestamp() - taken_at)::float8
                              from changecast.journal_ticks
@@ -614,12 +626,24 @@ async fn create_ahead(
             .await?;
         let next: i64 = row.get(0);
         let highest: Option<i64> = row.get(1);
-        let rate = row.get::<_, Option<f64>>(2).unwrap_or(0.0).max(0.0);
+        let in_default: Option<i64> = row.get(2);
+        let rate = row.get::<_, Option<f64>>(3).unwrap_or(0.0).max(0.0);
         let span = span(rate, retention, partitioning.min_span);
         let covered = highest.unwrap_or(i64::MIN);
         if covered >= next.saturating_add(AHEAD * span) {
             return Ok(());
         }
+        // Contiguous with the partitions created, unless the writers are (nearly) past
+        // them: then a margin above the ids being handed out (the gap goes to the
+        // DEFAULT partition), checked again below once no writer is at work. And above
+        // whatever the DEFAULT partition holds: ATTACH checks that it holds no row of
+        // the new range.
+        let margin = ((rate * CATCH_UP_SECS) as i64).max(MIN_MARGIN).min(span);
+        let lower = covered
+            .max(next + margin)
+            .max(in_default.map_or(i64::MIN, |id| id + 1));
+        let upper = lower + span;
+        let name = format!("changecast.change_log_p{lower}");
         let tx = client.transaction().await?;
         if !lock(&tx).await? {
             return Ok(());
@@ -633,14 +657,15 @@ async fn create_ahead(
             // and PostgreSQL checks a row routed to the DEFAULT partition against its
             // bounds as they are once its lock is granted: a writer that began before
             // the ATTACH committed would have its rows in the new range refused there,
-            // failing the user's statement. So the pruner first takes SHARE on the
-            // parent, which waits for every writer of the journal to end and holds new
-            // ones back until the partition is attached (readers go on); with none at
-            // work, the ids handed out stand still, and the new range starts at or
-            // above them.
+            // failing the user's statement. So, the table created, the pruner takes
+            // SHARE ROW EXCLUSIVE on the parent (what ATTACH needs and more), which waits
+            // for every writer of the journal to end and holds new ones back until the
+            // partition is attached, not readers; with no writer at work, the ids
+            // handed out stand still, and the range is checked against them.
             tx.batch_execute(&format!(
                 "set local lock_timeout = '{lock_timeout}ms';
-                 lock table changecast.change_log in share mode"
+                 create table {name} (like changecast.change_log including all);
+                 lock table changecast.change_log in share row exclusive mode"
             ))
             .await?;
             let row = tx
@@ -653,25 +678,20 @@ async fn create_ahead(
                 .await?;
             let next: i64 = row.get(0);
             let in_default: Option<i64> = row.get(1);
-            // Contiguous with the partitions created, unless the writers are past them
-            // (the gap went to the DEFAULT partition); and above whatever the DEFAULT
-            // partition holds: ATTACH checks that it holds no row of the new range.
-            let lower = covered
-                .max(next)
-                .max(in_default.map_or(i64::MIN, |id| id + 1));
-            let upper = lower + span;
-            let name = format!("changecast.change_log_p{lower}");
+            if next > lower || in_default.is_some_and(|id| id >= lower) {
+                // The writers passed the margin meanwhile: next run.
+                return Ok(false);
+            }
             tx.batch_execute(&format!(
-                "create table {name} (like changecast.change_log including all);
-                 alter table changecast.change_log attach partition {name}
+                "alter table changecast.change_log attach partition {name}
                      for values from ({lower}) to ({upper})"
             ))
             .await?;
-            Ok::<_, tokio_postgres::Error>((name, lower, upper))
+            Ok::<_, tokio_postgres::Error>(true)
         }
         .await;
         match created {
-            Ok((name, lower, upper)) => {
+            Ok(true) => {
                 tx.commit().await?;
                 tracing::debug!(
                     partition = name,
@@ -680,9 +700,25 @@ async fn create_ahead(
                     "created a journal partition"
                 );
             }
+            Ok(false) => {
+                tracing::debug!(
+                    partition = name,
+                    "not created this time: the writers passed its lower bound"
+                );
+                return Ok(());
+            }
             // A statement_timeout may cancel the DEFAULT partition's scan.
             Err(error) if lost_race(&error) || error.code() == Some(&SqlState::QUERY_CANCELED) => {
-                tracing::debug!(?error, "no journal partition created this time");
+                if covered < next.saturating_add(span) {
+                    tracing::warn!(
+                        ?error,
+                        "no journal partition created this time (a writer of the journal \
+                         stayed open): once the writers pass the partitions, rows go to the \
+                         DEFAULT partition and are pruned by DELETE"
+                    );
+                } else {
+                    tracing::debug!(?error, "no journal partition created this time");
+                }
                 return Ok(());
             }
             Err(error) => return Err(error.into()),

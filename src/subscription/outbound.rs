@@ -11,8 +11,8 @@ pub enum Outbound {
     /// The client must refetch its state; the stream continues live from `cursor`, which
     /// replaces the client's last event id (so its next reconnect does not resync again).
     /// After a resync marker of a type the subscriber follows (a truncation, a row of an
-    /// unknown event), `cursor` passes everything published (the marker's own while its
-    /// batch is being published).
+    /// unknown event), `cursor` passes everything published, or is the marker's own (see
+    /// `Subscription::cursor_past_published`).
     /// (Boxed: a rare item, and every idle subscriber's queue holds room for 32 items.)
     Resync(Box<Resync>),
     /// The token expired: the last item before the stream ends.

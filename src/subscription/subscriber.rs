@@ -135,8 +135,13 @@ impl Subscription {
     /// after it, so the refetch holds all that; and a resume from there replays
     /// neither the marker's transaction nor a concurrent one (unseen by the marker's
     /// own cursor) whose marker, resumed from in turn, would bring this one back. None
-    /// while the batch holding the marker is being published: the marker's own cursor.
+    /// (the marker's own cursor) while the batch holding the marker is being published;
+    /// for a subscriber of application events, which no refetch brings back; and with a
+    /// standby, where a refetch may not hold yet all that was published.
     fn cursor_past_published(&self, xid: u64) -> Option<String> {
+        if self.selection.wants_app_events() || self.services.journal.reads_standby() {
+            return None;
+        }
         let published = self.services.hub.published();
         let at = published.settled();
         at.includes_transaction(xid)
