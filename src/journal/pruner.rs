@@ -712,9 +712,10 @@ async fn create_ahead(
                 if covered < next.saturating_add(span) {
                     tracing::warn!(
                         ?error,
-                        "no journal partition created this time (a writer of the journal \
-                         stayed open): once the writers pass the partitions, rows go to the \
-                         DEFAULT partition and are pruned by DELETE"
+                        "no journal partition created this time (a lock was not granted \
+                         within lock_timeout: a writer of the journal stayed open, say): once \
+                         the writers pass the partitions, rows go to the DEFAULT partition \
+                         and are pruned by DELETE"
                     );
                 } else {
                     tracing::debug!(?error, "no journal partition created this time");
