@@ -193,8 +193,11 @@ async fn serve_without_database_url_runs_its_own_postgres_persists_and_stops_it(
     let data_dir: PathBuf = work.path().join("pgdata");
     let http = reqwest::Client::new();
 
-    // First run: initdb, start, migrate, serve.
-    let mut service = Service::start(&data_dir);
+    // First run: initdb, start, migrate, serve (its log kept for the shutdown's checks).
+    let mut service = Service::start_with(&data_dir, |c| {
+        c.stderr(Stdio::piped());
+    });
+    let log = capture_stderr(&mut service.child);
     let password = std::fs::read_to_string(data_dir.join("changecast.password")).unwrap();
     let without_password = service.db_url.replace(&format!(":{password}@"), "@");
     assert!(
@@ -241,7 +244,12 @@ async fn serve_without_database_url_runs_its_own_postgres_persists_and_stops_it(
     let status = service.terminate().await;
     assert!(status.success(), "exit status {status}");
     let (code, _) = ws.close_within(WAIT).await.expect("a close frame");
-    assert_eq!(code, 1012, "WS subscribers are told the service restarts");
+    assert_eq!(
+        code,
+        1012,
+        "WS subscribers are told the service restarts; the service's log:\n{}",
+        log.lock().unwrap()
+    );
     let ended = tokio::time::timeout(WAIT, async {
         while let Some(event) = events.next_event().await {
             assert_ne!(event.event, "resource_change", "{:?}", event.data);
