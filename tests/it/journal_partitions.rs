@@ -23,6 +23,12 @@ const SMALL: Partitioning = Partitioning {
     max_default_rows: 10_000,
     lock_timeout: Duration::from_millis(100),
 };
+/// [`SMALL`], waiting for locks longer than a test's writes take, however loaded the
+/// machine.
+const PATIENT: Partitioning = Partitioning {
+    lock_timeout: WAIT,
+    ..SMALL
+};
 const RETENTION: Duration = Duration::from_secs(3600);
 
 /// A partition of the journal: name, bounds, default or not.
@@ -447,14 +453,9 @@ async fn writers_queued_behind_an_attach_are_never_refused() {
     let (blocker, blocker_id) = app.begin_long_transaction("acme", "blocker").await;
     let mut written = HashSet::from([blocker_id]);
     let before = partitions(&app.db).await.len();
-    // Waiting longer than the writes below take, however loaded the machine.
-    let patient = Partitioning {
-        lock_timeout: WAIT,
-        ..SMALL
-    };
     let pruner = tokio::spawn({
         let pool = pool.clone();
-        async move { prune_with(&pool, RETENTION, patient).await }
+        async move { prune_with(&pool, RETENTION, PATIENT).await }
     });
     eventually("the pruner waits for the open writer", || async {
         waiting_on(&app.db, "changecast.change_log", "ShareRowExclusiveLock").await > 0
@@ -494,7 +495,7 @@ async fn writers_queued_behind_an_attach_are_never_refused() {
     }
     // (Had the ids handed out meanwhile passed the range it chose, the pruner gave up
     // this time: the next run attaches.)
-    prune_with(&pool, RETENTION, patient).await.unwrap();
+    prune_with(&pool, RETENTION, PATIENT).await.unwrap();
     assert!(
         partitions(&app.db).await.len() > before,
         "no partition was attached"
@@ -562,11 +563,7 @@ async fn a_writer_open_across_the_pruner_keeps_writing_past_the_partitions() {
 
     // Patient: the service's reads of the rows just committed hold the DEFAULT
     // partition's lock for a moment.
-    let patient = Partitioning {
-        lock_timeout: WAIT,
-        ..SMALL
-    };
-    prune_with(&pool, RETENTION, patient).await.unwrap();
+    prune_with(&pool, RETENTION, PATIENT).await.unwrap();
     assert!(
         partitions(&app.db)
             .await
