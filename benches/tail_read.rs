@@ -1,7 +1,9 @@
 //! The tailer's read alone: what PostgreSQL spends on one read that finds nothing new
 //! (the common case: one read per wake-up), as the journal's partitions grow in number,
-//! with the index planner settings set once for the connection (as the tailer does) and,
-//! for comparison, set for every read in a transaction of its own.
+//! with the index planner settings set once for the connection (as the tailer does),
+//! the same with an id floor at the newest partition (the tailer's floor in the steady
+//! state: the partitions below are skipped) and, for comparison, the settings set for
+//! every read in a transaction of its own.
 //!
 //!     cargo bench --bench tail_read           (CHANGECAST_BENCH_READS=20000)
 //!
@@ -58,11 +60,12 @@ async fn backend_cpu_us(client: &Client) -> f64 {
     ticks as f64 * 10_000.0
 }
 
-/// Backend CPU and wall time per read, in µs, over `reads` reads of nothing new.
+/// Backend CPU and wall time per read, in µs, over `reads` reads of nothing new, none
+/// below `floor`.
 async fn measure(
     client: &Client,
     statement: &Statement,
-    per_read_settings: bool,
+    (per_read_settings, floor): (bool, i64),
     reads: usize,
 ) -> (f64, f64) {
     let xmax: String = client
@@ -74,8 +77,8 @@ async fn measure(
     let begin = format!("begin; {}", *INDEX_PLANNER_SETTINGS_LOCAL);
     let (cpu_before, started) = (backend_cpu_us(client).await, Instant::now());
     for _ in 0..reads {
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&xmax, &running, &1000_i64, &(1_i64 << 20)];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&xmax, &running, &1000_i64, &(1_i64 << 20), &floor];
         let rows = if per_read_settings {
             let (_, rows, _) = futures_util::future::try_join3(
                 client.batch_execute(&begin),
@@ -117,7 +120,10 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("partitions | settings per connection: CPU, wall | per read: CPU, wall (µs per read)");
+    println!(
+        "partitions | settings per connection: CPU, wall | the same, id floor at the newest \
+         partition: CPU, wall | per read: CPU, wall (µs per read)"
+    );
     let mut partitions_added = 0;
     for added in [0, 2, 6, 10] {
         while partitions_added < added {
@@ -154,26 +160,37 @@ async fn main() {
         let session_read = session.prepare(&tail_new).await.unwrap();
         let per_read = connect(&url).await;
         let per_read_statement = per_read.prepare(&tail_new).await.unwrap();
-        measure(&session, &session_read, false, reads / 10).await;
-        measure(&per_read, &per_read_statement, true, reads / 10).await;
-        let (mut session_cpu, mut session_wall, mut per_read_cpu, mut per_read_wall) =
-            (0.0, 0.0, 0.0, 0.0);
-        for cells in [[false, true], [true, false]] {
-            for per_read_settings in cells {
-                if per_read_settings {
-                    let (cpu, wall) =
-                        measure(&per_read, &per_read_statement, true, reads / 2).await;
-                    per_read_cpu += cpu / 2.0;
-                    per_read_wall += wall / 2.0;
-                } else {
-                    let (cpu, wall) = measure(&session, &session_read, false, reads / 2).await;
-                    session_cpu += cpu / 2.0;
-                    session_wall += wall / 2.0;
-                }
+        let newest: i64 = admin
+            .query_one(
+                "select coalesce(max(lower), 1) from changecast.journal_partitions",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let ways = [
+            (&session, &session_read, (false, i64::MIN)),
+            (&session, &session_read, (false, newest)),
+            (&per_read, &per_read_statement, (true, i64::MIN)),
+        ];
+        for (client, statement, way) in ways {
+            measure(client, statement, way, reads / 10).await;
+        }
+        // (CPU, wall) per way; each way's reads in two halves, in rotated order.
+        let mut figures = [(0.0, 0.0); 3];
+        for rotation in 0..2 {
+            for n in 0..ways.len() {
+                let at = (n + rotation) % ways.len();
+                let (client, statement, way) = ways[at];
+                let (cpu, wall) = measure(client, statement, way, reads / 2).await;
+                figures[at].0 += cpu / 2.0;
+                figures[at].1 += wall / 2.0;
             }
         }
+        let [(session_cpu, session_wall), (floor_cpu, floor_wall), (per_read_cpu, per_read_wall)] =
+            figures;
         println!(
-            "{partitions:10} | {session_cpu:6.1} {session_wall:6.1} | {per_read_cpu:6.1} {per_read_wall:6.1}"
+            "{partitions:10} | {session_cpu:6.1} {session_wall:6.1} | {floor_cpu:6.1} {floor_wall:6.1} | {per_read_cpu:6.1} {per_read_wall:6.1}"
         );
     }
 }

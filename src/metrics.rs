@@ -54,6 +54,8 @@ pub struct Metrics {
     pub embedded_restarts: IntCounter,
     /// 1 while the tailer drains the journal and writers skip their NOTIFY for it.
     pub draining: IntGauge,
+    /// The id below which the tailer's last read skipped the journal's partitions.
+    pub tail_id_floor: IntGauge,
     /// Times draining ended because writers kept queueing on the NOTIFY lock without our
     /// wake-ups (their own NOTIFYs hold it), so skipping ours only delayed delivery.
     pub drains_without_effect: IntCounter,
@@ -179,6 +181,11 @@ impl Metrics {
                 "Attempts at starting the embedded PostgreSQL again after it died",
             )
             .expect("BUG: metric definition"),
+            tail_id_floor: IntGauge::new(
+                "changecast_tailer_id_floor",
+                "The journal id below which the tailer's last read skipped the journal's partitions (0: it read them all)",
+            )
+            .expect("BUG: metric definition"),
             draining: IntGauge::new(
                 "changecast_tailer_draining",
                 "1 while the tailer drains the journal and writers skip their NOTIFY for it (writers were queueing on PostgreSQL's NOTIFY commit lock)",
@@ -212,7 +219,7 @@ impl Metrics {
             .expect("BUG: metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
             Box::new(metrics.subscribers.clone()),
             Box::new(metrics.events_received.clone()),
             Box::new(metrics.events_delivered.clone()),
@@ -233,6 +240,7 @@ impl Metrics {
             Box::new(metrics.xid_rewinds.clone()),
             Box::new(metrics.embedded_restarts.clone()),
             Box::new(metrics.draining.clone()),
+            Box::new(metrics.tail_id_floor.clone()),
             Box::new(metrics.drains_without_effect.clone()),
             Box::new(metrics.standby_lag_bytes.clone()),
             Box::new(metrics.standby_fallback.clone()),

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{bounded, Lost};
 use crate::hub::Hub;
-use crate::journal::{Entry, Journal, NewRows, Position, PrimaryMark, Published, TailStatements};
+use crate::journal::{
+    Entry, IdFloor, Journal, NewRows, Position, PrimaryMark, Published, TailStatements,
+};
 use crate::metrics::Metrics;
 use crate::otel::Traces;
 use crate::stats::Activity;
@@ -89,13 +91,14 @@ impl Publisher {
     /// Publishes one batch, page by page: the one a lost connection interrupted, or else
     /// every change committed up to a fresh snapshot (taken by the first page's read).
     /// `primary`: when `client` is a hot standby, the primary's mark it has replayed.
+    /// `floor`: the marks that let a read on the primary skip older partitions.
     pub(super) async fn publish_batch(
         &self,
         client: &Client,
         statements: &TailStatements,
         shutdown: &CancellationToken,
         woke_at: Option<Instant>,
-        primary: Option<&PrimaryMark>,
+        (primary, floor): (Option<&PrimaryMark>, &mut IdFloor),
     ) -> Result<Batch, Lost> {
         let mut published = self.hub.published();
         let mut rows = 0;
@@ -105,6 +108,8 @@ impl Publisher {
         let resumed = !published.is_complete();
         if !resumed {
             let read_at = self.traces.clock();
+            let floor_id = floor.below(&published);
+            self.metrics.tail_id_floor.set(floor_id.max(0));
             let NewRows {
                 position: next,
                 pruned_below,
@@ -118,6 +123,7 @@ impl Publisher {
                 PAGE_LIMITS,
                 woke_at,
                 primary,
+                floor_id,
             ))
             .await?;
             if next.is_behind(published.settled()) {
@@ -133,6 +139,7 @@ impl Publisher {
                      every live subscriber catches up from its cursor"
                 );
                 self.metrics.xid_rewinds.inc();
+                floor.forget();
                 // A failover also changes the journal's identity (its timeline): follow it
                 // now, or the next batch would cut everyone off a second time.
                 self.journal.follow(&journal_id);
@@ -141,6 +148,7 @@ impl Publisher {
                 return Ok(Batch::Published { rows: 0 });
             }
             if self.journal.follow(&journal_id) {
+                floor.forget();
                 // The journal was started over (another instance found the database
                 // copied from elsewhere), or the database moved to a new timeline (a
                 // standby was promoted): cursors minted before may count transactions

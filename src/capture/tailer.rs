@@ -21,7 +21,7 @@ use super::pace::{Pace, Step, HOLD_OFF_AFTER_NO_EFFECT};
 use super::publish::{Batch, Publisher};
 use super::standby::{self, ReadAt, Standby};
 use crate::backoff::Backoff;
-use crate::journal::{Journal, TailConnection, TailStatements};
+use crate::journal::{IdFloor, Journal, Mark, TailConnection, TailStatements};
 use crate::metrics::Metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -146,6 +146,8 @@ impl Tailer {
         let doorbell_lost = doorbell.lost.clone();
         // While draining: the next transaction id when the doorbell was released.
         let mut released_at = 0;
+        // Taken on the primary, for reads there (a standby's reads scan every partition).
+        let mut floor = IdFloor::default();
         loop {
             if shutdown.is_cancelled() {
                 // Dropping the doorbell's connection releases its lock.
@@ -192,6 +194,19 @@ impl Tailer {
                     .journal
                     .standby_reached(&mark.insert_lsn, mark.position());
             }
+            let now = Instant::now();
+            if standby.is_none() && floor.mark_due(now) {
+                match bounded(Mark::take(client)).await {
+                    Ok(taken) => floor.record(taken, now),
+                    // Without marks every read scans every partition: slower, no less
+                    // complete. Tried again at the next mark.
+                    Err(Lost::Db(error)) if !client.is_closed() => {
+                        tracing::debug!(?error, "cannot take an id floor mark");
+                        floor.record(None, now);
+                    }
+                    Err(lost) => return Err(lost),
+                }
+            }
             let rows = match self
                 .publisher
                 .publish_batch(
@@ -199,7 +214,7 @@ impl Tailer {
                     batch_statements,
                     shutdown,
                     woke_at.take(),
-                    mark.as_ref(),
+                    (mark.as_ref(), &mut floor),
                 )
                 .await?
             {

@@ -14,6 +14,7 @@
 mod cursor;
 mod entry;
 mod frames;
+mod id_floor;
 mod position;
 pub mod pruner;
 mod replay;
@@ -32,6 +33,7 @@ pub use entry::{
     AppEvent, Change, Entry, EventKind, ResyncMarker, RowValues, SharedAppEvent, SharedChange,
 };
 pub use frames::{Frame, Frames, MAX_CACHED_OMIT_SETS};
+pub use id_floor::{IdFloor, Mark};
 pub use position::{Position, PrunedBelow, Published};
 pub use replay::{ReplayFilter, ReplayPage, SentThrough};
 pub use snapshot::PgSnapshot;
@@ -334,6 +336,10 @@ impl Journal {
     /// `primary`: when `client` is a hot standby, the primary's mark the standby has
     /// replayed; its journal identity is the one returned (a standby cannot name its
     /// timeline).
+    ///
+    /// `floor`: no row to read is below it ([`IdFloor::below`]); the read skips the
+    /// partitions wholly below it (a read on a standby reads every partition).
+    #[allow(clippy::too_many_arguments)]
     pub async fn read_new(
         &self,
         client: &Client,
@@ -342,6 +348,7 @@ impl Journal {
         (limit, max_bytes): (usize, usize),
         known_since: Option<Instant>,
         primary: Option<&PrimaryMark>,
+        floor: i64,
     ) -> DbResult<NewRows> {
         if let Some(mark) = primary {
             return self
@@ -365,6 +372,7 @@ impl Journal {
                     &running(unseen),
                     &(limit as i64),
                     &(max_bytes as i64),
+                    &floor,
                 ],
             )
             .await?;

@@ -111,6 +111,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
+use super::sql::NEXT_ID;
 use crate::backoff::sleep_or_shutdown;
 use crate::metrics::Metrics;
 
@@ -343,13 +344,6 @@ struct Removed {
     rows: u64,
     to_delete_from: Vec<String>,
 }
-
-/// The id the journal's sequence hands out next, as a scalar subquery. Read from the
-/// sequence itself (the service's role owns it): `pg_sequence_last_value()` is NULL
-/// until the first `nextval` after `setval(..., false)`, as the migration that creates
-/// the sequence leaves it, though the next id is then far above 1.
-const NEXT_ID: &str = "(select case when is_called then last_value + 1 else last_value end
-                        from changecast.change_log_id_seq)";
 
 /// The id the journal's sequence hands out next.
 async fn next_id(client: &tokio_postgres::Client) -> anyhow::Result<i64> {

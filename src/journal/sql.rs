@@ -48,13 +48,22 @@ limit $7
 /// (returned with every row, and alone when there is none) and the rows not seen by the
 /// previous one, in one round trip. The statement's own snapshot is that snapshot, so
 /// every row it returns is visible in it; the xid index ranges drive the read.
+///
+/// `$5` is an id no row of those transactions is below ([`IdFloor`](super::IdFloor)),
+/// or `i64::MIN`: the read skips the partitions wholly below it when it starts (a
+/// generic plan prunes by parameters at executor start), where setting up the scans of
+/// a dozen partitions cost more than the read itself. It is written `id >= all(array[$5])`:
+/// partition pruning takes that form, and no index can (`id >= $5` could drive a walk
+/// of the primary key from the floor, which a plan made on a young journal picks, and a
+/// floor of `i64::MIN` makes a walk of the whole journal).
 pub(super) const TAIL_NEW_SQL: &str = r#"
 with new as materialized (
     -- Only the xid index can answer this (a fence: the planner cannot trade it for a
     -- walk of the primary key in id order, whatever its statistics say).
     select id from changecast.change_log
-    where (xid >= $1::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
-       or xid = any($2::text[]::xid8[])
+    where id >= all(array[$5::int8])
+      and ((xid >= $1::text::xid8 and xid < pg_snapshot_xmax(pg_current_snapshot()))
+           or xid = any($2::text[]::xid8[]))
 )
 select pg_current_snapshot()::text,
        (select pruned_below::text from changecast.journal_meta),
@@ -87,9 +96,11 @@ where id = any(array(select id from new
                      limit $4))
 "#;
 
-/// The rows of [`TAIL_NEW_SQL`]'s page, at most `$3` rows and `$4` bytes.
+/// The rows of [`TAIL_NEW_SQL`]'s page, at most `$3` rows and `$4` bytes (from the
+/// partitions at or above `$5` only).
 pub(super) const TAIL_NEW_PAGE_SQL: &str = r#"
-select * from changecast.change_log where id in (select id from new order by id limit $3)
+select * from changecast.change_log
+where id >= all(array[$5::int8]) and id in (select id from new order by id limit $3)
 "#;
 
 /// Where a replay's first page starts: the tenant's first row its cursor did not see,
@@ -223,6 +234,31 @@ pub(super) static TAIL_NEW: LazyLock<String> = LazyLock::new(|| {
             .replace("{JOURNAL_IDENTITY}", JOURNAL_IDENTITY),
     )
 });
+/// The id the journal's sequence hands out next, as a scalar subquery. Read from the
+/// sequence itself (the service's role owns it): `pg_sequence_last_value()` is NULL
+/// until the first `nextval` after `setval(..., false)`, as the migration that creates
+/// the sequence leaves it, though the next id is then far above 1.
+pub(super) const NEXT_ID: &str =
+    "(select case when is_called then last_value + 1 else last_value end
+                        from changecast.change_log_id_seq)";
+
+/// An [`IdFloor`](super::IdFloor) mark: the sequence's next id, then a transaction id,
+/// in that order (the subquery is a fence: its row exists before the outer one asks
+/// for an id). No row when the sequence caches ids. The id is taken for a transaction
+/// that writes nothing: its commit record is all it costs, and it need not wait for
+/// that to be flushed.
+pub(super) static ID_FLOOR_MARK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select marked.next_id, pg_current_xact_id()::text
+         from (select set_config('synchronous_commit', 'off', true),
+                      {NEXT_ID} as next_id,
+                      (select seqcache from pg_sequence
+                        where seqrelid = 'changecast.change_log_id_seq'::regclass) as cache
+               offset 0) marked
+         where marked.cache = 1"
+    )
+});
+
 /// On the primary, for a batch read on a hot standby: the position the batch reads up
 /// to (the primary's snapshot), how far the primary has flushed WAL (taken after the
 /// snapshot), the journal's identity and its pruning. The position is the primary's,

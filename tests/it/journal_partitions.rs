@@ -889,3 +889,76 @@ async fn a_partition_filled_recently_loses_its_expired_rows_on_time() {
     assert_eq!(pruned, 2);
     assert_eq!(rows_in(&app.db, &partition.name).await, 2);
 }
+
+/// Attaches `count` empty range partitions of `span` ids from `lower` up.
+async fn attach_partitions(db: &tokio_postgres::Client, lower: i64, span: i64, count: i64) {
+    for n in 0..count {
+        let from = lower + n * span;
+        db.batch_execute(&format!(
+            "create table changecast.change_log_test_{from} (like changecast.change_log including all);
+             alter table changecast.change_log attach partition changecast.change_log_test_{from}
+                 for values from ({from}) to ({})",
+            from + span
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+/// The tailer's read skips the partitions below its id floor (`journal::IdFloor`), and
+/// a transaction left open holds the floor back: transactions that wrote first — one a
+/// captured row, one an application event — and commit after later partitions filled,
+/// over several of the floor's marks, still reach their subscribers. Once they have
+/// ended, the floor moves past their partition.
+#[tokio::test]
+async fn the_tailers_id_floor_waits_for_open_transactions_and_then_skips_their_partition() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let pool = pool(&app).await;
+    let t = token("acme");
+    let mut tickets = app.sse(&t, "types=ticket").await;
+    let mut events = app.sse(&t, "topics=late.event").await;
+    prune_with(&pool, RETENTION, SMALL).await.unwrap();
+    attach_partitions(&app.db, covered(&app.db).await, SMALL.min_span, 8).await;
+
+    let (slow, early) = app.begin_long_transaction("acme", "slow").await;
+    let publisher = app.connect_db().await;
+    publisher
+        .batch_execute("begin; select changecast.publish('acme', 'late.event', '{}')")
+        .await
+        .unwrap();
+    // Both transactions' journal rows are below this id.
+    let opened_below = next_id(&app.db).await;
+    let started = Instant::now();
+    let mut written = HashSet::new();
+    while started.elapsed() < Duration::from_secs(3)
+        || next_id(&app.db).await < opened_below + 4 * SMALL.min_span
+    {
+        written.extend(app.insert_tickets("acme", 3).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (received, _) = receive_with_cursor(&mut tickets, &written).await;
+    assert_nothing_lost(&written, &received, &HashSet::new());
+    let floor = app.metric("changecast_tailer_id_floor").await.unwrap() as i64;
+    assert!(
+        floor < opened_below,
+        "the floor ({floor}) passed transactions still open below {opened_below}"
+    );
+
+    slow.batch_execute("commit").await.unwrap();
+    publisher.batch_execute("commit").await.unwrap();
+    let late = HashSet::from([early]);
+    let (received, _) = receive_with_cursor(&mut tickets, &late).await;
+    assert_nothing_lost(&late, &received, &HashSet::new());
+    let event = next_events(&mut events, 1).await;
+    assert_eq!(event[0].data["topic"], "late.event", "{:?}", event[0].data);
+
+    eventually(
+        "the floor passes the partition of the ended transactions",
+        || async {
+            app.insert_ticket("acme", "nudge").await;
+            app.metric("changecast_tailer_id_floor").await.unwrap() as i64 >= opened_below
+        },
+    )
+    .await;
+}

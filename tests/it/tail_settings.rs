@@ -102,6 +102,7 @@ async fn reads_under_the_index_settings(kind: TailConnection) {
                 (1000, 1 << 20),
                 None,
                 None,
+                i64::MIN,
             )
             .await
             .unwrap();

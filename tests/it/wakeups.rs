@@ -445,7 +445,11 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
     // The plans made on the young journal, now that it holds 200,000 rows.
     for (name, _) in &statements {
         let arguments = match *name {
-            "tail_new" => format!("'{newest_xid}', '{{}}', 1000, {}", 16i64 << 20),
+            "tail_new" => format!(
+                "'{newest_xid}', '{{}}', 1000, {}, {}",
+                16i64 << 20,
+                i64::MIN
+            ),
             "tail_page" => format!(
                 "'{newest_xid}', '{{}}', '{now}', '{now}', 0, {tail_after}, 1000, {}",
                 16i64 << 20
@@ -473,6 +477,28 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
             "{name} is compiled by JIT: {plan}"
         );
     }
+    // With an id floor (the rows sit in the DEFAULT partition, above the first one): the
+    // read skips the partition below it as it starts, and still finds rows by xid.
+    let floored = young
+        .explain_analyze(
+            "tail_new",
+            &format!(
+                "'{newest_xid}', '{{}}', 1000, {}, {}",
+                16i64 << 20,
+                newest_id - 10
+            ),
+        )
+        .await;
+    check_plan(
+        "tail_new",
+        "planned on a young journal, with an id floor",
+        &floored,
+        &index_parents(&app.db).await,
+    );
+    assert!(
+        floored.to_string().contains("\"Subplans Removed\":1"),
+        "the partition below the floor is not skipped: {floored}"
+    );
     // The statements are prepared once per connection, so PostgreSQL may settle on a
     // generic plan (parameters unknown): it must use the indexes too, before and after
     // the journal is analyzed. (The tailer's settings force the generic plan; a replay
@@ -496,7 +522,7 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
         for (name, sql) in &statements {
             let explain = format!("explain (format json) {sql}");
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match *name {
-                "tail_new" => vec![&newest_xid, &running, &1000i64, &(16i64 << 20)],
+                "tail_new" => vec![&newest_xid, &running, &1000i64, &(16i64 << 20), &i64::MIN],
                 "tail_page" => vec![
                     &newest_xid,
                     &running,
@@ -634,7 +660,10 @@ impl YoungPlans {
             .await
             .unwrap();
         let young_journal_arguments = [
-            ("tail_new", "'0', '{}', 1000, 16777216"),
+            (
+                "tail_new",
+                "'0', '{}', 1000, 16777216, -9223372036854775808",
+            ),
             (
                 "tail_page",
                 "'0', '{}', '1:1:', '1:1:', 0, 0, 1000, 16777216",
