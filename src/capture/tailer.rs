@@ -223,6 +223,7 @@ impl Tailer {
                 Batch::Published { rows } => rows,
             };
             self.ready.send_replace(true);
+            floor.read(rows);
             let mut step = pace.after_batch(rows, Instant::now());
             if step == Step::Sample {
                 let queued =

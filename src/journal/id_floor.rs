@@ -28,7 +28,9 @@ use tokio_postgres::Client;
 use super::position::Published;
 use super::sql::{DbResult, ID_FLOOR_MARK_SQL};
 
-/// How often a mark is taken (each costs a transaction id and its commit record).
+/// How often a mark is taken while changes arrive (each costs a transaction id and a
+/// commit record in the WAL). None is taken while the journal is quiet: an older mark
+/// stays valid, and a database that writes nothing else should write no WAL for us.
 const MARK_EVERY: Duration = Duration::from_secs(1);
 /// Marks kept while a long transaction holds the floor back: past this, the older ones
 /// are thinned out (the oldest stays, so the floor stays valid, only lower).
@@ -61,18 +63,27 @@ impl Mark {
 pub struct IdFloor {
     marks: VecDeque<Mark>,
     taken_at: Option<Instant>,
+    /// Changes were read since the last mark.
+    active: bool,
 }
 
 impl IdFloor {
-    /// Whether a mark is due.
+    /// Counts the changes a batch read.
+    pub fn read(&mut self, changes: usize) {
+        self.active |= changes > 0;
+    }
+
+    /// Whether a mark is due: the first one, then one per [`MARK_EVERY`] while changes
+    /// are read.
     pub fn mark_due(&self, now: Instant) -> bool {
         self.taken_at
-            .is_none_or(|taken| now.duration_since(taken) >= MARK_EVERY)
+            .is_none_or(|taken| self.active && now.duration_since(taken) >= MARK_EVERY)
     }
 
     /// Keeps a mark taken at `now`; None (the sequence caches ids) forgets them all.
     pub fn record(&mut self, mark: Option<Mark>, now: Instant) {
         self.taken_at = Some(now);
+        self.active = false;
         let Some(mark) = mark else {
             self.forget();
             return;
@@ -176,11 +187,14 @@ mod tests {
     }
 
     #[test]
-    fn marks_are_due_once_per_interval() {
+    fn marks_are_due_once_per_interval_while_changes_are_read() {
         let mut floor = IdFloor::default();
         let now = Instant::now();
         assert!(floor.mark_due(now));
         floor.record(mark(1, 1), now);
+        floor.read(0);
+        assert!(!floor.mark_due(now + MARK_EVERY * 10), "a quiet journal");
+        floor.read(3);
         assert!(!floor.mark_due(now + MARK_EVERY / 2));
         assert!(floor.mark_due(now + MARK_EVERY));
     }
