@@ -185,10 +185,13 @@ async fn instances_on_one_database_honour_each_others_cursors() {
     }
 }
 
-/// Replay statements of the service now running on the server, with their backends.
-async fn running_replay_statements(db: &tokio_postgres::Client) -> Vec<i32> {
+/// Replay statements of the service now running on the server: their backends, each
+/// with what it waits for and how its statement begins (for a failure's message).
+async fn running_replay_statements(db: &tokio_postgres::Client) -> Vec<(i32, String)> {
     db.query(
-        "select pid from pg_stat_activity
+        "select pid, coalesce(wait_event_type || '/' || wait_event, 'running') || ': '
+                     || left(regexp_replace(query, '\\s+', ' ', 'g'), 120)
+         from pg_stat_activity
          where application_name = 'changecast:pool' and state = 'active'
            and query like '%changecast.change_log%'",
         &[],
@@ -196,7 +199,7 @@ async fn running_replay_statements(db: &tokio_postgres::Client) -> Vec<i32> {
     .await
     .unwrap()
     .iter()
-    .map(|row| row.get(0))
+    .map(|row| (row.get(0), row.get(1)))
     .collect()
 }
 
@@ -206,8 +209,8 @@ async fn at_most_one_runs(observer: &tokio_postgres::Client, backends: &mut Hash
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let running = running_replay_statements(observer).await;
-        if running.iter().any(|pid| !backends.contains(pid)) {
-            backends.extend(running.iter().copied());
+        if running.iter().any(|(pid, _)| !backends.contains(pid)) {
+            backends.extend(running.iter().map(|(pid, _)| *pid));
             break;
         }
         assert!(
