@@ -1,7 +1,8 @@
 //! The tailer's pace: when to drain, when to wait for wake-ups, how soon to poll.
 //!
 //! A wake-up costs the writer a place in the queue for the NOTIFY commit lock; while
-//! changes arrive, the tailer looks at that queue every few milliseconds, and once writers
+//! changes arrive, the tailer looks at that queue every few milliseconds (every few tens
+//! while it finds no writer there), and once writers
 //! are seen waiting in it most of the time it releases the doorbell (see `doorbell`):
 //! writers skip NOTIFY, and the tailer reads batch after batch, each one coalescing
 //! everything committed meanwhile. Below that point wake-ups cost writers next to nothing
@@ -23,6 +24,12 @@ const RATE_WINDOW: Duration = Duration::from_millis(100);
 const SAMPLE_ABOVE_RATE: f64 = 100.0;
 /// While busy, the queue on the NOTIFY lock is sampled at most this often ...
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
+/// ... and, while samples find no queue, ever less often, down to once per this: a
+/// sample is a round trip that costs PostgreSQL about as much CPU as a tail read, and at
+/// 1,000 changes/s sampling every 5 ms would add several per cent to its CPU per change.
+/// A queue seen brings the sampling back to [`SAMPLE_EVERY`], so draining still starts
+/// within about this long plus [`SAMPLES`] × [`SAMPLE_EVERY`] of writers queueing.
+const SAMPLE_EVERY_CALM: Duration = Duration::from_millis(40);
 /// ... and draining starts when at least this many of the last [`SAMPLES`] samples saw a
 /// writer waiting: the lock is then busy most of the time, so commits wait for each
 /// other's WAL flush instead of sharing one.
@@ -98,6 +105,9 @@ pub(super) struct Pace {
     queued: u32,
     samples: u32,
     last_sample: Instant,
+    /// How long after the last sample the next one is due while not draining: doubles
+    /// with every sample that finds no queue, up to [`SAMPLE_EVERY_CALM`].
+    sample_every: Duration,
     /// What to do after the pending sample, unless the sample changes the mode.
     after_sample: Step,
     next_poll: Duration,
@@ -118,6 +128,7 @@ impl Pace {
             queued: 0,
             samples: 0,
             last_sample: now,
+            sample_every: SAMPLE_EVERY,
             after_sample: Step::Wait(POLL_INTERVAL),
             // A connection lost while draining left writers skipping NOTIFY until the
             // doorbell was requested again: poll soon at first, as after draining.
@@ -137,6 +148,7 @@ impl Pace {
         if !self.busy() {
             // Samples from an earlier burst say nothing about the next one.
             self.samples = 0;
+            self.sample_every = SAMPLE_EVERY;
         }
         let step = if self.draining {
             let calmer = window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE;
@@ -177,6 +189,11 @@ impl Pace {
         self.last_sample = now;
         self.queued = (self.queued << 1) | u32::from(queued);
         self.samples = (self.samples + 1).min(SAMPLES);
+        self.sample_every = if queued {
+            SAMPLE_EVERY
+        } else {
+            (self.sample_every * 2).min(SAMPLE_EVERY_CALM)
+        };
         let recent = self.queued & ((1 << SAMPLES) - 1);
         let after = std::mem::replace(&mut self.after_sample, Step::Wait(POLL_INTERVAL));
         if self.samples < SAMPLES {
@@ -197,6 +214,7 @@ impl Pace {
         self.drain_started = now;
         self.drain_confirmed = false;
         self.samples = 0;
+        self.sample_every = SAMPLE_EVERY;
         self.quiet_reads = 0;
         self.drain_rate = self.rate.max(self.partial_rate(now)).max(SAMPLE_ABOVE_RATE);
         Step::StartDraining
@@ -212,13 +230,20 @@ impl Pace {
     fn stop_draining(&mut self, now: Instant, had_effect: bool) -> Step {
         self.draining = false;
         self.samples = 0;
+        self.sample_every = SAMPLE_EVERY;
         self.next_poll = FIRST_POLL_AFTER_DRAINING;
         self.last_sample = now;
         Step::StopDraining { had_effect }
     }
 
     fn sample_due(&self, now: Instant) -> bool {
-        if !self.busy() || now.saturating_duration_since(self.last_sample) < SAMPLE_EVERY {
+        // While draining, samples look whether the queue is gone: at the short interval.
+        let every = if self.draining {
+            SAMPLE_EVERY
+        } else {
+            self.sample_every
+        };
+        if !self.busy() || now.saturating_duration_since(self.last_sample) < every {
             return false;
         }
         if self.draining {
@@ -321,21 +346,53 @@ mod tests {
         // A trickle: wait for wake-ups, polling as a safety net; nothing sampled.
         assert_eq!(clock.batch(1, MS), Step::Wait(POLL_INTERVAL));
         assert_eq!(clock.batch(0, 50 * MS), Step::Wait(POLL_INTERVAL));
-        // 1,000 changes/s: the lock is sampled, but writers are rarely seen waiting.
+        // 1,000 changes/s: the lock is sampled, ever less often while no writer waits,
+        // down to once per SAMPLE_EVERY_CALM.
         assert_eq!(clock.run(1, MS, 200 * MS), vec![]);
-        let mut sampled = 0;
-        for i in 0..2000 {
-            if clock.batch(1, MS) == Step::Sample {
-                sampled += 1;
-                // One sample in four sees a writer waiting: not enough.
-                assert_eq!(
-                    clock.pace.after_sample(i % 4 == 0, clock.now),
-                    Step::Wait(POLL_INTERVAL)
-                );
+        let count_samples = |clock: &mut Clock, span: Duration, queued_every: u32| {
+            let (mut sampled, mut elapsed) = (0, Duration::ZERO);
+            while elapsed < span {
+                elapsed += MS;
+                if clock.batch(1, MS) == Step::Sample {
+                    sampled += 1;
+                    // Not enough writers waiting to drain.
+                    let queued = queued_every > 0 && sampled % queued_every == 0;
+                    assert_eq!(
+                        clock.pace.after_sample(queued, clock.now),
+                        Step::Wait(POLL_INTERVAL)
+                    );
+                }
             }
+            sampled
+        };
+        let calm = count_samples(&mut clock, 2000 * MS, 0);
+        assert!((49..=51).contains(&calm), "{calm} samples in 2 s");
+        // One sample in four sees a writer waiting: not enough to drain, and each one
+        // brings the interval back to SAMPLE_EVERY (5, 10, 20 and 40 ms: 75 ms per four).
+        let sometimes = count_samples(&mut clock, 2000 * MS, 4);
+        assert!(
+            (100..=112).contains(&sometimes),
+            "{sometimes} samples in 2 s"
+        );
+    }
+
+    #[test]
+    fn writers_queueing_after_a_calm_spell_start_draining_soon() {
+        let mut clock = Clock::new();
+        // A busy, uncontended journal: sampled once per SAMPLE_EVERY_CALM by now.
+        assert_eq!(clock.run(1, MS, 2000 * MS), vec![]);
+        assert_eq!(clock.pace.sample_every, SAMPLE_EVERY_CALM);
+        // Writers start queueing: the next sample sees it, and the ones after it come
+        // at SAMPLE_EVERY again.
+        clock.crowded = true;
+        let mut waited = Duration::ZERO;
+        while clock.step(1, MS) != Step::StartDraining {
+            waited += MS;
+            assert!(
+                waited <= SAMPLE_EVERY_CALM + SAMPLES * SAMPLE_EVERY,
+                "{waited:?}"
+            );
         }
-        // At most one sample per SAMPLE_EVERY.
-        assert!((350..=400).contains(&sampled), "{sampled} samples in 2 s");
     }
 
     #[test]
