@@ -262,6 +262,7 @@ async fn phase(
         no_node_bridge: true,
         node_bridge_dir: None,
         no_ws_window: true,
+        no_reference: false,
         scoped: false,
         against: None,
     };
@@ -299,7 +300,7 @@ async fn phase(
         &live_args,
         &shared,
         Table::Watched,
-        writer::REFERENCE_CHANNEL,
+        Some(writer::REFERENCE_CHANNEL),
         "bench-writers",
     )
     .await;

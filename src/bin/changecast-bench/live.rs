@@ -5,7 +5,8 @@
 //! - the bare LISTEN bridge alone (the row as NOTIFY payload, one LISTEN client), for
 //!   PostgreSQL's CPU per change;
 //! - changecast with S subscribers of `--transport`, and the bare LISTEN reference on
-//!   the very same commits: latency, completeness and everyone's CPU and memory;
+//!   the very same commits (unless `--no-reference`): latency, completeness and
+//!   everyone's CPU and memory;
 //! - changecast again with S WebSocket subscribers (when `--transport sse`);
 //! - with `--against`, another changecast binary on `--transport`, alone on the
 //!   database, before the first binary's windows in even runs and after them in odd
@@ -205,15 +206,12 @@ async fn measure_changecast(
     }
     settle(service).await;
 
-    let mut writing = Writing::start(
-        ctx,
-        args,
-        &shared,
-        Table::Watched,
-        writer::REFERENCE_CHANNEL,
-        "bench-writers",
-    )
-    .await;
+    let (table, reference) = if args.no_reference {
+        (Table::WatchedAlone, None)
+    } else {
+        (Table::Watched, Some(writer::REFERENCE_CHANNEL))
+    };
+    let mut writing = Writing::start(ctx, args, &shared, table, reference, "bench-writers").await;
     let window = Window::start(service, &ctx.database_url).await?;
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written).await.context("the writers failed")?;
@@ -240,23 +238,29 @@ async fn measure_changecast(
     for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
         own.add(format!("changecast {name}"), "ms", q(&latency, at));
     }
-    for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
-        own.add(format!("bare LISTEN {name}"), "ms", q(&heard.latency, at));
-    }
-    for (name, at) in [("p50", 0.5), ("p99", 0.99)] {
-        own.add(
-            format!("added over LISTEN {name}"),
-            "ms",
-            q(&latency, at) - q(&heard.latency, at),
-        );
+    if !args.no_reference {
+        for (name, at) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            own.add(format!("bare LISTEN {name}"), "ms", q(&heard.latency, at));
+        }
+        for (name, at) in [("p50", 0.5), ("p99", 0.99)] {
+            own.add(
+                format!("added over LISTEN {name}"),
+                "ms",
+                q(&latency, at) - q(&heard.latency, at),
+            );
+        }
     }
     own.add("deliveries", "/s", latency.len() as f64 / window_s);
     completeness(&mut own, &shared, &trackers, args.tenants);
-    own.add(
-        "bare LISTEN missing",
-        "events",
-        committed_count(&shared).saturating_sub(heard.received) as f64,
-    );
+    if args.no_reference {
+        own.note("no bare LISTEN reference: the writers NOTIFY nothing of their own");
+    } else {
+        own.add(
+            "bare LISTEN missing",
+            "events",
+            committed_count(&shared).saturating_sub(heard.received) as f64,
+        );
+    }
     usage.add_to(&mut own);
     if measured_rows > 0 {
         own.add(
@@ -336,7 +340,7 @@ async fn measure_node_bridge(
         args,
         &shared,
         Table::Bridge,
-        writer::BRIDGE_CHANNEL,
+        Some(writer::BRIDGE_CHANNEL),
         "bench-node-bridge",
     )
     .await;
@@ -429,7 +433,7 @@ async fn measure_bridge(
         args,
         &shared,
         Table::Bridge,
-        writer::BRIDGE_CHANNEL,
+        Some(writer::BRIDGE_CHANNEL),
         "bench-bridge",
     )
     .await;
@@ -450,8 +454,8 @@ async fn measure_bridge(
 }
 
 /// Writers committing at the set rate into one table, and a bare LISTEN client hearing
-/// the same commits on a channel, together on a thread of their own (so the subscribers'
-/// work does not delay them).
+/// the same commits on a channel (unless there is none), together on a thread of their
+/// own (so the subscribers' work does not delay them).
 pub struct Writing {
     /// What the writers did, once they are done.
     pub written: tokio::sync::oneshot::Receiver<Written>,
@@ -469,7 +473,7 @@ impl Writing {
         args: &LiveArgs,
         shared: &Arc<Shared>,
         table: Table,
-        channel: &'static str,
+        channel: Option<&'static str>,
         thread_name: &'static str,
     ) -> Writing {
         let next_seq = Arc::new(AtomicU64::new(0));
@@ -486,6 +490,12 @@ impl Writing {
         let (l_listening, l_stop) = (listening.clone(), stop.clone());
         let (written_tx, written) = tokio::sync::oneshot::channel();
         let thread = tokio::spawn(writer::on_own_thread(thread_name, move || async move {
+            let Some(channel) = channel else {
+                l_listening.cancel();
+                let _ = written_tx.send(writer::write(load, w_shared, w_seq).await);
+                l_stop.cancelled().await;
+                return Ok(writer::Heard::default());
+            };
             let listener = tokio::spawn(writer::listen(
                 url,
                 channel,

@@ -185,6 +185,13 @@ pub struct LiveArgs {
     /// Skip the changecast WebSocket window that follows the SSE one (with --transport sse).
     #[arg(long)]
     pub no_ws_window: bool,
+    /// Write changecast's windows without the bare LISTEN reference: each row's statement
+    /// then NOTIFYs nothing of its own and no reference client listens, so "changecast:
+    /// PostgreSQL CPU per change" is changecast's alone (with the reference, it includes
+    /// the reference's NOTIFY and its listener's backend). Latency over bare LISTEN is
+    /// then not reported for those windows.
+    #[arg(long)]
+    pub no_reference: bool,
     /// Give every subscriber a scope of its own (API.md §3c, in its token's `changecast`
     /// claim): a row filter on tickets, distinct per subscriber, that every written row
     /// passes, so deliveries stay those of an unscoped run and the difference is the

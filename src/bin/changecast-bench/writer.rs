@@ -22,6 +22,9 @@ pub enum Table {
     /// `public.tickets`, watched by changecast. The same statement NOTIFYs the row's
     /// title on [`REFERENCE_CHANNEL`], so the bare LISTEN reference sees the same commits.
     Watched,
+    /// `public.tickets` alone: no reference NOTIFY, for PostgreSQL's CPU per change
+    /// without the reference's share.
+    WatchedAlone,
     /// `bench.bridge`, whose trigger NOTIFYs the whole row on [`BRIDGE_CHANNEL`]: what a
     /// LISTEN/NOTIFY bridge costs PostgreSQL.
     Bridge,
@@ -37,6 +40,7 @@ impl Table {
                 "with row as (insert into public.tickets (tenant_id, title) values ($1, $2) returning 1)
                  select pg_notify('bench_reference', $2) from row"
             }
+            Table::WatchedAlone => "insert into public.tickets (tenant_id, title) values ($1, $2)",
             Table::Bridge => "insert into bench.bridge (tenant_id, title) values ($1, $2)",
         }
     }
@@ -167,6 +171,7 @@ async fn write_one(
 }
 
 /// What the bare LISTEN client received.
+#[derive(Default)]
 pub struct Heard {
     pub latency: Histogram,
     pub received: u64,
