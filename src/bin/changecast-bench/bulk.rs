@@ -127,7 +127,7 @@ pub async fn run(ctx: &Ctx, args: &BulkArgs) -> anyhow::Result<RunReport> {
     })
     .await?;
     // CPU and memory while the transaction is delivered, from COMMIT on.
-    let window = Window::start(&service, &ctx.database_url).await?;
+    let window = Window::start(service.pid, &ctx.database_url).await?;
     let mut peak_sampled = 0u64;
     let deadline = tokio::time::Instant::now() + args.timeout;
     while !tasks.iter().all(|t| t.is_finished()) && tokio::time::Instant::now() < deadline {

@@ -183,6 +183,7 @@ pub async fn run(
         service_bin: service_bin.to_owned(),
         target: None,
         service_log: service_log.to_owned(),
+        journal_partitions: None,
     };
     let pids = (primary_pid, standby_pid);
     let mut phases: Vec<(String, usize, RunReport)> = Vec::new();
@@ -233,7 +234,7 @@ async fn phase(
 ) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
     let load_before = loadavg();
-    service::reset(&ctx.database_url).await?;
+    service::reset(&ctx.database_url, None).await?;
     let env: Vec<(&str, String)> = match reads {
         Reads::Primary => vec![],
         Reads::Standby => vec![("CHANGECAST_READ_DATABASE_URL", standby_url.to_owned())],

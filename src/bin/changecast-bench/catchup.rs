@@ -100,7 +100,7 @@ async fn catch_up(
 
     let shared = Shared::new(0);
     let cancel = CancellationToken::new();
-    let window = Window::start(service, &ctx.database_url).await?;
+    let window = Window::start(service.pid, &ctx.database_url).await?;
     let started = shared.now_ns();
     let mut tasks = Vec::with_capacity(subscribers);
     for i in 0..subscribers {

@@ -1,5 +1,6 @@
 //! `live`: S subscribers over T tenants while writers commit W rows/s. Per run, up to
-//! four windows under the same load, one after the other:
+//! four windows under the same load, one after the other (the bridges' before the run's
+//! changecast starts, so that it does not listen during theirs):
 //! - the Node LISTEN→SSE bridge of benches/node-bridge (the row as NOTIFY payload, S
 //!   subscribers of its own), with the bare LISTEN reference on the same commits;
 //! - the bare LISTEN bridge alone (the row as NOTIFY payload, one LISTEN client), for
@@ -36,9 +37,13 @@ const AGAINST: &str = "against: ";
 
 pub async fn run(ctx: &Ctx, args: &LiveArgs, run: u32) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
-    let mut service = ctx.service().await?;
     let rows = (args.rate * (args.warmup + args.duration).as_secs_f64() * 1.2) as usize + 1000;
 
+    // The bridges' windows come before this run's service starts: at every commit that
+    // notified, PostgreSQL wakes each backend listening in the database, on whatever
+    // channel, so a changecast listening meanwhile would spend PostgreSQL CPU on every
+    // bridge notification, counted as the bridge's (a --target service listens anyway).
+    ctx.reset().await?;
     if !args.no_node_bridge {
         let dir = args
             .node_bridge_dir
@@ -49,19 +54,18 @@ pub async fn run(ctx: &Ctx, args: &LiveArgs, run: u32) -> anyhow::Result<RunRepo
                 eprintln!("Node bridge window skipped: {why}");
                 report.note(format!("Node bridge window skipped: {why}"));
             }
-            None => measure_node_bridge(ctx, args, rows, &service, &dir, &mut report).await?,
+            None => measure_node_bridge(ctx, args, rows, &dir, &mut report).await?,
         }
-        settle(&service).await;
     }
 
     if !args.no_bridge {
-        let bridge = measure_bridge(ctx, args, rows, &service).await?;
+        let bridge = measure_bridge(ctx, args, rows).await?;
         report.add("bridge: bare LISTEN p50", "ms", q(&bridge.0, 0.5));
         report.add("bridge: bare LISTEN p99", "ms", q(&bridge.0, 0.99));
         report.add("bridge: PostgreSQL CPU per change", "µs", bridge.1);
-        settle(&service).await;
     }
 
+    let mut service = ctx.service().await?;
     let against_first = run.is_multiple_of(2);
     if let Some(bin) = args.against.as_deref().filter(|_| against_first) {
         service.stop().await;
@@ -212,7 +216,7 @@ async fn measure_changecast(
         (Table::Watched, Some(writer::REFERENCE_CHANNEL))
     };
     let mut writing = Writing::start(ctx, args, &shared, table, reference, "bench-writers").await;
-    let window = Window::start(service, &ctx.database_url).await?;
+    let window = Window::start(service.pid, &ctx.database_url).await?;
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written).await.context("the writers failed")?;
     let elapsed = started.elapsed();
@@ -268,6 +272,11 @@ async fn measure_changecast(
             "µs",
             usage.pg_cores * window_s * 1e6 / measured_rows as f64,
         );
+        own.add(
+            "changecast's connections: PostgreSQL CPU per change",
+            "µs",
+            usage.pg_service_cores * window_s * 1e6 / measured_rows as f64,
+        );
     }
     writes_note(&mut own, &written, args.rate);
     usage.judge(&mut own);
@@ -302,7 +311,6 @@ async fn measure_node_bridge(
     ctx: &Ctx,
     args: &LiveArgs,
     rows: usize,
-    service: &Service,
     dir: &std::path::Path,
     report: &mut RunReport,
 ) -> anyhow::Result<()> {
@@ -344,7 +352,7 @@ async fn measure_node_bridge(
         "bench-node-bridge",
     )
     .await;
-    let window = Window::start(service, &ctx.database_url).await?;
+    let window = Window::start(ctx.target_pid(), &ctx.database_url).await?;
     let bridge_cpu = CpuWindow::start(&[bridge.pid]);
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written)
@@ -425,7 +433,6 @@ async fn measure_bridge(
     ctx: &Ctx,
     args: &LiveArgs,
     rows: usize,
-    service: &crate::service::Service,
 ) -> anyhow::Result<(Histogram, f64)> {
     let shared = Shared::new(rows);
     let mut writing = Writing::start(
@@ -437,7 +444,7 @@ async fn measure_bridge(
         "bench-bridge",
     )
     .await;
-    let window = Window::start(service, &ctx.database_url).await?;
+    let window = Window::start(ctx.target_pid(), &ctx.database_url).await?;
     let started = tokio::time::Instant::now();
     let written = (&mut writing.written)
         .await

@@ -90,6 +90,14 @@ struct Common {
     #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
 
+    /// Give the emptied journal this many partitions before every run, as in the steady
+    /// state (about 12: the first, 8 of rows within the retention, the one being
+    /// written, one ahead and the DEFAULT one; see sql/bench/journal_partitions.sql).
+    /// Without it the journal has the 2 partitions of a new installation: reads then
+    /// cost less than they do where the service has run for a retention period.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(4..=100))]
+    journal_partitions: Option<u32>,
+
     /// Where the started service's output goes (appended).
     #[arg(
         long,
@@ -292,6 +300,7 @@ pub struct Ctx {
     service_bin: PathBuf,
     target: Option<(SocketAddr, Option<u32>, String)>,
     service_log: PathBuf,
+    journal_partitions: Option<u32>,
 }
 
 impl Ctx {
@@ -303,9 +312,23 @@ impl Ctx {
         self.service_from(&self.service_bin).await
     }
 
+    /// Empties the benchmark tables and the journal, as before a service starts (not
+    /// with --target: that service's journal is not emptied).
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        if self.target.is_some() {
+            return Ok(());
+        }
+        service::reset(&self.database_url, self.journal_partitions).await
+    }
+
+    /// The --target service's process, when given.
+    pub fn target_pid(&self) -> Option<u32> {
+        self.target.as_ref().and_then(|(_, pid, _)| *pid)
+    }
+
     /// A fresh service of the binary `bin` on an emptied journal.
     pub async fn service_from(&self, bin: &std::path::Path) -> anyhow::Result<Service> {
-        service::reset(&self.database_url).await?;
+        self.reset().await?;
         Service::start(&Launch {
             bin,
             database_url: &self.database_url,
@@ -382,6 +405,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("no service binary at {} (--against)", against.display());
         }
     }
+    if common.journal_partitions.is_some()
+        && (target.is_some() || matches!(cli.mode, Mode::Capacity(_) | Mode::Steady(_)))
+    {
+        bail!(
+            "--journal-partitions shapes the journal of the services the bench starts for \
+             live, replay, reconnect and idle-memory: it does not apply with --target, \
+             capacity or steady"
+        );
+    }
     if let Mode::Capacity(args) = &cli.mode {
         if target.is_some() {
             bail!("capacity starts its own instances: --target does not apply");
@@ -394,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         service_bin,
         target,
         service_log: common.service_log.clone(),
+        journal_partitions: common.journal_partitions,
     };
 
     print_header(&ctx, &version, fd_limit).await?;
@@ -443,6 +476,9 @@ async fn print_header(ctx: &Ctx, version: &str, fd_limit: u64) -> anyhow::Result
         ),
     }
     println!("fd limit:   {fd_limit}");
+    if let Some(partitions) = ctx.journal_partitions {
+        println!("journal:    {partitions} partitions before every run, as in the steady state");
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use changecast::tenant::TenantId;
 
 const SETUP_SQL: &str = include_str!("../../../sql/bench/setup.sql");
 const RESET_SQL: &str = include_str!("../../../sql/bench/reset.sql");
+const JOURNAL_PARTITIONS_SQL: &str = include_str!("../../../sql/bench/journal_partitions.sql");
 /// Validity of the subscriber tokens the bench mints.
 const TOKEN_TTL: Duration = Duration::from_secs(3 * 3600);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,13 +82,21 @@ pub async fn prepare_database(url: &str) -> anyhow::Result<String> {
     Ok(version)
 }
 
-/// Empties the benchmark tables and the journal (no service may be attached).
-pub async fn reset(url: &str) -> anyhow::Result<()> {
-    connect(url)
-        .await?
+/// Empties the benchmark tables and the journal (no service may be attached), and
+/// gives the journal `partitions` partitions as in the steady state, when set.
+pub async fn reset(url: &str, partitions: Option<u32>) -> anyhow::Result<()> {
+    let client = connect(url).await?;
+    client
         .batch_execute(RESET_SQL)
         .await
-        .map_err(|e| anyhow::anyhow!("applying sql/bench/reset.sql: {e:?}"))
+        .map_err(|e| anyhow::anyhow!("applying sql/bench/reset.sql: {e:?}"))?;
+    if let Some(partitions) = partitions {
+        client
+            .batch_execute(&JOURNAL_PARTITIONS_SQL.replace("%PARTITIONS%", &partitions.to_string()))
+            .await
+            .map_err(|e| anyhow::anyhow!("applying sql/bench/journal_partitions.sql: {e:?}"))?;
+    }
+    Ok(())
 }
 
 /// The PostgreSQL processes that serve `url`'s database: the postmaster, its auxiliary

@@ -696,7 +696,7 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> anyhow::Result<RunReport> {
     let rows = (args.rate * args.duration.as_secs_f64() * 1.3) as usize + 10_000;
 
     // Phase 1: the unwatched table, no service.
-    service::reset(&ctx.database_url).await?;
+    service::reset(&ctx.database_url, None).await?;
     db.batch_execute("checkpoint").await?;
     println!(
         "\n## Phase 1: unwatched ({UNWATCHED}), load average {}",
@@ -717,7 +717,7 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> anyhow::Result<RunReport> {
     let unwatched_table = table_stats(&db, UNWATCHED).await?;
 
     // Phase 2: the watched table, a service pruning at the retention, subscribers.
-    service::reset(&ctx.database_url).await?;
+    service::reset(&ctx.database_url, None).await?;
     db.batch_execute("checkpoint").await?;
     let env = [(
         "CHANGECAST_RETENTION",

@@ -2,7 +2,7 @@
 //! (this database's backends and the cluster's own processes) and the bench itself;
 //! and the verdict on who was the bottleneck.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -36,6 +36,9 @@ struct PgSamples {
     latest: HashMap<u32, u64>,
     /// Those alive at the end.
     alive: Vec<u32>,
+    /// The backends of changecast's own connections (application names `changecast:…`):
+    /// its tailer, doorbell and pool, as against the writers' and everything else.
+    service_backends: HashSet<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +46,8 @@ pub struct Usage {
     pub service_cores: Option<f64>,
     pub service_rss: Option<u64>,
     pub pg_cores: f64,
+    /// The part of `pg_cores` spent by the backends of changecast's own connections.
+    pub pg_service_cores: f64,
     pub pg_pss: u64,
     pub bench_cores: f64,
     /// Busy cores of the whole machine, including work that is none of the above.
@@ -52,13 +57,14 @@ pub struct Usage {
 impl Window {
     /// Starts measuring; PostgreSQL's processes (the cluster's own and `database_url`'s
     /// backends) are followed over a connection of the window's own.
-    pub async fn start(service: &Service, database_url: &str) -> anyhow::Result<Window> {
+    /// `service_pid`: the service's process, when one runs and is known.
+    pub async fn start(service_pid: Option<u32>, database_url: &str) -> anyhow::Result<Window> {
         let pg = crate::service::connect(database_url).await?;
         let pg_pids = postgres_pids(&pg).await?;
         let stop = CancellationToken::new();
         Ok(Window {
-            service_pid: service.pid,
-            service: service.pid.map(|pid| CpuWindow::start(&[pid])),
+            service_pid,
+            service: service_pid.map(|pid| CpuWindow::start(&[pid])),
             pg: CpuWindow::start(&pg_pids),
             pg_sampler: (
                 stop.clone().drop_guard(),
@@ -81,6 +87,13 @@ impl Window {
                 .map(|(w, pid)| w.cores(&[pid])),
             service_rss: self.service_pid.and_then(procfs::rss),
             pg_cores: self.pg.cores_from(&pg.latest),
+            pg_service_cores: self.pg.cores_from(
+                &pg.latest
+                    .iter()
+                    .filter(|(pid, _)| pg.service_backends.contains(pid))
+                    .map(|(pid, ticks)| (*pid, *ticks))
+                    .collect(),
+            ),
             pg_pss: pg.alive.iter().filter_map(|pid| procfs::pss(*pid)).sum(),
             bench_cores: self.me.cores(),
             machine_cores: self.machine.cores(),
@@ -98,11 +111,20 @@ async fn sample_postgres(pg: Client, stop: CancellationToken) -> anyhow::Result<
         .get::<_, i32>(0) as u32;
     let mut latest = HashMap::new();
     let mut alive = Vec::new();
+    let mut service_backends = HashSet::new();
     let mut warned = false;
     loop {
         // A lookup that fails (a moment's overload) loses one sample, not the run.
-        match postgres_pids(&pg).await {
-            Ok(pids) => alive = pids.into_iter().filter(|pid| *pid != own).collect(),
+        let looked_up = async {
+            let pids = postgres_pids(&pg).await?;
+            let service = service_backend_pids(&pg).await?;
+            anyhow::Ok((pids, service))
+        };
+        match looked_up.await {
+            Ok((pids, service)) => {
+                alive = pids.into_iter().filter(|pid| *pid != own).collect();
+                service_backends.extend(service);
+            }
             Err(error) if !warned => {
                 eprintln!("reading PostgreSQL's processes (figures may undercount): {error:#}");
                 warned = true;
@@ -115,13 +137,29 @@ async fn sample_postgres(pg: Client, stop: CancellationToken) -> anyhow::Result<
             }
         }
         if stop.is_cancelled() {
-            return Ok(PgSamples { latest, alive });
+            return Ok(PgSamples {
+                latest,
+                alive,
+                service_backends,
+            });
         }
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = tokio::time::sleep(PG_SAMPLE_EVERY) => {}
         }
     }
+}
+
+/// This database's backends of changecast's connections, by their application names.
+async fn service_backend_pids(pg: &Client) -> anyhow::Result<Vec<u32>> {
+    let rows = pg
+        .query(
+            "select pid from pg_stat_activity
+              where datname = current_database() and application_name like 'changecast:%'",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
 }
 
 impl Usage {
@@ -133,6 +171,13 @@ impl Usage {
             report.add("service RSS", "MiB", rss as f64 / MIB);
         }
         report.add("PostgreSQL CPU", "cores", self.pg_cores);
+        if self.service_cores.is_some() {
+            report.add(
+                "PostgreSQL CPU of changecast's connections",
+                "cores",
+                self.pg_service_cores,
+            );
+        }
         report.add("PostgreSQL PSS (sum)", "MiB", self.pg_pss as f64 / MIB);
         report.add("bench CPU", "cores", self.bench_cores);
         report.add("other processes' CPU", "cores", self.others());
