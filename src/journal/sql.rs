@@ -82,7 +82,7 @@ order by j.id
 /// [`TAIL_NEW_SQL`]: with no id to start from, [`TAIL_SQL`]'s generic plan would walk
 /// the primary key from the journal's first row for every batch. The page's ids are
 /// collected first (`= any(array(...))`), so each partition of the journal is searched
-/// for exactly those in its primary key.
+/// for exactly those in its primary key (see [`TAIL_NEW_PAGE_SQL`] for the ORDER BY).
 pub(super) const TAIL_MARK_SQL: &str = r#"
 with new as materialized (
     select id, xid from changecast.change_log
@@ -94,13 +94,24 @@ where id = any(array(select id from new
                      where pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
                      order by id
                      limit $4))
+order by id
+limit $4
 "#;
 
 /// The rows of [`TAIL_NEW_SQL`]'s page, at most `$3` rows and `$4` bytes (from the
-/// partitions at or above `$5` only).
+/// partitions at or above `$5` only). The page's ids are collected first
+/// (`= any(array(...))`) and read in id order (the ORDER BY and LIMIT cut nothing), so
+/// the partitions' primary keys are the only way to read them without a sort. A lookup
+/// by id alone can also go through the `(tenant_id, id)` index, and a generic plan made
+/// while a partition's statistics say it is empty (analyzed before its first row)
+/// finds that one as cheap: a walk of the whole index for every row, once the partition
+/// fills.
 pub(super) const TAIL_NEW_PAGE_SQL: &str = r#"
 select * from changecast.change_log
-where id >= all(array[$5::int8]) and id in (select id from new order by id limit $3)
+where id >= all(array[$5::int8])
+  and id = any(array(select id from new order by id limit $3))
+order by id
+limit $3
 "#;
 
 /// Where a replay's first page starts: the tenant's first row its cursor did not see,
