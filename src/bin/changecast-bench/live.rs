@@ -179,7 +179,7 @@ fn changecast_subscribers(
 }
 
 /// A changecast window: S subscribers on `transport`, writers into the watched table
-/// with the bare LISTEN reference on the same commits. Its figures are named with
+/// with the bare LISTEN reference on the same commits (unless `--no-reference`). Its figures are named with
 /// `prefix` first.
 async fn measure_changecast(
     ctx: &Ctx,

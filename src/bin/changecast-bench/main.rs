@@ -410,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         bail!(
             "--journal-partitions shapes the journal of the services the bench starts for \
-             live, replay, reconnect and idle-memory: it does not apply with --target, \
+             live, replay, reconnect, idle-memory and bulk: it does not apply with --target, \
              capacity or steady"
         );
     }

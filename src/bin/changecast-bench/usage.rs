@@ -171,13 +171,11 @@ impl Usage {
             report.add("service RSS", "MiB", rss as f64 / MIB);
         }
         report.add("PostgreSQL CPU", "cores", self.pg_cores);
-        if self.service_cores.is_some() {
-            report.add(
-                "PostgreSQL CPU of changecast's connections",
-                "cores",
-                self.pg_service_cores,
-            );
-        }
+        report.add(
+            "PostgreSQL CPU of changecast's connections",
+            "cores",
+            self.pg_service_cores,
+        );
         report.add("PostgreSQL PSS (sum)", "MiB", self.pg_pss as f64 / MIB);
         report.add("bench CPU", "cores", self.bench_cores);
         report.add("other processes' CPU", "cores", self.others());
