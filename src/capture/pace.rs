@@ -2,17 +2,17 @@
 //!
 //! A wake-up costs the writer a place in the queue for the NOTIFY commit lock; while
 //! changes arrive, the tailer looks at that queue every few milliseconds (every few tens
-//! while it finds no writer there), and once writers are seen waiting in it most of the
-//! time it releases the doorbell (see `doorbell`): writers skip NOTIFY, and the tailer
-//! reads batch after batch, each one coalescing everything committed meanwhile. Below
-//! that point wake-ups cost writers next to nothing and deliver sooner than any poll, so
-//! a busy but uncontended journal keeps them; and
-//! when the queue stays while draining, other NOTIFYs in the writers' transactions hold
-//! the lock, so draining would only delay delivery, and the tailer gives it up for a
-//! while. When the rate falls to half of what it was when draining began, or the journal
-//! goes quiet, it requests the doorbell again and reads once more; writers that did not
-//! ring may still be committing, so it polls a few times at growing intervals, and reads
-//! once more when the doorbell is granted (they have all ended then).
+//! of milliseconds while it finds no writer there), and once writers are seen waiting in
+//! it most of the time it releases the doorbell (see `doorbell`): writers skip NOTIFY,
+//! and the tailer reads batch after batch, each one coalescing everything committed
+//! meanwhile. Below that point wake-ups cost writers next to nothing and deliver sooner
+//! than any poll, so a busy but uncontended journal keeps them; and when the queue stays
+//! while draining, other NOTIFYs in the writers' transactions hold the lock, so draining
+//! would only delay delivery, and the tailer gives it up for a while. When the rate
+//! falls to half of what it was when draining began, or the journal goes quiet, it
+//! requests the doorbell again and reads once more; writers that did not ring may still
+//! be committing, so it polls a few times at growing intervals, and reads once more when
+//! the doorbell is granted (they have all ended then).
 
 use std::time::{Duration, Instant};
 
