@@ -1,9 +1,9 @@
 //! The tailer's pace: when to drain, when to wait for wake-ups, how soon to poll.
 //!
 //! A wake-up costs the writer a place in the queue for the NOTIFY commit lock; while
-//! changes arrive, the tailer looks at that queue every few tens of milliseconds, and
-//! once writers are seen waiting in it most of the time, for longer than a moment's
-//! stall lasts, it releases the doorbell (see `doorbell`): writers skip NOTIFY,
+//! changes arrive, the tailer looks at that queue every few milliseconds (every few tens
+//! of milliseconds while it finds no writer there), and once writers are seen waiting in
+//! it most of the time it releases the doorbell (see `doorbell`): writers skip NOTIFY,
 //! and the tailer reads batch after batch, each one coalescing everything committed
 //! meanwhile. Below that point wake-ups cost writers next to nothing and deliver sooner
 //! than any poll, so a busy but uncontended journal keeps them; and when the queue stays
@@ -22,26 +22,19 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 /// Below this rate (changes/s) writers rarely meet at the NOTIFY lock: no sampling.
 const SAMPLE_ABOVE_RATE: f64 = 100.0;
-/// While busy, the queue on the NOTIFY lock is sampled at most this often, so that the
-/// [`SAMPLES`] a decision takes span longer than a moment's stall (a checkpoint's flush
-/// makes every committing writer queue for some tens of milliseconds, which would
-/// otherwise put a steady load on polls for [`DRAIN_AT_MOST`]) ...
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
-/// ... and, while samples find no queue, less often, once per this: a sample is a round
-/// trip that costs PostgreSQL about as much CPU as a tail read. A queue seen brings the
-/// sampling back to [`SAMPLE_EVERY`], so draining still starts within about this long
-/// plus [`SAMPLES`] × [`SAMPLE_EVERY`] of writers queueing.
+/// While busy, the queue on the NOTIFY lock is sampled at most this often ...
+const SAMPLE_EVERY: Duration = Duration::from_millis(5);
+/// ... and, while samples find no queue, ever less often, down to once per this: a
+/// sample is a round trip that costs PostgreSQL about as much CPU as a tail read, and at
+/// 1,000 changes/s sampling every 5 ms would add several per cent to its CPU per change.
+/// A queue seen brings the sampling back to [`SAMPLE_EVERY`], so draining still starts
+/// within about this long plus [`SAMPLES`] × [`SAMPLE_EVERY`] of writers queueing.
 const SAMPLE_EVERY_CALM: Duration = Duration::from_millis(40);
 /// ... and draining starts when at least this many of the last [`SAMPLES`] samples saw a
-/// writer waiting: the lock is then busy nearly all the time, so commits wait for each
-/// other's WAL flush instead of sharing one. (Writers that keep up with their load meet
-/// there now and then, and lose less by it than delivery would by polls.)
-const QUEUED_SAMPLES_TO_DRAIN: u32 = 6;
+/// writer waiting: the lock is then busy most of the time, so commits wait for each
+/// other's WAL flush instead of sharing one.
+const QUEUED_SAMPLES_TO_DRAIN: u32 = 4;
 const SAMPLES: u32 = 8;
-/// Right after draining for [`DRAIN_AT_MOST`], the samples come this close: the queue
-/// draining was started for lasted, and if it is still there, draining resumes within
-/// [`SAMPLES`] of them, where every millisecond on wake-ups holds writers back.
-const SAMPLE_EVERY_AFTER_DRAINING: Duration = Duration::from_millis(5);
 /// While draining, a read that found fewer changes than this is followed by a pause of
 /// [`DRAIN_PAUSE`] rather than the next read at once: under load every read then
 /// coalesces a millisecond's commits, instead of the reads competing with the writers for
@@ -115,9 +108,6 @@ pub(super) struct Pace {
     /// How long after the last sample the next one is due while not draining: doubles
     /// with every sample that finds no queue, up to [`SAMPLE_EVERY_CALM`].
     sample_every: Duration,
-    /// Sampling again after draining for [`DRAIN_AT_MOST`], at
-    /// [`SAMPLE_EVERY_AFTER_DRAINING`], until the next decision.
-    rechecking: bool,
     /// What to do after the pending sample, unless the sample changes the mode.
     after_sample: Step,
     next_poll: Duration,
@@ -139,7 +129,6 @@ impl Pace {
             samples: 0,
             last_sample: now,
             sample_every: SAMPLE_EVERY,
-            rechecking: false,
             after_sample: Step::Wait(POLL_INTERVAL),
             // A connection lost while draining left writers skipping NOTIFY until the
             // doorbell was requested again: poll soon at first, as after draining.
@@ -160,17 +149,11 @@ impl Pace {
             // Samples from an earlier burst say nothing about the next one.
             self.samples = 0;
             self.sample_every = SAMPLE_EVERY;
-            self.rechecking = false;
         }
         let step = if self.draining {
-            if window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE {
+            let calmer = window_done && self.rate < self.drain_rate * STOP_DRAINING_BELOW_SHARE;
+            if calmer || now.saturating_duration_since(self.drain_started) >= DRAIN_AT_MOST {
                 return self.stop_draining(now, true);
-            }
-            if now.saturating_duration_since(self.drain_started) >= DRAIN_AT_MOST {
-                let step = self.stop_draining(now, true);
-                self.rechecking = true;
-                self.sample_every = SAMPLE_EVERY_AFTER_DRAINING;
-                return step;
             }
             if rows >= DRAIN_READ_AGAIN_FROM {
                 self.quiet_reads = 0;
@@ -206,11 +189,7 @@ impl Pace {
         self.last_sample = now;
         self.queued = (self.queued << 1) | u32::from(queued);
         self.samples = (self.samples + 1).min(SAMPLES);
-        // A decision ends the recheck after draining, whichever it is.
-        self.rechecking &= self.samples < SAMPLES;
-        self.sample_every = if self.rechecking {
-            SAMPLE_EVERY_AFTER_DRAINING
-        } else if queued {
+        self.sample_every = if queued {
             SAMPLE_EVERY
         } else {
             (self.sample_every * 2).min(SAMPLE_EVERY_CALM)
@@ -252,7 +231,6 @@ impl Pace {
         self.draining = false;
         self.samples = 0;
         self.sample_every = SAMPLE_EVERY;
-        self.rechecking = false;
         self.next_poll = FIRST_POLL_AFTER_DRAINING;
         self.last_sample = now;
         Step::StopDraining { had_effect }
@@ -390,13 +368,12 @@ mod tests {
         let calm = count_samples(&mut clock, 2000 * MS, 0);
         assert!((49..=51).contains(&calm), "{calm} samples in 2 s");
         // One sample in four sees a writer waiting: not enough to drain, and each one
-        // brings the interval back to SAMPLE_EVERY (20, 40, 40 and 40 ms: 140 ms per
-        // four).
+        // brings the interval back to SAMPLE_EVERY (5, 10, 20 and 40 ms: 75 ms per four).
         let sometimes = count_samples(&mut clock, 2000 * MS, 4);
-        assert!((55..=60).contains(&sometimes), "{sometimes} samples in 2 s");
-        // Every other sample sees one: writers meet there often, yet keep up.
-        let often = count_samples(&mut clock, 2000 * MS, 2);
-        assert!((64..=68).contains(&often), "{often} samples in 2 s");
+        assert!(
+            (100..=112).contains(&sometimes),
+            "{sometimes} samples in 2 s"
+        );
     }
 
     #[test]
@@ -475,7 +452,7 @@ mod tests {
         assert_eq!(clock.run(2, MS, held), vec![]);
         // ... then tried again.
         assert_eq!(
-            clock.run(2, MS, 800 * MS),
+            clock.run(2, MS, 500 * MS),
             vec![Step::StartDraining, NO_EFFECT]
         );
         // Once only changecast rings, draining empties the queue and stays (but for a
@@ -488,55 +465,17 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_of_a_moment_does_not_start_draining() {
+    fn a_queue_that_was_only_a_moment_does_not_keep_the_journal_draining() {
         let mut clock = Clock::new();
-        assert_eq!(clock.run(1, MS, 2000 * MS), vec![]);
-        // A stall (a checkpoint's flush) makes every committing writer queue for 60 ms,
-        // wherever it falls between two samples: the journal keeps its wake-ups.
-        for offset in 0..40 {
-            assert_eq!(clock.run(1, MS, offset * MS), vec![]);
-            clock.crowded = true;
-            assert_eq!(clock.run(1, MS, 60 * MS), vec![], "offset {offset} ms");
-            clock.crowded = false;
-            assert_eq!(clock.run(1, MS, 400 * MS), vec![], "offset {offset} ms");
-        }
-        assert!(!clock.pace.draining);
-    }
-
-    #[test]
-    fn a_queue_that_went_away_while_draining_ends_it_for_good() {
-        let mut clock = Clock::new();
-        // Writers queue long enough: draining starts ...
+        // A stall makes writers queue for a moment: draining starts ...
         clock.crowded = true;
-        assert_eq!(clock.run(1, MS, 500 * MS), vec![Step::StartDraining]);
+        assert_eq!(clock.run(1, MS, 200 * MS), vec![Step::StartDraining]);
         // ... and the steady load (no quiet reads, no fall in rate) no longer queues.
         clock.crowded = false;
         assert_eq!(clock.run(1, MS, DRAIN_AT_MOST), vec![CALMER]);
         // Back on wake-ups, and staying there.
         assert_eq!(clock.run(1, MS, 10 * DRAIN_AT_MOST), vec![]);
         assert!(!clock.pace.draining);
-    }
-
-    #[test]
-    fn a_queue_still_there_after_draining_for_long_resumes_it_at_once() {
-        let mut clock = Clock::new();
-        clock.crowded = true;
-        assert_eq!(clock.run(1, MS, 500 * MS), vec![Step::StartDraining]);
-        let mut waited = Duration::ZERO;
-        while clock.step(1, MS) != CALMER {
-            waited += MS;
-            assert!(waited <= DRAIN_AT_MOST, "{waited:?}");
-        }
-        // The queue comes back with the wake-ups: the samples that find it come close
-        // together, and draining resumes within a few tens of milliseconds.
-        let mut waited = Duration::ZERO;
-        while clock.step(1, MS) != Step::StartDraining {
-            waited += MS;
-            assert!(
-                waited <= SAMPLES * SAMPLE_EVERY_AFTER_DRAINING,
-                "{waited:?}"
-            );
-        }
     }
 
     #[test]
