@@ -292,15 +292,18 @@ pub(super) static PRIMARY_MARK_SQL: LazyLock<String> = LazyLock::new(|| {
 
 pub(super) static REPLAY: LazyLock<String> = LazyLock::new(|| byte_bounded(REPLAY_SQL, "$10"));
 
-/// The statements that run for every batch or replay page, by name, as sent: for plan
-/// checks (`EXPLAIN`) against a journal of realistic size.
-pub fn hot_statements() -> [(&'static str, String); 5] {
+/// The statements that run for every batch or replay page (and, for subscribers with
+/// `max_txn_events`, for the transactions a replay page meets), by name, as sent: for
+/// plan checks (`EXPLAIN`) against a journal of realistic size.
+pub fn hot_statements() -> [(&'static str, String); 7] {
     [
         ("tail_new", TAIL_NEW.clone()),
         ("tail_page", TAIL.clone()),
         ("tail_mark", TAIL_MARK.clone()),
         ("replay_start", REPLAY_START_SQL.to_owned()),
         ("replay_page", REPLAY.clone()),
+        ("transaction_sizes", TRANSACTION_SIZES_SQL.to_owned()),
+        ("transaction_rows", TRANSACTION_ROWS.clone()),
     ]
 }
 
@@ -308,13 +311,20 @@ pub fn hot_statements() -> [(&'static str, String); 5] {
 /// the same coarse filter (`$2` types, `$3` application events) would read, counted up
 /// to `$4` each: whether a transaction may exceed a subscriber's `max_txn_events`.
 /// Resync markers (truncations, rows of an unknown event) are not events and are not
-/// counted. The (tenant_id, xid) index answers it, reading at most `$4` entries of it per
-/// transaction.
+/// counted. Each transaction's rows are found by the xid index, and the tenant's counted
+/// among them until `$4` are: `offset 0` fences the xid scan, so that no plan can walk
+/// the tenant's whole history in `(tenant_id, id)` instead, for every transaction (what
+/// a plan made on a young journal does, and one made while a partition is analyzed
+/// empty does there). A large transaction of other tenants is read through once.
 pub(super) const TRANSACTION_SIZES_SQL: &str = r#"
 select x::text,
        (select count(*)
-        from (select 1 from changecast.change_log c
-              where c.tenant_id = $1 and c.xid = x
+        from (select 1
+              from (select c.tenant_id, c.event, c.resource_type
+                    from changecast.change_log c
+                    where c.xid = x
+                    offset 0) c
+              where c.tenant_id = $1
                 and c.event in ('created', 'updated', 'deleted', 'published')
                 and (case when c.event = 'published' then $3
                           else $2::text[] is null or c.resource_type = any($2) end)
@@ -324,13 +334,14 @@ from unnest($5::text[]::xid8[]) x
 
 /// Every row transaction `$2` wrote for tenant `$1` under a replay's coarse filter
 /// (`$3` types, `$4` application events), in no particular order: read through a portal
-/// a page at a time to count what one subscriber's selection takes of it.
+/// a page at a time to count what one subscriber's selection takes of it. Found by the
+/// xid index, fenced as in [`TRANSACTION_SIZES_SQL`].
 pub(super) static TRANSACTION_ROWS: LazyLock<String> = LazyLock::new(|| {
     with_columns(
         r#"
 select {COLUMNS}
-from changecast.change_log
-where tenant_id = $1 and xid = $2::text::xid8
+from (select * from changecast.change_log where xid = $2::text::xid8 offset 0) change_log
+where tenant_id = $1
   and event in ('created', 'updated', 'deleted', 'published')
   and (case when event = 'published' then $4
             else $3::text[] is null or resource_type = any($3) end)

@@ -461,6 +461,8 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                 i64::MAX,
                 4i64 << 20
             ),
+            "transaction_sizes" => format!("'t7', null, true, 1000, '{{{newest_xid}}}'"),
+            "transaction_rows" => format!("'t7', '{newest_xid}', null, true"),
             other => panic!("no arguments for {other}"),
         };
         let plan = young.explain_analyze(name, &arguments).await;
@@ -547,11 +549,14 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &500i64,
                     &(4i64 << 20),
                 ],
+                "transaction_sizes" => vec![&"t7", &no_filter, &true, &1000i64, &one_running],
+                "transaction_rows" => vec![&"t7", &newest_xid, &no_filter, &true],
                 other => panic!("no parameters for {other}"),
             };
             // Each statement planned under the settings the service runs it with: the
-            // tailer's reads under its connection's, a replay start under the same in its
-            // transaction, a replay page under its own. `set local`, so the loop's
+            // tailer's reads under its connection's, a replay start and a transaction's
+            // size or rows under the same in their transaction, a replay page under its
+            // own. `set local`, so the loop's
             // `plan_cache_mode` holds again for the next statement.
             let settings = match *name {
                 "replay_page" => changecast::journal::REPLAY_PLANNER_SETTINGS,
@@ -613,8 +618,9 @@ fn check_plan(name: &str, how: &str, plan: &Value, parents: &HashMap<String, Str
     }
     // The tailer's reads look rows up by id: never through (tenant_id, id), whose id is
     // no bound (a walk of the whole index per row). PostgreSQL finds the two indexes
-    // equally cheap on a partition analyzed while empty.
-    if name.starts_with("tail_") {
+    // equally cheap on a partition analyzed while empty. A transaction's rows are found
+    // by xid: through (tenant_id, id), every transaction would walk the tenant's history.
+    if name.starts_with("tail_") || name.starts_with("transaction_") {
         assert!(
             !indexes.iter().any(|index| index == "change_log_tenant_id"),
             "{name} ({how}) looks rows up through (tenant_id, id): {indexes:?}\n{plan}"
@@ -627,6 +633,7 @@ fn check_plan(name: &str, how: &str, plan: &Value, parents: &HashMap<String, Str
         "tail_page" => &["change_log_xid", "change_log_pkey"],
         "tail_mark" => &["change_log_xid"],
         "replay_start" => &["change_log_pkey", "change_log_xid"],
+        "transaction_sizes" | "transaction_rows" => &["change_log_xid"],
         _ => &["change_log_tenant_id"],
     };
     assert!(
@@ -642,7 +649,8 @@ fn check_plan(name: &str, how: &str, plan: &Value, parents: &HashMap<String, Str
 /// to looking rows up), each on a connection set up as the service's that runs it.
 struct YoungPlans {
     /// Like the tailer's connection (session planner settings); also runs the replay
-    /// start, which the service runs under the same settings.
+    /// start and the transaction statements, which the service runs under the same
+    /// settings.
     tailer: tokio_postgres::Client,
     /// Like a pooled connection running a replay page in its transaction.
     replay: tokio_postgres::Client,
@@ -679,6 +687,8 @@ impl YoungPlans {
             ),
             ("tail_mark", "'0', '{}', '1:1:', 1000, 16777216"),
             ("replay_start", "'t7', '0', '{}'"),
+            ("transaction_sizes", "'t7', null, true, 1000, '{1}'"),
+            ("transaction_rows", "'t7', '1', null, true"),
             (
                 "replay_page",
                 "'t7', 0, '1:1:', '1:1:', '1:1:', 9223372036854775807, null, true, 500, 4194304",
