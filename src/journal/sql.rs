@@ -313,9 +313,10 @@ pub fn hot_statements() -> [(&'static str, String); 7] {
 /// Resync markers (truncations, rows of an unknown event) are not events and are not
 /// counted. Each transaction's rows are found by the xid index, and the tenant's counted
 /// among them until `$4` are: `offset 0` fences the xid scan, so that no plan can walk
-/// the tenant's whole history in `(tenant_id, id)` instead, for every transaction (what
-/// a plan made on a young journal does, and one made while a partition is analyzed
-/// empty does there). A large transaction of other tenants is read through once.
+/// the tenant's whole history in `(tenant_id, id)` instead, for every transaction, as a
+/// plan made on a young journal would (and one made while a partition was analyzed
+/// empty would, in that partition). A large transaction of other tenants is read
+/// through once.
 pub(super) const TRANSACTION_SIZES_SQL: &str = r#"
 select x::text,
        (select count(*)

@@ -556,8 +556,8 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
             // Each statement planned under the settings the service runs it with: the
             // tailer's reads under its connection's, a replay start and a transaction's
             // size or rows under the same in their transaction, a replay page under its
-            // own. `set local`, so the loop's
-            // `plan_cache_mode` holds again for the next statement.
+            // own. `set local`, so the loop's `plan_cache_mode` holds again for the next
+            // statement.
             let settings = match *name {
                 "replay_page" => changecast::journal::REPLAY_PLANNER_SETTINGS,
                 _ => changecast::journal::INDEX_PLANNER_SETTINGS_LOCAL.as_str(),
