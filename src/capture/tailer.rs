@@ -146,7 +146,7 @@ impl Tailer {
         let doorbell_lost = doorbell.lost.clone();
         // While draining: the next transaction id when the doorbell was released.
         let mut released_at = 0;
-        // Taken on the primary, for reads there (a standby's reads scan every partition).
+        // Taken on the primary; they hold for reads there and on a standby replaying it.
         let mut floor = IdFloor::default();
         loop {
             if shutdown.is_cancelled() {
@@ -161,7 +161,8 @@ impl Tailer {
             }
             // On a standby: once it has replayed what the primary had written by now,
             // so the batch holds every commit a wake-up (or a poll) stands for.
-            let (batch_reader, batch_statements, mark) = match standby {
+            // `marks_hold`: the primary's id floor marks bound what the batch reads.
+            let (batch_reader, batch_statements, mark, marks_hold) = match standby {
                 Some(standby) => {
                     let read_at = standby
                         .read_at(client, &connection.lost, &waiting, shutdown)
@@ -170,7 +171,7 @@ impl Tailer {
                         .journal
                         .standby_lagging(matches!(read_at, ReadAt::Primary(_)));
                     match read_at {
-                        ReadAt::Standby(mark) => (reader, &statements, Some(mark)),
+                        ReadAt::Standby(mark) => (reader, &statements, Some(mark), true),
                         ReadAt::Primary(mark) => {
                             if on_primary.is_none() {
                                 on_primary = Some(
@@ -180,13 +181,18 @@ impl Tailer {
                             }
                             let primary_statements =
                                 on_primary.as_ref().expect("BUG: prepared just now");
-                            (client, primary_statements, Some(mark))
+                            (client, primary_statements, Some(mark), true)
                         }
-                        ReadAt::Promoted => (reader, &statements, None),
+                        // A server of its own now: the primary's marks say nothing of
+                        // its ids.
+                        ReadAt::Promoted => (reader, &statements, None, false),
                     }
                 }
-                None => (reader, &statements, None),
+                None => (reader, &statements, None, true),
             };
+            if !marks_hold {
+                floor.forget();
+            }
             if let Some(mark) = &mark {
                 // Replays and snapshots on the standby wait for it to get this far (a
                 // batch read on the primary publishes what the standby may lack yet).
@@ -195,7 +201,7 @@ impl Tailer {
                     .standby_reached(&mark.insert_lsn, mark.position());
             }
             let now = Instant::now();
-            if standby.is_none() && floor.mark_due(now) {
+            if marks_hold && floor.mark_due(now) {
                 match bounded(Mark::take(client)).await {
                     Ok(taken) => floor.record(taken, now),
                     // Without marks every read scans every partition: slower, no less

@@ -19,6 +19,10 @@
 //! read, so no mark is taken then. A sequence that went backwards (set by hand) makes
 //! the marks forget everything before; a restored or promoted database is followed
 //! anew (the tailer's connection is new, or the publisher forgets the marks).
+//!
+//! A hot standby replays the primary's sequence and transaction ids, so the marks taken
+//! on the primary bound a batch read on the standby too; a read server found promoted
+//! is a database of its own, read without them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

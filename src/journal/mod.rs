@@ -337,8 +337,9 @@ impl Journal {
     /// replayed; its journal identity is the one returned (a standby cannot name its
     /// timeline).
     ///
-    /// `floor`: no row to read is below it ([`IdFloor::below`]); the read skips the
-    /// partitions wholly below it (a read on a standby reads every partition).
+    /// `floor`: no row to read is below it ([`IdFloor::below`], from marks taken on the
+    /// primary, which hold on a standby replaying it); the read skips the partitions
+    /// wholly below it.
     #[allow(clippy::too_many_arguments)]
     pub async fn read_new(
         &self,
@@ -359,6 +360,7 @@ impl Journal {
                     mark,
                     (limit, max_bytes),
                     known_since,
+                    floor,
                 )
                 .await;
         }
@@ -409,7 +411,8 @@ impl Journal {
 
     /// [`Journal::read_new`] on a hot standby that has replayed `mark` (or on the primary
     /// while the standby lags): the first page of the rows the primary's snapshot in
-    /// `mark` sees and `published` does not, read by that snapshot.
+    /// `mark` sees and `published` does not, read by that snapshot, from `floor` on.
+    #[allow(clippy::too_many_arguments)]
     async fn read_new_on_standby(
         &self,
         client: &Client,
@@ -418,6 +421,7 @@ impl Journal {
         mark: &PrimaryMark,
         limits: (usize, usize),
         known_since: Option<Instant>,
+        floor: i64,
     ) -> DbResult<NewRows> {
         let unseen = &published.prev.0;
         let (limit, max_bytes) = limits;
@@ -431,6 +435,7 @@ impl Journal {
                     &mark.position.0.to_string(),
                     &(limit as i64),
                     &(max_bytes as i64),
+                    &floor,
                 ],
             )
             .await?;

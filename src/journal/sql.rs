@@ -78,19 +78,23 @@ order by j.id
 
 /// The first page of a batch read on a hot standby up to the primary's snapshot `$3`
 /// (which the standby has replayed): the rows not seen by `unseen` ($1, $2 as in
-/// [`TAIL_SQL`]) that `$3` sees, at most `$4` rows and `$5` bytes. Fenced like
-/// [`TAIL_NEW_SQL`]: with no id to start from, [`TAIL_SQL`]'s generic plan would walk
-/// the primary key from the journal's first row for every batch. The page's ids are
-/// collected first (`= any(array(...))`), so each partition of the journal is searched
-/// for exactly those in its primary key (see [`TAIL_NEW_PAGE_SQL`] for the ORDER BY).
+/// [`TAIL_SQL`]) that `$3` sees, at most `$4` rows and `$5` bytes, from the partitions
+/// at or above the id floor `$6` only (as [`TAIL_NEW_SQL`]'s `$5`: the primary's marks
+/// hold on a standby that replays it). Fenced like [`TAIL_NEW_SQL`]: with no id to start
+/// from, [`TAIL_SQL`]'s generic plan would walk the primary key from the journal's first
+/// row for every batch. The page's ids are collected first (`= any(array(...))`), so
+/// each partition of the journal is searched for exactly those in its primary key (see
+/// [`TAIL_NEW_PAGE_SQL`] for the ORDER BY).
 pub(super) const TAIL_MARK_SQL: &str = r#"
 with new as materialized (
     select id, xid from changecast.change_log
-    where (xid >= $1::text::xid8 and xid < pg_snapshot_xmax($3::text::pg_snapshot))
-       or xid = any($2::text[]::xid8[])
+    where id >= all(array[$6::int8])
+      and ((xid >= $1::text::xid8 and xid < pg_snapshot_xmax($3::text::pg_snapshot))
+           or xid = any($2::text[]::xid8[]))
 )
 select * from changecast.change_log
-where id = any(array(select id from new
+where id >= all(array[$6::int8])
+  and id = any(array(select id from new
                      where pg_visible_in_snapshot(xid, $3::text::pg_snapshot)
                      order by id
                      limit $4))

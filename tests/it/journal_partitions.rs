@@ -58,17 +58,6 @@ async fn partitions(db: &tokio_postgres::Client) -> Vec<Partition> {
     .collect()
 }
 
-async fn next_id(db: &tokio_postgres::Client) -> i64 {
-    db.query_one(
-        "select case when is_called then last_value + 1 else last_value end
-         from changecast.change_log_id_seq",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// The range partitions that start at or after `next` (no row yet), in order.
 async fn partitions_ahead(db: &tokio_postgres::Client, next: i64) -> Vec<Partition> {
     partitions(db)

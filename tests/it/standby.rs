@@ -253,6 +253,49 @@ async fn a_restarted_primary_loses_nothing() {
     app.stop().await;
 }
 
+/// Batches read on the standby skip what lies below the primary's id floor marks, and a
+/// transaction left open on the primary holds that floor back: its row, committed after
+/// several marks, still reaches every subscriber; once it has ended, the floor passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_floor_bounds_standby_reads_and_waits_for_open_transactions() {
+    let Some((_cluster, standby, db_url)) = primary_and_standby().await else {
+        return;
+    };
+    let app = reading(&standby, &db_url, Duration::from_secs(10)).await;
+    let (_addr_tx, addr) = watch::channel(app.addr.to_string());
+    let followers = followers(&addr).await;
+    let (slow, early) = app.begin_long_transaction("acme", "slow").await;
+    let opened_below = next_id(&app.db).await;
+    let writing = spawn_writers(&db_url, &[("acme", 1), ("acme", 3)]);
+    // Marks are taken once a second while changes arrive: several go by.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        writing.until_more(50).await;
+    }
+    let (mut written, _) = writing.finish().await;
+    let floor = app.metric("changecast_tailer_id_floor").await.unwrap() as i64;
+    assert!(
+        floor < opened_below,
+        "the floor ({floor}) passed a transaction still open below {opened_below}"
+    );
+    slow.batch_execute("commit").await.unwrap();
+    let acme = written.get_mut("acme").unwrap();
+    acme.insert(early);
+    assert_all_followers_got(&followers, acme).await;
+    eventually(
+        "the floor passes the ended transaction's row on the standby's reads",
+        || async {
+            app.insert_ticket("acme", "nudge").await;
+            app.metric("changecast_tailer_id_floor").await.unwrap() as i64 >= opened_below
+        },
+    )
+    .await;
+    for follower in followers {
+        follower.stop().await;
+    }
+    app.stop().await;
+}
+
 /// A cursor minted by an instance reading the primary, ahead of what a paused standby
 /// has replayed: an instance reading that standby waits for it — no `resync` — and
 /// delivers exactly what came after the cursor once the standby catches up.

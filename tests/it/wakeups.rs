@@ -454,7 +454,11 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                 "'{newest_xid}', '{{}}', '{now}', '{now}', 0, {tail_after}, 1000, {}",
                 16i64 << 20
             ),
-            "tail_mark" => format!("'{newest_xid}', '{{}}', '{now}', 1000, {}", 16i64 << 20),
+            "tail_mark" => format!(
+                "'{newest_xid}', '{{}}', '{now}', 1000, {}, {}",
+                16i64 << 20,
+                i64::MIN
+            ),
             "replay_start" => format!("'t7', '{newest_xid}', '{{{newest_xid}}}'"),
             "replay_page" => format!(
                 "'t7', {replay_after}, '{before_all}', '{now}', '{now}', {}, null, true, 500, {}",
@@ -480,27 +484,34 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
         );
     }
     // With an id floor (the rows sit in the DEFAULT partition, above the first one): the
-    // read skips the partition below it as it starts, and still finds rows by xid.
-    let floored = young
-        .explain_analyze(
+    // read, on the primary or a standby, skips the partition below it as it starts, and
+    // still finds rows by xid.
+    let floor = newest_id - 10;
+    for (name, arguments) in [
+        (
             "tail_new",
-            &format!(
-                "'{newest_xid}', '{{}}', 1000, {}, {}",
-                16i64 << 20,
-                newest_id - 10
+            format!("'{newest_xid}', '{{}}', 1000, {}, {floor}", 16i64 << 20),
+        ),
+        (
+            "tail_mark",
+            format!(
+                "'{newest_xid}', '{{}}', '{now}', 1000, {}, {floor}",
+                16i64 << 20
             ),
-        )
-        .await;
-    check_plan(
-        "tail_new",
-        "planned on a young journal, with an id floor",
-        &floored,
-        &index_parents(&app.db).await,
-    );
-    assert!(
-        floored.to_string().contains("\"Subplans Removed\":1"),
-        "the partition below the floor is not skipped: {floored}"
-    );
+        ),
+    ] {
+        let floored = young.explain_analyze(name, &arguments).await;
+        check_plan(
+            name,
+            "planned on a young journal, with an id floor",
+            &floored,
+            &index_parents(&app.db).await,
+        );
+        assert!(
+            floored.to_string().contains("\"Subplans Removed\":1"),
+            "{name}: the partition below the floor is not skipped: {floored}"
+        );
+    }
     // The statements are prepared once per connection, so PostgreSQL may settle on a
     // generic plan (parameters unknown): it must use the indexes too, before and after
     // the journal is analyzed. (The tailer's settings force the generic plan; a replay
@@ -535,7 +546,14 @@ async fn hot_statements_use_their_indexes_on_a_realistic_journal() {
                     &1000i64,
                     &(16i64 << 20),
                 ],
-                "tail_mark" => vec![&newest_xid, &running, &now, &1000i64, &(16i64 << 20)],
+                "tail_mark" => vec![
+                    &newest_xid,
+                    &running,
+                    &now,
+                    &1000i64,
+                    &(16i64 << 20),
+                    &i64::MIN,
+                ],
                 "replay_start" => vec![&"t7", &newest_xid, &one_running],
                 "replay_page" => vec![
                     &"t7",
@@ -685,7 +703,10 @@ impl YoungPlans {
                 "tail_page",
                 "'0', '{}', '1:1:', '1:1:', 0, 0, 1000, 16777216",
             ),
-            ("tail_mark", "'0', '{}', '1:1:', 1000, 16777216"),
+            (
+                "tail_mark",
+                "'0', '{}', '1:1:', 1000, 16777216, -9223372036854775808",
+            ),
             ("replay_start", "'t7', '0', '{}'"),
             ("transaction_sizes", "'t7', null, true, 1000, '{1}'"),
             ("transaction_rows", "'t7', '1', null, true"),

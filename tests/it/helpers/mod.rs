@@ -93,6 +93,18 @@ fn init_logs() {
     }
 }
 
+/// The id the journal's next row will get.
+pub async fn next_id(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "select case when is_called then last_value + 1 else last_value end
+         from changecast.change_log_id_seq",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Polls `check` (every 20 ms, up to [`WAIT`]) until it holds; panics naming `what`.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
